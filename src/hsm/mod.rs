@@ -1,0 +1,1 @@
+//! hsm layer (work in progress).

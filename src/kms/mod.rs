@@ -1,0 +1,1 @@
+//! kms layer (work in progress).

@@ -1,0 +1,19 @@
+//! hsm-kms: an AWS KMS JSON 1.1 compatible key management service whose keys live only
+//! inside PKCS#11 tokens (at least two, each holding a copy of every key).
+//!
+//! ```text
+//! aws CLI / SDK ──HTTP, SigV4──► api (axum: X-Amz-Target dispatch, JSON, errors)
+//!                                  └─► kms (domain: key states, ciphertext format, aliases)
+//!                                        ├─► store (SQLite metadata only)
+//!                                        └─► hsm (cluster of ≥2 PKCS#11 tokens)
+//! ```
+//! Layers run one way: `api → kms → {hsm, store}`. Only `hsm` names cryptoki.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod hsm;
+pub mod kms;
+pub mod store;

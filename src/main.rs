@@ -1,0 +1,2 @@
+//! The `hsm-kms` binary (work in progress).
+fn main() {}

@@ -1,0 +1,1 @@
+//! store layer (work in progress).
