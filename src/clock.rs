@@ -33,8 +33,10 @@ impl ManualClock {
         self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
     }
     pub fn set(&self, t: OffsetDateTime) {
-        self.0
-            .store((t.unix_timestamp_nanos() / 1_000_000) as i64, Ordering::SeqCst);
+        self.0.store(
+            (t.unix_timestamp_nanos() / 1_000_000) as i64,
+            Ordering::SeqCst,
+        );
     }
 }
 

@@ -1,0 +1,235 @@
+//! Local SoftHSM2 tokens for the quick start and tests: one folder per HSM with its own
+//! copy of `libsofthsm2.so` (so each HSM gets its own module instance and globals), its own
+//! `softhsm2.conf` and token directory, and random SO and user PINs in 0600 files.
+
+use super::error::HsmError;
+use super::NodeConfig;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use rand::RngCore;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Where Debian installs SoftHSM2 (`SOFTHSM2_MODULE` overrides).
+pub const SYSTEM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Paths of one provisioned local HSM.
+#[derive(Debug, Clone)]
+pub struct LocalHsm {
+    pub name: String,
+    pub dir: PathBuf,
+    pub module: PathBuf,
+    pub conf: PathBuf,
+    pub token_dir: PathBuf,
+    pub label: String,
+    pub pin_file: PathBuf,
+}
+
+impl LocalHsm {
+    /// The cluster configuration of this HSM (reads the PIN file).
+    pub fn node_config(&self) -> Result<NodeConfig, HsmError> {
+        let pin = std::fs::read_to_string(&self.pin_file).map_err(|e| HsmError::Setup {
+            hsm: self.name.clone(),
+            message: format!("cannot read PIN file {}: {e}", self.pin_file.display()),
+        })?;
+        Ok(NodeConfig {
+            name: self.name.clone(),
+            module: self.module.clone(),
+            token_label: self.label.clone(),
+            pin: Zeroizing::new(pin.trim().to_string()),
+            env: vec![("SOFTHSM2_CONF".to_string(), self.conf.display().to_string())],
+        })
+    }
+}
+
+fn io(hsm: &str, what: &str, e: std::io::Error) -> HsmError {
+    HsmError::Setup {
+        hsm: hsm.to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+fn secret_file(path: &Path, hsm: &str) -> Result<Zeroizing<String>, HsmError> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(Zeroizing::new(s.trim().to_string()));
+    }
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let pin = Zeroizing::new(hex::encode(b));
+    std::fs::write(path, pin.as_bytes()).map_err(|e| io(hsm, "write PIN file", e))?;
+    set_private(path).map_err(|e| io(hsm, "chmod PIN file", e))?;
+    Ok(pin)
+}
+
+#[cfg(unix)]
+fn set_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Create (idempotently) a SoftHSM2 token named `name` under `base/name/`.
+pub fn provision(base: &Path, name: &str) -> Result<LocalHsm, HsmError> {
+    let dir = base.join(name);
+    let token_dir = dir.join("tokens");
+    std::fs::create_dir_all(&token_dir).map_err(|e| io(name, "create token folder", e))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| io(name, "resolve folder", e))?;
+    let token_dir = dir.join("tokens");
+    let conf = dir.join("softhsm2.conf");
+    if !conf.exists() {
+        let text = format!(
+            "# SoftHSM2 configuration of HSM '{name}' (written by hsm-kms)\n\
+             directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n\
+             slots.removable = false\nslots.mechanisms = ALL\nlibrary.reset_on_fork = false\n",
+            token_dir.display()
+        );
+        std::fs::write(&conf, text).map_err(|e| io(name, "write softhsm2.conf", e))?;
+    }
+    let module = dir.join("libsofthsm2.so");
+    if !module.exists() {
+        let system = std::env::var("SOFTHSM2_MODULE").unwrap_or_else(|_| SYSTEM_MODULE.to_string());
+        std::fs::copy(&system, &module).map_err(|e| {
+            io(
+                name,
+                &format!("copy {system} (is the softhsm2 package installed?)"),
+                e,
+            )
+        })?;
+    }
+    let so_pin = secret_file(&dir.join("so.pin"), name)?;
+    let pin_file = dir.join("user.pin");
+    let user_pin = secret_file(&pin_file, name)?;
+    let label = format!("hsm-kms-{name}");
+    init_token(name, &module, &conf, &label, &so_pin, &user_pin)?;
+    Ok(LocalHsm {
+        name: name.to_string(),
+        dir,
+        module,
+        conf,
+        token_dir,
+        label,
+        pin_file,
+    })
+}
+
+fn init_token(
+    name: &str,
+    module: &Path,
+    conf: &Path,
+    label: &str,
+    so_pin: &str,
+    user_pin: &str,
+) -> Result<(), HsmError> {
+    let ck = |e| HsmError::from_ck(name, e);
+    let ctx = {
+        let _g = super::node::LOAD_LOCK.lock();
+        std::env::set_var("SOFTHSM2_CONF", conf);
+        let ctx = Pkcs11::new(module).map_err(ck)?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(ck(e)),
+        }
+        ctx
+    };
+    let r = (|| {
+        let has = |ctx: &Pkcs11| -> Result<bool, CkError> {
+            for s in ctx.get_slots_with_initialized_token()? {
+                if ctx.get_token_info(s)?.label().trim() == label {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        if has(&ctx).map_err(ck)? {
+            return Ok(());
+        }
+        let free = ctx
+            .get_all_slots()
+            .map_err(ck)?
+            .into_iter()
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .map(|t| !t.token_initialized())
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| HsmError::Setup {
+                hsm: name.to_string(),
+                message: "no free SoftHSM2 slot".into(),
+            })?;
+        let so = AuthPin::new(so_pin.into());
+        ctx.init_token(free, &so, label).map_err(ck)?;
+        // SoftHSM2 renumbers the slot after C_InitToken: look it up again by label.
+        let slot = ctx
+            .get_slots_with_initialized_token()
+            .map_err(ck)?
+            .into_iter()
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .map(|t| t.label().trim() == label)
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| HsmError::Setup {
+                hsm: name.to_string(),
+                message: "token vanished after C_InitToken".into(),
+            })?;
+        let s = ctx.open_rw_session(slot).map_err(ck)?;
+        s.login(UserType::So, Some(&so)).map_err(ck)?;
+        s.init_pin(&AuthPin::new(user_pin.into())).map_err(ck)?;
+        s.logout().map_err(ck)?;
+        Ok(())
+    })();
+    let _ = ctx.finalize();
+    r
+}
+
+/// Fill a local token with `n` extra AES token keys (benchmarks and tests of the handle
+/// cache with a full token). Run it before the cluster opens the token.
+pub fn add_filler_keys(hsm: &LocalHsm, n: usize) -> Result<(), HsmError> {
+    let node = hsm.node_config()?;
+    let ck = |e| HsmError::from_ck(&hsm.name, e);
+    let ctx = {
+        let _g = super::node::LOAD_LOCK.lock();
+        std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+        let ctx = Pkcs11::new(&hsm.module).map_err(ck)?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(ck(e)),
+        }
+        ctx
+    };
+    let r = (|| {
+        let slot = ctx
+            .get_slots_with_initialized_token()
+            .map_err(ck)?
+            .into_iter()
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .map(|t| t.label().trim() == hsm.label)
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| HsmError::Setup {
+                hsm: hsm.name.clone(),
+                message: "token not found".into(),
+            })?;
+        let s = ctx.open_rw_session(slot).map_err(ck)?;
+        s.login(
+            UserType::User,
+            Some(&AuthPin::new(node.pin.as_str().into())),
+        )
+        .map_err(ck)?;
+        for i in 0..n {
+            let id = format!("hsm-kms/filler/{i}").into_bytes();
+            s.generate_key(
+                &cryptoki::mechanism::Mechanism::AesKeyGen,
+                &super::ops::aes_template(&id, "filler", false),
+            )
+            .map_err(ck)?;
+        }
+        Ok(())
+    })();
+    let _ = ctx.finalize();
+    r
+}

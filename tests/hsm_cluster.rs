@@ -1,0 +1,213 @@
+//! The HSM cluster over real SoftHSM2 tokens (a copy of libsofthsm2.so per token):
+//! replication, failover when a token disappears, recovery without restart, deadlines,
+//! the handle cache with a full token, enrollment of a new HSM, and start-up refusals.
+
+mod common;
+use common::*;
+use hsm_kms::hsm::{softhsm, HsmCluster, HsmError, NodeState};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+fn key_id(n: u32) -> Vec<u8> {
+    format!("test-key-{n}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_created_on_a_decrypts_on_b() {
+    let t = tokens(&["a", "b"]);
+    let c = connect(&t, fast_options());
+    c.create_aes_key(&key_id(1), "k1").await.unwrap();
+    assert!(c.hsm_holds("a", &key_id(1)) && c.hsm_holds("b", &key_id(1)));
+    let (iv, ct) = c
+        .encrypt_on("a", &key_id(1), b"aad".to_vec(), b"hello".to_vec())
+        .await
+        .unwrap();
+    let pt = c
+        .decrypt_on("b", &key_id(1), iv, b"aad".to_vec(), ct.clone())
+        .await
+        .unwrap();
+    assert_eq!(pt.as_slice(), b"hello");
+    // And the other way round, through the cluster API.
+    let (iv2, ct2) = c
+        .encrypt(&key_id(1), b"x".to_vec(), Zeroizing::new(b"round".to_vec()))
+        .await
+        .unwrap();
+    for hsm in ["a", "b"] {
+        let pt = c
+            .decrypt_on(hsm, &key_id(1), iv2, b"x".to_vec(), ct2.clone())
+            .await
+            .unwrap();
+        assert_eq!(pt.as_slice(), b"round");
+    }
+    // A wrong AAD is a request failure: no failover, HSMs stay healthy.
+    let e = c
+        .decrypt(&key_id(1), iv, b"other".to_vec(), ct)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HsmError::InvalidCiphertext), "{e}");
+    assert!(c.health().iter().all(|h| h.state == NodeState::Healthy));
+    // Destroy removes every copy.
+    c.destroy_key(&key_id(1)).await.unwrap();
+    assert!(!c.hsm_holds("a", &key_id(1)) && !c.hsm_holds("b", &key_id(1)));
+    let e = c
+        .encrypt_on("b", &key_id(1), vec![], b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HsmError::KeyMissing { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_moved_away_fails_over_and_recovers_without_restart() {
+    let t = tokens(&["a", "b"]);
+    let c = connect(&t, fast_options());
+    c.create_aes_key(&key_id(2), "k2").await.unwrap();
+    let a_tokens = &t.hsms[0].token_dir;
+    let moved = a_tokens.with_extension("moved");
+    std::fs::rename(a_tokens, &moved).unwrap();
+    // Every request keeps succeeding while hsm "a" is gone.
+    for i in 0..200u32 {
+        let msg = format!("msg {i}").into_bytes();
+        let (iv, ct) = c
+            .encrypt(&key_id(2), vec![], Zeroizing::new(msg.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("encrypt {i} failed during outage: {e}"));
+        let pt = c.decrypt(&key_id(2), iv, vec![], ct).await.unwrap();
+        assert_eq!(pt.as_slice(), msg.as_slice());
+    }
+    assert!(
+        eventually(10, || c.health()[0].state == NodeState::Down).await,
+        "hsm a never marked down: {:?}",
+        c.health()
+    );
+    let _ = c.random(16).await.unwrap();
+    // Restore the folder: "a" comes back by itself (C_Finalize + C_Initialize of its copy).
+    std::fs::rename(&moved, a_tokens).unwrap();
+    assert!(
+        eventually(15, || c.health()[0].state == NodeState::Healthy).await,
+        "hsm a never recovered: {:?}",
+        c.health()
+    );
+    assert!(c.health()[0].reinitializations >= 1);
+    assert_eq!(
+        c.health()[1].reinitializations,
+        0,
+        "hsm b must not be touched"
+    );
+    let (iv, ct) = c
+        .encrypt_on("a", &key_id(2), vec![], b"back".to_vec())
+        .await
+        .unwrap();
+    let pt = c.decrypt_on("b", &key_id(2), iv, vec![], ct).await.unwrap();
+    assert_eq!(pt.as_slice(), b"back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_call_is_cut_by_the_deadline_and_fails_over() {
+    let t = tokens(&["a", "b"]);
+    let mut opts = fast_options();
+    opts.call_timeout = Duration::from_millis(300);
+    let c = connect(&t, opts);
+    c.create_aes_key(&key_id(3), "k3").await.unwrap();
+    c.inject_stall("a", Duration::from_secs(3)).unwrap();
+    for _ in 0..4 {
+        let start = Instant::now();
+        let r = c
+            .encrypt(&key_id(3), vec![], Zeroizing::new(b"x".to_vec()))
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+    assert_ne!(c.health()[0].state, NodeState::Healthy);
+    c.inject_stall("a", Duration::ZERO).unwrap();
+    assert!(
+        eventually(20, || c.health()[0].state == NodeState::Healthy).await,
+        "{:?}",
+        c.health()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_cache_serves_a_full_token_without_finds() {
+    let t = tokens(&["a", "b"]);
+    softhsm::add_filler_keys(&t.hsms[0], 1000).unwrap();
+    let c = connect(&t, fast_options());
+    c.create_aes_key(&key_id(4), "k4").await.unwrap();
+    assert!(c.health()[0].cached_handles >= 1000);
+    let before: Vec<u64> = c.health().iter().map(|h| h.request_finds).collect();
+    for _ in 0..2000 {
+        c.encrypt_on(
+            "a",
+            &key_id(4),
+            vec![],
+            b"32 bytes of plaintext, exactly!!".to_vec(),
+        )
+        .await
+        .unwrap();
+    }
+    let after: Vec<u64> = c.health().iter().map(|h| h.request_finds).collect();
+    assert_eq!(before, after, "no C_FindObjects on the request path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reuses_keys_and_a_new_hsm_is_enrolled_and_resynced() {
+    let t = tokens(&["a", "b", "c"]);
+    let two = HsmCluster::connect(
+        t.hsms[..2]
+            .iter()
+            .map(|h| h.node_config().unwrap())
+            .collect(),
+        fast_options(),
+    )
+    .unwrap();
+    two.create_aes_key(&key_id(5), "k5").await.unwrap();
+    let (iv, ct) = two
+        .encrypt(&key_id(5), vec![], Zeroizing::new(b"kept".to_vec()))
+        .await
+        .unwrap();
+    drop(two);
+    // Restart with a third, empty HSM: it receives the cluster wrapping key by the
+    // RSA-OAEP ceremony, then the missing key by re-sync.
+    let three = connect(&t, fast_options());
+    assert!(!three.hsm_holds("c", &key_id(5)));
+    let n = three
+        .replicate_missing(&[(key_id(5), "k5".into())])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let pt = three
+        .decrypt_on("c", &key_id(5), iv, vec![], ct)
+        .await
+        .unwrap();
+    assert_eq!(pt.as_slice(), b"kept");
+}
+
+#[test]
+fn refuses_to_start_with_one_hsm_a_wrong_pin_a_bad_label_or_module() {
+    let t = tokens(&["a", "b"]);
+    let cfg = |i: usize| t.hsms[i].node_config().unwrap();
+    let err = |cfgs| match HsmCluster::connect(cfgs, fast_options()) {
+        Ok(_) => panic!("must refuse"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err(vec![cfg(0)]).contains("at least two HSMs"));
+    let mut bad = cfg(1);
+    bad.pin = Zeroizing::new("00000000".into());
+    let m = err(vec![cfg(0), bad]);
+    assert!(
+        m.starts_with("b: the token refused the user PIN (CKR_PIN_INCORRECT)"),
+        "{m}"
+    );
+    let mut bad = cfg(1);
+    bad.token_label = "nope".into();
+    assert!(err(vec![cfg(0), bad]).contains("b: no token labelled 'nope'"));
+    let mut bad = cfg(1);
+    bad.module = "/nonexistent/lib.so".into();
+    assert!(err(vec![cfg(0), bad]).contains("b: PKCS#11 module /nonexistent/lib.so does not exist"));
+    // The right PIN still works afterwards: the wrong one was tried once, not in a loop.
+    let c = HsmCluster::connect(vec![cfg(0), cfg(1)], fast_options()).unwrap();
+    assert_eq!(c.health().len(), 2);
+}
