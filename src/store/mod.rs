@@ -1,1 +1,144 @@
-//! store layer (work in progress).
+//! Metadata store: the durable, synchronous home of everything hsm-kms keeps locally —
+//! key metadata documents, aliases, sealed API credentials and service-wide settings.
+//!
+//! It never holds key material, plain or wrapped: keys live only inside the HSMs. The
+//! public API here is storage-agnostic (no SQL type appears in it); [`SqliteStore`] is the
+//! implementation. Every mutating method returns only after its transaction has committed
+//! durably, so a crash right after a call returns loses nothing.
+//!
+//! The store is synchronous; async callers run it on a blocking thread.
+
+pub mod sqlite;
+pub use sqlite::SqliteStore;
+
+/// Result of every store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The addressed row does not exist (or, for alias writes, the target key does not).
+    #[error("not found")]
+    NotFound,
+    /// A row with the same identity already exists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// Optimistic concurrency failure: the stored version is not the expected one.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A pagination marker that this store did not issue (or that is malformed).
+    #[error("invalid marker")]
+    InvalidMarker,
+    /// The underlying storage failed or holds data this binary cannot read.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// One KMS key's metadata. `doc` is an opaque JSON document owned by the domain layer;
+/// the store indexes the listed columns only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    pub key_id: String,
+    pub account_id: String,
+    /// Epoch seconds.
+    pub created_at: f64,
+    /// Optimistic concurrency counter; new keys should be inserted with 1. Stored as given
+    /// by [`MetadataStore::insert_key`], bumped by one on every [`MetadataStore::update_key`].
+    pub version: i64,
+    pub doc: serde_json::Value,
+}
+
+/// An alias, unique per (account, alias name), pointing at one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasRow {
+    pub account_id: String,
+    pub alias_name: String,
+    pub key_id: String,
+    /// Epoch seconds.
+    pub created_at: f64,
+    /// Epoch seconds.
+    pub updated_at: f64,
+}
+
+/// An API credential. The secret is sealed (encrypted by an HSM key) and opaque to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRow {
+    pub access_key_id: String,
+    pub account_id: String,
+    pub principal_arn: String,
+    pub sealed_secret: Vec<u8>,
+    /// Epoch seconds.
+    pub created_at: f64,
+}
+
+/// One page of a listing. `next_marker` is opaque; pass it back to get the next page.
+/// It is `None` exactly when there are no further items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_marker: Option<String>,
+}
+
+/// The metadata store. Implementations are synchronous and safe to share between threads.
+///
+/// Listing `limit`s of 0 are treated as 1 (the domain layer validates the KMS `Limit`).
+pub trait MetadataStore: Send + Sync {
+    /// Inserts a key. `AlreadyExists` if `key_id` is taken.
+    fn insert_key(&self, row: &KeyRow) -> StoreResult<()>;
+    /// Fetches a key by id.
+    fn get_key(&self, key_id: &str) -> StoreResult<Option<KeyRow>>;
+    /// Replaces `doc` if the stored version equals `expected_version`, bumps the version and
+    /// returns the new one. `Conflict` on a version mismatch, `NotFound` if the key is absent.
+    fn update_key(
+        &self,
+        key_id: &str,
+        expected_version: i64,
+        doc: &serde_json::Value,
+    ) -> StoreResult<i64>;
+    /// Deletes a key and, atomically with it, every alias pointing at it. `NotFound` if absent.
+    fn delete_key(&self, key_id: &str) -> StoreResult<()>;
+    /// One page of an account's keys in stable `(created_at, key_id)` order.
+    /// `InvalidMarker` if `marker` was not issued by this method.
+    fn list_keys(
+        &self,
+        account_id: &str,
+        marker: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<KeyRow>>;
+    /// Every key of every account, in `(created_at, key_id)` order (cache warm-up).
+    fn all_keys(&self) -> StoreResult<Vec<KeyRow>>;
+    /// Creates an alias. `AlreadyExists` if `(account_id, alias_name)` exists;
+    /// `NotFound` if the target key does not exist.
+    fn create_alias(&self, row: &AliasRow) -> StoreResult<()>;
+    /// Repoints an alias. `NotFound` if the alias or the new target key does not exist.
+    fn update_alias(
+        &self,
+        account_id: &str,
+        alias_name: &str,
+        new_key_id: &str,
+        updated_at: f64,
+    ) -> StoreResult<()>;
+    /// Deletes an alias. `NotFound` if absent.
+    fn delete_alias(&self, account_id: &str, alias_name: &str) -> StoreResult<()>;
+    /// Fetches an alias.
+    fn get_alias(&self, account_id: &str, alias_name: &str) -> StoreResult<Option<AliasRow>>;
+    /// One page of an account's aliases ordered by `alias_name`, optionally only those
+    /// pointing at `key_id`. `InvalidMarker` if `marker` was not issued by this method.
+    fn list_aliases(
+        &self,
+        account_id: &str,
+        key_id: Option<&str>,
+        marker: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<AliasRow>>;
+    /// Every alias of every account, ordered by `(account_id, alias_name)`.
+    fn all_aliases(&self) -> StoreResult<Vec<AliasRow>>;
+    /// Stores a credential. `AlreadyExists` if `access_key_id` is taken.
+    fn put_credential(&self, row: &CredentialRow) -> StoreResult<()>;
+    /// Every credential, ordered by `access_key_id`.
+    fn credentials(&self) -> StoreResult<Vec<CredentialRow>>;
+    /// Reads a service-wide setting.
+    fn get_setting(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Writes (inserts or replaces) a service-wide setting.
+    fn put_setting(&self, name: &str, value: &[u8]) -> StoreResult<()>;
+}
