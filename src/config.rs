@@ -1,1 +1,292 @@
-//! Configuration (work in progress).
+//! Configuration: one TOML file (`deny_unknown_fields`) with documented defaults, the
+//! environment overrides users rely on (`KMS_LISTEN`, `KMS_STATE_DIR`), and PINs read from
+//! a file or an environment variable (never logged). Relative paths are relative to the
+//! folder of the config file.
+
+use crate::hsm::{ClusterOptions, NodeConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Default listen address (`KMS_LISTEN` overrides).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4599";
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The service configuration, as written in the TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to serve on. Default `127.0.0.1:4599`; `KMS_LISTEN` overrides.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Folder for the metadata database and `credentials.env`. Default: the config file's
+    /// folder; `KMS_STATE_DIR` overrides.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// AWS region the service answers as. Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Account id of the first credential. Default `111122223333`.
+    #[serde(default = "default_account")]
+    pub account_id: String,
+    /// Worker threads (sessions) per HSM. Default 2.
+    #[serde(default = "default_workers")]
+    pub workers_per_hsm: usize,
+    /// Deadline of one HSM call, in milliseconds. Default 2000.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_ms: u64,
+    /// Deadline of key generation and replication, in milliseconds. Default 60000.
+    #[serde(default = "default_keygen_timeout")]
+    pub keygen_timeout_ms: u64,
+    /// Health probe period per HSM, in milliseconds. Default 1000.
+    #[serde(default = "default_probe")]
+    pub probe_interval_ms: u64,
+    /// Largest accepted request body, in bytes. Default 65536.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// The HSMs (at least two).
+    #[serde(default)]
+    pub hsm: Vec<HsmEntry>,
+}
+
+/// One `[[hsm]]` table.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmEntry {
+    /// Name used in logs and health output.
+    pub name: String,
+    /// PKCS#11 module path (its own copy per HSM for SoftHSM2).
+    pub module: PathBuf,
+    /// Token label (not a slot number).
+    pub token_label: String,
+    /// File holding the user PIN.
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// Environment for the module's `C_Initialize`, e.g. `SOFTHSM2_CONF`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for HsmEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmEntry")
+            .field("name", &self.name)
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("pin_file", &self.pin_file)
+            .field("pin_env", &self.pin_env)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_account() -> String {
+    "111122223333".into()
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_call_timeout() -> u64 {
+    2000
+}
+fn default_keygen_timeout() -> u64 {
+    60_000
+}
+fn default_probe() -> u64 {
+    1000
+}
+fn default_body() -> usize {
+    64 * 1024
+}
+
+/// A loaded configuration with paths resolved and environment overrides applied.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub state_dir: PathBuf,
+    base: PathBuf,
+}
+
+impl Loaded {
+    /// Read and validate `path`, then apply `KMS_LISTEN` and `KMS_STATE_DIR`.
+    pub fn from_file(path: &Path) -> Result<Loaded, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_str(&text, &p, base)
+    }
+
+    /// Parse TOML text (`origin` names it in errors); relative paths resolve against `base`.
+    pub fn from_str(text: &str, origin: &str, base: PathBuf) -> Result<Loaded, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if let Ok(l) = std::env::var("KMS_LISTEN") {
+            config.listen = l;
+        }
+        let state_dir = match std::env::var_os("KMS_STATE_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => match &config.state_dir {
+                Some(d) => base.join(d),
+                None => base.clone(),
+            },
+        };
+        if config.account_id.len() != 12 || !config.account_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(invalid("account_id must be 12 digits".into()));
+        }
+        if config.workers_per_hsm == 0 || config.call_timeout_ms == 0 {
+            return Err(invalid(
+                "workers_per_hsm and call_timeout_ms must be positive".into(),
+            ));
+        }
+        for h in &config.hsm {
+            if h.pin_file.is_some() == h.pin_env.is_some() {
+                return Err(invalid(format!(
+                    "hsm '{}': set exactly one of pin_file or pin_env",
+                    h.name
+                )));
+            }
+        }
+        Ok(Loaded {
+            config,
+            state_dir,
+            base,
+        })
+    }
+
+    /// The HSM node configurations, with PINs read from their files or variables.
+    pub fn nodes(&self) -> Result<Vec<NodeConfig>, ConfigError> {
+        self.config
+            .hsm
+            .iter()
+            .map(|h| {
+                let invalid = |message: String| ConfigError::Invalid {
+                    path: format!("hsm '{}'", h.name),
+                    message,
+                };
+                let pin = match (&h.pin_file, &h.pin_env) {
+                    (Some(f), _) => {
+                        let f = self.base.join(f);
+                        std::fs::read_to_string(&f)
+                            .map(|s| s.trim().to_string())
+                            .map_err(|e| {
+                                invalid(format!("cannot read PIN file {}: {e}", f.display()))
+                            })?
+                    }
+                    (None, Some(v)) => std::env::var(v)
+                        .map_err(|_| invalid(format!("PIN variable {v} is not set")))?,
+                    (None, None) => return Err(invalid("no PIN source".into())),
+                };
+                Ok(NodeConfig {
+                    name: h.name.clone(),
+                    module: self.base.join(&h.module),
+                    token_label: h.token_label.clone(),
+                    pin: Zeroizing::new(pin),
+                    env: h.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Cluster tunables.
+    pub fn cluster_options(&self) -> ClusterOptions {
+        let c = &self.config;
+        ClusterOptions {
+            workers_per_hsm: c.workers_per_hsm,
+            call_timeout: Duration::from_millis(c.call_timeout_ms),
+            keygen_timeout: Duration::from_millis(c.keygen_timeout_ms),
+            probe_interval: Duration::from_millis(c.probe_interval_ms),
+            ..ClusterOptions::default()
+        }
+    }
+}
+
+/// The commented config written by `hsm-kms setup-local` for local SoftHSM2 tokens.
+pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Path) -> String {
+    let mut s = String::from(
+        "# hsm-kms configuration (written by `hsm-kms setup-local`).\n\
+         # Relative paths are relative to this file's folder.\n\n\
+         # listen = \"127.0.0.1:4599\"     # KMS_LISTEN overrides\n\
+         # region = \"us-east-1\"\n\
+         # account_id = \"111122223333\"\n\
+         # workers_per_hsm = 2\n\
+         # call_timeout_ms = 2000\n\
+         # keygen_timeout_ms = 60000\n\
+         # probe_interval_ms = 1000\n\
+         # max_body_bytes = 65536\n",
+    );
+    for h in hsms {
+        let rel = |p: &Path| {
+            p.strip_prefix(state_dir)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        s.push_str(&format!(
+            "\n[[hsm]]\nname = \"{}\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n[hsm.env]\nSOFTHSM2_CONF = \"{}\"\n",
+            h.name,
+            rel(&h.module).display(),
+            h.label,
+            rel(&h.pin_file).display(),
+            h.conf.display()
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused_and_defaults_apply() {
+        let e = Loaded::from_str("listen = \"x\"\nbogus = 1\n", "t.toml", ".".into()).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let l = Loaded::from_str("", "t.toml", "/tmp".into()).unwrap();
+        assert_eq!(l.config.region, "us-east-1");
+        assert_eq!(l.config.account_id, "111122223333");
+        assert_eq!(l.config.workers_per_hsm, 2);
+    }
+
+    #[test]
+    fn pin_source_must_be_exactly_one_and_debug_hides_nothing_secret() {
+        let t = "[[hsm]]\nname = \"a\"\nmodule = \"m.so\"\ntoken_label = \"t\"\n";
+        assert!(Loaded::from_str(t, "t", ".".into()).is_err());
+        let t2 = format!("{t}pin_env = \"MY_TEST_PIN_VAR_X\"\n");
+        let l = Loaded::from_str(&t2, "t", "/base".into()).unwrap();
+        std::env::set_var("MY_TEST_PIN_VAR_X", "s3cr3t-pin");
+        let nodes = l.nodes().unwrap();
+        assert_eq!(nodes[0].module, PathBuf::from("/base/m.so"));
+        assert!(!format!("{:?}", nodes[0]).contains("s3cr3t-pin"));
+        assert_eq!(nodes[0].pin.as_str(), "s3cr3t-pin");
+    }
+}
