@@ -1,0 +1,75 @@
+//! An in-memory [`CredentialLookup`]: a fixed map from access key id to [`Credential`], for
+//! credentials loaded from configuration and for tests.
+
+use super::{Credential, CredentialLookup};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A fixed set of credentials keyed by access key id.
+#[derive(Debug, Default, Clone)]
+pub struct StaticCredentials {
+    by_access_key: HashMap<String, Arc<Credential>>,
+}
+
+impl StaticCredentials {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a credential under its access key id.
+    pub fn insert(&mut self, credential: Credential) {
+        self.by_access_key
+            .insert(credential.access_key_id.clone(), Arc::new(credential));
+    }
+
+    /// Number of credentials held.
+    pub fn len(&self) -> usize {
+        self.by_access_key.len()
+    }
+
+    /// Whether no credentials are held.
+    pub fn is_empty(&self) -> bool {
+        self.by_access_key.is_empty()
+    }
+}
+
+impl FromIterator<Credential> for StaticCredentials {
+    fn from_iter<I: IntoIterator<Item = Credential>>(iter: I) -> Self {
+        let mut s = Self::new();
+        for c in iter {
+            s.insert(c);
+        }
+        s
+    }
+}
+
+impl CredentialLookup for StaticCredentials {
+    fn lookup(&self, access_key_id: &str) -> Option<Arc<Credential>> {
+        self.by_access_key.get(access_key_id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_finds_only_inserted_keys() {
+        let store: StaticCredentials = [Credential::new(
+            "AKID1",
+            "topsecretvalue",
+            "111122223333",
+            "arn:1",
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(store.len(), 1);
+        assert!(!store.is_empty());
+        assert_eq!(store.lookup("AKID1").unwrap().principal_arn, "arn:1");
+        assert!(store.lookup("AKID2").is_none());
+        assert!(store.lookup("akid1").is_none());
+        // The store's Debug goes through Credential's redacting Debug.
+        assert!(!format!("{store:?}").contains("topsecretvalue"));
+    }
+}
