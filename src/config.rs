@@ -160,8 +160,7 @@ impl Loaded {
                 None => base.clone(),
             },
         };
-        if config.account_id.len() != 12 || !config.account_id.bytes().all(|b| b.is_ascii_digit())
-        {
+        if config.account_id.len() != 12 || !config.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid("account_id must be 12 digits".into()));
         }
         if config.workers_per_hsm == 0 || config.call_timeout_ms == 0 {
