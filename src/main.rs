@@ -1,2 +1,178 @@
-//! The `hsm-kms` binary (work in progress).
-fn main() {}
+//! The `hsm-kms` binary: `setup-local` (two local SoftHSM2 tokens and a config), `serve`
+//! (the KMS API), `bench-hsm` (HSM layer vs raw PKCS#11). `anyhow` lives only here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hsm_kms::app::{self, ServiceConfig};
+use hsm_kms::clock::SystemClock;
+use hsm_kms::config::{self, Loaded};
+use hsm_kms::hsm::softhsm;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "hsm-kms",
+    version,
+    about = "AWS-KMS-compatible service whose keys live only in HSMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create two local SoftHSM2 tokens and a config under the state folder (idempotent).
+    SetupLocal {
+        #[arg(long, env = "KMS_STATE_DIR", default_value = "var")]
+        state_dir: PathBuf,
+    },
+    /// Serve the KMS API in the foreground.
+    Serve {
+        /// Config file (default: <state dir>/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address (overrides the config and KMS_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KMS_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,hsm_kms=info,cryptoki=off")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("hsm-kms: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::SetupLocal { state_dir } => setup_local(&state_dir),
+        Cmd::Serve { config, listen } => {
+            let path = config.unwrap_or_else(|| {
+                std::env::var_os("KMS_STATE_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("var"))
+                    .join("config.toml")
+            });
+            if !path.exists() {
+                bail!(
+                    "{} does not exist; run `hsm-kms setup-local` or ./scripts/start.sh first",
+                    path.display()
+                );
+            }
+            let loaded = Loaded::from_file(&path)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(loaded, listen))
+        }
+    }
+}
+
+fn setup_local(state_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create {}", state_dir.display()))?;
+    let state_dir = state_dir.canonicalize()?;
+    let hsms = ["hsm-a", "hsm-b"]
+        .iter()
+        .map(|n| softhsm::provision(&state_dir.join("hsm"), n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cfg = state_dir.join("config.toml");
+    if !cfg.exists() {
+        std::fs::write(&cfg, config::local_config_text(&hsms, &state_dir))?;
+        println!("wrote {}", cfg.display());
+    }
+    for h in &hsms {
+        println!(
+            "HSM {}: token '{}' in {}",
+            h.name,
+            h.label,
+            h.token_dir.display()
+        );
+    }
+    Ok(())
+}
+
+async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
+    let c = &loaded.config;
+    let running = app::start(ServiceConfig {
+        nodes: loaded.nodes()?,
+        cluster: loaded.cluster_options(),
+        database: loaded.state_dir.join("metadata.sqlite"),
+        listen: listen.unwrap_or_else(|| c.listen.clone()),
+        region: c.region.clone(),
+        account_id: c.account_id.clone(),
+        max_body_bytes: c.max_body_bytes,
+        clock: Arc::new(SystemClock),
+    })
+    .await?;
+    let endpoint = format!("http://{}", running.addr);
+    let env_file = loaded.state_dir.join("credentials.env");
+    if let Some(cred) = &running.new_credential {
+        let text = format!(
+            "export AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_DEFAULT_REGION={r}\nexport AWS_REGION={r}\nexport KMS_ENDPOINT={endpoint}\n",
+            cred.access_key_id,
+            cred.secret_access_key.as_str(),
+            r = c.region
+        );
+        write_private(&env_file, &text)?;
+        println!(
+            "first start: created a credential; `source {}` or:",
+            env_file.display()
+        );
+        print!("{text}");
+    } else if env_file.exists() {
+        // Keep the endpoint line current (the port may differ between runs).
+        let text = std::fs::read_to_string(&env_file)?;
+        let updated: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("export KMS_ENDPOINT=") {
+                    format!("export KMS_ENDPOINT={endpoint}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        write_private(&env_file, &updated)?;
+    }
+    println!("listening on {}", running.addr);
+    std::io::stdout().flush()?;
+    let mut running = running;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = running.wait() => {}
+    }
+    eprintln!("hsm-kms: shutting down");
+    running.begin_shutdown();
+    running.stop().await;
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -7,7 +7,6 @@ use super::error::{FailureClass, HsmError};
 use super::{NodeConfig, NodeState};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -59,7 +58,6 @@ pub(crate) struct Instance {
     pub(crate) slot: Slot,
     pub(crate) epoch: u64,
     pub(crate) handles: RwLock<HashMap<ObjKey, ObjectHandle>>,
-    pub(crate) mechanisms: Vec<MechanismType>,
     anchor: Mutex<Option<Session>>,
 }
 
@@ -94,11 +92,6 @@ impl Instance {
         let slot = find_slot(&ctx, &cfg.token_label)
             .map_err(ck)?
             .ok_or_else(|| setup(format!("no token labelled '{}' found", cfg.token_label)))?;
-        let mechanisms = ctx
-            .get_mechanism_list(slot)
-            .map_err(ck)?
-            .into_iter()
-            .collect();
         let anchor = ctx.open_rw_session(slot).map_err(ck)?;
         let pin = AuthPin::new(cfg.pin.as_str().into());
         match anchor.login(UserType::User, Some(&pin)) {
@@ -141,7 +134,6 @@ impl Instance {
             slot,
             epoch,
             handles: RwLock::new(handles),
-            mechanisms,
             anchor: Mutex::new(Some(anchor)),
         };
         inst.ensure_canary(hsm)?;
@@ -207,10 +199,6 @@ impl WorkerCtx<'_> {
 
     pub(crate) fn hsm(&self) -> &str {
         &self.node.cfg.name
-    }
-
-    pub(crate) fn has_mechanism(&self, m: MechanismType) -> bool {
-        self.inst.mechanisms.contains(&m)
     }
 
     /// Convert a cryptoki error, recording what it says about this HSM and session.

@@ -1,5 +1,12 @@
 //! The KMS domain layer: value types parsed at the API edge, the encryption context and the
-//! ciphertext blob format. (Key lifecycle and operations build on these.)
+//! ciphertext blob format, the stored key documents, and `Kms` with one method per operation.
 pub mod ciphertext;
 pub mod context;
+pub mod credentials;
+pub mod error;
+pub mod model;
+pub mod service;
 pub mod types;
+
+pub use error::KmsError;
+pub use service::{CreateKeyInput, DataKeySize, Kms};

@@ -1,0 +1,79 @@
+//! THE table of AWS error types and HTTP statuses, and the error response
+//! (`{"__type": …, "message": …}` with `x-amzn-RequestId`). Internal causes are logged here
+//! and never sent.
+
+use crate::auth::AuthError;
+use crate::kms::types::ValidationError;
+use crate::kms::KmsError;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// An error as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub aws_type: &'static str,
+    pub message: String,
+}
+
+/// The HTTP status of every AWS error type this service sends.
+pub fn status_of(aws_type: &str) -> StatusCode {
+    match aws_type {
+        "KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        "DryRunOperationException" => StatusCode::PRECONDITION_FAILED,
+        "RequestEntityTooLargeException" => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl ApiError {
+    pub fn new(aws_type: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            aws_type,
+            message: message.into(),
+        }
+    }
+    pub fn serialization(message: impl Into<String>) -> Self {
+        Self::new("SerializationException", message)
+    }
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new("ValidationException", message)
+    }
+    pub fn unknown_operation() -> Self {
+        Self::new("UnknownOperationException", "")
+    }
+
+    /// Render with the request id.
+    pub fn into_response_with(self, request_id: &str) -> Response {
+        let body = serde_json::json!({ "__type": self.aws_type, "message": self.message });
+        let mut r = (status_of(self.aws_type), body.to_string()).into_response();
+        super::set_headers(&mut r, request_id);
+        r
+    }
+}
+
+impl From<KmsError> for ApiError {
+    fn from(e: KmsError) -> Self {
+        if matches!(e, KmsError::Internal(_) | KmsError::Unavailable(_)) {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError::new(e.aws_type(), e.client_message())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::new(e.aws_type(), e.message())
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::validation(e.to_string())
+    }
+}
+
+pub(crate) fn content_type() -> HeaderValue {
+    HeaderValue::from_static("application/x-amz-json-1.1")
+}

@@ -1,0 +1,150 @@
+//! The composition root: connect the HSM cluster, open the metadata store, load the domain
+//! and the credentials, and build the router. `main` and the end-to-end tests both start
+//! the service through [`start`].
+
+use crate::api::{router, AppState};
+use crate::auth::{Credential, StaticCredentials};
+use crate::clock::Clock;
+use crate::hsm::{ClusterOptions, HsmCluster, HsmError, NodeConfig};
+use crate::kms::types::Region;
+use crate::kms::{Kms, KmsError};
+use crate::store::{SqliteStore, StoreError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Hsm(#[from] HsmError),
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Kms(#[from] KmsError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the service needs to start.
+pub struct ServiceConfig {
+    pub nodes: Vec<NodeConfig>,
+    pub cluster: ClusterOptions,
+    pub database: PathBuf,
+    pub listen: String,
+    pub region: String,
+    pub account_id: String,
+    pub max_body_bytes: usize,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A running service.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub kms: Arc<Kms>,
+    /// The credential created on this first start, if any.
+    pub new_credential: Option<Credential>,
+    /// All credentials (for tests and the quick start).
+    pub credentials: Vec<Credential>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop serving, then finalize every HSM module instance.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+        self.kms.cluster().shutdown();
+    }
+
+    /// Resolves when the server task ends.
+    pub async fn wait(&mut self) {
+        if let Some(h) = self.server.as_mut() {
+            let _ = h.await;
+        }
+        self.server = None;
+    }
+
+    /// Ask the server to stop accepting and finish in-flight requests.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Connect, load and serve (in a background task); returns once listening.
+pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
+    let region = Region::parse(&cfg.region).map_err(|e| StartError::Config(e.to_string()))?;
+    let (nodes, copts) = (cfg.nodes, cfg.cluster);
+    let cluster = tokio::task::spawn_blocking(move || HsmCluster::connect(nodes, copts))
+        .await
+        .map_err(|e| StartError::Config(format!("cluster start: {e}")))??;
+    let cluster = Arc::new(cluster);
+    if let Some(parent) = cfg.database.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let db = cfg.database.clone();
+    let store: Arc<dyn crate::store::MetadataStore> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+            .await
+            .map_err(|e| StartError::Config(format!("store open: {e}")))??,
+    );
+    let now = (cfg.clock.now().unix_timestamp_nanos() / 1_000_000) as f64 / 1000.0;
+    let (credentials, new_credential) =
+        crate::kms::credentials::load_or_create(&cluster, &store, &cfg.account_id, now).await?;
+    let kms = Arc::new(Kms::open(
+        cluster.clone(),
+        store,
+        cfg.clock.clone(),
+        region,
+    )?);
+    // Keys made while an HSM was down reach it when it is back.
+    let weak = Arc::downgrade(&kms);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let Some(k) = weak.upgrade() else { break };
+            if let Err(e) = k.resync_hsms().await {
+                tracing::warn!(error = %e, "HSM re-sync failed; will retry");
+            }
+        }
+    });
+    let lookup: StaticCredentials = credentials.iter().cloned().collect();
+    let state = Arc::new(AppState {
+        kms: kms.clone(),
+        credentials: Arc::new(lookup),
+        clock: cfg.clock.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state);
+    let server = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    Ok(Running {
+        addr,
+        kms,
+        new_credential,
+        credentials,
+        shutdown: Some(tx),
+        server: Some(server),
+    })
+}

@@ -1,0 +1,115 @@
+//! API credentials at rest: secrets are sealed (AES-GCM) under an HSM key that is replicated
+//! like every KMS key; only the sealed form reaches the metadata store. The first start
+//! creates one credential for the configured account.
+
+use super::error::KmsError;
+use crate::auth::Credential;
+use crate::hsm::{HsmCluster, IV_LEN};
+use crate::store::{CredentialRow, MetadataStore};
+use rand::Rng;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// `CKA_ID` of the HSM key that seals credential secrets.
+pub const SEALING_KEY_ID: &[u8] = b"hsm-kms/credential-sealing-key";
+const SEALING_SETTING: &str = "credential_sealing_key";
+
+async fn ensure_sealing_key(
+    cluster: &HsmCluster,
+    store: &Arc<dyn MetadataStore>,
+) -> Result<(), KmsError> {
+    if store.get_setting(SEALING_SETTING)?.is_some() {
+        return Ok(());
+    }
+    cluster
+        .create_aes_key(SEALING_KEY_ID, "hsm-kms credential sealing key")
+        .await?;
+    store.put_setting(SEALING_SETTING, b"v1")?;
+    Ok(())
+}
+
+fn random_string(alphabet: &[u8], len: usize, seed: &[u8]) -> String {
+    // Characters drawn from HSM randomness (seed), mixed with the OS generator.
+    let mut rng = rand::rngs::OsRng;
+    (0..len)
+        .map(|i| {
+            let r = seed[i % seed.len()] as usize ^ rng.gen::<u8>() as usize;
+            alphabet[r % alphabet.len()] as char
+        })
+        .collect()
+}
+
+/// Unseal every stored credential; on first start create one for `account_id`.
+/// Returns all credentials and, if one was just created, that one.
+pub async fn load_or_create(
+    cluster: &HsmCluster,
+    store: &Arc<dyn MetadataStore>,
+    account_id: &str,
+    now: f64,
+) -> Result<(Vec<Credential>, Option<Credential>), KmsError> {
+    ensure_sealing_key(cluster, store).await?;
+    let mut out = Vec::new();
+    for row in store.credentials()? {
+        if row.sealed_secret.len() <= IV_LEN {
+            return Err(KmsError::Internal(format!(
+                "credential {} is malformed",
+                row.access_key_id
+            )));
+        }
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&row.sealed_secret[..IV_LEN]);
+        let secret = cluster
+            .decrypt(
+                SEALING_KEY_ID,
+                iv,
+                row.access_key_id.as_bytes().to_vec(),
+                row.sealed_secret[IV_LEN..].to_vec(),
+            )
+            .await?;
+        let secret = String::from_utf8(secret.to_vec())
+            .map_err(|_| KmsError::Internal("credential secret is not UTF-8".into()))?;
+        out.push(Credential::new(
+            row.access_key_id,
+            secret,
+            row.account_id,
+            row.principal_arn,
+        ));
+    }
+    if !out.is_empty() {
+        return Ok((out, None));
+    }
+    let seed = cluster.random(64).await?;
+    let akid = format!(
+        "AKIA{}",
+        random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16, &seed[..32])
+    );
+    let secret = Zeroizing::new(random_string(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        40,
+        &seed[32..],
+    ));
+    let principal_arn = format!("arn:aws:iam::{account_id}:user/hsm-kms-admin");
+    let (iv, ct) = cluster
+        .encrypt(
+            SEALING_KEY_ID,
+            akid.as_bytes().to_vec(),
+            Zeroizing::new(secret.as_bytes().to_vec()),
+        )
+        .await?;
+    let mut sealed = iv.to_vec();
+    sealed.extend_from_slice(&ct);
+    store.put_credential(&CredentialRow {
+        access_key_id: akid.clone(),
+        account_id: account_id.to_string(),
+        principal_arn: principal_arn.clone(),
+        sealed_secret: sealed,
+        created_at: now,
+    })?;
+    let c = Credential::new(
+        akid,
+        (*secret).clone(),
+        account_id.to_string(),
+        principal_arn,
+    );
+    Ok((vec![c.clone()], Some(c)))
+}

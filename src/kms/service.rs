@@ -1,0 +1,812 @@
+//! `Kms`: one method per KMS operation. Resolves key references (id, ARN, alias, alias
+//! ARN), checks key state and usage, builds the ciphertext header and AAD, asks the HSM
+//! cluster to do the cryptography, and commits metadata before answering. Metadata is
+//! cached in memory (single node) with the store as the source of truth.
+
+use super::ciphertext::{self, Blob, Header};
+use super::context::EncryptionContext;
+use super::error::KmsError;
+use super::model::*;
+use super::types::{
+    AccountId, AliasArn, AliasName, DataKeySpec, EncryptionAlgorithm, KeyArn, KeyId, KeyManager,
+    KeyRef, KeySpec, KeyState, KeyUsage, Origin, Plaintext, Region, Tag,
+};
+use crate::auth::Principal;
+use crate::clock::Clock;
+use crate::hsm::HsmCluster;
+use crate::store::{AliasRow, KeyRow, MetadataStore};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// A key as cached: its document and the store version it was read at (for the
+/// optimistic updates of key-state changes).
+#[derive(Debug, Clone)]
+struct Entry {
+    doc: KeyDoc,
+    #[allow(dead_code)]
+    version: i64,
+}
+
+/// Inputs of CreateKey, parsed at the edge.
+#[derive(Debug, Default)]
+pub struct CreateKeyInput {
+    pub description: Option<String>,
+    pub key_usage: Option<KeyUsage>,
+    pub key_spec: Option<KeySpec>,
+    pub origin: Option<Origin>,
+    pub tags: Vec<Tag>,
+    pub multi_region: bool,
+}
+
+/// What GenerateDataKey asks for: exactly one of a spec or a byte count.
+#[derive(Debug, Clone, Copy)]
+pub enum DataKeySize {
+    Spec(DataKeySpec),
+    Bytes(usize),
+}
+
+/// The KMS domain service.
+pub struct Kms {
+    cluster: Arc<HsmCluster>,
+    store: Arc<dyn MetadataStore>,
+    clock: Arc<dyn Clock>,
+    region: Region,
+    keys: RwLock<HashMap<KeyId, Arc<Entry>>>,
+    aliases: RwLock<HashMap<(String, String), AliasRow>>,
+    writes: tokio::sync::Mutex<()>,
+}
+
+fn epoch(clock: &dyn Clock) -> f64 {
+    (clock.now().unix_timestamp_nanos() / 1_000_000) as f64 / 1000.0
+}
+
+fn object_id(key: &KeyId, version: u32) -> String {
+    format!("kms/{key}/{version}")
+}
+
+impl Kms {
+    /// Load every key and alias from the store into memory.
+    pub fn open(
+        cluster: Arc<HsmCluster>,
+        store: Arc<dyn MetadataStore>,
+        clock: Arc<dyn Clock>,
+        region: Region,
+    ) -> Result<Kms, KmsError> {
+        let mut keys = HashMap::new();
+        for row in store.all_keys()? {
+            let doc: KeyDoc = serde_json::from_value(row.doc).map_err(|e| {
+                KmsError::Internal(format!("key {}: bad document: {e}", row.key_id))
+            })?;
+            keys.insert(
+                doc.key_id,
+                Arc::new(Entry {
+                    doc,
+                    version: row.version,
+                }),
+            );
+        }
+        let aliases = store
+            .all_aliases()?
+            .into_iter()
+            .map(|a| ((a.account_id.clone(), a.alias_name.clone()), a))
+            .collect();
+        Ok(Kms {
+            cluster,
+            store,
+            clock,
+            region,
+            keys: RwLock::new(keys),
+            aliases: RwLock::new(aliases),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn cluster(&self) -> &Arc<HsmCluster> {
+        &self.cluster
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Number of keys known (all accounts).
+    pub fn key_count(&self) -> usize {
+        self.keys.read().len()
+    }
+
+    /// Copy keys that an HSM lacks (it was down when they were created) from a healthy one.
+    pub async fn resync_hsms(&self) -> Result<usize, KmsError> {
+        let ids: Vec<(Vec<u8>, String)> = self
+            .keys
+            .read()
+            .values()
+            .flat_map(|e| {
+                e.doc
+                    .backing
+                    .iter()
+                    .map(|b| (b.object_id.clone().into_bytes(), self.arn(&e.doc)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Ok(self.cluster.replicate_missing(&ids).await?)
+    }
+
+    fn arn(&self, doc: &KeyDoc) -> String {
+        KeyArn::new(self.region.clone(), doc.account_id.clone(), doc.key_id).to_string()
+    }
+
+    fn account(&self, p: &Principal) -> Result<AccountId, KmsError> {
+        AccountId::parse(&p.account_id).map_err(|e| KmsError::Internal(e.to_string()))
+    }
+
+    fn alias_arn(&self, account: &AccountId, alias: &AliasName) -> String {
+        AliasArn::new(self.region.clone(), account.clone(), alias.clone()).to_string()
+    }
+
+    fn not_found(&self, account: &AccountId, id: &KeyId) -> KmsError {
+        KmsError::NotFound(format!(
+            "Key '{}' does not exist",
+            KeyArn::new(self.region.clone(), account.clone(), *id)
+        ))
+    }
+
+    fn entry(&self, account: &AccountId, id: &KeyId) -> Result<Arc<Entry>, KmsError> {
+        match self.keys.read().get(id) {
+            Some(e) if &e.doc.account_id == account => Ok(e.clone()),
+            _ => Err(self.not_found(account, id)),
+        }
+    }
+
+    /// Resolve a `KeyId` member: key id, key ARN, and (where `aliases`) alias name or ARN.
+    fn resolve(&self, p: &Principal, raw: &str, aliases: bool) -> Result<Arc<Entry>, KmsError> {
+        let account = self.account(p)?;
+        let r = KeyRef::parse(raw)?;
+        let invalid = || KmsError::NotFound(format!("Invalid keyId '{raw}'"));
+        match r {
+            KeyRef::Id(id) => self.entry(&account, &id),
+            KeyRef::KeyArn(a) => {
+                if a.region != self.region || a.account != account {
+                    return Err(KmsError::NotFound(format!(
+                        "Invalid arn {}",
+                        a.region.as_str()
+                    )));
+                }
+                self.entry(&account, &a.key_id)
+            }
+            KeyRef::AliasName(name) if aliases => self.by_alias(&account, &name),
+            KeyRef::AliasArn(a) if aliases => {
+                if a.region != self.region || a.account != account {
+                    return Err(KmsError::NotFound(format!(
+                        "Invalid arn {}",
+                        a.region.as_str()
+                    )));
+                }
+                self.by_alias(&account, &a.alias)
+            }
+            _ => Err(invalid()),
+        }
+    }
+
+    fn by_alias(&self, account: &AccountId, name: &AliasName) -> Result<Arc<Entry>, KmsError> {
+        let target = self
+            .aliases
+            .read()
+            .get(&(account.as_str().to_string(), name.as_str().to_string()))
+            .map(|a| a.key_id.clone());
+        let missing = || {
+            KmsError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(account, name)
+            ))
+        };
+        let id = KeyId::parse(&target.ok_or_else(missing)?).map_err(|_| missing())?;
+        self.entry(account, &id)
+    }
+
+    /// State and usage checks for a cryptographic operation.
+    fn usable_for(&self, e: &Entry, usage: KeyUsage) -> Result<(), KmsError> {
+        let arn = self.arn(&e.doc);
+        match e.doc.key_state {
+            KeyState::Enabled => {}
+            KeyState::Disabled => return Err(KmsError::Disabled(format!("{arn} is disabled."))),
+            KeyState::PendingDeletion => {
+                return Err(KmsError::InvalidState(format!(
+                    "{arn} is pending deletion."
+                )))
+            }
+            other => {
+                return Err(KmsError::InvalidState(format!(
+                    "{arn} is {}.",
+                    other.as_str()
+                )))
+            }
+        }
+        if e.doc.key_usage != usage {
+            return Err(KmsError::InvalidKeyUsage(format!(
+                "{arn} key usage is {} which is not valid for this operation.",
+                e.doc.key_usage.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    fn symmetric_algorithm(
+        &self,
+        e: &Entry,
+        alg: Option<EncryptionAlgorithm>,
+    ) -> Result<EncryptionAlgorithm, KmsError> {
+        match alg {
+            None | Some(EncryptionAlgorithm::SymmetricDefault)
+                if e.doc.key_spec == KeySpec::SymmetricDefault =>
+            {
+                Ok(EncryptionAlgorithm::SymmetricDefault)
+            }
+            Some(a) => Err(KmsError::InvalidKeyUsage(format!(
+                "Algorithm {} is incompatible with key spec {}.",
+                a.as_str(),
+                e.doc.key_spec.as_str()
+            ))),
+            None => Err(KmsError::InvalidKeyUsage(format!(
+                "{} is not a symmetric encryption key.",
+                self.arn(&e.doc)
+            ))),
+        }
+    }
+
+    pub fn metadata(&self, doc: &KeyDoc) -> KeyMetadata {
+        KeyMetadata {
+            aws_account_id: doc.account_id.as_str().to_string(),
+            key_id: doc.key_id.to_string(),
+            arn: self.arn(doc),
+            creation_date: doc.creation_date,
+            enabled: doc.key_state == KeyState::Enabled,
+            description: doc.description.clone(),
+            key_usage: doc.key_usage,
+            key_state: doc.key_state,
+            deletion_date: doc.deletion_date,
+            pending_deletion_window_in_days: doc.pending_window_days,
+            origin: doc.origin,
+            key_manager: doc.key_manager,
+            customer_master_key_spec: doc.key_spec,
+            key_spec: doc.key_spec,
+            encryption_algorithms: doc.key_spec.encryption_algorithms(doc.key_usage),
+            signing_algorithms: doc.key_spec.signing_algorithms(doc.key_usage),
+            mac_algorithms: doc.key_spec.mac_algorithms(doc.key_usage),
+            key_agreement_algorithms: doc.key_spec.key_agreement_algorithms(doc.key_usage),
+            multi_region: false,
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MetadataStore) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, KmsError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
+            .map_err(KmsError::from)
+    }
+
+    // ------------------------------------------------------------------ keys
+
+    pub async fn create_key(
+        &self,
+        p: &Principal,
+        input: CreateKeyInput,
+    ) -> Result<KeyMetadataOutput, KmsError> {
+        let account = self.account(p)?;
+        let spec = input.key_spec.unwrap_or(KeySpec::SymmetricDefault);
+        let usage = match input.key_usage {
+            Some(u) => u,
+            None => spec.default_usage().ok_or_else(|| {
+                KmsError::Validation(format!(
+                    "You must specify a KeyUsage value for a {} KMS key.",
+                    spec.as_str()
+                ))
+            })?,
+        };
+        if !spec.default_usage_allowed(usage) {
+            return Err(KmsError::Validation(format!(
+                "KeyUsage {} is not compatible with KeySpec {}",
+                usage.as_str(),
+                spec.as_str()
+            )));
+        }
+        if spec != KeySpec::SymmetricDefault {
+            return Err(KmsError::Unsupported(format!(
+                "KeySpec {} is not supported by this service yet.",
+                spec.as_str()
+            )));
+        }
+        let origin = input.origin.unwrap_or(Origin::AwsKms);
+        if origin != Origin::AwsKms {
+            return Err(KmsError::Unsupported(format!(
+                "Origin {} is not supported by this service yet.",
+                origin.as_str()
+            )));
+        }
+        if input.multi_region {
+            return Err(KmsError::Unsupported(
+                "Multi-Region keys are not supported by this service.".into(),
+            ));
+        }
+        let description = input.description.unwrap_or_default();
+        if description.chars().count() > 8192 {
+            return Err(KmsError::Validation(format!(
+                "1 validation error detected: Value at 'description' failed to satisfy constraint: Member must have length less than or equal to 8192"
+            )));
+        }
+        check_tags(&input.tags)?;
+        let key_id = KeyId::new_random();
+        let now = epoch(self.clock.as_ref());
+        let obj = object_id(&key_id, 1);
+        let doc = KeyDoc {
+            key_id,
+            account_id: account,
+            description,
+            key_spec: spec,
+            key_usage: usage,
+            key_state: KeyState::Enabled,
+            origin,
+            key_manager: KeyManager::Customer,
+            creation_date: now,
+            deletion_date: None,
+            pending_window_days: None,
+            backing: vec![BackingKey {
+                version: 1,
+                object_id: obj.clone(),
+                created: now,
+            }],
+            current_backing: 1,
+            tags: dedup_tags(input.tags),
+        };
+        self.cluster
+            .create_aes_key(obj.as_bytes(), &self.arn(&doc))
+            .await?;
+        let row = KeyRow {
+            key_id: key_id.to_string(),
+            account_id: doc.account_id.as_str().to_string(),
+            created_at: now,
+            version: 1,
+            doc: serde_json::to_value(&doc).map_err(|e| KmsError::Internal(e.to_string()))?,
+        };
+        if let Err(e) = self.blocking(move |s| s.insert_key(&row)).await {
+            let _ = self.cluster.destroy_key(obj.as_bytes()).await;
+            return Err(e);
+        }
+        let meta = self.metadata(&doc);
+        self.keys
+            .write()
+            .insert(key_id, Arc::new(Entry { doc, version: 1 }));
+        Ok(KeyMetadataOutput { key_metadata: meta })
+    }
+
+    pub fn describe_key(&self, p: &Principal, key: &str) -> Result<KeyMetadataOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        Ok(KeyMetadataOutput {
+            key_metadata: self.metadata(&e.doc),
+        })
+    }
+
+    pub async fn list_keys(
+        &self,
+        p: &Principal,
+        limit: usize,
+        marker: Option<String>,
+    ) -> Result<ListKeysOutput, KmsError> {
+        let account = p.account_id.clone();
+        let page = self
+            .blocking(move |s| s.list_keys(&account, marker.as_deref(), limit))
+            .await?;
+        let keys = page
+            .items
+            .into_iter()
+            .map(|r| KeyListEntry {
+                key_arn: format!(
+                    "arn:aws:kms:{}:{}:key/{}",
+                    self.region.as_str(),
+                    r.account_id,
+                    r.key_id
+                ),
+                key_id: r.key_id,
+            })
+            .collect();
+        Ok(ListKeysOutput {
+            keys,
+            truncated: page.next_marker.is_some(),
+            next_marker: page.next_marker,
+        })
+    }
+
+    // ------------------------------------------------------------------ crypto
+
+    async fn seal(
+        &self,
+        e: &Entry,
+        ctx: &EncryptionContext,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<Vec<u8>, KmsError> {
+        let header = Header {
+            key_id: e.doc.key_id,
+            backing_version: e.doc.current_backing,
+        };
+        let backing = e
+            .doc
+            .backing(e.doc.current_backing)
+            .ok_or_else(|| KmsError::Internal("current backing key missing".into()))?;
+        let (iv, ct) = self
+            .cluster
+            .encrypt(
+                backing.object_id.as_bytes(),
+                ciphertext::aad(&header, ctx),
+                plaintext,
+            )
+            .await?;
+        Ok(Blob {
+            header,
+            iv,
+            ct_and_tag: ct,
+        }
+        .encode())
+    }
+
+    /// Parse a blob and find its key (checked against an optional caller-given key).
+    fn open_blob(
+        &self,
+        p: &Principal,
+        blob: &[u8],
+        key: Option<&str>,
+    ) -> Result<(Blob, Arc<Entry>), KmsError> {
+        let blob = Blob::decode(blob).map_err(|_| KmsError::InvalidCiphertext(String::new()))?;
+        let account = self.account(p)?;
+        let owner = self
+            .entry(&account, &blob.header.key_id)
+            .map_err(|_| KmsError::InvalidCiphertext(String::new()))?;
+        if let Some(k) = key {
+            let given = self.resolve(p, k, true)?;
+            if given.doc.key_id != owner.doc.key_id {
+                return Err(KmsError::IncorrectKey(
+                    "The key ID in the request does not identify a CMK that can perform this operation."
+                        .into(),
+                ));
+            }
+        }
+        Ok((blob, owner))
+    }
+
+    async fn unseal(
+        &self,
+        e: &Entry,
+        blob: Blob,
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let backing = e
+            .doc
+            .backing(blob.header.backing_version)
+            .ok_or_else(|| KmsError::InvalidCiphertext(String::new()))?;
+        Ok(self
+            .cluster
+            .decrypt(
+                backing.object_id.as_bytes(),
+                blob.iv,
+                ciphertext::aad(&blob.header, ctx),
+                blob.ct_and_tag,
+            )
+            .await?)
+    }
+
+    pub async fn encrypt(
+        &self,
+        p: &Principal,
+        key: &str,
+        plaintext: Plaintext,
+        ctx: EncryptionContext,
+        alg: Option<EncryptionAlgorithm>,
+        dry_run: bool,
+    ) -> Result<EncryptOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
+        let alg = self.symmetric_algorithm(&e, alg)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let blob = self.seal(&e, &ctx, plaintext.into_inner()).await?;
+        Ok(EncryptOutput {
+            ciphertext_blob: blob,
+            key_id: self.arn(&e.doc),
+            encryption_algorithm: alg,
+        })
+    }
+
+    pub async fn decrypt(
+        &self,
+        p: &Principal,
+        blob: &[u8],
+        key: Option<&str>,
+        ctx: EncryptionContext,
+        alg: Option<EncryptionAlgorithm>,
+        dry_run: bool,
+    ) -> Result<DecryptOutput, KmsError> {
+        let (blob, e) = self.open_blob(p, blob, key)?;
+        self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
+        let alg = self.symmetric_algorithm(&e, alg)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let plaintext = self.unseal(&e, blob, &ctx).await?;
+        Ok(DecryptOutput {
+            key_id: self.arn(&e.doc),
+            plaintext,
+            encryption_algorithm: alg,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn re_encrypt(
+        &self,
+        p: &Principal,
+        blob: &[u8],
+        source_key: Option<&str>,
+        source_ctx: EncryptionContext,
+        source_alg: Option<EncryptionAlgorithm>,
+        destination_key: &str,
+        destination_ctx: EncryptionContext,
+        destination_alg: Option<EncryptionAlgorithm>,
+        dry_run: bool,
+    ) -> Result<ReEncryptOutput, KmsError> {
+        let (blob, src) = self.open_blob(p, blob, source_key)?;
+        self.usable_for(&src, KeyUsage::EncryptDecrypt)?;
+        let source_alg = self.symmetric_algorithm(&src, source_alg)?;
+        let dst = self.resolve(p, destination_key, true)?;
+        self.usable_for(&dst, KeyUsage::EncryptDecrypt)?;
+        let destination_alg = self.symmetric_algorithm(&dst, destination_alg)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let plaintext = self.unseal(&src, blob, &source_ctx).await?;
+        let out = self.seal(&dst, &destination_ctx, plaintext).await?;
+        Ok(ReEncryptOutput {
+            ciphertext_blob: out,
+            source_key_id: self.arn(&src.doc),
+            key_id: self.arn(&dst.doc),
+            source_encryption_algorithm: source_alg,
+            destination_encryption_algorithm: destination_alg,
+        })
+    }
+
+    pub async fn generate_data_key(
+        &self,
+        p: &Principal,
+        key: &str,
+        size: DataKeySize,
+        ctx: EncryptionContext,
+        with_plaintext: bool,
+        dry_run: bool,
+    ) -> Result<DataKeyOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
+        self.symmetric_algorithm(&e, None)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let n = match size {
+            DataKeySize::Spec(s) => s.byte_len(),
+            DataKeySize::Bytes(n) => n,
+        };
+        let header = Header {
+            key_id: e.doc.key_id,
+            backing_version: e.doc.current_backing,
+        };
+        let backing = e
+            .doc
+            .backing(e.doc.current_backing)
+            .ok_or_else(|| KmsError::Internal("current backing key missing".into()))?;
+        let (dk, iv, ct) = self
+            .cluster
+            .generate_data_key(
+                backing.object_id.as_bytes(),
+                n,
+                ciphertext::aad(&header, &ctx),
+            )
+            .await?;
+        Ok(DataKeyOutput {
+            ciphertext_blob: Blob {
+                header,
+                iv,
+                ct_and_tag: ct,
+            }
+            .encode(),
+            plaintext: with_plaintext.then_some(dk),
+            key_id: self.arn(&e.doc),
+        })
+    }
+
+    pub async fn generate_random(&self, n: usize) -> Result<RandomOutput, KmsError> {
+        Ok(RandomOutput {
+            plaintext: self.cluster.random(n).await?,
+        })
+    }
+
+    // ------------------------------------------------------------------ aliases
+
+    fn user_alias(&self, raw: &str, member: &str) -> Result<AliasName, KmsError> {
+        let name =
+            AliasName::parse(raw).map_err(|e| KmsError::Validation(e.at(member).to_string()))?;
+        if name.is_aws_reserved() {
+            return Err(KmsError::NotAuthorized(
+                "Cannot create, update or delete an alias with the reserved prefix alias/aws/."
+                    .into(),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// An alias target: a customer key named by id or ARN, not pending deletion.
+    fn alias_target(&self, p: &Principal, raw: &str) -> Result<Arc<Entry>, KmsError> {
+        let e = self
+            .resolve(p, raw, false)
+            .map_err(|err| match KeyRef::parse(raw) {
+                Ok(KeyRef::AliasName(_) | KeyRef::AliasArn(_)) => {
+                    KmsError::Validation("Aliases must refer to keys. Not aliases".into())
+                }
+                _ => err,
+            })?;
+        if e.doc.key_state == KeyState::PendingDeletion {
+            return Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.arn(&e.doc)
+            )));
+        }
+        Ok(e)
+    }
+
+    pub async fn create_alias(
+        &self,
+        p: &Principal,
+        alias: &str,
+        target: &str,
+    ) -> Result<Empty, KmsError> {
+        let name = self.user_alias(alias, "aliasName")?;
+        let e = self.alias_target(p, target)?;
+        let account = self.account(p)?;
+        let _w = self.writes.lock().await;
+        let k = (account.as_str().to_string(), name.as_str().to_string());
+        if self.aliases.read().contains_key(&k) {
+            return Err(KmsError::AlreadyExists(format!(
+                "An alias with the name {} already exists",
+                self.alias_arn(&account, &name)
+            )));
+        }
+        let now = epoch(self.clock.as_ref());
+        let row = AliasRow {
+            account_id: k.0.clone(),
+            alias_name: k.1.clone(),
+            key_id: e.doc.key_id.to_string(),
+            created_at: now,
+            updated_at: now,
+        };
+        let r2 = row.clone();
+        self.blocking(move |s| s.create_alias(&r2)).await?;
+        self.aliases.write().insert(k, row);
+        Ok(Empty {})
+    }
+
+    pub async fn update_alias(
+        &self,
+        p: &Principal,
+        alias: &str,
+        target: &str,
+    ) -> Result<Empty, KmsError> {
+        let name = self.user_alias(alias, "aliasName")?;
+        let e = self.alias_target(p, target)?;
+        let account = self.account(p)?;
+        let _w = self.writes.lock().await;
+        let k = (account.as_str().to_string(), name.as_str().to_string());
+        let current = self.aliases.read().get(&k).cloned().ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(&account, &name)
+            ))
+        })?;
+        if let Ok(old) = KeyId::parse(&current.key_id).and_then(|id| {
+            self.entry(&account, &id)
+                .map_err(|_| super::types::ValidationError::new(""))
+        }) {
+            if old.doc.key_usage != e.doc.key_usage || old.doc.key_spec != e.doc.key_spec {
+                return Err(KmsError::Validation(
+                    "The new target key must have the same key spec and key usage as the current target key.".into(),
+                ));
+            }
+        }
+        let now = epoch(self.clock.as_ref());
+        let (a, n, id) = (k.0.clone(), k.1.clone(), e.doc.key_id.to_string());
+        self.blocking(move |s| s.update_alias(&a, &n, &id, now))
+            .await?;
+        let mut row = current;
+        row.key_id = e.doc.key_id.to_string();
+        row.updated_at = now;
+        self.aliases.write().insert(k, row);
+        Ok(Empty {})
+    }
+
+    pub async fn delete_alias(&self, p: &Principal, alias: &str) -> Result<Empty, KmsError> {
+        let name = self.user_alias(alias, "aliasName")?;
+        let account = self.account(p)?;
+        let _w = self.writes.lock().await;
+        let k = (account.as_str().to_string(), name.as_str().to_string());
+        if !self.aliases.read().contains_key(&k) {
+            return Err(KmsError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(&account, &name)
+            )));
+        }
+        let (a, n) = k.clone();
+        self.blocking(move |s| s.delete_alias(&a, &n)).await?;
+        self.aliases.write().remove(&k);
+        Ok(Empty {})
+    }
+
+    pub async fn list_aliases(
+        &self,
+        p: &Principal,
+        key: Option<&str>,
+        limit: usize,
+        marker: Option<String>,
+    ) -> Result<ListAliasesOutput, KmsError> {
+        let account = self.account(p)?;
+        let key_id = match key {
+            Some(k) => Some(self.resolve(p, k, false)?.doc.key_id.to_string()),
+            None => None,
+        };
+        let a = account.as_str().to_string();
+        let page = self
+            .blocking(move |s| s.list_aliases(&a, key_id.as_deref(), marker.as_deref(), limit))
+            .await?;
+        let aliases = page
+            .items
+            .into_iter()
+            .map(|r| AliasListEntry {
+                alias_arn: format!(
+                    "arn:aws:kms:{}:{}:{}",
+                    self.region.as_str(),
+                    r.account_id,
+                    r.alias_name
+                ),
+                alias_name: r.alias_name,
+                target_key_id: Some(r.key_id),
+                creation_date: r.created_at,
+                last_updated_date: r.updated_at,
+            })
+            .collect();
+        Ok(ListAliasesOutput {
+            aliases,
+            truncated: page.next_marker.is_some(),
+            next_marker: page.next_marker,
+        })
+    }
+}
+
+fn check_tags(tags: &[Tag]) -> Result<(), KmsError> {
+    if tags.len() > 50 {
+        return Err(KmsError::Tag("Tag limit exceeded: at most 50 tags".into()));
+    }
+    if let Some(t) = tags.iter().find(|t| t.is_aws_reserved()) {
+        return Err(KmsError::Tag(format!(
+            "Tags beginning with aws: are reserved ('{}')",
+            t.key()
+        )));
+    }
+    Ok(())
+}
+
+fn dedup_tags(tags: Vec<Tag>) -> Vec<Tag> {
+    let mut out: Vec<Tag> = Vec::new();
+    for t in tags {
+        out.retain(|o| o.key() != t.key());
+        out.push(t);
+    }
+    out
+}
