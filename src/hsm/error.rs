@@ -153,7 +153,7 @@ pub fn rv_name(rv: RvError) -> String {
 pub fn rv_code(rv: RvError) -> u64 {
     use cryptoki::error::Rv;
     if let RvError::UnknownErrorCode(c) = rv {
-        return c as u64;
+        return c;
     }
     (0u64..0x400)
         .chain([0x8000_0000u64])

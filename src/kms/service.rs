@@ -335,9 +335,9 @@ impl Kms {
         }
         let description = input.description.unwrap_or_default();
         if description.chars().count() > 8192 {
-            return Err(KmsError::Validation(format!(
-                "1 validation error detected: Value at 'description' failed to satisfy constraint: Member must have length less than or equal to 8192"
-            )));
+            return Err(KmsError::Validation(
+                "1 validation error detected: Value at 'description' failed to satisfy constraint: Member must have length less than or equal to 8192".into(),
+            ));
         }
         check_tags(&input.tags)?;
         let key_id = KeyId::new_random();
