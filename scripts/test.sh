@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Full check, README command 2 and the CI entry (.ci/run):
+#   ./scripts/test.sh [extra args for cargo test]
+#
+# Steps, in order; the first failure stops the run and is named:
+#   system packages, python packages, cargo fmt --check, cargo clippy,
+#   cargo test --release, interop (aws CLI + boto3 against a live server).
+# The last line printed on success is "interop: N passed, 0 failed".
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+LOG_TAG=test.sh
+cd "$REPO"
+
+CURRENT_STEP=""
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && [ -n "$CURRENT_STEP" ]; then
+        printf 'test.sh: FAILED at step "%s" (exit %s)\n' "$CURRENT_STEP" "$rc" >&2
+    fi
+}
+trap on_exit EXIT
+
+step() {
+    CURRENT_STEP="$1"
+    printf '\n==> %s\n' "$1"
+}
+
+step "system packages"
+ensure_system_deps
+
+step "python packages"
+ensure_python_packages
+
+step "cargo available"
+require_cargo
+cargo --version
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --release"
+RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release "$@"
+
+step "interop (tests/interop/run.sh)"
+bash tests/interop/run.sh
+CURRENT_STEP=""
