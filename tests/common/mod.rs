@@ -47,3 +47,166 @@ pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+use hsm_kms::app::{self, Running, ServiceConfig};
+use hsm_kms::auth::{sign_request, Credential, SigningParams};
+use serde_json::Value;
+
+/// A service over fresh tokens, on 127.0.0.1 port 0.
+pub struct Service {
+    pub tokens: Tokens,
+    pub running: Running,
+    pub client: Client,
+}
+
+pub async fn service() -> Service {
+    let tokens = tokens(&["a", "b"]);
+    let running = app::start(ServiceConfig {
+        nodes: tokens
+            .hsms
+            .iter()
+            .map(|h| h.node_config().unwrap())
+            .collect(),
+        cluster: fast_options(),
+        database: tokens.dir.path().join("metadata.sqlite"),
+        listen: "127.0.0.1:0".into(),
+        region: "us-east-1".into(),
+        account_id: "111122223333".into(),
+        max_body_bytes: 64 * 1024,
+        clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
+    })
+    .await
+    .expect("service starts");
+    let client = Client::new(
+        format!("http://{}", running.addr),
+        running.credentials[0].clone(),
+    );
+    Service {
+        tokens,
+        running,
+        client,
+    }
+}
+
+/// A SigV4-signing KMS JSON client.
+#[derive(Clone)]
+pub struct Client {
+    pub url: String,
+    pub cred: Credential,
+    http: reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub request_id: Option<String>,
+    pub content_type: Option<String>,
+}
+
+impl Reply {
+    pub fn error_type(&self) -> &str {
+        self.body["__type"].as_str().unwrap_or("")
+    }
+}
+
+impl Client {
+    pub fn new(url: String, cred: Credential) -> Client {
+        Client {
+            url,
+            cred,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sign and send raw bytes; `tweak` may alter headers after signing.
+    pub async fn send_raw(
+        &self,
+        target: Option<&str>,
+        body: Vec<u8>,
+        time: time::OffsetDateTime,
+        secret: &str,
+        sign: bool,
+    ) -> Reply {
+        let host = self.url.trim_start_matches("http://").to_string();
+        let mut h = http::HeaderMap::new();
+        h.insert("host", host.parse().unwrap());
+        h.insert(
+            "content-type",
+            "application/x-amz-json-1.1".parse().unwrap(),
+        );
+        if let Some(t) = target {
+            h.insert("x-amz-target", format!("TrentService.{t}").parse().unwrap());
+        }
+        if sign {
+            sign_request(
+                "POST",
+                "/",
+                "",
+                &mut h,
+                &body,
+                &SigningParams {
+                    access_key_id: &self.cred.access_key_id,
+                    secret_access_key: secret,
+                    region: "us-east-1",
+                    service: "kms",
+                    time,
+                    session_token: None,
+                },
+            );
+        }
+        let mut req = self.http.post(format!("{}/", self.url)).body(body);
+        for (k, v) in h.iter() {
+            if k != "host" {
+                req = req.header(k.as_str(), v.to_str().unwrap());
+            }
+        }
+        let r = req.send().await.expect("http");
+        let status = r.status().as_u16();
+        let request_id = r
+            .headers()
+            .get("x-amzn-requestid")
+            .map(|v| v.to_str().unwrap().to_string());
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = r.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            body,
+            request_id,
+            content_type,
+        }
+    }
+
+    pub async fn call(&self, op: &str, body: Value) -> Reply {
+        self.send_raw(
+            Some(op),
+            body.to_string().into_bytes(),
+            time::OffsetDateTime::now_utc(),
+            &self.cred.secret_access_key.clone(),
+            true,
+        )
+        .await
+    }
+
+    /// Call and require HTTP 200.
+    pub async fn ok(&self, op: &str, body: Value) -> Value {
+        let r = self.call(op, body).await;
+        assert_eq!(r.status, 200, "{op} failed: {}", r.body);
+        r.body
+    }
+}
+
+pub fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+pub fn unb64(v: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("base64 string"))
+        .expect("valid base64")
+}

@@ -1,0 +1,383 @@
+//! The KMS API end to end over HTTP with SigV4, against real SoftHSM2 tokens: every
+//! operation of the symmetric-key surface and every error path, asserted by exact
+//! `__type` and HTTP status.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+async fn key(c: &Client) -> String {
+    c.ok("CreateKey", json!({"Description": "t"})).await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_describe_encrypt_decrypt_reencrypt_data_keys_aliases() {
+    let s = service().await;
+    let c = &s.client;
+    let md = c
+        .ok(
+            "CreateKey",
+            json!({"Description": "demo", "Tags": [{"TagKey": "team", "TagValue": "lab"}]}),
+        )
+        .await["KeyMetadata"]
+        .clone();
+    let id = md["KeyId"].as_str().unwrap().to_string();
+    let arn = format!("arn:aws:kms:us-east-1:111122223333:key/{id}");
+    assert_eq!(md["Arn"], arn);
+    assert_eq!(md["AWSAccountId"], "111122223333");
+    assert_eq!(md["KeyState"], "Enabled");
+    assert_eq!(md["Enabled"], true);
+    assert_eq!(md["KeyManager"], "CUSTOMER");
+    assert_eq!(md["Origin"], "AWS_KMS");
+    assert_eq!(md["KeySpec"], "SYMMETRIC_DEFAULT");
+    assert_eq!(md["CustomerMasterKeySpec"], "SYMMETRIC_DEFAULT");
+    assert_eq!(md["KeyUsage"], "ENCRYPT_DECRYPT");
+    assert_eq!(md["EncryptionAlgorithms"], json!(["SYMMETRIC_DEFAULT"]));
+    assert_eq!(md["MultiRegion"], false);
+    assert!(md["CreationDate"].is_f64() || md["CreationDate"].is_u64());
+    // Both HSMs hold the key.
+    let obj = format!("kms/{id}/1").into_bytes();
+    let cl = s.running.kms.cluster();
+    assert!(cl.hsm_holds("a", &obj) && cl.hsm_holds("b", &obj));
+
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/app", "TargetKeyId": id}),
+    )
+    .await;
+    for kref in [
+        id.clone(),
+        arn.clone(),
+        "alias/app".into(),
+        "arn:aws:kms:us-east-1:111122223333:alias/app".into(),
+    ] {
+        let d = c.ok("DescribeKey", json!({"KeyId": kref})).await;
+        assert_eq!(d["KeyMetadata"]["KeyId"], id.as_str());
+    }
+    // Encrypt / Decrypt with a context; order of context members does not matter.
+    let e = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": "alias/app", "Plaintext": b64(b"secret data"),
+                   "EncryptionContext": {"a": "1", "b": "2"}}),
+        )
+        .await;
+    assert_eq!(e["KeyId"], arn.as_str());
+    assert_eq!(e["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+    let blob = e["CiphertextBlob"].clone();
+    let d = c
+        .ok(
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": {"b": "2", "a": "1"}}),
+        )
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"secret data");
+    assert_eq!(d["KeyId"], arn.as_str());
+    // ReEncrypt to a second key, then decrypt there.
+    let id2 = key(c).await;
+    let r = c
+        .ok(
+            "ReEncrypt",
+            json!({"CiphertextBlob": blob, "SourceEncryptionContext": {"a": "1", "b": "2"},
+                   "DestinationKeyId": id2, "DestinationEncryptionContext": {"x": "y"}}),
+        )
+        .await;
+    assert_eq!(r["SourceKeyId"], arn.as_str());
+    assert!(r["KeyId"].as_str().unwrap().ends_with(&id2));
+    assert_eq!(r["SourceEncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+    let d2 = c
+        .ok(
+            "Decrypt",
+            json!({"CiphertextBlob": r["CiphertextBlob"], "EncryptionContext": {"x": "y"}, "KeyId": id2}),
+        )
+        .await;
+    assert_eq!(unb64(&d2["Plaintext"]), b"secret data");
+    // Data keys: the plaintext key works client side; the blob decrypts to the same key.
+    let dk = c
+        .ok(
+            "GenerateDataKey",
+            json!({"KeyId": id, "KeySpec": "AES_256"}),
+        )
+        .await;
+    let plain = unb64(&dk["Plaintext"]);
+    assert_eq!(plain.len(), 32);
+    let back = c
+        .ok("Decrypt", json!({"CiphertextBlob": dk["CiphertextBlob"]}))
+        .await;
+    assert_eq!(unb64(&back["Plaintext"]), plain);
+    {
+        use aes_gcm::aead::{Aead, KeyInit};
+        let cipher = aes_gcm::Aes256Gcm::new_from_slice(&plain).unwrap();
+        let nonce = aes_gcm::Nonce::from_slice(&[7u8; 12]);
+        let ct = cipher.encrypt(nonce, b"envelope".as_ref()).unwrap();
+        let k2 = aes_gcm::Aes256Gcm::new_from_slice(&unb64(&back["Plaintext"])).unwrap();
+        assert_eq!(k2.decrypt(nonce, ct.as_ref()).unwrap(), b"envelope");
+    }
+    let n = c
+        .ok("GenerateDataKey", json!({"KeyId": id, "NumberOfBytes": 7}))
+        .await;
+    assert_eq!(unb64(&n["Plaintext"]).len(), 7);
+    let wp = c
+        .ok(
+            "GenerateDataKeyWithoutPlaintext",
+            json!({"KeyId": id, "KeySpec": "AES_128", "EncryptionContext": {"k": "v"}}),
+        )
+        .await;
+    assert!(wp.get("Plaintext").is_none());
+    let b = c
+        .ok(
+            "Decrypt",
+            json!({"CiphertextBlob": wp["CiphertextBlob"], "EncryptionContext": {"k": "v"}}),
+        )
+        .await;
+    assert_eq!(unb64(&b["Plaintext"]).len(), 16);
+    let rnd = c.ok("GenerateRandom", json!({"NumberOfBytes": 1024})).await;
+    assert_eq!(unb64(&rnd["Plaintext"]).len(), 1024);
+    // Aliases: update, list by key, delete.
+    c.ok(
+        "UpdateAlias",
+        json!({"AliasName": "alias/app", "TargetKeyId": id2}),
+    )
+    .await;
+    let l = c.ok("ListAliases", json!({"KeyId": id2})).await;
+    assert_eq!(l["Aliases"][0]["AliasName"], "alias/app");
+    assert_eq!(l["Aliases"][0]["TargetKeyId"], id2.as_str());
+    assert_eq!(
+        l["Aliases"][0]["AliasArn"],
+        "arn:aws:kms:us-east-1:111122223333:alias/app"
+    );
+    assert!(l["Aliases"][0]["LastUpdatedDate"].is_number());
+    assert_eq!(l["Truncated"], false);
+    c.ok("DeleteAlias", json!({"AliasName": "alias/app"})).await;
+    let r = c.call("DescribeKey", json!({"KeyId": "alias/app"})).await;
+    assert_eq!((r.status, r.error_type()), (400, "NotFoundException"));
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_the_aws_type_and_status() {
+    let s = service().await;
+    let c = &s.client;
+    let id = key(c).await;
+    let id2 = key(c).await;
+    let now = time::OffsetDateTime::now_utc();
+    let secret = c.cred.secret_access_key.to_string();
+    let body = br#"{"KeyId":"x"}"#.to_vec();
+    let cases: Vec<(Reply, u16, &str)> = vec![
+        (c.send_raw(Some("NoSuchOp"), b"{}".to_vec(), now, &secret, true).await, 400, "UnknownOperationException"),
+        (c.send_raw(None, b"{}".to_vec(), now, &secret, true).await, 400, "UnknownOperationException"),
+        (c.send_raw(Some("ListKeys"), b"{}".to_vec(), now, &secret, false).await, 400, "MissingAuthenticationTokenException"),
+        (c.send_raw(Some("ListKeys"), b"{}".to_vec(), now, "wrong-secret", true).await, 400, "InvalidSignatureException"),
+        (c.send_raw(Some("ListKeys"), b"{}".to_vec(), now - time::Duration::minutes(10), &secret, true).await, 400, "InvalidSignatureException"),
+        (Client::new(c.url.clone(), hsm_kms::auth::Credential::new("AKIANOSUCHKEY0000000", "s", "111122223333", "arn"))
+            .send_raw(Some("ListKeys"), b"{}".to_vec(), now, "s", true).await, 400, "UnrecognizedClientException"),
+        (c.send_raw(Some("DescribeKey"), b"{not json".to_vec(), now, &secret, true).await, 400, "SerializationException"),
+        (c.send_raw(Some("DescribeKey"), body, now, &secret, true).await, 400, "NotFoundException"),
+        (c.send_raw(Some("ListKeys"), vec![b' '; 70_000], now, &secret, true).await, 413, "RequestEntityTooLargeException"),
+        (c.call("DescribeKey", json!({"KeyId": 5})).await, 400, "SerializationException"),
+        (c.call("DescribeKey", json!({})).await, 400, "ValidationException"),
+        (c.call("DescribeKey", json!({"KeyId": ""})).await, 400, "ValidationException"),
+        (c.call("DescribeKey", json!({"KeyId": "00000000-0000-0000-0000-000000000000"})).await, 400, "NotFoundException"),
+        (c.call("DescribeKey", json!({"KeyId": "arn:aws:kms:eu-west-1:111122223333:key/00000000-0000-0000-0000-000000000000"})).await, 400, "NotFoundException"),
+        (c.call("Encrypt", json!({"KeyId": id})).await, 400, "ValidationException"),
+        (c.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(&[0u8; 4097])})).await, 400, "ValidationException"),
+        (c.call("Encrypt", json!({"KeyId": id, "Plaintext": "%%%"})).await, 400, "SerializationException"),
+        (c.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": {"a": ""}})).await, 400, "ValidationException"),
+        (c.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": "a=b"})).await, 400, "SerializationException"),
+        (c.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"})).await, 400, "InvalidKeyUsageException"),
+        (c.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "DryRun": true})).await, 412, "DryRunOperationException"),
+        (c.call("Decrypt", json!({"CiphertextBlob": b64(&[1u8; 60])})).await, 400, "InvalidCiphertextException"),
+        (c.call("Decrypt", json!({"CiphertextBlob": b64(&[9u8; 60])})).await, 400, "InvalidCiphertextException"),
+        (c.call("GenerateDataKey", json!({"KeyId": id})).await, 400, "ValidationException"),
+        (c.call("GenerateDataKey", json!({"KeyId": id, "KeySpec": "AES_256", "NumberOfBytes": 32})).await, 400, "ValidationException"),
+        (c.call("GenerateDataKey", json!({"KeyId": id, "NumberOfBytes": 1025})).await, 400, "ValidationException"),
+        (c.call("GenerateDataKey", json!({"KeyId": id, "KeySpec": "AES_512"})).await, 400, "ValidationException"),
+        (c.call("GenerateDataKey", json!({"KeyId": id, "KeySpec": "AES_256", "DryRun": true})).await, 412, "DryRunOperationException"),
+        (c.call("GenerateRandom", json!({"NumberOfBytes": 0})).await, 400, "ValidationException"),
+        (c.call("GenerateRandom", json!({})).await, 400, "ValidationException"),
+        (c.call("ListKeys", json!({"Limit": 0})).await, 400, "ValidationException"),
+        (c.call("ListKeys", json!({"Limit": 1001})).await, 400, "ValidationException"),
+        (c.call("ListKeys", json!({"Marker": "bm90LWEtbWFya2Vy"})).await, 400, "InvalidMarkerException"),
+        (c.call("CreateKey", json!({"KeySpec": "NOT_A_SPEC"})).await, 400, "ValidationException"),
+        (c.call("CreateKey", json!({"KeyUsage": "SIGN_VERIFY"})).await, 400, "ValidationException"),
+        (c.call("CreateKey", json!({"Tags": [{"TagKey": "aws:x", "TagValue": "v"}]})).await, 400, "TagException"),
+        (c.call("CreateAlias", json!({"AliasName": "noprefix", "TargetKeyId": id})).await, 400, "ValidationException"),
+        (c.call("CreateAlias", json!({"AliasName": "alias/aws/s3", "TargetKeyId": id})).await, 400, "NotAuthorizedException"),
+        (c.call("CreateAlias", json!({"AliasName": "alias/x", "TargetKeyId": "00000000-0000-0000-0000-000000000000"})).await, 400, "NotFoundException"),
+        (c.call("DeleteAlias", json!({"AliasName": "alias/none"})).await, 400, "NotFoundException"),
+        (c.call("UpdateAlias", json!({"AliasName": "alias/none", "TargetKeyId": id})).await, 400, "NotFoundException"),
+    ];
+    for (i, (r, status, ty)) in cases.iter().enumerate() {
+        assert_eq!(
+            (r.status, r.error_type()),
+            (*status, *ty),
+            "case {i}: {}",
+            r.body
+        );
+        assert!(r.request_id.is_some(), "case {i}: no request id");
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/x-amz-json-1.1"),
+            "case {i}"
+        );
+        assert!(r.body["message"].is_string(), "case {i}: {}", r.body);
+    }
+    // Alias conflicts and wrong-key decrypts need state first.
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/one", "TargetKeyId": id}),
+    )
+    .await;
+    let r = c
+        .call(
+            "CreateAlias",
+            json!({"AliasName": "alias/one", "TargetKeyId": id2}),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "AlreadyExistsException"));
+    let r = c
+        .call(
+            "CreateAlias",
+            json!({"AliasName": "alias/two", "TargetKeyId": "alias/one"}),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "ValidationException"));
+    let blob = c
+        .ok("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"abc")}))
+        .await["CiphertextBlob"]
+        .clone();
+    let r = c
+        .call("Decrypt", json!({"CiphertextBlob": blob, "KeyId": id2}))
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "IncorrectKeyException"));
+    let r = c
+        .call("Decrypt", json!({"CiphertextBlob": blob, "DryRun": true}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (412, "DryRunOperationException")
+    );
+    // Any single flipped byte, truncation or extension is InvalidCiphertextException.
+    let raw = unb64(&blob);
+    let mut variants = vec![
+        raw[..raw.len() - 1].to_vec(),
+        [raw.clone(), vec![0]].concat(),
+    ];
+    for i in [0, 5, 18, 25, 40, raw.len() - 1] {
+        let mut t = raw.clone();
+        t[i] ^= 0x01;
+        variants.push(t);
+    }
+    for (i, v) in variants.iter().enumerate() {
+        let r = c.call("Decrypt", json!({"CiphertextBlob": b64(v)})).await;
+        assert_eq!(
+            (r.status, r.error_type()),
+            (400, "InvalidCiphertextException"),
+            "variant {i}"
+        );
+    }
+    // A context that differs in one value or has an extra member fails too.
+    let e = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": id, "Plaintext": b64(b"abc"), "EncryptionContext": {"a": "1"}}),
+        )
+        .await;
+    for ctx in [json!({"a": "2"}), json!({"a": "1", "b": "1"}), json!({})] {
+        let r = c
+            .call(
+                "Decrypt",
+                json!({"CiphertextBlob": e["CiphertextBlob"], "EncryptionContext": ctx}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.error_type()),
+            (400, "InvalidCiphertextException")
+        );
+    }
+    // Bad tags never marked an HSM down.
+    assert!(s
+        .running
+        .kms
+        .cluster()
+        .health()
+        .iter()
+        .all(|h| h.state == hsm_kms::hsm::NodeState::Healthy));
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_keys_and_aliases_paginate_without_gaps() {
+    let s = service().await;
+    let c = &s.client;
+    let mut ids = Vec::new();
+    for i in 0..23 {
+        let id = key(c).await;
+        c.ok(
+            "CreateAlias",
+            json!({"AliasName": format!("alias/k{i:02}"), "TargetKeyId": id}),
+        )
+        .await;
+        ids.push(id);
+    }
+    for (op, list, field) in [
+        ("ListKeys", "Keys", "KeyId"),
+        ("ListAliases", "Aliases", "TargetKeyId"),
+    ] {
+        let mut seen = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut req = json!({"Limit": 5});
+            if let Some(m) = &marker {
+                req["Marker"] = json!(m);
+            }
+            let page = c.ok(op, req).await;
+            let items = page[list].as_array().unwrap();
+            assert!(items.len() <= 5);
+            seen.extend(items.iter().map(|k| k[field].as_str().unwrap().to_string()));
+            if page["Truncated"] == true {
+                marker = Some(page["NextMarker"].as_str().unwrap().to_string());
+            } else {
+                assert!(page.get("NextMarker").is_none());
+                break;
+            }
+        }
+        let mut a = seen.clone();
+        a.sort();
+        let mut b = ids.clone();
+        b.sort();
+        assert_eq!(a, b, "{op} returned every item exactly once");
+    }
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_succeeds_while_one_hsm_is_gone() {
+    let s = service().await;
+    let c = &s.client;
+    let id = key(c).await;
+    let dir = &s.tokens.hsms[0].token_dir;
+    let moved = dir.with_extension("away");
+    std::fs::rename(dir, &moved).unwrap();
+    for i in 0..50 {
+        let e = c
+            .call(
+                "Encrypt",
+                json!({"KeyId": id, "Plaintext": b64(format!("m{i}").as_bytes())}),
+            )
+            .await;
+        assert_eq!(e.status, 200, "request {i} during outage: {}", e.body);
+        let d = c
+            .ok(
+                "Decrypt",
+                json!({"CiphertextBlob": e.body["CiphertextBlob"]}),
+            )
+            .await;
+        assert_eq!(unb64(&d["Plaintext"]), format!("m{i}").as_bytes());
+    }
+    std::fs::rename(&moved, dir).unwrap();
+    s.running.stop().await;
+}
