@@ -76,19 +76,8 @@ impl Instance {
                 cfg.module.display()
             )));
         }
-        let ctx = {
-            let _g = LOAD_LOCK.lock();
-            for (k, v) in &cfg.env {
-                std::env::set_var(k, v);
-            }
-            let ctx = Pkcs11::new(&cfg.module).map_err(|e| HsmError::from_ck(hsm, e))?;
-            match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-                Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-                Err(e) => return Err(HsmError::from_ck(hsm, e)),
-            }
-            ctx
-        };
         let ck = |e| HsmError::from_ck(hsm, e);
+        let ctx = load_module(&cfg.module, &cfg.env).map_err(ck)?;
         let slot = find_slot(&ctx, &cfg.token_label)
             .map_err(ck)?
             .ok_or_else(|| setup(format!("no token labelled '{}' found", cfg.token_label)))?;
@@ -166,7 +155,25 @@ impl Instance {
     }
 }
 
-fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Option<Slot>, CkError> {
+/// Load a module and `C_Initialize` it with `env` set, under the process-wide load lock
+/// (SoftHSM2 reads `SOFTHSM2_CONF` in `C_Initialize`).
+pub(crate) fn load_module(
+    module: &std::path::Path,
+    env: &[(String, String)],
+) -> Result<Pkcs11, CkError> {
+    let _g = LOAD_LOCK.lock();
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    let ctx = Pkcs11::new(module)?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
+        Err(e) => Err(e),
+    }
+}
+
+/// The slot holding the initialized token with this label.
+pub(crate) fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Option<Slot>, CkError> {
     for slot in ctx.get_slots_with_initialized_token()? {
         if let Ok(info) = ctx.get_token_info(slot) {
             if info.label().trim() == label {

@@ -3,9 +3,8 @@
 //! `softhsm2.conf` and token directory, and random SO and user PINs in 0600 files.
 
 use super::error::HsmError;
+use super::node::{find_slot, load_module};
 use super::NodeConfig;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use rand::RngCore;
@@ -124,26 +123,13 @@ fn init_token(
     user_pin: &str,
 ) -> Result<(), HsmError> {
     let ck = |e| HsmError::from_ck(name, e);
-    let ctx = {
-        let _g = super::node::LOAD_LOCK.lock();
-        std::env::set_var("SOFTHSM2_CONF", conf);
-        let ctx = Pkcs11::new(module).map_err(ck)?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(ck(e)),
-        }
-        ctx
-    };
+    let ctx = load_module(
+        module,
+        &[("SOFTHSM2_CONF".into(), conf.display().to_string())],
+    )
+    .map_err(ck)?;
     let r = (|| {
-        let has = |ctx: &Pkcs11| -> Result<bool, CkError> {
-            for s in ctx.get_slots_with_initialized_token()? {
-                if ctx.get_token_info(s)?.label().trim() == label {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        };
-        if has(&ctx).map_err(ck)? {
+        if find_slot(&ctx, label).map_err(ck)?.is_some() {
             return Ok(());
         }
         let free = ctx
@@ -162,15 +148,8 @@ fn init_token(
         let so = AuthPin::new(so_pin.into());
         ctx.init_token(free, &so, label).map_err(ck)?;
         // SoftHSM2 renumbers the slot after C_InitToken: look it up again by label.
-        let slot = ctx
-            .get_slots_with_initialized_token()
+        let slot = find_slot(&ctx, label)
             .map_err(ck)?
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .map(|t| t.label().trim() == label)
-                    .unwrap_or(false)
-            })
             .ok_or_else(|| HsmError::Setup {
                 hsm: name.to_string(),
                 message: "token vanished after C_InitToken".into(),
@@ -190,26 +169,10 @@ fn init_token(
 pub fn add_filler_keys(hsm: &LocalHsm, n: usize) -> Result<(), HsmError> {
     let node = hsm.node_config()?;
     let ck = |e| HsmError::from_ck(&hsm.name, e);
-    let ctx = {
-        let _g = super::node::LOAD_LOCK.lock();
-        std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-        let ctx = Pkcs11::new(&hsm.module).map_err(ck)?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(ck(e)),
-        }
-        ctx
-    };
+    let ctx = load_module(&hsm.module, &node.env).map_err(ck)?;
     let r = (|| {
-        let slot = ctx
-            .get_slots_with_initialized_token()
+        let slot = find_slot(&ctx, &hsm.label)
             .map_err(ck)?
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .map(|t| t.label().trim() == hsm.label)
-                    .unwrap_or(false)
-            })
             .ok_or_else(|| HsmError::Setup {
                 hsm: hsm.name.clone(),
                 message: "token not found".into(),
