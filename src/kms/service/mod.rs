@@ -2,6 +2,9 @@
 //! ARN), checks key state and usage, builds the ciphertext header and AAD, asks the HSM
 //! cluster to do the cryptography, and commits metadata before answering. Metadata is
 //! cached in memory (single node) with the store as the source of truth.
+//!
+//! This file holds the core (keys, symmetric crypto, aliases) and the shared helpers;
+//! other operation families live in child modules with their own `impl Kms` blocks.
 
 use super::ciphertext::{self, Blob, Header};
 use super::context::EncryptionContext;

@@ -1,5 +1,7 @@
 //! Thin handlers: request members → domain inputs → `Kms` → JSON output. One arm per
-//! supported operation; anything else is `UnknownOperationException`.
+//! supported operation, grouped by family: the core symmetric surface here, other families
+//! in submodules (each `handle` answers `None` for operations it does not own); anything
+//! no family owns is `UnknownOperationException`.
 
 use super::error::ApiError;
 use super::input::Input;
@@ -12,7 +14,7 @@ use crate::kms::{CreateKeyInput, DataKeySize, Kms};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-fn json<T: Serialize>(v: &T) -> Response {
+pub(crate) fn json<T: Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => b.into_response(),
         Err(e) => {
@@ -26,7 +28,7 @@ fn json<T: Serialize>(v: &T) -> Response {
 /// Largest ciphertext blob AWS accepts.
 const MAX_CIPHERTEXT_BLOB: usize = 6144;
 
-fn context(input: &Input<'_>, member: &str) -> Result<EncryptionContext, ApiError> {
+pub(crate) fn context(input: &Input<'_>, member: &str) -> Result<EncryptionContext, ApiError> {
     if let Some(v) = input.raw(member) {
         if !v.is_object() {
             return Err(ApiError::serialization(format!(
@@ -37,7 +39,7 @@ fn context(input: &Input<'_>, member: &str) -> Result<EncryptionContext, ApiErro
     EncryptionContext::from_json(input.raw(member)).map_err(ApiError::from)
 }
 
-fn grant_tokens(input: &Input<'_>) -> Result<(), ApiError> {
+pub(crate) fn grant_tokens(input: &Input<'_>) -> Result<(), ApiError> {
     let list = input.list("GrantTokens")?;
     if list.len() > 10 {
         return Err(ApiError::validation(
@@ -47,15 +49,15 @@ fn grant_tokens(input: &Input<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn limit(input: &Input<'_>) -> Result<usize, ApiError> {
+pub(crate) fn limit(input: &Input<'_>) -> Result<usize, ApiError> {
     Ok(input.int("Limit", 1, 1000)?.unwrap_or(100) as usize)
 }
 
-fn marker(input: &Input<'_>) -> Result<Option<String>, ApiError> {
+pub(crate) fn marker(input: &Input<'_>) -> Result<Option<String>, ApiError> {
     Ok(input.string_len("Marker", 1, 1024)?.map(str::to_string))
 }
 
-fn tags(input: &Input<'_>) -> Result<Vec<Tag>, ApiError> {
+pub(crate) fn tags(input: &Input<'_>) -> Result<Vec<Tag>, ApiError> {
     input
         .list("Tags")?
         .iter()
@@ -77,6 +79,12 @@ pub async fn dispatch(
     op: &str,
     i: Input<'_>,
 ) -> Result<Response, ApiError> {
+    // Families in submodules claim their operations first.
+    // (e.g. `if let Some(r) = lifecycle::handle(kms, p, op, &i).await { return r; }`)
+    core(kms, p, op, i).await
+}
+
+async fn core(kms: &Kms, p: &Principal, op: &str, i: Input<'_>) -> Result<Response, ApiError> {
     let key = |m: &str| i.req_string(m);
     let alg = |m: &str| i.parse(m, EncryptionAlgorithm::parse);
     Ok(match op {
