@@ -14,6 +14,8 @@ use crate::kms::{CreateKeyInput, DataKeySize, Kms};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+mod lifecycle;
+
 pub(crate) fn json<T: Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => b.into_response(),
@@ -80,7 +82,9 @@ pub async fn dispatch(
     i: Input<'_>,
 ) -> Result<Response, ApiError> {
     // Families in submodules claim their operations first.
-    // (e.g. `if let Some(r) = lifecycle::handle(kms, p, op, &i).await { return r; }`)
+    if lifecycle::OPS.contains(&op) {
+        return lifecycle::handle(kms, p, op, &i).await;
+    }
     core(kms, p, op, i).await
 }
 

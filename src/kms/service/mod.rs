@@ -23,12 +23,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+mod lifecycle;
+
 /// A key as cached: its document and the store version it was read at (for the
 /// optimistic updates of key-state changes).
 #[derive(Debug, Clone)]
 struct Entry {
     doc: KeyDoc,
-    #[allow(dead_code)]
     version: i64,
 }
 
@@ -291,6 +292,50 @@ impl Kms {
             .await
             .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
             .map_err(KmsError::from)
+    }
+
+    /// Change one key's metadata: `f` edits a copy of the document; the change is committed
+    /// to the store (optimistic on the stored version) before the cache is updated and the
+    /// new document returned. Writers are serialized, so a conflict means another node.
+    pub(crate) async fn update_doc(
+        &self,
+        key_id: &KeyId,
+        f: impl FnOnce(&mut KeyDoc) -> Result<(), KmsError>,
+    ) -> Result<KeyDoc, KmsError> {
+        let _w = self.writes.lock().await;
+        let current = self
+            .keys
+            .read()
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| KmsError::Internal(format!("key {key_id} vanished")))?;
+        let mut doc = current.doc.clone();
+        f(&mut doc)?;
+        let value = serde_json::to_value(&doc).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let (id, expected) = (key_id.to_string(), current.version);
+        let version = self
+            .blocking(move |s| s.update_key(&id, expected, &value))
+            .await?;
+        self.keys.write().insert(
+            *key_id,
+            Arc::new(Entry {
+                doc: doc.clone(),
+                version,
+            }),
+        );
+        Ok(doc)
+    }
+
+    /// Remove a key's metadata (and its aliases) once its material is gone from every HSM.
+    #[allow(dead_code)] // used by scheduled deletion
+    pub(crate) async fn forget_key(&self, key_id: &KeyId) -> Result<(), KmsError> {
+        let _w = self.writes.lock().await;
+        let id = key_id.to_string();
+        self.blocking(move |s| s.delete_key(&id)).await?;
+        self.keys.write().remove(key_id);
+        let id = key_id.to_string();
+        self.aliases.write().retain(|_, a| a.key_id != id);
+        Ok(())
     }
 
     // ------------------------------------------------------------------ keys
