@@ -39,6 +39,8 @@ pub struct ServiceConfig {
     pub account_id: String,
     pub max_body_bytes: usize,
     pub clock: Arc<dyn Clock>,
+    /// Period of the background maintenance pass.
+    pub maintenance_interval: Duration,
 }
 
 /// A running service.
@@ -107,14 +109,15 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
         cfg.clock.clone(),
         region,
     )?);
-    // Keys made while an HSM was down reach it when it is back.
+    // Background work (HSM re-sync, due deletions and rotations) on a fixed period.
     let weak = Arc::downgrade(&kms);
+    let period = cfg.maintenance_interval;
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::sleep(period).await;
             let Some(k) = weak.upgrade() else { break };
-            if let Err(e) = k.resync_hsms().await {
-                tracing::warn!(error = %e, "HSM re-sync failed; will retry");
+            if let Err(e) = k.maintenance().await {
+                tracing::warn!(error = %e, "maintenance pass failed; will retry");
             }
         }
     });

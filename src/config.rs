@@ -57,6 +57,9 @@ pub struct Config {
     /// Largest accepted request body, in bytes. Default 65536.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// Period of background work (HSM re-sync, due deletions, rotations), in ms. Default 10000.
+    #[serde(default = "default_maintenance")]
+    pub maintenance_interval_ms: u64,
     /// The HSMs (at least two).
     #[serde(default)]
     pub hsm: Vec<HsmEntry>,
@@ -115,6 +118,9 @@ fn default_keygen_timeout() -> u64 {
 }
 fn default_probe() -> u64 {
     1000
+}
+fn default_maintenance() -> u64 {
+    10_000
 }
 fn default_body() -> usize {
     64 * 1024
@@ -242,7 +248,8 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # call_timeout_ms = 2000\n\
          # keygen_timeout_ms = 60000\n\
          # probe_interval_ms = 1000\n\
-         # max_body_bytes = 65536\n",
+         # max_body_bytes = 65536\n\
+         # maintenance_interval_ms = 10000\n",
     );
     for h in hsms {
         let rel = |p: &Path| {

@@ -115,6 +115,7 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
         account_id: c.account_id.clone(),
         max_body_bytes: c.max_body_bytes,
         clock: Arc::new(SystemClock),
+        maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
     })
     .await?;
     let endpoint = format!("http://{}", running.addr);

@@ -60,6 +60,12 @@ pub struct Service {
 }
 
 pub async fn service() -> Service {
+    service_with(std::sync::Arc::new(hsm_kms::clock::SystemClock)).await
+}
+
+/// A service whose domain runs on `clock` (e.g. a `ManualClock`). SigV4 checks use the
+/// same clock, so requests are signed with `clock.now()`.
+pub async fn service_with(clock: std::sync::Arc<dyn hsm_kms::clock::Clock>) -> Service {
     let tokens = tokens(&["a", "b"]);
     let running = app::start(ServiceConfig {
         nodes: tokens
@@ -73,14 +79,16 @@ pub async fn service() -> Service {
         region: "us-east-1".into(),
         account_id: "111122223333".into(),
         max_body_bytes: 64 * 1024,
-        clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
+        clock: clock.clone(),
+        maintenance_interval: Duration::from_secs(3600),
     })
     .await
     .expect("service starts");
-    let client = Client::new(
+    let mut client = Client::new(
         format!("http://{}", running.addr),
         running.credentials[0].clone(),
     );
+    client.clock = Some(clock);
     Service {
         tokens,
         running,
@@ -93,6 +101,8 @@ pub async fn service() -> Service {
 pub struct Client {
     pub url: String,
     pub cred: Credential,
+    /// Signing time source (default: the system clock).
+    pub clock: Option<std::sync::Arc<dyn hsm_kms::clock::Clock>>,
     http: reqwest::Client,
 }
 
@@ -114,6 +124,7 @@ impl Client {
         Client {
             url,
             cred,
+            clock: None,
             http: reqwest::Client::new(),
         }
     }
@@ -184,7 +195,10 @@ impl Client {
         self.send_raw(
             Some(op),
             body.to_string().into_bytes(),
-            time::OffsetDateTime::now_utc(),
+            self.clock
+                .as_ref()
+                .map(|c| c.now())
+                .unwrap_or_else(time::OffsetDateTime::now_utc),
             &self.cred.secret_access_key.clone(),
             true,
         )

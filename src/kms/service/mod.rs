@@ -137,6 +137,19 @@ impl Kms {
         Ok(self.cluster.replicate_missing(&ids).await?)
     }
 
+    /// One pass of background work, driven by the injected clock: re-sync HSMs that lack
+    /// keys (and, as they arrive, due deletions and rotations). Safe to call at any time;
+    /// `app` runs it every `maintenance_interval_ms`, tests call it after moving the clock.
+    pub async fn maintenance(&self) -> Result<(), KmsError> {
+        self.resync_hsms().await?;
+        Ok(())
+    }
+
+    /// The current time as AWS epoch seconds (millisecond precision).
+    pub(crate) fn now(&self) -> f64 {
+        epoch(self.clock.as_ref())
+    }
+
     fn arn(&self, doc: &KeyDoc) -> String {
         KeyArn::new(self.region.clone(), doc.account_id.clone(), doc.key_id).to_string()
     }
@@ -389,7 +402,7 @@ impl Kms {
         }
         check_tags(&input.tags)?;
         let key_id = KeyId::new_random();
-        let now = epoch(self.clock.as_ref());
+        let now = self.now();
         let obj = object_id(&key_id, 1);
         let doc = KeyDoc {
             key_id,
@@ -728,7 +741,7 @@ impl Kms {
                 self.alias_arn(&account, &name)
             )));
         }
-        let now = epoch(self.clock.as_ref());
+        let now = self.now();
         let row = AliasRow {
             account_id: k.0.clone(),
             alias_name: k.1.clone(),
@@ -769,7 +782,7 @@ impl Kms {
                 ));
             }
         }
-        let now = epoch(self.clock.as_ref());
+        let now = self.now();
         let (a, n, id) = (k.0.clone(), k.1.clone(), e.doc.key_id.to_string());
         self.blocking(move |s| s.update_alias(&a, &n, &id, now))
             .await?;
