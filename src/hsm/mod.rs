@@ -3,6 +3,7 @@
 //! that owns its session (never on a tokio worker), with a deadline; object handles come
 //! from a cache warmed at start (no `C_FindObjects` or `C_Login` on the request path).
 
+pub mod bench;
 pub mod cluster;
 pub mod error;
 mod node;

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Benchmarks of hsm-kms (not a test; prints numbers, asserts nothing).
+#
+#   scripts/bench.sh [--size N] [--threads N] [--secs S] [--reps N] [--filler-keys N] [--http]
+#
+# 1. Builds the release binary and runs `hsm-kms bench-hsm`: raw PKCS#11 AES-256-GCM
+#    encrypt side by side with the same operation through the HSM layer, in one process
+#    and one run (SoftHSM2 tokens in a temporary folder), and prints the layer/raw ratio.
+#    Defaults: --size 32 --threads 2 --secs 1 --reps 5 --filler-keys 0.
+#    --filler-keys 10000 checks "throughput with 10,000 keys in the tokens within 10 % of
+#    1 key" (creating them takes minutes: SoftHSM2 writes ~100 keys/s per token).
+# 2. With --http or KMS_BENCH_HTTP=1: starts the service on 127.0.0.1 and drives it with
+#    ../shared/bench/kms-load.sh (wrk): Encrypt 32 B and GenerateDataKey at c=1,8,64
+#    (KMS_BENCH_DURATION seconds per point, default 10). See hsm-facts.md §6–§8.
+#
+# Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it started.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # REPO, log/warn/die, build_release, kms_bin, ...
+LOG_TAG=bench.sh
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"   # kms_bin resolves a relative one against $REPO
+SIZE=32 THREADS=2 SECS=1 REPS=5 FILLER=0
+HTTP=${KMS_BENCH_HTTP:-0}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) SIZE=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    --secs) SECS=$2; shift 2 ;;
+    --reps) REPS=$2; shift 2 ;;
+    --filler-keys) FILLER=$2; shift 2 ;;
+    --http) HTTP=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+done
+
+TMP=$(mktemp -d /tmp/hsm-kms-bench.XXXXXX)
+SERVER_PID=
+cleanup() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+log "build (target dir: $TARGET)"
+build_release
+BIN="$(kms_bin release)"
+
+# --- HSM layer vs raw PKCS#11 ---
+RATIO=
+if "$BIN" bench-hsm --help >/dev/null 2>&1; then
+  log "hsm-kms bench-hsm --size $SIZE --threads $THREADS --secs $SECS --reps $REPS --filler-keys $FILLER"
+  "$BIN" bench-hsm --size "$SIZE" --threads "$THREADS" --secs "$SECS" --reps "$REPS" \
+    --filler-keys "$FILLER" --dir "$TMP/hsm" | tee "$TMP/bench-hsm.txt"
+  RATIO=$(grep -m1 '^layer/raw' "$TMP/bench-hsm.txt" || true)
+  echo
+  echo "================================================================"
+  echo " RAW vs LAYER (AES-256-GCM ${SIZE} B, ${THREADS} threads):"
+  echo "   ${RATIO:-no 'layer/raw' line in the output}"
+  echo "   (1.00 = the layer is as fast as raw PKCS#11; hsm-facts.md: noise ±25 % run to run)"
+  echo "================================================================"
+else
+  warn "$BIN has no 'bench-hsm' subcommand yet (it wraps hsm::bench::run_gcm_bench); skipped"
+fi
+
+# --- HTTP benchmarks (issue 4) ---
+if [ "$HTTP" != 1 ]; then
+  echo "(HTTP benchmarks skipped: pass --http or set KMS_BENCH_HTTP=1)"
+  exit 0
+fi
+if ! command -v wrk >/dev/null; then
+  log "wrk missing: apt-get install -y wrk"
+  (ensure_debian_packages wrk) || true
+fi
+if ! command -v wrk >/dev/null; then
+  warn "wrk is not installed; HTTP benchmarks skipped"
+  exit 0
+fi
+if ! command -v aws >/dev/null; then
+  warn "the aws CLI is missing (pip install awscli); HTTP benchmarks skipped"
+  exit 0
+fi
+STATE="$TMP/http"
+mkdir -p "$STATE"
+log "hsm-kms setup-local --state-dir $STATE"
+"$BIN" setup-local --state-dir "$STATE"
+KMS_LISTEN=127.0.0.1:0 KMS_STATE_DIR="$STATE" "$BIN" serve --config "$STATE/config.toml" \
+  >"$TMP/serve.out" 2>"$TMP/serve.err" &
+SERVER_PID=$!
+PORT=
+for _ in $(seq 1 300); do   # up to 30 s
+  PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$TMP/serve.out" | head -n1)
+  [ -n "$PORT" ] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$PORT" ]; then
+  cat "$TMP/serve.out" "$TMP/serve.err" >&2
+  die "the server did not report 'listening on 127.0.0.1:PORT' (its output is above)"
+fi
+set -a
+# shellcheck disable=SC1091
+. "$STATE/credentials.env"
+set +a
+export KMS_ENDPOINT="http://127.0.0.1:$PORT"   # the port is ours (KMS_LISTEN=...:0)
+export AWS_REGION=${AWS_REGION:-us-east-1}
+export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-$AWS_REGION}
+log "server pid $SERVER_PID on $KMS_ENDPOINT"
+KEY_ID=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
+log "key $KEY_ID"
+LOAD="$REPO/../shared/bench/kms-load.sh"
+DUR=${KMS_BENCH_DURATION:-10}
+if [ -f "$LOAD" ]; then
+  bash "$LOAD" -k "$KEY_ID" -o Encrypt -s 32 -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (Encrypt)"
+  bash "$LOAD" -k "$KEY_ID" -o GenerateDataKey -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (GenerateDataKey)"
+else
+  warn "$LOAD not found; HTTP load skipped (hsm-facts.md §7 describes the script)"
+fi
+kill "$SERVER_PID" 2>/dev/null || true
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=
+echo
+echo "Reminder: ${RATIO:-layer/raw = n/a}"
