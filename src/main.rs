@@ -38,6 +38,23 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Benchmark: raw PKCS#11 AES-GCM against the same operation through the HSM layer,
+    /// on fresh local SoftHSM2 tokens, in one run.
+    BenchHsm {
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 1.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 0)]
+        filler_keys: usize,
+        /// Folder for the temporary tokens.
+        #[arg(long, default_value = "/tmp")]
+        dir: PathBuf,
+    },
 }
 
 fn main() {
@@ -58,6 +75,20 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::SetupLocal { state_dir } => setup_local(&state_dir),
+        Cmd::BenchHsm {
+            size,
+            threads,
+            secs,
+            reps,
+            filler_keys,
+            dir,
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            let report =
+                hsm_kms::hsm::bench::run_gcm_bench(&dir, size, threads, secs, reps, filler_keys)?;
+            println!("{report}");
+            Ok(())
+        }
         Cmd::Serve { config, listen } => {
             let path = config.unwrap_or_else(|| {
                 std::env::var_os("KMS_STATE_DIR")
