@@ -1,0 +1,526 @@
+//! Key lifecycle over HTTP with real SoftHSM2 tokens: the key-state table for every
+//! operation that exists, scheduled deletion that really destroys the key objects on
+//! both tokens (also when one token is missing during the due pass), a schedule that
+//! survives a SIGKILL of the real binary, tags, AWS managed keys, and pagination.
+
+mod common;
+use common::*;
+use hsm_kms::clock::ManualClock;
+use hsm_kms::hsm::{HsmError, NodeState};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn start_time() -> time::OffsetDateTime {
+    time::macros::datetime!(2026-01-01 00:00:00 UTC)
+}
+
+async fn key(c: &Client) -> String {
+    c.ok("CreateKey", json!({"Description": "t"})).await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn arn(id: &str) -> String {
+    format!("arn:aws:kms:us-east-1:111122223333:key/{id}")
+}
+
+fn obj(id: &str) -> Vec<u8> {
+    format!("kms/{id}/1").into_bytes()
+}
+
+#[track_caller]
+fn expect(r: &Reply, ty: &str, what: &str) {
+    assert_eq!((r.status, r.error_type()), (400, ty), "{what}: {}", r.body);
+    assert!(r.body["message"].is_string(), "{what}: {}", r.body);
+}
+
+fn epoch(t: time::OffsetDateTime) -> f64 {
+    t.unix_timestamp() as f64
+}
+
+/// Every operation that takes the key, answered as the AWS key-state table says for a
+/// key in `state` (Disabled or PendingDeletion).
+async fn check_state_row(
+    c: &Client,
+    id: &str,
+    alias: &str,
+    blob: &Value,
+    other: &str,
+    state: &str,
+) {
+    let crypto = if state == "Disabled" {
+        "DisabledException"
+    } else {
+        "KMSInvalidStateException"
+    };
+    let pt = b64(b"x");
+    for (op, body) in [
+        ("Encrypt", json!({"KeyId": id, "Plaintext": pt})),
+        ("Encrypt", json!({"KeyId": alias, "Plaintext": pt})),
+        ("Decrypt", json!({"CiphertextBlob": blob})),
+        (
+            "ReEncrypt",
+            json!({"CiphertextBlob": blob, "DestinationKeyId": other}),
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": id, "KeySpec": "AES_256"}),
+        ),
+        (
+            "GenerateDataKeyWithoutPlaintext",
+            json!({"KeyId": alias, "NumberOfBytes": 16}),
+        ),
+    ] {
+        expect(&c.call(op, body).await, crypto, &format!("{state}: {op}"));
+    }
+    // ReEncrypt into the key (source usable).
+    let ob = c
+        .ok("Encrypt", json!({"KeyId": other, "Plaintext": pt}))
+        .await["CiphertextBlob"]
+        .clone();
+    expect(
+        &c.call(
+            "ReEncrypt",
+            json!({"CiphertextBlob": ob, "DestinationKeyId": id}),
+        )
+        .await,
+        crypto,
+        &format!("{state}: ReEncrypt to it"),
+    );
+    // DescribeKey, ListKeys, ListAliases, ListResourceTags work in every state.
+    let d = c.ok("DescribeKey", json!({"KeyId": alias})).await;
+    assert_eq!(d["KeyMetadata"]["KeyState"], state);
+    assert_eq!(d["KeyMetadata"]["Enabled"], false);
+    let l = c.ok("ListKeys", json!({})).await;
+    assert!(l["Keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["KeyId"] == id));
+    let la = c.ok("ListAliases", json!({"KeyId": id})).await;
+    assert_eq!(la["Aliases"][0]["AliasName"], alias);
+    c.ok("ListResourceTags", json!({"KeyId": id})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_state_table_schedule_cancel_enable_disable() {
+    let clock = ManualClock::new(start_time());
+    let s = service_with(Arc::new(clock.clone())).await;
+    let c = &s.client;
+    let id = key(c).await;
+    let other = key(c).await;
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/app", "TargetKeyId": id}),
+    )
+    .await;
+    let blob = c
+        .ok("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"kept")}))
+        .await["CiphertextBlob"]
+        .clone();
+
+    // ---- Disabled row.
+    c.ok("DisableKey", json!({"KeyId": id})).await;
+    check_state_row(c, &id, "alias/app", &blob, &other, "Disabled").await;
+    // Management works on a disabled key.
+    c.ok(
+        "UpdateKeyDescription",
+        json!({"KeyId": id, "Description": "off"}),
+    )
+    .await;
+    c.ok(
+        "TagResource",
+        json!({"KeyId": id, "Tags": [{"TagKey": "k", "TagValue": "v"}]}),
+    )
+    .await;
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/second", "TargetKeyId": id}),
+    )
+    .await;
+    c.ok("DeleteAlias", json!({"AliasName": "alias/second"}))
+        .await;
+    c.ok("DisableKey", json!({"KeyId": id})).await; // idempotent
+    expect(
+        &c.call("CancelKeyDeletion", json!({"KeyId": id})).await,
+        "KMSInvalidStateException",
+        "cancel on a disabled key",
+    );
+
+    // ---- ScheduleKeyDeletion from Disabled, window 7.
+    clock.advance(Duration::from_secs(3600));
+    let now = epoch(start_time()) + 3600.0;
+    let r = c
+        .ok(
+            "ScheduleKeyDeletion",
+            json!({"KeyId": id, "PendingWindowInDays": 7}),
+        )
+        .await;
+    assert_eq!(r["KeyId"], arn(&id));
+    assert_eq!(r["KeyState"], "PendingDeletion");
+    assert_eq!(r["PendingWindowInDays"], 7);
+    assert_eq!(r["DeletionDate"].as_f64().unwrap(), now + 7.0 * 86_400.0);
+    let md = c.ok("DescribeKey", json!({"KeyId": id})).await["KeyMetadata"].clone();
+    assert_eq!(md["KeyState"], "PendingDeletion");
+    assert_eq!(md["DeletionDate"].as_f64().unwrap(), now + 7.0 * 86_400.0);
+    assert_eq!(md["PendingDeletionWindowInDays"], 7);
+
+    // ---- PendingDeletion row.
+    check_state_row(c, &id, "alias/app", &blob, &other, "PendingDeletion").await;
+    for (op, body) in [
+        ("EnableKey", json!({"KeyId": id})),
+        ("DisableKey", json!({"KeyId": id})),
+        (
+            "UpdateKeyDescription",
+            json!({"KeyId": id, "Description": "d"}),
+        ),
+        ("ScheduleKeyDeletion", json!({"KeyId": id})),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [{"TagKey": "a", "TagValue": "b"}]}),
+        ),
+        ("UntagResource", json!({"KeyId": id, "TagKeys": ["k"]})),
+        (
+            "CreateAlias",
+            json!({"AliasName": "alias/new", "TargetKeyId": id}),
+        ),
+        (
+            "UpdateAlias",
+            json!({"AliasName": "alias/app", "TargetKeyId": id}),
+        ),
+    ] {
+        expect(
+            &c.call(op, body).await,
+            "KMSInvalidStateException",
+            &format!("PendingDeletion: {op}"),
+        );
+    }
+    // An alias may be moved away from (and deleted from) a key pending deletion.
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/tmp", "TargetKeyId": other}),
+    )
+    .await;
+    c.ok("DeleteAlias", json!({"AliasName": "alias/tmp"})).await;
+    // Nothing was destroyed: both HSMs still hold the object.
+    let cl = s.running.kms.cluster();
+    assert!(cl.hsm_holds("a", &obj(&id)) && cl.hsm_holds("b", &obj(&id)));
+    // A pass before the date destroys nothing.
+    clock.advance(6 * DAY);
+    s.running.kms.maintenance().await.unwrap();
+    assert!(cl.hsm_holds("a", &obj(&id)) && cl.hsm_holds("b", &obj(&id)));
+
+    // ---- CancelKeyDeletion → Disabled; the old ciphertext works again once enabled.
+    let r = c.ok("CancelKeyDeletion", json!({"KeyId": arn(&id)})).await;
+    assert_eq!(r, json!({"KeyId": arn(&id)}));
+    let md = c.ok("DescribeKey", json!({"KeyId": id})).await["KeyMetadata"].clone();
+    assert_eq!(md["KeyState"], "Disabled");
+    assert!(md.get("DeletionDate").is_none() && md.get("PendingDeletionWindowInDays").is_none());
+    expect(
+        &c.call("CancelKeyDeletion", json!({"KeyId": id})).await,
+        "KMSInvalidStateException",
+        "cancel twice",
+    );
+    expect(
+        &c.call("Decrypt", json!({"CiphertextBlob": blob})).await,
+        "DisabledException",
+        "after cancel",
+    );
+    c.ok("EnableKey", json!({"KeyId": id})).await;
+    let d = c.ok("Decrypt", json!({"CiphertextBlob": blob})).await;
+    assert_eq!(unb64(&d["Plaintext"]), b"kept");
+    // The date that passed while it was pending means nothing now.
+    clock.advance(30 * DAY);
+    s.running.kms.maintenance().await.unwrap();
+    c.ok(
+        "Encrypt",
+        json!({"KeyId": "alias/app", "Plaintext": b64(b"y")}),
+    )
+    .await;
+
+    // ---- Default window: 30 days, from an Enabled key.
+    let now = epoch(clock_now(&clock));
+    let r = c.ok("ScheduleKeyDeletion", json!({"KeyId": other})).await;
+    assert_eq!(r["PendingWindowInDays"], 30);
+    assert_eq!(r["DeletionDate"].as_f64().unwrap(), now + 30.0 * 86_400.0);
+    s.running.stop().await;
+}
+
+fn clock_now(c: &ManualClock) -> time::OffsetDateTime {
+    use hsm_kms::clock::Clock;
+    c.now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_and_cancel_reject_bad_input_with_aws_errors() {
+    let s = service().await;
+    let c = &s.client;
+    let id = key(c).await;
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/x", "TargetKeyId": id}),
+    )
+    .await;
+    let none = "00000000-0000-0000-0000-000000000000";
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"KeyId": id, "PendingWindowInDays": 6}),
+            "ScheduleKeyDeletion",
+            "ValidationException",
+        ),
+        (
+            json!({"KeyId": id, "PendingWindowInDays": 31}),
+            "ScheduleKeyDeletion",
+            "ValidationException",
+        ),
+        (
+            json!({"KeyId": id, "PendingWindowInDays": 0}),
+            "ScheduleKeyDeletion",
+            "ValidationException",
+        ),
+        (
+            json!({"KeyId": id, "PendingWindowInDays": -3}),
+            "ScheduleKeyDeletion",
+            "ValidationException",
+        ),
+        (
+            json!({"KeyId": id, "PendingWindowInDays": "7"}),
+            "ScheduleKeyDeletion",
+            "SerializationException",
+        ),
+        (
+            json!({"KeyId": id, "PendingWindowInDays": 7.5}),
+            "ScheduleKeyDeletion",
+            "SerializationException",
+        ),
+        (json!({}), "ScheduleKeyDeletion", "ValidationException"),
+        (
+            json!({"KeyId": 7}),
+            "ScheduleKeyDeletion",
+            "SerializationException",
+        ),
+        (
+            json!({"KeyId": none}),
+            "ScheduleKeyDeletion",
+            "NotFoundException",
+        ),
+        (
+            json!({"KeyId": "alias/x"}),
+            "ScheduleKeyDeletion",
+            "NotFoundException",
+        ),
+        (
+            json!({"KeyId": "not-a-key"}),
+            "ScheduleKeyDeletion",
+            "NotFoundException",
+        ),
+        (json!({}), "CancelKeyDeletion", "ValidationException"),
+        (
+            json!({"KeyId": none}),
+            "CancelKeyDeletion",
+            "NotFoundException",
+        ),
+        (
+            json!({"KeyId": id}),
+            "CancelKeyDeletion",
+            "KMSInvalidStateException",
+        ),
+    ];
+    for (i, (body, op, ty)) in cases.into_iter().enumerate() {
+        let r = c.call(op, body).await;
+        expect(&r, ty, &format!("case {i} {op}"));
+    }
+    // None of those changed the key.
+    let md = c.ok("DescribeKey", json!({"KeyId": id})).await;
+    assert_eq!(md["KeyMetadata"]["KeyState"], "Enabled");
+    s.running.stop().await;
+}
+
+/// After a fresh connect over the same tokens (cache warmed by C_FindObjects), no HSM
+/// has any of `objects`; an operation on each fails with KeyMissing on each HSM.
+async fn gone_from_both_tokens_after_reconnect(t: &Tokens, objects: &[Vec<u8>]) {
+    let fresh = connect(t, fast_options());
+    for o in objects {
+        for hsm in ["a", "b"] {
+            assert!(
+                !fresh.hsm_holds(hsm, o),
+                "{hsm} still holds {o:?} after reconnect"
+            );
+            let e = fresh
+                .encrypt_on(hsm, o, vec![], b"x".to_vec())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, HsmError::KeyMissing { .. }), "{hsm}: {e}");
+        }
+    }
+    fresh.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_deletion_destroys_the_key_on_both_hsms() {
+    let clock = ManualClock::new(start_time());
+    let s = service_with(Arc::new(clock.clone())).await;
+    let c = &s.client;
+    let id = key(c).await;
+    let keep = key(c).await;
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/doomed", "TargetKeyId": id}),
+    )
+    .await;
+    let blob = c
+        .ok("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"bye")}))
+        .await["CiphertextBlob"]
+        .clone();
+    let keep_blob = c
+        .ok("Encrypt", json!({"KeyId": keep, "Plaintext": b64(b"stay")}))
+        .await["CiphertextBlob"]
+        .clone();
+    c.ok(
+        "ScheduleKeyDeletion",
+        json!({"KeyId": id, "PendingWindowInDays": 7}),
+    )
+    .await;
+    let cl = s.running.kms.cluster().clone();
+    // One second before the date: nothing happens.
+    clock.advance(7 * DAY - Duration::from_secs(1));
+    s.running.kms.maintenance().await.unwrap();
+    assert!(cl.hsm_holds("a", &obj(&id)) && cl.hsm_holds("b", &obj(&id)));
+    c.ok("DescribeKey", json!({"KeyId": id})).await;
+    // At the date: destroyed on every HSM, metadata and aliases gone.
+    clock.advance(Duration::from_secs(1));
+    s.running.kms.maintenance().await.unwrap();
+    for hsm in ["a", "b"] {
+        assert!(
+            !cl.hsm_holds(hsm, &obj(&id)),
+            "{hsm} still caches the handle"
+        );
+        let e = cl
+            .encrypt_on(hsm, &obj(&id), vec![], b"x".to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HsmError::KeyMissing { .. }), "{hsm}: {e}");
+    }
+    expect(
+        &c.call("DescribeKey", json!({"KeyId": id})).await,
+        "NotFoundException",
+        "describe destroyed key",
+    );
+    expect(
+        &c.call("DescribeKey", json!({"KeyId": "alias/doomed"}))
+            .await,
+        "NotFoundException",
+        "alias of destroyed key",
+    );
+    expect(
+        &c.call("CancelKeyDeletion", json!({"KeyId": id})).await,
+        "NotFoundException",
+        "cancel destroyed key",
+    );
+    let r = c.call("Decrypt", json!({"CiphertextBlob": blob})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let keys = c.ok("ListKeys", json!({})).await;
+    let ids: Vec<&str> = keys["Keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["KeyId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![keep.as_str()]);
+    let aliases = c.ok("ListAliases", json!({})).await;
+    assert!(
+        aliases["Aliases"].as_array().unwrap().is_empty(),
+        "{aliases}"
+    );
+    // The other key is untouched.
+    let d = c.ok("Decrypt", json!({"CiphertextBlob": keep_blob})).await;
+    assert_eq!(unb64(&d["Plaintext"]), b"stay");
+    // A later pass is a no-op.
+    s.running.kms.maintenance().await.unwrap();
+    s.running.stop().await;
+    gone_from_both_tokens_after_reconnect(&s.tokens, &[obj(&id)]).await;
+    // The kept key survived on both tokens.
+    let fresh = connect(&s.tokens, fast_options());
+    assert!(fresh.hsm_holds("a", &obj(&keep)) && fresh.hsm_holds("b", &obj(&keep)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destruction_with_an_hsm_missing_is_retried_and_the_key_never_returns() {
+    let clock = ManualClock::new(start_time());
+    let s = service_with(Arc::new(clock.clone())).await;
+    let c = &s.client;
+    let id = key(c).await;
+    c.ok(
+        "ScheduleKeyDeletion",
+        json!({"KeyId": id, "PendingWindowInDays": 7}),
+    )
+    .await;
+    let cl = s.running.kms.cluster().clone();
+    // HSM "a" disappears (token folder moved away) before the due pass.
+    let dir = s.tokens.hsms[0].token_dir.clone();
+    let moved = dir.with_extension("away");
+    std::fs::rename(&dir, &moved).unwrap();
+    clock.advance(7 * DAY + Duration::from_secs(5));
+    let r = s.running.kms.maintenance().await;
+    assert!(
+        r.is_err(),
+        "the due pass must report the incomplete destruction"
+    );
+    // Destroyed where possible; the key stays PendingDeletion, unusable, not cancellable.
+    assert!(!cl.hsm_holds("b", &obj(&id)));
+    let md = c.ok("DescribeKey", json!({"KeyId": id})).await;
+    assert_eq!(md["KeyMetadata"]["KeyState"], "PendingDeletion");
+    expect(
+        &c.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")}))
+            .await,
+        "KMSInvalidStateException",
+        "encrypt while destruction is pending",
+    );
+    expect(
+        &c.call("CancelKeyDeletion", json!({"KeyId": id})).await,
+        "KMSInvalidStateException",
+        "cancel after the date",
+    );
+    assert!(
+        eventually(10, || cl.health()[0].state == NodeState::Down).await,
+        "a never marked down: {:?}",
+        cl.health()
+    );
+    // Another pass while "a" is still gone: still pending.
+    assert!(s.running.kms.maintenance().await.is_err());
+    c.ok("DescribeKey", json!({"KeyId": id})).await;
+    // "a" comes back holding the key; re-sync must not copy it back into "b".
+    std::fs::rename(&moved, &dir).unwrap();
+    assert!(
+        eventually(20, || cl.health()[0].state == NodeState::Healthy).await,
+        "a never recovered: {:?}",
+        cl.health()
+    );
+    assert!(cl.hsm_holds("a", &obj(&id)), "a's copy survived the outage");
+    s.running.kms.resync_hsms().await.unwrap();
+    assert!(
+        !cl.hsm_holds("b", &obj(&id)),
+        "re-sync resurrected a doomed key"
+    );
+    // The next pass completes the destruction.
+    s.running.kms.maintenance().await.unwrap();
+    for hsm in ["a", "b"] {
+        assert!(!cl.hsm_holds(hsm, &obj(&id)));
+        let e = cl
+            .encrypt_on(hsm, &obj(&id), vec![], b"x".to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HsmError::KeyMissing { .. }), "{hsm}: {e}");
+    }
+    expect(
+        &c.call("DescribeKey", json!({"KeyId": id})).await,
+        "NotFoundException",
+        "describe after completed destruction",
+    );
+    s.running.stop().await;
+    gone_from_both_tokens_after_reconnect(&s.tokens, &[obj(&id)]).await;
+}
