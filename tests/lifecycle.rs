@@ -524,3 +524,469 @@ async fn destruction_with_an_hsm_missing_is_retried_and_the_key_never_returns() 
     s.running.stop().await;
     gone_from_both_tokens_after_reconnect(&s.tokens, &[obj(&id)]).await;
 }
+
+fn tag(k: &str, v: &str) -> Value {
+    json!({"TagKey": k, "TagValue": v})
+}
+
+async fn all_tags(c: &Client, id: &str, limit: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let mut req = json!({"KeyId": id, "Limit": limit});
+        if let Some(m) = &marker {
+            req["Marker"] = json!(m);
+        }
+        let page = c.ok("ListResourceTags", req).await;
+        let tags = page["Tags"].as_array().unwrap();
+        assert!(tags.len() <= limit as usize);
+        out.extend(tags.iter().map(|t| {
+            (
+                t["TagKey"].as_str().unwrap().to_string(),
+                t["TagValue"].as_str().unwrap().to_string(),
+            )
+        }));
+        if page["Truncated"] == true {
+            marker = Some(page["NextMarker"].as_str().unwrap().to_string());
+        } else {
+            assert!(page.get("NextMarker").is_none());
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_add_overwrite_remove_paginate_and_limits() {
+    let s = service().await;
+    let c = &s.client;
+    let id = c
+        .ok(
+            "CreateKey",
+            json!({"Tags": [tag("team", "lab"), tag("env", "dev")]}),
+        )
+        .await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let l = c.ok("ListResourceTags", json!({"KeyId": id})).await;
+    assert_eq!(
+        l,
+        json!({"Tags": [tag("env", "dev"), tag("team", "lab")], "Truncated": false})
+    );
+    // Add one, overwrite one (by ARN), empty value allowed.
+    let r = c
+        .ok(
+            "TagResource",
+            json!({"KeyId": arn(&id), "Tags": [tag("env", "prod"), tag("cost", "")]}),
+        )
+        .await;
+    assert_eq!(r, json!({}));
+    assert_eq!(
+        all_tags(c, &id, 50).await,
+        vec![
+            ("cost".into(), "".into()),
+            ("env".into(), "prod".into()),
+            ("team".into(), "lab".into())
+        ]
+    );
+    // Untag: removes named keys; unknown keys are ignored.
+    c.ok(
+        "UntagResource",
+        json!({"KeyId": id, "TagKeys": ["team", "nope"]}),
+    )
+    .await;
+    assert_eq!(all_tags(c, &id, 50).await.len(), 2);
+    // Up to 50 tags; pagination returns each once, in key order.
+    let many: Vec<Value> = (0..48).map(|i| tag(&format!("k{i:02}"), "v")).collect();
+    c.ok("TagResource", json!({"KeyId": id, "Tags": many}))
+        .await;
+    for limit in [1, 7, 50] {
+        let got = all_tags(c, &id, limit).await;
+        assert_eq!(got.len(), 50, "limit {limit}");
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted);
+    }
+    // The 51st tag is over the quota; overwriting an existing one is not.
+    expect(
+        &c.call(
+            "TagResource",
+            json!({"KeyId": id, "Tags": [tag("one-more", "v")]}),
+        )
+        .await,
+        "LimitExceededException",
+        "51st tag",
+    );
+    c.ok(
+        "TagResource",
+        json!({"KeyId": id, "Tags": [tag("k00", "w")]}),
+    )
+    .await;
+    assert_eq!(all_tags(c, &id, 50).await.len(), 50);
+    let long = |n: usize| "x".repeat(n);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [tag("aws:x", "v")]}),
+            "TagException",
+        ),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [tag("AWS:x", "v")]}),
+            "TagException",
+        ),
+        (
+            "UntagResource",
+            json!({"KeyId": id, "TagKeys": ["aws:x"]}),
+            "TagException",
+        ),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [tag(&long(129), "v")]}),
+            "ValidationException",
+        ),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [tag("", "v")]}),
+            "ValidationException",
+        ),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [tag("k", &long(257))]}),
+            "ValidationException",
+        ),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [{"TagKey": "k"}]}),
+            "ValidationException",
+        ),
+        ("TagResource", json!({"KeyId": id}), "ValidationException"),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": "k=v"}),
+            "SerializationException",
+        ),
+        (
+            "TagResource",
+            json!({"KeyId": id, "Tags": [{"TagKey": 1, "TagValue": "v"}]}),
+            "SerializationException",
+        ),
+        (
+            "TagResource",
+            json!({"Tags": [tag("k", "v")]}),
+            "ValidationException",
+        ),
+        (
+            "TagResource",
+            json!({"KeyId": "00000000-0000-0000-0000-000000000000", "Tags": [tag("k", "v")]}),
+            "NotFoundException",
+        ),
+        ("UntagResource", json!({"KeyId": id}), "ValidationException"),
+        (
+            "UntagResource",
+            json!({"KeyId": id, "TagKeys": [""]}),
+            "ValidationException",
+        ),
+        (
+            "UntagResource",
+            json!({"KeyId": id, "TagKeys": [long(129)]}),
+            "ValidationException",
+        ),
+        (
+            "UntagResource",
+            json!({"KeyId": id, "TagKeys": [5]}),
+            "SerializationException",
+        ),
+        (
+            "ListResourceTags",
+            json!({"KeyId": id, "Limit": 0}),
+            "ValidationException",
+        ),
+        (
+            "ListResourceTags",
+            json!({"KeyId": id, "Limit": 51}),
+            "ValidationException",
+        ),
+        (
+            "ListResourceTags",
+            json!({"KeyId": id, "Marker": "bm90LWEtbWFya2Vy"}),
+            "InvalidMarkerException",
+        ),
+        (
+            "ListResourceTags",
+            json!({"KeyId": id, "Marker": ""}),
+            "ValidationException",
+        ),
+        ("ListResourceTags", json!({}), "ValidationException"),
+        (
+            "ListResourceTags",
+            json!({"KeyId": "00000000-0000-0000-0000-000000000000"}),
+            "NotFoundException",
+        ),
+    ];
+    for (i, (op, body, ty)) in cases.into_iter().enumerate() {
+        expect(&c.call(op, body).await, ty, &format!("case {i} {op}"));
+    }
+    // No refused request changed anything.
+    let got = all_tags(c, &id, 50).await;
+    assert_eq!(got.len(), 50);
+    assert!(got.contains(&("k00".into(), "w".into())));
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_managed_keys_are_created_on_first_use_and_cannot_be_managed() {
+    let s = service().await;
+    let c = &s.client;
+    // DescribeKey of a predefined alias creates the key.
+    let md = c.ok("DescribeKey", json!({"KeyId": "alias/aws/s3"})).await["KeyMetadata"].clone();
+    assert_eq!(md["KeyManager"], "AWS");
+    assert_eq!(md["KeyState"], "Enabled");
+    assert_eq!(md["KeySpec"], "SYMMETRIC_DEFAULT");
+    let s3 = md["KeyId"].as_str().unwrap().to_string();
+    let cl = s.running.kms.cluster();
+    assert!(cl.hsm_holds("a", &obj(&s3)) && cl.hsm_holds("b", &obj(&s3)));
+    // The same key on every later use, by name or alias ARN.
+    let again = c
+        .ok(
+            "DescribeKey",
+            json!({"KeyId": "arn:aws:kms:us-east-1:111122223333:alias/aws/s3"}),
+        )
+        .await;
+    assert_eq!(again["KeyMetadata"]["KeyId"], s3.as_str());
+    // Usable for crypto.
+    let e = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": "alias/aws/s3", "Plaintext": b64(b"managed")}),
+        )
+        .await;
+    assert_eq!(e["KeyId"], arn(&s3));
+    let d = c
+        .ok("Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"]}))
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"managed");
+    // Encrypt / GenerateDataKey also create on first use.
+    let dk = c
+        .ok(
+            "GenerateDataKey",
+            json!({"KeyId": "alias/aws/ebs", "KeySpec": "AES_256"}),
+        )
+        .await;
+    let ebs = dk["KeyId"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(ebs, s3);
+    let back = c
+        .ok("Decrypt", json!({"CiphertextBlob": dk["CiphertextBlob"]}))
+        .await;
+    assert_eq!(back["Plaintext"], dk["Plaintext"]);
+    let e2 = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": "alias/aws/lambda", "Plaintext": b64(b"x")}),
+        )
+        .await;
+    let lambda = e2["KeyId"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let md = c.ok("DescribeKey", json!({"KeyId": lambda})).await;
+    assert_eq!(md["KeyMetadata"]["KeyManager"], "AWS");
+    // Listed with their aliases.
+    let l = c.ok("ListAliases", json!({})).await;
+    let names: Vec<(&str, &str)> = l["Aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["AliasName"].as_str().unwrap(),
+                a["TargetKeyId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(names.contains(&("alias/aws/s3", s3.as_str())), "{l}");
+    assert!(names.contains(&("alias/aws/ebs", ebs.as_str())), "{l}");
+    assert_eq!(
+        c.ok("ListKeys", json!({})).await["Keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // Not disablable, not deletable, not changeable.
+    for (op, body) in [
+        ("DisableKey", json!({"KeyId": s3})),
+        ("EnableKey", json!({"KeyId": s3})),
+        (
+            "ScheduleKeyDeletion",
+            json!({"KeyId": s3, "PendingWindowInDays": 7}),
+        ),
+        ("CancelKeyDeletion", json!({"KeyId": s3})),
+        (
+            "UpdateKeyDescription",
+            json!({"KeyId": s3, "Description": "mine"}),
+        ),
+        ("TagResource", json!({"KeyId": s3, "Tags": [tag("k", "v")]})),
+        ("UntagResource", json!({"KeyId": s3, "TagKeys": ["k"]})),
+    ] {
+        expect(&c.call(op, body).await, "AccessDeniedException", op);
+    }
+    // Any user attempt at an alias/aws/… alias is NotAuthorizedException.
+    let mine = key(c).await;
+    for (op, body) in [
+        (
+            "CreateAlias",
+            json!({"AliasName": "alias/aws/mine", "TargetKeyId": mine}),
+        ),
+        (
+            "UpdateAlias",
+            json!({"AliasName": "alias/aws/s3", "TargetKeyId": mine}),
+        ),
+        ("DeleteAlias", json!({"AliasName": "alias/aws/s3"})),
+    ] {
+        expect(&c.call(op, body).await, "NotAuthorizedException", op);
+    }
+    // Still enabled, still the same key, tags still readable (none).
+    let md = c.ok("DescribeKey", json!({"KeyId": "alias/aws/s3"})).await["KeyMetadata"].clone();
+    assert_eq!(
+        (
+            md["KeyId"].as_str().unwrap(),
+            md["KeyState"].as_str().unwrap()
+        ),
+        (s3.as_str(), "Enabled")
+    );
+    let t = c.ok("ListResourceTags", json!({"KeyId": s3})).await;
+    assert_eq!(t["Tags"], json!([]));
+    // A malformed reserved alias is not created.
+    expect(
+        &c.call("DescribeKey", json!({"KeyId": "alias/aws/"})).await,
+        "NotFoundException",
+        "empty service",
+    );
+    s.running.stop().await;
+}
+
+// ---------------------------------------------------------------- kill -9 restart
+
+mod real_binary {
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    pub fn setup(state: &Path) {
+        let st = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
+            .args(["setup-local", "--state-dir"])
+            .arg(state)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    pub fn start(state: &Path) -> (Child, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
+            .args(["serve", "--config"])
+            .arg(state.join("config.toml"))
+            .env("KMS_LISTEN", "127.0.0.1:0")
+            .env("KMS_STATE_DIR", state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let addr = loop {
+            let l = lines.next().expect("server printed nothing").unwrap();
+            if let Some(a) = l.strip_prefix("listening on ") {
+                break a.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (child, format!("http://{addr}"))
+    }
+
+    pub fn credential(state: &Path) -> hsm_kms::auth::Credential {
+        let text = std::fs::read_to_string(state.join("credentials.env")).unwrap();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .unwrap()
+                .to_string()
+        };
+        hsm_kms::auth::Credential::new(
+            get("AWS_ACCESS_KEY_ID"),
+            get("AWS_SECRET_ACCESS_KEY"),
+            "111122223333",
+            "arn",
+        )
+    }
+
+    pub fn stop(child: &mut Child) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_deletion_survives_sigkill_of_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    real_binary::setup(dir.path());
+    let (mut child, url) = real_binary::start(dir.path());
+    let c = Client::new(url, real_binary::credential(dir.path()));
+    let id = key(&c).await;
+    c.ok(
+        "TagResource",
+        json!({"KeyId": id, "Tags": [tag("keep", "me")]}),
+    )
+    .await;
+    let blob = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": id, "Plaintext": b64(b"pending")}),
+        )
+        .await["CiphertextBlob"]
+        .clone();
+    let sched = c
+        .ok(
+            "ScheduleKeyDeletion",
+            json!({"KeyId": id, "PendingWindowInDays": 9}),
+        )
+        .await;
+    child.kill().unwrap(); // SIGKILL right after the acknowledgement
+    child.wait().unwrap();
+    let (mut child, url) = real_binary::start(dir.path());
+    let c = Client::new(url, real_binary::credential(dir.path()));
+    let md = c.ok("DescribeKey", json!({"KeyId": id})).await["KeyMetadata"].clone();
+    assert_eq!(md["KeyState"], "PendingDeletion");
+    assert_eq!(md["DeletionDate"], sched["DeletionDate"]);
+    assert_eq!(md["PendingDeletionWindowInDays"], 9);
+    expect(
+        &c.call("Decrypt", json!({"CiphertextBlob": blob})).await,
+        "KMSInvalidStateException",
+        "decrypt after restart",
+    );
+    let t = c.ok("ListResourceTags", json!({"KeyId": id})).await;
+    assert_eq!(t["Tags"], json!([tag("keep", "me")]));
+    // Cancel, SIGKILL again: the cancellation is durable too.
+    c.ok("CancelKeyDeletion", json!({"KeyId": id})).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, url) = real_binary::start(dir.path());
+    let c = Client::new(url, real_binary::credential(dir.path()));
+    let md = c.ok("DescribeKey", json!({"KeyId": id})).await["KeyMetadata"].clone();
+    assert_eq!(md["KeyState"], "Disabled");
+    c.ok("EnableKey", json!({"KeyId": id})).await;
+    let d = c.ok("Decrypt", json!({"CiphertextBlob": blob})).await;
+    assert_eq!(unb64(&d["Plaintext"]), b"pending");
+    real_binary::stop(&mut child);
+}
