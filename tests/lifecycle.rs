@@ -990,3 +990,95 @@ async fn a_scheduled_deletion_survives_sigkill_of_the_service() {
     assert_eq!(unb64(&d["Plaintext"]), b"pending");
     real_binary::stop(&mut child);
 }
+
+// ---------------------------------------------------------------- pagination at scale
+
+async fn list_all(
+    c: &Client,
+    op: &str,
+    list: &str,
+    field: &str,
+    limit: Option<u32>,
+) -> (Vec<String>, usize) {
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut marker: Option<String> = None;
+    loop {
+        let mut req = json!({});
+        if let Some(l) = limit {
+            req["Limit"] = json!(l);
+        }
+        if let Some(m) = &marker {
+            req["Marker"] = json!(m);
+        }
+        let page = c.ok(op, req).await;
+        pages += 1;
+        let items = page[list].as_array().unwrap();
+        assert!(items.len() <= limit.unwrap_or(100) as usize);
+        seen.extend(items.iter().map(|k| k[field].as_str().unwrap().to_string()));
+        if page["Truncated"] == true {
+            marker = Some(page["NextMarker"].as_str().unwrap().to_string());
+        } else {
+            assert!(page.get("NextMarker").is_none());
+            return (seen, pages);
+        }
+    }
+}
+
+/// 2,000 real keys (each generated in one HSM and copied into the other), 2,000 aliases:
+/// ListKeys and ListAliases return each exactly once at Limit 1000, the default 100, and 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_keys_and_aliases_paginate_over_2000_keys() {
+    const N: usize = 2000;
+    let s = service().await;
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let c = s.client.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in (w..N).step_by(8) {
+                let id = key(&c).await;
+                c.ok(
+                    "CreateAlias",
+                    json!({"AliasName": format!("alias/k{i:04}"), "TargetKeyId": id}),
+                )
+                .await;
+                ids.push(id);
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    eprintln!("created {N} keys and aliases in {:?}", started.elapsed());
+    assert_eq!(ids.len(), N);
+    assert_eq!(s.running.kms.key_count(), N);
+    ids.sort();
+    let c = &s.client;
+    for (limit, pages) in [(Some(1000), 2), (None, 20), (Some(7), N.div_ceil(7))] {
+        for (op, list, field) in [
+            ("ListKeys", "Keys", "KeyId"),
+            ("ListAliases", "Aliases", "TargetKeyId"),
+        ] {
+            let (mut seen, n) = list_all(c, op, list, field, limit).await;
+            assert_eq!(n, pages, "{op} {limit:?}: pages");
+            seen.sort();
+            assert_eq!(seen, ids, "{op} {limit:?}: every item exactly once");
+        }
+    }
+    // Destroyed keys drop out of the listing.
+    let gone = ids[0].clone();
+    let r = c
+        .ok(
+            "ScheduleKeyDeletion",
+            json!({"KeyId": gone, "PendingWindowInDays": 7}),
+        )
+        .await;
+    assert_eq!(r["KeyState"], "PendingDeletion");
+    let (seen, _) = list_all(c, "ListKeys", "Keys", "KeyId", Some(1000)).await;
+    assert_eq!(seen.len(), N, "a key pending deletion is still listed");
+    s.running.stop().await;
+}
