@@ -935,13 +935,26 @@ mod real_binary {
             .status();
         let _ = child.wait();
     }
+
+    /// Kills the server if the test ends (or panics) while it runs.
+    pub struct Guard(pub Child);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_deletion_survives_sigkill_of_the_service() {
     let dir = tempfile::tempdir().unwrap();
     real_binary::setup(dir.path());
-    let (mut child, url) = real_binary::start(dir.path());
+    let (child, url) = real_binary::start(dir.path());
+    let mut child = real_binary::Guard(child);
     let c = Client::new(url, real_binary::credential(dir.path()));
     let id = key(&c).await;
     c.ok(
@@ -962,9 +975,10 @@ async fn a_scheduled_deletion_survives_sigkill_of_the_service() {
             json!({"KeyId": id, "PendingWindowInDays": 9}),
         )
         .await;
-    child.kill().unwrap(); // SIGKILL right after the acknowledgement
-    child.wait().unwrap();
-    let (mut child, url) = real_binary::start(dir.path());
+    child.0.kill().unwrap(); // SIGKILL right after the acknowledgement
+    child.0.wait().unwrap();
+    let (c2, url) = real_binary::start(dir.path());
+    child = real_binary::Guard(c2);
     let c = Client::new(url, real_binary::credential(dir.path()));
     let md = c.ok("DescribeKey", json!({"KeyId": id})).await["KeyMetadata"].clone();
     assert_eq!(md["KeyState"], "PendingDeletion");
@@ -979,16 +993,17 @@ async fn a_scheduled_deletion_survives_sigkill_of_the_service() {
     assert_eq!(t["Tags"], json!([tag("keep", "me")]));
     // Cancel, SIGKILL again: the cancellation is durable too.
     c.ok("CancelKeyDeletion", json!({"KeyId": id})).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let (mut child, url) = real_binary::start(dir.path());
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let (c3, url) = real_binary::start(dir.path());
+    child = real_binary::Guard(c3);
     let c = Client::new(url, real_binary::credential(dir.path()));
     let md = c.ok("DescribeKey", json!({"KeyId": id})).await["KeyMetadata"].clone();
     assert_eq!(md["KeyState"], "Disabled");
     c.ok("EnableKey", json!({"KeyId": id})).await;
     let d = c.ok("Decrypt", json!({"CiphertextBlob": blob})).await;
     assert_eq!(unb64(&d["Plaintext"]), b"pending");
-    real_binary::stop(&mut child);
+    real_binary::stop(&mut child.0);
 }
 
 // ---------------------------------------------------------------- pagination at scale
@@ -1081,4 +1096,81 @@ async fn list_keys_and_aliases_paginate_over_2000_keys() {
     let (seen, _) = list_all(c, "ListKeys", "Keys", "KeyId", Some(1000)).await;
     assert_eq!(seen.len(), N, "a key pending deletion is still listed");
     s.running.stop().await;
+}
+
+/// A service over the same tokens and metadata store as a stopped one (a restart).
+async fn restart(
+    t: &Tokens,
+    clock: Arc<dyn hsm_kms::clock::Clock>,
+) -> (hsm_kms::app::Running, Client) {
+    let running = hsm_kms::app::start(hsm_kms::app::ServiceConfig {
+        nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
+        cluster: fast_options(),
+        database: t.dir.path().join("metadata.sqlite"),
+        listen: "127.0.0.1:0".into(),
+        region: "us-east-1".into(),
+        account_id: "111122223333".into(),
+        max_body_bytes: 64 * 1024,
+        clock: clock.clone(),
+        maintenance_interval: Duration::from_secs(3600),
+    })
+    .await
+    .expect("service restarts");
+    let mut client = Client::new(
+        format!("http://{}", running.addr),
+        running.credentials[0].clone(),
+    );
+    client.clock = Some(clock);
+    (running, client)
+}
+
+/// Rotation gives a key several backing objects (`kms/<id>/<version>`); destruction must
+/// remove every one from every token. The second generation here is a real AES key made
+/// in both tokens by the cluster and recorded in the key's stored document, as rotation
+/// records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destruction_removes_every_backing_version_from_both_tokens() {
+    use hsm_kms::store::MetadataStore;
+    let clock = ManualClock::new(start_time());
+    let s = service_with(Arc::new(clock.clone())).await;
+    let id = key(&s.client).await;
+    let v1 = obj(&id);
+    let v2 = format!("kms/{id}/2").into_bytes();
+    let cl = s.running.kms.cluster().clone();
+    cl.create_aes_key(&v2, "second generation").await.unwrap();
+    assert!(cl.hsm_holds("a", &v2) && cl.hsm_holds("b", &v2));
+    drop(cl);
+    s.running.stop().await;
+    {
+        let store = hsm_kms::store::SqliteStore::open(&s.tokens.dir.path().join("metadata.sqlite"))
+            .unwrap();
+        let row = store.get_key(&id).unwrap().unwrap();
+        let mut doc = row.doc.clone();
+        doc["backing"].as_array_mut().unwrap().push(json!({
+            "version": 2, "object_id": format!("kms/{id}/2"), "created": epoch(start_time())
+        }));
+        store.update_key(&id, row.version, &doc).unwrap();
+    }
+    let (running, c) = restart(&s.tokens, Arc::new(clock.clone())).await;
+    c.ok(
+        "ScheduleKeyDeletion",
+        json!({"KeyId": id, "PendingWindowInDays": 7}),
+    )
+    .await;
+    clock.advance(7 * DAY);
+    running.kms.maintenance().await.unwrap();
+    let cl = running.kms.cluster().clone();
+    for o in [&v1, &v2] {
+        for hsm in ["a", "b"] {
+            assert!(!cl.hsm_holds(hsm, o), "{hsm} holds {o:?}");
+        }
+    }
+    expect(
+        &c.call("DescribeKey", json!({"KeyId": id})).await,
+        "NotFoundException",
+        "describe destroyed key",
+    );
+    drop(cl);
+    running.stop().await;
+    gone_from_both_tokens_after_reconnect(&s.tokens, &[v1, v2]).await;
 }
