@@ -151,6 +151,11 @@ async fn key_state_table_schedule_cancel_enable_disable() {
         "cancel on a disabled key",
     );
 
+    for a in ["alias/zz-moving", "alias/zz-gone"] {
+        c.ok("CreateAlias", json!({"AliasName": a, "TargetKeyId": id}))
+            .await;
+    }
+
     // ---- ScheduleKeyDeletion from Disabled, window 7.
     clock.advance(Duration::from_secs(3600));
     let now = epoch(start_time()) + 3600.0;
@@ -199,13 +204,20 @@ async fn key_state_table_schedule_cancel_enable_disable() {
             &format!("PendingDeletion: {op}"),
         );
     }
-    // An alias may be moved away from (and deleted from) a key pending deletion.
+    // An alias of a key pending deletion may be moved to another key, or deleted.
     c.ok(
-        "CreateAlias",
-        json!({"AliasName": "alias/tmp", "TargetKeyId": other}),
+        "UpdateAlias",
+        json!({"AliasName": "alias/zz-moving", "TargetKeyId": other}),
     )
     .await;
-    c.ok("DeleteAlias", json!({"AliasName": "alias/tmp"})).await;
+    c.ok("DeleteAlias", json!({"AliasName": "alias/zz-gone"}))
+        .await;
+    let la = c.ok("ListAliases", json!({"KeyId": id})).await;
+    assert_eq!(la["Aliases"].as_array().unwrap().len(), 1, "{la}");
+    let d = c
+        .ok("DescribeKey", json!({"KeyId": "alias/zz-moving"}))
+        .await;
+    assert_eq!(d["KeyMetadata"]["KeyId"], other.as_str());
     // Nothing was destroyed: both HSMs still hold the object.
     let cl = s.running.kms.cluster();
     assert!(cl.hsm_holds("a", &obj(&id)) && cl.hsm_holds("b", &obj(&id)));
