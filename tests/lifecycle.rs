@@ -878,6 +878,33 @@ async fn aws_managed_keys_are_created_on_first_use_and_cannot_be_managed() {
     );
     let t = c.ok("ListResourceTags", json!({"KeyId": s3})).await;
     assert_eq!(t["Tags"], json!([]));
+    // Concurrent first uses create exactly one key.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            c.ok(
+                "Encrypt",
+                json!({"KeyId": "alias/aws/sqs", "Plaintext": b64(b"q")}),
+            )
+            .await["KeyId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+    }
+    let mut used = std::collections::BTreeSet::new();
+    while let Some(r) = tasks.join_next().await {
+        used.insert(r.unwrap());
+    }
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert_eq!(
+        c.ok("ListKeys", json!({})).await["Keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
     // A malformed reserved alias is not created.
     expect(
         &c.call("DescribeKey", json!({"KeyId": "alias/aws/"})).await,
