@@ -85,6 +85,7 @@ pub async fn dispatch(
     if lifecycle::OPS.contains(&op) {
         return lifecycle::handle(kms, p, op, &i).await;
     }
+    lifecycle::prepare(kms, p, op, &i).await?;
     core(kms, p, op, i).await
 }
 

@@ -1,25 +1,75 @@
-//! Key lifecycle operations: enable, disable, description. (Scheduled deletion, tags and
-//! AWS-managed keys join here.)
+//! Key lifecycle operations: enable, disable, description, scheduled deletion (and the
+//! background destruction of due keys on every HSM), tags, and AWS managed keys
+//! (`alias/aws/<service>`, created on first use).
 
-use super::{KeyState, Kms};
+use super::{CreateKeyInput, Entry, KeyState, Kms};
 use crate::auth::Principal;
 use crate::kms::model::Empty;
+use crate::kms::types::{AliasName, KeyId, KeyManager, KeyRef, Tag};
 use crate::kms::KmsError;
+use crate::store::AliasRow;
+use base64::Engine;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Tags per KMS key (AWS quota).
+pub const MAX_TAGS_PER_KEY: usize = 50;
+/// `PendingWindowInDays` when the request has none.
+pub const DEFAULT_PENDING_WINDOW_DAYS: u32 = 30;
+const SECONDS_PER_DAY: f64 = 86_400.0;
+const TAG_MARKER_PREFIX: &str = "tags:";
+
+/// `ScheduleKeyDeletion` response.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduleKeyDeletionOutput {
+    pub key_id: String,
+    pub deletion_date: f64,
+    pub key_state: KeyState,
+    pub pending_window_in_days: u32,
+}
+
+/// `CancelKeyDeletion` response.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CancelKeyDeletionOutput {
+    pub key_id: String,
+}
+
+/// `ListResourceTags` response.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListResourceTagsOutput {
+    pub tags: Vec<Tag>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    pub truncated: bool,
+}
+
+fn is_due(doc: &crate::kms::model::KeyDoc, now: f64) -> bool {
+    doc.key_state == KeyState::PendingDeletion && doc.deletion_date.is_some_and(|d| d <= now)
+}
+
+fn reserved_tag_key(key: &str) -> bool {
+    key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:"))
+}
 
 impl Kms {
-    /// A customer-managed key for a management operation (aliases not accepted).
-    fn managed(&self, p: &Principal, key: &str) -> Result<std::sync::Arc<super::Entry>, KmsError> {
+    /// A customer-managed key for a management operation (aliases not accepted). AWS managed
+    /// keys have a key policy that allows no management action: `AccessDeniedException`.
+    fn managed(&self, p: &Principal, key: &str, action: &str) -> Result<Arc<Entry>, KmsError> {
         let e = self.resolve(p, key, false)?;
-        if e.doc.key_manager == crate::kms::types::KeyManager::Aws {
-            return Err(KmsError::Unsupported(format!(
-                "{} is an AWS managed key and cannot be modified.",
+        if e.doc.key_manager == KeyManager::Aws {
+            return Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to perform: kms:{action} on resource: {} because no resource-based policy allows the kms:{action} action",
+                p.arn,
                 self.arn(&e.doc)
             )));
         }
         Ok(e)
     }
 
-    fn not_pending_deletion(&self, e: &super::Entry) -> Result<(), KmsError> {
+    fn not_pending_deletion(&self, e: &Entry) -> Result<(), KmsError> {
         match e.doc.key_state {
             KeyState::PendingDeletion
             | KeyState::PendingReplicaDeletion
@@ -36,7 +86,7 @@ impl Kms {
     }
 
     pub async fn enable_key(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key)?;
+        let e = self.managed(p, key, "EnableKey")?;
         self.not_pending_deletion(&e)?;
         if e.doc.key_state == KeyState::PendingImport {
             return Err(KmsError::InvalidState(format!(
@@ -53,7 +103,7 @@ impl Kms {
     }
 
     pub async fn disable_key(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key)?;
+        let e = self.managed(p, key, "DisableKey")?;
         self.not_pending_deletion(&e)?;
         if e.doc.key_state == KeyState::PendingImport {
             return Err(KmsError::InvalidState(format!(
@@ -75,7 +125,7 @@ impl Kms {
         key: &str,
         description: String,
     ) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key)?;
+        let e = self.managed(p, key, "UpdateKeyDescription")?;
         self.not_pending_deletion(&e)?;
         self.update_doc(&e.doc.key_id, |d| {
             d.description = description;
@@ -83,5 +133,299 @@ impl Kms {
         })
         .await?;
         Ok(Empty {})
+    }
+
+    // ------------------------------------------------------------ scheduled deletion
+
+    /// Schedule deletion after `window_days` (7–30, validated at the edge; default 30). The
+    /// key becomes `PendingDeletion` at once (no cryptographic use); `maintenance()`
+    /// destroys it on every HSM once `DeletionDate` has passed.
+    pub async fn schedule_key_deletion(
+        &self,
+        p: &Principal,
+        key: &str,
+        window_days: Option<u32>,
+    ) -> Result<ScheduleKeyDeletionOutput, KmsError> {
+        let e = self.managed(p, key, "ScheduleKeyDeletion")?;
+        let window = window_days.unwrap_or(DEFAULT_PENDING_WINDOW_DAYS);
+        if !(7..=30).contains(&window) {
+            return Err(KmsError::Validation(format!(
+                "1 validation error detected: Value '{window}' at 'pendingWindowInDays' failed to satisfy constraint: Member must have value between 7 and 30"
+            )));
+        }
+        let arn = self.arn(&e.doc);
+        let already = KmsError::InvalidState(format!("{arn} is pending deletion."));
+        if matches!(
+            e.doc.key_state,
+            KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+        ) {
+            return Err(already);
+        }
+        let deletion_date = self.now() + f64::from(window) * SECONDS_PER_DAY;
+        let doc = self
+            .update_doc(&e.doc.key_id, |d| {
+                if d.key_state == KeyState::PendingDeletion {
+                    return Err(already);
+                }
+                d.key_state = KeyState::PendingDeletion;
+                d.deletion_date = Some(deletion_date);
+                d.pending_window_days = Some(window);
+                Ok(())
+            })
+            .await?;
+        tracing::info!(key = %arn, deletion_date, "key deletion scheduled");
+        Ok(ScheduleKeyDeletionOutput {
+            key_id: arn,
+            deletion_date,
+            key_state: doc.key_state,
+            pending_window_in_days: window,
+        })
+    }
+
+    /// Cancel a scheduled deletion: the key becomes `Disabled`. Refused once the waiting
+    /// period has ended (destruction may be under way; the key never comes back).
+    pub async fn cancel_key_deletion(
+        &self,
+        p: &Principal,
+        key: &str,
+    ) -> Result<CancelKeyDeletionOutput, KmsError> {
+        let e = self.managed(p, key, "CancelKeyDeletion")?;
+        let arn = self.arn(&e.doc);
+        let not_pending = || KmsError::InvalidState(format!("{arn} is not pending deletion."));
+        let ended = || {
+            KmsError::InvalidState(format!(
+                "{arn} is pending deletion and its waiting period has ended."
+            ))
+        };
+        if e.doc.key_state != KeyState::PendingDeletion {
+            return Err(not_pending());
+        }
+        let now = self.now();
+        self.update_doc(&e.doc.key_id, |d| {
+            if d.key_state != KeyState::PendingDeletion {
+                return Err(not_pending());
+            }
+            if is_due(d, now) {
+                return Err(ended());
+            }
+            d.key_state = KeyState::Disabled;
+            d.deletion_date = None;
+            d.pending_window_days = None;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(key = %arn, "key deletion cancelled");
+        Ok(CancelKeyDeletionOutput { key_id: arn })
+    }
+
+    /// Destroy every key whose waiting period has ended: all its backing objects on every
+    /// HSM, then its metadata. A key that some HSM could not confirm stays
+    /// `PendingDeletion` (unusable, not cancellable) and is retried on the next pass.
+    /// Returns how many keys were destroyed.
+    pub(crate) async fn destroy_due_keys(&self) -> Result<usize, KmsError> {
+        let now = self.now();
+        let due: Vec<KeyId> = self
+            .keys
+            .read()
+            .values()
+            .filter(|e| is_due(&e.doc, now))
+            .map(|e| e.doc.key_id)
+            .collect();
+        let mut destroyed = 0;
+        let mut failed = Vec::new();
+        for id in due {
+            // Wait for any CancelKeyDeletion that is committing, then re-check.
+            let doc = {
+                let _w = self.writes.lock().await;
+                match self.keys.read().get(&id) {
+                    Some(e) if is_due(&e.doc, now) => e.doc.clone(),
+                    _ => continue,
+                }
+            };
+            let arn = self.arn(&doc);
+            let mut complete = true;
+            for b in &doc.backing {
+                if let Err(e) = self.cluster.destroy_key(b.object_id.as_bytes()).await {
+                    tracing::warn!(key = %arn, object = %b.object_id, error = %e,
+                        "key destruction incomplete (an HSM did not confirm); will retry");
+                    complete = false;
+                }
+            }
+            if !complete {
+                failed.push(arn);
+                continue;
+            }
+            self.forget_key(&id).await?;
+            tracing::info!(key = %arn, "key destroyed on every HSM and deleted");
+            destroyed += 1;
+        }
+        if failed.is_empty() {
+            Ok(destroyed)
+        } else {
+            Err(KmsError::Unavailable(format!(
+                "destruction pending for {}",
+                failed.join(", ")
+            )))
+        }
+    }
+
+    // ------------------------------------------------------------------ tags
+
+    pub async fn tag_resource(
+        &self,
+        p: &Principal,
+        key: &str,
+        tags: Vec<Tag>,
+    ) -> Result<Empty, KmsError> {
+        let e = self.managed(p, key, "TagResource")?;
+        self.not_pending_deletion(&e)?;
+        if let Some(t) = tags.iter().find(|t| t.is_aws_reserved()) {
+            return Err(KmsError::Tag(format!(
+                "Tags beginning with aws: are reserved ('{}')",
+                t.key()
+            )));
+        }
+        let arn = self.arn(&e.doc);
+        self.update_doc(&e.doc.key_id, |d| {
+            for t in tags {
+                match d.tags.iter_mut().find(|o| o.key() == t.key()) {
+                    Some(o) => *o = t,
+                    None => d.tags.push(t),
+                }
+            }
+            if d.tags.len() > MAX_TAGS_PER_KEY {
+                return Err(KmsError::LimitExceeded(format!(
+                    "The request would exceed the limit of {MAX_TAGS_PER_KEY} tags on {arn}."
+                )));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Empty {})
+    }
+
+    pub async fn untag_resource(
+        &self,
+        p: &Principal,
+        key: &str,
+        tag_keys: Vec<String>,
+    ) -> Result<Empty, KmsError> {
+        let e = self.managed(p, key, "UntagResource")?;
+        self.not_pending_deletion(&e)?;
+        if let Some(k) = tag_keys.iter().find(|k| reserved_tag_key(k)) {
+            return Err(KmsError::Tag(format!(
+                "Tags beginning with aws: are reserved ('{k}')"
+            )));
+        }
+        self.update_doc(&e.doc.key_id, |d| {
+            d.tags.retain(|t| !tag_keys.iter().any(|k| k == t.key()));
+            Ok(())
+        })
+        .await?;
+        Ok(Empty {})
+    }
+
+    /// Tags of a key (any state, AWS managed keys included), sorted by tag key, paginated
+    /// with an opaque marker.
+    pub fn list_resource_tags(
+        &self,
+        p: &Principal,
+        key: &str,
+        limit: usize,
+        marker: Option<&str>,
+    ) -> Result<ListResourceTagsOutput, KmsError> {
+        let e = self.resolve(p, key, false)?;
+        let after = match marker {
+            None => None,
+            Some(m) => Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(m)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.strip_prefix(TAG_MARKER_PREFIX).map(str::to_string))
+                    .ok_or_else(|| KmsError::InvalidMarker("Invalid marker".into()))?,
+            ),
+        };
+        let mut tags = e.doc.tags.clone();
+        tags.sort_by(|a, b| a.key().cmp(b.key()));
+        let rest: Vec<Tag> = tags
+            .into_iter()
+            .filter(|t| after.as_deref().is_none_or(|a| t.key() > a))
+            .collect();
+        let truncated = rest.len() > limit;
+        let page: Vec<Tag> = rest.into_iter().take(limit).collect();
+        let next_marker = match (truncated, page.last()) {
+            (true, Some(last)) => Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(format!("{TAG_MARKER_PREFIX}{}", last.key())),
+            ),
+            _ => None,
+        };
+        Ok(ListResourceTagsOutput {
+            tags: page,
+            truncated: next_marker.is_some(),
+            next_marker,
+        })
+    }
+
+    // ------------------------------------------------------------ AWS managed keys
+
+    /// If `raw` names an `alias/aws/<service>` alias (name or ARN of this account) that
+    /// has no key yet, create the AWS managed key for it (KeyManager `AWS`), as AWS does on
+    /// first use by Encrypt, GenerateDataKey* or DescribeKey. Anything else: no effect.
+    pub async fn ensure_aws_managed_key(&self, p: &Principal, raw: &str) -> Result<(), KmsError> {
+        let Ok(r) = KeyRef::parse(raw) else {
+            return Ok(());
+        };
+        let account = self.account(p)?;
+        let name = match r {
+            KeyRef::AliasName(n) => n,
+            KeyRef::AliasArn(a) if a.region == self.region && a.account == account => a.alias,
+            _ => return Ok(()),
+        };
+        let service = match name.as_str().strip_prefix(AliasName::AWS_RESERVED_PREFIX) {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => return Ok(()),
+        };
+        let k = (account.as_str().to_string(), name.as_str().to_string());
+        if self.aliases.read().contains_key(&k) {
+            return Ok(());
+        }
+        let _one = self.aws_managed.lock().await;
+        if self.aliases.read().contains_key(&k) {
+            return Ok(());
+        }
+        let created = self
+            .create_key(
+                p,
+                CreateKeyInput {
+                    description: Some(format!(
+                        "Default key that protects my {service} resources when no other key is defined"
+                    )),
+                    ..CreateKeyInput::default()
+                },
+            )
+            .await?;
+        let id = KeyId::parse(&created.key_metadata.key_id)
+            .map_err(|e| KmsError::Internal(e.to_string()))?;
+        self.update_doc(&id, |d| {
+            d.key_manager = KeyManager::Aws;
+            Ok(())
+        })
+        .await?;
+        let _w = self.writes.lock().await;
+        let now = self.now();
+        let row = AliasRow {
+            account_id: k.0.clone(),
+            alias_name: k.1.clone(),
+            key_id: id.to_string(),
+            created_at: now,
+            updated_at: now,
+        };
+        let r2 = row.clone();
+        self.blocking(move |s| s.create_alias(&r2)).await?;
+        self.aliases.write().insert(k, row);
+        tracing::info!(alias = %name.as_str(), key = %id, "created AWS managed key");
+        Ok(())
     }
 }

@@ -60,6 +60,8 @@ pub struct Kms {
     keys: RwLock<HashMap<KeyId, Arc<Entry>>>,
     aliases: RwLock<HashMap<(String, String), AliasRow>>,
     writes: tokio::sync::Mutex<()>,
+    /// Serializes first-use creation of AWS managed keys (`alias/aws/…`).
+    aws_managed: tokio::sync::Mutex<()>,
 }
 
 fn epoch(clock: &dyn Clock) -> f64 {
@@ -104,6 +106,7 @@ impl Kms {
             keys: RwLock::new(keys),
             aliases: RwLock::new(aliases),
             writes: tokio::sync::Mutex::new(()),
+            aws_managed: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -126,6 +129,8 @@ impl Kms {
             .keys
             .read()
             .values()
+            // A key pending deletion is never copied back into an HSM that destroyed it.
+            .filter(|e| e.doc.key_state != KeyState::PendingDeletion)
             .flat_map(|e| {
                 e.doc
                     .backing
@@ -141,8 +146,9 @@ impl Kms {
     /// keys (and, as they arrive, due deletions and rotations). Safe to call at any time;
     /// `app` runs it every `maintenance_interval_ms`, tests call it after moving the clock.
     pub async fn maintenance(&self) -> Result<(), KmsError> {
+        let destroyed = self.destroy_due_keys().await;
         self.resync_hsms().await?;
-        Ok(())
+        destroyed.map(|_| ())
     }
 
     /// The current time as AWS epoch seconds (millisecond precision).
@@ -340,7 +346,6 @@ impl Kms {
     }
 
     /// Remove a key's metadata (and its aliases) once its material is gone from every HSM.
-    #[allow(dead_code)] // used by scheduled deletion
     pub(crate) async fn forget_key(&self, key_id: &KeyId) -> Result<(), KmsError> {
         let _w = self.writes.lock().await;
         let id = key_id.to_string();
