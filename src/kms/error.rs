@@ -38,6 +38,10 @@ pub enum KmsError {
     Unsupported(String),
     #[error("{0}")]
     NotAuthorized(String),
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    InvalidMac(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
     /// The HSMs could not serve the request in time; the client may retry.
@@ -67,6 +71,8 @@ impl KmsError {
             KmsError::Tag(_) => "TagException",
             KmsError::Unsupported(_) => "UnsupportedOperationException",
             KmsError::NotAuthorized(_) => "NotAuthorizedException",
+            KmsError::InvalidSignature(_) => "KMSInvalidSignatureException",
+            KmsError::InvalidMac(_) => "KMSInvalidMacException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",
@@ -113,6 +119,7 @@ impl From<HsmError> for KmsError {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::InvalidCiphertext => KmsError::InvalidCiphertext(String::new()),
+            HsmError::InvalidInput(m) => KmsError::Validation(m),
             HsmError::Unsupported { mechanism, .. } => KmsError::Unsupported(format!(
                 "The HSMs of this key store do not offer {mechanism}."
             )),

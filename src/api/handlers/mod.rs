@@ -14,6 +14,7 @@ use crate::kms::{CreateKeyInput, DataKeySize, Kms};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+mod asymmetric;
 mod lifecycle;
 
 pub(crate) fn json<T: Serialize>(v: &T) -> Response {
@@ -84,6 +85,9 @@ pub async fn dispatch(
     // Families in submodules claim their operations first.
     if lifecycle::OPS.contains(&op) {
         return lifecycle::handle(kms, p, op, &i).await;
+    }
+    if asymmetric::OPS.contains(&op) {
+        return asymmetric::handle(kms, p, op, &i).await;
     }
     core(kms, p, op, i).await
 }

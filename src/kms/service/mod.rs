@@ -23,7 +23,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+mod asymmetric;
 mod lifecycle;
+
+pub use asymmetric::{
+    DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
+    VerifyMacOutput, VerifyOutput,
+};
 
 /// A key as cached: its document and the store version it was read at (for the
 /// optimistic updates of key-state changes).
@@ -376,12 +382,7 @@ impl Kms {
                 spec.as_str()
             )));
         }
-        if spec != KeySpec::SymmetricDefault {
-            return Err(KmsError::Unsupported(format!(
-                "KeySpec {} is not supported by this service yet.",
-                spec.as_str()
-            )));
-        }
+        asymmetric::check_spec_supported(spec)?;
         let origin = input.origin.unwrap_or(Origin::AwsKms);
         if origin != Origin::AwsKms {
             return Err(KmsError::Unsupported(format!(
@@ -404,7 +405,7 @@ impl Kms {
         let key_id = KeyId::new_random();
         let now = self.now();
         let obj = object_id(&key_id, 1);
-        let doc = KeyDoc {
+        let mut doc = KeyDoc {
             key_id,
             account_id: account,
             description,
@@ -423,10 +424,17 @@ impl Kms {
             }],
             current_backing: 1,
             tags: dedup_tags(input.tags),
+            public_key: None,
         };
-        self.cluster
-            .create_aes_key(obj.as_bytes(), &self.arn(&doc))
-            .await?;
+        if spec == KeySpec::SymmetricDefault {
+            self.cluster
+                .create_aes_key(obj.as_bytes(), &self.arn(&doc))
+                .await?;
+        } else {
+            doc.public_key = self
+                .create_asymmetric_material(spec, usage, &obj, &self.arn(&doc))
+                .await?;
+        }
         let row = KeyRow {
             key_id: key_id.to_string(),
             account_id: doc.account_id.as_str().to_string(),
@@ -570,6 +578,9 @@ impl Kms {
     ) -> Result<EncryptOutput, KmsError> {
         let e = self.resolve(p, key, true)?;
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
+        if e.doc.key_spec != KeySpec::SymmetricDefault {
+            return self.rsa_encrypt(&e, plaintext, &ctx, alg, dry_run).await;
+        }
         let alg = self.symmetric_algorithm(&e, alg)?;
         if dry_run {
             return Err(KmsError::DryRun);
@@ -591,6 +602,12 @@ impl Kms {
         alg: Option<EncryptionAlgorithm>,
         dry_run: bool,
     ) -> Result<DecryptOutput, KmsError> {
+        if let Some(out) = self
+            .asymmetric_decrypt(p, blob, key, &ctx, alg, dry_run)
+            .await?
+        {
+            return Ok(out);
+        }
         let (blob, e) = self.open_blob(p, blob, key)?;
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
         let alg = self.symmetric_algorithm(&e, alg)?;
