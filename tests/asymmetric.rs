@@ -784,3 +784,156 @@ async fn create_key_spec_and_usage_rules() {
     let (_, b) = public_key(c, &k).await;
     assert_eq!(a, b);
 }
+
+async fn start_on(t: &Tokens) -> hsm_kms::app::Running {
+    hsm_kms::app::start(hsm_kms::app::ServiceConfig {
+        nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
+        cluster: fast_options(),
+        database: t.dir.path().join("metadata.sqlite"),
+        listen: "127.0.0.1:0".into(),
+        region: "us-east-1".into(),
+        account_id: "111122223333".into(),
+        max_body_bytes: 64 * 1024,
+        clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
+        maintenance_interval: std::time::Duration::from_secs(3600),
+    })
+    .await
+    .expect("service starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_survive_restart_without_finds_and_fail_over() {
+    use p256::pkcs8::DecodePublicKey;
+    let t = tokens(&["a", "b"]);
+    let running = start_on(&t).await;
+    let c = Client::new(
+        format!("http://{}", running.addr),
+        running.credentials[0].clone(),
+    );
+    let ec = id(&create(&c, "ECC_NIST_P256", "SIGN_VERIFY").await);
+    let rsa_k = id(&create(&c, "RSA_2048", "ENCRYPT_DECRYPT").await);
+    let mac_k = id(&create(&c, "HMAC_384", "GENERATE_VERIFY_MAC").await);
+    let (_, spki) = public_key(&c, &ec).await;
+    let sig = sign(&c, &ec, b"before", "ECDSA_SHA_256", "RAW").await;
+    let mac = c
+        .ok(
+            "GenerateMac",
+            json!({"KeyId": mac_k, "Message": b64(b"m"), "MacAlgorithm": "HMAC_SHA_384"}),
+        )
+        .await["Mac"]
+        .clone();
+    let ct = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": rsa_k, "Plaintext": b64(b"kept"), "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+        )
+        .await["CiphertextBlob"]
+        .clone();
+    running.stop().await;
+
+    let running = start_on(&t).await;
+    let c = Client::new(
+        format!("http://{}", running.addr),
+        running.credentials[0].clone(),
+    );
+    let (_, spki2) = public_key(&c, &ec).await;
+    assert_eq!(spki, spki2);
+    c.ok(
+        "Verify",
+        json!({"KeyId": ec, "Message": b64(b"before"), "Signature": b64(&sig), "SigningAlgorithm": "ECDSA_SHA_256"}),
+    )
+    .await;
+    let cl = running.kms.cluster().clone();
+    // One HSM hangs: requests fail over to the other and still succeed.
+    cl.inject_stall("a", std::time::Duration::from_secs(3))
+        .unwrap();
+    for _ in 0..3 {
+        let s2 = sign(&c, &ec, b"after", "ECDSA_SHA_256", "RAW").await;
+        let k = p256::ecdsa::VerifyingKey::from_public_key_der(&spki).unwrap();
+        use p256::ecdsa::signature::Verifier;
+        k.verify(b"after", &p256::ecdsa::Signature::from_der(&s2).unwrap())
+            .unwrap();
+    }
+    cl.inject_stall("a", std::time::Duration::ZERO).unwrap();
+    let m2 = c
+        .ok(
+            "GenerateMac",
+            json!({"KeyId": mac_k, "Message": b64(b"m"), "MacAlgorithm": "HMAC_SHA_384"}),
+        )
+        .await["Mac"]
+        .clone();
+    assert_eq!(mac, m2);
+    let d = c
+        .ok(
+            "Decrypt",
+            json!({"KeyId": rsa_k, "CiphertextBlob": ct, "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+        )
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"kept");
+    // Every handle came from the warm-up: no C_FindObjects on the request path.
+    for h in cl.health() {
+        assert_eq!(h.request_finds, 0, "{h:?}");
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_hsm_receives_key_pairs_and_hmac_keys_by_resync() {
+    use hsm_kms::hsm::pkix::{Curve, Hash};
+    use hsm_kms::hsm::{HsmCluster, KeyKind, PairSpec, PairUse, SignScheme};
+    use p256::pkcs8::DecodePublicKey;
+    let t = tokens(&["a", "b", "c"]);
+    let two = HsmCluster::connect(
+        t.hsms[..2]
+            .iter()
+            .map(|h| h.node_config().unwrap())
+            .collect(),
+        fast_options(),
+    )
+    .unwrap();
+    let pair = KeyKind::Pair(PairSpec::Ec(Curve::P256), PairUse::Sign);
+    let spki = two
+        .create_key_pair(b"pair-1", "p1", PairSpec::Ec(Curve::P256), PairUse::Sign)
+        .await
+        .unwrap();
+    two.create_hmac_key(b"mac-1", "m1", 32).await.unwrap();
+    let mac = two
+        .hmac(b"mac-1", Hash::Sha256, b"m".to_vec())
+        .await
+        .unwrap();
+    drop(two);
+    let three = connect(&t, fast_options());
+    assert!(!three.hsm_holds_private("c", b"pair-1"));
+    assert!(!three.hsm_holds("c", b"mac-1"));
+    let keys = vec![
+        (b"pair-1".to_vec(), "p1".to_string(), pair),
+        (b"mac-1".to_vec(), "m1".to_string(), KeyKind::Hmac(32)),
+    ];
+    assert_eq!(three.replicate_missing_kinds(&keys).await.unwrap(), 2);
+    assert_eq!(three.replicate_missing_kinds(&keys).await.unwrap(), 0);
+    assert!(three.hsm_holds_private("c", b"pair-1") && three.hsm_holds("c", b"mac-1"));
+    // The copy on c signs with the same key: verified with the original public key.
+    let digest = sha2::Sha256::digest(b"from c").to_vec();
+    let sig = three
+        .sign_on("c", b"pair-1", SignScheme::Ecdsa(Curve::P256), digest)
+        .await
+        .unwrap();
+    use p256::ecdsa::signature::Verifier;
+    p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
+        .unwrap()
+        .verify(b"from c", &p256::ecdsa::Signature::from_der(&sig).unwrap())
+        .unwrap();
+    // Every HSM computes the same MAC.
+    for _ in 0..4 {
+        assert_eq!(
+            three
+                .hmac(b"mac-1", Hash::Sha256, b"m".to_vec())
+                .await
+                .unwrap(),
+            mac
+        );
+    }
+    // Destroy removes the private, public and secret objects everywhere.
+    three.destroy_key(b"pair-1").await.unwrap();
+    assert!(!three.hsm_holds_private("a", b"pair-1") && !three.hsm_holds_private("c", b"pair-1"));
+}

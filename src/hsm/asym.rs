@@ -536,6 +536,19 @@ struct PairTransfer {
     expected: Option<Zeroizing<Vec<u8>>>,
 }
 
+/// What one HSM sends to another to copy a key.
+enum Transfer {
+    Pair(PairTransfer),
+    Hmac(HmacTransfer),
+}
+
+fn export(ctx: &mut WorkerCtx<'_>, id: &[u8], kind: KeyKind) -> Result<Transfer, HsmError> {
+    match kind {
+        KeyKind::Pair(spec, usage) => export_pair(ctx, id, spec, usage).map(Transfer::Pair),
+        KeyKind::Hmac(len) => export_hmac(ctx, id, len).map(Transfer::Hmac),
+    }
+}
+
 /// A data key pair generated in an HSM: (PKCS#8 private key, SPKI public key).
 pub type DataKeyPair = (Zeroizing<Vec<u8>>, Vec<u8>);
 
@@ -620,6 +633,113 @@ fn hmac_for_len(len: usize) -> Hash {
     }
 }
 
+/// What a non-AES KMS key object holds, so that it can be copied to an HSM that lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Pair(PairSpec, PairUse),
+    /// An HMAC key of this many bytes.
+    Hmac(usize),
+}
+
+/// Source side of a key-pair copy: wrap the private half under the cluster wrapping key,
+/// read the public half, and compute the proof the copy must reproduce.
+fn export_pair(
+    ctx: &mut WorkerCtx<'_>,
+    id: &[u8],
+    spec: PairSpec,
+    usage: PairUse,
+) -> Result<PairTransfer, HsmError> {
+    let pubh = ctx.handle(PUBLIC, id)?;
+    let privh = ctx.handle(PRIVATE, id)?;
+    let public = read_public(ctx, spec, pubh)?;
+    let expected = prove_pair(ctx, id, spec, usage, &public)?;
+    let wrapped = ctx
+        .with_key(SECRET, CWK_ID, |s, w| {
+            s.wrap_key(&Mechanism::AesKeyWrapPad, w, privh)
+        })
+        .map(Zeroizing::new)?;
+    Ok(PairTransfer {
+        wrapped,
+        public,
+        expected,
+    })
+}
+
+/// Receiving side: unwrap the private half, create the public object, prove the copy.
+fn install_pair(
+    ctx: &mut WorkerCtx<'_>,
+    id: &[u8],
+    label: &str,
+    spec: PairSpec,
+    usage: PairUse,
+    tr: &PairTransfer,
+) -> Result<(), HsmError> {
+    let h = ctx.with_key(SECRET, CWK_ID, |s, w| {
+        s.unwrap_key(
+            &Mechanism::AesKeyWrapPad,
+            w,
+            &tr.wrapped,
+            &private_template(spec, id, label, usage),
+        )
+    })?;
+    ctx.remember(PRIVATE, id, h);
+    let p = ctx
+        .session()
+        .create_object(&tr.public.object_template(id, label, usage))
+        .map_err(|e| ctx.err(e))?;
+    ctx.remember(PUBLIC, id, p);
+    let got = prove_pair(ctx, id, spec, usage, &tr.public)?;
+    if got.as_ref().map(|v| v.as_slice()) != tr.expected.as_ref().map(|v| v.as_slice()) {
+        return Err(HsmError::Internal(format!(
+            "{}: replicated key pair failed its proof",
+            ctx.hsm()
+        )));
+    }
+    Ok(())
+}
+
+fn hmac_template(id: &[u8], label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// Wrapped HMAC key, a random message and its MAC (the copy must reproduce it).
+type HmacTransfer = (Zeroizing<Vec<u8>>, Vec<u8>, Vec<u8>);
+
+fn export_hmac(ctx: &mut WorkerCtx<'_>, id: &[u8], len: usize) -> Result<HmacTransfer, HsmError> {
+    let wrapped = ops::wrap_secret(ctx, CWK_ID, id)?;
+    let msg = ops::random(ctx, 32)?;
+    let mac = hmac(ctx, id, hmac_for_len(len), &msg)?;
+    Ok((wrapped, msg, mac))
+}
+
+fn install_hmac(
+    ctx: &mut WorkerCtx<'_>,
+    id: &[u8],
+    label: &str,
+    len: usize,
+    (wrapped, msg, mac): &HmacTransfer,
+) -> Result<(), HsmError> {
+    ops::unwrap_secret(ctx, CWK_ID, wrapped, id, &hmac_template(id, label))?;
+    if &hmac(ctx, id, hmac_for_len(len), msg)? != mac {
+        return Err(HsmError::Internal(format!(
+            "{}: replicated HMAC key failed its proof",
+            ctx.hsm()
+        )));
+    }
+    Ok(())
+}
+
 impl HsmCluster {
     /// Create a key pair with `CKA_ID = id` in one HSM and copy it into every other usable
     /// HSM (private half wrapped under the cluster wrapping key, public half as a public
@@ -632,20 +752,9 @@ impl HsmCluster {
         spec: PairSpec,
         usage: PairUse,
     ) -> Result<Vec<u8>, HsmError> {
-        let targets = self.usable_nodes();
-        let needed = self.opts.min_copies.max(2);
-        if targets.len() < needed {
-            return Err(HsmError::NotEnoughHsms {
-                healthy: targets.len(),
-                needed,
-            });
-        }
-        let t = self.opts.keygen_timeout;
-        let (id, label) = (id.to_vec(), label.to_string());
-        let primary = targets[0];
-        let (i2, l2) = (id.clone(), label.clone());
-        let made = self.nodes[primary]
-            .call(t, move |ctx| {
+        let (i2, l2) = (id.to_vec(), label.to_string());
+        let transfer = self
+            .create_replicated(id, label, KeyKind::Pair(spec, usage), move |ctx| {
                 let pub_t = vec![
                     Attribute::Token(true),
                     Attribute::Private(false),
@@ -658,67 +767,13 @@ impl HsmCluster {
                     keygen(ctx, spec, pub_t, &private_template(spec, &i2, &l2, usage))?;
                 ctx.remember(PUBLIC, &i2, pubh);
                 ctx.remember(PRIVATE, &i2, privh);
-                let public = read_public(ctx, spec, pubh)?;
-                let expected = prove_pair(ctx, &i2, spec, usage, &public)?;
-                let wrapped = ctx
-                    .with_key(SECRET, CWK_ID, |s, w| {
-                        s.wrap_key(&Mechanism::AesKeyWrapPad, w, privh)
-                    })
-                    .map(Zeroizing::new)?;
-                Ok(PairTransfer {
-                    wrapped,
-                    public,
-                    expected,
-                })
+                Ok(())
             })
-            .await;
-        let transfer = match made {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                self.destroy_all_on(&[primary], &id).await;
-                return Err(e);
-            }
-        };
-        let spki = transfer.public.spki()?;
-        let mut holders = vec![primary];
-        for &i in &targets[1..] {
-            holders.push(i);
-            let (i2, l2, tr) = (id.clone(), label.clone(), transfer.clone());
-            let r = self.nodes[i]
-                .call(t, move |ctx| {
-                    let h = ctx.with_key(SECRET, CWK_ID, |s, w| {
-                        s.unwrap_key(
-                            &Mechanism::AesKeyWrapPad,
-                            w,
-                            &tr.wrapped,
-                            &private_template(spec, &i2, &l2, usage),
-                        )
-                    })?;
-                    ctx.remember(PRIVATE, &i2, h);
-                    let p = ctx
-                        .session()
-                        .create_object(&tr.public.object_template(&i2, &l2, usage))
-                        .map_err(|e| ctx.err(e))?;
-                    ctx.remember(PUBLIC, &i2, p);
-                    let got = prove_pair(ctx, &i2, spec, usage, &tr.public)?;
-                    if got.as_ref().map(|v| v.as_slice())
-                        != tr.expected.as_ref().map(|v| v.as_slice())
-                    {
-                        return Err(HsmError::Internal(format!(
-                            "{}: replicated key pair failed its proof",
-                            ctx.hsm()
-                        )));
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(hsm = %self.nodes[i].name(), error = %e, "key pair replication failed; destroying every copy");
-                self.destroy_all_on(&holders, &id).await;
-                return Err(e);
-            }
+            .await?;
+        match &*transfer {
+            Transfer::Pair(tr) => tr.public.spki(),
+            Transfer::Hmac(_) => Err(HsmError::Internal("key pair expected".into())),
         }
-        Ok(spki)
     }
 
     /// Create an HMAC key of `len` bytes (`CKK_GENERIC_SECRET`, sign/verify) in one HSM and
@@ -729,6 +784,36 @@ impl HsmCluster {
         label: &str,
         len: usize,
     ) -> Result<(), HsmError> {
+        let (i2, l2) = (id.to_vec(), label.to_string());
+        self.create_replicated(id, label, KeyKind::Hmac(len), move |ctx| {
+            let hsm = ctx.hsm().to_string();
+            ctx.caps().require(
+                &hsm,
+                MechanismType::GENERIC_SECRET_KEY_GEN,
+                "CKM_GENERIC_SECRET_KEY_GEN",
+            )?;
+            let mut tm = hmac_template(&i2, &l2);
+            tm.push(Attribute::ValueLen((len as u64).into()));
+            let k = ctx
+                .session()
+                .generate_key(&Mechanism::GenericSecretKeyGen, &tm)
+                .map_err(|e| ctx.err(e))?;
+            ctx.remember(SECRET, &i2, k);
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Generate with `generate` on the first usable HSM, then copy to every other usable
+    /// HSM; at least `min_copies` must hold it, and any failure destroys every copy.
+    async fn create_replicated(
+        &self,
+        id: &[u8],
+        label: &str,
+        kind: KeyKind,
+        generate: impl FnOnce(&mut WorkerCtx<'_>) -> Result<(), HsmError> + Send + 'static,
+    ) -> Result<Arc<Transfer>, HsmError> {
         let targets = self.usable_nodes();
         let needed = self.opts.min_copies.max(2);
         if targets.len() < needed {
@@ -738,46 +823,16 @@ impl HsmCluster {
             });
         }
         let t = self.opts.keygen_timeout;
-        let template = move |id: &[u8], label: &str| {
-            vec![
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::GENERIC_SECRET),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(true),
-                Attribute::Sign(true),
-                Attribute::Verify(true),
-                Attribute::Id(id.to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ]
-        };
-        let h = hmac_for_len(len);
         let (id, label) = (id.to_vec(), label.to_string());
         let primary = targets[0];
-        let (i2, l2) = (id.clone(), label.clone());
+        let i2 = id.clone();
         let made = self.nodes[primary]
             .call(t, move |ctx| {
-                let hsm = ctx.hsm().to_string();
-                ctx.caps().require(
-                    &hsm,
-                    MechanismType::GENERIC_SECRET_KEY_GEN,
-                    "CKM_GENERIC_SECRET_KEY_GEN",
-                )?;
-                let mut tm = template(&i2, &l2);
-                tm.push(Attribute::ValueLen((len as u64).into()));
-                let k = ctx
-                    .session()
-                    .generate_key(&Mechanism::GenericSecretKeyGen, &tm)
-                    .map_err(|e| ctx.err(e))?;
-                ctx.remember(SECRET, &i2, k);
-                let wrapped = ops::wrap_secret(ctx, CWK_ID, &i2)?;
-                let msg = ops::random(ctx, 32)?;
-                let mac = hmac(ctx, &i2, h, &msg)?;
-                Ok((wrapped, msg, mac))
+                generate(ctx)?;
+                export(ctx, &i2, kind)
             })
             .await;
-        let proof = match made {
+        let transfer = match made {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 self.destroy_all_on(&[primary], &id).await;
@@ -787,27 +842,96 @@ impl HsmCluster {
         let mut holders = vec![primary];
         for &i in &targets[1..] {
             holders.push(i);
-            let (i2, l2, pr) = (id.clone(), label.clone(), proof.clone());
-            let r = self.nodes[i]
-                .call(t, move |ctx| {
-                    let (wrapped, msg, mac) = &*pr;
-                    ops::unwrap_secret(ctx, CWK_ID, wrapped, &i2, &template(&i2, &l2))?;
-                    if &hmac(ctx, &i2, h, msg)? != mac {
-                        return Err(HsmError::Internal(format!(
-                            "{}: replicated HMAC key failed its proof",
-                            ctx.hsm()
-                        )));
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(hsm = %self.nodes[i].name(), error = %e, "HMAC key replication failed; destroying every copy");
+            if let Err(e) = self
+                .install_on(i, &id, &label, kind, transfer.clone())
+                .await
+            {
+                tracing::error!(hsm = %self.nodes[i].name(), error = %e, "replication failed; destroying every copy");
                 self.destroy_all_on(&holders, &id).await;
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(transfer)
+    }
+
+    async fn install_on(
+        &self,
+        node: usize,
+        id: &[u8],
+        label: &str,
+        kind: KeyKind,
+        transfer: Arc<Transfer>,
+    ) -> Result<(), HsmError> {
+        let (id, label) = (id.to_vec(), label.to_string());
+        self.nodes[node]
+            .call(self.opts.keygen_timeout, move |ctx| {
+                match (kind, &*transfer) {
+                    (KeyKind::Pair(spec, usage), Transfer::Pair(tr)) => {
+                        install_pair(ctx, &id, &label, spec, usage, tr)
+                    }
+                    (KeyKind::Hmac(len), Transfer::Hmac(tr)) => {
+                        install_hmac(ctx, &id, &label, len, tr)
+                    }
+                    _ => Err(HsmError::Internal("key kind mismatch".into())),
+                }
+            })
+            .await
+    }
+
+    /// Copy asymmetric and HMAC keys that some usable HSM lacks (it was down or new when
+    /// they were created) from an HSM that holds them. Returns how many copies were made.
+    pub async fn replicate_missing_kinds(
+        &self,
+        keys: &[(Vec<u8>, String, KeyKind)],
+    ) -> Result<usize, HsmError> {
+        let mut copies = 0;
+        for (id, label, kind) in keys {
+            let class = match kind {
+                KeyKind::Pair(..) => PRIVATE,
+                KeyKind::Hmac(_) => SECRET,
+            };
+            let usable = self.usable_nodes();
+            let Some(&src) = usable
+                .iter()
+                .find(|i| self.nodes[**i].has_object(class, id))
+            else {
+                continue;
+            };
+            for &dst in &usable {
+                if self.nodes[dst].has_object(class, id) {
+                    continue;
+                }
+                let (i2, k2) = (id.clone(), *kind);
+                let transfer = self.nodes[src]
+                    .call(self.opts.keygen_timeout, move |ctx| export(ctx, &i2, k2))
+                    .await?;
+                self.install_on(dst, id, label, *kind, Arc::new(transfer))
+                    .await?;
+                tracing::info!(hsm = %self.nodes[dst].name(), object = %hex::encode(id), "re-synced a missing key");
+                copies += 1;
+            }
+        }
+        Ok(copies)
+    }
+
+    /// Sign on one named HSM (no failover): for tests and operator checks.
+    pub async fn sign_on(
+        &self,
+        hsm: &str,
+        id: &[u8],
+        scheme: SignScheme,
+        digest: Vec<u8>,
+    ) -> Result<Vec<u8>, HsmError> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name() == hsm)
+            .ok_or_else(|| HsmError::Internal(format!("no HSM named {hsm}")))?;
+        let id = id.to_vec();
+        node.call(self.opts.call_timeout, move |ctx| {
+            sign(ctx, &id, scheme, &digest)
+        })
+        .await
     }
 
     async fn destroy_all_on(&self, nodes: &[usize], id: &[u8]) {

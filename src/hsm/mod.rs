@@ -11,7 +11,7 @@ mod ops;
 pub mod pkix;
 pub mod softhsm;
 
-pub use asym::{Caps, PairSpec, PairUse, SignScheme};
+pub use asym::{Caps, KeyKind, PairSpec, PairUse, SignScheme};
 pub use cluster::{ClusterOptions, HsmCluster, CWK_ID};
 pub use error::{classify, FailureClass, HsmError};
 pub use ops::IV_LEN;

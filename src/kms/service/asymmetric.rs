@@ -7,7 +7,7 @@
 use super::{Entry, Kms};
 use crate::auth::Principal;
 use crate::hsm::pkix::{self, Curve, Hash};
-use crate::hsm::{PairSpec, PairUse, SignScheme};
+use crate::hsm::{KeyKind, PairSpec, PairUse, SignScheme};
 use crate::kms::ciphertext::Blob;
 use crate::kms::context::EncryptionContext;
 use crate::kms::error::KmsError;
@@ -192,7 +192,36 @@ fn scheme(spec: KeySpec, alg: SigningAlgorithm) -> Option<(SignScheme, Hash)> {
     Some((s, h))
 }
 
+/// What the HSM objects of a non-symmetric key are.
+fn key_kind(spec: KeySpec, usage: KeyUsage) -> Option<KeyKind> {
+    if let Some((len, _)) = hmac_spec(spec) {
+        return Some(KeyKind::Hmac(len));
+    }
+    let pair_use = match usage {
+        KeyUsage::SignVerify => PairUse::Sign,
+        KeyUsage::EncryptDecrypt => PairUse::Decrypt,
+        KeyUsage::KeyAgreement => PairUse::Derive,
+        KeyUsage::GenerateVerifyMac => return None,
+    };
+    pair_spec(spec).map(|p| KeyKind::Pair(p, pair_use))
+}
+
 impl Kms {
+    /// Copy asymmetric and HMAC keys that an HSM lacks from one that holds them.
+    pub(super) async fn resync_asymmetric(&self) -> Result<usize, KmsError> {
+        let keys: Vec<_> = self
+            .keys
+            .read()
+            .values()
+            .filter_map(|e| {
+                let kind = key_kind(e.doc.key_spec, e.doc.key_usage)?;
+                let b = e.doc.backing(e.doc.current_backing)?;
+                Some((b.object_id.clone().into_bytes(), self.arn(&e.doc), kind))
+            })
+            .collect();
+        Ok(self.cluster.replicate_missing_kinds(&keys).await?)
+    }
+
     /// Generate and replicate the HSM material of a non-symmetric key; returns the SPKI
     /// (base64) for key pairs.
     pub(super) async fn create_asymmetric_material(
@@ -208,20 +237,12 @@ impl Kms {
                 .await?;
             return Ok(None);
         }
-        let pair = pair_spec(spec).ok_or_else(|| {
-            KmsError::Unsupported(format!("KeySpec {} is not supported.", spec.as_str()))
-        })?;
-        let pair_use = match usage {
-            KeyUsage::SignVerify => PairUse::Sign,
-            KeyUsage::EncryptDecrypt => PairUse::Decrypt,
-            KeyUsage::KeyAgreement => PairUse::Derive,
-            KeyUsage::GenerateVerifyMac => {
-                return Err(KmsError::Validation(format!(
-                    "KeyUsage {} is not compatible with KeySpec {}",
-                    usage.as_str(),
-                    spec.as_str()
-                )))
-            }
+        let Some(KeyKind::Pair(pair, pair_use)) = key_kind(spec, usage) else {
+            return Err(KmsError::Validation(format!(
+                "KeyUsage {} is not compatible with KeySpec {}",
+                usage.as_str(),
+                spec.as_str()
+            )));
         };
         let spki = self
             .cluster

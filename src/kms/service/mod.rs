@@ -132,6 +132,7 @@ impl Kms {
             .keys
             .read()
             .values()
+            .filter(|e| e.doc.key_spec == KeySpec::SymmetricDefault)
             .flat_map(|e| {
                 e.doc
                     .backing
@@ -140,7 +141,8 @@ impl Kms {
                     .collect::<Vec<_>>()
             })
             .collect();
-        Ok(self.cluster.replicate_missing(&ids).await?)
+        let n = self.cluster.replicate_missing(&ids).await?;
+        Ok(n + self.resync_asymmetric().await?)
     }
 
     /// One pass of background work, driven by the injected clock: re-sync HSMs that lack
