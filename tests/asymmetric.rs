@@ -937,3 +937,59 @@ async fn a_new_hsm_receives_key_pairs_and_hmac_keys_by_resync() {
     three.destroy_key(b"pair-1").await.unwrap();
     assert!(!three.hsm_holds_private("a", b"pair-1") && !three.hsm_holds_private("c", b"pair-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_encrypt_between_rsa_and_symmetric_keys() {
+    let s = service().await;
+    let c = &s.client;
+    let sym = id(&c.ok("CreateKey", json!({})).await["KeyMetadata"]);
+    let rsa_k = id(&create(c, "RSA_2048", "ENCRYPT_DECRYPT").await);
+    // Symmetric → RSA.
+    let blob = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": sym, "Plaintext": b64(b"moving"), "EncryptionContext": {"a": "b"}}),
+        )
+        .await["CiphertextBlob"]
+        .clone();
+    let r = c
+        .ok(
+            "ReEncrypt",
+            json!({"CiphertextBlob": blob, "SourceEncryptionContext": {"a": "b"},
+                   "DestinationKeyId": rsa_k, "DestinationEncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+        )
+        .await;
+    assert_eq!(r["DestinationEncryptionAlgorithm"], "RSAES_OAEP_SHA_256");
+    assert_eq!(r["SourceEncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+    let rsa_ct = r["CiphertextBlob"].clone();
+    assert_eq!(unb64(&rsa_ct).len(), 256);
+    let d = c
+        .ok(
+            "Decrypt",
+            json!({"KeyId": rsa_k, "CiphertextBlob": rsa_ct, "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+        )
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"moving");
+    // RSA → symmetric.
+    let r = c
+        .ok(
+            "ReEncrypt",
+            json!({"CiphertextBlob": rsa_ct, "SourceKeyId": rsa_k,
+                   "SourceEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "DestinationKeyId": sym}),
+        )
+        .await;
+    assert_eq!(r["SourceEncryptionAlgorithm"], "RSAES_OAEP_SHA_256");
+    assert!(r["SourceKeyId"].as_str().unwrap().ends_with(&rsa_k));
+    let d = c
+        .ok("Decrypt", json!({"CiphertextBlob": r["CiphertextBlob"]}))
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"moving");
+    // RSA destination without an algorithm → InvalidKeyUsageException.
+    expect(
+        c,
+        "ReEncrypt",
+        json!({"CiphertextBlob": blob, "SourceEncryptionContext": {"a": "b"}, "DestinationKeyId": rsa_k}),
+        "InvalidKeyUsageException",
+    )
+    .await;
+}

@@ -11,7 +11,7 @@ use crate::hsm::{KeyKind, PairSpec, PairUse, SignScheme};
 use crate::kms::ciphertext::Blob;
 use crate::kms::context::EncryptionContext;
 use crate::kms::error::KmsError;
-use crate::kms::model::{DecryptOutput, EncryptOutput};
+use crate::kms::model::{DecryptOutput, EncryptOutput, ReEncryptOutput};
 use crate::kms::types::{
     DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
     MessageType, Origin, Plaintext, SigningAlgorithm,
@@ -566,6 +566,78 @@ impl Kms {
             key_id: self.arn(&e.doc),
             plaintext,
             encryption_algorithm: alg,
+        }))
+    }
+
+    /// ReEncrypt where the source or the destination is an RSA key; `None` when neither
+    /// is, so the symmetric path answers.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn asymmetric_re_encrypt(
+        &self,
+        p: &Principal,
+        blob: &[u8],
+        source_key: Option<&str>,
+        (source_ctx, source_alg): (&EncryptionContext, Option<EncryptionAlgorithm>),
+        destination_key: &str,
+        (destination_ctx, destination_alg): (&EncryptionContext, Option<EncryptionAlgorithm>),
+        dry_run: bool,
+    ) -> Result<Option<ReEncryptOutput>, KmsError> {
+        let is_rsa = |k: Option<&str>| {
+            k.and_then(|k| self.resolve(p, k, true).ok())
+                .is_some_and(|e| rsa_len(e.doc.key_spec).is_some())
+        };
+        if !is_rsa(source_key) && !is_rsa(Some(destination_key)) {
+            return Ok(None);
+        }
+        // Destination checks first, so that nothing is decrypted for a request that fails.
+        let dst = self.resolve(p, destination_key, true)?;
+        self.usable_for(&dst, KeyUsage::EncryptDecrypt)?;
+        let dst_rsa = rsa_len(dst.doc.key_spec).is_some();
+        if dst_rsa {
+            self.rsa_algorithm(&dst, destination_alg, destination_ctx)?;
+        } else {
+            self.symmetric_algorithm(&dst, destination_alg)?;
+        }
+        let (plaintext, source_arn, source_alg) = match self
+            .asymmetric_decrypt(p, blob, source_key, source_ctx, source_alg, dry_run)
+            .await?
+        {
+            Some(d) => (d.plaintext, d.key_id, d.encryption_algorithm),
+            None => {
+                let (b, src) = self.open_blob(p, blob, source_key)?;
+                self.usable_for(&src, KeyUsage::EncryptDecrypt)?;
+                let alg = self.symmetric_algorithm(&src, source_alg)?;
+                if dry_run {
+                    return Err(KmsError::DryRun);
+                }
+                (
+                    self.unseal(&src, b, source_ctx).await?,
+                    self.arn(&src.doc),
+                    alg,
+                )
+            }
+        };
+        let (ciphertext_blob, destination_alg) = if dst_rsa {
+            let out = self
+                .rsa_encrypt(
+                    &dst,
+                    Plaintext::new(plaintext)?,
+                    destination_ctx,
+                    destination_alg,
+                    false,
+                )
+                .await?;
+            (out.ciphertext_blob, out.encryption_algorithm)
+        } else {
+            let alg = self.symmetric_algorithm(&dst, destination_alg)?;
+            (self.seal(&dst, destination_ctx, plaintext).await?, alg)
+        };
+        Ok(Some(ReEncryptOutput {
+            ciphertext_blob,
+            source_key_id: source_arn,
+            key_id: self.arn(&dst.doc),
+            source_encryption_algorithm: source_alg,
+            destination_encryption_algorithm: destination_alg,
         }))
     }
 

@@ -637,6 +637,20 @@ impl Kms {
         destination_alg: Option<EncryptionAlgorithm>,
         dry_run: bool,
     ) -> Result<ReEncryptOutput, KmsError> {
+        if let Some(out) = self
+            .asymmetric_re_encrypt(
+                p,
+                blob,
+                source_key,
+                (&source_ctx, source_alg),
+                destination_key,
+                (&destination_ctx, destination_alg),
+                dry_run,
+            )
+            .await?
+        {
+            return Ok(out);
+        }
         let (blob, src) = self.open_blob(p, blob, source_key)?;
         self.usable_for(&src, KeyUsage::EncryptDecrypt)?;
         let source_alg = self.symmetric_algorithm(&src, source_alg)?;
