@@ -993,3 +993,112 @@ async fn re_encrypt_between_rsa_and_symmetric_keys() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_data_key_pairs_and_keys_where_the_tokens_can_replicate_them() {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    let s = service().await;
+    let c = &s.client;
+    // Data key pairs need no replication: generated in an HSM on every token that has
+    // CKM_EC_EDWARDS_KEY_PAIR_GEN (SoftHSM 2.6.1 does).
+    let kek = id(&c.ok("CreateKey", json!({})).await["KeyMetadata"]);
+    let r = c
+        .ok(
+            "GenerateDataKeyPair",
+            json!({"KeyId": kek, "KeyPairSpec": "ECC_NIST_EDWARDS25519"}),
+        )
+        .await;
+    let sk = ed25519_dalek::SigningKey::from_pkcs8_der(&unb64(&r["PrivateKeyPlaintext"])).unwrap();
+    assert_eq!(
+        sk.verifying_key(),
+        ed25519_dalek::VerifyingKey::from_public_key_der(&unb64(&r["PublicKey"])).unwrap()
+    );
+    if !s.running.kms.cluster().can_hold_ed25519_keys() {
+        // SoftHSM 2.6.1 cannot wrap CKK_EC_EDWARDS private keys, so a KMS key could not be
+        // copied to every HSM: refused up front, naming what is missing, and nothing made.
+        let r = c
+            .call(
+                "CreateKey",
+                json!({"KeySpec": "ECC_NIST_EDWARDS25519", "KeyUsage": "SIGN_VERIFY"}),
+            )
+            .await;
+        assert_eq!(
+            r.error_type(),
+            "UnsupportedOperationException",
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("CKK_EC_EDWARDS"),
+            "{}",
+            r.body
+        );
+        return;
+    }
+    let md = create(c, "ECC_NIST_EDWARDS25519", "SIGN_VERIFY").await;
+    assert_eq!(
+        md["SigningAlgorithms"],
+        json!(["ED25519_PH_SHA_512", "ED25519_SHA_512"])
+    );
+    let k = id(&md);
+    let obj = format!("kms/{k}/1").into_bytes();
+    let cl = s.running.kms.cluster();
+    assert!(cl.hsm_holds_private("a", &obj) && cl.hsm_holds_private("b", &obj));
+    let (_, spki) = public_key(c, &k).await;
+    let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&spki).unwrap();
+    let msg = b"edwards message";
+    for _ in 0..3 {
+        let sig = sign(c, &k, msg, "ED25519_SHA_512", "RAW").await;
+        let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+        vk.verify_strict(msg, &sig).unwrap();
+    }
+    let ph = |m: &[u8]| {
+        let mut h = sha2::Sha512::new();
+        h.update(m);
+        h
+    };
+    let sig = sign(c, &k, msg, "ED25519_PH_SHA_512", "RAW").await;
+    vk.verify_prehashed(
+        ph(msg),
+        None,
+        &ed25519_dalek::Signature::from_slice(&sig).unwrap(),
+    )
+    .unwrap();
+    let digest = sha2::Sha512::digest(msg).to_vec();
+    let sig2 = sign(c, &k, &digest, "ED25519_PH_SHA_512", "DIGEST").await;
+    vk.verify_prehashed(
+        ph(msg),
+        None,
+        &ed25519_dalek::Signature::from_slice(&sig2).unwrap(),
+    )
+    .unwrap();
+    c.ok(
+        "Verify",
+        json!({"KeyId": k, "Message": b64(msg), "Signature": b64(&sig), "SigningAlgorithm": "ED25519_PH_SHA_512"}),
+    )
+    .await;
+    expect(
+        c,
+        "Verify",
+        json!({"KeyId": k, "Message": b64(b"other"), "Signature": b64(&sig), "SigningAlgorithm": "ED25519_PH_SHA_512"}),
+        "KMSInvalidSignatureException",
+    )
+    .await;
+    expect(
+        c,
+        "Sign",
+        json!({"KeyId": k, "Message": b64(&digest), "MessageType": "DIGEST", "SigningAlgorithm": "ED25519_SHA_512"}),
+        "ValidationException",
+    )
+    .await;
+    expect(
+        c,
+        "Sign",
+        json!({"KeyId": k, "Message": b64(msg), "SigningAlgorithm": "ECDSA_SHA_256"}),
+        "InvalidKeyUsageException",
+    )
+    .await;
+}

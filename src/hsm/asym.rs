@@ -14,6 +14,7 @@ use super::ops;
 use super::pkix::{self, Curve, Hash};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -30,6 +31,9 @@ pub struct Caps {
     mechanisms: Vec<MechanismType>,
     /// `CKM_RSA_PKCS_OAEP` with SHA-256/MGF1-SHA-256 works (probed with a session key).
     pub oaep_sha256: bool,
+    /// Ed25519 keys can be generated, signed with, and wrapped with AES-KEY-WRAP-PAD (so
+    /// replicated); SoftHSM 2.6.1 refuses the wrap (`CKR_KEY_NOT_WRAPPABLE`).
+    pub ed25519_keys: bool,
 }
 
 impl Caps {
@@ -38,9 +42,13 @@ impl Caps {
         let mut caps = Caps {
             mechanisms,
             oaep_sha256: false,
+            ed25519_keys: false,
         };
         if caps.has(MechanismType::RSA_PKCS_OAEP) {
             caps.oaep_sha256 = probe_oaep_sha256(s).unwrap_or(false);
+        }
+        if caps.has(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN) && caps.has(MechanismType::EDDSA) {
+            caps.ed25519_keys = probe_ed25519_wrap(s).unwrap_or(false);
         }
         tracing::debug!(
             mechanisms = caps.mechanisms.len(),
@@ -93,11 +101,49 @@ fn probe_oaep_sha256(s: &Session) -> Result<bool, CkError> {
     Ok(ok)
 }
 
+/// Can a sensitive, extractable Ed25519 private key be wrapped (session objects)?
+fn probe_ed25519_wrap(s: &Session) -> Result<bool, CkError> {
+    let kek = s.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Token(false),
+            Attribute::ValueLen(32.into()),
+            Attribute::Wrap(true),
+        ],
+    )?;
+    let pair = s.generate_key_pair(
+        &Mechanism::EccEdwardsKeyPairGen,
+        &[
+            Attribute::Token(false),
+            Attribute::EcParams(pkix::ED25519_OID.to_vec()),
+        ],
+        &[
+            Attribute::Token(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(true),
+            Attribute::Sign(true),
+        ],
+    );
+    let ok = match pair {
+        Ok((pubh, privh)) => {
+            let ok = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, privh).is_ok();
+            let _ = s.destroy_object(pubh);
+            let _ = s.destroy_object(privh);
+            ok
+        }
+        Err(_) => false,
+    };
+    let _ = s.destroy_object(kek);
+    Ok(ok)
+}
+
 /// The kind of key pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PairSpec {
     Rsa(u32),
     Ec(Curve),
+    /// Ed25519 (`CKK_EC_EDWARDS`), where the token offers CKM_EC_EDWARDS_KEY_PAIR_GEN.
+    Ed25519,
 }
 
 /// What the private half may do.
@@ -115,6 +161,10 @@ pub enum SignScheme {
     Ecdsa(Curve),
     RsaPkcs1(Hash),
     RsaPss(Hash),
+    /// Pure Ed25519 over the message itself.
+    Ed25519,
+    /// Ed25519ph over a SHA-512 digest.
+    Ed25519ph,
 }
 
 fn hash_mech(h: Hash) -> (MechanismType, PkcsMgfType) {
@@ -146,6 +196,14 @@ fn hmac_mech(h: Hash) -> Mechanism<'static> {
 fn sign_input(scheme: SignScheme, digest: &[u8]) -> (Mechanism<'static>, Vec<u8>) {
     match scheme {
         SignScheme::Ecdsa(_) => (Mechanism::Ecdsa, digest.to_vec()),
+        SignScheme::Ed25519 => (
+            Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Ed25519)),
+            digest.to_vec(),
+        ),
+        SignScheme::Ed25519ph => (
+            Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Ed25519ph(&[]))),
+            digest.to_vec(),
+        ),
         SignScheme::RsaPkcs1(h) => (
             Mechanism::RsaPkcs,
             [h.digest_info_prefix(), digest].concat(),
@@ -169,12 +227,14 @@ fn sign_input(scheme: SignScheme, digest: &[u8]) -> (Mechanism<'static>, Vec<u8>
 enum PublicKey {
     Rsa { n: Vec<u8>, e: Vec<u8> },
     Ec { curve: Curve, point: Vec<u8> },
+    Ed25519 { point: Vec<u8> },
 }
 
 impl PublicKey {
     fn spki(&self) -> Result<Vec<u8>, HsmError> {
         match self {
             PublicKey::Ec { curve, point } => Ok(pkix::ec_spki(*curve, point)),
+            PublicKey::Ed25519 { point } => Ok(pkix::ed25519_spki(point)),
             PublicKey::Rsa { n, e } => {
                 use rsa::pkcs8::EncodePublicKey;
                 let k = rsa::RsaPublicKey::new(
@@ -212,6 +272,11 @@ impl PublicKey {
                 Attribute::EcParams(curve.params_der().to_vec()),
                 Attribute::EcPoint(pkix::tlv(0x04, point)),
             ]),
+            PublicKey::Ed25519 { point } => t.extend([
+                Attribute::KeyType(KeyType::EC_EDWARDS),
+                Attribute::EcParams(pkix::ED25519_OID.to_vec()),
+                Attribute::EcPoint(pkix::tlv(0x04, point)),
+            ]),
         }
         t
     }
@@ -221,6 +286,7 @@ fn key_type(spec: PairSpec) -> KeyType {
     match spec {
         PairSpec::Rsa(_) => KeyType::RSA,
         PairSpec::Ec(_) => KeyType::EC,
+        PairSpec::Ed25519 => KeyType::EC_EDWARDS,
     }
 }
 
@@ -250,7 +316,7 @@ fn read_public(
 ) -> Result<PublicKey, HsmError> {
     let types: &[AttributeType] = match spec {
         PairSpec::Rsa(_) => &[AttributeType::Modulus, AttributeType::PublicExponent],
-        PairSpec::Ec(_) => &[AttributeType::EcPoint],
+        PairSpec::Ec(_) | PairSpec::Ed25519 => &[AttributeType::EcPoint],
     };
     let attrs = ctx
         .session()
@@ -275,6 +341,11 @@ fn read_public(
             curve,
             point: pt
                 .and_then(|p| pkix::ec_point_raw(curve, &p))
+                .ok_or_else(bad)?,
+        }),
+        PairSpec::Ed25519 => Ok(PublicKey::Ed25519 {
+            point: pt
+                .and_then(|p| pkix::ed25519_point_raw(&p))
                 .ok_or_else(bad)?,
         }),
     }
@@ -306,6 +377,17 @@ fn keygen(
                 .require(&hsm, MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN")?;
             pub_t.push(Attribute::EcParams(curve.params_der().to_vec()));
             Mechanism::EccKeyPairGen
+        }
+        PairSpec::Ed25519 => {
+            ctx.caps().require(
+                &hsm,
+                MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+                "CKM_EC_EDWARDS_KEY_PAIR_GEN",
+            )?;
+            ctx.caps()
+                .require(&hsm, MechanismType::EDDSA, "CKM_EDDSA")?;
+            pub_t.push(Attribute::EcParams(pkix::ED25519_OID.to_vec()));
+            Mechanism::EccEdwardsKeyPairGen
         }
     };
     ctx.session()
@@ -499,6 +581,7 @@ fn prove_pair(
             let scheme = match spec {
                 PairSpec::Ec(c) => SignScheme::Ecdsa(c),
                 PairSpec::Rsa(_) => SignScheme::RsaPss(Hash::Sha256),
+                PairSpec::Ed25519 => SignScheme::Ed25519,
             };
             let sig = sign(ctx, id, scheme, &digest)?;
             if !verify(ctx, id, scheme, &digest, &sig)? {
@@ -572,7 +655,7 @@ fn data_key_pair(ctx: &mut WorkerCtx<'_>, spec: PairSpec) -> Result<DataKeyPair,
                 AttributeType::Prime1,
                 AttributeType::Prime2,
             ],
-            PairSpec::Ec(_) => &[AttributeType::Value],
+            PairSpec::Ec(_) | PairSpec::Ed25519 => &[AttributeType::Value],
         };
         let attrs = ctx
             .session()
@@ -606,6 +689,7 @@ fn data_key_pair(ctx: &mut WorkerCtx<'_>, spec: PairSpec) -> Result<DataKeyPair,
                         .to_vec(),
                 )
             }
+            (PublicKey::Ed25519 { .. }, [d]) => Zeroizing::new(pkix::ed25519_pkcs8(d)),
             (PublicKey::Ec { curve, point }, [d]) => {
                 Zeroizing::new(pkix::ec_pkcs8(*curve, d, point))
             }
@@ -1038,6 +1122,11 @@ impl HsmCluster {
         self.nodes
             .iter()
             .any(|n| n.name() == hsm && n.has_object(PRIVATE, id))
+    }
+
+    /// Whether every HSM can hold (generate, use and replicate) Ed25519 keys.
+    pub fn can_hold_ed25519_keys(&self) -> bool {
+        self.nodes.iter().all(|n| n.ed25519_keys())
     }
 
     /// The capabilities found at connect on each HSM.

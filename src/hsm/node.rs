@@ -394,6 +394,14 @@ impl Node {
             .is_some_and(|i| i.caps.oaep_sha256)
     }
 
+    /// Whether this HSM's token can generate, use and wrap Ed25519 keys (probed at connect).
+    pub(crate) fn ed25519_keys(&self) -> bool {
+        self.instance
+            .read()
+            .as_ref()
+            .is_some_and(|i| i.caps.ed25519_keys)
+    }
+
     pub(crate) fn reinit_count(&self) -> u64 {
         self.reinits.load(Ordering::Relaxed)
     }

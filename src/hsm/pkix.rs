@@ -48,6 +48,39 @@ impl Curve {
     }
 }
 
+/// DER of id-Ed25519 (1.3.101.112): `CKA_EC_PARAMS` of an Edwards key and its SPKI algorithm.
+pub const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
+
+/// SubjectPublicKeyInfo DER of an Ed25519 public key (RFC 8410).
+pub fn ed25519_spki(point: &[u8]) -> Vec<u8> {
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(point);
+    tlv(0x30, &[tlv(0x30, ED25519_OID), tlv(0x03, &bits)].concat())
+}
+
+/// PKCS#8 (RFC 8410) DER of an Ed25519 private key (for data key pairs only).
+pub fn ed25519_pkcs8(seed: &[u8]) -> Vec<u8> {
+    tlv(
+        0x30,
+        &[
+            tlv(0x02, &[0]),
+            tlv(0x30, ED25519_OID),
+            tlv(0x04, &tlv(0x04, seed)),
+        ]
+        .concat(),
+    )
+}
+
+/// `CKA_EC_POINT` of an Edwards key (DER OCTET STRING or raw) → the 32-byte public key.
+pub fn ed25519_point_raw(attr: &[u8]) -> Option<Vec<u8>> {
+    if let Some((0x04, inner, [])) = read_tlv(attr) {
+        if inner.len() == 32 {
+            return Some(inner.to_vec());
+        }
+    }
+    (attr.len() == 32).then(|| attr.to_vec())
+}
+
 /// DER of id-ecPublicKey (1.2.840.10045.2.1).
 const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
 

@@ -110,14 +110,16 @@ pub struct DataKeyPairOutput {
 }
 
 /// Refuse specs this service cannot hold in its HSMs, naming what is missing.
-pub(super) fn check_spec_supported(spec: KeySpec) -> Result<(), KmsError> {
+pub(super) fn check_spec_supported(spec: KeySpec, ed25519: bool) -> Result<(), KmsError> {
     let missing = match spec {
+        KeySpec::EccNistEdwards25519 if !ed25519 => {
+            "CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA in every HSM, and C_WrapKey of \
+             CKK_EC_EDWARDS private keys with CKM_AES_KEY_WRAP_PAD to copy them between HSMs \
+             (SoftHSM 2.6.1 refuses it: CKR_KEY_NOT_WRAPPABLE)"
+        }
         KeySpec::Sm2 => "an SM2 mechanism (PKCS#11 defines none; vendor mechanisms only)",
         KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87 => {
             "CKM_ML_DSA_KEY_PAIR_GEN and CKM_ML_DSA"
-        }
-        KeySpec::EccNistEdwards25519 => {
-            "Ed25519 support in this service (CKM_EC_EDWARDS_KEY_PAIR_GEN / CKM_EDDSA are not wired up yet)"
         }
         _ => return Ok(()),
     };
@@ -142,6 +144,7 @@ fn pair_spec(spec: KeySpec) -> Option<PairSpec> {
         KeySpec::Rsa2048 => Some(PairSpec::Rsa(2048)),
         KeySpec::Rsa3072 => Some(PairSpec::Rsa(3072)),
         KeySpec::Rsa4096 => Some(PairSpec::Rsa(4096)),
+        KeySpec::EccNistEdwards25519 => Some(PairSpec::Ed25519),
         s => curve_of(s).map(PairSpec::Ec),
     }
 }
@@ -176,6 +179,11 @@ fn oaep_hash(alg: EncryptionAlgorithm) -> Option<Hash> {
 /// The HSM scheme and digest of a signing algorithm for a key spec.
 fn scheme(spec: KeySpec, alg: SigningAlgorithm) -> Option<(SignScheme, Hash)> {
     use SigningAlgorithm::*;
+    match alg {
+        Ed25519Sha512 => return Some((SignScheme::Ed25519, Hash::Sha512)),
+        Ed25519PhSha512 => return Some((SignScheme::Ed25519ph, Hash::Sha512)),
+        _ => {}
+    }
     let h = match alg {
         RsassaPssSha256 | RsassaPkcs1V15Sha256 | EcdsaSha256 => Hash::Sha256,
         RsassaPssSha384 | RsassaPkcs1V15Sha384 | EcdsaSha384 => Hash::Sha384,
@@ -294,6 +302,11 @@ impl Kms {
         let (scheme, h) =
             scheme(e.doc.key_spec, alg).ok_or_else(|| self.incompatible(e, alg.as_str()))?;
         match message_type.unwrap_or(MessageType::Raw) {
+            // Pure Ed25519 signs the message itself (and only RAW messages).
+            MessageType::Raw if scheme == SignScheme::Ed25519 => Ok((scheme, message.to_vec())),
+            MessageType::Digest if scheme == SignScheme::Ed25519 => Err(KmsError::Validation(
+                "The signing algorithm ED25519_SHA_512 supports only MessageType RAW.".into(),
+            )),
             MessageType::Raw => Ok((scheme, h.digest(message))),
             MessageType::Digest => {
                 if message.len() != h.len() {
@@ -703,6 +716,7 @@ impl Kms {
             DataKeyPairSpec::EccNistP384 => PairSpec::Ec(Curve::P384),
             DataKeyPairSpec::EccNistP521 => PairSpec::Ec(Curve::P521),
             DataKeyPairSpec::EccSecgP256k1 => PairSpec::Ec(Curve::Secp256k1),
+            DataKeyPairSpec::EccNistEdwards25519 => PairSpec::Ed25519,
             other => {
                 return Err(KmsError::Unsupported(format!(
                     "KeyPairSpec {} is not supported by the HSMs of this key store.",

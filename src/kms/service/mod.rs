@@ -384,7 +384,7 @@ impl Kms {
                 spec.as_str()
             )));
         }
-        asymmetric::check_spec_supported(spec)?;
+        asymmetric::check_spec_supported(spec, self.cluster.can_hold_ed25519_keys())?;
         let origin = input.origin.unwrap_or(Origin::AwsKms);
         if origin != Origin::AwsKms {
             return Err(KmsError::Unsupported(format!(
