@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 /// `CKA_ID` of the cluster wrapping key present in every token.
 pub const CWK_ID: &[u8] = b"hsm-kms/cluster-wrapping-key";
 const CWK_LABEL: &str = "hsm-kms cluster wrapping key";
-const PROOF_AAD: &[u8] = b"hsm-kms replication proof";
+pub(super) const PROOF_AAD: &[u8] = b"hsm-kms replication proof";
 
 /// Tunables of a cluster.
 #[derive(Debug, Clone)]
@@ -50,8 +50,8 @@ impl Default for ClusterOptions {
 
 /// A set of HSMs that each hold a copy of every key.
 pub struct HsmCluster {
-    nodes: Vec<Arc<Node>>,
-    opts: ClusterOptions,
+    pub(super) nodes: Vec<Arc<Node>>,
+    pub(super) opts: ClusterOptions,
     rr: AtomicUsize,
 }
 
@@ -223,7 +223,7 @@ impl HsmCluster {
     }
 
     /// Run `f` on one HSM; a failure that another HSM may not share is retried once there.
-    async fn run<T, F>(&self, timeout: Duration, f: F) -> Result<T, HsmError>
+    pub(super) async fn run<T, F>(&self, timeout: Duration, f: F) -> Result<T, HsmError>
     where
         T: Send + 'static,
         F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
@@ -301,7 +301,7 @@ impl HsmCluster {
             .await
     }
 
-    fn usable_nodes(&self) -> Vec<usize> {
+    pub(super) fn usable_nodes(&self) -> Vec<usize> {
         let mut v: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].usable())
             .collect();
@@ -440,7 +440,7 @@ impl HsmCluster {
             let id = id.to_vec();
             if let Err(e) = node
                 .call(self.opts.keygen_timeout, move |ctx| {
-                    ops::destroy(ctx, SECRET, &id)
+                    super::asym::destroy_all(ctx, &id)
                 })
                 .await
             {

@@ -43,6 +43,10 @@ pub enum HsmError {
     NotEnoughHsms { healthy: usize, needed: usize },
     #[error("ciphertext failed authentication")]
     InvalidCiphertext,
+    /// The token refused caller-supplied input (e.g. a peer public key that is not a point
+    /// of the curve): the request is bad, not the HSM.
+    #[error("{0}")]
+    InvalidInput(String),
     #[error("{hsm}: mechanism {mechanism} is not offered by the token")]
     Unsupported { hsm: String, mechanism: String },
     #[error("{hsm}: {message}")]
@@ -64,7 +68,9 @@ impl HsmError {
             HsmError::NotEnoughHsms { .. } | HsmError::Setup { .. } | HsmError::Internal(_) => {
                 FailureClass::Device
             }
-            HsmError::InvalidCiphertext | HsmError::Unsupported { .. } => FailureClass::Request,
+            HsmError::InvalidCiphertext
+            | HsmError::InvalidInput(_)
+            | HsmError::Unsupported { .. } => FailureClass::Request,
         }
     }
 

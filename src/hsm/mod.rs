@@ -3,13 +3,16 @@
 //! that owns its session (never on a tokio worker), with a deadline; object handles come
 //! from a cache warmed at start (no `C_FindObjects` or `C_Login` on the request path).
 
+mod asym;
 pub mod bench;
 pub mod cluster;
 pub mod error;
 mod node;
 mod ops;
+pub mod pkix;
 pub mod softhsm;
 
+pub use asym::{Caps, KeyKind, PairSpec, PairUse, SignScheme};
 pub use cluster::{ClusterOptions, HsmCluster, CWK_ID};
 pub use error::{classify, FailureClass, HsmError};
 pub use ops::IV_LEN;

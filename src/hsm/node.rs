@@ -58,6 +58,8 @@ pub(crate) struct Instance {
     pub(crate) slot: Slot,
     pub(crate) epoch: u64,
     pub(crate) handles: RwLock<HashMap<ObjKey, ObjectHandle>>,
+    /// What this token offers (mechanism list and probes), found at connect.
+    pub(crate) caps: super::asym::Caps,
     anchor: Mutex<Option<Session>>,
 }
 
@@ -118,11 +120,13 @@ impl Instance {
                 handles.insert((c, id), h);
             }
         }
+        let caps = super::asym::Caps::probe(&ctx, slot, &anchor);
         let inst = Instance {
             ctx,
             slot,
             epoch,
             handles: RwLock::new(handles),
+            caps,
             anchor: Mutex::new(Some(anchor)),
         };
         inst.ensure_canary(hsm)?;
@@ -209,6 +213,11 @@ pub struct WorkerCtx<'a> {
 impl WorkerCtx<'_> {
     pub(crate) fn session(&self) -> &Session {
         self.session
+    }
+
+    /// Mechanisms and quirks of this token.
+    pub(crate) fn caps(&self) -> &super::asym::Caps {
+        &self.inst.caps
     }
 
     pub(crate) fn hsm(&self) -> &str {
@@ -382,6 +391,22 @@ impl Node {
 
     pub(crate) fn epoch(&self) -> Option<u64> {
         self.instance.read().as_ref().map(|i| i.epoch)
+    }
+
+    /// Whether this HSM's token does RSA-OAEP with SHA-256 itself (probed at connect).
+    pub(crate) fn oaep_sha256(&self) -> bool {
+        self.instance
+            .read()
+            .as_ref()
+            .is_some_and(|i| i.caps.oaep_sha256)
+    }
+
+    /// Whether this HSM's token can generate, use and wrap Ed25519 keys (probed at connect).
+    pub(crate) fn ed25519_keys(&self) -> bool {
+        self.instance
+            .read()
+            .as_ref()
+            .is_some_and(|i| i.caps.ed25519_keys)
     }
 
     pub(crate) fn reinit_count(&self) -> u64 {

@@ -40,6 +40,10 @@ pub enum KmsError {
     NotAuthorized(String),
     #[error("{0}")]
     AccessDenied(String),
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    InvalidMac(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
     /// The HSMs could not serve the request in time; the client may retry.
@@ -70,6 +74,8 @@ impl KmsError {
             KmsError::Unsupported(_) => "UnsupportedOperationException",
             KmsError::NotAuthorized(_) => "NotAuthorizedException",
             KmsError::AccessDenied(_) => "AccessDeniedException",
+            KmsError::InvalidSignature(_) => "KMSInvalidSignatureException",
+            KmsError::InvalidMac(_) => "KMSInvalidMacException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",
@@ -116,6 +122,7 @@ impl From<HsmError> for KmsError {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::InvalidCiphertext => KmsError::InvalidCiphertext(String::new()),
+            HsmError::InvalidInput(m) => KmsError::Validation(m),
             HsmError::Unsupported { mechanism, .. } => KmsError::Unsupported(format!(
                 "The HSMs of this key store do not offer {mechanism}."
             )),

@@ -10,3 +10,7 @@ pub mod types;
 
 pub use error::KmsError;
 pub use service::{CreateKeyInput, DataKeySize, Kms};
+pub use service::{
+    DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
+    VerifyMacOutput, VerifyOutput,
+};

@@ -38,6 +38,10 @@ pub struct KeyDoc {
     pub current_backing: u32,
     #[serde(default)]
     pub tags: Vec<Tag>,
+    /// SubjectPublicKeyInfo DER (base64) of an asymmetric key's public half. Public keys
+    /// may live outside the HSMs; the private half never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 impl KeyDoc {

@@ -732,6 +732,15 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// What Sign/Verify's `Message` is (`MessageType`). EXTERNAL_MU is for ML-DSA keys only.
+    MessageType at "messageType" {
+        Raw = "RAW",
+        Digest = "DIGEST",
+        ExternalMu = "EXTERNAL_MU",
+    }
+}
+
 impl DataKeySpec {
     /// Length of the generated data key in bytes.
     pub const fn byte_len(self) -> usize {

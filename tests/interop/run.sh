@@ -447,6 +447,9 @@ check "cli: describe-key unknown -> NotFoundException" t_cli_unknown_key
 log "boto3 suite"
 run_boto3
 
+# shellcheck source=tests/interop/openssl.sh
+. "$HERE/openssl.sh"
+
 stop_server
 check "SIGTERM stops the server cleanly (exit 0)" t_sigterm
 if start_server; then

@@ -14,6 +14,7 @@ use crate::kms::{CreateKeyInput, DataKeySize, Kms};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+mod asymmetric;
 mod lifecycle;
 
 pub(crate) fn json<T: Serialize>(v: &T) -> Response {
@@ -86,6 +87,9 @@ pub async fn dispatch(
         return lifecycle::handle(kms, p, op, &i).await;
     }
     lifecycle::prepare(kms, p, op, &i).await?;
+    if asymmetric::OPS.contains(&op) {
+        return asymmetric::handle(kms, p, op, &i).await;
+    }
     core(kms, p, op, i).await
 }
 

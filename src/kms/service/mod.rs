@@ -23,7 +23,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+mod asymmetric;
 mod lifecycle;
+
+pub use asymmetric::{
+    DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
+    VerifyMacOutput, VerifyOutput,
+};
 
 /// A key as cached: its document and the store version it was read at (for the
 /// optimistic updates of key-state changes).
@@ -131,6 +137,7 @@ impl Kms {
             .values()
             // A key pending deletion is never copied back into an HSM that destroyed it.
             .filter(|e| e.doc.key_state != KeyState::PendingDeletion)
+            .filter(|e| e.doc.key_spec == KeySpec::SymmetricDefault)
             .flat_map(|e| {
                 e.doc
                     .backing
@@ -139,7 +146,8 @@ impl Kms {
                     .collect::<Vec<_>>()
             })
             .collect();
-        Ok(self.cluster.replicate_missing(&ids).await?)
+        let n = self.cluster.replicate_missing(&ids).await?;
+        Ok(n + self.resync_asymmetric().await?)
     }
 
     /// One pass of background work, driven by the injected clock: re-sync HSMs that lack
@@ -381,12 +389,7 @@ impl Kms {
                 spec.as_str()
             )));
         }
-        if spec != KeySpec::SymmetricDefault {
-            return Err(KmsError::Unsupported(format!(
-                "KeySpec {} is not supported by this service yet.",
-                spec.as_str()
-            )));
-        }
+        asymmetric::check_spec_supported(spec, self.cluster.can_hold_ed25519_keys())?;
         let origin = input.origin.unwrap_or(Origin::AwsKms);
         if origin != Origin::AwsKms {
             return Err(KmsError::Unsupported(format!(
@@ -409,7 +412,7 @@ impl Kms {
         let key_id = KeyId::new_random();
         let now = self.now();
         let obj = object_id(&key_id, 1);
-        let doc = KeyDoc {
+        let mut doc = KeyDoc {
             key_id,
             account_id: account,
             description,
@@ -428,10 +431,17 @@ impl Kms {
             }],
             current_backing: 1,
             tags: dedup_tags(input.tags),
+            public_key: None,
         };
-        self.cluster
-            .create_aes_key(obj.as_bytes(), &self.arn(&doc))
-            .await?;
+        if spec == KeySpec::SymmetricDefault {
+            self.cluster
+                .create_aes_key(obj.as_bytes(), &self.arn(&doc))
+                .await?;
+        } else {
+            doc.public_key = self
+                .create_asymmetric_material(spec, usage, &obj, &self.arn(&doc))
+                .await?;
+        }
         let row = KeyRow {
             key_id: key_id.to_string(),
             account_id: doc.account_id.as_str().to_string(),
@@ -575,6 +585,9 @@ impl Kms {
     ) -> Result<EncryptOutput, KmsError> {
         let e = self.resolve(p, key, true)?;
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
+        if e.doc.key_spec != KeySpec::SymmetricDefault {
+            return self.rsa_encrypt(&e, plaintext, &ctx, alg, dry_run).await;
+        }
         let alg = self.symmetric_algorithm(&e, alg)?;
         if dry_run {
             return Err(KmsError::DryRun);
@@ -596,6 +609,12 @@ impl Kms {
         alg: Option<EncryptionAlgorithm>,
         dry_run: bool,
     ) -> Result<DecryptOutput, KmsError> {
+        if let Some(out) = self
+            .asymmetric_decrypt(p, blob, key, &ctx, alg, dry_run)
+            .await?
+        {
+            return Ok(out);
+        }
         let (blob, e) = self.open_blob(p, blob, key)?;
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
         let alg = self.symmetric_algorithm(&e, alg)?;
@@ -623,6 +642,20 @@ impl Kms {
         destination_alg: Option<EncryptionAlgorithm>,
         dry_run: bool,
     ) -> Result<ReEncryptOutput, KmsError> {
+        if let Some(out) = self
+            .asymmetric_re_encrypt(
+                p,
+                blob,
+                source_key,
+                (&source_ctx, source_alg),
+                destination_key,
+                (&destination_ctx, destination_alg),
+                dry_run,
+            )
+            .await?
+        {
+            return Ok(out);
+        }
         let (blob, src) = self.open_blob(p, blob, source_key)?;
         self.usable_for(&src, KeyUsage::EncryptDecrypt)?;
         let source_alg = self.symmetric_algorithm(&src, source_alg)?;

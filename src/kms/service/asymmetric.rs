@@ -1,0 +1,746 @@
+//! Asymmetric and HMAC keys: CreateKey material for RSA, ECC and HMAC specs, Sign/Verify,
+//! GetPublicKey, GenerateMac/VerifyMac, RSA-OAEP Encrypt/Decrypt, DeriveSharedSecret and
+//! GenerateDataKeyPair(WithoutPlaintext). Private and secret halves stay in the HSMs; the
+//! public half (SPKI DER) is kept in the key's metadata and used in software only for
+//! OAEP encryption.
+
+use super::{Entry, Kms};
+use crate::auth::Principal;
+use crate::hsm::pkix::{self, Curve, Hash};
+use crate::hsm::{KeyKind, PairSpec, PairUse, SignScheme};
+use crate::kms::ciphertext::Blob;
+use crate::kms::context::EncryptionContext;
+use crate::kms::error::KmsError;
+use crate::kms::model::{DecryptOutput, EncryptOutput, ReEncryptOutput};
+use crate::kms::types::{
+    DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
+    MessageType, Origin, Plaintext, SigningAlgorithm,
+};
+use base64::Engine;
+use serde::{Serialize, Serializer};
+use zeroize::Zeroizing;
+
+fn b64<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+}
+
+fn b64z<S: Serializer>(v: &Zeroizing<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    b64(v, s)
+}
+
+fn b64z_opt<S: Serializer>(v: &Option<Zeroizing<Vec<u8>>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => b64(v, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SignOutput {
+    pub key_id: String,
+    #[serde(serialize_with = "b64")]
+    pub signature: Vec<u8>,
+    pub signing_algorithm: SigningAlgorithm,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VerifyOutput {
+    pub key_id: String,
+    pub signature_valid: bool,
+    pub signing_algorithm: SigningAlgorithm,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GetPublicKeyOutput {
+    pub key_id: String,
+    #[serde(serialize_with = "b64")]
+    pub public_key: Vec<u8>,
+    pub customer_master_key_spec: KeySpec,
+    pub key_spec: KeySpec,
+    pub key_usage: KeyUsage,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub encryption_algorithms: Vec<EncryptionAlgorithm>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signing_algorithms: Vec<SigningAlgorithm>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub key_agreement_algorithms: Vec<KeyAgreementAlgorithm>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateMacOutput {
+    #[serde(serialize_with = "b64")]
+    pub mac: Vec<u8>,
+    pub mac_algorithm: MacAlgorithm,
+    pub key_id: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VerifyMacOutput {
+    pub key_id: String,
+    pub mac_valid: bool,
+    pub mac_algorithm: MacAlgorithm,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeriveSharedSecretOutput {
+    pub key_id: String,
+    #[serde(serialize_with = "b64z")]
+    pub shared_secret: Zeroizing<Vec<u8>>,
+    pub key_agreement_algorithm: KeyAgreementAlgorithm,
+    pub key_origin: Origin,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DataKeyPairOutput {
+    #[serde(serialize_with = "b64")]
+    pub private_key_ciphertext_blob: Vec<u8>,
+    #[serde(serialize_with = "b64z_opt", skip_serializing_if = "Option::is_none")]
+    pub private_key_plaintext: Option<Zeroizing<Vec<u8>>>,
+    #[serde(serialize_with = "b64")]
+    pub public_key: Vec<u8>,
+    pub key_id: String,
+    pub key_pair_spec: DataKeyPairSpec,
+}
+
+/// Refuse specs this service cannot hold in its HSMs, naming what is missing.
+pub(super) fn check_spec_supported(spec: KeySpec, ed25519: bool) -> Result<(), KmsError> {
+    let missing = match spec {
+        KeySpec::EccNistEdwards25519 if !ed25519 => {
+            "CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA in every HSM, and C_WrapKey of \
+             CKK_EC_EDWARDS private keys with CKM_AES_KEY_WRAP_PAD to copy them between HSMs \
+             (SoftHSM 2.6.1 refuses it: CKR_KEY_NOT_WRAPPABLE)"
+        }
+        KeySpec::Sm2 => "an SM2 mechanism (PKCS#11 defines none; vendor mechanisms only)",
+        KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87 => {
+            "CKM_ML_DSA_KEY_PAIR_GEN and CKM_ML_DSA"
+        }
+        _ => return Ok(()),
+    };
+    Err(KmsError::Unsupported(format!(
+        "KeySpec {} is not supported by the HSMs of this key store: it needs {missing}.",
+        spec.as_str()
+    )))
+}
+
+fn curve_of(spec: KeySpec) -> Option<Curve> {
+    match spec {
+        KeySpec::EccNistP256 => Some(Curve::P256),
+        KeySpec::EccNistP384 => Some(Curve::P384),
+        KeySpec::EccNistP521 => Some(Curve::P521),
+        KeySpec::EccSecgP256k1 => Some(Curve::Secp256k1),
+        _ => None,
+    }
+}
+
+fn pair_spec(spec: KeySpec) -> Option<PairSpec> {
+    match spec {
+        KeySpec::Rsa2048 => Some(PairSpec::Rsa(2048)),
+        KeySpec::Rsa3072 => Some(PairSpec::Rsa(3072)),
+        KeySpec::Rsa4096 => Some(PairSpec::Rsa(4096)),
+        KeySpec::EccNistEdwards25519 => Some(PairSpec::Ed25519),
+        s => curve_of(s).map(PairSpec::Ec),
+    }
+}
+
+/// Modulus length in bytes of an RSA spec.
+fn rsa_len(spec: KeySpec) -> Option<usize> {
+    match pair_spec(spec) {
+        Some(PairSpec::Rsa(bits)) => Some(bits as usize / 8),
+        _ => None,
+    }
+}
+
+/// Key length (bytes) and hash of an HMAC spec.
+fn hmac_spec(spec: KeySpec) -> Option<(usize, Hash)> {
+    match spec {
+        KeySpec::Hmac224 => Some((28, Hash::Sha224)),
+        KeySpec::Hmac256 => Some((32, Hash::Sha256)),
+        KeySpec::Hmac384 => Some((48, Hash::Sha384)),
+        KeySpec::Hmac512 => Some((64, Hash::Sha512)),
+        _ => None,
+    }
+}
+
+fn oaep_hash(alg: EncryptionAlgorithm) -> Option<Hash> {
+    match alg {
+        EncryptionAlgorithm::RsaesOaepSha1 => Some(Hash::Sha1),
+        EncryptionAlgorithm::RsaesOaepSha256 => Some(Hash::Sha256),
+        _ => None,
+    }
+}
+
+/// The HSM scheme and digest of a signing algorithm for a key spec.
+fn scheme(spec: KeySpec, alg: SigningAlgorithm) -> Option<(SignScheme, Hash)> {
+    use SigningAlgorithm::*;
+    match alg {
+        Ed25519Sha512 => return Some((SignScheme::Ed25519, Hash::Sha512)),
+        Ed25519PhSha512 => return Some((SignScheme::Ed25519ph, Hash::Sha512)),
+        _ => {}
+    }
+    let h = match alg {
+        RsassaPssSha256 | RsassaPkcs1V15Sha256 | EcdsaSha256 => Hash::Sha256,
+        RsassaPssSha384 | RsassaPkcs1V15Sha384 | EcdsaSha384 => Hash::Sha384,
+        RsassaPssSha512 | RsassaPkcs1V15Sha512 | EcdsaSha512 => Hash::Sha512,
+        _ => return None,
+    };
+    let s = match alg {
+        RsassaPssSha256 | RsassaPssSha384 | RsassaPssSha512 => SignScheme::RsaPss(h),
+        RsassaPkcs1V15Sha256 | RsassaPkcs1V15Sha384 | RsassaPkcs1V15Sha512 => {
+            SignScheme::RsaPkcs1(h)
+        }
+        _ => SignScheme::Ecdsa(curve_of(spec)?),
+    };
+    Some((s, h))
+}
+
+/// What the HSM objects of a non-symmetric key are.
+fn key_kind(spec: KeySpec, usage: KeyUsage) -> Option<KeyKind> {
+    if let Some((len, _)) = hmac_spec(spec) {
+        return Some(KeyKind::Hmac(len));
+    }
+    let pair_use = match usage {
+        KeyUsage::SignVerify => PairUse::Sign,
+        KeyUsage::EncryptDecrypt => PairUse::Decrypt,
+        KeyUsage::KeyAgreement => PairUse::Derive,
+        KeyUsage::GenerateVerifyMac => return None,
+    };
+    pair_spec(spec).map(|p| KeyKind::Pair(p, pair_use))
+}
+
+impl Kms {
+    /// Copy asymmetric and HMAC keys that an HSM lacks from one that holds them.
+    pub(super) async fn resync_asymmetric(&self) -> Result<usize, KmsError> {
+        let keys: Vec<_> = self
+            .keys
+            .read()
+            .values()
+            // A key pending deletion is never copied back into an HSM that destroyed it.
+            .filter(|e| e.doc.key_state != crate::kms::types::KeyState::PendingDeletion)
+            .filter_map(|e| {
+                let kind = key_kind(e.doc.key_spec, e.doc.key_usage)?;
+                let b = e.doc.backing(e.doc.current_backing)?;
+                Some((b.object_id.clone().into_bytes(), self.arn(&e.doc), kind))
+            })
+            .collect();
+        Ok(self.cluster.replicate_missing_kinds(&keys).await?)
+    }
+
+    /// Generate and replicate the HSM material of a non-symmetric key; returns the SPKI
+    /// (base64) for key pairs.
+    pub(super) async fn create_asymmetric_material(
+        &self,
+        spec: KeySpec,
+        usage: KeyUsage,
+        object: &str,
+        label: &str,
+    ) -> Result<Option<String>, KmsError> {
+        if let Some((len, _)) = hmac_spec(spec) {
+            self.cluster
+                .create_hmac_key(object.as_bytes(), label, len)
+                .await?;
+            return Ok(None);
+        }
+        let Some(KeyKind::Pair(pair, pair_use)) = key_kind(spec, usage) else {
+            return Err(KmsError::Validation(format!(
+                "KeyUsage {} is not compatible with KeySpec {}",
+                usage.as_str(),
+                spec.as_str()
+            )));
+        };
+        let spki = self
+            .cluster
+            .create_key_pair(object.as_bytes(), label, pair, pair_use)
+            .await?;
+        Ok(Some(base64::engine::general_purpose::STANDARD.encode(spki)))
+    }
+
+    fn object_of(&self, e: &Entry) -> Result<Vec<u8>, KmsError> {
+        e.doc
+            .backing(e.doc.current_backing)
+            .map(|b| b.object_id.clone().into_bytes())
+            .ok_or_else(|| KmsError::Internal("current backing key missing".into()))
+    }
+
+    fn spki_of(&self, e: &Entry) -> Result<Vec<u8>, KmsError> {
+        let s =
+            e.doc.public_key.as_deref().ok_or_else(|| {
+                KmsError::Internal(format!("key {} has no public key", e.doc.key_id))
+            })?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| KmsError::Internal(format!("stored public key: {e}")))
+    }
+
+    fn incompatible(&self, e: &Entry, alg: &str) -> KmsError {
+        KmsError::InvalidKeyUsage(format!(
+            "Algorithm {alg} is incompatible with key spec {}.",
+            e.doc.key_spec.as_str()
+        ))
+    }
+
+    /// The digest to sign or verify, and the HSM scheme.
+    fn signing_input(
+        &self,
+        e: &Entry,
+        message: &[u8],
+        message_type: Option<MessageType>,
+        alg: SigningAlgorithm,
+    ) -> Result<(SignScheme, Vec<u8>), KmsError> {
+        if !e
+            .doc
+            .key_spec
+            .signing_algorithms(e.doc.key_usage)
+            .contains(&alg)
+        {
+            return Err(self.incompatible(e, alg.as_str()));
+        }
+        let (scheme, h) =
+            scheme(e.doc.key_spec, alg).ok_or_else(|| self.incompatible(e, alg.as_str()))?;
+        match message_type.unwrap_or(MessageType::Raw) {
+            // Pure Ed25519 signs the message itself (and only RAW messages).
+            MessageType::Raw if scheme == SignScheme::Ed25519 => Ok((scheme, message.to_vec())),
+            MessageType::Digest if scheme == SignScheme::Ed25519 => Err(KmsError::Validation(
+                "The signing algorithm ED25519_SHA_512 supports only MessageType RAW.".into(),
+            )),
+            MessageType::Raw => Ok((scheme, h.digest(message))),
+            MessageType::Digest => {
+                if message.len() != h.len() {
+                    return Err(KmsError::Validation(format!(
+                        "Digest is invalid length for algorithm {}.",
+                        alg.as_str()
+                    )));
+                }
+                Ok((scheme, message.to_vec()))
+            }
+            MessageType::ExternalMu => Err(KmsError::Validation(
+                "MessageType EXTERNAL_MU is valid only for ML_DSA keys.".into(),
+            )),
+        }
+    }
+
+    pub async fn sign(
+        &self,
+        p: &Principal,
+        key: &str,
+        message: Plaintext,
+        message_type: Option<MessageType>,
+        alg: SigningAlgorithm,
+        dry_run: bool,
+    ) -> Result<SignOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::SignVerify)?;
+        let (scheme, digest) = self.signing_input(&e, message.as_bytes(), message_type, alg)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let signature = self
+            .cluster
+            .sign(&self.object_of(&e)?, scheme, digest)
+            .await?;
+        Ok(SignOutput {
+            key_id: self.arn(&e.doc),
+            signature,
+            signing_algorithm: alg,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn verify(
+        &self,
+        p: &Principal,
+        key: &str,
+        message: Plaintext,
+        message_type: Option<MessageType>,
+        signature: Vec<u8>,
+        alg: SigningAlgorithm,
+        dry_run: bool,
+    ) -> Result<VerifyOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::SignVerify)?;
+        let (scheme, digest) = self.signing_input(&e, message.as_bytes(), message_type, alg)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        if !self
+            .cluster
+            .verify(&self.object_of(&e)?, scheme, digest, signature)
+            .await?
+        {
+            return Err(KmsError::InvalidSignature(
+                "The signature is not valid for this message, key and signing algorithm.".into(),
+            ));
+        }
+        Ok(VerifyOutput {
+            key_id: self.arn(&e.doc),
+            signature_valid: true,
+            signing_algorithm: alg,
+        })
+    }
+
+    pub fn get_public_key(&self, p: &Principal, key: &str) -> Result<GetPublicKeyOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        if pair_spec(e.doc.key_spec).is_none() {
+            return Err(KmsError::Unsupported(format!(
+                "{} is not an asymmetric KMS key; only asymmetric keys have a public key.",
+                self.arn(&e.doc)
+            )));
+        }
+        self.usable_for(&e, e.doc.key_usage)?;
+        let (spec, usage) = (e.doc.key_spec, e.doc.key_usage);
+        Ok(GetPublicKeyOutput {
+            key_id: self.arn(&e.doc),
+            public_key: self.spki_of(&e)?,
+            customer_master_key_spec: spec,
+            key_spec: spec,
+            key_usage: usage,
+            encryption_algorithms: spec.encryption_algorithms(usage),
+            signing_algorithms: spec.signing_algorithms(usage),
+            key_agreement_algorithms: spec.key_agreement_algorithms(usage),
+        })
+    }
+
+    fn mac_hash(&self, e: &Entry, alg: MacAlgorithm) -> Result<Hash, KmsError> {
+        match hmac_spec(e.doc.key_spec) {
+            Some((_, h))
+                if e.doc
+                    .key_spec
+                    .mac_algorithms(e.doc.key_usage)
+                    .contains(&alg) =>
+            {
+                Ok(h)
+            }
+            _ => Err(self.incompatible(e, alg.as_str())),
+        }
+    }
+
+    pub async fn generate_mac(
+        &self,
+        p: &Principal,
+        key: &str,
+        message: Plaintext,
+        alg: MacAlgorithm,
+        dry_run: bool,
+    ) -> Result<GenerateMacOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::GenerateVerifyMac)?;
+        let h = self.mac_hash(&e, alg)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let mac = self
+            .cluster
+            .hmac(&self.object_of(&e)?, h, message.as_bytes().to_vec())
+            .await?;
+        Ok(GenerateMacOutput {
+            mac,
+            mac_algorithm: alg,
+            key_id: self.arn(&e.doc),
+        })
+    }
+
+    pub async fn verify_mac(
+        &self,
+        p: &Principal,
+        key: &str,
+        message: Plaintext,
+        mac: Vec<u8>,
+        alg: MacAlgorithm,
+        dry_run: bool,
+    ) -> Result<VerifyMacOutput, KmsError> {
+        use subtle::ConstantTimeEq;
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::GenerateVerifyMac)?;
+        let h = self.mac_hash(&e, alg)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let want = self
+            .cluster
+            .hmac(&self.object_of(&e)?, h, message.as_bytes().to_vec())
+            .await?;
+        if want.len() != mac.len() || !bool::from(want.ct_eq(&mac)) {
+            return Err(KmsError::InvalidMac(
+                "The MAC is not valid for this message, key and MAC algorithm.".into(),
+            ));
+        }
+        Ok(VerifyMacOutput {
+            key_id: self.arn(&e.doc),
+            mac_valid: true,
+            mac_algorithm: alg,
+        })
+    }
+
+    /// The OAEP hash of an RSA encryption request (algorithm required and listed).
+    fn rsa_algorithm(
+        &self,
+        e: &Entry,
+        alg: Option<EncryptionAlgorithm>,
+        ctx: &EncryptionContext,
+    ) -> Result<(EncryptionAlgorithm, Hash), KmsError> {
+        let alg = alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault);
+        let h = oaep_hash(alg)
+            .filter(|_| {
+                e.doc
+                    .key_spec
+                    .encryption_algorithms(e.doc.key_usage)
+                    .contains(&alg)
+            })
+            .ok_or_else(|| self.incompatible(e, alg.as_str()))?;
+        if !ctx.is_empty() {
+            return Err(KmsError::Validation(
+                "EncryptionContext is not supported with asymmetric KMS keys.".into(),
+            ));
+        }
+        Ok((alg, h))
+    }
+
+    /// Encrypt with an RSA key: OAEP in software with the key's public half.
+    pub(super) async fn rsa_encrypt(
+        &self,
+        e: &Entry,
+        plaintext: Plaintext,
+        ctx: &EncryptionContext,
+        alg: Option<EncryptionAlgorithm>,
+        dry_run: bool,
+    ) -> Result<EncryptOutput, KmsError> {
+        use rsa::pkcs8::DecodePublicKey;
+        let (alg, h) = self.rsa_algorithm(e, alg, ctx)?;
+        let k = rsa_len(e.doc.key_spec).ok_or_else(|| self.incompatible(e, alg.as_str()))?;
+        let max = k - 2 * h.len() - 2;
+        if plaintext.len() > max {
+            return Err(KmsError::Validation(format!(
+                "Plaintext is too long: {} with {} encrypts at most {max} bytes.",
+                alg.as_str(),
+                e.doc.key_spec.as_str()
+            )));
+        }
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let public = rsa::RsaPublicKey::from_public_key_der(&self.spki_of(e)?)
+            .map_err(|err| KmsError::Internal(format!("stored RSA public key: {err}")))?;
+        let mut rng = rand::thread_rng();
+        let ct = match h {
+            Hash::Sha1 => public.encrypt(
+                &mut rng,
+                rsa::Oaep::new::<sha1::Sha1>(),
+                plaintext.as_bytes(),
+            ),
+            _ => public.encrypt(
+                &mut rng,
+                rsa::Oaep::new::<sha2::Sha256>(),
+                plaintext.as_bytes(),
+            ),
+        }
+        .map_err(|err| KmsError::Internal(format!("OAEP encryption: {err}")))?;
+        Ok(EncryptOutput {
+            ciphertext_blob: ct,
+            key_id: self.arn(&e.doc),
+            encryption_algorithm: alg,
+        })
+    }
+
+    /// Decrypt for a caller-named RSA key; `None` when the key is not an RSA key (or does
+    /// not resolve), so the symmetric path answers.
+    pub(super) async fn asymmetric_decrypt(
+        &self,
+        p: &Principal,
+        blob: &[u8],
+        key: Option<&str>,
+        ctx: &EncryptionContext,
+        alg: Option<EncryptionAlgorithm>,
+        dry_run: bool,
+    ) -> Result<Option<DecryptOutput>, KmsError> {
+        let Some(key) = key else { return Ok(None) };
+        let Ok(e) = self.resolve(p, key, true) else {
+            return Ok(None);
+        };
+        let Some(k) = rsa_len(e.doc.key_spec) else {
+            return Ok(None);
+        };
+        self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
+        let (alg, h) = self.rsa_algorithm(&e, alg, ctx)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        if blob.len() != k {
+            return Err(KmsError::InvalidCiphertext(String::new()));
+        }
+        let plaintext = self
+            .cluster
+            .rsa_oaep_decrypt(&self.object_of(&e)?, h, k, blob.to_vec())
+            .await?;
+        Ok(Some(DecryptOutput {
+            key_id: self.arn(&e.doc),
+            plaintext,
+            encryption_algorithm: alg,
+        }))
+    }
+
+    /// ReEncrypt where the source or the destination is an RSA key; `None` when neither
+    /// is, so the symmetric path answers.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn asymmetric_re_encrypt(
+        &self,
+        p: &Principal,
+        blob: &[u8],
+        source_key: Option<&str>,
+        (source_ctx, source_alg): (&EncryptionContext, Option<EncryptionAlgorithm>),
+        destination_key: &str,
+        (destination_ctx, destination_alg): (&EncryptionContext, Option<EncryptionAlgorithm>),
+        dry_run: bool,
+    ) -> Result<Option<ReEncryptOutput>, KmsError> {
+        let is_rsa = |k: Option<&str>| {
+            k.and_then(|k| self.resolve(p, k, true).ok())
+                .is_some_and(|e| rsa_len(e.doc.key_spec).is_some())
+        };
+        if !is_rsa(source_key) && !is_rsa(Some(destination_key)) {
+            return Ok(None);
+        }
+        // Destination checks first, so that nothing is decrypted for a request that fails.
+        let dst = self.resolve(p, destination_key, true)?;
+        self.usable_for(&dst, KeyUsage::EncryptDecrypt)?;
+        let dst_rsa = rsa_len(dst.doc.key_spec).is_some();
+        if dst_rsa {
+            self.rsa_algorithm(&dst, destination_alg, destination_ctx)?;
+        } else {
+            self.symmetric_algorithm(&dst, destination_alg)?;
+        }
+        let (plaintext, source_arn, source_alg) = match self
+            .asymmetric_decrypt(p, blob, source_key, source_ctx, source_alg, dry_run)
+            .await?
+        {
+            Some(d) => (d.plaintext, d.key_id, d.encryption_algorithm),
+            None => {
+                let (b, src) = self.open_blob(p, blob, source_key)?;
+                self.usable_for(&src, KeyUsage::EncryptDecrypt)?;
+                let alg = self.symmetric_algorithm(&src, source_alg)?;
+                if dry_run {
+                    return Err(KmsError::DryRun);
+                }
+                (
+                    self.unseal(&src, b, source_ctx).await?,
+                    self.arn(&src.doc),
+                    alg,
+                )
+            }
+        };
+        let (ciphertext_blob, destination_alg) = if dst_rsa {
+            let out = self
+                .rsa_encrypt(
+                    &dst,
+                    Plaintext::new(plaintext)?,
+                    destination_ctx,
+                    destination_alg,
+                    false,
+                )
+                .await?;
+            (out.ciphertext_blob, out.encryption_algorithm)
+        } else {
+            let alg = self.symmetric_algorithm(&dst, destination_alg)?;
+            (self.seal(&dst, destination_ctx, plaintext).await?, alg)
+        };
+        Ok(Some(ReEncryptOutput {
+            ciphertext_blob,
+            source_key_id: source_arn,
+            key_id: self.arn(&dst.doc),
+            source_encryption_algorithm: source_alg,
+            destination_encryption_algorithm: destination_alg,
+        }))
+    }
+
+    pub async fn derive_shared_secret(
+        &self,
+        p: &Principal,
+        key: &str,
+        alg: KeyAgreementAlgorithm,
+        public_key: &[u8],
+        dry_run: bool,
+    ) -> Result<DeriveSharedSecretOutput, KmsError> {
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::KeyAgreement)?;
+        if !e
+            .doc
+            .key_spec
+            .key_agreement_algorithms(e.doc.key_usage)
+            .contains(&alg)
+        {
+            return Err(self.incompatible(&e, alg.as_str()));
+        }
+        let curve = curve_of(e.doc.key_spec).ok_or_else(|| self.incompatible(&e, alg.as_str()))?;
+        let (peer_curve, point) = pkix::parse_ec_spki(public_key).ok_or_else(|| {
+            KmsError::Validation(
+                "PublicKey must be a DER-encoded X.509 SubjectPublicKeyInfo of an elliptic-curve key with an uncompressed point.".into(),
+            )
+        })?;
+        if peer_curve != curve {
+            return Err(KmsError::Validation(format!(
+                "The public key's curve does not match the key spec {}.",
+                e.doc.key_spec.as_str()
+            )));
+        }
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let shared_secret = self
+            .cluster
+            .ecdh(&self.object_of(&e)?, curve, point)
+            .await?;
+        Ok(DeriveSharedSecretOutput {
+            key_id: self.arn(&e.doc),
+            shared_secret,
+            key_agreement_algorithm: alg,
+            key_origin: e.doc.origin,
+        })
+    }
+
+    pub async fn generate_data_key_pair(
+        &self,
+        p: &Principal,
+        key: &str,
+        spec: DataKeyPairSpec,
+        ctx: EncryptionContext,
+        with_plaintext: bool,
+        dry_run: bool,
+    ) -> Result<DataKeyPairOutput, KmsError> {
+        let pair = match spec {
+            DataKeyPairSpec::Rsa2048 => PairSpec::Rsa(2048),
+            DataKeyPairSpec::Rsa3072 => PairSpec::Rsa(3072),
+            DataKeyPairSpec::Rsa4096 => PairSpec::Rsa(4096),
+            DataKeyPairSpec::EccNistP256 => PairSpec::Ec(Curve::P256),
+            DataKeyPairSpec::EccNistP384 => PairSpec::Ec(Curve::P384),
+            DataKeyPairSpec::EccNistP521 => PairSpec::Ec(Curve::P521),
+            DataKeyPairSpec::EccSecgP256k1 => PairSpec::Ec(Curve::Secp256k1),
+            DataKeyPairSpec::EccNistEdwards25519 => PairSpec::Ed25519,
+            other => {
+                return Err(KmsError::Unsupported(format!(
+                    "KeyPairSpec {} is not supported by the HSMs of this key store.",
+                    other.as_str()
+                )))
+            }
+        };
+        let e = self.resolve(p, key, true)?;
+        self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
+        self.symmetric_algorithm(&e, None)?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let (private, public) = self.cluster.generate_data_key_pair(pair).await?;
+        let blob = self.seal(&e, &ctx, private.clone()).await?;
+        debug_assert!(Blob::decode(&blob).is_ok());
+        Ok(DataKeyPairOutput {
+            private_key_ciphertext_blob: blob,
+            private_key_plaintext: with_plaintext.then_some(private),
+            public_key: public,
+            key_id: self.arn(&e.doc),
+            key_pair_spec: spec,
+        })
+    }
+}
