@@ -38,6 +38,8 @@ pub enum KmsError {
     Unsupported(String),
     #[error("{0}")]
     NotAuthorized(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
     /// The HSMs could not serve the request in time; the client may retry.
@@ -67,6 +69,7 @@ impl KmsError {
             KmsError::Tag(_) => "TagException",
             KmsError::Unsupported(_) => "UnsupportedOperationException",
             KmsError::NotAuthorized(_) => "NotAuthorizedException",
+            KmsError::Conflict(_) => "ConflictException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 mod lifecycle;
+mod rotation;
 
 pub(crate) fn json<T: Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
@@ -84,6 +85,9 @@ pub async fn dispatch(
     // Families in submodules claim their operations first.
     if lifecycle::OPS.contains(&op) {
         return lifecycle::handle(kms, p, op, &i).await;
+    }
+    if rotation::OPS.contains(&op) {
+        return rotation::handle(kms, p, op, &i).await;
     }
     core(kms, p, op, i).await
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 mod lifecycle;
+mod rotation;
 
 /// A key as cached: its document and the store version it was read at (for the
 /// optimistic updates of key-state changes).
@@ -60,6 +61,7 @@ pub struct Kms {
     keys: RwLock<HashMap<KeyId, Arc<Entry>>>,
     aliases: RwLock<HashMap<(String, String), AliasRow>>,
     writes: tokio::sync::Mutex<()>,
+    rotation: rotation::Rotations,
 }
 
 fn epoch(clock: &dyn Clock) -> f64 {
@@ -104,6 +106,7 @@ impl Kms {
             keys: RwLock::new(keys),
             aliases: RwLock::new(aliases),
             writes: tokio::sync::Mutex::new(()),
+            rotation: rotation::Rotations::default(),
         })
     }
 
@@ -141,8 +144,9 @@ impl Kms {
     /// keys (and, as they arrive, due deletions and rotations). Safe to call at any time;
     /// `app` runs it every `maintenance_interval_ms`, tests call it after moving the clock.
     pub async fn maintenance(&self) -> Result<(), KmsError> {
-        self.resync_hsms().await?;
-        Ok(())
+        let resync = self.resync_hsms().await;
+        self.rotate_due_keys().await;
+        resync.map(|_| ())
     }
 
     /// The current time as AWS epoch seconds (millisecond precision).
@@ -293,6 +297,7 @@ impl Kms {
             mac_algorithms: doc.key_spec.mac_algorithms(doc.key_usage),
             key_agreement_algorithms: doc.key_spec.key_agreement_algorithms(doc.key_usage),
             multi_region: false,
+            current_key_material_id: rotation::current_key_material_id(doc),
         }
     }
 
@@ -420,9 +425,11 @@ impl Kms {
                 version: 1,
                 object_id: obj.clone(),
                 created: now,
+                rotation: None,
             }],
             current_backing: 1,
             tags: dedup_tags(input.tags),
+            rotation_schedule: None,
         };
         self.cluster
             .create_aes_key(obj.as_bytes(), &self.arn(&doc))
