@@ -644,6 +644,58 @@ async fn manual_rotation_by_repointing_an_alias() {
     s.running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_rotation_start_date_shows_while_it_runs() {
+    let (s, _clock) = clocked().await;
+    let c = &s.client;
+    let id = new_key(c).await;
+    // Slow the HSMs down so the rotation takes a while.
+    for hsm in ["a", "b"] {
+        s.running
+            .kms
+            .cluster()
+            .inject_stall(hsm, Duration::from_millis(400))
+            .unwrap();
+    }
+    let c2 = c.clone();
+    let id2 = id.clone();
+    let task =
+        tokio::spawn(async move { c2.call("RotateKeyOnDemand", json!({"KeyId": id2})).await });
+    let mut seen = None;
+    for _ in 0..200 {
+        let st = status(c, &id).await;
+        if let Some(d) = st.get("OnDemandRotationStartDate") {
+            seen = Some(d.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        seen,
+        Some(json!(T0 as f64)),
+        "never saw the rotation in progress"
+    );
+    // A second one while the first runs: ConflictException.
+    let r = c.call("RotateKeyOnDemand", json!({"KeyId": id})).await;
+    assert_err(&r, 400, "ConflictException");
+    let r = task.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for hsm in ["a", "b"] {
+        s.running
+            .kms
+            .cluster()
+            .inject_stall(hsm, Duration::ZERO)
+            .unwrap();
+    }
+    assert!(status(c, &id)
+        .await
+        .get("OnDemandRotationStartDate")
+        .is_none());
+    assert_eq!(rotations(c, &id).await.len(), 1);
+    assert_in_both_hsms(&s, &id, 2);
+    s.running.stop().await;
+}
+
 // ------------------------------------------------- the real binary, restarted
 
 fn start(state: &std::path::Path) -> (Child, String) {
@@ -704,6 +756,10 @@ async fn restart_between_rotations_keeps_every_generation() {
         .status()
         .unwrap();
     assert!(st.success());
+    // The on-demand quota from the config file (top-level keys precede the [[hsm]] tables).
+    let cfg = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("on_demand_rotation_limit = 3\n{text}")).unwrap();
     let (mut child, url) = start(dir.path());
     let mut c = Client::new(url, credential(dir.path()));
     let id = new_key(&c).await;
@@ -740,5 +796,7 @@ async fn restart_between_rotations_keeps_every_generation() {
             .await;
         assert_eq!(version_of(&re["CiphertextBlob"]), generation);
     }
+    let r = c.call("RotateKeyOnDemand", json!({"KeyId": id})).await;
+    assert_err(&r, 400, "LimitExceededException");
     stop(&mut child, false);
 }

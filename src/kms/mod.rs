@@ -9,4 +9,4 @@ pub mod service;
 pub mod types;
 
 pub use error::KmsError;
-pub use service::{CreateKeyInput, DataKeySize, Kms};
+pub use service::{CreateKeyInput, DataKeySize, Kms, ON_DEMAND_ROTATION_LIMIT};

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 
 mod lifecycle;
 mod rotation;
+pub use rotation::DEFAULT_ON_DEMAND_ROTATION_LIMIT as ON_DEMAND_ROTATION_LIMIT;
 
 /// A key as cached: its document and the store version it was read at (for the
 /// optimistic updates of key-state changes).
