@@ -696,6 +696,89 @@ async fn on_demand_rotation_start_date_shows_while_it_runs() {
     s.running.stop().await;
 }
 
+/// Only symmetric encryption keys rotate. Asymmetric and HMAC keys arrive with issue 6: until
+/// CreateKey makes them this test only checks that CreateKey refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_do_not_rotate_are_unsupported() {
+    let (s, _clock) = clocked().await;
+    let c = &s.client;
+    for (spec, usage) in [
+        ("RSA_2048", "ENCRYPT_DECRYPT"),
+        ("ECC_NIST_P256", "SIGN_VERIFY"),
+        ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    ] {
+        let r = c
+            .call("CreateKey", json!({"KeySpec": spec, "KeyUsage": usage}))
+            .await;
+        if r.status != 200 {
+            assert_err(&r, 400, "UnsupportedOperationException");
+            continue;
+        }
+        let id = r.body["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        let d = c.ok("DescribeKey", json!({"KeyId": id})).await;
+        assert!(
+            d["KeyMetadata"].get("CurrentKeyMaterialId").is_none(),
+            "{spec}"
+        );
+        for op in [
+            "EnableKeyRotation",
+            "DisableKeyRotation",
+            "GetKeyRotationStatus",
+            "RotateKeyOnDemand",
+            "ListKeyRotations",
+        ] {
+            assert_err(
+                &c.call(op, json!({"KeyId": id})).await,
+                400,
+                "UnsupportedOperationException",
+            );
+        }
+    }
+    s.running.stop().await;
+}
+
+/// A key pending deletion does not rotate and its status reads false; the schedule returns
+/// when the deletion is cancelled. Scheduled deletion arrives with issue 5: until then this
+/// test only checks that the operation is not there yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_pending_deletion_does_not_rotate() {
+    let (s, clock) = clocked().await;
+    let c = &s.client;
+    let id = new_key(c).await;
+    c.ok("EnableKeyRotation", json!({"KeyId": id})).await;
+    let r = c
+        .call(
+            "ScheduleKeyDeletion",
+            json!({"KeyId": id, "PendingWindowInDays": 30}),
+        )
+        .await;
+    if r.status != 200 {
+        assert_err(&r, 400, "UnknownOperationException");
+        s.running.stop().await;
+        return;
+    }
+    for op in [
+        "EnableKeyRotation",
+        "DisableKeyRotation",
+        "RotateKeyOnDemand",
+    ] {
+        assert_err(
+            &c.call(op, json!({"KeyId": id})).await,
+            400,
+            "KMSInvalidStateException",
+        );
+    }
+    assert_eq!(status(c, &id).await["KeyRotationEnabled"], false);
+    clock.advance(DAY * 20);
+    s.running.kms.maintenance().await.unwrap();
+    c.ok("CancelKeyDeletion", json!({"KeyId": id})).await;
+    let st = status(c, &id).await;
+    assert_eq!(st["KeyRotationEnabled"], true);
+    assert_eq!(st["NextRotationDate"], json!(T0 as f64 + 365.0 * DAY_S));
+    assert!(rotations(c, &id).await.is_empty());
+    s.running.stop().await;
+}
+
 // ------------------------------------------------- the real binary, restarted
 
 fn start(state: &std::path::Path) -> (Child, String) {

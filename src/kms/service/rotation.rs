@@ -482,3 +482,73 @@ impl Kms {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_material_id_is_64_lowercase_hex_and_differs_per_generation() {
+        let a = key_material_id("kms/k/1");
+        let b = key_material_id("kms/k/2/0a1b2c3d");
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+        assert_ne!(a, b);
+        assert_eq!(a, key_material_id("kms/k/1"), "stable");
+    }
+
+    #[test]
+    fn next_date_keeps_the_rhythm_unless_a_period_late() {
+        let s = RotationSchedule {
+            period_days: 90,
+            next_rotation_date: 1000.0 * DAY,
+        };
+        assert_eq!(next_after(&s, 1000.0 * DAY), 1090.0 * DAY);
+        assert_eq!(next_after(&s, 1010.0 * DAY), 1090.0 * DAY);
+        assert_eq!(next_after(&s, 1090.0 * DAY), 1180.0 * DAY);
+        assert_eq!(next_after(&s, 1200.0 * DAY), 1290.0 * DAY);
+    }
+
+    #[test]
+    fn documents_written_before_rotation_still_load() {
+        let old = serde_json::json!({
+            "key_id": KeyId::new_random().to_string(),
+            "account_id": "111122223333",
+            "description": "",
+            "key_spec": "SYMMETRIC_DEFAULT",
+            "key_usage": "ENCRYPT_DECRYPT",
+            "key_state": "Enabled",
+            "origin": "AWS_KMS",
+            "key_manager": "CUSTOMER",
+            "creation_date": 1.0,
+            "backing": [{"version": 1, "object_id": "kms/x/1", "created": 1.0}],
+            "current_backing": 1
+        });
+        let doc: KeyDoc = serde_json::from_value(old).unwrap();
+        assert_eq!(doc.rotation_schedule, None);
+        assert_eq!(doc.backing[0].rotation, None);
+        assert_eq!(
+            current_key_material_id(&doc),
+            Some(key_material_id("kms/x/1"))
+        );
+        // And a rotated document round-trips.
+        let mut d = doc.clone();
+        d.backing.push(BackingKey {
+            version: 2,
+            object_id: "kms/x/2/00000000".into(),
+            created: 2.0,
+            rotation: Some(RotationType::OnDemand),
+        });
+        d.current_backing = 2;
+        d.rotation_schedule = Some(RotationSchedule {
+            period_days: 365,
+            next_rotation_date: 3.0,
+        });
+        let back: KeyDoc = serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(
+            serde_json::to_value(RotationType::OnDemand).unwrap(),
+            "ON_DEMAND"
+        );
+    }
+}
