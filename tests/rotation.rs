@@ -521,6 +521,12 @@ async fn rotation_waits_while_an_hsm_is_down_then_completes() {
     let moved = dir.with_extension("away");
     std::fs::rename(&dir, &moved).unwrap();
     let kms = s.running.kms.clone();
+    // Right away (before any probe has noticed): a retryable error, nothing committed.
+    let r = c
+        .call("RotateKeyOnDemand", json!({"KeyId": on_demand}))
+        .await;
+    assert_err(&r, 500, "DependencyTimeoutException");
+    assert_eq!(kms.backing_object_ids(&on_demand).len(), 1);
     // Traffic lets the cluster notice; wait until "a" is down.
     let _ = c
         .call(

@@ -23,6 +23,7 @@
 
 use super::{object_id, Entry, Kms};
 use crate::auth::Principal;
+use crate::hsm::FailureClass;
 use crate::kms::model::{BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
 use crate::kms::KmsError;
@@ -453,7 +454,16 @@ impl Kms {
             object_id(key_id, version),
             hex::encode(rand::random::<[u8; 4]>())
         );
-        self.cluster.create_aes_key(object.as_bytes(), &arn).await?;
+        // Nothing is committed yet, so any HSM failure other than a refused request is one
+        // the caller may simply retry (DependencyTimeoutException), even one that a health
+        // probe has not yet turned into "HSM down".
+        self.cluster
+            .create_aes_key(object.as_bytes(), &arn)
+            .await
+            .map_err(|e| match e.class() {
+                FailureClass::Request => KmsError::from(e),
+                _ => KmsError::Unavailable(e.to_string()),
+            })?;
         let now = self.now();
         let obj = object.clone();
         let committed = self
