@@ -91,6 +91,23 @@ pub(crate) fn current_key_material_id(doc: &KeyDoc) -> Option<String> {
         .map(|b| key_material_id(&b.object_id))
 }
 
+/// The automatic rotation schedule in force: AWS managed keys rotate every year, always
+/// (one year after their newest material); customer keys as EnableKeyRotation set it.
+fn schedule_of(doc: &KeyDoc) -> Option<RotationSchedule> {
+    if doc.key_manager == KeyManager::Aws {
+        let newest = doc
+            .backing
+            .iter()
+            .map(|b| b.created)
+            .fold(doc.creation_date, f64::max);
+        return Some(RotationSchedule {
+            period_days: DEFAULT_ROTATION_PERIOD_DAYS,
+            next_rotation_date: newest + DEFAULT_ROTATION_PERIOD_DAYS as f64 * DAY,
+        });
+    }
+    doc.rotation_schedule
+}
+
 /// The date after an automatic rotation at `now`: one period after the date it was due, or
 /// one period from now if it ran more than a period late (no burst of catch-up rotations).
 fn next_after(s: &RotationSchedule, now: f64) -> f64 {
@@ -164,14 +181,20 @@ impl Kms {
             .unwrap_or_default()
     }
 
-    /// Only customer-managed symmetric encryption keys with KMS-made material rotate.
-    fn rotatable(&self, e: &Entry) -> Result<(), KmsError> {
-        let arn = self.arn(&e.doc);
+    /// The rotation of AWS managed keys is not configurable (they rotate every year).
+    fn customer_managed(&self, e: &Entry) -> Result<(), KmsError> {
         if e.doc.key_manager == KeyManager::Aws {
             return Err(KmsError::Unsupported(format!(
-                "{arn} is an AWS managed key; its rotation cannot be changed."
+                "{} is an AWS managed key; its rotation cannot be changed.",
+                self.arn(&e.doc)
             )));
         }
+        Ok(())
+    }
+
+    /// Only symmetric encryption keys with KMS-made material rotate.
+    fn rotatable(&self, e: &Entry) -> Result<(), KmsError> {
+        let arn = self.arn(&e.doc);
         self.symmetric_for_rotation(e)?;
         match e.doc.origin {
             Origin::AwsKms => Ok(()),
@@ -225,6 +248,7 @@ impl Kms {
         period_days: Option<u32>,
     ) -> Result<Empty, KmsError> {
         let e = self.resolve(p, key, false)?;
+        self.customer_managed(&e)?;
         self.rotatable(&e)?;
         self.rotation_state(&e)?;
         let period = period_days.unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
@@ -252,6 +276,7 @@ impl Kms {
 
     pub async fn disable_key_rotation(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
         let e = self.resolve(p, key, false)?;
+        self.customer_managed(&e)?;
         self.rotatable(&e)?;
         self.rotation_state(&e)?;
         self.update_doc(&e.doc.key_id, |d| {
@@ -279,7 +304,7 @@ impl Kms {
                     self.arn(&e.doc)
                 )))
             }
-            _ => e.doc.rotation_schedule,
+            _ => schedule_of(&e.doc),
         };
         Ok(KeyRotationStatusOutput {
             key_rotation_enabled: schedule.is_some(),
@@ -301,6 +326,7 @@ impl Kms {
         key: &str,
     ) -> Result<RotateKeyOnDemandOutput, KmsError> {
         let e = self.resolve(p, key, false)?;
+        self.customer_managed(&e)?;
         self.rotatable(&e)?;
         self.rotation_state(&e)?;
         self.rotate(&e.doc.key_id, RotationType::OnDemand).await?;
@@ -366,9 +392,7 @@ impl Kms {
             .values()
             .filter(|e| {
                 e.doc.key_state == KeyState::Enabled
-                    && e.doc
-                        .rotation_schedule
-                        .is_some_and(|s| s.next_rotation_date <= now)
+                    && schedule_of(&e.doc).is_some_and(|s| s.next_rotation_date <= now)
                     && self.rotatable(e).is_ok()
             })
             .map(|e| e.doc.key_id)
@@ -417,15 +441,12 @@ impl Kms {
         let arn = self.arn(&e.doc);
         match kind {
             RotationType::Automatic => {
-                if !e
-                    .doc
-                    .rotation_schedule
-                    .is_some_and(|s| s.next_rotation_date <= started)
-                {
+                if !schedule_of(&e.doc).is_some_and(|s| s.next_rotation_date <= started) {
                     return Ok(false);
                 }
             }
             RotationType::OnDemand => {
+                self.customer_managed(&e)?;
                 let limit = self.rotation.on_demand_limit.load(Ordering::Relaxed);
                 let used = e
                     .doc
@@ -438,8 +459,7 @@ impl Kms {
                         "{arn} has reached its limit of {limit} on-demand rotations."
                     )));
                 }
-                if e.doc
-                    .rotation_schedule
+                if schedule_of(&e.doc)
                     .is_some_and(|s| s.next_rotation_date - started <= CONFLICT_WINDOW)
                 {
                     return Err(KmsError::Conflict(format!(
@@ -517,6 +537,38 @@ mod tests {
         assert_eq!(next_after(&s, 1010.0 * DAY), 1090.0 * DAY);
         assert_eq!(next_after(&s, 1090.0 * DAY), 1180.0 * DAY);
         assert_eq!(next_after(&s, 1200.0 * DAY), 1290.0 * DAY);
+    }
+
+    #[test]
+    fn aws_managed_keys_rotate_yearly_after_their_newest_material() {
+        let mut doc: KeyDoc = serde_json::from_value(serde_json::json!({
+            "key_id": KeyId::new_random().to_string(),
+            "account_id": "111122223333",
+            "description": "",
+            "key_spec": "SYMMETRIC_DEFAULT",
+            "key_usage": "ENCRYPT_DECRYPT",
+            "key_state": "Enabled",
+            "origin": "AWS_KMS",
+            "key_manager": "AWS",
+            "creation_date": 10.0,
+            "backing": [{"version": 1, "object_id": "kms/x/1", "created": 10.0}],
+            "current_backing": 1
+        }))
+        .unwrap();
+        let s = schedule_of(&doc).unwrap();
+        assert_eq!(
+            (s.period_days, s.next_rotation_date),
+            (365, 10.0 + 365.0 * DAY)
+        );
+        doc.backing.push(BackingKey {
+            version: 2,
+            object_id: "kms/x/2/00".into(),
+            created: 400.0 * DAY,
+            rotation: Some(RotationType::Automatic),
+        });
+        assert_eq!(schedule_of(&doc).unwrap().next_rotation_date, 765.0 * DAY);
+        doc.key_manager = KeyManager::Customer;
+        assert_eq!(schedule_of(&doc), None);
     }
 
     #[test]
