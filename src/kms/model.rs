@@ -30,6 +30,13 @@ pub enum RotationType {
     OnDemand,
 }
 
+/// An enabled automatic rotation: the period and the next due date (epoch seconds).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct RotationSchedule {
+    pub period_days: u32,
+    pub next_rotation_date: f64,
+}
+
 /// The stored metadata of one KMS key. Never holds key material.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyDoc {
@@ -53,13 +60,6 @@ pub struct KeyDoc {
     /// Automatic rotation schedule (EnableKeyRotation); `None` when disabled.
     #[serde(default)]
     pub rotation_schedule: Option<RotationSchedule>,
-}
-
-/// An enabled automatic rotation: the period and the next due date (epoch seconds).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct RotationSchedule {
-    pub period_days: u32,
-    pub next_rotation_date: f64,
 }
 
 impl KeyDoc {
