@@ -60,6 +60,9 @@ pub struct Config {
     /// Period of background work (HSM re-sync, due deletions, rotations), in ms. Default 10000.
     #[serde(default = "default_maintenance")]
     pub maintenance_interval_ms: u64,
+    /// On-demand rotations allowed per key (RotateKeyOnDemand). Default 25, as AWS.
+    #[serde(default = "default_on_demand_rotations")]
+    pub on_demand_rotation_limit: u32,
     /// The HSMs (at least two).
     #[serde(default)]
     pub hsm: Vec<HsmEntry>,
@@ -121,6 +124,9 @@ fn default_probe() -> u64 {
 }
 fn default_maintenance() -> u64 {
     10_000
+}
+fn default_on_demand_rotations() -> u32 {
+    crate::kms::ON_DEMAND_ROTATION_LIMIT
 }
 fn default_body() -> usize {
     64 * 1024
@@ -249,7 +255,8 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # keygen_timeout_ms = 60000\n\
          # probe_interval_ms = 1000\n\
          # max_body_bytes = 65536\n\
-         # maintenance_interval_ms = 10000\n",
+         # maintenance_interval_ms = 10000\n\
+         # on_demand_rotation_limit = 25\n",
     );
     for h in hsms {
         let rel = |p: &Path| {

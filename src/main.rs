@@ -149,6 +149,9 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
         maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
     })
     .await?;
+    running
+        .kms
+        .set_on_demand_rotation_limit(c.on_demand_rotation_limit);
     let endpoint = format!("http://{}", running.addr);
     let env_file = loaded.state_dir.join("credentials.env");
     if let Some(cred) = &running.new_credential {

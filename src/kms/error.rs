@@ -44,6 +44,8 @@ pub enum KmsError {
     InvalidSignature(String),
     #[error("{0}")]
     InvalidMac(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     DryRun,
     /// The HSMs could not serve the request in time; the client may retry.
@@ -76,6 +78,7 @@ impl KmsError {
             KmsError::AccessDenied(_) => "AccessDeniedException",
             KmsError::InvalidSignature(_) => "KMSInvalidSignatureException",
             KmsError::InvalidMac(_) => "KMSInvalidMacException",
+            KmsError::Conflict(_) => "ConflictException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",

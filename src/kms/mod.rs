@@ -9,7 +9,7 @@ pub mod service;
 pub mod types;
 
 pub use error::KmsError;
-pub use service::{CreateKeyInput, DataKeySize, Kms};
+pub use service::{CreateKeyInput, DataKeySize, Kms, ON_DEMAND_ROTATION_LIMIT};
 pub use service::{
     DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
     VerifyMacOutput, VerifyOutput,

@@ -16,6 +16,25 @@ pub struct BackingKey {
     /// `CKA_ID` of the object in every HSM.
     pub object_id: String,
     pub created: f64,
+    /// How this generation became current: `None` for the key's first material, else the
+    /// rotation that made it (its `created` is the rotation date).
+    #[serde(default)]
+    pub rotation: Option<RotationType>,
+}
+
+/// How a rotation was started (`RotationType`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RotationType {
+    Automatic,
+    OnDemand,
+}
+
+/// An enabled automatic rotation: the period and the next due date (epoch seconds).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct RotationSchedule {
+    pub period_days: u32,
+    pub next_rotation_date: f64,
 }
 
 /// The stored metadata of one KMS key. Never holds key material.
@@ -42,6 +61,9 @@ pub struct KeyDoc {
     /// may live outside the HSMs; the private half never does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// Automatic rotation schedule (EnableKeyRotation); `None` when disabled.
+    #[serde(default)]
+    pub rotation_schedule: Option<RotationSchedule>,
 }
 
 impl KeyDoc {
@@ -95,6 +117,8 @@ pub struct KeyMetadata {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub key_agreement_algorithms: Vec<super::types::KeyAgreementAlgorithm>,
     pub multi_region: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_key_material_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

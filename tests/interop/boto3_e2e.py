@@ -197,6 +197,39 @@ class Suite:
         expect_error("NotFoundException", self.kms.encrypt, KeyId=UNKNOWN_KEY, Plaintext=b"x")
         expect_error("NotFoundException", self.kms.describe_key, KeyId="alias/boto3-e2e-does-not-exist")
 
+    # -- rotation ----------------------------------------------------------
+
+    def test_rotation(self):
+        import datetime
+        key = self.kms.create_key(Description="boto3 rotation")["KeyMetadata"]["KeyId"]
+        first = self.kms.describe_key(KeyId=key)["KeyMetadata"].get("CurrentKeyMaterialId", "")
+        check(re.fullmatch(r"[0-9a-f]{64}", first), f"CurrentKeyMaterialId {first!r}")
+        old = self.kms.encrypt(KeyId=key, Plaintext=b"old material")["CiphertextBlob"]
+        self.kms.enable_key_rotation(KeyId=key, RotationPeriodInDays=180)
+        st = self.kms.get_key_rotation_status(KeyId=key)
+        check(st["KeyRotationEnabled"] is True, f"status {st}")
+        check(st["RotationPeriodInDays"] == 180, f"period {st.get('RotationPeriodInDays')}")
+        check(isinstance(st["NextRotationDate"], datetime.datetime), f"NextRotationDate {st}")
+        check(is_key_arn(st["KeyId"], key), f"KeyId {st['KeyId']}")
+        check(self.kms.rotate_key_on_demand(KeyId=key)["KeyId"] == key, "RotateKeyOnDemand KeyId")
+        rot = self.kms.list_key_rotations(KeyId=key)["Rotations"]
+        check(len(rot) == 1 and rot[0]["RotationType"] == "ON_DEMAND", f"rotations {rot}")
+        check(isinstance(rot[0]["RotationDate"], datetime.datetime), f"RotationDate {rot[0]}")
+        now = self.kms.describe_key(KeyId=key)["KeyMetadata"]["CurrentKeyMaterialId"]
+        check(now != first and rot[0]["KeyMaterialId"] == now, f"material {first} -> {now}, {rot}")
+        pages = self.kms.get_paginator("list_key_rotations").paginate(
+            KeyId=key, IncludeKeyMaterial="ALL_KEY_MATERIAL", PaginationConfig={"PageSize": 1})
+        states = [r["KeyMaterialState"] for p in pages for r in p["Rotations"]]
+        check(states == ["NON_CURRENT", "CURRENT"], f"paginated states {states}")
+        dec = self.kms.decrypt(CiphertextBlob=old)
+        check(dec["Plaintext"] == b"old material", "old ciphertext no longer decrypts")
+        self.kms.disable_key_rotation(KeyId=key)
+        check(self.kms.get_key_rotation_status(KeyId=key)["KeyRotationEnabled"] is False, "still enabled")
+        expect_error("ValidationException", self.kms_raw.enable_key_rotation, KeyId=key,
+                     RotationPeriodInDays=89)
+        self.kms.disable_key(KeyId=key)
+        expect_error("DisabledException", self.kms.rotate_key_on_demand, KeyId=key)
+
 
 def main():
     suite = Suite()
@@ -214,6 +247,7 @@ def main():
         "test_generate_random",
         "test_generate_random_out_of_range",
         "test_unknown_key",
+        "test_rotation",
     ]
     passed = failed = 0
     for name in tests:

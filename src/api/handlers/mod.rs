@@ -16,6 +16,7 @@ use serde::Serialize;
 
 mod asymmetric;
 mod lifecycle;
+mod rotation;
 
 pub(crate) fn json<T: Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
@@ -89,6 +90,9 @@ pub async fn dispatch(
     lifecycle::prepare(kms, p, op, &i).await?;
     if asymmetric::OPS.contains(&op) {
         return asymmetric::handle(kms, p, op, &i).await;
+    }
+    if rotation::OPS.contains(&op) {
+        return rotation::handle(kms, p, op, &i).await;
     }
     core(kms, p, op, i).await
 }

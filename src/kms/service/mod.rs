@@ -25,6 +25,8 @@ use zeroize::Zeroizing;
 
 mod asymmetric;
 mod lifecycle;
+mod rotation;
+pub use rotation::DEFAULT_ON_DEMAND_ROTATION_LIMIT as ON_DEMAND_ROTATION_LIMIT;
 
 pub use asymmetric::{
     DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
@@ -68,6 +70,7 @@ pub struct Kms {
     writes: tokio::sync::Mutex<()>,
     /// Serializes first-use creation of AWS managed keys (`alias/aws/…`).
     aws_managed: tokio::sync::Mutex<()>,
+    rotation: rotation::Rotations,
 }
 
 fn epoch(clock: &dyn Clock) -> f64 {
@@ -113,6 +116,7 @@ impl Kms {
             aliases: RwLock::new(aliases),
             writes: tokio::sync::Mutex::new(()),
             aws_managed: tokio::sync::Mutex::new(()),
+            rotation: rotation::Rotations::default(),
         })
     }
 
@@ -155,8 +159,10 @@ impl Kms {
     /// `app` runs it every `maintenance_interval_ms`, tests call it after moving the clock.
     pub async fn maintenance(&self) -> Result<(), KmsError> {
         let destroyed = self.destroy_due_keys().await;
-        self.resync_hsms().await?;
-        destroyed.map(|_| ())
+        let resync = self.resync_hsms().await;
+        self.rotate_due_keys().await;
+        destroyed?;
+        resync.map(|_| ())
     }
 
     /// The current time as AWS epoch seconds (millisecond precision).
@@ -307,6 +313,7 @@ impl Kms {
             mac_algorithms: doc.key_spec.mac_algorithms(doc.key_usage),
             key_agreement_algorithms: doc.key_spec.key_agreement_algorithms(doc.key_usage),
             multi_region: false,
+            current_key_material_id: rotation::current_key_material_id(doc),
         }
     }
 
@@ -428,10 +435,12 @@ impl Kms {
                 version: 1,
                 object_id: obj.clone(),
                 created: now,
+                rotation: None,
             }],
             current_backing: 1,
             tags: dedup_tags(input.tags),
             public_key: None,
+            rotation_schedule: None,
         };
         if spec == KeySpec::SymmetricDefault {
             self.cluster
