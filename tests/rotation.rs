@@ -6,13 +6,13 @@
 //! re-pointing an alias (the README recipe).
 
 mod common;
+use common::real_binary::{credential, start};
 use common::*;
 use hsm_kms::clock::ManualClock;
 use hsm_kms::hsm::NodeState;
 use hsm_kms::kms::ciphertext::Blob;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -838,44 +838,6 @@ async fn aws_managed_keys_rotate_every_year() {
 
 // ------------------------------------------------- the real binary, restarted
 
-fn start(state: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
-        .args(["serve", "--config"])
-        .arg(state.join("config.toml"))
-        .env("KMS_LISTEN", "127.0.0.1:0")
-        .env("KMS_STATE_DIR", state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        let l = lines.next().expect("server printed nothing").unwrap();
-        if let Some(a) = l.strip_prefix("listening on ") {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}"))
-}
-
-fn credential(state: &std::path::Path) -> hsm_kms::auth::Credential {
-    let text = std::fs::read_to_string(state.join("credentials.env")).unwrap();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-            .unwrap()
-            .to_string()
-    };
-    hsm_kms::auth::Credential::new(
-        get("AWS_ACCESS_KEY_ID"),
-        get("AWS_SECRET_ACCESS_KEY"),
-        "111122223333",
-        "arn",
-    )
-}
-
 fn stop(child: &mut Child, sigkill: bool) {
     if sigkill {
         child.kill().unwrap();
@@ -890,12 +852,7 @@ fn stop(child: &mut Child, sigkill: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_between_rotations_keeps_every_generation() {
     let dir = tempfile::tempdir().unwrap();
-    let st = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
-        .args(["setup-local", "--state-dir"])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::real_binary::setup(dir.path());
     // The on-demand quota from the config file (top-level keys precede the [[hsm]] tables).
     let cfg = dir.path().join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();

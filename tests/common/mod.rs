@@ -224,3 +224,75 @@ pub fn unb64(v: &Value) -> Vec<u8> {
         .decode(v.as_str().expect("base64 string"))
         .expect("valid base64")
 }
+
+pub mod real_binary {
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    pub fn setup(state: &Path) {
+        let st = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
+            .args(["setup-local", "--state-dir"])
+            .arg(state)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    pub fn start(state: &Path) -> (Child, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
+            .args(["serve", "--config"])
+            .arg(state.join("config.toml"))
+            .env("KMS_LISTEN", "127.0.0.1:0")
+            .env("KMS_STATE_DIR", state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let addr = loop {
+            let l = lines.next().expect("server printed nothing").unwrap();
+            if let Some(a) = l.strip_prefix("listening on ") {
+                break a.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (child, format!("http://{addr}"))
+    }
+
+    pub fn credential(state: &Path) -> hsm_kms::auth::Credential {
+        let text = std::fs::read_to_string(state.join("credentials.env")).unwrap();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .unwrap()
+                .to_string()
+        };
+        hsm_kms::auth::Credential::new(
+            get("AWS_ACCESS_KEY_ID"),
+            get("AWS_SECRET_ACCESS_KEY"),
+            "111122223333",
+            "arn",
+        )
+    }
+
+    pub fn stop(child: &mut Child) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+
+    /// Kills the server if the test ends (or panics) while it runs.
+    pub struct Guard(pub Child);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+}
