@@ -613,20 +613,58 @@ fn prove_pair(
 }
 
 /// Proof material sent from the generating HSM to every other one.
-struct PairTransfer {
+pub(super) struct PairTransfer {
     wrapped: Zeroizing<Vec<u8>>,
     public: PublicKey,
     expected: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// What one HSM sends to another to copy a key.
-enum Transfer {
+pub(super) enum Transfer {
+    Aes(AesTransfer),
     Pair(PairTransfer),
     Hmac(HmacTransfer),
 }
 
+/// An AES key in transit: wrapped under the cluster wrapping key, plus a GCM proof
+/// (IV, plaintext, ciphertext) that the copy must decrypt.
+type AesTransfer = (Zeroizing<Vec<u8>>, [u8; ops::IV_LEN], Vec<u8>, Vec<u8>);
+
+use super::cluster::PROOF_AAD;
+
+fn export_aes(ctx: &mut WorkerCtx<'_>, id: &[u8]) -> Result<AesTransfer, HsmError> {
+    let wrapped = ops::wrap_secret(ctx, CWK_ID, id)?;
+    let pt = ops::random(ctx, 32)?;
+    let (iv, ct) = ops::gcm_encrypt(ctx, id, PROOF_AAD, &pt)?;
+    Ok((wrapped, iv, pt, ct))
+}
+
+fn install_aes(
+    ctx: &mut WorkerCtx<'_>,
+    id: &[u8],
+    label: &str,
+    (wrapped, iv, pt, ct): &AesTransfer,
+) -> Result<(), HsmError> {
+    ops::unwrap_secret(
+        ctx,
+        CWK_ID,
+        wrapped,
+        id,
+        &ops::unwrapped_aes_template(id, label, true, false),
+    )?;
+    let back = ops::gcm_decrypt(ctx, id, iv, PROOF_AAD, ct)?;
+    if back.as_slice() != pt.as_slice() {
+        return Err(HsmError::Internal(format!(
+            "{}: replicated key failed its proof",
+            ctx.hsm()
+        )));
+    }
+    Ok(())
+}
+
 fn export(ctx: &mut WorkerCtx<'_>, id: &[u8], kind: KeyKind) -> Result<Transfer, HsmError> {
     match kind {
+        KeyKind::Aes => export_aes(ctx, id).map(Transfer::Aes),
         KeyKind::Pair(spec, usage) => export_pair(ctx, id, spec, usage).map(Transfer::Pair),
         KeyKind::Hmac(len) => export_hmac(ctx, id, len).map(Transfer::Hmac),
     }
@@ -720,6 +758,8 @@ fn hmac_for_len(len: usize) -> Hash {
 /// What a non-AES KMS key object holds, so that it can be copied to an HSM that lacks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
+    /// An AES-256 encryption key (symmetric KMS keys and their backing versions).
+    Aes,
     Pair(PairSpec, PairUse),
     /// An HMAC key of this many bytes.
     Hmac(usize),
@@ -856,7 +896,7 @@ impl HsmCluster {
             .await?;
         match &*transfer {
             Transfer::Pair(tr) => tr.public.spki(),
-            Transfer::Hmac(_) => Err(HsmError::Internal("key pair expected".into())),
+            _ => Err(HsmError::Internal("key pair expected".into())),
         }
     }
 
@@ -891,7 +931,7 @@ impl HsmCluster {
 
     /// Generate with `generate` on the first usable HSM, then copy to every other usable
     /// HSM; at least `min_copies` must hold it, and any failure destroys every copy.
-    async fn create_replicated(
+    pub(super) async fn create_replicated(
         &self,
         id: &[u8],
         label: &str,
@@ -950,6 +990,7 @@ impl HsmCluster {
         self.nodes[node]
             .call(self.opts.keygen_timeout, move |ctx| {
                 match (kind, &*transfer) {
+                    (KeyKind::Aes, Transfer::Aes(tr)) => install_aes(ctx, &id, &label, tr),
                     (KeyKind::Pair(spec, usage), Transfer::Pair(tr)) => {
                         install_pair(ctx, &id, &label, spec, usage, tr)
                     }
@@ -972,7 +1013,7 @@ impl HsmCluster {
         for (id, label, kind) in keys {
             let class = match kind {
                 KeyKind::Pair(..) => PRIVATE,
-                KeyKind::Hmac(_) => SECRET,
+                KeyKind::Aes | KeyKind::Hmac(_) => SECRET,
             };
             let usable = self.usable_nodes();
             let Some(&src) = usable

@@ -3,6 +3,7 @@
 //! a key pair generated inside the receiving token), and key creation with replication
 //! (generate in one token, wrap/unwrap into every other, prove each copy).
 
+use super::asym::KeyKind;
 use super::error::HsmError;
 use super::node::{Node, NodeOptions, WorkerCtx, SECRET};
 use super::ops::{self, IV_LEN};
@@ -314,122 +315,22 @@ impl HsmCluster {
     /// At least `min_copies` HSMs must end up holding it; on any failure every copy made is
     /// destroyed.
     pub async fn create_aes_key(&self, id: &[u8], label: &str) -> Result<(), HsmError> {
-        let targets = self.usable_nodes();
-        let needed = self.opts.min_copies.max(2);
-        if targets.len() < needed {
-            return Err(HsmError::NotEnoughHsms {
-                healthy: targets.len(),
-                needed,
-            });
-        }
-        let t = self.opts.keygen_timeout;
-        let (id, label) = (id.to_vec(), label.to_string());
-        let primary = targets[0];
-        let (i2, l2) = (id.clone(), label.clone());
-        let made = self.nodes[primary]
-            .call(t, move |ctx| {
-                ops::generate_aes(ctx, &i2, &l2)?;
-                let wrapped = ops::wrap_secret(ctx, CWK_ID, &i2)?;
-                let pt = ops::random(ctx, 32)?;
-                let (iv, ct) = ops::gcm_encrypt(ctx, &i2, PROOF_AAD, &pt)?;
-                Ok((wrapped, iv, pt, ct))
-            })
-            .await;
-        let proof = match made {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                self.destroy_on(&[primary], &id).await;
-                return Err(e);
-            }
-        };
-        let mut holders = vec![primary];
-        for &i in &targets[1..] {
-            match self.copy_to(i, &id, &label, proof.clone()).await {
-                Ok(()) => holders.push(i),
-                Err(e) => {
-                    tracing::error!(hsm = %self.nodes[i].name(), error = %e, "replication failed; destroying every copy");
-                    holders.push(i);
-                    self.destroy_on(&holders, &id).await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+        let (i2, l2) = (id.to_vec(), label.to_string());
+        self.create_replicated(id, label, KeyKind::Aes, move |ctx| {
+            ops::generate_aes(ctx, &i2, &l2).map(|_| ())
+        })
+        .await
+        .map(|_| ())
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn copy_to(
-        &self,
-        node: usize,
-        id: &[u8],
-        label: &str,
-        proof: Arc<(Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), HsmError> {
-        let (id, label) = (id.to_vec(), label.to_string());
-        self.nodes[node]
-            .call(self.opts.keygen_timeout, move |ctx| {
-                let (wrapped, iv, pt, ct) = &*proof;
-                ops::unwrap_secret(
-                    ctx,
-                    CWK_ID,
-                    wrapped,
-                    &id,
-                    &ops::unwrapped_aes_template(&id, &label, true, false),
-                )?;
-                let back = ops::gcm_decrypt(ctx, &id, iv, PROOF_AAD, ct)?;
-                if back.as_slice() != pt.as_slice() {
-                    return Err(HsmError::Internal(format!(
-                        "{}: replicated key failed its proof",
-                        ctx.hsm()
-                    )));
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    /// Copy keys that some usable HSM lacks (e.g. it was down when they were created) from
-    /// an HSM that holds them. Returns how many copies were made.
+    /// Copy AES keys that some usable HSM lacks (e.g. it was down when they were created)
+    /// from an HSM that holds them. Returns how many copies were made.
     pub async fn replicate_missing(&self, ids: &[(Vec<u8>, String)]) -> Result<usize, HsmError> {
-        let mut copies = 0;
-        for (id, label) in ids {
-            let usable = self.usable_nodes();
-            let Some(&src) = usable
-                .iter()
-                .find(|i| self.nodes[**i].has_object(SECRET, id))
-            else {
-                continue;
-            };
-            for &dst in &usable {
-                if self.nodes[dst].has_object(SECRET, id) {
-                    continue;
-                }
-                let i2 = id.clone();
-                let proof = self.nodes[src]
-                    .call(self.opts.keygen_timeout, move |ctx| {
-                        let wrapped = ops::wrap_secret(ctx, CWK_ID, &i2)?;
-                        let pt = ops::random(ctx, 32)?;
-                        let (iv, ct) = ops::gcm_encrypt(ctx, &i2, PROOF_AAD, &pt)?;
-                        Ok((wrapped, iv, pt, ct))
-                    })
-                    .await?;
-                self.copy_to(dst, id, label, Arc::new(proof)).await?;
-                tracing::info!(hsm = %self.nodes[dst].name(), object = %hex::encode(id), "re-synced a missing key");
-                copies += 1;
-            }
-        }
-        Ok(copies)
-    }
-
-    async fn destroy_on(&self, nodes: &[usize], id: &[u8]) {
-        for &i in nodes {
-            let id = id.to_vec();
-            let _ = self.nodes[i]
-                .call(self.opts.keygen_timeout, move |ctx| {
-                    ops::destroy(ctx, SECRET, &id)
-                })
-                .await;
-        }
+        let keys: Vec<_> = ids
+            .iter()
+            .map(|(id, label)| (id.clone(), label.clone(), KeyKind::Aes))
+            .collect();
+        self.replicate_missing_kinds(&keys).await
     }
 
     /// Destroy a key on every HSM. Fails (so the caller retries later) unless every HSM
