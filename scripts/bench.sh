@@ -10,7 +10,8 @@
 #    --filler-keys 10000 checks "throughput with 10,000 keys in the tokens within 10 % of
 #    1 key" (creating them takes minutes: SoftHSM2 writes ~100 keys/s per token).
 # 2. With --http or KMS_BENCH_HTTP=1: starts the service on 127.0.0.1 and drives it with
-#    ../shared/bench/kms-load.sh (wrk): Encrypt 32 B and GenerateDataKey at c=1,8,64
+#    ../shared/bench/kms-load.sh (wrk): Encrypt 32 B and GenerateDataKey at c=1,8,64,
+#    Sign ECDSA P-256 and RSA-2048 PSS at c=64, beside raw PKCS#11 sign (p11-limit)
 #    (KMS_BENCH_DURATION seconds per point, default 10). See hsm-facts.md §6–§8.
 #
 # Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it started.
@@ -116,6 +117,25 @@ DUR=${KMS_BENCH_DURATION:-10}
 if [ -f "$LOAD" ]; then
   bash "$LOAD" -k "$KEY_ID" -o Encrypt -s 32 -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (Encrypt)"
   bash "$LOAD" -k "$KEY_ID" -o GenerateDataKey -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (GenerateDataKey)"
+  # Sign (issue 6): ECDSA P-256 and RSA-2048 PSS at c=64, digests signed in the HSMs.
+  EC_KEY=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --key-spec ECC_NIST_P256 \
+    --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
+  RSA_KEY=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --key-spec RSA_2048 \
+    --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
+  bash "$LOAD" -k "$EC_KEY" -o Sign --sign-alg ECDSA_SHA_256 --message-type DIGEST -c 64 -d "$DUR" \
+    || warn "kms-load.sh reported errors (Sign ECDSA)"
+  bash "$LOAD" -k "$RSA_KEY" -o Sign --sign-alg RSASSA_PSS_SHA_256 --message-type DIGEST -c 64 -d "$DUR" \
+    || warn "kms-load.sh reported errors (Sign RSA-PSS)"
+  # Raw PKCS#11 sign on one token in the same run, from the shared p11-limit tool.
+  P11="$REPO/../shared/bench/p11-limit"
+  if [ -d "$P11" ]; then
+    cp -r "$P11" "$TMP/p11-limit" && chmod -R u+w "$TMP/p11-limit"
+    if (cd "$TMP/p11-limit" && cargo build --release -q); then
+      log "raw PKCS#11 sign (p11-limit, one token, 1 and 2 threads):"
+      "$TMP/p11-limit/target/release/p11-limit" bench --only sign --reps 3 --secs 1 2>/dev/null \
+        | grep -E 'ECDSA|PSS sign|operation|---' || true
+    fi
+  fi
 else
   warn "$LOAD not found; HTTP load skipped (hsm-facts.md §7 describes the script)"
 fi
