@@ -100,6 +100,16 @@ impl SqliteStore {
     }
 }
 
+/// Run a cached SELECT and collect every row through `f`.
+fn select<T, P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    c.prepare_cached(sql)?.query_map(params, f)?.collect()
+}
+
 /// Creates the database file owner-readable only (it holds sealed secrets); SQLite gives its
 /// `-wal` and `-shm` files the same permissions.
 fn create_private_file(path: &Path) -> StoreResult<()> {
@@ -366,25 +376,25 @@ impl MetadataStore for SqliteStore {
         let (limit, fetch) = fetch_limit(limit);
         let raw = self.read(|c| {
             let rows = match &after {
-                None => c
-                    .prepare_cached(&format!(
+                None => select(
+                    c,
+                    &format!(
                         "SELECT {KEY_COLUMNS} FROM keys WHERE account_id = ?1
                          ORDER BY created_at, key_id LIMIT ?2"
-                    ))
-                    .and_then(|mut s| {
-                        s.query_map(params![account_id, fetch], raw_key)?
-                            .collect::<rusqlite::Result<Vec<_>>>()
-                    }),
-                Some((created_at, key_id)) => c
-                    .prepare_cached(&format!(
+                    ),
+                    params![account_id, fetch],
+                    raw_key,
+                ),
+                Some((created_at, key_id)) => select(
+                    c,
+                    &format!(
                         "SELECT {KEY_COLUMNS} FROM keys
                          WHERE account_id = ?1 AND (created_at, key_id) > (?2, ?3)
                          ORDER BY created_at, key_id LIMIT ?4"
-                    ))
-                    .and_then(|mut s| {
-                        s.query_map(params![account_id, created_at, key_id, fetch], raw_key)?
-                            .collect::<rusqlite::Result<Vec<_>>>()
-                    }),
+                    ),
+                    params![account_id, created_at, key_id, fetch],
+                    raw_key,
+                ),
             };
             rows.map_err(sql_err)
         })?;
@@ -394,13 +404,12 @@ impl MetadataStore for SqliteStore {
 
     fn all_keys(&self) -> StoreResult<Vec<KeyRow>> {
         let raw = self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, key_id"
-            ))
-            .and_then(|mut s| {
-                s.query_map([], raw_key)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
+            select(
+                c,
+                &format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, key_id"),
+                [],
+                raw_key,
+            )
             .map_err(sql_err)
         })?;
         raw.into_iter().map(key_row).collect()
@@ -485,17 +494,18 @@ impl MetadataStore for SqliteStore {
         let after = marker.map(parse_alias_marker).transpose()?;
         let (limit, fetch) = fetch_limit(limit);
         let items = self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {ALIAS_COLUMNS} FROM aliases
+            select(
+                c,
+                &format!(
+                    "SELECT {ALIAS_COLUMNS} FROM aliases
                  WHERE account_id = ?1
                    AND (?2 IS NULL OR key_id = ?2)
                    AND (?3 IS NULL OR alias_name > ?3)
                  ORDER BY alias_name LIMIT ?4"
-            ))
-            .and_then(|mut s| {
-                s.query_map(params![account_id, key_id, after, fetch], alias_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
+                ),
+                params![account_id, key_id, after, fetch],
+                alias_row,
+            )
             .map_err(sql_err)
         })?;
         Ok(paginate(items, limit, alias_marker))
@@ -503,13 +513,12 @@ impl MetadataStore for SqliteStore {
 
     fn all_aliases(&self) -> StoreResult<Vec<AliasRow>> {
         self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {ALIAS_COLUMNS} FROM aliases ORDER BY account_id, alias_name"
-            ))
-            .and_then(|mut s| {
-                s.query_map([], alias_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
+            select(
+                c,
+                &format!("SELECT {ALIAS_COLUMNS} FROM aliases ORDER BY account_id, alias_name"),
+                [],
+                alias_row,
+            )
             .map_err(sql_err)
         })
     }
@@ -536,13 +545,12 @@ impl MetadataStore for SqliteStore {
 
     fn credentials(&self) -> StoreResult<Vec<CredentialRow>> {
         self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {CREDENTIAL_COLUMNS} FROM credentials ORDER BY access_key_id"
-            ))
-            .and_then(|mut s| {
-                s.query_map([], credential_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
+            select(
+                c,
+                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials ORDER BY access_key_id"),
+                [],
+                credential_row,
+            )
             .map_err(sql_err)
         })
     }
