@@ -1065,32 +1065,6 @@ async fn list_keys_and_aliases_paginate_over_2000_keys() {
     s.running.stop().await;
 }
 
-/// A service over the same tokens and metadata store as a stopped one (a restart).
-async fn restart(
-    t: &Tokens,
-    clock: Arc<dyn hsm_kms::clock::Clock>,
-) -> (hsm_kms::app::Running, Client) {
-    let running = hsm_kms::app::start(hsm_kms::app::ServiceConfig {
-        nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
-        cluster: fast_options(),
-        database: t.dir.path().join("metadata.sqlite"),
-        listen: "127.0.0.1:0".into(),
-        region: "us-east-1".into(),
-        account_id: "111122223333".into(),
-        max_body_bytes: 64 * 1024,
-        clock: clock.clone(),
-        maintenance_interval: Duration::from_secs(3600),
-    })
-    .await
-    .expect("service restarts");
-    let mut client = Client::new(
-        format!("http://{}", running.addr),
-        running.credentials[0].clone(),
-    );
-    client.clock = Some(clock);
-    (running, client)
-}
-
 /// Rotation gives a key several backing objects (`kms/<id>/<version>`); destruction must
 /// remove every one from every token. The second generation here is a real AES key made
 /// in both tokens by the cluster and recorded in the key's stored document, as rotation
@@ -1118,7 +1092,7 @@ async fn destruction_removes_every_backing_version_from_both_tokens() {
         }));
         store.update_key(&id, row.version, &doc).unwrap();
     }
-    let (running, c) = restart(&s.tokens, Arc::new(clock.clone())).await;
+    let (running, c) = start_on(&s.tokens, Arc::new(clock.clone())).await;
     c.ok(
         "ScheduleKeyDeletion",
         json!({"KeyId": id, "PendingWindowInDays": 7}),

@@ -67,6 +67,20 @@ pub async fn service() -> Service {
 /// same clock, so requests are signed with `clock.now()`.
 pub async fn service_with(clock: std::sync::Arc<dyn hsm_kms::clock::Clock>) -> Service {
     let tokens = tokens(&["a", "b"]);
+    let (running, client) = start_on(&tokens, clock).await;
+    Service {
+        tokens,
+        running,
+        client,
+    }
+}
+
+/// Start the service over `tokens` and the metadata store in their folder (a first start,
+/// or a restart after `Running::stop`), and a client signing with `clock`.
+pub async fn start_on(
+    tokens: &Tokens,
+    clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
+) -> (Running, Client) {
     let running = app::start(ServiceConfig {
         nodes: tokens
             .hsms
@@ -89,11 +103,7 @@ pub async fn service_with(clock: std::sync::Arc<dyn hsm_kms::clock::Clock>) -> S
         running.credentials[0].clone(),
     );
     client.clock = Some(clock);
-    Service {
-        tokens,
-        running,
-        client,
-    }
+    (running, client)
 }
 
 /// A SigV4-signing KMS JSON client.

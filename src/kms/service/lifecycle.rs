@@ -86,24 +86,25 @@ impl Kms {
     }
 
     pub async fn enable_key(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key, "EnableKey")?;
-        self.not_pending_deletion(&e)?;
-        if e.doc.key_state == KeyState::PendingImport {
-            return Err(KmsError::InvalidState(format!(
-                "{} is pending import.",
-                self.arn(&e.doc)
-            )));
-        }
-        self.update_doc(&e.doc.key_id, |d| {
-            d.key_state = KeyState::Enabled;
-            Ok(())
-        })
-        .await?;
-        Ok(Empty {})
+        self.set_key_state(p, key, "EnableKey", KeyState::Enabled)
+            .await
     }
 
     pub async fn disable_key(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key, "DisableKey")?;
+        self.set_key_state(p, key, "DisableKey", KeyState::Disabled)
+            .await
+    }
+
+    /// EnableKey / DisableKey: a customer key that is neither pending deletion nor pending
+    /// import moves to `state`.
+    async fn set_key_state(
+        &self,
+        p: &Principal,
+        key: &str,
+        op: &str,
+        state: KeyState,
+    ) -> Result<Empty, KmsError> {
+        let e = self.managed(p, key, op)?;
         self.not_pending_deletion(&e)?;
         if e.doc.key_state == KeyState::PendingImport {
             return Err(KmsError::InvalidState(format!(
@@ -112,7 +113,7 @@ impl Kms {
             )));
         }
         self.update_doc(&e.doc.key_id, |d| {
-            d.key_state = KeyState::Disabled;
+            d.key_state = state;
             Ok(())
         })
         .await?;
