@@ -7,6 +7,7 @@ use crate::auth::{Credential, StaticCredentials};
 use crate::clock::Clock;
 use crate::hsm::{ClusterOptions, HsmCluster, HsmError, NodeConfig};
 use crate::kms::types::Region;
+use crate::kms::vault::KeyVault;
 use crate::kms::{Kms, KmsError};
 use crate::store::{SqliteStore, StoreError};
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct ServiceConfig {
 pub struct Running {
     pub addr: SocketAddr,
     pub kms: Arc<Kms>,
+    /// The HSM cluster behind the domain's port (health, operator and test access).
+    pub cluster: Arc<HsmCluster>,
     /// The credential created on this first start, if any.
     pub new_credential: Option<Credential>,
     /// All credentials (for tests and the quick start).
@@ -64,7 +67,7 @@ impl Running {
         if let Some(h) = self.server.take() {
             let _ = h.await;
         }
-        self.kms.cluster().shutdown();
+        self.cluster.shutdown();
     }
 
     /// Resolves when the server task ends.
@@ -101,14 +104,11 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             .map_err(|e| StartError::Config(format!("store open: {e}")))??,
     );
     let now = (cfg.clock.now().unix_timestamp_nanos() / 1_000_000) as f64 / 1000.0;
+    let vault: Arc<dyn KeyVault> = cluster.clone();
     let (credentials, new_credential) =
-        crate::kms::credentials::load_or_create(&cluster, &store, &cfg.account_id, now).await?;
-    let kms = Arc::new(Kms::open(
-        cluster.clone(),
-        store,
-        cfg.clock.clone(),
-        region,
-    )?);
+        crate::kms::credentials::load_or_create(vault.as_ref(), &store, &cfg.account_id, now)
+            .await?;
+    let kms = Arc::new(Kms::open(vault, store, cfg.clock.clone(), region)?);
     // Background work (HSM re-sync, due deletions and rotations) on a fixed period.
     let weak = Arc::downgrade(&kms);
     let period = cfg.maintenance_interval;
@@ -145,6 +145,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     Ok(Running {
         addr,
         kms,
+        cluster,
         new_credential,
         credentials,
         shutdown: Some(tx),

@@ -17,4 +17,5 @@ pub mod clock;
 pub mod config;
 pub mod hsm;
 pub mod kms;
+pub mod pkix;
 pub mod store;

@@ -40,7 +40,7 @@ async fn create_describe_encrypt_decrypt_reencrypt_data_keys_aliases() {
     assert!(md["CreationDate"].is_f64() || md["CreationDate"].is_u64());
     // Both HSMs hold the key.
     let obj = format!("kms/{id}/1").into_bytes();
-    let cl = s.running.kms.cluster();
+    let cl = &s.running.cluster;
     assert!(cl.hsm_holds("a", &obj) && cl.hsm_holds("b", &obj));
 
     c.ok(
@@ -301,8 +301,7 @@ async fn every_error_has_the_aws_type_and_status() {
     // Bad tags never marked an HSM down.
     assert!(s
         .running
-        .kms
-        .cluster()
+        .cluster
         .health()
         .iter()
         .all(|h| h.state == hsm_kms::hsm::NodeState::Healthy));

@@ -96,7 +96,7 @@ async fn ecdsa_every_curve_signs_in_hsm_and_verifies_independently() {
         let k = id(&md);
         // The private key is in both HSMs.
         let obj = format!("kms/{k}/1").into_bytes();
-        let cl = s.running.kms.cluster();
+        let cl = &s.running.cluster;
         assert!(cl.hsm_holds_private("a", &obj) && cl.hsm_holds_private("b", &obj));
 
         let (pk, spki) = public_key(c, &k).await;
@@ -406,7 +406,7 @@ async fn rsa_oaep_encrypt_decrypt_with_exact_limits_and_local_ciphertext() {
     )
     .await;
     // Both HSMs stay healthy after the bad ciphertexts.
-    for h in s.running.kms.cluster().health() {
+    for h in s.running.cluster.health() {
         assert_eq!(h.state, hsm_kms::hsm::NodeState::Healthy, "{h:?}");
     }
 }
@@ -471,7 +471,7 @@ async fn hmac_keys_generate_and_verify_macs() {
         assert_eq!(md["KeyUsage"], "GENERATE_VERIFY_MAC");
         let k = id(&md);
         let obj = format!("kms/{k}/1").into_bytes();
-        let cl = s.running.kms.cluster();
+        let cl = &s.running.cluster;
         assert!(cl.hsm_holds("a", &obj) && cl.hsm_holds("b", &obj));
         let msg = b"mac me";
         let mut macs = Vec::new();
@@ -608,7 +608,7 @@ async fn derive_shared_secret_matches_local_ecdh() {
         "ValidationException",
     )
     .await;
-    for h in s.running.kms.cluster().health() {
+    for h in s.running.cluster.health() {
         assert_eq!(h.state, hsm_kms::hsm::NodeState::Healthy, "{h:?}");
     }
     // Agreement keys do not sign; signing keys do not agree.
@@ -843,7 +843,7 @@ async fn keys_survive_restart_without_finds_and_fail_over() {
         json!({"KeyId": ec, "Message": b64(b"before"), "Signature": b64(&sig), "SigningAlgorithm": "ECDSA_SHA_256"}),
     )
     .await;
-    let cl = running.kms.cluster().clone();
+    let cl = running.cluster.clone();
     // One HSM hangs: requests fail over to the other and still succeed.
     cl.inject_stall("a", std::time::Duration::from_secs(3))
         .unwrap();
@@ -879,8 +879,8 @@ async fn keys_survive_restart_without_finds_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_hsm_receives_key_pairs_and_hmac_keys_by_resync() {
-    use hsm_kms::hsm::pkix::{Curve, Hash};
     use hsm_kms::hsm::{HsmCluster, KeyKind, PairSpec, PairUse, SignScheme};
+    use hsm_kms::pkix::{Curve, Hash};
     use p256::pkcs8::DecodePublicKey;
     let t = tokens(&["a", "b", "c"]);
     let two = HsmCluster::connect(
@@ -1013,7 +1013,7 @@ async fn ed25519_data_key_pairs_and_keys_where_the_tokens_can_replicate_them() {
         sk.verifying_key(),
         ed25519_dalek::VerifyingKey::from_public_key_der(&unb64(&r["PublicKey"])).unwrap()
     );
-    if !s.running.kms.cluster().can_hold_ed25519_keys() {
+    if !s.running.cluster.can_hold_ed25519_keys() {
         // SoftHSM 2.6.1 cannot wrap CKK_EC_EDWARDS private keys, so a KMS key could not be
         // copied to every HSM: refused up front, naming what is missing, and nothing made.
         let r = c
@@ -1045,7 +1045,7 @@ async fn ed25519_data_key_pairs_and_keys_where_the_tokens_can_replicate_them() {
     );
     let k = id(&md);
     let obj = format!("kms/{k}/1").into_bytes();
-    let cl = s.running.kms.cluster();
+    let cl = &s.running.cluster;
     assert!(cl.hsm_holds_private("a", &obj) && cl.hsm_holds_private("b", &obj));
     let (_, spki) = public_key(c, &k).await;
     let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&spki).unwrap();

@@ -219,7 +219,7 @@ async fn key_state_table_schedule_cancel_enable_disable() {
         .await;
     assert_eq!(d["KeyMetadata"]["KeyId"], other.as_str());
     // Nothing was destroyed: both HSMs still hold the object.
-    let cl = s.running.kms.cluster();
+    let cl = &s.running.cluster;
     assert!(cl.hsm_holds("a", &obj(&id)) && cl.hsm_holds("b", &obj(&id)));
     // A pass before the date destroys nothing.
     clock.advance(6 * DAY);
@@ -397,7 +397,7 @@ async fn due_deletion_destroys_the_key_on_both_hsms() {
         json!({"KeyId": id, "PendingWindowInDays": 7}),
     )
     .await;
-    let cl = s.running.kms.cluster().clone();
+    let cl = s.running.cluster.clone();
     // One second before the date: nothing happens.
     clock.advance(7 * DAY - Duration::from_secs(1));
     s.running.kms.maintenance().await.unwrap();
@@ -471,7 +471,7 @@ async fn destruction_with_an_hsm_missing_is_retried_and_the_key_never_returns() 
         json!({"KeyId": id, "PendingWindowInDays": 7}),
     )
     .await;
-    let cl = s.running.kms.cluster().clone();
+    let cl = s.running.cluster.clone();
     // HSM "a" disappears (token folder moved away) before the due pass.
     let dir = s.tokens.hsms[0].token_dir.clone();
     let moved = dir.with_extension("away");
@@ -756,7 +756,7 @@ async fn aws_managed_keys_are_created_on_first_use_and_cannot_be_managed() {
     assert_eq!(md["KeyState"], "Enabled");
     assert_eq!(md["KeySpec"], "SYMMETRIC_DEFAULT");
     let s3 = md["KeyId"].as_str().unwrap().to_string();
-    let cl = s.running.kms.cluster();
+    let cl = &s.running.cluster;
     assert!(cl.hsm_holds("a", &obj(&s3)) && cl.hsm_holds("b", &obj(&s3)));
     // The same key on every later use, by name or alias ARN.
     let again = c
@@ -1077,7 +1077,7 @@ async fn destruction_removes_every_backing_version_from_both_tokens() {
     let id = key(&s.client).await;
     let v1 = obj(&id);
     let v2 = format!("kms/{id}/2").into_bytes();
-    let cl = s.running.kms.cluster().clone();
+    let cl = s.running.cluster.clone();
     cl.create_aes_key(&v2, "second generation").await.unwrap();
     assert!(cl.hsm_holds("a", &v2) && cl.hsm_holds("b", &v2));
     drop(cl);
@@ -1100,7 +1100,7 @@ async fn destruction_removes_every_backing_version_from_both_tokens() {
     .await;
     clock.advance(7 * DAY);
     running.kms.maintenance().await.unwrap();
-    let cl = running.kms.cluster().clone();
+    let cl = running.cluster.clone();
     for o in [&v1, &v2] {
         for hsm in ["a", "b"] {
             assert!(!cl.hsm_holds(hsm, o), "{hsm} holds {o:?}");

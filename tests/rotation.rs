@@ -87,7 +87,7 @@ fn assert_in_both_hsms(s: &Service, key: &str, generations: usize) {
     for o in &objects {
         for hsm in ["a", "b"] {
             assert!(
-                s.running.kms.cluster().hsm_holds(hsm, o.as_bytes()),
+                s.running.cluster.hsm_holds(hsm, o.as_bytes()),
                 "backing key {o} missing from hsm {hsm}"
             );
         }
@@ -521,6 +521,7 @@ async fn rotation_waits_while_an_hsm_is_down_then_completes() {
     let moved = dir.with_extension("away");
     std::fs::rename(&dir, &moved).unwrap();
     let kms = s.running.kms.clone();
+    let cluster = s.running.cluster.clone();
     // Right away (before any probe has noticed): a retryable error, nothing committed.
     let r = c
         .call("RotateKeyOnDemand", json!({"KeyId": on_demand}))
@@ -535,9 +536,9 @@ async fn rotation_waits_while_an_hsm_is_down_then_completes() {
         )
         .await;
     assert!(
-        eventually(15, || kms.cluster().health()[0].state == NodeState::Down).await,
+        eventually(15, || cluster.health()[0].state == NodeState::Down).await,
         "{:?}",
-        kms.cluster().health()
+        cluster.health()
     );
 
     // On demand: a retryable error, and nothing changed.
@@ -564,9 +565,9 @@ async fn rotation_waits_while_an_hsm_is_down_then_completes() {
     // Restore the token: once "a" is healthy again the next pass performs the rotation.
     std::fs::rename(&moved, &dir).unwrap();
     assert!(
-        eventually(20, || kms.cluster().health()[0].state == NodeState::Healthy).await,
+        eventually(20, || cluster.health()[0].state == NodeState::Healthy).await,
         "{:?}",
-        kms.cluster().health()
+        cluster.health()
     );
     kms.maintenance().await.unwrap();
     let r = rotations(c, &scheduled).await;
@@ -658,8 +659,7 @@ async fn on_demand_rotation_start_date_shows_while_it_runs() {
     // Slow the HSMs down so the rotation takes a while.
     for hsm in ["a", "b"] {
         s.running
-            .kms
-            .cluster()
+            .cluster
             .inject_stall(hsm, Duration::from_millis(400))
             .unwrap();
     }
@@ -687,11 +687,7 @@ async fn on_demand_rotation_start_date_shows_while_it_runs() {
     let r = task.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     for hsm in ["a", "b"] {
-        s.running
-            .kms
-            .cluster()
-            .inject_stall(hsm, Duration::ZERO)
-            .unwrap();
+        s.running.cluster.inject_stall(hsm, Duration::ZERO).unwrap();
     }
     assert!(status(c, &id)
         .await

@@ -44,11 +44,9 @@ pub(crate) fn set_headers(r: &mut Response, request_id: &str) {
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
-    let hsms = app.kms.cluster().health();
-    let healthy = hsms
-        .iter()
-        .filter(|h| h.state == crate::hsm::NodeState::Healthy)
-        .count();
+    let hsms = app.kms.vault().health();
+    let healthy = hsms.iter().filter(|h| h.healthy).count();
+    let hsms: Vec<serde_json::Value> = hsms.into_iter().map(|h| h.detail).collect();
     let body = serde_json::json!({
         "status": if healthy >= 2 { "ok" } else if healthy == 1 { "degraded" } else { "down" },
         "keys": app.kms.key_count(),

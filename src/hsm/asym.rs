@@ -11,7 +11,7 @@ use super::cluster::{HsmCluster, CWK_ID};
 use super::error::HsmError;
 use super::node::{WorkerCtx, PRIVATE, PUBLIC, SECRET};
 use super::ops;
-use super::pkix::{self, Curve, Hash};
+use crate::pkix::{self, Curve, Hash};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};

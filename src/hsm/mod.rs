@@ -9,7 +9,8 @@ pub mod cluster;
 pub mod error;
 mod node;
 mod ops;
-pub mod pkix;
+mod vault;
+
 pub mod softhsm;
 
 pub use asym::{Caps, KeyKind, PairSpec, PairUse, SignScheme};

@@ -3,26 +3,34 @@
 //! creates one credential for the configured account.
 
 use super::error::KmsError;
+use super::vault::{KeyKind, KeyVault, ObjectId, IV_LEN};
 use crate::auth::Credential;
-use crate::hsm::{HsmCluster, IV_LEN};
 use crate::store::{CredentialRow, MetadataStore};
 use rand::Rng;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// `CKA_ID` of the HSM key that seals credential secrets.
-pub const SEALING_KEY_ID: &[u8] = b"hsm-kms/credential-sealing-key";
+pub const SEALING_KEY_ID: &str = "hsm-kms/credential-sealing-key";
+
+fn sealing_key() -> ObjectId {
+    ObjectId::new(SEALING_KEY_ID)
+}
 const SEALING_SETTING: &str = "credential_sealing_key";
 
 async fn ensure_sealing_key(
-    cluster: &HsmCluster,
+    vault: &dyn KeyVault,
     store: &Arc<dyn MetadataStore>,
 ) -> Result<(), KmsError> {
     if store.get_setting(SEALING_SETTING)?.is_some() {
         return Ok(());
     }
-    cluster
-        .create_aes_key(SEALING_KEY_ID, "hsm-kms credential sealing key")
+    vault
+        .create_key(
+            &sealing_key(),
+            "hsm-kms credential sealing key",
+            KeyKind::Aes,
+        )
         .await?;
     store.put_setting(SEALING_SETTING, b"v1")?;
     Ok(())
@@ -42,12 +50,12 @@ fn random_string(alphabet: &[u8], len: usize, seed: &[u8]) -> String {
 /// Unseal every stored credential; on first start create one for `account_id`.
 /// Returns all credentials and, if one was just created, that one.
 pub async fn load_or_create(
-    cluster: &HsmCluster,
+    vault: &dyn KeyVault,
     store: &Arc<dyn MetadataStore>,
     account_id: &str,
     now: f64,
 ) -> Result<(Vec<Credential>, Option<Credential>), KmsError> {
-    ensure_sealing_key(cluster, store).await?;
+    ensure_sealing_key(vault, store).await?;
     let mut out = Vec::new();
     for row in store.credentials()? {
         if row.sealed_secret.len() <= IV_LEN {
@@ -58,9 +66,9 @@ pub async fn load_or_create(
         }
         let mut iv = [0u8; IV_LEN];
         iv.copy_from_slice(&row.sealed_secret[..IV_LEN]);
-        let secret = cluster
+        let secret = vault
             .decrypt(
-                SEALING_KEY_ID,
+                &sealing_key(),
                 iv,
                 row.access_key_id.as_bytes().to_vec(),
                 row.sealed_secret[IV_LEN..].to_vec(),
@@ -78,7 +86,7 @@ pub async fn load_or_create(
     if !out.is_empty() {
         return Ok((out, None));
     }
-    let seed = cluster.random(64).await?;
+    let seed = vault.random(64).await?;
     let akid = format!(
         "AKIA{}",
         random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16, &seed[..32])
@@ -89,9 +97,9 @@ pub async fn load_or_create(
         &seed[32..],
     ));
     let principal_arn = format!("arn:aws:iam::{account_id}:user/hsm-kms-admin");
-    let (iv, ct) = cluster
+    let (iv, ct) = vault
         .encrypt(
-            SEALING_KEY_ID,
+            &sealing_key(),
             akid.as_bytes().to_vec(),
             Zeroizing::new(secret.as_bytes().to_vec()),
         )

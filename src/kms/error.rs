@@ -3,7 +3,7 @@
 //! layer and never sent to clients. The HTTP status lives in the API's table, not here.
 
 use super::types::{KeyRefError, ValidationError};
-use crate::hsm::HsmError;
+use super::vault::VaultError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,19 +121,16 @@ impl From<StoreError> for KmsError {
     }
 }
 
-impl From<HsmError> for KmsError {
-    fn from(e: HsmError) -> Self {
+impl From<VaultError> for KmsError {
+    fn from(e: VaultError) -> Self {
         match e {
-            HsmError::InvalidCiphertext => KmsError::InvalidCiphertext(String::new()),
-            HsmError::InvalidInput(m) => KmsError::Validation(m),
-            HsmError::Unsupported { mechanism, .. } => KmsError::Unsupported(format!(
+            VaultError::InvalidCiphertext => KmsError::InvalidCiphertext(String::new()),
+            VaultError::InvalidInput(m) => KmsError::Validation(m),
+            VaultError::Unsupported { mechanism, .. } => KmsError::Unsupported(format!(
                 "The HSMs of this key store do not offer {mechanism}."
             )),
-            HsmError::Timeout { .. }
-            | HsmError::NodeDown { .. }
-            | HsmError::Busy { .. }
-            | HsmError::NotEnoughHsms { .. } => KmsError::Unavailable(e.to_string()),
-            other => KmsError::Internal(other.to_string()),
+            VaultError::Unavailable(m) => KmsError::Unavailable(m),
+            other @ VaultError::Failed { .. } => KmsError::Internal(other.to_string()),
         }
     }
 }

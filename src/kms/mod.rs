@@ -7,6 +7,7 @@ pub mod error;
 pub mod model;
 pub mod service;
 pub mod types;
+pub mod vault;
 
 pub use error::KmsError;
 pub use service::{CreateKeyInput, DataKeySize, Kms, ON_DEMAND_ROTATION_LIMIT};

@@ -5,6 +5,7 @@
 use super::types::{
     AccountId, EncryptionAlgorithm, KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag,
 };
+use super::vault::ObjectId;
 use base64::Engine;
 use serde::{Deserialize, Serialize, Serializer};
 use zeroize::Zeroizing;
@@ -14,7 +15,7 @@ use zeroize::Zeroizing;
 pub struct BackingKey {
     pub version: u32,
     /// `CKA_ID` of the object in every HSM.
-    pub object_id: String,
+    pub object_id: ObjectId,
     pub created: f64,
     /// How this generation became current: `None` for the key's first material, else the
     /// rotation that made it (its `created` is the rotation date).

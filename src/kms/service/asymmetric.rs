@@ -6,8 +6,6 @@
 
 use super::{Entry, Kms};
 use crate::auth::Principal;
-use crate::hsm::pkix::{self, Curve, Hash};
-use crate::hsm::{KeyKind, PairSpec, PairUse, SignScheme};
 use crate::kms::ciphertext::Blob;
 use crate::kms::context::EncryptionContext;
 use crate::kms::error::KmsError;
@@ -16,6 +14,8 @@ use crate::kms::types::{
     DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
     MessageType, Origin, Plaintext, SigningAlgorithm,
 };
+use crate::kms::vault::{KeyKind, ObjectId, PairSpec, PairUse, SignScheme};
+use crate::pkix::{self, Curve, Hash};
 use base64::Engine;
 use serde::{Serialize, Serializer};
 use zeroize::Zeroizing;
@@ -226,10 +226,10 @@ impl Kms {
             .filter_map(|e| {
                 let kind = key_kind(e.doc.key_spec, e.doc.key_usage)?;
                 let b = e.doc.backing(e.doc.current_backing)?;
-                Some((b.object_id.clone().into_bytes(), self.arn(&e.doc), kind))
+                Some((b.object_id.clone(), self.arn(&e.doc), kind))
             })
             .collect();
-        Ok(self.cluster.replicate_missing_kinds(&keys).await?)
+        Ok(self.vault.replicate_missing(&keys).await?)
     }
 
     /// Generate and replicate the HSM material of a non-symmetric key; returns the SPKI
@@ -238,12 +238,12 @@ impl Kms {
         &self,
         spec: KeySpec,
         usage: KeyUsage,
-        object: &str,
+        object: &ObjectId,
         label: &str,
     ) -> Result<Option<String>, KmsError> {
         if let Some((len, _)) = hmac_spec(spec) {
-            self.cluster
-                .create_hmac_key(object.as_bytes(), label, len)
+            self.vault
+                .create_key(object, label, KeyKind::Hmac(len))
                 .await?;
             return Ok(None);
         }
@@ -255,16 +255,17 @@ impl Kms {
             )));
         };
         let spki = self
-            .cluster
-            .create_key_pair(object.as_bytes(), label, pair, pair_use)
-            .await?;
+            .vault
+            .create_key(object, label, KeyKind::Pair(pair, pair_use))
+            .await?
+            .ok_or_else(|| KmsError::Internal("key pair created without a public key".into()))?;
         Ok(Some(base64::engine::general_purpose::STANDARD.encode(spki)))
     }
 
-    fn object_of(&self, e: &Entry) -> Result<Vec<u8>, KmsError> {
+    fn object_of(&self, e: &Entry) -> Result<ObjectId, KmsError> {
         e.doc
             .backing(e.doc.current_backing)
-            .map(|b| b.object_id.clone().into_bytes())
+            .map(|b| b.object_id.clone())
             .ok_or_else(|| KmsError::Internal("current backing key missing".into()))
     }
 
@@ -341,7 +342,7 @@ impl Kms {
             return Err(KmsError::DryRun);
         }
         let signature = self
-            .cluster
+            .vault
             .sign(&self.object_of(&e)?, scheme, digest)
             .await?;
         Ok(SignOutput {
@@ -369,7 +370,7 @@ impl Kms {
             return Err(KmsError::DryRun);
         }
         if !self
-            .cluster
+            .vault
             .verify(&self.object_of(&e)?, scheme, digest, signature)
             .await?
         {
@@ -435,8 +436,8 @@ impl Kms {
             return Err(KmsError::DryRun);
         }
         let mac = self
-            .cluster
-            .hmac(&self.object_of(&e)?, h, message.as_bytes().to_vec())
+            .vault
+            .mac(&self.object_of(&e)?, h, message.as_bytes().to_vec())
             .await?;
         Ok(GenerateMacOutput {
             mac,
@@ -462,8 +463,8 @@ impl Kms {
             return Err(KmsError::DryRun);
         }
         let want = self
-            .cluster
-            .hmac(&self.object_of(&e)?, h, message.as_bytes().to_vec())
+            .vault
+            .mac(&self.object_of(&e)?, h, message.as_bytes().to_vec())
             .await?;
         if want.len() != mac.len() || !bool::from(want.ct_eq(&mac)) {
             return Err(KmsError::InvalidMac(
@@ -574,7 +575,7 @@ impl Kms {
             return Err(KmsError::InvalidCiphertext(String::new()));
         }
         let plaintext = self
-            .cluster
+            .vault
             .rsa_oaep_decrypt(&self.object_of(&e)?, h, k, blob.to_vec())
             .await?;
         Ok(Some(DecryptOutput {
@@ -690,8 +691,8 @@ impl Kms {
             return Err(KmsError::DryRun);
         }
         let shared_secret = self
-            .cluster
-            .ecdh(&self.object_of(&e)?, curve, point)
+            .vault
+            .derive_shared_secret(&self.object_of(&e)?, curve, point)
             .await?;
         Ok(DeriveSharedSecretOutput {
             key_id: self.arn(&e.doc),
@@ -732,7 +733,7 @@ impl Kms {
         if dry_run {
             return Err(KmsError::DryRun);
         }
-        let (private, public) = self.cluster.generate_data_key_pair(pair).await?;
+        let (private, public) = self.vault.generate_data_key_pair(pair).await?;
         let blob = self.seal(&e, &ctx, private.clone()).await?;
         debug_assert!(Blob::decode(&blob).is_ok());
         Ok(DataKeyPairOutput {

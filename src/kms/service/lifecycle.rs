@@ -246,7 +246,7 @@ impl Kms {
             let arn = self.arn(&doc);
             let mut complete = true;
             for b in &doc.backing {
-                if let Err(e) = self.cluster.destroy_key(b.object_id.as_bytes()).await {
+                if let Err(e) = self.vault.destroy_key(&b.object_id).await {
                     tracing::warn!(key = %arn, object = %b.object_id, error = %e,
                         "key destruction incomplete (an HSM did not confirm); will retry");
                     complete = false;

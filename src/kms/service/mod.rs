@@ -14,9 +14,9 @@ use super::types::{
     AccountId, AliasArn, AliasName, DataKeySpec, EncryptionAlgorithm, KeyArn, KeyId, KeyManager,
     KeyRef, KeySpec, KeyState, KeyUsage, Origin, Plaintext, Region, Tag,
 };
+use super::vault::{KeyKind, KeyVault, ObjectId};
 use crate::auth::Principal;
 use crate::clock::Clock;
-use crate::hsm::HsmCluster;
 use crate::store::{AliasRow, KeyRow, MetadataStore};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -61,7 +61,7 @@ pub enum DataKeySize {
 
 /// The KMS domain service.
 pub struct Kms {
-    cluster: Arc<HsmCluster>,
+    vault: Arc<dyn KeyVault>,
     store: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     region: Region,
@@ -77,14 +77,14 @@ fn epoch(clock: &dyn Clock) -> f64 {
     (clock.now().unix_timestamp_nanos() / 1_000_000) as f64 / 1000.0
 }
 
-fn object_id(key: &KeyId, version: u32) -> String {
-    format!("kms/{key}/{version}")
+fn object_id(key: &KeyId, version: u32) -> ObjectId {
+    ObjectId::new(format!("kms/{key}/{version}"))
 }
 
 impl Kms {
     /// Load every key and alias from the store into memory.
     pub fn open(
-        cluster: Arc<HsmCluster>,
+        vault: Arc<dyn KeyVault>,
         store: Arc<dyn MetadataStore>,
         clock: Arc<dyn Clock>,
         region: Region,
@@ -108,7 +108,7 @@ impl Kms {
             .map(|a| ((a.account_id.clone(), a.alias_name.clone()), a))
             .collect();
         Ok(Kms {
-            cluster,
+            vault,
             store,
             clock,
             region,
@@ -120,8 +120,9 @@ impl Kms {
         })
     }
 
-    pub fn cluster(&self) -> &Arc<HsmCluster> {
-        &self.cluster
+    /// The HSMs, through the domain's port.
+    pub fn vault(&self) -> &Arc<dyn KeyVault> {
+        &self.vault
     }
 
     pub fn region(&self) -> &Region {
@@ -135,7 +136,7 @@ impl Kms {
 
     /// Copy keys that an HSM lacks (it was down when they were created) from a healthy one.
     pub async fn resync_hsms(&self) -> Result<usize, KmsError> {
-        let ids: Vec<(Vec<u8>, String)> = self
+        let ids: Vec<(ObjectId, String, KeyKind)> = self
             .keys
             .read()
             .values()
@@ -146,11 +147,11 @@ impl Kms {
                 e.doc
                     .backing
                     .iter()
-                    .map(|b| (b.object_id.clone().into_bytes(), self.arn(&e.doc)))
+                    .map(|b| (b.object_id.clone(), self.arn(&e.doc), KeyKind::Aes))
                     .collect::<Vec<_>>()
             })
             .collect();
-        let n = self.cluster.replicate_missing(&ids).await?;
+        let n = self.vault.replicate_missing(&ids).await?;
         Ok(n + self.resync_asymmetric().await?)
     }
 
@@ -396,7 +397,7 @@ impl Kms {
                 spec.as_str()
             )));
         }
-        asymmetric::check_spec_supported(spec, self.cluster.can_hold_ed25519_keys())?;
+        asymmetric::check_spec_supported(spec, self.vault.can_hold_ed25519_keys())?;
         let origin = input.origin.unwrap_or(Origin::AwsKms);
         if origin != Origin::AwsKms {
             return Err(KmsError::Unsupported(format!(
@@ -443,8 +444,8 @@ impl Kms {
             rotation_schedule: None,
         };
         if spec == KeySpec::SymmetricDefault {
-            self.cluster
-                .create_aes_key(obj.as_bytes(), &self.arn(&doc))
+            self.vault
+                .create_key(&obj, &self.arn(&doc), KeyKind::Aes)
                 .await?;
         } else {
             doc.public_key = self
@@ -459,7 +460,7 @@ impl Kms {
             doc: serde_json::to_value(&doc).map_err(|e| KmsError::Internal(e.to_string()))?,
         };
         if let Err(e) = self.blocking(move |s| s.insert_key(&row)).await {
-            let _ = self.cluster.destroy_key(obj.as_bytes()).await;
+            let _ = self.vault.destroy_key(&obj).await;
             return Err(e);
         }
         let meta = self.metadata(&doc);
@@ -523,12 +524,8 @@ impl Kms {
             .backing(e.doc.current_backing)
             .ok_or_else(|| KmsError::Internal("current backing key missing".into()))?;
         let (iv, ct) = self
-            .cluster
-            .encrypt(
-                backing.object_id.as_bytes(),
-                ciphertext::aad(&header, ctx),
-                plaintext,
-            )
+            .vault
+            .encrypt(&backing.object_id, ciphertext::aad(&header, ctx), plaintext)
             .await?;
         Ok(Blob {
             header,
@@ -573,9 +570,9 @@ impl Kms {
             .backing(blob.header.backing_version)
             .ok_or_else(|| KmsError::InvalidCiphertext(String::new()))?;
         Ok(self
-            .cluster
+            .vault
             .decrypt(
-                backing.object_id.as_bytes(),
+                &backing.object_id,
                 blob.iv,
                 ciphertext::aad(&blob.header, ctx),
                 blob.ct_and_tag,
@@ -713,12 +710,8 @@ impl Kms {
             .backing(e.doc.current_backing)
             .ok_or_else(|| KmsError::Internal("current backing key missing".into()))?;
         let (dk, iv, ct) = self
-            .cluster
-            .generate_data_key(
-                backing.object_id.as_bytes(),
-                n,
-                ciphertext::aad(&header, &ctx),
-            )
+            .vault
+            .generate_data_key(&backing.object_id, n, ciphertext::aad(&header, &ctx))
             .await?;
         Ok(DataKeyOutput {
             ciphertext_blob: Blob {
@@ -734,7 +727,7 @@ impl Kms {
 
     pub async fn generate_random(&self, n: usize) -> Result<RandomOutput, KmsError> {
         Ok(RandomOutput {
-            plaintext: self.cluster.random(n).await?,
+            plaintext: self.vault.random(n).await?,
         })
     }
 

@@ -23,9 +23,9 @@
 
 use super::{object_id, Entry, Kms};
 use crate::auth::Principal;
-use crate::hsm::FailureClass;
 use crate::kms::model::{BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+use crate::kms::vault::{KeyKind, ObjectId};
 use crate::kms::KmsError;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -88,7 +88,7 @@ pub(crate) fn current_key_material_id(doc: &KeyDoc) -> Option<String> {
         return None;
     }
     doc.backing(doc.current_backing)
-        .map(|b| key_material_id(&b.object_id))
+        .map(|b| key_material_id(b.object_id.as_str()))
 }
 
 /// The automatic rotation schedule in force: AWS managed keys rotate every year, always
@@ -177,7 +177,13 @@ impl Kms {
         self.keys
             .read()
             .get(&id)
-            .map(|e| e.doc.backing.iter().map(|b| b.object_id.clone()).collect())
+            .map(|e| {
+                e.doc
+                    .backing
+                    .iter()
+                    .map(|b| b.object_id.to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -364,7 +370,7 @@ impl Kms {
             .take(limit)
             .map(|b| RotationsListEntry {
                 key_id: e.doc.key_id.to_string(),
-                key_material_id: key_material_id(&b.object_id),
+                key_material_id: key_material_id(b.object_id.as_str()),
                 key_material_state: if b.version == e.doc.current_backing {
                     "CURRENT"
                 } else {
@@ -469,20 +475,23 @@ impl Kms {
             }
         }
         let version = e.doc.backing.iter().map(|b| b.version).max().unwrap_or(0) + 1;
-        let object = format!(
+        let object = ObjectId::new(format!(
             "{}/{}",
             object_id(key_id, version),
             hex::encode(rand::random::<[u8; 4]>())
-        );
+        ));
         // Nothing is committed yet, so any HSM failure other than a refused request is one
         // the caller may simply retry (DependencyTimeoutException), even one that a health
         // probe has not yet turned into "HSM down".
-        self.cluster
-            .create_aes_key(object.as_bytes(), &arn)
+        self.vault
+            .create_key(&object, &arn, KeyKind::Aes)
             .await
-            .map_err(|e| match e.class() {
-                FailureClass::Request => KmsError::from(e),
-                _ => KmsError::Unavailable(e.to_string()),
+            .map_err(|e| {
+                if e.retryable() {
+                    KmsError::Unavailable(e.to_string())
+                } else {
+                    KmsError::from(e)
+                }
             })?;
         let now = self.now();
         let obj = object.clone();
@@ -505,7 +514,7 @@ impl Kms {
             .await;
         if let Err(err) = committed {
             // Never current, never referenced: remove it so no HSM keeps unused material.
-            let _ = self.cluster.destroy_key(object.as_bytes()).await;
+            let _ = self.vault.destroy_key(&object).await;
             return Err(err);
         }
         tracing::info!(key = %arn, version, rotation = ?kind, "key rotated");
@@ -562,7 +571,7 @@ mod tests {
         );
         doc.backing.push(BackingKey {
             version: 2,
-            object_id: "kms/x/2/00".into(),
+            object_id: ObjectId::new("kms/x/2/00"),
             created: 400.0 * DAY,
             rotation: Some(RotationType::Automatic),
         });
@@ -597,7 +606,7 @@ mod tests {
         let mut d = doc.clone();
         d.backing.push(BackingKey {
             version: 2,
-            object_id: "kms/x/2/00000000".into(),
+            object_id: ObjectId::new("kms/x/2/00000000"),
             created: 2.0,
             rotation: Some(RotationType::OnDemand),
         });

@@ -1,0 +1,210 @@
+//! `HsmCluster` as the domain's [`KeyVault`] port: translates the domain's vocabulary
+//! (object ids, key kinds, signature schemes) into cluster calls and `HsmError` into
+//! [`VaultError`], keeping the HSM's own message (HSM name, PKCS#11 function and return
+//! value) for the logs.
+
+use super::cluster::HsmCluster;
+use super::error::HsmError;
+use super::{KeyKind as HsmKind, NodeState, PairSpec as HsmPair, PairUse as HsmUse};
+use super::{SignScheme as HsmScheme, IV_LEN};
+use crate::kms::vault::{
+    DataKeyPair, HsmStatus, KeyKind, KeyVault, ObjectId, PairSpec, PairUse, Sealed, SealedDataKey,
+    SignScheme, VaultError,
+};
+use crate::pkix::{Curve, Hash};
+use zeroize::Zeroizing;
+
+const _: () = assert!(IV_LEN == crate::kms::vault::IV_LEN);
+
+impl From<HsmError> for VaultError {
+    fn from(e: HsmError) -> VaultError {
+        match e {
+            HsmError::InvalidCiphertext => VaultError::InvalidCiphertext,
+            HsmError::InvalidInput(m) => VaultError::InvalidInput(m),
+            HsmError::Unsupported { hsm, mechanism } => VaultError::Unsupported {
+                mechanism,
+                detail: hsm,
+            },
+            HsmError::Timeout { .. }
+            | HsmError::NodeDown { .. }
+            | HsmError::Busy { .. }
+            | HsmError::NotEnoughHsms { .. } => VaultError::Unavailable(e.to_string()),
+            other => VaultError::Failed {
+                retryable: other.retry_elsewhere(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+fn pair(p: PairSpec) -> HsmPair {
+    match p {
+        PairSpec::Rsa(bits) => HsmPair::Rsa(bits),
+        PairSpec::Ec(c) => HsmPair::Ec(c),
+        PairSpec::Ed25519 => HsmPair::Ed25519,
+    }
+}
+
+fn kind(k: KeyKind) -> HsmKind {
+    match k {
+        KeyKind::Aes => HsmKind::Aes,
+        KeyKind::Hmac(len) => HsmKind::Hmac(len),
+        KeyKind::Pair(p, u) => HsmKind::Pair(
+            pair(p),
+            match u {
+                PairUse::Sign => HsmUse::Sign,
+                PairUse::Decrypt => HsmUse::Decrypt,
+                PairUse::Derive => HsmUse::Derive,
+            },
+        ),
+    }
+}
+
+fn scheme(s: SignScheme) -> HsmScheme {
+    match s {
+        SignScheme::Ecdsa(c) => HsmScheme::Ecdsa(c),
+        SignScheme::RsaPkcs1(h) => HsmScheme::RsaPkcs1(h),
+        SignScheme::RsaPss(h) => HsmScheme::RsaPss(h),
+        SignScheme::Ed25519 => HsmScheme::Ed25519,
+        SignScheme::Ed25519ph => HsmScheme::Ed25519ph,
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyVault for HsmCluster {
+    async fn create_key(
+        &self,
+        id: &ObjectId,
+        label: &str,
+        k: KeyKind,
+    ) -> Result<Option<Vec<u8>>, VaultError> {
+        let id = id.as_bytes();
+        Ok(match kind(k) {
+            HsmKind::Aes => {
+                self.create_aes_key(id, label).await?;
+                None
+            }
+            HsmKind::Hmac(len) => {
+                self.create_hmac_key(id, label, len).await?;
+                None
+            }
+            HsmKind::Pair(spec, usage) => Some(self.create_key_pair(id, label, spec, usage).await?),
+        })
+    }
+
+    async fn destroy_key(&self, id: &ObjectId) -> Result<(), VaultError> {
+        Ok(self.destroy_key_objects(id.as_bytes()).await?)
+    }
+
+    async fn replicate_missing(
+        &self,
+        keys: &[(ObjectId, String, KeyKind)],
+    ) -> Result<usize, VaultError> {
+        let all: Vec<(Vec<u8>, String, HsmKind)> = keys
+            .iter()
+            .map(|(id, label, k)| (id.as_bytes().to_vec(), label.clone(), kind(*k)))
+            .collect();
+        Ok(self.replicate_missing_kinds(&all).await?)
+    }
+
+    async fn encrypt(
+        &self,
+        id: &ObjectId,
+        aad: Vec<u8>,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<Sealed, VaultError> {
+        Ok(HsmCluster::encrypt(self, id.as_bytes(), aad, plaintext).await?)
+    }
+
+    async fn decrypt(
+        &self,
+        id: &ObjectId,
+        iv: [u8; IV_LEN],
+        aad: Vec<u8>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        Ok(HsmCluster::decrypt(self, id.as_bytes(), iv, aad, ciphertext).await?)
+    }
+
+    async fn generate_data_key(
+        &self,
+        id: &ObjectId,
+        n: usize,
+        aad: Vec<u8>,
+    ) -> Result<SealedDataKey, VaultError> {
+        Ok(HsmCluster::generate_data_key(self, id.as_bytes(), n, aad).await?)
+    }
+
+    async fn random(&self, n: usize) -> Result<Vec<u8>, VaultError> {
+        Ok(HsmCluster::random(self, n).await?)
+    }
+
+    async fn sign(
+        &self,
+        id: &ObjectId,
+        s: SignScheme,
+        input: Vec<u8>,
+    ) -> Result<Vec<u8>, VaultError> {
+        Ok(HsmCluster::sign(self, id.as_bytes(), scheme(s), input).await?)
+    }
+
+    async fn verify(
+        &self,
+        id: &ObjectId,
+        s: SignScheme,
+        input: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, VaultError> {
+        Ok(HsmCluster::verify(self, id.as_bytes(), scheme(s), input, signature).await?)
+    }
+
+    async fn mac(
+        &self,
+        id: &ObjectId,
+        hash: Hash,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, VaultError> {
+        Ok(self.hmac(id.as_bytes(), hash, message).await?)
+    }
+
+    async fn rsa_oaep_decrypt(
+        &self,
+        id: &ObjectId,
+        hash: Hash,
+        modulus_len: usize,
+        ciphertext: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        Ok(
+            HsmCluster::rsa_oaep_decrypt(self, id.as_bytes(), hash, modulus_len, ciphertext)
+                .await?,
+        )
+    }
+
+    async fn derive_shared_secret(
+        &self,
+        id: &ObjectId,
+        curve: Curve,
+        peer_point: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        Ok(self.ecdh(id.as_bytes(), curve, peer_point).await?)
+    }
+
+    async fn generate_data_key_pair(&self, spec: PairSpec) -> Result<DataKeyPair, VaultError> {
+        Ok(HsmCluster::generate_data_key_pair(self, pair(spec)).await?)
+    }
+
+    fn can_hold_ed25519_keys(&self) -> bool {
+        HsmCluster::can_hold_ed25519_keys(self)
+    }
+
+    fn health(&self) -> Vec<HsmStatus> {
+        HsmCluster::health(self)
+            .into_iter()
+            .map(|h| HsmStatus {
+                name: h.name.clone(),
+                healthy: h.state == NodeState::Healthy,
+                detail: serde_json::to_value(&h).unwrap_or(serde_json::Value::Null),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,255 @@
+//! The port between the KMS domain and the HSMs, in domain vocabulary: create and destroy
+//! backing keys by kind, encrypt/decrypt, sign/verify, MAC, derive, random bytes, health.
+//! The domain owns this trait; `hsm::HsmCluster` implements it (every key operation inside
+//! PKCS#11 tokens) and `vault::fake::FakeVault` implements it in memory for unit tests of
+//! the domain rules. Nothing here names cryptoki, a PKCS#11 return code or a session.
+//!
+//! Errors carry one decision the domain needs, [`VaultError::retryable`]: may another HSM
+//! or a later retry succeed? Everything else about a failure (which HSM, which PKCS#11
+//! function, which return value) stays in the message, which is logged and never sent.
+
+use crate::pkix::{Curve, Hash};
+use zeroize::Zeroizing;
+
+/// Length of the GCM IV the vault returns with each ciphertext.
+pub const IV_LEN: usize = 12;
+
+/// The name of one backing key inside every HSM (`CKA_ID` there), e.g. `kms/<key-id>/<version>`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct ObjectId(String);
+
+impl ObjectId {
+    /// Wrap an object name.
+    pub fn new(name: impl Into<String>) -> ObjectId {
+        ObjectId(name.into())
+    }
+    /// The name as stored in metadata.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The bytes used as `CKA_ID`.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kind of a key pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairSpec {
+    /// RSA with a modulus of this many bits.
+    Rsa(u32),
+    /// ECDSA / ECDH on a named curve.
+    Ec(Curve),
+    /// Ed25519.
+    Ed25519,
+}
+
+/// What the private half of a key pair may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairUse {
+    /// Sign (and the public half verify).
+    Sign,
+    /// RSA-OAEP decrypt (and the public half encrypt).
+    Decrypt,
+    /// ECDH key agreement.
+    Derive,
+}
+
+/// The kind of a backing key the vault creates and replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An AES-256 key for AES-256-GCM.
+    Aes,
+    /// A key pair.
+    Pair(PairSpec, PairUse),
+    /// An HMAC key of this many bytes.
+    Hmac(usize),
+}
+
+/// A signature scheme over a digest (or over the message for pure Ed25519).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignScheme {
+    /// ECDSA; signatures are DER `ECDSA-Sig-Value`.
+    Ecdsa(Curve),
+    /// RSASSA-PKCS1-v1_5 over a digest of this hash.
+    RsaPkcs1(Hash),
+    /// RSASSA-PSS, salt length = digest length.
+    RsaPss(Hash),
+    /// Pure Ed25519 over the message itself.
+    Ed25519,
+    /// Ed25519ph over a SHA-512 digest.
+    Ed25519ph,
+}
+
+/// AES-256-GCM output: the IV chosen inside the HSM and ciphertext ‖ tag.
+pub type Sealed = ([u8; IV_LEN], Vec<u8>);
+
+/// A data key: its plaintext (for the caller), IV, ciphertext ‖ tag.
+pub type SealedDataKey = (Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>);
+
+/// A data key pair: PKCS#8 DER private key (for the caller), SPKI DER public key.
+pub type DataKeyPair = (Zeroizing<Vec<u8>>, Vec<u8>);
+
+/// One HSM as health reports show it.
+#[derive(Debug, Clone)]
+pub struct HsmStatus {
+    /// The HSM's configured name.
+    pub name: String,
+    /// Serving requests normally.
+    pub healthy: bool,
+    /// The detail shown by `/health` (state, counters, last error).
+    pub detail: serde_json::Value,
+}
+
+/// Why the vault could not do what was asked. Messages may name HSMs and PKCS#11
+/// functions; they are logged with the request id, never sent to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// A ciphertext, tag or signature input failed authentication (the request is bad).
+    #[error("ciphertext failed authentication")]
+    InvalidCiphertext,
+    /// The token refused caller-supplied input (e.g. a point not on the curve).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// No HSM offers the mechanism this needs.
+    #[error("mechanism {mechanism} is not offered ({detail})")]
+    Unsupported {
+        /// The PKCS#11 mechanism name.
+        mechanism: String,
+        /// Where it was missing.
+        detail: String,
+    },
+    /// The HSMs did not answer in time, are down, busy, or too few hold the key: retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else; `retryable` says whether another HSM or a later call may succeed.
+    #[error("{message}")]
+    Failed {
+        /// What failed, naming the HSM and the PKCS#11 function.
+        message: String,
+        /// Another HSM or a later call may succeed.
+        retryable: bool,
+    },
+}
+
+impl VaultError {
+    /// True when another HSM or a later retry may succeed (a device fault, not a bad request).
+    pub fn retryable(&self) -> bool {
+        match self {
+            VaultError::InvalidCiphertext
+            | VaultError::InvalidInput(_)
+            | VaultError::Unsupported { .. } => false,
+            VaultError::Unavailable(_) => true,
+            VaultError::Failed { retryable, .. } => *retryable,
+        }
+    }
+}
+
+/// What the domain asks of the HSMs. Object-safe: the domain holds an `Arc<dyn KeyVault>`.
+///
+/// Durability: `create_key` returns only once the key exists (and is proven) in at least
+/// two HSMs; `destroy_key` only once every HSM answered.
+#[async_trait::async_trait]
+pub trait KeyVault: Send + Sync {
+    /// Create a key of `kind` named `id` in one HSM and copy it into every other usable HSM.
+    /// Returns the SPKI DER of a key pair's public half (`None` for secret keys).
+    async fn create_key(
+        &self,
+        id: &ObjectId,
+        label: &str,
+        kind: KeyKind,
+    ) -> Result<Option<Vec<u8>>, VaultError>;
+
+    /// Destroy every object named `id` (secret, private and public halves) in every HSM.
+    async fn destroy_key(&self, id: &ObjectId) -> Result<(), VaultError>;
+
+    /// Copy keys that some usable HSM lacks from one that holds them; returns copies made.
+    async fn replicate_missing(
+        &self,
+        keys: &[(ObjectId, String, KeyKind)],
+    ) -> Result<usize, VaultError>;
+
+    /// AES-256-GCM encryption under `id` with an IV made inside the HSM.
+    async fn encrypt(
+        &self,
+        id: &ObjectId,
+        aad: Vec<u8>,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<Sealed, VaultError>;
+
+    /// AES-256-GCM decryption; a tag failure is [`VaultError::InvalidCiphertext`].
+    async fn decrypt(
+        &self,
+        id: &ObjectId,
+        iv: [u8; IV_LEN],
+        aad: Vec<u8>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError>;
+
+    /// `n` random bytes from an HSM, encrypted under `id` in the same HSM call.
+    async fn generate_data_key(
+        &self,
+        id: &ObjectId,
+        n: usize,
+        aad: Vec<u8>,
+    ) -> Result<SealedDataKey, VaultError>;
+
+    /// `n` random bytes from an HSM.
+    async fn random(&self, n: usize) -> Result<Vec<u8>, VaultError>;
+
+    /// Sign `input` (a digest, or the message for pure Ed25519) with private key `id`.
+    async fn sign(
+        &self,
+        id: &ObjectId,
+        scheme: SignScheme,
+        input: Vec<u8>,
+    ) -> Result<Vec<u8>, VaultError>;
+
+    /// Verify `signature` over `input` with the public half of `id` held by the HSMs.
+    async fn verify(
+        &self,
+        id: &ObjectId,
+        scheme: SignScheme,
+        input: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, VaultError>;
+
+    /// HMAC of `message` under HMAC key `id`.
+    async fn mac(&self, id: &ObjectId, hash: Hash, message: Vec<u8>)
+        -> Result<Vec<u8>, VaultError>;
+
+    /// RSA-OAEP decryption with private key `id` whose modulus is `modulus_len` bytes.
+    async fn rsa_oaep_decrypt(
+        &self,
+        id: &ObjectId,
+        hash: Hash,
+        modulus_len: usize,
+        ciphertext: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError>;
+
+    /// ECDH (`CKD_NULL`) with private key `id` and a peer's uncompressed point.
+    async fn derive_shared_secret(
+        &self,
+        id: &ObjectId,
+        curve: Curve,
+        peer_point: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, VaultError>;
+
+    /// A key pair generated inside an HSM for the caller (never stored there).
+    async fn generate_data_key_pair(&self, spec: PairSpec) -> Result<DataKeyPair, VaultError>;
+
+    /// Whether every HSM can hold (generate, use and replicate) Ed25519 keys.
+    fn can_hold_ed25519_keys(&self) -> bool;
+
+    /// One line per HSM.
+    fn health(&self) -> Vec<HsmStatus>;
+}
