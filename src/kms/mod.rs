@@ -5,13 +5,16 @@ pub mod context;
 pub mod credentials;
 pub mod error;
 pub mod model;
+pub mod operation;
+pub mod requests;
 pub mod service;
 pub mod types;
 pub mod vault;
 
 pub use error::KmsError;
-pub use service::{CreateKeyInput, DataKeySize, Kms, ON_DEMAND_ROTATION_LIMIT};
+pub use requests::{DataKeySize, Request};
 pub use service::{
     DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
     VerifyMacOutput, VerifyOutput,
 };
+pub use service::{Kms, Output, Reply, Resolved, ON_DEMAND_ROTATION_LIMIT};

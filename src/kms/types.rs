@@ -455,6 +455,9 @@ pub enum KeyRef {
     KeyArn(KeyArn),
     AliasName(AliasName),
     AliasArn(AliasArn),
+    /// Of valid length but not a well-formed id, ARN or alias: it resolves to nothing, and
+    /// resolution answers `NotFoundException` (`Invalid keyId '<value>'`) as AWS does.
+    Malformed(String),
 }
 
 /// Why a `KeyId` member did not parse, split by the exception AWS answers with.
@@ -517,6 +520,19 @@ impl KeyRef {
     }
 }
 
+impl KeyRef {
+    /// Parses a key reference member at the API edge: a length violation is a
+    /// `ValidationException` now; a malformed value becomes [`KeyRef::Malformed`], which
+    /// resolution answers with `NotFoundException` (after the other members are validated).
+    pub fn from_member(s: &str) -> Result<Self, ValidationError> {
+        match Self::parse(s) {
+            Ok(r) => Ok(r),
+            Err(KeyRefError::Validation(v)) => Err(v),
+            Err(KeyRefError::NotFound(_)) => Ok(Self::Malformed(s.to_string())),
+        }
+    }
+}
+
 impl FromStr for KeyRef {
     type Err = KeyRefError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -531,6 +547,7 @@ impl fmt::Display for KeyRef {
             Self::KeyArn(a) => a.fmt(f),
             Self::AliasName(a) => a.fmt(f),
             Self::AliasArn(a) => a.fmt(f),
+            Self::Malformed(s) => f.write_str(s),
         }
     }
 }

@@ -4,12 +4,12 @@
 //! public half (SPKI DER) is kept in the key's metadata and used in software only for
 //! OAEP encryption.
 
-use super::{Entry, Kms};
-use crate::auth::Principal;
+use super::{Entry, Kms, Resolved};
 use crate::kms::ciphertext::Blob;
 use crate::kms::context::EncryptionContext;
 use crate::kms::error::KmsError;
 use crate::kms::model::{DecryptOutput, EncryptOutput, ReEncryptOutput};
+use crate::kms::requests::ReEncrypt;
 use crate::kms::types::{
     DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
     MessageType, Origin, Plaintext, SigningAlgorithm,
@@ -150,6 +150,11 @@ fn pair_spec(spec: KeySpec) -> Option<PairSpec> {
 }
 
 /// Modulus length in bytes of an RSA spec.
+/// True for RSA keys (their ciphertexts are raw RSA-OAEP, not service blobs).
+pub(super) fn is_rsa(e: &Entry) -> bool {
+    rsa_len(e.doc.key_spec).is_some()
+}
+
 fn rsa_len(spec: KeySpec) -> Option<usize> {
     match pair_spec(spec) {
         Some(PairSpec::Rsa(bits)) => Some(bits as usize / 8),
@@ -328,14 +333,13 @@ impl Kms {
 
     pub async fn sign(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         message: Plaintext,
         message_type: Option<MessageType>,
         alg: SigningAlgorithm,
         dry_run: bool,
     ) -> Result<SignOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::SignVerify)?;
         let (scheme, digest) = self.signing_input(&e, message.as_bytes(), message_type, alg)?;
         if dry_run {
@@ -355,15 +359,14 @@ impl Kms {
     #[allow(clippy::too_many_arguments)]
     pub async fn verify(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         message: Plaintext,
         message_type: Option<MessageType>,
         signature: Vec<u8>,
         alg: SigningAlgorithm,
         dry_run: bool,
     ) -> Result<VerifyOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::SignVerify)?;
         let (scheme, digest) = self.signing_input(&e, message.as_bytes(), message_type, alg)?;
         if dry_run {
@@ -385,8 +388,8 @@ impl Kms {
         })
     }
 
-    pub fn get_public_key(&self, p: &Principal, key: &str) -> Result<GetPublicKeyOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+    pub fn get_public_key(&self, keys: &Resolved) -> Result<GetPublicKeyOutput, KmsError> {
+        let e = keys.key()?;
         if pair_spec(e.doc.key_spec).is_none() {
             return Err(KmsError::Unsupported(format!(
                 "{} is not an asymmetric KMS key; only asymmetric keys have a public key.",
@@ -423,13 +426,12 @@ impl Kms {
 
     pub async fn generate_mac(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         message: Plaintext,
         alg: MacAlgorithm,
         dry_run: bool,
     ) -> Result<GenerateMacOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::GenerateVerifyMac)?;
         let h = self.mac_hash(&e, alg)?;
         if dry_run {
@@ -448,15 +450,14 @@ impl Kms {
 
     pub async fn verify_mac(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         message: Plaintext,
         mac: Vec<u8>,
         alg: MacAlgorithm,
         dry_run: bool,
     ) -> Result<VerifyMacOutput, KmsError> {
         use subtle::ConstantTimeEq;
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::GenerateVerifyMac)?;
         let h = self.mac_hash(&e, alg)?;
         if dry_run {
@@ -548,26 +549,20 @@ impl Kms {
         })
     }
 
-    /// Decrypt for a caller-named RSA key; `None` when the key is not an RSA key (or does
-    /// not resolve), so the symmetric path answers.
-    pub(super) async fn asymmetric_decrypt(
+    /// Decrypt a raw RSA-OAEP ciphertext with a caller-named RSA key.
+    pub(super) async fn rsa_decrypt(
         &self,
-        p: &Principal,
+        e: &Entry,
         blob: &[u8],
-        key: Option<&str>,
         ctx: &EncryptionContext,
         alg: Option<EncryptionAlgorithm>,
         dry_run: bool,
-    ) -> Result<Option<DecryptOutput>, KmsError> {
-        let Some(key) = key else { return Ok(None) };
-        let Ok(e) = self.resolve(p, key, true) else {
-            return Ok(None);
-        };
-        let Some(k) = rsa_len(e.doc.key_spec) else {
-            return Ok(None);
-        };
-        self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
-        let (alg, h) = self.rsa_algorithm(&e, alg, ctx)?;
+    ) -> Result<DecryptOutput, KmsError> {
+        let k = rsa_len(e.doc.key_spec).ok_or_else(|| {
+            KmsError::Internal("request path: RSA decryption with a non-RSA key".into())
+        })?;
+        self.usable_for(e, KeyUsage::EncryptDecrypt)?;
+        let (alg, h) = self.rsa_algorithm(e, alg, ctx)?;
         if dry_run {
             return Err(KmsError::DryRun);
         }
@@ -576,58 +571,53 @@ impl Kms {
         }
         let plaintext = self
             .vault
-            .rsa_oaep_decrypt(&self.object_of(&e)?, h, k, blob.to_vec())
+            .rsa_oaep_decrypt(&self.object_of(e)?, h, k, blob.to_vec())
             .await?;
-        Ok(Some(DecryptOutput {
+        Ok(DecryptOutput {
             key_id: self.arn(&e.doc),
             plaintext,
             encryption_algorithm: alg,
-        }))
+        })
     }
 
-    /// ReEncrypt where the source or the destination is an RSA key; `None` when neither
-    /// is, so the symmetric path answers.
-    #[allow(clippy::too_many_arguments)]
+    /// ReEncrypt where the source (`blob` is `None`: a raw RSA ciphertext) or the
+    /// destination is an RSA key.
     pub(super) async fn asymmetric_re_encrypt(
         &self,
-        p: &Principal,
-        blob: &[u8],
-        source_key: Option<&str>,
-        (source_ctx, source_alg): (&EncryptionContext, Option<EncryptionAlgorithm>),
-        destination_key: &str,
-        (destination_ctx, destination_alg): (&EncryptionContext, Option<EncryptionAlgorithm>),
-        dry_run: bool,
-    ) -> Result<Option<ReEncryptOutput>, KmsError> {
-        let is_rsa = |k: Option<&str>| {
-            k.and_then(|k| self.resolve(p, k, true).ok())
-                .is_some_and(|e| rsa_len(e.doc.key_spec).is_some())
-        };
-        if !is_rsa(source_key) && !is_rsa(Some(destination_key)) {
-            return Ok(None);
-        }
+        src: &Entry,
+        blob: Option<Blob>,
+        dst: &Entry,
+        r: ReEncrypt,
+    ) -> Result<ReEncryptOutput, KmsError> {
         // Destination checks first, so that nothing is decrypted for a request that fails.
-        let dst = self.resolve(p, destination_key, true)?;
-        self.usable_for(&dst, KeyUsage::EncryptDecrypt)?;
-        let dst_rsa = rsa_len(dst.doc.key_spec).is_some();
+        self.usable_for(dst, KeyUsage::EncryptDecrypt)?;
+        let dst_rsa = is_rsa(dst);
         if dst_rsa {
-            self.rsa_algorithm(&dst, destination_alg, destination_ctx)?;
+            self.rsa_algorithm(dst, r.destination_algorithm, &r.destination_context)?;
         } else {
-            self.symmetric_algorithm(&dst, destination_alg)?;
+            self.symmetric_algorithm(dst, r.destination_algorithm)?;
         }
-        let (plaintext, source_arn, source_alg) = match self
-            .asymmetric_decrypt(p, blob, source_key, source_ctx, source_alg, dry_run)
-            .await?
-        {
-            Some(d) => (d.plaintext, d.key_id, d.encryption_algorithm),
+        let (plaintext, source_arn, source_alg) = match blob {
             None => {
-                let (b, src) = self.open_blob(p, blob, source_key)?;
-                self.usable_for(&src, KeyUsage::EncryptDecrypt)?;
-                let alg = self.symmetric_algorithm(&src, source_alg)?;
-                if dry_run {
+                let d = self
+                    .rsa_decrypt(
+                        src,
+                        &r.ciphertext,
+                        &r.source_context,
+                        r.source_algorithm,
+                        r.dry_run,
+                    )
+                    .await?;
+                (d.plaintext, d.key_id, d.encryption_algorithm)
+            }
+            Some(b) => {
+                self.usable_for(src, KeyUsage::EncryptDecrypt)?;
+                let alg = self.symmetric_algorithm(src, r.source_algorithm)?;
+                if r.dry_run {
                     return Err(KmsError::DryRun);
                 }
                 (
-                    self.unseal(&src, b, source_ctx).await?,
+                    self.unseal(src, b, &r.source_context).await?,
                     self.arn(&src.doc),
                     alg,
                 )
@@ -636,36 +626,38 @@ impl Kms {
         let (ciphertext_blob, destination_alg) = if dst_rsa {
             let out = self
                 .rsa_encrypt(
-                    &dst,
+                    dst,
                     Plaintext::new(plaintext)?,
-                    destination_ctx,
-                    destination_alg,
+                    &r.destination_context,
+                    r.destination_algorithm,
                     false,
                 )
                 .await?;
             (out.ciphertext_blob, out.encryption_algorithm)
         } else {
-            let alg = self.symmetric_algorithm(&dst, destination_alg)?;
-            (self.seal(&dst, destination_ctx, plaintext).await?, alg)
+            let alg = self.symmetric_algorithm(dst, r.destination_algorithm)?;
+            (
+                self.seal(dst, &r.destination_context, plaintext).await?,
+                alg,
+            )
         };
-        Ok(Some(ReEncryptOutput {
+        Ok(ReEncryptOutput {
             ciphertext_blob,
             source_key_id: source_arn,
             key_id: self.arn(&dst.doc),
             source_encryption_algorithm: source_alg,
             destination_encryption_algorithm: destination_alg,
-        }))
+        })
     }
 
     pub async fn derive_shared_secret(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         alg: KeyAgreementAlgorithm,
         public_key: &[u8],
         dry_run: bool,
     ) -> Result<DeriveSharedSecretOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::KeyAgreement)?;
         if !e
             .doc
@@ -704,8 +696,7 @@ impl Kms {
 
     pub async fn generate_data_key_pair(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         spec: DataKeyPairSpec,
         ctx: EncryptionContext,
         with_plaintext: bool,
@@ -727,7 +718,7 @@ impl Kms {
                 )))
             }
         };
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
         self.symmetric_algorithm(&e, None)?;
         if dry_run {

@@ -2,15 +2,15 @@
 //! background destruction of due keys on every HSM), tags, and AWS managed keys
 //! (`alias/aws/<service>`, created on first use).
 
-use super::{CreateKeyInput, Entry, KeyState, Kms};
+use super::{Entry, KeyState, Kms, Resolved};
 use crate::auth::Principal;
 use crate::kms::model::Empty;
+use crate::kms::requests::CreateKey;
 use crate::kms::types::{AliasName, KeyId, KeyManager, KeyRef, Tag};
 use crate::kms::KmsError;
 use crate::store::AliasRow;
 use base64::Engine;
 use serde::Serialize;
-use std::sync::Arc;
 
 /// Tags per KMS key (AWS quota).
 pub const MAX_TAGS_PER_KEY: usize = 50;
@@ -55,20 +55,6 @@ fn reserved_tag_key(key: &str) -> bool {
 }
 
 impl Kms {
-    /// A customer-managed key for a management operation (aliases not accepted). AWS managed
-    /// keys have a key policy that allows no management action: `AccessDeniedException`.
-    fn managed(&self, p: &Principal, key: &str, action: &str) -> Result<Arc<Entry>, KmsError> {
-        let e = self.resolve(p, key, false)?;
-        if e.doc.key_manager == KeyManager::Aws {
-            return Err(KmsError::AccessDenied(format!(
-                "User: {} is not authorized to perform: kms:{action} on resource: {} because no resource-based policy allows the kms:{action} action",
-                p.arn,
-                self.arn(&e.doc)
-            )));
-        }
-        Ok(e)
-    }
-
     fn not_pending_deletion(&self, e: &Entry) -> Result<(), KmsError> {
         match e.doc.key_state {
             KeyState::PendingDeletion
@@ -85,26 +71,14 @@ impl Kms {
         }
     }
 
-    pub async fn enable_key(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
-        self.set_key_state(p, key, "EnableKey", KeyState::Enabled)
-            .await
-    }
-
-    pub async fn disable_key(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
-        self.set_key_state(p, key, "DisableKey", KeyState::Disabled)
-            .await
-    }
-
     /// EnableKey / DisableKey: a customer key that is neither pending deletion nor pending
     /// import moves to `state`.
-    async fn set_key_state(
+    pub(super) async fn set_key_state(
         &self,
-        p: &Principal,
-        key: &str,
-        op: &str,
+        keys: &Resolved,
         state: KeyState,
     ) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key, op)?;
+        let e = keys.key()?;
         self.not_pending_deletion(&e)?;
         if e.doc.key_state == KeyState::PendingImport {
             return Err(KmsError::InvalidState(format!(
@@ -122,11 +96,10 @@ impl Kms {
 
     pub async fn update_key_description(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         description: String,
     ) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key, "UpdateKeyDescription")?;
+        let e = keys.key()?;
         self.not_pending_deletion(&e)?;
         self.update_doc(&e.doc.key_id, |d| {
             d.description = description;
@@ -143,11 +116,10 @@ impl Kms {
     /// destroys it on every HSM once `DeletionDate` has passed.
     pub async fn schedule_key_deletion(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         window_days: Option<u32>,
     ) -> Result<ScheduleKeyDeletionOutput, KmsError> {
-        let e = self.managed(p, key, "ScheduleKeyDeletion")?;
+        let e = keys.key()?;
         let window = window_days.unwrap_or(DEFAULT_PENDING_WINDOW_DAYS);
         if !(7..=30).contains(&window) {
             return Err(KmsError::Validation(format!(
@@ -187,10 +159,9 @@ impl Kms {
     /// period has ended (destruction may be under way; the key never comes back).
     pub async fn cancel_key_deletion(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
     ) -> Result<CancelKeyDeletionOutput, KmsError> {
-        let e = self.managed(p, key, "CancelKeyDeletion")?;
+        let e = keys.key()?;
         let arn = self.arn(&e.doc);
         let not_pending = || KmsError::InvalidState(format!("{arn} is not pending deletion."));
         let ended = || {
@@ -272,13 +243,8 @@ impl Kms {
 
     // ------------------------------------------------------------------ tags
 
-    pub async fn tag_resource(
-        &self,
-        p: &Principal,
-        key: &str,
-        tags: Vec<Tag>,
-    ) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key, "TagResource")?;
+    pub async fn tag_resource(&self, keys: &Resolved, tags: Vec<Tag>) -> Result<Empty, KmsError> {
+        let e = keys.key()?;
         self.not_pending_deletion(&e)?;
         if let Some(t) = tags.iter().find(|t| t.is_aws_reserved()) {
             return Err(KmsError::Tag(format!(
@@ -307,11 +273,10 @@ impl Kms {
 
     pub async fn untag_resource(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         tag_keys: Vec<String>,
     ) -> Result<Empty, KmsError> {
-        let e = self.managed(p, key, "UntagResource")?;
+        let e = keys.key()?;
         self.not_pending_deletion(&e)?;
         if let Some(k) = tag_keys.iter().find(|k| reserved_tag_key(k)) {
             return Err(KmsError::Tag(format!(
@@ -330,12 +295,11 @@ impl Kms {
     /// with an opaque marker.
     pub fn list_resource_tags(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         limit: usize,
         marker: Option<&str>,
     ) -> Result<ListResourceTagsOutput, KmsError> {
-        let e = self.resolve(p, key, false)?;
+        let e = keys.key()?;
         let after = match marker {
             None => None,
             Some(m) => Some(
@@ -374,14 +338,15 @@ impl Kms {
     /// If `raw` names an `alias/aws/<service>` alias (name or ARN of this account) that
     /// has no key yet, create the AWS managed key for it (KeyManager `AWS`), as AWS does on
     /// first use by Encrypt, GenerateDataKey* or DescribeKey. Anything else: no effect.
-    pub async fn ensure_aws_managed_key(&self, p: &Principal, raw: &str) -> Result<(), KmsError> {
-        let Ok(r) = KeyRef::parse(raw) else {
-            return Ok(());
-        };
+    pub(super) async fn ensure_aws_managed_key(
+        &self,
+        p: &Principal,
+        r: &KeyRef,
+    ) -> Result<(), KmsError> {
         let account = self.account(p)?;
         let name = match r {
             KeyRef::AliasName(n) => n,
-            KeyRef::AliasArn(a) if a.region == self.region && a.account == account => a.alias,
+            KeyRef::AliasArn(a) if a.region == self.region && a.account == account => &a.alias,
             _ => return Ok(()),
         };
         let service = match name.as_str().strip_prefix(AliasName::AWS_RESERVED_PREFIX) {
@@ -399,11 +364,11 @@ impl Kms {
         let created = self
             .create_key(
                 p,
-                CreateKeyInput {
+                CreateKey {
                     description: Some(format!(
                         "Default key that protects my {service} resources when no other key is defined"
                     )),
-                    ..CreateKeyInput::default()
+                    ..CreateKey::default()
                 },
             )
             .await?;

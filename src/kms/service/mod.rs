@@ -10,9 +10,10 @@ use super::ciphertext::{self, Blob, Header};
 use super::context::EncryptionContext;
 use super::error::KmsError;
 use super::model::*;
+use super::requests::{self, DataKeySize, Page};
 use super::types::{
-    AccountId, AliasArn, AliasName, DataKeySpec, EncryptionAlgorithm, KeyArn, KeyId, KeyManager,
-    KeyRef, KeySpec, KeyState, KeyUsage, Origin, Plaintext, Region, Tag,
+    AccountId, AliasArn, AliasName, EncryptionAlgorithm, KeyArn, KeyId, KeyManager, KeyRef,
+    KeySpec, KeyState, KeyUsage, Origin, Plaintext, Region, Tag,
 };
 use super::vault::{KeyKind, KeyVault, ObjectId};
 use crate::auth::Principal;
@@ -24,8 +25,10 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 mod asymmetric;
+mod dispatch;
 mod lifecycle;
 mod rotation;
+pub use dispatch::{Output, Reply, Resolved};
 pub use rotation::DEFAULT_ON_DEMAND_ROTATION_LIMIT as ON_DEMAND_ROTATION_LIMIT;
 
 pub use asymmetric::{
@@ -39,24 +42,6 @@ pub use asymmetric::{
 struct Entry {
     doc: KeyDoc,
     version: i64,
-}
-
-/// Inputs of CreateKey, parsed at the edge.
-#[derive(Debug, Default)]
-pub struct CreateKeyInput {
-    pub description: Option<String>,
-    pub key_usage: Option<KeyUsage>,
-    pub key_spec: Option<KeySpec>,
-    pub origin: Option<Origin>,
-    pub tags: Vec<Tag>,
-    pub multi_region: bool,
-}
-
-/// What GenerateDataKey asks for: exactly one of a spec or a byte count.
-#[derive(Debug, Clone, Copy)]
-pub enum DataKeySize {
-    Spec(DataKeySpec),
-    Bytes(usize),
 }
 
 /// The KMS domain service.
@@ -198,12 +183,16 @@ impl Kms {
     }
 
     /// Resolve a `KeyId` member: key id, key ARN, and (where `aliases`) alias name or ARN.
-    fn resolve(&self, p: &Principal, raw: &str, aliases: bool) -> Result<Arc<Entry>, KmsError> {
+    fn resolve_ref(
+        &self,
+        p: &Principal,
+        r: &KeyRef,
+        aliases: bool,
+    ) -> Result<Arc<Entry>, KmsError> {
         let account = self.account(p)?;
-        let r = KeyRef::parse(raw)?;
-        let invalid = || KmsError::NotFound(format!("Invalid keyId '{raw}'"));
+        let invalid = || KmsError::NotFound(format!("Invalid keyId '{r}'"));
         match r {
-            KeyRef::Id(id) => self.entry(&account, &id),
+            KeyRef::Id(id) => self.entry(&account, id),
             KeyRef::KeyArn(a) => {
                 if a.region != self.region || a.account != account {
                     return Err(KmsError::NotFound(format!(
@@ -213,7 +202,7 @@ impl Kms {
                 }
                 self.entry(&account, &a.key_id)
             }
-            KeyRef::AliasName(name) if aliases => self.by_alias(&account, &name),
+            KeyRef::AliasName(name) if aliases => self.by_alias(&account, name),
             KeyRef::AliasArn(a) if aliases => {
                 if a.region != self.region || a.account != account {
                     return Err(KmsError::NotFound(format!(
@@ -323,7 +312,8 @@ impl Kms {
         f: impl FnOnce(&dyn MetadataStore) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, KmsError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(store.as_ref())))
             .await
             .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
             .map_err(KmsError::from)
@@ -377,7 +367,7 @@ impl Kms {
     pub async fn create_key(
         &self,
         p: &Principal,
-        input: CreateKeyInput,
+        input: requests::CreateKey,
     ) -> Result<KeyMetadataOutput, KmsError> {
         let account = self.account(p)?;
         let spec = input.key_spec.unwrap_or(KeySpec::SymmetricDefault);
@@ -470,8 +460,8 @@ impl Kms {
         Ok(KeyMetadataOutput { key_metadata: meta })
     }
 
-    pub fn describe_key(&self, p: &Principal, key: &str) -> Result<KeyMetadataOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+    pub fn describe_key(&self, keys: &Resolved) -> Result<KeyMetadataOutput, KmsError> {
+        let e = keys.key()?;
         Ok(KeyMetadataOutput {
             key_metadata: self.metadata(&e.doc),
         })
@@ -480,8 +470,7 @@ impl Kms {
     pub async fn list_keys(
         &self,
         p: &Principal,
-        limit: usize,
-        marker: Option<String>,
+        Page { limit, marker }: Page,
     ) -> Result<ListKeysOutput, KmsError> {
         let account = p.account_id.clone();
         let page = self
@@ -540,7 +529,7 @@ impl Kms {
         &self,
         p: &Principal,
         blob: &[u8],
-        key: Option<&str>,
+        key: Option<&KeyRef>,
     ) -> Result<(Blob, Arc<Entry>), KmsError> {
         let blob = Blob::decode(blob).map_err(|_| KmsError::InvalidCiphertext(String::new()))?;
         let account = self.account(p)?;
@@ -548,7 +537,7 @@ impl Kms {
             .entry(&account, &blob.header.key_id)
             .map_err(|_| KmsError::InvalidCiphertext(String::new()))?;
         if let Some(k) = key {
-            let given = self.resolve(p, k, true)?;
+            let given = self.resolve_ref(p, k, true)?;
             if given.doc.key_id != owner.doc.key_id {
                 return Err(KmsError::IncorrectKey(
                     "The key ID in the request does not identify a CMK that can perform this operation."
@@ -582,14 +571,13 @@ impl Kms {
 
     pub async fn encrypt(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         plaintext: Plaintext,
         ctx: EncryptionContext,
         alg: Option<EncryptionAlgorithm>,
         dry_run: bool,
     ) -> Result<EncryptOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
         if e.doc.key_spec != KeySpec::SymmetricDefault {
             return self.rsa_encrypt(&e, plaintext, &ctx, alg, dry_run).await;
@@ -608,26 +596,21 @@ impl Kms {
 
     pub async fn decrypt(
         &self,
-        p: &Principal,
-        blob: &[u8],
-        key: Option<&str>,
-        ctx: EncryptionContext,
-        alg: Option<EncryptionAlgorithm>,
-        dry_run: bool,
+        keys: &Resolved,
+        r: requests::Decrypt,
     ) -> Result<DecryptOutput, KmsError> {
-        if let Some(out) = self
-            .asymmetric_decrypt(p, blob, key, &ctx, alg, dry_run)
-            .await?
-        {
-            return Ok(out);
-        }
-        let (blob, e) = self.open_blob(p, blob, key)?;
+        let e = keys.key()?;
+        let Some(blob) = keys.blob.clone() else {
+            return self
+                .rsa_decrypt(&e, &r.ciphertext, &r.context, r.algorithm, r.dry_run)
+                .await;
+        };
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
-        let alg = self.symmetric_algorithm(&e, alg)?;
-        if dry_run {
+        let alg = self.symmetric_algorithm(&e, r.algorithm)?;
+        if r.dry_run {
             return Err(KmsError::DryRun);
         }
-        let plaintext = self.unseal(&e, blob, &ctx).await?;
+        let plaintext = self.unseal(&e, blob, &r.context).await?;
         Ok(DecryptOutput {
             key_id: self.arn(&e.doc),
             plaintext,
@@ -635,44 +618,30 @@ impl Kms {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub async fn re_encrypt(
         &self,
-        p: &Principal,
-        blob: &[u8],
-        source_key: Option<&str>,
-        source_ctx: EncryptionContext,
-        source_alg: Option<EncryptionAlgorithm>,
-        destination_key: &str,
-        destination_ctx: EncryptionContext,
-        destination_alg: Option<EncryptionAlgorithm>,
-        dry_run: bool,
+        keys: &Resolved,
+        r: requests::ReEncrypt,
     ) -> Result<ReEncryptOutput, KmsError> {
-        if let Some(out) = self
-            .asymmetric_re_encrypt(
-                p,
-                blob,
-                source_key,
-                (&source_ctx, source_alg),
-                destination_key,
-                (&destination_ctx, destination_alg),
-                dry_run,
-            )
-            .await?
-        {
-            return Ok(out);
+        let (src, dst) = (keys.key()?, keys.destination()?);
+        if keys.blob.is_none() || asymmetric::is_rsa(&dst) {
+            return self
+                .asymmetric_re_encrypt(&src, keys.blob.clone(), &dst, r)
+                .await;
         }
-        let (blob, src) = self.open_blob(p, blob, source_key)?;
+        let blob = keys
+            .blob
+            .clone()
+            .ok_or_else(|| KmsError::InvalidCiphertext(String::new()))?;
         self.usable_for(&src, KeyUsage::EncryptDecrypt)?;
-        let source_alg = self.symmetric_algorithm(&src, source_alg)?;
-        let dst = self.resolve(p, destination_key, true)?;
+        let source_alg = self.symmetric_algorithm(&src, r.source_algorithm)?;
         self.usable_for(&dst, KeyUsage::EncryptDecrypt)?;
-        let destination_alg = self.symmetric_algorithm(&dst, destination_alg)?;
-        if dry_run {
+        let destination_alg = self.symmetric_algorithm(&dst, r.destination_algorithm)?;
+        if r.dry_run {
             return Err(KmsError::DryRun);
         }
-        let plaintext = self.unseal(&src, blob, &source_ctx).await?;
-        let out = self.seal(&dst, &destination_ctx, plaintext).await?;
+        let plaintext = self.unseal(&src, blob, &r.source_context).await?;
+        let out = self.seal(&dst, &r.destination_context, plaintext).await?;
         Ok(ReEncryptOutput {
             ciphertext_blob: out,
             source_key_id: self.arn(&src.doc),
@@ -684,14 +653,13 @@ impl Kms {
 
     pub async fn generate_data_key(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         size: DataKeySize,
         ctx: EncryptionContext,
         with_plaintext: bool,
         dry_run: bool,
     ) -> Result<DataKeyOutput, KmsError> {
-        let e = self.resolve(p, key, true)?;
+        let e = keys.key()?;
         self.usable_for(&e, KeyUsage::EncryptDecrypt)?;
         self.symmetric_algorithm(&e, None)?;
         if dry_run {
@@ -733,24 +701,23 @@ impl Kms {
 
     // ------------------------------------------------------------------ aliases
 
-    fn user_alias(&self, raw: &str, member: &str) -> Result<AliasName, KmsError> {
-        let name =
-            AliasName::parse(raw).map_err(|e| KmsError::Validation(e.at(member).to_string()))?;
+    /// An alias a caller may create, update or delete (not `alias/aws/…`).
+    fn user_alias(&self, name: &AliasName) -> Result<(), KmsError> {
         if name.is_aws_reserved() {
             return Err(KmsError::NotAuthorized(
                 "Cannot create, update or delete an alias with the reserved prefix alias/aws/."
                     .into(),
             ));
         }
-        Ok(name)
+        Ok(())
     }
 
     /// An alias target: a customer key named by id or ARN, not pending deletion.
-    fn alias_target(&self, p: &Principal, raw: &str) -> Result<Arc<Entry>, KmsError> {
+    fn alias_target(&self, p: &Principal, target: &KeyRef) -> Result<Arc<Entry>, KmsError> {
         let e = self
-            .resolve(p, raw, false)
-            .map_err(|err| match KeyRef::parse(raw) {
-                Ok(KeyRef::AliasName(_) | KeyRef::AliasArn(_)) => {
+            .resolve_ref(p, target, false)
+            .map_err(|err| match target {
+                KeyRef::AliasName(_) | KeyRef::AliasArn(_) => {
                     KmsError::Validation("Aliases must refer to keys. Not aliases".into())
                 }
                 _ => err,
@@ -767,11 +734,10 @@ impl Kms {
     pub async fn create_alias(
         &self,
         p: &Principal,
-        alias: &str,
-        target: &str,
+        keys: &Resolved,
+        name: AliasName,
     ) -> Result<Empty, KmsError> {
-        let name = self.user_alias(alias, "aliasName")?;
-        let e = self.alias_target(p, target)?;
+        let e = keys.key()?;
         let account = self.account(p)?;
         let _w = self.writes.lock().await;
         let k = (account.as_str().to_string(), name.as_str().to_string());
@@ -798,11 +764,10 @@ impl Kms {
     pub async fn update_alias(
         &self,
         p: &Principal,
-        alias: &str,
-        target: &str,
+        keys: &Resolved,
+        name: AliasName,
     ) -> Result<Empty, KmsError> {
-        let name = self.user_alias(alias, "aliasName")?;
-        let e = self.alias_target(p, target)?;
+        let e = keys.key()?;
         let account = self.account(p)?;
         let _w = self.writes.lock().await;
         let k = (account.as_str().to_string(), name.as_str().to_string());
@@ -833,8 +798,7 @@ impl Kms {
         Ok(Empty {})
     }
 
-    pub async fn delete_alias(&self, p: &Principal, alias: &str) -> Result<Empty, KmsError> {
-        let name = self.user_alias(alias, "aliasName")?;
+    pub async fn delete_alias(&self, p: &Principal, name: AliasName) -> Result<Empty, KmsError> {
         let account = self.account(p)?;
         let _w = self.writes.lock().await;
         let k = (account.as_str().to_string(), name.as_str().to_string());
@@ -853,15 +817,11 @@ impl Kms {
     pub async fn list_aliases(
         &self,
         p: &Principal,
-        key: Option<&str>,
-        limit: usize,
-        marker: Option<String>,
+        keys: &Resolved,
+        Page { limit, marker }: Page,
     ) -> Result<ListAliasesOutput, KmsError> {
         let account = self.account(p)?;
-        let key_id = match key {
-            Some(k) => Some(self.resolve(p, k, false)?.doc.key_id.to_string()),
-            None => None,
-        };
+        let key_id = keys.key.as_ref().map(|e| e.doc.key_id.to_string());
         let a = account.as_str().to_string();
         let page = self
             .blocking(move |s| s.list_aliases(&a, key_id.as_deref(), marker.as_deref(), limit))

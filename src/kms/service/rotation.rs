@@ -21,8 +21,7 @@
 //! referenced by metadata. Imported material (Origin EXTERNAL, later) fits the same shape:
 //! a `BackingKey` whose object arrives by unwrap instead of generation, promoted the same way.
 
-use super::{object_id, Entry, Kms};
-use crate::auth::Principal;
+use super::{object_id, Entry, Kms, Resolved};
 use crate::kms::model::{BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
 use crate::kms::vault::{KeyKind, ObjectId};
@@ -249,11 +248,10 @@ impl Kms {
 
     pub async fn enable_key_rotation(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         period_days: Option<u32>,
     ) -> Result<Empty, KmsError> {
-        let e = self.resolve(p, key, false)?;
+        let e = keys.key()?;
         self.customer_managed(&e)?;
         self.rotatable(&e)?;
         self.rotation_state(&e)?;
@@ -280,8 +278,8 @@ impl Kms {
         Ok(Empty {})
     }
 
-    pub async fn disable_key_rotation(&self, p: &Principal, key: &str) -> Result<Empty, KmsError> {
-        let e = self.resolve(p, key, false)?;
+    pub async fn disable_key_rotation(&self, keys: &Resolved) -> Result<Empty, KmsError> {
+        let e = keys.key()?;
         self.customer_managed(&e)?;
         self.rotatable(&e)?;
         self.rotation_state(&e)?;
@@ -295,10 +293,9 @@ impl Kms {
 
     pub fn get_key_rotation_status(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
     ) -> Result<KeyRotationStatusOutput, KmsError> {
-        let e = self.resolve(p, key, false)?;
+        let e = keys.key()?;
         self.symmetric_for_rotation(&e)?;
         // Disabled: the status is unchanged (rotation waits). Pending deletion: the status
         // reads false, and the schedule returns if the deletion is cancelled.
@@ -328,10 +325,9 @@ impl Kms {
 
     pub async fn rotate_key_on_demand(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
     ) -> Result<RotateKeyOnDemandOutput, KmsError> {
-        let e = self.resolve(p, key, false)?;
+        let e = keys.key()?;
         self.customer_managed(&e)?;
         self.rotatable(&e)?;
         self.rotation_state(&e)?;
@@ -343,13 +339,12 @@ impl Kms {
 
     pub fn list_key_rotations(
         &self,
-        p: &Principal,
-        key: &str,
+        keys: &Resolved,
         include_all_material: bool,
         limit: usize,
         marker: Option<&str>,
     ) -> Result<ListKeyRotationsOutput, KmsError> {
-        let e = self.resolve(p, key, false)?;
+        let e = keys.key()?;
         self.symmetric_for_rotation(&e)?;
         let from = match marker {
             None => 0,

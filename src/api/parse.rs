@@ -1,0 +1,455 @@
+//! The edge: one parser per operation from the request's JSON members into the domain's
+//! typed [`Request`], with AWS's validation messages. Adding an operation is one arm here,
+//! one type in `kms::requests`, one method in the domain.
+
+use super::error::ApiError;
+use super::input::Input;
+use crate::kms::context::EncryptionContext;
+use crate::kms::operation::Operation;
+use crate::kms::requests::{self as rq, DataKeySize, Page, Request};
+use crate::kms::types::{
+    AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeyRef,
+    KeySpec, KeyUsage, MacAlgorithm, MessageType, Origin, Plaintext, SigningAlgorithm, Tag,
+};
+
+/// Largest ciphertext, signature or MAC blob AWS accepts (`CiphertextType`).
+const MAX_BLOB: usize = 6144;
+
+fn unsupported(message: &str) -> ApiError {
+    ApiError::new("UnsupportedOperationException", message.to_string())
+}
+
+/// Parse the members of `op` into its typed request.
+pub fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
+    if op.takes_grant_tokens() {
+        grant_tokens(i)?;
+    }
+    use Operation as O;
+    Ok(match op {
+        O::CreateKey => Request::CreateKey(create_key(i)?),
+        O::DescribeKey
+        | O::GetPublicKey
+        | O::EnableKey
+        | O::DisableKey
+        | O::CancelKeyDeletion
+        | O::DisableKeyRotation
+        | O::GetKeyRotationStatus
+        | O::RotateKeyOnDemand => Request::Key(op, key(i, "KeyId")?),
+        O::ListKeys => Request::ListKeys(page(i)?),
+        O::Encrypt => {
+            let key = key(i, "KeyId")?;
+            let pt = i
+                .blob("Plaintext", 1, 4096)?
+                .ok_or_else(|| Input::missing("Plaintext"))?;
+            Request::Encrypt(rq::Encrypt {
+                key,
+                plaintext: Plaintext::new(pt)?,
+                context: context(i, "EncryptionContext")?,
+                algorithm: i.parse("EncryptionAlgorithm", EncryptionAlgorithm::parse)?,
+                dry_run: i.bool("DryRun")?,
+            })
+        }
+        O::Decrypt => {
+            no_recipient(i)?;
+            let ciphertext = i
+                .blob("CiphertextBlob", 1, MAX_BLOB)?
+                .ok_or_else(|| Input::missing("CiphertextBlob"))?;
+            Request::Decrypt(rq::Decrypt {
+                ciphertext,
+                key: opt_key(i, "KeyId")?,
+                context: context(i, "EncryptionContext")?,
+                algorithm: i.parse("EncryptionAlgorithm", EncryptionAlgorithm::parse)?,
+                dry_run: i.bool("DryRun")?,
+            })
+        }
+        O::ReEncrypt => {
+            let ciphertext = i
+                .blob("CiphertextBlob", 1, MAX_BLOB)?
+                .ok_or_else(|| Input::missing("CiphertextBlob"))?;
+            Request::ReEncrypt(rq::ReEncrypt {
+                ciphertext,
+                source_key: opt_key(i, "SourceKeyId")?,
+                source_context: context(i, "SourceEncryptionContext")?,
+                source_algorithm: i
+                    .parse("SourceEncryptionAlgorithm", EncryptionAlgorithm::parse)?,
+                destination_key: key(i, "DestinationKeyId")?,
+                destination_context: context(i, "DestinationEncryptionContext")?,
+                destination_algorithm: i
+                    .parse("DestinationEncryptionAlgorithm", EncryptionAlgorithm::parse)?,
+                dry_run: i.bool("DryRun")?,
+            })
+        }
+        O::GenerateDataKey | O::GenerateDataKeyWithoutPlaintext => {
+            let key = key(i, "KeyId")?;
+            let spec = i.parse("KeySpec", DataKeySpec::parse)?;
+            let bytes = i.int("NumberOfBytes", 1, 1024)?;
+            let size = match (spec, bytes) {
+                (Some(s), None) => DataKeySize::Spec(s),
+                (None, Some(n)) => DataKeySize::Bytes(n as usize),
+                _ => {
+                    return Err(ApiError::validation(
+                        "Please specify either number of bytes or key spec.",
+                    ))
+                }
+            };
+            no_recipient(i)?;
+            Request::GenerateDataKey(rq::GenerateDataKey {
+                key,
+                size,
+                context: context(i, "EncryptionContext")?,
+                with_plaintext: op == O::GenerateDataKey,
+                dry_run: i.bool("DryRun")?,
+            })
+        }
+        O::GenerateRandom => {
+            if i.string("CustomKeyStoreId")?.is_some() {
+                return Err(ApiError::new(
+                    "CustomKeyStoreNotFoundException",
+                    "Custom key stores are not supported yet.",
+                ));
+            }
+            let n = i
+                .int("NumberOfBytes", 1, 1024)?
+                .ok_or_else(|| Input::missing("NumberOfBytes"))?;
+            Request::GenerateRandom(n as usize)
+        }
+        O::CreateAlias => Request::CreateAlias(set_alias(i)?),
+        O::UpdateAlias => Request::UpdateAlias(set_alias(i)?),
+        O::DeleteAlias => Request::DeleteAlias(alias(i)?),
+        O::ListAliases => Request::ListAliases(rq::ListAliases {
+            key: opt_key(i, "KeyId")?,
+            page: page(i)?,
+        }),
+        O::UpdateKeyDescription => {
+            let key = key(i, "KeyId")?;
+            let d = i
+                .string_len("Description", 0, 8192)?
+                .ok_or_else(|| Input::missing("Description"))?;
+            Request::UpdateKeyDescription(rq::UpdateKeyDescription {
+                key,
+                description: d.to_string(),
+            })
+        }
+        O::ScheduleKeyDeletion => {
+            let key = key(i, "KeyId")?;
+            let days = i.int("PendingWindowInDays", 7, 30)?.map(|d| d as u32);
+            Request::ScheduleKeyDeletion(rq::ScheduleKeyDeletion {
+                key,
+                window_days: days,
+            })
+        }
+        O::TagResource => {
+            let key = key(i, "KeyId")?;
+            Request::TagResource(rq::TagResource {
+                key,
+                tags: tag_list(i)?,
+            })
+        }
+        O::UntagResource => {
+            let key = key(i, "KeyId")?;
+            Request::UntagResource(rq::UntagResource {
+                key,
+                tag_keys: tag_keys(i)?,
+            })
+        }
+        O::ListResourceTags => {
+            let key = key(i, "KeyId")?;
+            let limit = i.int("Limit", 1, 50)?.unwrap_or(50) as usize;
+            Request::ListResourceTags(rq::KeyPage {
+                key,
+                page: Page {
+                    limit,
+                    marker: marker(i)?,
+                },
+                include_all_material: false,
+            })
+        }
+        O::Sign | O::Verify => {
+            let key = key(i, "KeyId")?;
+            let message = message(i)?;
+            let message_type = i.parse("MessageType", MessageType::parse)?;
+            let algorithm = required(
+                i.parse("SigningAlgorithm", SigningAlgorithm::parse)?,
+                "SigningAlgorithm",
+            )?;
+            let dry_run = i.bool("DryRun")?;
+            let signature = match op {
+                O::Verify => Some(required(i.blob("Signature", 1, MAX_BLOB)?, "Signature")?),
+                _ => None,
+            };
+            Request::Sign(rq::Sign {
+                key,
+                message,
+                message_type,
+                algorithm,
+                signature,
+                dry_run,
+            })
+        }
+        O::GenerateMac | O::VerifyMac => {
+            let message = message(i)?;
+            let key = key(i, "KeyId")?;
+            let algorithm = required(
+                i.parse("MacAlgorithm", MacAlgorithm::parse)?,
+                "MacAlgorithm",
+            )?;
+            let dry_run = i.bool("DryRun")?;
+            let mac = match op {
+                O::VerifyMac => Some(required(i.blob("Mac", 1, MAX_BLOB)?, "Mac")?),
+                _ => None,
+            };
+            Request::Mac(rq::Mac {
+                key,
+                message,
+                algorithm,
+                mac,
+                dry_run,
+            })
+        }
+        O::DeriveSharedSecret => {
+            let key = key(i, "KeyId")?;
+            let algorithm = required(
+                i.parse("KeyAgreementAlgorithm", KeyAgreementAlgorithm::parse)?,
+                "KeyAgreementAlgorithm",
+            )?;
+            let public_key = required(i.blob("PublicKey", 1, 8192)?, "PublicKey")?;
+            no_recipient(i)?;
+            Request::DeriveSharedSecret(rq::DeriveSharedSecret {
+                key,
+                algorithm,
+                public_key,
+                dry_run: i.bool("DryRun")?,
+            })
+        }
+        O::GenerateDataKeyPair | O::GenerateDataKeyPairWithoutPlaintext => {
+            let key = key(i, "KeyId")?;
+            let spec = required(
+                i.parse("KeyPairSpec", DataKeyPairSpec::parse)?,
+                "KeyPairSpec",
+            )?;
+            no_recipient(i)?;
+            Request::GenerateDataKeyPair(rq::GenerateDataKeyPair {
+                key,
+                spec,
+                context: context(i, "EncryptionContext")?,
+                with_plaintext: op == O::GenerateDataKeyPair,
+                dry_run: i.bool("DryRun")?,
+            })
+        }
+        O::EnableKeyRotation => {
+            let key = key(i, "KeyId")?;
+            let period = i.int("RotationPeriodInDays", 90, 2560)?.map(|d| d as u32);
+            Request::EnableKeyRotation(rq::EnableKeyRotation {
+                key,
+                period_days: period,
+            })
+        }
+        O::ListKeyRotations => {
+            let key = key(i, "KeyId")?;
+            let all = match i.string("IncludeKeyMaterial")? {
+                None | Some("ROTATIONS_ONLY") => false,
+                Some("ALL_KEY_MATERIAL") => true,
+                Some(other) => {
+                    return Err(ApiError::validation(format!(
+                        "1 validation error detected: Value '{other}' at 'includeKeyMaterial' failed to satisfy constraint: Member must satisfy enum value set: [ALL_KEY_MATERIAL, ROTATIONS_ONLY]"
+                    )))
+                }
+            };
+            Request::ListKeyRotations(rq::KeyPage {
+                key,
+                page: page(i)?,
+                include_all_material: all,
+            })
+        }
+        other => {
+            debug_assert!(!other.is_built());
+            return Err(ApiError::unknown_operation());
+        }
+    })
+}
+
+fn create_key(i: &Input<'_>) -> Result<rq::CreateKey, ApiError> {
+    if i.string("CustomKeyStoreId")?.is_some() || i.string("XksKeyId")?.is_some() {
+        return Err(unsupported("Custom key stores are not supported yet."));
+    }
+    let key_spec = match i.parse("KeySpec", KeySpec::parse)? {
+        Some(s) => Some(s),
+        None => i.parse("CustomerMasterKeySpec", KeySpec::parse)?,
+    };
+    i.string_len("Policy", 1, 131072)?;
+    i.bool("BypassPolicyLockoutSafetyCheck")?;
+    Ok(rq::CreateKey {
+        description: i.string_len("Description", 0, 8192)?.map(str::to_string),
+        key_usage: i.parse("KeyUsage", KeyUsage::parse)?,
+        key_spec,
+        origin: i.parse("Origin", Origin::parse)?,
+        tags: tags(i)?,
+        multi_region: i.bool("MultiRegion")?,
+    })
+}
+
+/// A required key reference member.
+fn key(i: &Input<'_>, member: &str) -> Result<KeyRef, ApiError> {
+    KeyRef::from_member(i.req_string(member)?).map_err(ApiError::from)
+}
+
+/// An optional key reference member.
+fn opt_key(i: &Input<'_>, member: &str) -> Result<Option<KeyRef>, ApiError> {
+    i.string(member)?
+        .map(|s| KeyRef::from_member(s).map_err(ApiError::from))
+        .transpose()
+}
+
+fn alias(i: &Input<'_>) -> Result<AliasName, ApiError> {
+    AliasName::parse(i.req_string("AliasName")?)
+        .map_err(|e| ApiError::validation(e.at("aliasName").to_string()))
+}
+
+fn set_alias(i: &Input<'_>) -> Result<rq::SetAlias, ApiError> {
+    let name = i.req_string("AliasName")?;
+    let target = key(i, "TargetKeyId")?;
+    let alias =
+        AliasName::parse(name).map_err(|e| ApiError::validation(e.at("aliasName").to_string()))?;
+    Ok(rq::SetAlias { alias, target })
+}
+
+fn context(i: &Input<'_>, member: &str) -> Result<EncryptionContext, ApiError> {
+    if let Some(v) = i.raw(member) {
+        if !v.is_object() {
+            return Err(ApiError::serialization(format!(
+                "Unexpected value type for member '{member}': expected a map"
+            )));
+        }
+    }
+    EncryptionContext::from_json(i.raw(member)).map_err(ApiError::from)
+}
+
+fn grant_tokens(i: &Input<'_>) -> Result<(), ApiError> {
+    let list = i.list("GrantTokens")?;
+    if list.len() > 10 {
+        return Err(ApiError::validation(
+            "1 validation error detected: Value at 'grantTokens' failed to satisfy constraint: Member must have length less than or equal to 10",
+        ));
+    }
+    Ok(())
+}
+
+fn page(i: &Input<'_>) -> Result<Page, ApiError> {
+    Ok(Page {
+        limit: i.int("Limit", 1, 1000)?.unwrap_or(100) as usize,
+        marker: marker(i)?,
+    })
+}
+
+fn marker(i: &Input<'_>) -> Result<Option<String>, ApiError> {
+    Ok(i.string_len("Marker", 1, 1024)?.map(str::to_string))
+}
+
+fn message(i: &Input<'_>) -> Result<Plaintext, ApiError> {
+    let m = i
+        .blob("Message", 1, 4096)?
+        .ok_or_else(|| Input::missing("Message"))?;
+    Ok(Plaintext::new(m)?)
+}
+
+fn required<T>(v: Option<T>, member: &str) -> Result<T, ApiError> {
+    v.ok_or_else(|| Input::missing(member))
+}
+
+fn no_recipient(i: &Input<'_>) -> Result<(), ApiError> {
+    if i.raw("Recipient").is_some() {
+        return Err(unsupported(
+            "Recipient (Nitro Enclaves attestation) is not supported.",
+        ));
+    }
+    Ok(())
+}
+
+/// CreateKey's optional `Tags`.
+fn tags(i: &Input<'_>) -> Result<Vec<Tag>, ApiError> {
+    i.list("Tags")?
+        .iter()
+        .map(|t| {
+            let obj = t
+                .as_object()
+                .ok_or_else(|| ApiError::serialization("Each tag must be an object"))?;
+            let i = Input::new(obj);
+            let k = i.req_string("TagKey")?;
+            let v = i.req_string("TagValue")?;
+            Tag::new(k, v).map_err(|e| ApiError::new("TagException", e.to_string()))
+        })
+        .collect()
+}
+
+fn too_long(value: &str, at: &str, max: usize) -> ApiError {
+    ApiError::validation(format!(
+        "1 validation error detected: Value '{value}' at '{at}' failed to satisfy constraint: Member must have length less than or equal to {max}"
+    ))
+}
+
+fn too_short(at: &str) -> ApiError {
+    ApiError::validation(format!(
+        "1 validation error detected: Value '' at '{at}' failed to satisfy constraint: Member must have length greater than or equal to 1"
+    ))
+}
+
+/// `Tags` of TagResource: required; each tag an object with `TagKey` (1–128) and
+/// `TagValue` (0–256); length violations are `ValidationException` as the API model says.
+fn tag_list(i: &Input<'_>) -> Result<Vec<Tag>, ApiError> {
+    if i.raw("Tags").is_none() {
+        return Err(Input::missing("Tags"));
+    }
+    i.list("Tags")?
+        .iter()
+        .enumerate()
+        .map(|(n, t)| {
+            let obj = t.as_object().ok_or_else(|| {
+                ApiError::serialization("Unexpected value type for member 'Tags': expected a list of Tag structures")
+            })?;
+            let ti = Input::new(obj);
+            let at = |m: &str| format!("tags.{}.member.{m}", n + 1);
+            let k = ti.string("TagKey")?.ok_or_else(|| {
+                ApiError::validation(format!("1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null", at("tagKey")))
+            })?;
+            let v = ti.string("TagValue")?.ok_or_else(|| {
+                ApiError::validation(format!("1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null", at("tagValue")))
+            })?;
+            if k.is_empty() {
+                return Err(too_short(&at("tagKey")));
+            }
+            if k.chars().count() > 128 {
+                return Err(too_long(k, &at("tagKey"), 128));
+            }
+            if v.chars().count() > 256 {
+                return Err(too_long(v, &at("tagValue"), 256));
+            }
+            Tag::new(k, v).map_err(ApiError::from)
+        })
+        .collect()
+}
+
+/// `TagKeys` of UntagResource: required list of strings, each 1–128 characters.
+fn tag_keys(i: &Input<'_>) -> Result<Vec<String>, ApiError> {
+    if i.raw("TagKeys").is_none() {
+        return Err(Input::missing("TagKeys"));
+    }
+    i.list("TagKeys")?
+        .iter()
+        .enumerate()
+        .map(|(n, k)| {
+            let at = format!("tagKeys.{}.member", n + 1);
+            let k = k.as_str().ok_or_else(|| {
+                ApiError::serialization(
+                    "Unexpected value type for member 'TagKeys': expected a list of strings",
+                )
+            })?;
+            if k.is_empty() {
+                return Err(too_short(&at));
+            }
+            if k.chars().count() > 128 {
+                return Err(too_long(k, &at, 128));
+            }
+            Ok(k.to_string())
+        })
+        .collect()
+}

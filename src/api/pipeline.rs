@@ -1,0 +1,172 @@
+//! THE request path of every KMS call, top to bottom:
+//!
+//! 1. **authenticate** — read the body, find the operation in `X-Amz-Target`, verify SigV4;
+//! 2. **parse** — the JSON members into the operation's typed request (`api::parse`);
+//! 3. **resolve** — the keys the request names (`Kms::resolve`);
+//! 4. **authorize** — may this principal perform this action on these keys (`Kms::authorize`);
+//! 5. **execute** — the domain method (`Kms::execute`);
+//! 6. **record** — one structured event per call, whatever its outcome;
+//! 7. **respond** — JSON 1.1 body or the AWS error, with `x-amzn-RequestId`.
+//!
+//! Every step runs inside one `request` span carrying the request id and the operation;
+//! the span follows the call into the HSM workers and the blocking store calls, so every
+//! log line of a call names both.
+
+use super::error::{content_type, ApiError};
+use super::input::Input;
+use super::{parse, set_headers, AppState};
+use crate::auth::{Principal, RequestParts};
+use crate::kms::operation::Operation;
+use crate::kms::Resolved;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Serve one `POST /` KMS request.
+pub async fn handle(app: &AppState, req: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        operation = tracing::field::Empty
+    );
+    let started = Instant::now();
+    let outcome = run(app, req).instrument(span.clone()).await;
+    let _in = span.enter();
+    record(&outcome, started);
+    match outcome.result {
+        Ok(mut r) => {
+            set_headers(&mut r, &request_id);
+            r
+        }
+        Err(e) => e.into_response_with(&request_id),
+    }
+}
+
+/// What one call did, for the record step.
+struct Outcome {
+    operation: Option<Operation>,
+    principal: Option<String>,
+    resources: Vec<String>,
+    result: Result<Response, ApiError>,
+}
+
+async fn run(app: &AppState, req: Request) -> Outcome {
+    let mut out = Outcome {
+        operation: None,
+        principal: None,
+        resources: Vec::new(),
+        result: Err(ApiError::unknown_operation()),
+    };
+    out.result = steps(app, req, &mut out).await;
+    out
+}
+
+async fn steps(app: &AppState, req: Request, out: &mut Outcome) -> Result<Response, ApiError> {
+    // 1. authenticate
+    let (op, principal, body) = authenticate(app, req, out).await?;
+    out.principal = Some(principal.arn.clone());
+    // 2. parse
+    let json = json_body(&body)?;
+    let request = parse::parse(op, &Input::new(&json))?;
+    // 3. resolve
+    let keys: Resolved = app.kms.resolve(&principal, op, &request).await?;
+    out.resources = app.kms.resource_arns(&keys);
+    // 4. authorize
+    app.kms.authorize(&principal, op, &keys)?;
+    // 5. execute
+    let reply = app.kms.execute(&principal, request, &keys).await?;
+    // 7. respond (6. record runs in `handle`, for every outcome)
+    let bytes = reply.to_json().map_err(|e| {
+        tracing::error!(error = %e, "response serialization failed");
+        ApiError::new("KMSInternalException", "An internal error occurred.")
+    })?;
+    let mut r = bytes.into_response();
+    r.headers_mut().insert("content-type", content_type());
+    Ok(r)
+}
+
+async fn authenticate(
+    app: &AppState,
+    req: Request,
+    out: &mut Outcome,
+) -> Result<(Operation, Principal, bytes::Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    if parts.method != Method::POST {
+        return Err(ApiError::unknown_operation());
+    }
+    let body = axum::body::to_bytes(Body::new(body), app.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                "RequestEntityTooLargeException",
+                format!("Request body is larger than {} bytes", app.max_body_bytes),
+            )
+        })?;
+    let op = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Operation::from_target)
+        .filter(|op| op.is_built())
+        .ok_or_else(ApiError::unknown_operation)?;
+    out.operation = Some(op);
+    tracing::Span::current().record("operation", op.name());
+    let principal = crate::auth::verify(
+        &RequestParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            body: &body,
+        },
+        app.credentials.as_ref(),
+        app.clock.now(),
+        app.kms.region().as_str(),
+        "kms",
+    )?;
+    Ok((op, principal, body))
+}
+
+fn json_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if body.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::serialization(
+            "Request body must be a JSON object",
+        )),
+        Err(_) => Err(ApiError::serialization("Request body is not valid JSON")),
+    }
+}
+
+/// Step 6, record: one structured event per call (target `hsm_kms::audit`), never with
+/// plaintext, ciphertext, key material or secrets. The audit trail fills this in.
+fn record(out: &Outcome, started: Instant) {
+    let operation = out.operation.map_or("unknown", Operation::name);
+    let principal = out.principal.as_deref().unwrap_or("-");
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match &out.result {
+        Ok(_) => tracing::debug!(
+            target: "hsm_kms::audit",
+            operation,
+            principal,
+            resources = ?out.resources,
+            elapsed_us,
+            "call succeeded"
+        ),
+        Err(e) => tracing::info!(
+            target: "hsm_kms::audit",
+            operation,
+            principal,
+            resources = ?out.resources,
+            error = e.aws_type,
+            elapsed_us,
+            "call failed"
+        ),
+    }
+}

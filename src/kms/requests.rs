@@ -1,0 +1,299 @@
+//! One typed request per operation, as the API edge parses it: key references are
+//! [`KeyRef`]s, plaintexts [`Plaintext`], contexts [`EncryptionContext`], enums the wire
+//! enums — never raw strings. Validation of shapes (types, lengths, enum values) happened
+//! at the edge; the domain applies the rules that need state (does the key exist, is it
+//! enabled, may its usage do this).
+
+use super::context::EncryptionContext;
+use super::operation::Operation;
+use super::types::{
+    AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeyRef,
+    KeySpec, KeyUsage, MacAlgorithm, MessageType, Origin, Plaintext, SigningAlgorithm, Tag,
+};
+
+/// What GenerateDataKey asks for: exactly one of a spec or a byte count.
+#[derive(Debug, Clone, Copy)]
+pub enum DataKeySize {
+    /// `KeySpec` (AES_128 / AES_256).
+    Spec(DataKeySpec),
+    /// `NumberOfBytes` (1–1024).
+    Bytes(usize),
+}
+
+/// A page request: `Limit` and the opaque `Marker` of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Largest number of items to return.
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub marker: Option<String>,
+}
+
+/// CreateKey.
+#[derive(Debug, Default)]
+pub struct CreateKey {
+    /// `Description` (0–8192 characters).
+    pub description: Option<String>,
+    /// `KeyUsage`.
+    pub key_usage: Option<KeyUsage>,
+    /// `KeySpec` (or the deprecated `CustomerMasterKeySpec`).
+    pub key_spec: Option<KeySpec>,
+    /// `Origin`.
+    pub origin: Option<Origin>,
+    /// `Tags`.
+    pub tags: Vec<Tag>,
+    /// `MultiRegion`.
+    pub multi_region: bool,
+}
+
+/// Encrypt.
+#[derive(Debug)]
+pub struct Encrypt {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `Plaintext` (1–4096 bytes).
+    pub plaintext: Plaintext,
+    /// `EncryptionContext`.
+    pub context: EncryptionContext,
+    /// `EncryptionAlgorithm`.
+    pub algorithm: Option<EncryptionAlgorithm>,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// Decrypt.
+#[derive(Debug)]
+pub struct Decrypt {
+    /// `CiphertextBlob`.
+    pub ciphertext: Vec<u8>,
+    /// `KeyId` (required for asymmetric keys; must match the blob otherwise).
+    pub key: Option<KeyRef>,
+    /// `EncryptionContext`.
+    pub context: EncryptionContext,
+    /// `EncryptionAlgorithm`.
+    pub algorithm: Option<EncryptionAlgorithm>,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// ReEncrypt.
+#[derive(Debug)]
+pub struct ReEncrypt {
+    /// `CiphertextBlob`.
+    pub ciphertext: Vec<u8>,
+    /// `SourceKeyId`.
+    pub source_key: Option<KeyRef>,
+    /// `SourceEncryptionContext`.
+    pub source_context: EncryptionContext,
+    /// `SourceEncryptionAlgorithm`.
+    pub source_algorithm: Option<EncryptionAlgorithm>,
+    /// `DestinationKeyId`.
+    pub destination_key: KeyRef,
+    /// `DestinationEncryptionContext`.
+    pub destination_context: EncryptionContext,
+    /// `DestinationEncryptionAlgorithm`.
+    pub destination_algorithm: Option<EncryptionAlgorithm>,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// GenerateDataKey and GenerateDataKeyWithoutPlaintext.
+#[derive(Debug)]
+pub struct GenerateDataKey {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `KeySpec` or `NumberOfBytes`.
+    pub size: DataKeySize,
+    /// `EncryptionContext`.
+    pub context: EncryptionContext,
+    /// False for GenerateDataKeyWithoutPlaintext.
+    pub with_plaintext: bool,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// CreateAlias and UpdateAlias.
+#[derive(Debug)]
+pub struct SetAlias {
+    /// `AliasName`.
+    pub alias: AliasName,
+    /// `TargetKeyId`.
+    pub target: KeyRef,
+}
+
+/// ListAliases.
+#[derive(Debug)]
+pub struct ListAliases {
+    /// `KeyId`: only aliases of this key.
+    pub key: Option<KeyRef>,
+    /// `Limit` / `Marker`.
+    pub page: Page,
+}
+
+/// UpdateKeyDescription.
+#[derive(Debug)]
+pub struct UpdateKeyDescription {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `Description`.
+    pub description: String,
+}
+
+/// ScheduleKeyDeletion.
+#[derive(Debug)]
+pub struct ScheduleKeyDeletion {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `PendingWindowInDays` (7–30, default 30).
+    pub window_days: Option<u32>,
+}
+
+/// TagResource.
+#[derive(Debug)]
+pub struct TagResource {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `Tags`.
+    pub tags: Vec<Tag>,
+}
+
+/// UntagResource.
+#[derive(Debug)]
+pub struct UntagResource {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `TagKeys`.
+    pub tag_keys: Vec<String>,
+}
+
+/// ListResourceTags and ListKeyRotations.
+#[derive(Debug)]
+pub struct KeyPage {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `Limit` / `Marker`.
+    pub page: Page,
+    /// ListKeyRotations' `IncludeKeyMaterial` = `ALL_KEY_MATERIAL`.
+    pub include_all_material: bool,
+}
+
+/// Sign and Verify.
+#[derive(Debug)]
+pub struct Sign {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `Message`.
+    pub message: Plaintext,
+    /// `MessageType`.
+    pub message_type: Option<MessageType>,
+    /// `SigningAlgorithm`.
+    pub algorithm: SigningAlgorithm,
+    /// Verify's `Signature` (`None` for Sign).
+    pub signature: Option<Vec<u8>>,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// GenerateMac and VerifyMac.
+#[derive(Debug)]
+pub struct Mac {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `Message`.
+    pub message: Plaintext,
+    /// `MacAlgorithm`.
+    pub algorithm: MacAlgorithm,
+    /// VerifyMac's `Mac` (`None` for GenerateMac).
+    pub mac: Option<Vec<u8>>,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// DeriveSharedSecret.
+#[derive(Debug)]
+pub struct DeriveSharedSecret {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `KeyAgreementAlgorithm`.
+    pub algorithm: KeyAgreementAlgorithm,
+    /// `PublicKey` (SPKI DER).
+    pub public_key: Vec<u8>,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// GenerateDataKeyPair and GenerateDataKeyPairWithoutPlaintext.
+#[derive(Debug)]
+pub struct GenerateDataKeyPair {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `KeyPairSpec`.
+    pub spec: DataKeyPairSpec,
+    /// `EncryptionContext`.
+    pub context: EncryptionContext,
+    /// False for GenerateDataKeyPairWithoutPlaintext.
+    pub with_plaintext: bool,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// EnableKeyRotation.
+#[derive(Debug)]
+pub struct EnableKeyRotation {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `RotationPeriodInDays`.
+    pub period_days: Option<u32>,
+}
+
+/// A parsed request of any built operation.
+#[derive(Debug)]
+pub enum Request {
+    /// CreateKey.
+    CreateKey(CreateKey),
+    /// DescribeKey, GetPublicKey, EnableKey, DisableKey, CancelKeyDeletion,
+    /// DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand: a key and nothing else.
+    Key(Operation, KeyRef),
+    /// ListKeys.
+    ListKeys(Page),
+    /// Encrypt.
+    Encrypt(Encrypt),
+    /// Decrypt.
+    Decrypt(Decrypt),
+    /// ReEncrypt.
+    ReEncrypt(ReEncrypt),
+    /// GenerateDataKey(WithoutPlaintext).
+    GenerateDataKey(GenerateDataKey),
+    /// GenerateRandom (`NumberOfBytes`).
+    GenerateRandom(usize),
+    /// CreateAlias.
+    CreateAlias(SetAlias),
+    /// UpdateAlias.
+    UpdateAlias(SetAlias),
+    /// DeleteAlias.
+    DeleteAlias(AliasName),
+    /// ListAliases.
+    ListAliases(ListAliases),
+    /// UpdateKeyDescription.
+    UpdateKeyDescription(UpdateKeyDescription),
+    /// ScheduleKeyDeletion.
+    ScheduleKeyDeletion(ScheduleKeyDeletion),
+    /// TagResource.
+    TagResource(TagResource),
+    /// UntagResource.
+    UntagResource(UntagResource),
+    /// ListResourceTags.
+    ListResourceTags(KeyPage),
+    /// Sign / Verify.
+    Sign(Sign),
+    /// GenerateMac / VerifyMac.
+    Mac(Mac),
+    /// DeriveSharedSecret.
+    DeriveSharedSecret(DeriveSharedSecret),
+    /// GenerateDataKeyPair(WithoutPlaintext).
+    GenerateDataKeyPair(GenerateDataKeyPair),
+    /// EnableKeyRotation.
+    EnableKeyRotation(EnableKeyRotation),
+    /// ListKeyRotations.
+    ListKeyRotations(KeyPage),
+}

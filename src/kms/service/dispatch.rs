@@ -1,0 +1,332 @@
+//! The domain's three steps of every call, in the order the request path runs them:
+//! [`Kms::resolve`] finds the keys a request names (creating an AWS managed key on the
+//! first use of its `alias/aws/<service>` alias), [`Kms::authorize`] decides whether the
+//! principal may perform the operation's IAM action on them, and [`Kms::execute`] runs the
+//! operation's domain method and returns its output.
+
+use super::{Entry, Kms};
+use crate::auth::Principal;
+use crate::kms::ciphertext::Blob;
+use crate::kms::error::KmsError;
+use crate::kms::operation::Operation;
+use crate::kms::requests::Request;
+use crate::kms::types::{KeyManager, KeyRef, KeyState};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// The keys a request names, resolved before authorization.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// The key the operation acts on (the source key of ReEncrypt, an alias's target).
+    pub(super) key: Option<Arc<Entry>>,
+    /// ReEncrypt's destination key.
+    pub(super) destination: Option<Arc<Entry>>,
+    /// A symmetric ciphertext's parsed blob (Decrypt, ReEncrypt's source); `None` with a
+    /// `key` means an asymmetric (RSA) ciphertext.
+    pub(super) blob: Option<Blob>,
+}
+
+impl Resolved {
+    /// The key the operation acts on.
+    pub(super) fn key(&self) -> Result<Arc<Entry>, KmsError> {
+        self.key
+            .clone()
+            .ok_or_else(|| KmsError::Internal("request path: key not resolved".into()))
+    }
+
+    /// ReEncrypt's destination.
+    pub(super) fn destination(&self) -> Result<Arc<Entry>, KmsError> {
+        self.destination
+            .clone()
+            .ok_or_else(|| KmsError::Internal("request path: destination not resolved".into()))
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.key.iter().chain(self.destination.iter())
+    }
+}
+
+impl Kms {
+    /// The ARNs of the resolved keys (for the call's record).
+    pub fn resource_arns(&self, keys: &Resolved) -> Vec<String> {
+        keys.entries().map(|e| self.arn(&e.doc)).collect()
+    }
+}
+
+/// An operation's output, serialized by the API layer as AWS shapes it.
+pub trait Output: Send {
+    /// The JSON body.
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error>;
+}
+
+impl<T: Serialize + Send> Output for T {
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+}
+
+/// What [`Kms::execute`] returns.
+pub type Reply = Box<dyn Output>;
+
+fn reply<T: Serialize + Send + 'static>(v: T) -> Result<Reply, KmsError> {
+    Ok(Box::new(v))
+}
+
+/// Operations whose first use of `alias/aws/<service>` creates the AWS managed key.
+fn creates_aws_managed_key(op: Operation) -> bool {
+    matches!(
+        op,
+        Operation::Encrypt
+            | Operation::GenerateDataKey
+            | Operation::GenerateDataKeyWithoutPlaintext
+            | Operation::DescribeKey
+            | Operation::ReEncrypt
+    )
+}
+
+impl Kms {
+    /// Resolve the keys `request` names, in the order AWS reports their errors.
+    pub async fn resolve(
+        &self,
+        p: &Principal,
+        op: Operation,
+        request: &Request,
+    ) -> Result<Resolved, KmsError> {
+        let one = |key: Option<Arc<Entry>>| Resolved {
+            key,
+            ..Resolved::default()
+        };
+        Ok(match request {
+            Request::CreateKey(_) | Request::ListKeys(_) | Request::GenerateRandom(_) => {
+                Resolved::default()
+            }
+            Request::Key(op, r) => {
+                let aliases = matches!(op, Operation::DescribeKey | Operation::GetPublicKey);
+                self.first_use(p, *op, r).await?;
+                one(Some(self.resolve_ref(p, r, aliases)?))
+            }
+            Request::Encrypt(r) => {
+                self.first_use(p, op, &r.key).await?;
+                one(Some(self.resolve_ref(p, &r.key, true)?))
+            }
+            Request::GenerateDataKey(r) => {
+                self.first_use(p, op, &r.key).await?;
+                one(Some(self.resolve_ref(p, &r.key, true)?))
+            }
+            Request::Sign(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
+            Request::Mac(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
+            Request::DeriveSharedSecret(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
+            Request::GenerateDataKeyPair(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
+            Request::Decrypt(r) => {
+                let (key, blob) = self.ciphertext_key(p, &r.ciphertext, r.key.as_ref())?;
+                Resolved {
+                    key: Some(key),
+                    blob,
+                    destination: None,
+                }
+            }
+            Request::ReEncrypt(r) => {
+                self.first_use(p, op, &r.destination_key).await?;
+                let rsa = |k: Option<&KeyRef>| {
+                    k.and_then(|k| self.resolve_ref(p, k, true).ok())
+                        .is_some_and(|e| super::asymmetric::is_rsa(&e))
+                };
+                // With an RSA key on either side the destination is checked first, so
+                // that nothing is decrypted for a request that fails.
+                if rsa(r.source_key.as_ref()) || rsa(Some(&r.destination_key)) {
+                    let destination = Some(self.resolve_ref(p, &r.destination_key, true)?);
+                    let (key, blob) =
+                        self.ciphertext_key(p, &r.ciphertext, r.source_key.as_ref())?;
+                    Resolved {
+                        key: Some(key),
+                        blob,
+                        destination,
+                    }
+                } else {
+                    let (key, blob) =
+                        self.ciphertext_key(p, &r.ciphertext, r.source_key.as_ref())?;
+                    Resolved {
+                        key: Some(key),
+                        blob,
+                        destination: Some(self.resolve_ref(p, &r.destination_key, true)?),
+                    }
+                }
+            }
+            Request::CreateAlias(r) | Request::UpdateAlias(r) => {
+                self.user_alias(&r.alias)?;
+                one(Some(self.alias_target(p, &r.target)?))
+            }
+            Request::DeleteAlias(alias) => {
+                self.user_alias(alias)?;
+                Resolved::default()
+            }
+            Request::ListAliases(r) => match &r.key {
+                Some(k) => one(Some(self.resolve_ref(p, k, false)?)),
+                None => Resolved::default(),
+            },
+            Request::UpdateKeyDescription(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
+            Request::ScheduleKeyDeletion(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
+            Request::TagResource(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
+            Request::UntagResource(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
+            Request::ListResourceTags(r) | Request::ListKeyRotations(r) => {
+                one(Some(self.resolve_ref(p, &r.key, false)?))
+            }
+            Request::EnableKeyRotation(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
+        })
+    }
+
+    /// Create the AWS managed key of an `alias/aws/<service>` alias on its first use.
+    async fn first_use(&self, p: &Principal, op: Operation, r: &KeyRef) -> Result<(), KmsError> {
+        if creates_aws_managed_key(op) {
+            self.ensure_aws_managed_key(p, r).await?;
+        }
+        Ok(())
+    }
+
+    /// May `p` perform `op`'s IAM action on the resolved keys? Today's rule: a principal
+    /// may use and manage every key of its own account, except that an AWS managed key's
+    /// fixed policy allows no management action. Key policies, IAM policies and grants
+    /// plug in here.
+    pub fn authorize(&self, p: &Principal, op: Operation, keys: &Resolved) -> Result<(), KmsError> {
+        for e in keys.entries() {
+            let arn = self.arn(&e.doc);
+            if e.doc.account_id.as_str() != p.account_id {
+                return Err(self.denied(p, op, &arn, "no resource-based policy allows"));
+            }
+            if e.doc.key_manager == KeyManager::Aws && is_management(op) {
+                return Err(self.denied(p, op, &arn, "no resource-based policy allows"));
+            }
+        }
+        Ok(())
+    }
+
+    fn denied(&self, p: &Principal, op: Operation, arn: &str, why: &str) -> KmsError {
+        let action = op.action();
+        KmsError::AccessDenied(format!(
+            "User: {} is not authorized to perform: {action} on resource: {arn} because {why} the {action} action",
+            p.arn
+        ))
+    }
+
+    /// Run `request` on its resolved keys.
+    pub async fn execute(
+        &self,
+        p: &Principal,
+        request: Request,
+        keys: &Resolved,
+    ) -> Result<Reply, KmsError> {
+        match request {
+            Request::CreateKey(r) => reply(self.create_key(p, r).await?),
+            Request::ListKeys(page) => reply(self.list_keys(p, page).await?),
+            Request::GenerateRandom(n) => reply(self.generate_random(n).await?),
+            Request::Key(op, _) => match op {
+                Operation::DescribeKey => reply(self.describe_key(keys)?),
+                Operation::GetPublicKey => reply(self.get_public_key(keys)?),
+                Operation::EnableKey => reply(self.set_key_state(keys, KeyState::Enabled).await?),
+                Operation::DisableKey => reply(self.set_key_state(keys, KeyState::Disabled).await?),
+                Operation::CancelKeyDeletion => reply(self.cancel_key_deletion(keys).await?),
+                Operation::DisableKeyRotation => reply(self.disable_key_rotation(keys).await?),
+                Operation::GetKeyRotationStatus => reply(self.get_key_rotation_status(keys)?),
+                Operation::RotateKeyOnDemand => reply(self.rotate_key_on_demand(keys).await?),
+                other => Err(KmsError::Internal(format!(
+                    "request path: {other} is not a key-only operation"
+                ))),
+            },
+            Request::Encrypt(r) => reply(
+                self.encrypt(keys, r.plaintext, r.context, r.algorithm, r.dry_run)
+                    .await?,
+            ),
+            Request::Decrypt(r) => reply(self.decrypt(keys, r).await?),
+            Request::ReEncrypt(r) => reply(self.re_encrypt(keys, r).await?),
+            Request::GenerateDataKey(r) => reply(
+                self.generate_data_key(keys, r.size, r.context, r.with_plaintext, r.dry_run)
+                    .await?,
+            ),
+            Request::CreateAlias(r) => reply(self.create_alias(p, keys, r.alias).await?),
+            Request::UpdateAlias(r) => reply(self.update_alias(p, keys, r.alias).await?),
+            Request::DeleteAlias(alias) => reply(self.delete_alias(p, alias).await?),
+            Request::ListAliases(r) => reply(self.list_aliases(p, keys, r.page).await?),
+            Request::UpdateKeyDescription(r) => {
+                reply(self.update_key_description(keys, r.description).await?)
+            }
+            Request::ScheduleKeyDeletion(r) => {
+                reply(self.schedule_key_deletion(keys, r.window_days).await?)
+            }
+            Request::TagResource(r) => reply(self.tag_resource(keys, r.tags).await?),
+            Request::UntagResource(r) => reply(self.untag_resource(keys, r.tag_keys).await?),
+            Request::ListResourceTags(r) => {
+                reply(self.list_resource_tags(keys, r.page.limit, r.page.marker.as_deref())?)
+            }
+            Request::Sign(r) => match r.signature {
+                None => reply(
+                    self.sign(keys, r.message, r.message_type, r.algorithm, r.dry_run)
+                        .await?,
+                ),
+                Some(sig) => reply(
+                    self.verify(keys, r.message, r.message_type, sig, r.algorithm, r.dry_run)
+                        .await?,
+                ),
+            },
+            Request::Mac(r) => match r.mac {
+                None => reply(
+                    self.generate_mac(keys, r.message, r.algorithm, r.dry_run)
+                        .await?,
+                ),
+                Some(mac) => reply(
+                    self.verify_mac(keys, r.message, mac, r.algorithm, r.dry_run)
+                        .await?,
+                ),
+            },
+            Request::DeriveSharedSecret(r) => reply(
+                self.derive_shared_secret(keys, r.algorithm, &r.public_key, r.dry_run)
+                    .await?,
+            ),
+            Request::GenerateDataKeyPair(r) => reply(
+                self.generate_data_key_pair(keys, r.spec, r.context, r.with_plaintext, r.dry_run)
+                    .await?,
+            ),
+            Request::EnableKeyRotation(r) => {
+                reply(self.enable_key_rotation(keys, r.period_days).await?)
+            }
+            Request::ListKeyRotations(r) => reply(self.list_key_rotations(
+                keys,
+                r.include_all_material,
+                r.page.limit,
+                r.page.marker.as_deref(),
+            )?),
+        }
+    }
+
+    /// Which key a ciphertext belongs to: a caller-named RSA key (its ciphertext is raw
+    /// RSA-OAEP), else the key in the blob's header, which a caller-named key must match.
+    fn ciphertext_key(
+        &self,
+        p: &Principal,
+        ciphertext: &[u8],
+        given: Option<&KeyRef>,
+    ) -> Result<(Arc<Entry>, Option<Blob>), KmsError> {
+        if let Some(k) = given {
+            if let Ok(e) = self.resolve_ref(p, k, true) {
+                if super::asymmetric::is_rsa(&e) {
+                    return Ok((e, None));
+                }
+            }
+        }
+        let (blob, owner) = self.open_blob(p, ciphertext, given)?;
+        Ok((owner, Some(blob)))
+    }
+}
+
+/// Management operations, which an AWS managed key's policy never allows.
+fn is_management(op: Operation) -> bool {
+    matches!(
+        op,
+        Operation::EnableKey
+            | Operation::DisableKey
+            | Operation::UpdateKeyDescription
+            | Operation::ScheduleKeyDeletion
+            | Operation::CancelKeyDeletion
+            | Operation::TagResource
+            | Operation::UntagResource
+    )
+}
