@@ -4,13 +4,13 @@
 //! The layer above (`api`) calls [`verify`] with the raw request parts and a
 //! [`CredentialLookup`]; on success it gets the [`Principal`] that made the request, on failure an
 //! [`AuthError`] that already knows its AWS `__type`, HTTP status and client-safe message.
-//! [`sign_request`] is the client side (tests, benchmarks) and reproduces botocore byte for byte.
+//! Signing is the client's business: the tests sign with AWS's own `aws-sigv4` crate.
 
 pub mod credentials;
 pub mod sigv4;
 
 pub use credentials::StaticCredentials;
-pub use sigv4::{sign_request, verify, AuthError, RequestParts, SigningParams};
+pub use sigv4::{verify, AuthError, RequestParts};
 
 use std::fmt;
 use std::sync::Arc;

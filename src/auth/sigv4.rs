@@ -1,6 +1,7 @@
 //! AWS Signature Version 4, header form (`Authorization: AWS4-HMAC-SHA256 ...`): verification of
-//! incoming requests ([`verify`]) and a client-side signer that reproduces botocore exactly
-//! ([`sign_request`]), plus the AWS-shaped errors ([`AuthError`]) a failed check yields.
+//! incoming requests ([`verify`]) and the AWS-shaped errors ([`AuthError`]) a failed check yields.
+//! Clients sign; this module only checks. The tests sign with AWS's own `aws-sigv4` crate and
+//! with captured botocore output, so the checks here are measured against independent signers.
 //!
 //! Canonicalization follows botocore's `SigV4Auth` (non-S3), which is what the aws CLI and boto3
 //! send and what AWS accepts:
@@ -18,6 +19,9 @@
 //!   that value used; [`verify`] requires it to equal the body's real hash, so an unsigned or
 //!   streaming payload is never accepted.
 //!
+//! Percent-encoding uses the `percent-encoding` crate with the AWS sets below; dates
+//! (`X-Amz-Date`, the credential-scope day, the `Date` fallback) are `time` format descriptions.
+//!
 //! Checks run in this order, each failing with the error AWS returns for it: Authorization header
 //! present; well formed; credential scope shape; request date present and parseable; `host`
 //! signed; scope region/service/terminator/date; clock skew of ±5 minutes; access key known; no
@@ -28,12 +32,14 @@ use super::{CredentialLookup, Principal};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use http::header::{AUTHORIZATION, DATE};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
+use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
-use std::fmt;
+use std::borrow::Cow;
 use subtle::ConstantTimeEq;
-use time::{Date, Duration, Month, OffsetDateTime, Time, UtcOffset};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{Duration, OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use zeroize::Zeroizing;
 
 /// The only signing algorithm accepted.
@@ -46,21 +52,6 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 const X_AMZ_DATE: &str = "x-amz-date";
 const X_AMZ_SECURITY_TOKEN: &str = "x-amz-security-token";
 const X_AMZ_CONTENT_SHA256: &str = "x-amz-content-sha256";
-
-/// Headers botocore never signs (`botocore.auth.SIGNED_HEADERS_BLACKLIST`).
-const UNSIGNED_HEADERS: [&str; 11] = [
-    "connection",
-    "expect",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "user-agent",
-    "x-amzn-trace-id",
-];
 
 const MSG_SIGNATURE_MISMATCH: &str = "The request signature we calculated does not match the \
      signature you provided. Check your AWS Secret Access Key and signing method. Consult the \
@@ -81,30 +72,6 @@ pub struct RequestParts<'a> {
     pub headers: &'a HeaderMap,
     /// The complete request body.
     pub body: &'a [u8],
-}
-
-/// Client-side signing inputs for [`sign_request`].
-#[derive(Clone, Copy)]
-pub struct SigningParams<'a> {
-    pub access_key_id: &'a str,
-    pub secret_access_key: &'a str,
-    pub region: &'a str,
-    pub service: &'a str,
-    pub time: OffsetDateTime,
-    pub session_token: Option<&'a str>,
-}
-
-impl fmt::Debug for SigningParams<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningParams")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("region", &self.region)
-            .field("service", &self.service)
-            .field("time", &self.time)
-            .field("session_token", &self.session_token.map(|_| "<redacted>"))
-            .finish()
-    }
 }
 
 /// Why a request failed authentication. `Display` is the client-safe message AWS would send.
@@ -228,6 +195,7 @@ pub fn verify(
 
     let request_time = date_header.parse()?;
     let amz_date = format_amz_date(request_time);
+    let request_day = format_scope_date(request_time);
 
     if !signed_headers
         .split(';')
@@ -255,11 +223,10 @@ pub fn verify(
              not '{scope_terminator}'. "
         ));
     }
-    if scope_date != &amz_date[..8] {
+    if scope_date != request_day {
         scope_errors.push_str(&format!(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date \
-             from HTTP: '{scope_date}' != '{}', from '{amz_date}'.",
-            &amz_date[..8]
+             from HTTP: '{scope_date}' != '{request_day}', from '{amz_date}'."
         ));
     }
     if !scope_errors.is_empty() {
@@ -328,76 +295,6 @@ pub fn verify(
         return Err(AuthError::SignatureMismatch);
     }
     Ok(credential.principal())
-}
-
-/// Signs a request the way botocore's `SigV4Auth.add_auth` does (client side, for tests and
-/// benchmarks).
-///
-/// Removes any `authorization`; sets `x-amz-date` (or, if a `date` header is present, rewrites
-/// `date` instead, as botocore does); sets `x-amz-security-token` when a session token is given;
-/// then signs every header in `headers` except botocore's never-signed list (`user-agent`,
-/// `expect`, ...). `host` must already be present. The payload hash is the
-/// `x-amz-content-sha256` header if present, else the SHA-256 of `body`.
-///
-/// # Panics
-/// If the access key id or session token cannot be an HTTP header value.
-pub fn sign_request(
-    method: &str,
-    path: &str,
-    query: &str,
-    headers: &mut HeaderMap,
-    body: &[u8],
-    p: &SigningParams<'_>,
-) {
-    headers.remove(AUTHORIZATION);
-    let amz_date = format_amz_date(p.time);
-    if headers.contains_key(DATE) {
-        headers.remove(DATE);
-        headers.remove(X_AMZ_DATE);
-        headers.insert(DATE, ascii_header_value(format_http_date(p.time)));
-    } else {
-        headers.insert(X_AMZ_DATE, ascii_header_value(amz_date.clone()));
-    }
-    if let Some(token) = p.session_token {
-        headers.insert(
-            X_AMZ_SECURITY_TOKEN,
-            HeaderValue::from_str(token).expect("session token is not a valid header value"),
-        );
-    }
-
-    let names: BTreeSet<&str> = headers
-        .keys()
-        .map(HeaderName::as_str)
-        .filter(|n| !UNSIGNED_HEADERS.contains(n))
-        .collect();
-    let signed_headers = names.iter().copied().collect::<Vec<_>>().join(";");
-    let canonical_hdrs = canonical_headers(headers, names.iter().copied());
-    let payload_hash = match headers.get(X_AMZ_CONTENT_SHA256) {
-        Some(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        None => hex::encode(Sha256::digest(body)),
-    };
-    let creq = canonical_request(
-        &method.to_ascii_uppercase(),
-        &canonical_uri(path),
-        &canonical_query_botocore(query),
-        &canonical_hdrs,
-        &signed_headers,
-        &payload_hash,
-    );
-    let date = &amz_date[..8];
-    let credential_scope = format!("{date}/{}/{}/{SCOPE_TERMINATOR}", p.region, p.service);
-    let sts = string_to_sign(&amz_date, &credential_scope, &creq);
-    let key = signing_key(p.secret_access_key, date, p.region, p.service);
-    let signature = hex::encode(hmac_sha256(&key[..], sts.as_bytes()));
-    let authorization = format!(
-        "{ALGORITHM} Credential={}/{credential_scope}, SignedHeaders={signed_headers}, \
-         Signature={signature}",
-        p.access_key_id
-    );
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&authorization).expect("access key id is not a valid header value"),
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,95 +418,78 @@ fn check_skew(request_time: OffsetDateTime, now: OffsetDateTime) -> Result<(), A
     Ok(())
 }
 
+/// `X-Amz-Date`: ISO 8601 basic format in UTC, `YYYYMMDDTHHMMSSZ`.
+const AMZ_DATE: &[BorrowedFormatItem<'static>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
+/// The credential scope's day, `YYYYMMDD`.
+const SCOPE_DATE: &[BorrowedFormatItem<'static>] = format_description!("[year][month][day]");
+/// An RFC 1123 / RFC 2822 `Date` in UTC after its weekday: `26 Nov 2026 12:00:00 GMT` (or `UTC`,
+/// `+0000`, `-0000`).
+const HTTP_DATE_AFTER_WEEKDAY: &[BorrowedFormatItem<'static>] = format_description!(
+    "[day padding:none] [month repr:short] [year] \
+     [hour padding:none]:[minute padding:none]:[second padding:none] \
+     [first [GMT] [UTC] [+0000] [-0000]]"
+);
+
 /// `YYYYMMDDTHHMMSSZ`, UTC.
 fn format_amz_date(t: OffsetDateTime) -> String {
-    let t = t.to_offset(UtcOffset::UTC);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    format_utc(t, AMZ_DATE)
+}
+
+/// The `YYYYMMDD` a credential scope must name for a request made at `t`.
+fn format_scope_date(t: OffsetDateTime) -> String {
+    format_utc(t, SCOPE_DATE)
+}
+
+fn format_utc(t: OffsetDateTime, format: &[BorrowedFormatItem<'_>]) -> String {
+    t.to_offset(UtcOffset::UTC)
+        .format(format)
+        .expect("an OffsetDateTime has every component these formats use")
 }
 
 /// Strict `YYYYMMDDTHHMMSSZ`.
 fn parse_amz_date(v: &[u8]) -> Option<OffsetDateTime> {
-    if v.len() != 16 || v[8] != b'T' || v[15] != b'Z' {
+    let s = std::str::from_utf8(v).ok()?;
+    // `time` takes an optional sign before `[year]`; the basic format has none.
+    if !s.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let digits = &v[r];
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(
-            digits
-                .iter()
-                .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0')),
-        )
-    };
-    let year = i32::try_from(num(0..4)?).ok()?;
-    let month = Month::try_from(u8::try_from(num(4..6)?).ok()?).ok()?;
-    let day = u8::try_from(num(6..8)?).ok()?;
-    let hour = u8::try_from(num(9..11)?).ok()?;
-    let minute = u8::try_from(num(11..13)?).ok()?;
-    let second = u8::try_from(num(13..15)?).ok()?;
-    let date = Date::from_calendar_date(year, month, day).ok()?;
-    let time = Time::from_hms(hour, minute, second).ok()?;
-    Some(date.with_time(time).assume_utc())
+    PrimitiveDateTime::parse(s, AMZ_DATE)
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
 }
 
-const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// Python's `email.utils.formatdate(t)`, which botocore writes into `Date`:
-/// `Thu, 26 Nov 2026 12:00:00 -0000`.
-fn format_http_date(t: OffsetDateTime) -> String {
-    let t = t.to_offset(UtcOffset::UTC);
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} -0000",
-        WEEKDAYS[usize::from(t.weekday().number_days_from_monday())],
-        t.day(),
-        MONTHS[usize::from(u8::from(t.month())) - 1],
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
-/// RFC 1123 / RFC 2822 date in UTC: `Thu, 26 Nov 2026 12:00:00 GMT` (or `+0000`, `-0000`).
+/// RFC 1123 / RFC 2822 date in UTC: `Thu, 26 Nov 2026 12:00:00 GMT` (or `+0000`, `-0000`,
+/// `UTC`). Runs of whitespace count as one space; the weekday is any word ending in `,` and is
+/// not checked against the date.
 fn parse_http_date(v: &[u8]) -> Option<OffsetDateTime> {
     let s = std::str::from_utf8(v).ok()?;
-    let parts: Vec<&str> = s.split_ascii_whitespace().collect();
-    let [weekday, day, month, year, hms, zone] = parts[..] else {
-        return None;
-    };
-    if !weekday.ends_with(',') || !matches!(zone, "GMT" | "UTC" | "+0000" | "-0000") {
+    let mut words = s.split_ascii_whitespace();
+    if !words.next()?.ends_with(',') {
         return None;
     }
-    let day: u8 = day.parse().ok()?;
-    let month_idx = MONTHS.iter().position(|m| *m == month)?;
-    let month = Month::try_from(u8::try_from(month_idx + 1).ok()?).ok()?;
-    let year: i32 = year.parse().ok()?;
-    let mut hms = hms.split(':').map(str::parse::<u8>);
-    let (Some(Ok(h)), Some(Ok(m)), Some(Ok(sec)), None) =
-        (hms.next(), hms.next(), hms.next(), hms.next())
-    else {
+    let rest = words.collect::<Vec<_>>().join(" ");
+    if !rest.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
-    };
-    let date = Date::from_calendar_date(year, month, day).ok()?;
-    Some(date.with_time(Time::from_hms(h, m, sec).ok()?).assume_utc())
+    }
+    PrimitiveDateTime::parse(&rest, HTTP_DATE_AFTER_WEEKDAY)
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Canonical request
 // ---------------------------------------------------------------------------------------------
+
+/// What SigV4 percent-encodes in a query name or value: every byte but the RFC 3986 unreserved
+/// characters `A-Za-z0-9-_.~`, as `%XX` with upper-case hex (Python's `quote(s, safe='')`).
+const QUERY_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// The same for a URI path, whose `/` separators stay (botocore's `quote(path, safe='/~')`).
+const PATH: &AsciiSet = &QUERY_COMPONENT.remove(b'/');
 
 /// botocore's `_normalize_url_path`: `quote(normalize_url_path(path), safe='/~')`.
 fn canonical_uri(path: &str) -> String {
@@ -618,7 +498,7 @@ fn canonical_uri(path: &str) -> String {
     } else {
         remove_dot_segments(path)
     };
-    percent_encode(normalized.as_bytes(), b"/~")
+    percent_encode(normalized.as_bytes(), PATH).to_string()
 }
 
 /// botocore's `remove_dot_segments`: RFC 3986 §5.2.4 plus collapsing of empty segments.
@@ -642,23 +522,6 @@ fn remove_dot_segments(path: &str) -> String {
     format!("{first}{}{last}", out.join("/"))
 }
 
-/// Python's `urllib.parse.quote(s, safe)`: bytes outside `A-Za-z0-9_.-~` and `safe` become
-/// `%XX` (upper-case hex).
-fn percent_encode(bytes: &[u8], safe: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"_.-~".contains(&b) || safe.contains(&b) {
-            out.push(char::from(b));
-        } else {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
-}
-
 /// botocore's `_canonical_query_string_url`: pairs split at the first `=`, sorted, re-joined,
 /// without re-encoding.
 fn canonical_query_botocore(query: &str) -> String {
@@ -673,18 +536,20 @@ fn canonical_query_botocore(query: &str) -> String {
     join_pairs(pairs.iter().map(|(k, v)| (*k, *v)))
 }
 
-/// The SigV4 specification's form: each name and value percent-decoded, then re-encoded with
-/// only unreserved characters bare, sorted by (name, value).
+/// The SigV4 specification's form: each name and value percent-decoded (a `%` without two hex
+/// digits after it stays literal, `+` stays `+`), then re-encoded with only unreserved
+/// characters bare, sorted by (name, value).
 fn canonical_query_spec(query: &str) -> String {
+    let reencode = |s: &str| {
+        let decoded: Cow<'_, [u8]> = percent_decode_str(s).into();
+        percent_encode(&decoded, QUERY_COMPONENT).to_string()
+    };
     let mut pairs: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                percent_encode(&percent_decode(k), b""),
-                percent_encode(&percent_decode(v), b""),
-            )
+            (reencode(k), reencode(v))
         })
         .collect();
     pairs.sort_unstable();
@@ -696,34 +561,6 @@ fn join_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// Decodes `%XX` escapes; a `%` not followed by two hex digits stays literal, `+` stays `+`.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// `name:value` lines for the given (lower-case) names joined with `\n`, plus a final `\n`,
@@ -816,14 +653,15 @@ fn sha256_base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
-fn ascii_header_value(s: String) -> HeaderValue {
-    HeaderValue::try_from(s).expect("formatted date is ASCII")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::{Credential, StaticCredentials};
+    use aws_credential_types::Credentials;
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    use aws_smithy_runtime_api::client::identity::Identity;
+    use http::HeaderValue;
     use proptest::prelude::*;
 
     // AWS's published SigV4 test-suite credentials.
@@ -885,25 +723,103 @@ mod tests {
         .collect()
     }
 
-    fn suite_params() -> SigningParams<'static> {
-        SigningParams {
-            access_key_id: SUITE_AKID,
-            secret_access_key: SUITE_SECRET,
-            region: "us-east-1",
-            service: "service",
-            time: at(SUITE_TIME),
-            session_token: None,
-        }
+    /// A client signing with AWS's own `aws-sigv4` crate (the SDK for Rust's signer), so these
+    /// tests hold [`verify`] against an implementation that shares no code with this module.
+    #[derive(Clone, Copy)]
+    struct AwsSigner {
+        access_key_id: &'static str,
+        secret: &'static str,
+        region: &'static str,
+        service: &'static str,
+        time: &'static str,
+        session_token: Option<&'static str>,
+        /// Headers left unsigned on top of aws-sigv4's own list (`user-agent`, ...).
+        unsigned: &'static [&'static str],
     }
 
-    fn boto_params() -> SigningParams<'static> {
-        SigningParams {
-            access_key_id: BOTO_AKID,
-            secret_access_key: BOTO_SECRET,
-            region: "us-east-1",
-            service: "kms",
-            time: at(BOTO_TIME),
-            session_token: None,
+    const SUITE_SIGNER: AwsSigner = AwsSigner {
+        access_key_id: SUITE_AKID,
+        secret: SUITE_SECRET,
+        region: "us-east-1",
+        service: "service",
+        time: SUITE_TIME,
+        session_token: None,
+        unsigned: &[],
+    };
+
+    const BOTO_SIGNER: AwsSigner = AwsSigner {
+        access_key_id: BOTO_AKID,
+        secret: BOTO_SECRET,
+        region: "us-east-1",
+        service: "kms",
+        time: BOTO_TIME,
+        session_token: None,
+        unsigned: &[],
+    };
+
+    impl AwsSigner {
+        /// Signs `method path?query` with `headers` and `body` in place: replaces any
+        /// `authorization` and `x-amz-date`, adds `x-amz-security-token` with a session token,
+        /// and signs every header present but the unsigned ones. `host` comes from `headers`
+        /// (else `localhost:8080`); an `x-amz-content-sha256` header is signed and is the payload
+        /// hash.
+        fn sign(
+            &self,
+            method: &str,
+            path: &str,
+            query: &str,
+            headers: &mut HeaderMap,
+            body: &[u8],
+        ) {
+            headers.remove(AUTHORIZATION);
+            headers.remove(X_AMZ_DATE);
+            let host = headers
+                .get("host")
+                .map_or("localhost:8080", |h| h.to_str().unwrap());
+            let uri = match query {
+                "" => format!("http://{host}{path}"),
+                q => format!("http://{host}{path}?{q}"),
+            };
+            let body = match headers.get(X_AMZ_CONTENT_SHA256) {
+                Some(claimed) => SignableBody::Precomputed(claimed.to_str().unwrap().to_owned()),
+                None => SignableBody::Bytes(body),
+            };
+            let identity: Identity = Credentials::new(
+                self.access_key_id,
+                self.secret,
+                self.session_token.map(str::to_owned),
+                None,
+                "hsm-kms-tests",
+            )
+            .into();
+            let mut settings = SigningSettings::default();
+            settings
+                .excluded_headers
+                .get_or_insert_with(Vec::new)
+                .extend(self.unsigned.iter().map(|h| Cow::Borrowed(*h)));
+            let params = v4::SigningParams::builder()
+                .identity(&identity)
+                .region(self.region)
+                .name(self.service)
+                .time(at(self.time).into())
+                .settings(settings)
+                .build()
+                .unwrap()
+                .into();
+            let request = SignableRequest::new(
+                method,
+                uri,
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.to_str().unwrap())),
+                body,
+            )
+            .unwrap();
+            let (instructions, _signature) = sign(request, &params).unwrap().into_parts();
+            let (added, _query) = instructions.into_parts();
+            for h in added {
+                headers.insert(h.name(), HeaderValue::from_str(h.value()).unwrap());
+            }
         }
     }
 
@@ -1097,7 +1013,7 @@ mod tests {
             for (k, val) in v.headers {
                 h.append(HeaderName::from_static(k), HeaderValue::from_static(val));
             }
-            sign_request(v.method, v.path, v.query, &mut h, v.body, &suite_params());
+            SUITE_SIGNER.sign(v.method, v.path, v.query, &mut h, v.body);
             let expected = format!(
                 "AWS4-HMAC-SHA256 Credential={SUITE_SCOPE}, SignedHeaders={}, Signature={}",
                 v.signed_headers, v.signature
@@ -1161,7 +1077,7 @@ mod tests {
     }
 
     #[test]
-    fn sign_request_reproduces_botocore_kms_encrypt() {
+    fn aws_sigv4_reproduces_botocore_kms_encrypt() {
         // The headers present when botocore signed: user-agent is there but never signed.
         let mut h = hm(&[
             ("x-amz-target", "TrentService.Encrypt"),
@@ -1169,29 +1085,26 @@ mod tests {
             ("user-agent", BOTO_USER_AGENT),
             ("host", "localhost:8080"),
         ]);
-        sign_request("POST", "/", "", &mut h, BOTO_BODY, &boto_params());
+        BOTO_SIGNER.sign("POST", "/", "", &mut h, BOTO_BODY);
         assert_eq!(h[AUTHORIZATION], BOTO_AUTHZ);
         assert_eq!(h[X_AMZ_DATE], BOTO_TIME);
         assert!(!h.contains_key(X_AMZ_SECURITY_TOKEN));
-        // Re-signing replaces, never duplicates.
-        sign_request("POST", "/", "", &mut h, BOTO_BODY, &boto_params());
-        assert_eq!(h.get_all(AUTHORIZATION).iter().count(), 1);
-        assert_eq!(h[AUTHORIZATION], BOTO_AUTHZ);
+        verify_boto(&h, BOTO_BODY, BOTO_TIME).unwrap();
     }
 
     #[test]
-    fn sign_request_reproduces_botocore_with_session_token() {
+    fn aws_sigv4_reproduces_botocore_with_session_token() {
         let mut h = hm(&[
             ("x-amz-target", "TrentService.Encrypt"),
             ("content-type", "application/x-amz-json-1.1"),
             ("user-agent", BOTO_USER_AGENT),
             ("host", "localhost:8080"),
         ]);
-        let params = SigningParams {
+        let signer = AwsSigner {
             session_token: Some(BOTO_TOKEN),
-            ..boto_params()
+            ..BOTO_SIGNER
         };
-        sign_request("POST", "/", "", &mut h, BOTO_BODY, &params);
+        signer.sign("POST", "/", "", &mut h, BOTO_BODY);
         assert_eq!(h[AUTHORIZATION], BOTO_TOKEN_AUTHZ);
         assert_eq!(h[X_AMZ_SECURITY_TOKEN], BOTO_TOKEN);
         // Our credentials are long-term keys, so AWS-like verification refuses the token even
@@ -1203,7 +1116,7 @@ mod tests {
     }
 
     #[test]
-    fn sign_request_reproduces_botocore_path_query_and_header_canonicalization() {
+    fn aws_sigv4_reproduces_botocore_path_query_and_header_canonicalization() {
         // botocore SigV4Auth over
         // http://localhost:8080/a/./b/../c//d%20e/~x?b=2&a=%2F&a=1&c
         let mut h = hm(&[
@@ -1214,7 +1127,7 @@ mod tests {
         ]);
         let path = "/a/./b/../c//d%20e/~x";
         let query = "b=2&a=%2F&a=1&c";
-        sign_request("POST", path, query, &mut h, b"{}", &boto_params());
+        BOTO_SIGNER.sign("POST", path, query, &mut h, b"{}");
         assert_eq!(
             h[AUTHORIZATION],
             "AWS4-HMAC-SHA256 \
@@ -1233,24 +1146,71 @@ mod tests {
     }
 
     #[test]
-    fn sign_request_reproduces_botocore_date_header_mode() {
-        // botocore rewrites an existing Date header instead of adding X-Amz-Date.
-        let mut h = hm(&[("host", "localhost:8080"), ("date", "whatever")]);
-        sign_request("POST", "/", "", &mut h, b"{}", &boto_params());
-        assert_eq!(h[DATE], "Thu, 26 Nov 2026 12:00:00 -0000");
-        assert!(!h.contains_key(X_AMZ_DATE));
-        assert_eq!(
-            h[AUTHORIZATION],
-            "AWS4-HMAC-SHA256 \
-             Credential=AKIAHSMKMSTEST000001/20261126/us-east-1/kms/aws4_request, \
-             SignedHeaders=date;host, \
-             Signature=1ff4a918ddeadb3a2f06c94401796351f36f87ac3937dbacb75efb95ee45ffeb"
-        );
+    fn botocore_date_header_mode_verifies() {
+        // botocore rewrites an existing Date header instead of adding X-Amz-Date; this is its
+        // output for POST http://localhost:8080/ with body `{}` and `Date: whatever`.
+        let h = hm(&[
+            ("host", "localhost:8080"),
+            ("date", "Thu, 26 Nov 2026 12:00:00 -0000"),
+            (
+                "authorization",
+                "AWS4-HMAC-SHA256 \
+                 Credential=AKIAHSMKMSTEST000001/20261126/us-east-1/kms/aws4_request, \
+                 SignedHeaders=date;host, \
+                 Signature=1ff4a918ddeadb3a2f06c94401796351f36f87ac3937dbacb75efb95ee45ffeb",
+            ),
+        ]);
         verify_boto(&h, b"{}", BOTO_TIME).unwrap();
-        // The same instant in RFC 1123 "GMT" form also parses.
+        // X-Amz-Date wins over Date when both are present.
+        let mut both = h.clone();
+        both.insert(X_AMZ_DATE, HeaderValue::from_static("20261126T120001Z"));
         assert_eq!(
-            parse_http_date(b"Thu, 26 Nov 2026 12:00:00 GMT"),
-            Some(at(BOTO_TIME))
+            verify_boto(&both, b"{}", BOTO_TIME),
+            Err(AuthError::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn http_date_forms() {
+        for ok in [
+            "Thu, 26 Nov 2026 12:00:00 GMT",
+            "Thu, 26 Nov 2026 12:00:00 UTC",
+            "Thu, 26 Nov 2026 12:00:00 +0000",
+            "Thu, 26 Nov 2026 12:00:00 -0000",
+            "Thursday,  26 Nov 2026\t12:00:00   GMT",
+            "Fri, 26 Nov 2026 12:0:0 GMT",
+        ] {
+            assert_eq!(
+                parse_http_date(ok.as_bytes()),
+                Some(at(BOTO_TIME)),
+                "{ok:?}"
+            );
+        }
+        assert_eq!(
+            parse_http_date(b"Tue, 1 Dec 2026 09:05:03 GMT"),
+            Some(at("20261201T090503Z"))
+        );
+        for bad in [
+            "Thu 26 Nov 2026 12:00:00 GMT",
+            "Thu, 26 Nov 2026 12:00:00 +0100",
+            "Thu, 26 nov 2026 12:00:00 GMT",
+            "Thu, 31 Nov 2026 12:00:00 GMT",
+            "Thu, 26 Nov 2026 12:00:60 GMT",
+            "Thu, 26 Nov 2026 12:00:00",
+            "Thu, 26 Nov 2026 12:00:00 GMT x",
+            "2026-11-26T12:00:00Z",
+        ] {
+            assert_eq!(parse_http_date(bad.as_bytes()), None, "{bad:?}");
+        }
+        let h = hm(&[
+            ("host", "localhost:8080"),
+            ("date", "2026-11-26T12:00:00Z"),
+            ("authorization", BOTO_AUTHZ),
+        ]);
+        assert_err(
+            verify_boto(&h, b"{}", BOTO_TIME),
+            "IncompleteSignatureException",
+            "Date must be in RFC 1123 format. Got '2026-11-26T12:00:00Z'.",
         );
     }
 
@@ -1428,7 +1388,15 @@ mod tests {
     fn host_must_be_signed() {
         // Correctly signed, but without host in the signed set.
         let mut h = hm(&[("content-type", "application/x-amz-json-1.1")]);
-        sign_request("POST", "/", "", &mut h, BOTO_BODY, &boto_params());
+        let signer = AwsSigner {
+            unsigned: &["host"],
+            ..BOTO_SIGNER
+        };
+        signer.sign("POST", "/", "", &mut h, BOTO_BODY);
+        assert!(h[AUTHORIZATION]
+            .to_str()
+            .unwrap()
+            .contains("SignedHeaders=content-type;x-amz-date,"));
         h.insert("host", HeaderValue::from_static("localhost:8080"));
         assert_err(
             verify_boto(&h, BOTO_BODY, BOTO_TIME),
@@ -1572,7 +1540,7 @@ mod tests {
                 &hex::encode(Sha256::digest(BOTO_BODY)),
             ),
         ]);
-        sign_request("POST", "/", "", &mut h, BOTO_BODY, &boto_params());
+        BOTO_SIGNER.sign("POST", "/", "", &mut h, BOTO_BODY);
         verify_boto(&h, BOTO_BODY, BOTO_TIME).unwrap();
         // A client may not declare the payload unsigned, or claim another body's hash.
         for claimed in ["UNSIGNED-PAYLOAD", &hex::encode(Sha256::digest(b"other"))] {
@@ -1580,7 +1548,7 @@ mod tests {
                 ("host", "localhost:8080"),
                 ("x-amz-content-sha256", claimed),
             ]);
-            sign_request("POST", "/", "", &mut h, BOTO_BODY, &boto_params());
+            BOTO_SIGNER.sign("POST", "/", "", &mut h, BOTO_BODY);
             assert_err(
                 verify_boto(&h, BOTO_BODY, BOTO_TIME),
                 "InvalidSignatureException",
@@ -1696,16 +1664,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_and_params_never_show_the_secret() {
-        let params = SigningParams {
-            session_token: Some("tok-secret"),
-            ..boto_params()
-        };
-        let dbg = format!("{params:?}");
-        assert!(
-            !dbg.contains(BOTO_SECRET) && !dbg.contains("tok-secret"),
-            "{dbg}"
-        );
+    fn errors_never_show_the_secret() {
         let h = boto_signed(|h| set(h, "x-amz-target", "TrentService.Decrypt"));
         let e = verify_boto(&h, BOTO_BODY, BOTO_TIME).unwrap_err();
         assert!(!format!("{e:?} {e}").contains(BOTO_SECRET));
@@ -1764,28 +1723,11 @@ mod tests {
 
     #[test]
     fn verify_accepts_spec_form_query_signatures() {
-        // A signer that canonicalizes the query per the spec (lower-case escapes re-encoded
-        // upper-case, `~` decoded) must verify too.
+        // aws-sigv4 canonicalizes the query per the spec (lower-case escapes re-encoded
+        // upper-case, `~` decoded), unlike botocore; such signatures must verify too.
         let query = "p=%7e&q=a%2fb";
         let mut h = hm(&[("host", "localhost:8080")]);
-        let amz = BOTO_TIME;
-        h.insert(X_AMZ_DATE, HeaderValue::from_static(amz));
-        let creq = canonical_request(
-            "POST",
-            "/",
-            &canonical_query_spec(query),
-            &canonical_headers(&h, ["host", "x-amz-date"].into_iter()),
-            "host;x-amz-date",
-            &hex::encode(Sha256::digest(b"{}")),
-        );
-        let sts = string_to_sign(amz, "20261126/us-east-1/kms/aws4_request", &creq);
-        let key = signing_key(BOTO_SECRET, "20261126", "us-east-1", "kms");
-        let sig = hex::encode(hmac_sha256(&key[..], sts.as_bytes()));
-        let authz = format!(
-            "AWS4-HMAC-SHA256 Credential={BOTO_AKID}/20261126/us-east-1/kms/aws4_request, \
-             SignedHeaders=host;x-amz-date, Signature={sig}"
-        );
-        h.insert(AUTHORIZATION, HeaderValue::from_str(&authz).unwrap());
+        BOTO_SIGNER.sign("POST", "/", query, &mut h, b"{}");
         assert_ne!(canonical_query_spec(query), canonical_query_botocore(query));
         verify(
             &parts("POST", "/", query, &h, b"{}"),
@@ -1798,28 +1740,33 @@ mod tests {
     }
 
     // -----------------------------------------------------------------------------------------
-    // (5) Property: sign_request -> verify round-trips; any body change breaks it
+    // (5) Property: aws-sigv4 signs -> verify accepts; any body change breaks it
     // -----------------------------------------------------------------------------------------
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
+        /// Paths and queries are limited to what aws-sigv4 and botocore canonicalize alike:
+        /// characters an `http::Uri` accepts, no trailing `.`/`..` segment (aws-sigv4 then keeps
+        /// a trailing `/`, botocore does not), no `+` in the query (aws-sigv4 reads it as a
+        /// space) and no escapes of non-ASCII bytes that are not UTF-8 (aws-sigv4 replaces them).
         #[test]
         fn sign_verify_round_trip(
             body in proptest::collection::vec(any::<u8>(), 0..512),
-            path in "(/[A-Za-z0-9._~%!$&'()*+,;=:@ -]{0,12}){0,5}/?",
-            query in "[A-Za-z0-9=&%+._~/-]{0,40}",
+            path in "(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,12}){0,5}/?",
+            query in "([A-Za-z0-9=&._~/-]|%[0-7][0-9A-Fa-f]|%[Ee]1%88%[Bb]4){0,12}",
             extra in "[ -~]{0,30}",
             flip_at in any::<prop::sample::Index>(),
             flip_bit in 0u8..8,
         ) {
+            prop_assume!(!path.ends_with("/.") && !path.ends_with("/.."));
             let mut h = hm(&[
                 ("host", "kms.example.internal:8443"),
                 ("content-type", "application/x-amz-json-1.1"),
                 ("x-amz-target", "TrentService.Encrypt"),
             ]);
             h.insert("x-extra", HeaderValue::from_str(&extra).unwrap());
-            sign_request("POST", &path, &query, &mut h, &body, &boto_params());
+            BOTO_SIGNER.sign("POST", &path, &query, &mut h, &body);
             let ok = verify(
                 &parts("POST", &path, &query, &h, &body),
                 &store(),

@@ -49,7 +49,7 @@ pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 use hsm_kms::app::{self, Running, ServiceConfig};
-use hsm_kms::auth::{sign_request, Credential, SigningParams};
+use hsm_kms::auth::Credential;
 use serde_json::Value;
 
 /// A service over fresh tokens, on 127.0.0.1 port 0.
@@ -159,21 +159,7 @@ impl Client {
             h.insert("x-amz-target", format!("TrentService.{t}").parse().unwrap());
         }
         if sign {
-            sign_request(
-                "POST",
-                "/",
-                "",
-                &mut h,
-                &body,
-                &SigningParams {
-                    access_key_id: &self.cred.access_key_id,
-                    secret_access_key: secret,
-                    region: "us-east-1",
-                    service: "kms",
-                    time,
-                    session_token: None,
-                },
-            );
+            sign_kms(&mut h, &body, &self.cred.access_key_id, secret, time);
         }
         let mut req = self.http.post(format!("{}/", self.url)).body(body);
         for (k, v) in h.iter() {
@@ -220,6 +206,45 @@ impl Client {
         let r = self.call(op, body).await;
         assert_eq!(r.status, 200, "{op} failed: {}", r.body);
         r.body
+    }
+}
+
+/// Signs `POST /` for KMS in us-east-1 with AWS's own SigV4 signer (`aws-sigv4`, what the AWS
+/// SDK for Rust uses), as botocore would: every header in `headers` (host, content-type,
+/// x-amz-target) plus the `x-amz-date` it adds is signed; `authorization` is added.
+fn sign_kms(
+    headers: &mut http::HeaderMap,
+    body: &[u8],
+    access_key_id: &str,
+    secret: &str,
+    time: time::OffsetDateTime,
+) {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let identity =
+        aws_credential_types::Credentials::new(access_key_id, secret, None, None, "hsm-kms-tests")
+            .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("kms")
+        .time(time.into())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing params")
+        .into();
+    let host = headers["host"].to_str().unwrap().to_owned();
+    let request = SignableRequest::new(
+        "POST",
+        format!("http://{host}/"),
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap())),
+        SignableBody::Bytes(body),
+    )
+    .expect("signable request");
+    let (instructions, _signature) = sign(request, &params).expect("sign").into_parts();
+    for h in instructions.into_parts().0 {
+        headers.insert(h.name(), h.value().parse().unwrap());
     }
 }
 
