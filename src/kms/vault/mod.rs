@@ -11,6 +11,9 @@
 use crate::pkix::{Curve, Hash};
 use zeroize::Zeroizing;
 
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod fake;
+
 /// Length of the GCM IV the vault returns with each ciphertext.
 pub const IV_LEN: usize = 12;
 
