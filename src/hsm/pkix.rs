@@ -354,52 +354,682 @@ pub fn oaep_decode(hash: Hash, em: &[u8], k: usize) -> Option<zeroize::Zeroizing
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
 
-    #[test]
-    fn ecdsa_der_round_trip() {
-        let mut raw = vec![0u8; 64];
-        raw[0] = 0x80; // r needs a leading zero in DER
-        raw[40] = 0x01; // s has leading zeros to strip
-        let der = ecdsa_raw_to_der(&raw);
-        assert_eq!(ecdsa_der_to_raw(&der, 32).unwrap(), raw);
-        assert!(ecdsa_der_to_raw(&der[..der.len() - 1], 32).is_none());
-        assert!(ecdsa_der_to_raw(&der, 16).is_none());
+    const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
+    const HASHES: [Hash; 5] = [
+        Hash::Sha1,
+        Hash::Sha224,
+        Hash::Sha256,
+        Hash::Sha384,
+        Hash::Sha512,
+    ];
+
+    /// `len` bytes counting up from `start`.
+    fn pat(len: usize, start: u8) -> Vec<u8> {
+        (0..len).map(|i| start.wrapping_add(i as u8)).collect()
     }
 
+    // ---- Encoders: fixed inputs against the outputs of the original hand-written DER ----
+
+    /// Fixed inputs for every encoder; `GOLDEN` holds what the hand-written encoders
+    /// (before the move to the RustCrypto crates) produced for them.
+    fn golden_cases() -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = vec![
+            ("ed25519_spki/32".into(), ed25519_spki(&pat(32, 0x10))),
+            ("ed25519_spki/0".into(), ed25519_spki(&[])),
+            ("ed25519_pkcs8/32".into(), ed25519_pkcs8(&pat(32, 0x20))),
+            ("ed25519_pkcs8/0".into(), ed25519_pkcs8(&[])),
+        ];
+        for c in CURVES {
+            let n = c.field_len();
+            let mut point = vec![4u8];
+            point.extend(pat(2 * n, 0x80));
+            out.push((format!("ec_spki/{c:?}"), ec_spki(c, &point)));
+            out.push((
+                format!("ec_pkcs8/{c:?}/n"),
+                ec_pkcs8(c, &pat(n, 0x40), &point),
+            ));
+            out.push((
+                format!("ec_pkcs8/{c:?}/short"),
+                ec_pkcs8(c, &pat(n - 5, 0x40), &point),
+            ));
+            out.push((
+                format!("ec_pkcs8/{c:?}/long"),
+                ec_pkcs8(c, &pat(n + 3, 0x40), &point),
+            ));
+            out.push((
+                format!("ecdsa_raw_to_der/{c:?}/hi"),
+                ecdsa_raw_to_der(&pat(2 * n, 0xF0)),
+            ));
+            let mut raw = vec![0u8; 2 * n];
+            raw[n - 1] = 0x7F;
+            raw[n + 3] = 0x80;
+            out.push((
+                format!("ecdsa_raw_to_der/{c:?}/zeros"),
+                ecdsa_raw_to_der(&raw),
+            ));
+        }
+        out.push((
+            "ec_pkcs8/P256/empty".into(),
+            ec_pkcs8(Curve::P256, &[], &[]),
+        ));
+        out.push(("ecdsa_raw_to_der/empty".into(), ecdsa_raw_to_der(&[])));
+        out.push((
+            "ecdsa_raw_to_der/odd".into(),
+            ecdsa_raw_to_der(&pat(7, 0x81)),
+        ));
+        out.push((
+            "ecdsa_raw_to_der/300".into(),
+            ecdsa_raw_to_der(&pat(300, 0x01)),
+        ));
+        for n in [0usize, 1, 0x7F, 0x80, 0xFF, 0x100, 0x1234, 0xFFFF] {
+            let t = tlv(0x04, &pat(n, 0));
+            assert_eq!(t[t.len() - n..], pat(n, 0));
+            out.push((format!("tlv/{n}/head"), t[..t.len() - n].to_vec()));
+        }
+        out
+    }
+
+    const GOLDEN: &[(&str, &str)] = &[
+        ("ed25519_spki/32", "302a300506032b6570032100101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f"),
+        ("ed25519_spki/0", "300a300506032b6570030100"),
+        ("ed25519_pkcs8/32", "302e020100300506032b657004220420202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"),
+        ("ed25519_pkcs8/0", "300e020100300506032b657004020400"),
+        ("ec_spki/P256", "3059301306072a8648ce3d020106082a8648ce3d03010703420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ec_pkcs8/P256/n", "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5fa14403420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ec_pkcs8/P256/short", "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b02010104200000000000404142434445464748494a4b4c4d4e4f505152535455565758595aa14403420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ec_pkcs8/P256/long", "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162a14403420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ecdsa_raw_to_der/P256/hi", "3045022100f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f0220101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f"),
+        ("ecdsa_raw_to_der/P256/zeros", "302302017f021e008000000000000000000000000000000000000000000000000000000000"),
+        ("ec_spki/P384", "3076301006072a8648ce3d020106052b8104002203620004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"),
+        ("ec_pkcs8/P384/n", "3081b6020100301006072a8648ce3d020106052b8104002204819e30819b0201010430404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6fa16403620004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"),
+        ("ec_pkcs8/P384/short", "3081b6020100301006072a8648ce3d020106052b8104002204819e30819b02010104300000000000404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696aa16403620004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"),
+        ("ec_pkcs8/P384/long", "3081b6020100301006072a8648ce3d020106052b8104002204819e30819b0201010430434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172a16403620004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"),
+        ("ecdsa_raw_to_der/P384/hi", "3065023100f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f0230202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f"),
+        ("ecdsa_raw_to_der/P384/zeros", "303302017f022e00800000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
+        ("ec_spki/P521", "30819b301006072a8648ce3d020106052b810400230381860004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00010203"),
+        ("ec_pkcs8/P521/n", "3081ee020100301006072a8648ce3d020106052b810400230481d63081d30201010442404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f8081a181890381860004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00010203"),
+        ("ec_pkcs8/P521/short", "3081ee020100301006072a8648ce3d020106052b810400230481d63081d302010104420000000000404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7ca181890381860004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00010203"),
+        ("ec_pkcs8/P521/long", "3081ee020100301006072a8648ce3d020106052b810400230481d63081d30201010442434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f8081828384a181890381860004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00010203"),
+        ("ecdsa_raw_to_der/P521/hi", "308189024300f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f3031024232333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f70717273"),
+        ("ecdsa_raw_to_der/P521/zeros", "304502017f024000800000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
+        ("ec_spki/Secp256k1", "3056301006072a8648ce3d020106052b8104000a03420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ec_pkcs8/Secp256k1/n", "308184020100301006072a8648ce3d020106052b8104000a046d306b0201010420404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5fa14403420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ec_pkcs8/Secp256k1/short", "308184020100301006072a8648ce3d020106052b8104000a046d306b02010104200000000000404142434445464748494a4b4c4d4e4f505152535455565758595aa14403420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ec_pkcs8/Secp256k1/long", "308184020100301006072a8648ce3d020106052b8104000a046d306b0201010420434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162a14403420004808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"),
+        ("ecdsa_raw_to_der/Secp256k1/hi", "3045022100f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f0220101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f"),
+        ("ecdsa_raw_to_der/Secp256k1/zeros", "302302017f021e008000000000000000000000000000000000000000000000000000000000"),
+        ("ec_pkcs8/P256/empty", "3046020100301306072a8648ce3d020106082a8648ce3d030107042c302a02010104200000000000000000000000000000000000000000000000000000000000000000a103030100"),
+        ("ecdsa_raw_to_der/empty", "300402000200"),
+        ("ecdsa_raw_to_der/odd", "300d02040081828302050084858687"),
+        ("ecdsa_raw_to_der/300", "308201330281960102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f808182838485868788898a8b8c8d8e8f90919293949596028197009798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c"),
+        ("tlv/0/head", "0400"),
+        ("tlv/1/head", "0401"),
+        ("tlv/127/head", "047f"),
+        ("tlv/128/head", "048180"),
+        ("tlv/255/head", "0481ff"),
+        ("tlv/256/head", "04820100"),
+        ("tlv/4660/head", "04821234"),
+        ("tlv/65535/head", "0482ffff"),
+    ];
+
     #[test]
-    fn spki_round_trip_and_point_forms() {
-        let mut point = vec![4u8];
-        point.extend([7u8; 132]);
-        let spki = ec_spki(Curve::P521, &point);
-        assert_eq!(parse_ec_spki(&spki), Some((Curve::P521, point.clone())));
+    fn encoders_match_golden_vectors() {
+        let cases = golden_cases();
+        assert_eq!(cases.len(), GOLDEN.len());
+        for ((name, got), (golden_name, want)) in cases.iter().zip(GOLDEN) {
+            assert_eq!(name, golden_name);
+            assert_eq!(hex::encode(got), *want, "{name}");
+        }
+    }
+
+    // ---- Decoders: fixed inputs, expected results as the hand-written decoders gave ----
+
+    #[test]
+    fn read_tlv_length_forms() {
+        let long = |n: usize| [vec![0x04, 0x82, (n >> 8) as u8, n as u8], vec![7; n]].concat();
+        assert_eq!(read_tlv(&[0x04, 0x00]), Some((0x04, &[][..], &[][..])));
         assert_eq!(
-            ec_point_raw(Curve::P521, &tlv(0x04, &point)).unwrap(),
-            point
+            read_tlv(&[0x1F, 0x01, 9, 8]),
+            Some((0x1F, &[9u8][..], &[8u8][..]))
         );
-        assert_eq!(ec_point_raw(Curve::P521, &point).unwrap(), point);
-        assert!(parse_ec_spki(&[spki.clone(), vec![0]].concat()).is_none());
+        assert_eq!(read_tlv(&[0x04, 0x81, 0x80]), None); // truncated content
+        assert_eq!(read_tlv(&[0x04, 0x81, 0x7F]), None); // not minimal
+        assert_eq!(read_tlv(&[0x04, 0x82, 0x00, 0xFF]), None); // not minimal
+        assert_eq!(read_tlv(&[0x04, 0x80, 0x00, 0x00]), None); // indefinite
+        assert_eq!(read_tlv(&[0x04, 0x83, 0x01, 0x00, 0x00]), None); // three length octets
+        assert_eq!(read_tlv(&[0x04]), None);
+        assert_eq!(read_tlv(&[]), None);
+        let t = long(0x100);
+        assert_eq!(
+            read_tlv(&t).map(|(_, c, r)| (c.len(), r.len())),
+            Some((0x100, 0))
+        );
+        let t = long(0xFFFF);
+        assert_eq!(
+            read_tlv(&t).map(|(_, c, r)| (c.len(), r.len())),
+            Some((0xFFFF, 0))
+        );
+        let t = [vec![0x04, 0x83, 0x01, 0x00, 0x00], vec![7; 0x10000]].concat();
+        assert_eq!(read_tlv(&t), None);
     }
 
     #[test]
-    fn oaep_decodes_what_rsa_crate_encodes() {
-        use rsa::traits::{PrivateKeyParts, PublicKeyParts};
-        use rsa::BigUint;
-        let mut rng = rand::thread_rng();
-        let sk = rsa::RsaPrivateKey::new(&mut rng, 1024).unwrap();
-        let pk = sk.to_public_key();
-        let msg = b"attack at dawn";
-        let ct = pk
-            .encrypt(&mut rng, rsa::Oaep::new::<sha2::Sha256>(), msg)
-            .unwrap();
-        // Raw RSA (what CKM_RSA_X_509 does in the token), here in software for the test.
-        let m = BigUint::from_bytes_be(&ct).modpow(sk.d(), sk.n());
-        let k = pk.size();
-        let em = m.to_bytes_be();
-        assert_eq!(oaep_decode(Hash::Sha256, &em, k).unwrap().as_slice(), msg);
-        let mut bad = em.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert!(oaep_decode(Hash::Sha256, &bad, k).is_none());
-        assert!(oaep_decode(Hash::Sha1, &em, k).is_none());
+    fn ecdsa_der_to_raw_cases() {
+        let sig = |r: &[u8], s: &[u8]| tlv(0x30, &[tlv(0x02, r), tlv(0x02, s)].concat());
+        let ok = |der: &[u8], n| ecdsa_der_to_raw(der, n);
+        assert_eq!(ok(&sig(&[1], &[2]), 2), Some(vec![0, 1, 0, 2]));
+        assert_eq!(ok(&sig(&[0], &[0]), 2), Some(vec![0; 4]));
+        assert_eq!(ok(&sig(&[0], &[0]), 0), Some(vec![]));
+        assert_eq!(ok(&sig(&[0, 0x80], &[0x7F]), 1), Some(vec![0x80, 0x7F]));
+        assert_eq!(ok(&sig(&[0x80], &[1]), 1), None); // negative
+        assert_eq!(ok(&sig(&[0, 0x7F], &[1]), 1), None); // not minimal
+        assert_eq!(ok(&sig(&[0, 0], &[1]), 1), None); // not minimal
+        assert_eq!(ok(&sig(&[], &[1]), 1), None); // empty INTEGER
+        assert_eq!(ok(&sig(&[1, 2], &[1]), 1), None); // too long
+        assert_eq!(ok(&[sig(&[1], &[1]), vec![0]].concat(), 1), None); // trailing
+        let three = tlv(
+            0x30,
+            &[tlv(0x02, &[1]), tlv(0x02, &[1]), tlv(0x02, &[1])].concat(),
+        );
+        assert_eq!(ok(&three, 1), None);
+        let one = tlv(0x30, &tlv(0x02, &[1]));
+        assert_eq!(ok(&one, 1), None);
+        let set = tlv(0x31, &[tlv(0x02, &[1]), tlv(0x02, &[1])].concat());
+        assert_eq!(ok(&set, 1), None);
+        let octets = tlv(0x30, &[tlv(0x04, &[1]), tlv(0x02, &[1])].concat());
+        assert_eq!(ok(&octets, 1), None);
+        // Two length octets are the most accepted: an INTEGER of 0x10000 bytes is refused
+        // even when `n` would fit it.
+        let big = sig(&[1; 0x8000], &[1; 0x7FF0]);
+        assert_eq!(ok(&big, 0x8000).map(|r| r.len()), Some(0x10000));
+        let mut huge = vec![0x30, 0x83, 0x01, 0x00, 0x0A, 0x02, 0x83, 0x01, 0x00, 0x00];
+        huge.extend([1; 0x10000]);
+        huge.extend([0x02, 0x01, 0x01]);
+        assert_eq!(ok(&huge, 0x10000), None);
+    }
+
+    #[test]
+    fn parse_ec_spki_cases() {
+        let point = |c: Curve| [vec![4u8], pat(2 * c.field_len(), 1)].concat();
+        let spki = |alg: &[u8], bits: &[u8]| tlv(0x30, &[tlv(0x30, alg), tlv(0x03, bits)].concat());
+        let ec_alg = |c: Curve| [EC_PUBLIC_KEY_OID, c.params_der()].concat();
+        for c in CURVES {
+            let p = point(c);
+            let good = spki(&ec_alg(c), &[&[0][..], &p].concat());
+            assert_eq!(good, ec_spki(c, &p));
+            assert_eq!(parse_ec_spki(&good), Some((c, p.clone())));
+            // unused bits
+            assert_eq!(
+                parse_ec_spki(&spki(&ec_alg(c), &[&[1][..], &p].concat())),
+                None
+            );
+            // compressed and hybrid points, wrong length
+            let mut compressed = vec![2u8];
+            compressed.extend(&p[1..=c.field_len()]);
+            assert_eq!(parse_ec_spki(&ec_spki(c, &compressed)), None);
+            let mut hybrid = p.clone();
+            hybrid[0] = 6;
+            assert_eq!(parse_ec_spki(&ec_spki(c, &hybrid)), None);
+            assert_eq!(parse_ec_spki(&ec_spki(c, &p[..p.len() - 1])), None);
+            assert_eq!(parse_ec_spki(&ec_spki(c, &[&p[..], &[0]].concat())), None);
+            // extra or missing parameters, trailing data
+            let extra = [ec_alg(c), vec![0x05, 0x00]].concat();
+            assert_eq!(parse_ec_spki(&spki(&extra, &[&[0][..], &p].concat())), None);
+            let bare = spki(EC_PUBLIC_KEY_OID, &[&[0][..], &p].concat());
+            assert_eq!(parse_ec_spki(&bare), None);
+            assert_eq!(parse_ec_spki(&[good.clone(), vec![0]].concat()), None);
+            assert_eq!(parse_ec_spki(&good[..good.len() - 1]), None);
+            let inner_trailing = tlv(
+                0x30,
+                &[
+                    tlv(0x30, &ec_alg(c)),
+                    tlv(0x03, &[&[0][..], &p].concat()),
+                    vec![5, 0],
+                ]
+                .concat(),
+            );
+            assert_eq!(parse_ec_spki(&inner_trailing), None);
+        }
+        // Other algorithms: Ed25519, RSA, an unknown curve.
+        assert_eq!(parse_ec_spki(&ed25519_spki(&[0; 32])), None);
+        let rsa_alg = tlv(
+            0x06,
+            &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01],
+        );
+        let rsa_alg = [rsa_alg, vec![0x05, 0x00]].concat();
+        assert_eq!(parse_ec_spki(&spki(&rsa_alg, &[0, 0x30, 0x00])), None);
+        let brainpool = tlv(
+            0x06,
+            &[0x2B, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01, 0x07],
+        );
+        let alg = [EC_PUBLIC_KEY_OID, &brainpool].concat();
+        let p = point(Curve::P256);
+        assert_eq!(parse_ec_spki(&spki(&alg, &[&[0][..], &p].concat())), None);
+        assert_eq!(parse_ec_spki(&[]), None);
+    }
+
+    #[test]
+    fn ec_and_ed25519_point_forms() {
+        for c in CURVES {
+            let p = [vec![4u8], pat(2 * c.field_len(), 9)].concat();
+            assert_eq!(ec_point_raw(c, &tlv(0x04, &p)), Some(p.clone()));
+            assert_eq!(ec_point_raw(c, &p), Some(p.clone()));
+            assert_eq!(ec_point_raw(c, &[tlv(0x04, &p), vec![0]].concat()), None);
+            assert_eq!(ec_point_raw(c, &tlv(0x04, &p[1..])), None);
+            assert_eq!(ec_point_raw(c, &tlv(0x03, &p)), None);
+            let mut bad = p.clone();
+            bad[0] = 2;
+            assert_eq!(ec_point_raw(c, &bad), None);
+            assert_eq!(ec_point_raw(c, &tlv(0x04, &bad)), None);
+        }
+        assert_eq!(ec_point_raw(Curve::P256, &[]), None);
+        let q = pat(32, 0xE0);
+        assert_eq!(ed25519_point_raw(&tlv(0x04, &q)), Some(q.clone()));
+        assert_eq!(ed25519_point_raw(&q), Some(q.clone()));
+        // A 32-byte attribute that is itself a DER OCTET STRING is a raw key all the same.
+        let wrapped30 = tlv(0x04, &[7; 30]);
+        assert_eq!(ed25519_point_raw(&wrapped30), Some(wrapped30.clone()));
+        assert_eq!(ed25519_point_raw(&tlv(0x04, &q[1..])), None);
+        assert_eq!(ed25519_point_raw(&[tlv(0x04, &q), vec![0]].concat()), None);
+        assert_eq!(ed25519_point_raw(&q[1..]), None);
+        assert_eq!(ed25519_point_raw(&[]), None);
+    }
+
+    #[test]
+    fn curve_params_round_trip() {
+        for c in CURVES {
+            assert_eq!(Curve::from_params_der(c.params_der()), Some(c));
+            assert_eq!(c.point_len(), 1 + 2 * c.field_len());
+        }
+        assert_eq!(Curve::from_params_der(ED25519_OID), None);
+        assert_eq!(Curve::from_params_der(&[]), None);
+    }
+
+    // ---- Oracles: the RustCrypto curve crates' own SPKI / PKCS#8 / signature encoders ----
+
+    macro_rules! ec_oracle {
+        ($test:ident, $krate:ident, $curve:expr) => {
+            #[test]
+            fn $test() {
+                use $krate::ecdsa::signature::Signer;
+                use $krate::ecdsa::{Signature, SigningKey};
+                use $krate::elliptic_curve::sec1::ToEncodedPoint;
+                use $krate::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+                let curve = $curve;
+                let n = curve.field_len();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
+                for i in 0..16u8 {
+                    let sk = $krate::SecretKey::random(&mut rng);
+                    let pk = sk.public_key();
+                    let point = pk.to_encoded_point(false);
+                    let point = point.as_bytes();
+                    let spki = ec_spki(curve, point);
+                    assert_eq!(spki, pk.to_public_key_der().unwrap().as_bytes());
+                    assert_eq!($krate::PublicKey::from_public_key_der(&spki).unwrap(), pk);
+                    assert_eq!(parse_ec_spki(&spki), Some((curve, point.to_vec())));
+                    assert_eq!(ec_point_raw(curve, &tlv(0x04, point)).unwrap(), point);
+                    let d = sk.to_bytes();
+                    let pkcs8 = ec_pkcs8(curve, &d, point);
+                    assert_eq!(pkcs8, sk.to_pkcs8_der().unwrap().as_bytes());
+                    // Scalars the token gives without their leading zeros are padded back.
+                    let stripped: Vec<u8> = d.iter().copied().skip_while(|&b| b == 0).collect();
+                    assert_eq!(ec_pkcs8(curve, &stripped, point), pkcs8);
+                    let sig: Signature = SigningKey::from_slice(&d).unwrap().sign(&[i]);
+                    let raw = sig.to_bytes();
+                    let der = ecdsa_raw_to_der(&raw);
+                    assert_eq!(der, sig.to_der().as_bytes());
+                    assert_eq!(ecdsa_der_to_raw(&der, n).unwrap(), raw.as_slice());
+                }
+                // r and s with every count of leading zero bytes, and a top bit set after them.
+                for zeros in 0..n {
+                    let mut half = vec![0u8; zeros];
+                    half.extend([0x80]);
+                    half.resize(n, 0x11);
+                    let other = pat(n, 1);
+                    for raw in [[&half[..], &other].concat(), [&other[..], &half].concat()] {
+                        let Ok(sig) = Signature::from_slice(&raw) else {
+                            continue; // not below the group order
+                        };
+                        let der = ecdsa_raw_to_der(&raw);
+                        assert_eq!(der, sig.to_der().as_bytes());
+                        assert_eq!(ecdsa_der_to_raw(&der, n).unwrap(), raw);
+                    }
+                }
+            }
+        };
+    }
+
+    ec_oracle!(p256_oracle, p256, Curve::P256);
+    ec_oracle!(p384_oracle, p384, Curve::P384);
+    ec_oracle!(p521_oracle, p521, Curve::P521);
+    ec_oracle!(k256_oracle, k256, Curve::Secp256k1);
+
+    #[test]
+    fn ed25519_oracle() {
+        use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(25519);
+        for _ in 0..16 {
+            let sk = ed25519_dalek::SigningKey::from_bytes(&rand::Rng::gen(&mut rng));
+            let seed = sk.to_bytes();
+            let point = sk.verifying_key().to_bytes();
+            let spki = ed25519_spki(&point);
+            assert_eq!(
+                spki,
+                sk.verifying_key().to_public_key_der().unwrap().as_bytes()
+            );
+            let pkcs8 = ed25519_pkcs8(&seed);
+            let keypair = ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: seed,
+                public_key: None,
+            };
+            assert_eq!(pkcs8, keypair.to_pkcs8_der().unwrap().as_bytes());
+            assert_eq!(
+                ed25519_dalek::SigningKey::from_pkcs8_der(&pkcs8)
+                    .unwrap()
+                    .to_bytes(),
+                seed
+            );
+            assert_eq!(ed25519_point_raw(&tlv(0x04, &point)), Some(point.to_vec()));
+            assert_eq!(ed25519_point_raw(&point), Some(point.to_vec()));
+        }
+    }
+
+    // ---- EME-OAEP decoding: Wycheproof-style vectors, the `rsa` crate as the oracle ----
+
+    fn oaep_padding(hash: Hash) -> rsa::Oaep {
+        match hash {
+            Hash::Sha1 => rsa::Oaep::new::<sha1::Sha1>(),
+            Hash::Sha224 => rsa::Oaep::new::<sha2::Sha224>(),
+            Hash::Sha256 => rsa::Oaep::new::<sha2::Sha256>(),
+            Hash::Sha384 => rsa::Oaep::new::<sha2::Sha384>(),
+            Hash::Sha512 => rsa::Oaep::new::<sha2::Sha512>(),
+        }
+    }
+
+    /// An RSA key, raw RSA both ways, and the `rsa` crate's OAEP decryption as the oracle.
+    struct Oracle {
+        sk: rsa::RsaPrivateKey,
+        k: usize,
+    }
+
+    impl Oracle {
+        fn new(bits: usize) -> Oracle {
+            use rsa::traits::PublicKeyParts;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(bits as u64);
+            let sk = rsa::RsaPrivateKey::new(&mut rng, bits).unwrap();
+            let k = sk.size();
+            Oracle { sk, k }
+        }
+
+        /// `em` as a `k`-byte ciphertext (raw RSA public operation); `None` if `em ≥ n`.
+        fn raw_encrypt(&self, em: &[u8]) -> Option<Vec<u8>> {
+            use rsa::traits::PublicKeyParts;
+            let m = rsa::BigUint::from_bytes_be(em);
+            if &m >= self.sk.n() {
+                return None;
+            }
+            let c = m.modpow(self.sk.e(), self.sk.n()).to_bytes_be();
+            Some([vec![0; self.k - c.len()], c].concat())
+        }
+
+        /// Raw RSA private operation, as `CKM_RSA_X_509` in the token returns it (leading
+        /// zeros dropped).
+        fn raw_decrypt(&self, ct: &[u8]) -> Vec<u8> {
+            use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+            rsa::BigUint::from_bytes_be(ct)
+                .modpow(self.sk.d(), self.sk.n())
+                .to_bytes_be()
+        }
+
+        /// `oaep_decode` must give `want`, and agree with the `rsa` crate decrypting the
+        /// ciphertext whose raw decryption is `em` (when `em` is below the modulus).
+        fn check(&self, hash: Hash, em: &[u8], want: Option<&[u8]>, what: &str) {
+            let ours = oaep_decode(hash, em, self.k).map(|m| m.to_vec());
+            assert_eq!(ours.as_deref(), want, "{hash:?} {what}");
+            if let Some(ct) = self.raw_encrypt(em) {
+                let theirs = self.sk.decrypt(oaep_padding(hash), &ct).ok();
+                assert_eq!(ours, theirs, "{hash:?} {what}: rsa crate disagrees");
+            }
+        }
+    }
+
+    /// EME-OAEP encoding (RFC 8017 §7.1.1 step 2) of a data block `db` the test built,
+    /// so that every part can be corrupted: `Y ‖ maskedSeed ‖ maskedDB`.
+    fn oaep_encode(hash: Hash, k: usize, y: u8, seed: &[u8], db: &[u8]) -> Vec<u8> {
+        let h = hash.len();
+        assert_eq!(db.len(), k - h - 1);
+        let db_mask = mgf1(hash, seed, k - h - 1);
+        let masked_db: Vec<u8> = db.iter().zip(&db_mask).map(|(a, b)| a ^ b).collect();
+        let seed_mask = mgf1(hash, &masked_db, h);
+        let masked_seed: Vec<u8> = seed.iter().zip(&seed_mask).map(|(a, b)| a ^ b).collect();
+        [vec![y], masked_seed, masked_db].concat()
+    }
+
+    /// `lHash ‖ PS ‖ sep ‖ M` with `PS` the zeros that fill the block.
+    fn oaep_db(hash: Hash, k: usize, lhash: &[u8], sep: u8, msg: &[u8]) -> Vec<u8> {
+        let ps = k - 2 * hash.len() - 2 - msg.len();
+        [lhash, &vec![0; ps], &[sep], msg].concat()
+    }
+
+    #[test]
+    fn oaep_vectors_agree_with_rsa_crate() {
+        let oracle = Oracle::new(2048);
+        let k = oracle.k;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for hash in HASHES {
+            let h = hash.len();
+            let lhash = hash.digest(b"");
+            let max = k - 2 * h - 2;
+            let seed = pat(h, 0x5A);
+            let encode = |y: u8, db: &[u8]| oaep_encode(hash, k, y, &seed, db);
+
+            // Valid: empty, short and longest messages (the longest has an empty PS), a
+            // message that itself starts with 0x01 / 0x00, with and without Y's zero byte.
+            for msg in [
+                vec![],
+                vec![0x42],
+                pat(16, 0x33),
+                pat(max - 1, 7),
+                pat(max, 7),
+            ] {
+                let em = encode(0, &oaep_db(hash, k, &lhash, 1, &msg));
+                oracle.check(hash, &em, Some(&msg), &format!("valid len {}", msg.len()));
+                oracle.check(hash, &em[1..], Some(&msg), "valid, Y dropped");
+            }
+            let msg = [1u8, 0, 1, 1];
+            let em = encode(0, &oaep_db(hash, k, &lhash, 1, &msg));
+            oracle.check(hash, &em, Some(&msg), "message starting 01 00 01");
+
+            // Real encryptions by the rsa crate, decrypted raw as the token would.
+            for len in [0, 1, max] {
+                use rsa::traits::PublicKeyParts;
+                let msg = pat(len, 0xC0);
+                let pk = oracle.sk.to_public_key();
+                let ct = pk.encrypt(&mut rng, oaep_padding(hash), &msg).unwrap();
+                assert_eq!(ct.len(), pk.size());
+                let em = oracle.raw_decrypt(&ct);
+                oracle.check(hash, &em, Some(&msg), "rsa crate encryption");
+                // The same with a label: lHash differs.
+                let labelled = rsa::Oaep {
+                    label: Some("label".into()),
+                    ..oaep_padding(hash)
+                };
+                let ct = pk.encrypt(&mut rng, labelled, &msg).unwrap();
+                let em = oracle.raw_decrypt(&ct);
+                oracle.check(hash, &em, None, "labelled encryption");
+                // Decoded with every other hash.
+                for other in HASHES.into_iter().filter(|&o| o != hash) {
+                    if k >= 2 * other.len() + 2 {
+                        oracle.check(other, &em, None, "wrong hash");
+                    }
+                }
+            }
+
+            let msg = pat(16, 0x33);
+            let good_db = oaep_db(hash, k, &lhash, 1, &msg);
+            // Wrong leading byte Y.
+            for y in [1u8, 0x02, 0x80, 0xFF] {
+                oracle.check(hash, &encode(y, &good_db), None, &format!("Y = {y:#x}"));
+            }
+            // Bad lHash: first / last byte flipped, the hash of a label.
+            for i in [0, h - 1] {
+                let mut db = good_db.clone();
+                db[i] ^= 1;
+                oracle.check(hash, &encode(0, &db), None, &format!("lHash byte {i}"));
+            }
+            let label_hash = hash.digest(b"label");
+            let db = oaep_db(hash, k, &label_hash, 1, &msg);
+            oracle.check(hash, &encode(0, &db), None, "lHash of a label");
+            // No 0x01 separator: all-zero PS to the end; or another byte in its place.
+            let all_zero = [&lhash[..], &vec![0; k - 2 * h - 1]].concat();
+            oracle.check(
+                hash,
+                &encode(0, &all_zero),
+                None,
+                "all-zero PS, no separator",
+            );
+            for sep in [0x02u8, 0x10, 0x80, 0xFF] {
+                let db = oaep_db(hash, k, &lhash, sep, &msg);
+                oracle.check(hash, &encode(0, &db), None, &format!("separator {sep:#x}"));
+            }
+            // A non-zero byte in PS before the separator (first, middle, last of PS).
+            let ps = max - msg.len();
+            for i in [h, h + ps / 2, h + ps - 1] {
+                for b in [0x02u8, 0x80, 0xFF] {
+                    let mut db = good_db.clone();
+                    db[i] = b;
+                    oracle.check(
+                        hash,
+                        &encode(0, &db),
+                        None,
+                        &format!("PS byte {i} = {b:#x}"),
+                    );
+                }
+            }
+            // Empty PS but no separator: the message runs into its place.
+            let db = [&lhash[..], &pat(k - 2 * h - 1, 0x20)].concat();
+            oracle.check(hash, &encode(0, &db), None, "separator overwritten");
+
+            // Every truncation, from the end and from the front, of a valid block whose
+            // masked seed starts with a zero byte (so dropping two bytes is still valid).
+            let em = (0..=u16::MAX)
+                .map(|t| {
+                    let seed = [&t.to_be_bytes()[..], &pat(h - 2, 0x5A)].concat();
+                    oaep_encode(hash, k, 0, &seed, &good_db)
+                })
+                .find(|em| em[1] == 0)
+                .expect("a seed whose masked seed starts with 0");
+            for i in 0..em.len() {
+                oracle.check(hash, &em[..i], None, &format!("first {i} bytes"));
+            }
+            for i in 1..=em.len() {
+                let want = (em[..i].iter().all(|&b| b == 0)).then_some(&msg[..]);
+                oracle.check(hash, &em[i..], want, &format!("without first {i} bytes"));
+            }
+            // Every single-byte corruption.
+            for i in 0..em.len() {
+                let mut bad = em.clone();
+                bad[i] ^= 0x01;
+                oracle.check(hash, &bad, None, &format!("byte {i} flipped"));
+            }
+            // Longer than k, or a k too small for the hash.
+            assert!(oaep_decode(hash, &[&[0][..], &em].concat(), k).is_none());
+            assert!(oaep_decode(hash, &em[em.len() - (2 * h + 1)..], 2 * h + 1).is_none());
+            let short = &em[em.len() - (2 * h + 2)..];
+            assert!(oaep_decode(hash, short, 2 * h + 2).is_none());
+        }
+    }
+
+    // ---- Never panics: every decoder (the fuzz target) and encoder on arbitrary input ----
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn decoders_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..700),
+            n in 0usize..300,
+            k in 0usize..800,
+            hash in proptest::sample::select(HASHES.to_vec()),
+            curve in proptest::sample::select(CURVES.to_vec()),
+        ) {
+            let _ = read_tlv(&bytes);
+            let _ = Curve::from_params_der(&bytes);
+            if let Some((c, p)) = parse_ec_spki(&bytes) {
+                prop_assert_eq!(ec_spki(c, &p), bytes.clone());
+            }
+            if let Some(raw) = ecdsa_der_to_raw(&bytes, n) {
+                prop_assert_eq!(raw.len(), 2 * n);
+                if n > 0 {
+                    prop_assert_eq!(ecdsa_raw_to_der(&raw), bytes.clone());
+                }
+            }
+            if let Some(p) = ec_point_raw(curve, &bytes) {
+                prop_assert_eq!(p.len(), curve.point_len());
+            }
+            if let Some(p) = ed25519_point_raw(&bytes) {
+                prop_assert_eq!(p.len(), 32);
+            }
+            let _ = oaep_decode(hash, &bytes, k);
+        }
+
+        /// The same on valid encodings with a few bytes changed and then cut short, which
+        /// reach deeper into the decoders than random bytes do.
+        #[test]
+        fn decoders_never_panic_on_corrupted_encodings(
+            body in proptest::collection::vec(any::<u8>(), 140),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            curve in proptest::sample::select(CURVES.to_vec()),
+        ) {
+            let n = curve.field_len();
+            let point = [&[4u8][..], &body[..2 * n]].concat();
+            for valid in [
+                ec_spki(curve, &point),
+                ecdsa_raw_to_der(&body[..2 * n]),
+                tlv(0x04, &point),
+                tlv(0x04, &body[..32]),
+            ] {
+                let mut bytes = valid.clone();
+                for &(at, x) in &edits {
+                    let at = at % bytes.len();
+                    bytes[at] ^= x;
+                }
+                bytes.truncate(bytes.len() - cut % 4);
+                if let Some((c, p)) = parse_ec_spki(&bytes) {
+                    prop_assert_eq!(ec_spki(c, &p), bytes.clone());
+                }
+                if let Some(raw) = ecdsa_der_to_raw(&bytes, n) {
+                    prop_assert_eq!(ecdsa_raw_to_der(&raw), bytes.clone());
+                }
+                let _ = ec_point_raw(curve, &bytes);
+                let _ = ed25519_point_raw(&bytes);
+                let _ = read_tlv(&bytes);
+            }
+        }
+
+        #[test]
+        fn encoders_never_panic(
+            a in proptest::collection::vec(any::<u8>(), 0..400),
+            b in proptest::collection::vec(any::<u8>(), 0..300),
+            tag in any::<u8>(),
+            curve in proptest::sample::select(CURVES.to_vec()),
+        ) {
+            let t = tlv(tag, &a);
+            prop_assert_eq!(read_tlv(&t), Some((tag, &a[..], &[][..])));
+            let der = ecdsa_raw_to_der(&a);
+            let half = a.len() / 2;
+            if a.len() % 2 == 0 && half > 0 {
+                prop_assert_eq!(ecdsa_der_to_raw(&der, half), Some(a.clone()));
+            }
+            let _ = ec_spki(curve, &a);
+            let _ = ed25519_spki(&a);
+            let _ = ed25519_pkcs8(&a);
+            let pkcs8 = ec_pkcs8(curve, &a, &b);
+            prop_assert!(pkcs8.len() > curve.field_len());
+        }
     }
 }
