@@ -1,11 +1,36 @@
 //! Host-side encodings around the HSM's asymmetric operations, none of which touch a KMS
-//! key's private half: DER (SubjectPublicKeyInfo of EC and RSA public keys, PKCS#8 of a
-//! *data* key pair's private key, ECDSA signatures), the PKCS#1 v1.5 DigestInfo prefixes,
-//! EC points as PKCS#11 returns them, and EME-OAEP decoding of a block the token decrypted
-//! with `CKM_RSA_X_509` (for tokens that refuse OAEP with SHA-256).
+//! key's private half: DER (SubjectPublicKeyInfo of EC and Ed25519 public keys, PKCS#8 of
+//! a *data* key pair's private key, ECDSA signatures), the PKCS#1 v1.5 DigestInfo
+//! prefixes, EC points as PKCS#11 returns them, and EME-OAEP decoding of a block the token
+//! decrypted with `CKM_RSA_X_509` (for tokens that refuse OAEP with SHA-256).
+//!
+//! The DER is written and read by the RustCrypto crates (`der`, `spki`, `pkcs8`, `sec1`,
+//! `const-oid`); only the constant-time OAEP decoder is our own. Decoders take canonical
+//! DER only and return `None` for anything else; the encoders cannot fail for any input
+//! below der's 256 MiB limit and return an empty `Vec` beyond it.
 
+use const_oid::ObjectIdentifier;
+use der::asn1::{AnyRef, BitStringRef, OctetStringRef, UintRef};
+use der::{Decode, Encode, Length, Reader, SliceReader};
+use pkcs8::PrivateKeyInfo;
+use sec1::EcPrivateKey;
 use sha2::Digest;
+use spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// id-ecPublicKey (RFC 5480).
+const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// id-Ed25519 (RFC 8410).
+const ID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const SECP521R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
+const SECP256K1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.10");
+
+/// Longest input `parse_ec_spki` and `ecdsa_der_to_raw` take: as before the move to der,
+/// one TLV whose length fits two octets (64 KiB), far beyond any key or signature here.
+const MAX_DER_LEN: usize = 4 + 0xFFFF;
 
 /// Curves the service uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +42,20 @@ pub enum Curve {
 }
 
 impl Curve {
-    /// DER of the named-curve OID (the value of `CKA_EC_PARAMS`).
+    const ALL: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
+
+    /// The named-curve OID.
+    fn oid(self) -> ObjectIdentifier {
+        match self {
+            Curve::P256 => SECP256R1,
+            Curve::P384 => SECP384R1,
+            Curve::P521 => SECP521R1,
+            Curve::Secp256k1 => SECP256K1,
+        }
+    }
+
+    /// DER of the named-curve OID (the value of `CKA_EC_PARAMS`); the tests check these
+    /// bytes against [`Curve::oid`].
     pub fn params_der(self) -> &'static [u8] {
         match self {
             Curve::P256 => &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07],
@@ -42,196 +80,193 @@ impl Curve {
     }
 
     pub fn from_params_der(der: &[u8]) -> Option<Curve> {
-        [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1]
-            .into_iter()
-            .find(|c| c.params_der() == der)
+        Curve::ALL.into_iter().find(|c| c.params_der() == der)
+    }
+
+    /// Whether `p` is an uncompressed point of this curve's length (`04 ‖ X ‖ Y`).
+    fn is_uncompressed_point(self, p: &[u8]) -> bool {
+        p.len() == self.point_len() && p.first() == Some(&0x04)
     }
 }
 
 /// DER of id-Ed25519 (1.3.101.112): `CKA_EC_PARAMS` of an Edwards key and its SPKI algorithm.
 pub const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
 
+/// SubjectPublicKeyInfo DER of `key` under `algorithm`.
+fn spki(algorithm: AlgorithmIdentifierRef<'_>, key: &[u8]) -> Vec<u8> {
+    BitStringRef::from_bytes(key)
+        .and_then(|subject_public_key| {
+            SubjectPublicKeyInfoRef {
+                algorithm,
+                subject_public_key,
+            }
+            .to_der()
+        })
+        .unwrap_or_default()
+}
+
+/// PKCS#8 `PrivateKeyInfo` (version 1, no public key) DER of `private_key` under
+/// `algorithm`.
+fn pkcs8(algorithm: AlgorithmIdentifierRef<'_>, private_key: der::Result<Vec<u8>>) -> Vec<u8> {
+    private_key
+        .map(Zeroizing::new)
+        .and_then(|key| PrivateKeyInfo::new(algorithm, &key).to_der())
+        .unwrap_or_default()
+}
+
 /// SubjectPublicKeyInfo DER of an Ed25519 public key (RFC 8410).
 pub fn ed25519_spki(point: &[u8]) -> Vec<u8> {
-    let mut bits = vec![0u8];
-    bits.extend_from_slice(point);
-    tlv(0x30, &[tlv(0x30, ED25519_OID), tlv(0x03, &bits)].concat())
+    spki(
+        AlgorithmIdentifierRef {
+            oid: ID_ED25519,
+            parameters: None,
+        },
+        point,
+    )
 }
 
 /// PKCS#8 (RFC 8410) DER of an Ed25519 private key (for data key pairs only).
 pub fn ed25519_pkcs8(seed: &[u8]) -> Vec<u8> {
-    tlv(
-        0x30,
-        &[
-            tlv(0x02, &[0]),
-            tlv(0x30, ED25519_OID),
-            tlv(0x04, &tlv(0x04, seed)),
-        ]
-        .concat(),
-    )
+    // The privateKey OCTET STRING holds a CurvePrivateKey, itself an OCTET STRING.
+    let curve_private_key = OctetStringRef::new(seed).and_then(|s| s.to_der());
+    let algorithm = AlgorithmIdentifierRef {
+        oid: ID_ED25519,
+        parameters: None,
+    };
+    pkcs8(algorithm, curve_private_key)
+}
+
+/// The content of `attr` if it is exactly one DER OCTET STRING.
+fn octet_string(attr: &[u8]) -> Option<&[u8]> {
+    OctetStringRef::from_der(attr).ok().map(|o| o.as_bytes())
 }
 
 /// `CKA_EC_POINT` of an Edwards key (DER OCTET STRING or raw) → the 32-byte public key.
 pub fn ed25519_point_raw(attr: &[u8]) -> Option<Vec<u8>> {
-    if let Some((0x04, inner, [])) = read_tlv(attr) {
-        if inner.len() == 32 {
-            return Some(inner.to_vec());
-        }
-    }
-    (attr.len() == 32).then(|| attr.to_vec())
+    let is_key = |p: &&[u8]| p.len() == 32;
+    octet_string(attr)
+        .filter(is_key)
+        .or(Some(attr).filter(is_key))
+        .map(<[u8]>::to_vec)
 }
 
-/// DER of id-ecPublicKey (1.2.840.10045.2.1).
-const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-
-/// One DER TLV.
+/// One DER TLV (`tag` is written as the single identifier octet it is).
 pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
-    let n = content.len();
-    if n < 0x80 {
-        out.push(n as u8);
-    } else if n <= 0xFF {
-        out.extend([0x81, n as u8]);
-    } else {
-        out.extend([0x82, (n >> 8) as u8, n as u8]);
+    match Length::try_from(content.len()).and_then(|len| len.encode_to_vec(&mut out)) {
+        Ok(_) => {
+            out.extend_from_slice(content);
+            out
+        }
+        Err(_) => Vec::new(),
     }
-    out.extend_from_slice(content);
-    out
 }
 
-/// Read one DER TLV: (tag, content, rest).
+/// Read one DER TLV: (tag, content, rest). The tag is one identifier octet of any value;
+/// the length must be in DER's minimal form with at most two length octets.
 pub fn read_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = b.split_first()?;
-    let (&l0, rest) = rest.split_first()?;
-    let (len, rest) = if l0 < 0x80 {
-        (l0 as usize, rest)
-    } else {
-        let k = (l0 & 0x7F) as usize;
-        if k == 0 || k > 2 || rest.len() < k {
-            return None;
-        }
-        let mut n = 0usize;
-        for &x in &rest[..k] {
-            n = (n << 8) | x as usize;
-        }
-        if n < 0x80 || (k == 2 && n <= 0xFF) {
-            return None; // not minimal
-        }
-        (n, &rest[k..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
+    // `0x82 hi lo` is the longest length form taken: three octets at most are read.
+    let mut reader = SliceReader::new(rest.get(..3).unwrap_or(rest)).ok()?;
+    let len = usize::try_from(Length::decode(&mut reader).ok()?).ok()?;
+    let rest = rest.get(usize::try_from(reader.position()).ok()?..)?;
+    let (content, rest) = rest.split_at_checked(len)?;
+    Some((tag, content, rest))
 }
 
 /// `CKA_EC_POINT` as tokens return it (a DER OCTET STRING around the point; some tokens
 /// give the raw point) → the raw uncompressed point of `curve`.
 pub fn ec_point_raw(curve: Curve, attr: &[u8]) -> Option<Vec<u8>> {
-    let want = curve.point_len();
-    if let Some((0x04, inner, [])) = read_tlv(attr) {
-        if inner.len() == want && inner[0] == 0x04 {
-            return Some(inner.to_vec());
-        }
-    }
-    (attr.len() == want && attr[0] == 0x04).then(|| attr.to_vec())
+    let is_point = |p: &&[u8]| curve.is_uncompressed_point(p);
+    octet_string(attr)
+        .filter(is_point)
+        .or(Some(attr).filter(is_point))
+        .map(<[u8]>::to_vec)
 }
 
 /// SubjectPublicKeyInfo DER of an EC public key.
 pub fn ec_spki(curve: Curve, point: &[u8]) -> Vec<u8> {
-    let alg = tlv(0x30, &[EC_PUBLIC_KEY_OID, curve.params_der()].concat());
-    let mut bits = vec![0u8];
-    bits.extend_from_slice(point);
-    tlv(0x30, &[alg, tlv(0x03, &bits)].concat())
+    let oid = curve.oid();
+    let algorithm = AlgorithmIdentifierRef {
+        oid: ID_EC_PUBLIC_KEY,
+        parameters: Some(AnyRef::from(&oid)),
+    };
+    spki(algorithm, point)
 }
 
 /// Parse an EC SubjectPublicKeyInfo: (curve, raw uncompressed point). `None` for anything
 /// else (other algorithms, compressed points, trailing data).
 pub fn parse_ec_spki(der: &[u8]) -> Option<(Curve, Vec<u8>)> {
-    let (0x30, body, []) = read_tlv(der)? else {
-        return None;
-    };
-    let (0x30, alg, rest) = read_tlv(body)? else {
-        return None;
-    };
-    let (0x03, bits, []) = read_tlv(rest)? else {
-        return None;
-    };
-    let (0x06, oid, params) = read_tlv(alg)? else {
-        return None;
-    };
-    if tlv(0x06, oid) != EC_PUBLIC_KEY_OID {
+    if der.len() > MAX_DER_LEN {
         return None;
     }
-    let curve = Curve::from_params_der(params)?;
-    let (&0, point) = bits.split_first()? else {
+    let spki = SubjectPublicKeyInfoRef::from_der(der).ok()?;
+    if spki.algorithm.oid != ID_EC_PUBLIC_KEY {
         return None;
-    };
-    (point.len() == curve.point_len() && point[0] == 0x04).then(|| (curve, point.to_vec()))
+    }
+    let oid: ObjectIdentifier = spki.algorithm.parameters?.decode_as().ok()?;
+    let curve = Curve::ALL.into_iter().find(|c| c.oid() == oid)?;
+    // `as_bytes` is `None` unless the BIT STRING has no unused bits.
+    let point = spki.subject_public_key.as_bytes()?;
+    curve
+        .is_uncompressed_point(point)
+        .then(|| (curve, point.to_vec()))
 }
 
-/// PKCS#8 (RFC 5958) DER of an EC private key (for data key pairs only).
+/// PKCS#8 (RFC 5958) DER of an EC private key (for data key pairs only): the SEC1
+/// `ECPrivateKey` (scalar left-padded or cut to the field length, public point, no
+/// parameters) under id-ecPublicKey with the named curve.
 pub fn ec_pkcs8(curve: Curve, scalar: &[u8], point: &[u8]) -> Vec<u8> {
     let n = curve.field_len();
-    let mut d = vec![0u8; n.saturating_sub(scalar.len())];
-    d.extend_from_slice(&scalar[scalar.len().saturating_sub(n)..]);
-    let mut bits = vec![0u8];
-    bits.extend_from_slice(point);
-    let ec_private_key = tlv(
-        0x30,
-        &[tlv(0x02, &[1]), tlv(0x04, &d), tlv(0xA1, &tlv(0x03, &bits))].concat(),
+    let d: Zeroizing<Vec<u8>> = Zeroizing::new(
+        std::iter::repeat_n(0u8, n.saturating_sub(scalar.len()))
+            .chain(scalar.iter().copied().skip(scalar.len().saturating_sub(n)))
+            .collect(),
     );
-    let alg = tlv(0x30, &[EC_PUBLIC_KEY_OID, curve.params_der()].concat());
-    tlv(
-        0x30,
-        &[tlv(0x02, &[0]), alg, tlv(0x04, &ec_private_key)].concat(),
-    )
+    let ec_private_key = EcPrivateKey {
+        private_key: &d,
+        parameters: None,
+        public_key: Some(point),
+    }
+    .to_der();
+    let oid = curve.oid();
+    let algorithm = AlgorithmIdentifierRef {
+        oid: ID_EC_PUBLIC_KEY,
+        parameters: Some(AnyRef::from(&oid)),
+    };
+    pkcs8(algorithm, ec_private_key)
 }
 
-fn der_uint(v: &[u8]) -> Vec<u8> {
-    let mut v = v;
-    while v.len() > 1 && v[0] == 0 {
-        v = &v[1..];
-    }
-    let mut c = Vec::with_capacity(v.len() + 1);
-    if v.first().is_some_and(|b| b & 0x80 != 0) {
-        c.push(0);
-    }
-    c.extend_from_slice(v);
-    tlv(0x02, &c)
-}
-
-/// PKCS#11 ECDSA signature `r ‖ s` → DER `ECDSA-Sig-Value`.
+/// PKCS#11 ECDSA signature `r ‖ s` → DER `ECDSA-Sig-Value` (`SEQUENCE { r INTEGER,
+/// s INTEGER }`, here a `[UintRef; 2]`).
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Vec<u8> {
+    // `len / 2 ≤ len`: this split cannot fail.
     let (r, s) = raw.split_at(raw.len() / 2);
-    tlv(0x30, &[der_uint(r), der_uint(s)].concat())
+    UintRef::new(r)
+        .and_then(|r| Ok([r, UintRef::new(s)?]))
+        .and_then(|sig| sig.to_der())
+        .unwrap_or_default()
 }
 
 /// DER `ECDSA-Sig-Value` → `r ‖ s` with each half `n` bytes; `None` if malformed or out
 /// of range (such a signature is simply invalid).
 pub fn ecdsa_der_to_raw(der: &[u8], n: usize) -> Option<Vec<u8>> {
-    let (0x30, body, []) = read_tlv(der)? else {
+    if der.len() > MAX_DER_LEN {
         return None;
-    };
-    let (0x02, r, rest) = read_tlv(body)? else {
-        return None;
-    };
-    let (0x02, s, []) = read_tlv(rest)? else {
-        return None;
-    };
-    let mut out = Vec::with_capacity(2 * n);
-    for x in [r, s] {
-        if x.is_empty() || x[0] & 0x80 != 0 || (x.len() > 1 && x[0] == 0 && x[1] & 0x80 == 0) {
-            return None; // negative or non-minimal
-        }
-        let x = if x[0] == 0 { &x[1..] } else { x };
-        if x.len() > n {
-            return None;
-        }
-        out.extend(std::iter::repeat_n(0u8, n - x.len()));
-        out.extend_from_slice(x);
     }
-    Some(out)
+    // der refuses negative, empty and non-minimal INTEGERs and trailing data; the value 0
+    // keeps one zero byte in `UintRef`, dropped here.
+    let [r, s] = <[UintRef<'_>; 2]>::from_der(der)
+        .ok()?
+        .map(|x| x.as_bytes().strip_prefix(&[0]).unwrap_or(x.as_bytes()));
+    let (r_pad, s_pad) = (n.checked_sub(r.len())?, n.checked_sub(s.len())?);
+    Some(
+        std::iter::repeat_n(0u8, r_pad)
+            .chain(r.iter().copied())
+            .chain(std::iter::repeat_n(0u8, s_pad))
+            .chain(s.iter().copied())
+            .collect(),
+    )
 }
 
 /// Hash functions of the signing, MAC and OAEP algorithms.
@@ -296,12 +331,13 @@ impl Hash {
     }
 }
 
-fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + hash.len());
+/// MGF1 (RFC 8017 §B.2.1) of `seed`, `len` bytes.
+fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(len + hash.len()));
     let mut counter = 0u32;
     while out.len() < len {
         out.extend(hash.digest(&[seed, &counter.to_be_bytes()].concat()));
-        counter += 1;
+        counter = counter.wrapping_add(1);
     }
     out.truncate(len);
     out
@@ -309,31 +345,40 @@ fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
 
 /// EME-OAEP decoding (RFC 8017 §7.1.2 step 3) of `em`, the `k`-byte result of the raw RSA
 /// private-key operation done in the token, with an empty label. Checks are combined so
-/// that every failure looks the same.
-pub fn oaep_decode(hash: Hash, em: &[u8], k: usize) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+/// that every failure looks the same; only the public lengths `k` and `em.len()` decide
+/// an early return.
+pub fn oaep_decode(hash: Hash, em: &[u8], k: usize) -> Option<Zeroizing<Vec<u8>>> {
     let h = hash.len();
     if k < 2 * h + 2 || em.len() > k {
         return None;
     }
-    let mut block = zeroize::Zeroizing::new(vec![0u8; k - em.len()]);
+    let mut block = Zeroizing::new(vec![0u8; k - em.len()]);
     block.extend_from_slice(em);
-    let (y, rest) = block.split_at(1);
-    let (masked_seed, masked_db) = rest.split_at(h);
+    let (&y, rest) = block.split_first()?;
+    let (masked_seed, masked_db) = rest.split_at_checked(h)?;
     let seed_mask = mgf1(hash, masked_db, h);
-    let seed: Vec<u8> = masked_seed
-        .iter()
-        .zip(&seed_mask)
-        .map(|(a, b)| a ^ b)
-        .collect();
+    let seed: Zeroizing<Vec<u8>> = Zeroizing::new(
+        masked_seed
+            .iter()
+            .zip(seed_mask.iter())
+            .map(|(a, b)| a ^ b)
+            .collect(),
+    );
     let db_mask = mgf1(hash, &seed, k - h - 1);
-    let db: zeroize::Zeroizing<Vec<u8>> =
-        zeroize::Zeroizing::new(masked_db.iter().zip(&db_mask).map(|(a, b)| a ^ b).collect());
+    let db: Zeroizing<Vec<u8>> = Zeroizing::new(
+        masked_db
+            .iter()
+            .zip(db_mask.iter())
+            .map(|(a, b)| a ^ b)
+            .collect(),
+    );
+    let (lhash_found, ps_and_message) = db.split_at_checked(h)?;
     let lhash = hash.digest(b"");
-    let mut good = db[..h].ct_eq(&lhash) & y[0].ct_eq(&0);
+    let mut good = lhash_found.ct_eq(&lhash) & y.ct_eq(&0);
     // Find the 0x01 separator after the zero padding without branching on secret bytes.
     let mut found = subtle::Choice::from(0);
     let mut index = 0u32;
-    for (i, &b) in db[h..].iter().enumerate() {
+    for (i, &b) in ps_and_message.iter().enumerate() {
         let is_one = b.ct_eq(&1);
         let is_zero = b.ct_eq(&0);
         let first = is_one & !found;
@@ -343,9 +388,8 @@ pub fn oaep_decode(hash: Hash, em: &[u8], k: usize) -> Option<zeroize::Zeroizing
     }
     good &= found;
     if bool::from(good) {
-        Some(zeroize::Zeroizing::new(
-            db[h + index as usize + 1..].to_vec(),
-        ))
+        let message = ps_and_message.get(index as usize + 1..)?;
+        Some(Zeroizing::new(message.to_vec()))
     } else {
         None
     }
@@ -356,6 +400,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::SeedableRng;
+
+    /// DER of id-ecPublicKey (1.2.840.10045.2.1).
+    const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
 
     const CURVES: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1];
     const HASHES: [Hash; 5] = [
@@ -369,6 +416,265 @@ mod tests {
     /// `len` bytes counting up from `start`.
     fn pat(len: usize, start: u8) -> Vec<u8> {
         (0..len).map(|i| start.wrapping_add(i as u8)).collect()
+    }
+
+    /// The hand-written DER and OAEP code this module had before it moved to the RustCrypto
+    /// crates, verbatim, as the reference the new code must agree with byte for byte.
+    #[allow(clippy::all)]
+    mod legacy {
+        use super::super::{Curve, Hash, ED25519_OID};
+        use subtle::ConstantTimeEq;
+
+        /// SubjectPublicKeyInfo DER of an Ed25519 public key (RFC 8410).
+        pub(super) fn ed25519_spki(point: &[u8]) -> Vec<u8> {
+            let mut bits = vec![0u8];
+            bits.extend_from_slice(point);
+            tlv(0x30, &[tlv(0x30, ED25519_OID), tlv(0x03, &bits)].concat())
+        }
+
+        /// PKCS#8 (RFC 8410) DER of an Ed25519 private key (for data key pairs only).
+        pub(super) fn ed25519_pkcs8(seed: &[u8]) -> Vec<u8> {
+            tlv(
+                0x30,
+                &[
+                    tlv(0x02, &[0]),
+                    tlv(0x30, ED25519_OID),
+                    tlv(0x04, &tlv(0x04, seed)),
+                ]
+                .concat(),
+            )
+        }
+
+        /// `CKA_EC_POINT` of an Edwards key (DER OCTET STRING or raw) → the 32-byte public key.
+        pub(super) fn ed25519_point_raw(attr: &[u8]) -> Option<Vec<u8>> {
+            if let Some((0x04, inner, [])) = read_tlv(attr) {
+                if inner.len() == 32 {
+                    return Some(inner.to_vec());
+                }
+            }
+            (attr.len() == 32).then(|| attr.to_vec())
+        }
+
+        /// DER of id-ecPublicKey (1.2.840.10045.2.1).
+        const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+
+        /// One DER TLV.
+        pub(super) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            let n = content.len();
+            if n < 0x80 {
+                out.push(n as u8);
+            } else if n <= 0xFF {
+                out.extend([0x81, n as u8]);
+            } else {
+                out.extend([0x82, (n >> 8) as u8, n as u8]);
+            }
+            out.extend_from_slice(content);
+            out
+        }
+
+        /// Read one DER TLV: (tag, content, rest).
+        pub(super) fn read_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+            let (&tag, rest) = b.split_first()?;
+            let (&l0, rest) = rest.split_first()?;
+            let (len, rest) = if l0 < 0x80 {
+                (l0 as usize, rest)
+            } else {
+                let k = (l0 & 0x7F) as usize;
+                if k == 0 || k > 2 || rest.len() < k {
+                    return None;
+                }
+                let mut n = 0usize;
+                for &x in &rest[..k] {
+                    n = (n << 8) | x as usize;
+                }
+                if n < 0x80 || (k == 2 && n <= 0xFF) {
+                    return None; // not minimal
+                }
+                (n, &rest[k..])
+            };
+            if rest.len() < len {
+                return None;
+            }
+            Some((tag, &rest[..len], &rest[len..]))
+        }
+
+        /// `CKA_EC_POINT` as tokens return it (a DER OCTET STRING around the point; some tokens
+        /// give the raw point) → the raw uncompressed point of `curve`.
+        pub(super) fn ec_point_raw(curve: Curve, attr: &[u8]) -> Option<Vec<u8>> {
+            let want = curve.point_len();
+            if let Some((0x04, inner, [])) = read_tlv(attr) {
+                if inner.len() == want && inner[0] == 0x04 {
+                    return Some(inner.to_vec());
+                }
+            }
+            (attr.len() == want && attr[0] == 0x04).then(|| attr.to_vec())
+        }
+
+        /// SubjectPublicKeyInfo DER of an EC public key.
+        pub(super) fn ec_spki(curve: Curve, point: &[u8]) -> Vec<u8> {
+            let alg = tlv(0x30, &[EC_PUBLIC_KEY_OID, curve.params_der()].concat());
+            let mut bits = vec![0u8];
+            bits.extend_from_slice(point);
+            tlv(0x30, &[alg, tlv(0x03, &bits)].concat())
+        }
+
+        /// Parse an EC SubjectPublicKeyInfo: (curve, raw uncompressed point). `None` for anything
+        /// else (other algorithms, compressed points, trailing data).
+        pub(super) fn parse_ec_spki(der: &[u8]) -> Option<(Curve, Vec<u8>)> {
+            let (0x30, body, []) = read_tlv(der)? else {
+                return None;
+            };
+            let (0x30, alg, rest) = read_tlv(body)? else {
+                return None;
+            };
+            let (0x03, bits, []) = read_tlv(rest)? else {
+                return None;
+            };
+            let (0x06, oid, params) = read_tlv(alg)? else {
+                return None;
+            };
+            if tlv(0x06, oid) != EC_PUBLIC_KEY_OID {
+                return None;
+            }
+            let curve = Curve::from_params_der(params)?;
+            let (&0, point) = bits.split_first()? else {
+                return None;
+            };
+            (point.len() == curve.point_len() && point[0] == 0x04).then(|| (curve, point.to_vec()))
+        }
+
+        /// PKCS#8 (RFC 5958) DER of an EC private key (for data key pairs only).
+        pub(super) fn ec_pkcs8(curve: Curve, scalar: &[u8], point: &[u8]) -> Vec<u8> {
+            let n = curve.field_len();
+            let mut d = vec![0u8; n.saturating_sub(scalar.len())];
+            d.extend_from_slice(&scalar[scalar.len().saturating_sub(n)..]);
+            let mut bits = vec![0u8];
+            bits.extend_from_slice(point);
+            let ec_private_key = tlv(
+                0x30,
+                &[tlv(0x02, &[1]), tlv(0x04, &d), tlv(0xA1, &tlv(0x03, &bits))].concat(),
+            );
+            let alg = tlv(0x30, &[EC_PUBLIC_KEY_OID, curve.params_der()].concat());
+            tlv(
+                0x30,
+                &[tlv(0x02, &[0]), alg, tlv(0x04, &ec_private_key)].concat(),
+            )
+        }
+
+        fn der_uint(v: &[u8]) -> Vec<u8> {
+            let mut v = v;
+            while v.len() > 1 && v[0] == 0 {
+                v = &v[1..];
+            }
+            let mut c = Vec::with_capacity(v.len() + 1);
+            if v.first().is_some_and(|b| b & 0x80 != 0) {
+                c.push(0);
+            }
+            c.extend_from_slice(v);
+            tlv(0x02, &c)
+        }
+
+        /// PKCS#11 ECDSA signature `r ‖ s` → DER `ECDSA-Sig-Value`.
+        pub(super) fn ecdsa_raw_to_der(raw: &[u8]) -> Vec<u8> {
+            let (r, s) = raw.split_at(raw.len() / 2);
+            tlv(0x30, &[der_uint(r), der_uint(s)].concat())
+        }
+
+        /// DER `ECDSA-Sig-Value` → `r ‖ s` with each half `n` bytes; `None` if malformed or out
+        /// of range (such a signature is simply invalid).
+        pub(super) fn ecdsa_der_to_raw(der: &[u8], n: usize) -> Option<Vec<u8>> {
+            let (0x30, body, []) = read_tlv(der)? else {
+                return None;
+            };
+            let (0x02, r, rest) = read_tlv(body)? else {
+                return None;
+            };
+            let (0x02, s, []) = read_tlv(rest)? else {
+                return None;
+            };
+            let mut out = Vec::with_capacity(2 * n);
+            for x in [r, s] {
+                if x.is_empty()
+                    || x[0] & 0x80 != 0
+                    || (x.len() > 1 && x[0] == 0 && x[1] & 0x80 == 0)
+                {
+                    return None; // negative or non-minimal
+                }
+                let x = if x[0] == 0 { &x[1..] } else { x };
+                if x.len() > n {
+                    return None;
+                }
+                out.extend(std::iter::repeat_n(0u8, n - x.len()));
+                out.extend_from_slice(x);
+            }
+            Some(out)
+        }
+
+        fn mgf1(hash: Hash, seed: &[u8], len: usize) -> Vec<u8> {
+            let mut out = Vec::with_capacity(len + hash.len());
+            let mut counter = 0u32;
+            while out.len() < len {
+                out.extend(hash.digest(&[seed, &counter.to_be_bytes()].concat()));
+                counter += 1;
+            }
+            out.truncate(len);
+            out
+        }
+
+        /// EME-OAEP decoding (RFC 8017 §7.1.2 step 3) of `em`, the `k`-byte result of the raw RSA
+        /// private-key operation done in the token, with an empty label. Checks are combined so
+        /// that every failure looks the same.
+        pub(super) fn oaep_decode(
+            hash: Hash,
+            em: &[u8],
+            k: usize,
+        ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+            let h = hash.len();
+            if k < 2 * h + 2 || em.len() > k {
+                return None;
+            }
+            let mut block = zeroize::Zeroizing::new(vec![0u8; k - em.len()]);
+            block.extend_from_slice(em);
+            let (y, rest) = block.split_at(1);
+            let (masked_seed, masked_db) = rest.split_at(h);
+            let seed_mask = mgf1(hash, masked_db, h);
+            let seed: Vec<u8> = masked_seed
+                .iter()
+                .zip(&seed_mask)
+                .map(|(a, b)| a ^ b)
+                .collect();
+            let db_mask = mgf1(hash, &seed, k - h - 1);
+            let db: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
+                masked_db
+                    .iter()
+                    .zip(db_mask.iter())
+                    .map(|(a, b)| a ^ b)
+                    .collect(),
+            );
+            let lhash = hash.digest(b"");
+            let mut good = db[..h].ct_eq(&lhash) & y[0].ct_eq(&0);
+            // Find the 0x01 separator after the zero padding without branching on secret bytes.
+            let mut found = subtle::Choice::from(0);
+            let mut index = 0u32;
+            for (i, &b) in db[h..].iter().enumerate() {
+                let is_one = b.ct_eq(&1);
+                let is_zero = b.ct_eq(&0);
+                let first = is_one & !found;
+                index =
+                    subtle::ConditionallySelectable::conditional_select(&index, &(i as u32), first);
+                found |= is_one;
+                good &= found | is_zero;
+            }
+            good &= found;
+            if bool::from(good) {
+                Some(zeroize::Zeroizing::new(
+                    db[h + index as usize + 1..].to_vec(),
+                ))
+            } else {
+                None
+            }
+        }
     }
 
     // ---- Encoders: fixed inputs against the outputs of the original hand-written DER ----
@@ -517,6 +823,16 @@ mod tests {
     }
 
     #[test]
+    fn tlv_past_two_length_octets_is_well_formed_now() {
+        // The only output that changed: the hand-written `tlv` wrote `82 hi lo` of the
+        // truncated length past 64 KiB (malformed DER); der writes the three-octet form.
+        // No caller comes near it (the longest content is a 133-byte P-521 point).
+        let content = vec![7; 0x10000];
+        assert_eq!(tlv(0x04, &content)[..5], [0x04, 0x83, 0x01, 0x00, 0x00]);
+        assert_eq!(legacy::tlv(0x04, &content)[..4], [0x04, 0x82, 0x00, 0x00]);
+    }
+
+    #[test]
     fn ecdsa_der_to_raw_cases() {
         let sig = |r: &[u8], s: &[u8]| tlv(0x30, &[tlv(0x02, r), tlv(0x02, s)].concat());
         let ok = |der: &[u8], n| ecdsa_der_to_raw(der, n);
@@ -545,10 +861,13 @@ mod tests {
         // even when `n` would fit it.
         let big = sig(&[1; 0x8000], &[1; 0x7FF0]);
         assert_eq!(ok(&big, 0x8000).map(|r| r.len()), Some(0x10000));
-        let mut huge = vec![0x30, 0x83, 0x01, 0x00, 0x0A, 0x02, 0x83, 0x01, 0x00, 0x00];
+        let mut huge = vec![0x30, 0x83, 0x01, 0x00, 0x08, 0x02, 0x83, 0x01, 0x00, 0x00];
         huge.extend([1; 0x10000]);
         huge.extend([0x02, 0x01, 0x01]);
         assert_eq!(ok(&huge, 0x10000), None);
+        assert_eq!(legacy::ecdsa_der_to_raw(&huge, 0x10000), None);
+        // der itself would take it: the two-length-octet limit is ours.
+        assert!(<[UintRef<'_>; 2]>::from_der(&huge).is_ok());
     }
 
     #[test]
@@ -636,6 +955,40 @@ mod tests {
         assert_eq!(ed25519_point_raw(&[tlv(0x04, &q), vec![0]].concat()), None);
         assert_eq!(ed25519_point_raw(&q[1..]), None);
         assert_eq!(ed25519_point_raw(&[]), None);
+    }
+
+    #[test]
+    fn oid_constants_match_crates() {
+        use p256::pkcs8::AssociatedOid;
+        assert_eq!(ED25519_OID, ID_ED25519.to_der().unwrap());
+        assert_eq!(EC_PUBLIC_KEY_OID, ID_EC_PUBLIC_KEY.to_der().unwrap());
+        assert_eq!(ID_EC_PUBLIC_KEY, p256::elliptic_curve::ALGORITHM_OID);
+        assert_eq!(ID_ED25519, ed25519_dalek::pkcs8::ALGORITHM_OID);
+        for c in CURVES {
+            assert_eq!(c.params_der(), c.oid().to_der().unwrap(), "{c:?}");
+        }
+        assert_eq!(Curve::P256.oid(), p256::NistP256::OID);
+        assert_eq!(Curve::P384.oid(), p384::NistP384::OID);
+        assert_eq!(Curve::P521.oid(), p521::NistP521::OID);
+        assert_eq!(Curve::Secp256k1.oid(), k256::Secp256k1::OID);
+    }
+
+    #[test]
+    fn digest_info_prefixes_match_rsa_crate() {
+        use rsa::Pkcs1v15Sign;
+        let theirs = |hash| match hash {
+            Hash::Sha1 => Pkcs1v15Sign::new::<sha1::Sha1>(),
+            Hash::Sha224 => Pkcs1v15Sign::new::<sha2::Sha224>(),
+            Hash::Sha256 => Pkcs1v15Sign::new::<sha2::Sha256>(),
+            Hash::Sha384 => Pkcs1v15Sign::new::<sha2::Sha384>(),
+            Hash::Sha512 => Pkcs1v15Sign::new::<sha2::Sha512>(),
+        };
+        for hash in HASHES {
+            let sign = theirs(hash);
+            assert_eq!(hash.digest_info_prefix(), &*sign.prefix, "{hash:?}");
+            assert_eq!(Some(hash.len()), sign.hash_len);
+            assert_eq!(hash.digest(b"abc").len(), hash.len());
+        }
     }
 
     #[test]
@@ -789,6 +1142,11 @@ mod tests {
         fn check(&self, hash: Hash, em: &[u8], want: Option<&[u8]>, what: &str) {
             let ours = oaep_decode(hash, em, self.k).map(|m| m.to_vec());
             assert_eq!(ours.as_deref(), want, "{hash:?} {what}");
+            let before = legacy::oaep_decode(hash, em, self.k).map(|m| m.to_vec());
+            assert_eq!(
+                ours, before,
+                "{hash:?} {what}: differs from the legacy decoder"
+            );
             if let Some(ct) = self.raw_encrypt(em) {
                 let theirs = self.sk.decrypt(oaep_padding(hash), &ct).ok();
                 assert_eq!(ours, theirs, "{hash:?} {what}: rsa crate disagrees");
@@ -802,9 +1160,13 @@ mod tests {
         let h = hash.len();
         assert_eq!(db.len(), k - h - 1);
         let db_mask = mgf1(hash, seed, k - h - 1);
-        let masked_db: Vec<u8> = db.iter().zip(&db_mask).map(|(a, b)| a ^ b).collect();
+        let masked_db: Vec<u8> = db.iter().zip(db_mask.iter()).map(|(a, b)| a ^ b).collect();
         let seed_mask = mgf1(hash, &masked_db, h);
-        let masked_seed: Vec<u8> = seed.iter().zip(&seed_mask).map(|(a, b)| a ^ b).collect();
+        let masked_seed: Vec<u8> = seed
+            .iter()
+            .zip(seed_mask.iter())
+            .map(|(a, b)| a ^ b)
+            .collect();
         [vec![y], masked_seed, masked_db].concat()
     }
 
@@ -949,15 +1311,23 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(4096))]
 
         #[test]
-        fn decoders_never_panic(
+        fn decoders_never_panic_and_agree_with_legacy(
             bytes in proptest::collection::vec(any::<u8>(), 0..700),
             n in 0usize..300,
             k in 0usize..800,
             hash in proptest::sample::select(HASHES.to_vec()),
             curve in proptest::sample::select(CURVES.to_vec()),
         ) {
-            let _ = read_tlv(&bytes);
+            prop_assert_eq!(read_tlv(&bytes), legacy::read_tlv(&bytes));
             let _ = Curve::from_params_der(&bytes);
+            prop_assert_eq!(parse_ec_spki(&bytes), legacy::parse_ec_spki(&bytes));
+            prop_assert_eq!(ecdsa_der_to_raw(&bytes, n), legacy::ecdsa_der_to_raw(&bytes, n));
+            prop_assert_eq!(ec_point_raw(curve, &bytes), legacy::ec_point_raw(curve, &bytes));
+            prop_assert_eq!(ed25519_point_raw(&bytes), legacy::ed25519_point_raw(&bytes));
+            prop_assert_eq!(
+                oaep_decode(hash, &bytes, k).map(|m| m.to_vec()),
+                legacy::oaep_decode(hash, &bytes, k).map(|m| m.to_vec())
+            );
             if let Some((c, p)) = parse_ec_spki(&bytes) {
                 prop_assert_eq!(ec_spki(c, &p), bytes.clone());
             }
@@ -1005,21 +1375,31 @@ mod tests {
                 if let Some(raw) = ecdsa_der_to_raw(&bytes, n) {
                     prop_assert_eq!(ecdsa_raw_to_der(&raw), bytes.clone());
                 }
-                let _ = ec_point_raw(curve, &bytes);
-                let _ = ed25519_point_raw(&bytes);
-                let _ = read_tlv(&bytes);
+                prop_assert_eq!(parse_ec_spki(&bytes), legacy::parse_ec_spki(&bytes));
+                for n in [n, 1, 0x90] {
+                    prop_assert_eq!(ecdsa_der_to_raw(&bytes, n), legacy::ecdsa_der_to_raw(&bytes, n));
+                }
+                prop_assert_eq!(ec_point_raw(curve, &bytes), legacy::ec_point_raw(curve, &bytes));
+                prop_assert_eq!(ed25519_point_raw(&bytes), legacy::ed25519_point_raw(&bytes));
+                prop_assert_eq!(read_tlv(&bytes), legacy::read_tlv(&bytes));
             }
         }
 
         #[test]
-        fn encoders_never_panic(
+        fn encoders_never_panic_and_agree_with_legacy(
             a in proptest::collection::vec(any::<u8>(), 0..400),
             b in proptest::collection::vec(any::<u8>(), 0..300),
             tag in any::<u8>(),
             curve in proptest::sample::select(CURVES.to_vec()),
         ) {
             let t = tlv(tag, &a);
+            prop_assert_eq!(&t, &legacy::tlv(tag, &a));
             prop_assert_eq!(read_tlv(&t), Some((tag, &a[..], &[][..])));
+            prop_assert_eq!(ecdsa_raw_to_der(&a), legacy::ecdsa_raw_to_der(&a));
+            prop_assert_eq!(ec_spki(curve, &a), legacy::ec_spki(curve, &a));
+            prop_assert_eq!(ed25519_spki(&a), legacy::ed25519_spki(&a));
+            prop_assert_eq!(ed25519_pkcs8(&a), legacy::ed25519_pkcs8(&a));
+            prop_assert_eq!(ec_pkcs8(curve, &a, &b), legacy::ec_pkcs8(curve, &a, &b));
             let der = ecdsa_raw_to_der(&a);
             let half = a.len() / 2;
             if a.len() % 2 == 0 && half > 0 {
