@@ -13,6 +13,10 @@ KMS_DEBIAN_PACKAGES=(softhsm2 opensc p11-kit p11-kit-modules)
 # Python packages the interop tests need: "import-name=pip-name".
 KMS_PYTHON_PACKAGES=(awscli=awscli boto3=boto3 botocore=botocore cryptography=cryptography)
 
+# Cargo tools scripts/test.sh runs (installed from crates.io once per machine).
+CARGO_DENY_VERSION=0.20.2
+CARGO_MACHETE_VERSION=0.9.2
+
 log() { printf '%s: %s\n' "${LOG_TAG:-hsm-kms}" "$*"; }
 warn() { printf '%s: warning: %s\n' "${LOG_TAG:-hsm-kms}" "$*" >&2; }
 die() {
@@ -95,6 +99,18 @@ ensure_python_packages() {
 require_cargo() {
     command -v cargo >/dev/null 2>&1 ||
         die "cargo not found on PATH. Install a Rust toolchain (https://rustup.rs) or add ~/.cargo/bin to PATH, then re-run."
+}
+
+# ensure_cargo_tool CRATE VERSION : `cargo install --locked CRATE@VERSION` unless a binary
+# of that crate and version is already installed (from crates.io; built once per machine).
+ensure_cargo_tool() {
+    local crate="$1" version="$2"
+    if cargo install --list 2>/dev/null | grep -q "^$crate v$version:"; then
+        log "$crate $version present"
+        return 0
+    fi
+    log "cargo install $crate $version (once per machine)"
+    cargo install --locked --quiet "$crate@$version" || die "cargo install $crate@$version failed"
 }
 
 # kms_target_dir : absolute cargo target dir (CARGO_TARGET_DIR may be relative

@@ -3,7 +3,8 @@
 #   ./scripts/test.sh [extra args for cargo test]
 #
 # Steps, in order; the first failure stops the run and is named:
-#   system packages, python packages, cargo fmt --check, cargo clippy,
+#   system packages, python packages, cargo tools (cargo-deny, cargo-machete),
+#   cargo fmt --check, cargo clippy, cargo doc, cargo deny, cargo machete,
 #   cargo test --release, interop (aws CLI + boto3 against a live server).
 # The last line printed on success is "interop: N passed, 0 failed".
 set -euo pipefail
@@ -37,11 +38,24 @@ step "cargo available"
 require_cargo
 cargo --version
 
+step "cargo tools"
+ensure_cargo_tool cargo-deny "$CARGO_DENY_VERSION"
+ensure_cargo_tool cargo-machete "$CARGO_MACHETE_VERSION"
+
 step "cargo fmt --check"
 cargo fmt --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+
+step "cargo deny check licenses bans sources"
+cargo deny --log-level error check licenses bans sources
+
+step "cargo machete (unused dependencies)"
+cargo machete
 
 step "cargo test --release"
 RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release "$@"

@@ -126,8 +126,10 @@ fn no_input_yields_a_5xx_or_a_panic() {
         body(real_key),
         proptest::option::weighted(0.1, proptest::collection::vec(any::<u8>(), 0..64)),
     );
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
     runner
         .run(&strategy, |(op, body, raw)| {
+            seen.lock().unwrap().insert(op);
             let bytes = raw.unwrap_or_else(|| body.to_string().into_bytes());
             let r = rt.block_on(c.send_raw(
                 Some(op),
@@ -139,9 +141,18 @@ fn no_input_yields_a_5xx_or_a_panic() {
             prop_assert!(r.status < 500, "{op} {body} -> {} {}", r.status, r.body);
             if r.status != 200 {
                 prop_assert!(!r.error_type().is_empty(), "{op}: {}", r.body);
+                // Correctly signed: every request got past authentication.
+                prop_assert!(
+                    !r.error_type().contains("Signature") && !r.error_type().contains("Client"),
+                    "{op}: {}",
+                    r.body
+                );
             }
             Ok(())
         })
         .unwrap();
+    let seen = seen.into_inner().unwrap();
+    let missed: Vec<_> = ops().into_iter().filter(|o| !seen.contains(o)).collect();
+    assert!(missed.is_empty(), "operations never fuzzed: {missed:?}");
     rt.block_on(s.running.stop());
 }
