@@ -28,6 +28,8 @@ mod asymmetric;
 mod dispatch;
 mod lifecycle;
 mod rotation;
+#[cfg(test)]
+mod tests;
 pub use dispatch::{Output, Reply, Resolved};
 pub use rotation::DEFAULT_ON_DEMAND_ROTATION_LIMIT as ON_DEMAND_ROTATION_LIMIT;
 
