@@ -86,7 +86,18 @@ impl Kms {
                 self.arn(&e.doc)
             )));
         }
+        let arn = self.arn(&e.doc);
         self.update_doc(&e.doc.key_id, |d| {
+            // Checked again under the write lock: a ScheduleKeyDeletion committed since the
+            // check above must not be undone (the key would never be destroyed).
+            if matches!(
+                d.key_state,
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+            ) {
+                return Err(KmsError::InvalidState(format!(
+                    "{arn} is pending deletion."
+                )));
+            }
             d.key_state = state;
             Ok(())
         })

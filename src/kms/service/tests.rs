@@ -2339,7 +2339,6 @@ async fn committed_metadata_survives_a_restart_and_failures_leave_none() {
 /// first while the state change, having checked the state before waiting for the writer
 /// lock, then overwrites it.
 #[tokio::test]
-#[ignore = "bug: set_key_state checks PendingDeletion before update_doc, not inside its closure, so a concurrent EnableKey/DisableKey overwrites a committed ScheduleKeyDeletion (key ends Enabled/Disabled with a DeletionDate and is never destroyed)"]
 async fn a_concurrent_enable_or_disable_cannot_undo_a_scheduled_deletion() {
     let h = Harness::new();
     for op in [Operation::DisableKey, Operation::EnableKey] {
