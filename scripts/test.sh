@@ -40,11 +40,11 @@ cargo --version
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --all-targets --features test-hooks -- -D warnings"
+cargo clippy --all-targets --features test-hooks -- -D warnings
 
-step "cargo test --release"
-RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release "$@"
+step "cargo test --release --features test-hooks"
+RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release --features test-hooks "$@"
 
 step "interop (tests/interop/run.sh)"
 bash tests/interop/run.sh

@@ -801,6 +801,7 @@ async fn start_on(t: &Tokens) -> hsm_kms::app::Running {
     .expect("service starts")
 }
 
+#[cfg(feature = "test-hooks")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_survive_restart_without_finds_and_fail_over() {
     use p256::pkcs8::DecodePublicKey;

@@ -23,7 +23,6 @@
 
 use super::{object_id, Entry, Kms};
 use crate::auth::Principal;
-use crate::hsm::FailureClass;
 use crate::kms::model::{BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
 use crate::kms::KmsError;
@@ -480,9 +479,12 @@ impl Kms {
         self.cluster
             .create_aes_key(object.as_bytes(), &arn)
             .await
-            .map_err(|e| match e.class() {
-                FailureClass::Request => KmsError::from(e),
-                _ => KmsError::Unavailable(e.to_string()),
+            .map_err(|e| {
+                if !e.retryable() {
+                    KmsError::from(e)
+                } else {
+                    KmsError::Unavailable(e.to_string())
+                }
             })?;
         let now = self.now();
         let obj = object.clone();
