@@ -9,7 +9,7 @@
 //! below: no other module matches a return value.
 //!
 //! Other layers see [`HsmError::retryable`] and the specific variants. The cluster's
-//! failover and the workers' session handling use the internal [`Fault`].
+//! failover and the workers' session handling use the internal `Fault`.
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, Rv, RvError};
