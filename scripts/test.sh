@@ -45,8 +45,8 @@ ensure_cargo_tool cargo-machete "$CARGO_MACHETE_VERSION"
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --all-targets --features test-hooks -- -D warnings"
+cargo clippy --all-targets --features test-hooks -- -D warnings
 
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
@@ -57,8 +57,8 @@ cargo deny --log-level error check licenses bans sources
 step "cargo machete (unused dependencies)"
 cargo machete
 
-step "cargo test --release"
-RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release "$@"
+step "cargo test --release --features test-hooks"
+RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release --features test-hooks "$@"
 
 step "interop (tests/interop/run.sh)"
 bash tests/interop/run.sh

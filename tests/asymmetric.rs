@@ -785,6 +785,7 @@ async fn create_key_spec_and_usage_rules() {
     assert_eq!(a, b);
 }
 
+#[cfg(feature = "test-hooks")]
 async fn start_on(t: &Tokens) -> hsm_kms::app::Running {
     hsm_kms::app::start(hsm_kms::app::ServiceConfig {
         nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
@@ -801,6 +802,7 @@ async fn start_on(t: &Tokens) -> hsm_kms::app::Running {
     .expect("service starts")
 }
 
+#[cfg(feature = "test-hooks")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_survive_restart_without_finds_and_fail_over() {
     use p256::pkcs8::DecodePublicKey;

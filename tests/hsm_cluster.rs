@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use hsm_kms::hsm::{softhsm, HsmCluster, HsmError, NodeState};
+#[cfg(feature = "test-hooks")]
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -101,6 +102,7 @@ async fn token_moved_away_fails_over_and_recovers_without_restart() {
     assert_eq!(pt.as_slice(), b"back");
 }
 
+#[cfg(feature = "test-hooks")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_call_is_cut_by_the_deadline_and_fails_over() {
     let t = tokens(&["a", "b"]);

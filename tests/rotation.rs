@@ -651,6 +651,7 @@ async fn manual_rotation_by_repointing_an_alias() {
     s.running.stop().await;
 }
 
+#[cfg(feature = "test-hooks")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_rotation_start_date_shows_while_it_runs() {
     let (s, _clock) = clocked().await;

@@ -16,11 +16,14 @@
 //! KMS makes them. The variants alternate within each repetition (with a rotating order)
 //! and every row reports the median over the repetitions.
 
-use super::error::HsmError;
-use super::node::{find_slot, load_module};
+use super::cluster::{ClusterOptions, HsmCluster};
+use super::error::{HsmError, Operation};
+use super::instance::{find_slot, load_module};
+use super::mechanisms::IV_LEN;
 use super::softhsm::{self, LocalHsm};
-use super::{ClusterOptions, HsmCluster};
+use super::templates;
 use cryptoki::context::Pkcs11;
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
@@ -315,28 +318,30 @@ struct RawToken {
 
 impl RawToken {
     fn open(hsm: &LocalHsm) -> Result<RawToken, HsmError> {
-        let ck = |e| HsmError::from_ck(&hsm.name, e);
+        let ck = |op: Operation| move |e: CkError| HsmError::from_ck(&hsm.name, op, e);
         let cfg = hsm.node_config()?;
-        let ctx = load_module(&hsm.module, &cfg.env).map_err(ck)?;
+        let ctx = load_module(&hsm.module, &cfg.env).map_err(ck(Operation::LoadModule))?;
         let opened = (|| {
             let slot = find_slot(&ctx, &hsm.label)
-                .map_err(ck)?
+                .map_err(ck(Operation::FindToken))?
                 .ok_or_else(|| HsmError::Setup {
                     hsm: hsm.name.clone(),
                     message: "bench token not found".into(),
                 })?;
-            let keeper = ctx.open_rw_session(slot).map_err(ck)?;
+            let keeper = ctx
+                .open_rw_session(slot)
+                .map_err(ck(Operation::OpenSession))?;
             keeper
                 .login(UserType::User, Some(&AuthPin::new(cfg.pin.as_str().into())))
-                .map_err(ck)?;
+                .map_err(ck(Operation::Login))?;
             // Same template as the layer's keys (sensitive, private, token, extractable
             // only under wrapping for replication).
             let key = keeper
                 .generate_key(
                     &Mechanism::AesKeyGen,
-                    &super::ops::aes_template(KEY_ID, "hsm-kms bench raw", true),
+                    &templates::aes_key(KEY_ID, "hsm-kms bench raw", true),
                 )
-                .map_err(ck)?;
+                .map_err(ck(Operation::GenerateKey))?;
             Ok((slot, keeper, key))
         })();
         match opened {
@@ -361,7 +366,7 @@ impl RawToken {
         plaintext: &[u8],
         random_iv: bool,
     ) -> Result<f64, HsmError> {
-        let ck = |e| HsmError::from_ck(RAW_HSM, e);
+        let ck = |op: Operation| move |e: CkError| HsmError::from_ck(RAW_HSM, op, e);
         let barrier = Barrier::new(threads + 1);
         // Only the Sync parts go to the threads (the keeper session stays here).
         let (ctx, slot, key) = (&self.ctx, self.slot, self.key);
@@ -372,21 +377,26 @@ impl RawToken {
                     s.spawn(move || -> Result<u64, HsmError> {
                         let session = ctx.open_rw_session(slot);
                         barrier.wait();
-                        let session = session.map_err(ck)?;
+                        let session = session.map_err(ck(Operation::OpenSession))?;
                         let end = Instant::now() + dur;
                         let mut n: u64 = 0;
                         while Instant::now() < end {
-                            let mut iv = [0u8; super::IV_LEN];
+                            let mut iv = [0u8; IV_LEN];
                             if random_iv {
-                                session.generate_random_slice(&mut iv).map_err(ck)?;
+                                session
+                                    .generate_random_slice(&mut iv)
+                                    .map_err(ck(Operation::Random))?;
                             } else {
                                 iv[0] = t as u8;
                                 iv[4..].copy_from_slice(&n.to_be_bytes());
                             }
                             let mech = Mechanism::AesGcm(
-                                GcmParams::new(&mut iv, AAD, 128.into()).map_err(ck)?,
+                                GcmParams::new(&mut iv, AAD, 128.into())
+                                    .map_err(ck(Operation::AesGcmEncrypt))?,
                             );
-                            session.encrypt(&mech, key, plaintext).map_err(ck)?;
+                            session
+                                .encrypt(&mech, key, plaintext)
+                                .map_err(ck(Operation::AesGcmEncrypt))?;
                             n += 1;
                         }
                         Ok(n)

@@ -1,23 +1,28 @@
-//! The cluster of ≥ 2 HSMs: node selection (healthy first, least in flight), per-request
-//! failover to another HSM, enrollment of the cluster wrapping key (RSA-OAEP transport into
-//! a key pair generated inside the receiving token), and key creation with replication
-//! (generate in one token, wrap/unwrap into every other, prove each copy).
+//! The cluster of ≥ 2 HSMs ([`HsmCluster`]) and the API the rest of the service calls:
+//! start-up (open every HSM, start its workers and monitor, enroll the cluster wrapping
+//! key), HSM selection (healthy first, then fewest calls in flight), per-request failover
+//! to another HSM when a failure is retryable, and one method per operation, each a thin
+//! call into the module of its key family (`aes`, `keypair`, `hmac`) or into `replication`.
 
-use super::asym::KeyKind;
+use super::aes;
+use super::enrollment;
 use super::error::HsmError;
-use super::node::{Node, NodeOptions, WorkerCtx, SECRET};
-use super::ops::{self, IV_LEN};
-use super::{HsmHealth, NodeConfig, NodeState};
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use super::handles::ObjectKind;
+use super::health;
+use super::hmac;
+use super::instance::NodeConfig;
+use super::job::WorkerCtx;
+use super::keypair;
+use super::kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, SignScheme};
+use super::mechanisms::IV_LEN;
+use super::node::{HsmHealth, Node, NodeOptions, NodeState};
+use super::replication::{Replicator, Transfer};
+use super::worker::Pool;
+use crate::pkix::{Curve, Hash};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
-
-/// `CKA_ID` of the cluster wrapping key present in every token.
-pub const CWK_ID: &[u8] = b"hsm-kms/cluster-wrapping-key";
-const CWK_LABEL: &str = "hsm-kms cluster wrapping key";
-pub(super) const PROOF_AAD: &[u8] = b"hsm-kms replication proof";
 
 /// Tunables of a cluster.
 #[derive(Debug, Clone)]
@@ -51,12 +56,10 @@ impl Default for ClusterOptions {
 
 /// A set of HSMs that each hold a copy of every key.
 pub struct HsmCluster {
-    pub(super) nodes: Vec<Arc<Node>>,
-    pub(super) opts: ClusterOptions,
+    hsms: Vec<Pool>,
+    opts: ClusterOptions,
     rr: AtomicUsize,
 }
-
-type Shared<F> = Arc<F>;
 
 impl HsmCluster {
     /// Open every HSM (blocking), then make sure each holds the same cluster wrapping key.
@@ -83,169 +86,85 @@ impl HsmCluster {
             probe_interval: opts.probe_interval,
             probe_timeout: opts.call_timeout,
         };
-        let mut nodes = Vec::new();
+        let mut hsms: Vec<Pool> = Vec::new();
         for cfg in cfgs {
-            match Node::start(cfg, nopts.clone()) {
-                Ok(n) => nodes.push(n),
+            let started = Node::open(cfg, nopts.clone())
+                .map(Arc::new)
+                .and_then(Pool::start)
+                .and_then(|pool| health::watch(&pool).map(|()| pool));
+            match started {
+                Ok(pool) => hsms.push(pool),
                 Err(e) => {
-                    nodes.iter().for_each(|n: &Arc<Node>| n.shutdown());
+                    hsms.iter().for_each(|p| p.node().shutdown());
                     return Err(e);
                 }
             }
         }
         let cluster = HsmCluster {
-            nodes,
+            hsms,
             opts,
             rr: AtomicUsize::new(0),
         };
-        if let Err(e) = cluster.enroll() {
+        if let Err(e) = enrollment::enroll(&cluster.hsms, cluster.opts.keygen_timeout) {
             cluster.shutdown();
             return Err(e);
         }
         Ok(cluster)
     }
 
-    /// Enrollment: the first HSM that holds the cluster wrapping key (or HSM 0, which then
-    /// generates it) sends it to every HSM lacking it by RSA-OAEP transport; then every HSM
-    /// proves it holds the same key.
-    fn enroll(&self) -> Result<(), HsmError> {
-        let t = self.opts.keygen_timeout;
-        let holders: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].has_object(SECRET, CWK_ID))
-            .collect();
-        let source = match holders.first() {
-            Some(i) => *i,
-            None => {
-                self.nodes[0].call_blocking(t, |ctx| {
-                    let h = ctx
-                        .session()
-                        .generate_key(
-                            &cryptoki::mechanism::Mechanism::AesKeyGen,
-                            &[
-                                vec![Attribute::ValueLen(32.into())],
-                                ops::unwrapped_aes_template(CWK_ID, CWK_LABEL, true, true),
-                            ]
-                            .concat(),
-                        )
-                        .map_err(|e| ctx.err(e))?;
-                    ctx.remember(SECRET, CWK_ID, h);
-                    Ok(())
-                })?;
-                tracing::info!(hsm = %self.nodes[0].name(), "generated the cluster wrapping key");
-                0
-            }
-        };
-        for (i, node) in self.nodes.iter().enumerate() {
-            if i == source || node.has_object(SECRET, CWK_ID) {
-                continue;
-            }
-            let tid = format!("hsm-kms/transport/{}", uuid::Uuid::new_v4()).into_bytes();
-            let tid2 = tid.clone();
-            let (n, e) = node.call_blocking(t, move |ctx| ops::transport_keypair(ctx, &tid2))?;
-            let wrapped = self.nodes[source]
-                .call_blocking(t, move |ctx| ops::wrap_for_transport(ctx, CWK_ID, &n, &e))?;
-            node.call_blocking(t, move |ctx| {
-                ops::unwrap_from_transport(
-                    ctx,
-                    &tid,
-                    &wrapped,
-                    CWK_ID,
-                    &ops::unwrapped_aes_template(CWK_ID, CWK_LABEL, true, true),
-                )
-            })?;
-            tracing::info!(from = %self.nodes[source].name(), to = %node.name(), "cluster wrapping key enrolled");
-        }
-        // Proof: a throw-away key wrapped on HSM 0 unwraps and decrypts on every other HSM.
-        let proof = self.nodes[0].call_blocking(t, |ctx| {
-            let id = b"hsm-kms/cwk-proof".to_vec();
-            let h = ctx
-                .session()
-                .generate_key(
-                    &cryptoki::mechanism::Mechanism::AesKeyGen,
-                    &session_aes(&id, true),
-                )
-                .map_err(|e| ctx.err(e))?;
-            ctx.remember(SECRET, &id, h);
-            let r = (|| {
-                let wrapped = ops::wrap_secret(ctx, CWK_ID, &id)?;
-                let pt = ops::random(ctx, 32)?;
-                let (iv, ct) = ops::gcm_encrypt(ctx, &id, PROOF_AAD, &pt)?;
-                Ok((wrapped, iv, pt, ct))
-            })();
-            let _ = ops::destroy(ctx, SECRET, &id);
-            r
-        })?;
-        let proof = Arc::new(proof);
-        for node in &self.nodes[1..] {
-            let p = proof.clone();
-            let hsm = node.name().to_string();
-            node.call_blocking(t, move |ctx| {
-                let id = b"hsm-kms/cwk-proof".to_vec();
-                let (wrapped, iv, pt, ct) = &*p;
-                let h = ctx.with_key(SECRET, CWK_ID, |s, w| {
-                    s.unwrap_key(
-                        &cryptoki::mechanism::Mechanism::AesKeyWrapPad,
-                        w,
-                        wrapped,
-                        &session_aes(&id, false),
-                    )
-                });
-                let h = h.map_err(|_| HsmError::Setup {
-                    hsm: hsm.clone(),
-                    message: "holds a different cluster wrapping key than the other HSMs".into(),
-                })?;
-                ctx.remember(SECRET, &id, h);
-                let back = ops::gcm_decrypt(ctx, &id, iv, PROOF_AAD, ct);
-                let _ = ops::destroy(ctx, SECRET, &id);
-                match back {
-                    Ok(b) if b.as_slice() == pt.as_slice() => Ok(()),
-                    _ => Err(HsmError::Setup {
-                        hsm,
-                        message: "holds a different cluster wrapping key than the other HSMs"
-                            .into(),
-                    }),
-                }
-            })?;
-        }
-        Ok(())
-    }
-
     /// Pick a usable HSM: healthy before suspect, then fewest calls in flight.
     fn pick(&self, exclude: Option<usize>) -> Option<usize> {
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let n = self.nodes.len();
+        let n = self.hsms.len();
         (0..n)
             .map(|k| (start + k) % n)
-            .filter(|i| Some(*i) != exclude && self.nodes[*i].usable())
+            .filter(|i| Some(*i) != exclude && self.hsms[*i].node().usable())
             .min_by_key(|i| {
-                let node = &self.nodes[*i];
+                let node = self.hsms[*i].node();
                 (node.state() != NodeState::Healthy, node.inflight())
             })
     }
 
-    /// Run `f` on one HSM; a failure that another HSM may not share is retried once there.
-    pub(super) async fn run<T, F>(&self, timeout: Duration, f: F) -> Result<T, HsmError>
+    /// Run `f` on one HSM; a retryable failure is retried once on another HSM.
+    async fn run<T, F>(&self, timeout: Duration, f: F) -> Result<T, HsmError>
     where
         T: Send + 'static,
         F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
     {
-        let f: Shared<F> = Arc::new(f);
+        let f = Arc::new(f);
         let first = self.pick(None).ok_or(HsmError::NotEnoughHsms {
             healthy: 0,
             needed: 1,
         })?;
         let f1 = f.clone();
-        match self.nodes[first].call(timeout, move |ctx| f1(ctx)).await {
+        match self.hsms[first].call(timeout, move |ctx| f1(ctx)).await {
             Ok(v) => Ok(v),
-            Err(e) if e.retry_elsewhere() => {
-                self.nodes[first].suspect(&e);
+            Err(e) if e.retryable() => {
+                self.hsms[first].node().suspect(&e);
                 let Some(second) = self.pick(Some(first)) else {
                     return Err(e);
                 };
-                tracing::warn!(failed = %self.nodes[first].name(), retry = %self.nodes[second].name(), error = %e, "failing over");
-                self.nodes[second].call(timeout, move |ctx| f(ctx)).await
+                tracing::warn!(failed = %self.hsms[first].node().name(), retry = %self.hsms[second].node().name(), error = %e, "failing over");
+                self.hsms[second].call(timeout, move |ctx| f(ctx)).await
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The HSM named `hsm`.
+    fn by_name(&self, hsm: &str) -> Result<&Pool, HsmError> {
+        self.hsms
+            .iter()
+            .find(|p| p.node().name() == hsm)
+            .ok_or_else(|| HsmError::Internal(format!("no HSM named {hsm}")))
+    }
+
+    /// Replication over this cluster's HSMs.
+    fn replicator(&self) -> Replicator<'_> {
+        Replicator {
+            hsms: &self.hsms,
+            min_copies: self.opts.min_copies,
+            timeout: self.opts.keygen_timeout,
         }
     }
 
@@ -258,7 +177,7 @@ impl HsmCluster {
     ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
         let id = id.to_vec();
         self.run(self.opts.call_timeout, move |ctx| {
-            ops::gcm_encrypt(ctx, &id, &aad, &plaintext)
+            aes::gcm_encrypt(ctx, &id, &aad, &plaintext)
         })
         .await
     }
@@ -273,7 +192,7 @@ impl HsmCluster {
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let id = id.to_vec();
         self.run(self.opts.call_timeout, move |ctx| {
-            ops::gcm_decrypt(ctx, &id, &iv, &aad, &ciphertext)
+            aes::gcm_decrypt(ctx, &id, &iv, &aad, &ciphertext)
         })
         .await
     }
@@ -289,8 +208,8 @@ impl HsmCluster {
     ) -> Result<(Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>), HsmError> {
         let id = id.to_vec();
         self.run(self.opts.call_timeout, move |ctx| {
-            let dk = Zeroizing::new(ops::random(ctx, n)?);
-            let (iv, ct) = ops::gcm_encrypt(ctx, &id, &aad, &dk)?;
+            let dk = Zeroizing::new(ctx.random(n)?);
+            let (iv, ct) = aes::gcm_encrypt(ctx, &id, &aad, &dk)?;
             Ok((dk, iv, ct))
         })
         .await
@@ -298,16 +217,8 @@ impl HsmCluster {
 
     /// Random bytes from an HSM.
     pub async fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
-        self.run(self.opts.call_timeout, move |ctx| ops::random(ctx, n))
+        self.run(self.opts.call_timeout, move |ctx| ctx.random(n))
             .await
-    }
-
-    pub(super) fn usable_nodes(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].usable())
-            .collect();
-        v.sort_by_key(|i| self.nodes[*i].state() != NodeState::Healthy);
-        v
     }
 
     /// Create an AES-256 key with `CKA_ID = id` in one HSM and copy it into every other
@@ -316,11 +227,53 @@ impl HsmCluster {
     /// destroyed.
     pub async fn create_aes_key(&self, id: &[u8], label: &str) -> Result<(), HsmError> {
         let (i2, l2) = (id.to_vec(), label.to_string());
-        self.create_replicated(id, label, KeyKind::Aes, move |ctx| {
-            ops::generate_aes(ctx, &i2, &l2).map(|_| ())
-        })
-        .await
-        .map(|_| ())
+        self.replicator()
+            .create(id, label, KeyKind::Aes, move |ctx| {
+                aes::generate(ctx, &i2, &l2).map(|_| ())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Create a key pair with `CKA_ID = id` in one HSM and copy it into every other usable
+    /// HSM (private half wrapped under the cluster wrapping key, public half as a public
+    /// object), proving each copy. Returns the SubjectPublicKeyInfo DER. On any failure
+    /// every copy made is destroyed.
+    pub async fn create_key_pair(
+        &self,
+        id: &[u8],
+        label: &str,
+        spec: PairSpec,
+        usage: PairUse,
+    ) -> Result<Vec<u8>, HsmError> {
+        let (i2, l2) = (id.to_vec(), label.to_string());
+        let transfer = self
+            .replicator()
+            .create(id, label, KeyKind::Pair(spec, usage), move |ctx| {
+                keypair::generate(ctx, &i2, &l2, spec, usage)
+            })
+            .await?;
+        match &*transfer {
+            Transfer::Pair(tr) => tr.public().spki(),
+            _ => Err(HsmError::Internal("key pair expected".into())),
+        }
+    }
+
+    /// Create an HMAC key of `len` bytes (`CKK_GENERIC_SECRET`, sign/verify) in one HSM and
+    /// copy it into every other usable HSM, proving each copy with an HMAC.
+    pub async fn create_hmac_key(
+        &self,
+        id: &[u8],
+        label: &str,
+        len: usize,
+    ) -> Result<(), HsmError> {
+        let (i2, l2) = (id.to_vec(), label.to_string());
+        self.replicator()
+            .create(id, label, KeyKind::Hmac(len), move |ctx| {
+                hmac::generate(ctx, &i2, &l2, len)
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Copy AES keys that some usable HSM lacks (e.g. it was down when they were created)
@@ -333,16 +286,29 @@ impl HsmCluster {
         self.replicate_missing_kinds(&keys).await
     }
 
+    /// Copy keys of any kind that some usable HSM lacks (it was down or new when they were
+    /// created) from an HSM that holds them. Returns how many copies were made.
+    pub async fn replicate_missing_kinds(
+        &self,
+        keys: &[(Vec<u8>, String, KeyKind)],
+    ) -> Result<usize, HsmError> {
+        self.replicator().resync(keys).await
+    }
+
     /// Destroy a key on every HSM. Fails (so the caller retries later) unless every HSM
     /// answered; HSMs that never held it count as done.
     pub async fn destroy_key(&self, id: &[u8]) -> Result<(), HsmError> {
+        self.destroy_key_objects(id).await
+    }
+
+    /// Destroy every object (secret, private, public) with this `CKA_ID` on every HSM.
+    /// Fails unless every HSM answered.
+    pub async fn destroy_key_objects(&self, id: &[u8]) -> Result<(), HsmError> {
         let mut first_err = None;
-        for node in &self.nodes {
+        for pool in &self.hsms {
             let id = id.to_vec();
-            if let Err(e) = node
-                .call(self.opts.keygen_timeout, move |ctx| {
-                    super::asym::destroy_all(ctx, &id)
-                })
+            if let Err(e) = pool
+                .call(self.opts.keygen_timeout, move |ctx| ctx.destroy_all(&id))
                 .await
             {
                 first_err.get_or_insert(e);
@@ -351,33 +317,120 @@ impl HsmCluster {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Sign a digest with private key `id` (ECDSA signatures as DER).
+    pub async fn sign(
+        &self,
+        id: &[u8],
+        scheme: SignScheme,
+        digest: Vec<u8>,
+    ) -> Result<Vec<u8>, HsmError> {
+        let id = id.to_vec();
+        self.run(self.opts.call_timeout, move |ctx| {
+            keypair::sign(ctx, &id, scheme, &digest)
+        })
+        .await
+    }
+
+    /// Verify a signature over a digest with the public key `id` held by the HSMs.
+    pub async fn verify(
+        &self,
+        id: &[u8],
+        scheme: SignScheme,
+        digest: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, HsmError> {
+        let id = id.to_vec();
+        self.run(self.opts.call_timeout, move |ctx| {
+            keypair::verify(ctx, &id, scheme, &digest, &signature)
+        })
+        .await
+    }
+
+    /// HMAC of `msg` under HMAC key `id`.
+    pub async fn hmac(&self, id: &[u8], h: Hash, msg: Vec<u8>) -> Result<Vec<u8>, HsmError> {
+        let id = id.to_vec();
+        self.run(self.opts.call_timeout, move |ctx| {
+            hmac::hmac(ctx, &id, h, &msg)
+        })
+        .await
+    }
+
+    /// RSA-OAEP decryption with private key `id` whose modulus is `k` bytes.
+    pub async fn rsa_oaep_decrypt(
+        &self,
+        id: &[u8],
+        h: Hash,
+        k: usize,
+        ct: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let id = id.to_vec();
+        self.run(self.opts.call_timeout, move |ctx| {
+            keypair::oaep_decrypt(ctx, &id, h, k, &ct)
+        })
+        .await
+    }
+
+    /// ECDH with private key `id` and a peer's raw uncompressed point.
+    pub async fn ecdh(
+        &self,
+        id: &[u8],
+        curve: Curve,
+        peer_point: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let id = id.to_vec();
+        self.run(self.opts.call_timeout, move |ctx| {
+            keypair::ecdh(ctx, &id, curve, &peer_point)
+        })
+        .await
+    }
+
+    /// A data key pair generated inside an HSM (session objects, destroyed at once):
+    /// (PKCS#8 DER private key, SPKI DER public key).
+    pub async fn generate_data_key_pair(&self, spec: PairSpec) -> Result<DataKeyPair, HsmError> {
+        self.run(self.opts.keygen_timeout, move |ctx| {
+            keypair::data_key_pair(ctx, spec)
+        })
+        .await
+    }
+
     /// State of every HSM.
     pub fn health(&self) -> Vec<HsmHealth> {
-        self.nodes
-            .iter()
-            .map(|n| HsmHealth {
-                name: n.name().to_string(),
-                state: n.state(),
-                in_flight: n.inflight(),
-                login_epoch: n.epoch(),
-                cached_handles: n.cached_handles(),
-                request_finds: n.find_count(),
-                reinitializations: n.reinit_count(),
-                last_error: n.last_error(),
-            })
-            .collect()
+        self.hsms.iter().map(|p| p.node().report()).collect()
     }
 
     /// Names of the HSMs, in configuration order.
     pub fn hsm_names(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.name().to_string()).collect()
+        self.hsms
+            .iter()
+            .map(|p| p.node().name().to_string())
+            .collect()
     }
 
     /// True if the HSM's handle cache knows a secret key with this `CKA_ID`.
     pub fn hsm_holds(&self, hsm: &str, id: &[u8]) -> bool {
-        self.nodes
+        self.hsms
             .iter()
-            .any(|n| n.name() == hsm && n.has_object(SECRET, id))
+            .any(|p| p.node().name() == hsm && p.node().has_object(ObjectKind::Secret, id))
+    }
+
+    /// True if the HSM's handle cache knows a private key with this `CKA_ID`.
+    pub fn hsm_holds_private(&self, hsm: &str, id: &[u8]) -> bool {
+        self.hsms
+            .iter()
+            .any(|p| p.node().name() == hsm && p.node().has_object(ObjectKind::Private, id))
+    }
+
+    /// Whether every HSM can hold (generate, use and replicate) Ed25519 keys.
+    pub fn can_hold_ed25519_keys(&self) -> bool {
+        self.hsms.iter().all(|p| p.node().ed25519_keys())
+    }
+
+    /// The capabilities found at connect on each HSM.
+    pub fn capabilities(&self) -> Vec<(String, bool)> {
+        self.hsms
+            .iter()
+            .map(|p| (p.node().name().to_string(), p.node().oaep_sha256()))
+            .collect()
     }
 
     /// Run an operation on one named HSM (no failover): for tests and operator checks.
@@ -388,10 +441,10 @@ impl HsmCluster {
         aad: Vec<u8>,
         plaintext: Vec<u8>,
     ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
-        let node = self.node(hsm)?;
+        let pool = self.by_name(hsm)?;
         let id = id.to_vec();
-        node.call(self.opts.call_timeout, move |ctx| {
-            ops::gcm_encrypt(ctx, &id, &aad, &plaintext)
+        pool.call(self.opts.call_timeout, move |ctx| {
+            aes::gcm_encrypt(ctx, &id, &aad, &plaintext)
         })
         .await
     }
@@ -405,32 +458,42 @@ impl HsmCluster {
         aad: Vec<u8>,
         ciphertext: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let node = self.node(hsm)?;
+        let pool = self.by_name(hsm)?;
         let id = id.to_vec();
-        node.call(self.opts.call_timeout, move |ctx| {
-            ops::gcm_decrypt(ctx, &id, &iv, &aad, &ciphertext)
+        pool.call(self.opts.call_timeout, move |ctx| {
+            aes::gcm_decrypt(ctx, &id, &iv, &aad, &ciphertext)
         })
         .await
     }
 
-    fn node(&self, hsm: &str) -> Result<&Arc<Node>, HsmError> {
-        self.nodes
-            .iter()
-            .find(|n| n.name() == hsm)
-            .ok_or_else(|| HsmError::Internal(format!("no HSM named {hsm}")))
+    /// Sign on one named HSM (no failover): for tests and operator checks.
+    pub async fn sign_on(
+        &self,
+        hsm: &str,
+        id: &[u8],
+        scheme: SignScheme,
+        digest: Vec<u8>,
+    ) -> Result<Vec<u8>, HsmError> {
+        let pool = self.by_name(hsm)?;
+        let id = id.to_vec();
+        pool.call(self.opts.call_timeout, move |ctx| {
+            keypair::sign(ctx, &id, scheme, &digest)
+        })
+        .await
     }
 
     /// Test hook: make every call on `hsm` hang for `d` before touching the token.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn inject_stall(&self, hsm: &str, d: Duration) -> Result<(), HsmError> {
-        self.node(hsm)?.set_stall(d);
+        self.by_name(hsm)?.node().set_stall(d);
         Ok(())
     }
 
     /// Stop worker threads and finalize every module instance.
     pub fn shutdown(&self) {
-        for n in &self.nodes {
-            n.shutdown();
+        for p in &self.hsms {
+            p.node().shutdown();
         }
     }
 }
@@ -439,22 +502,4 @@ impl Drop for HsmCluster {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// A throw-away session AES key (for proofs).
-fn session_aes(id: &[u8], with_len: bool) -> Vec<Attribute> {
-    let mut t = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(true),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Id(id.to_vec()),
-    ];
-    if with_len {
-        t.push(Attribute::ValueLen(32.into()));
-    }
-    t
 }

@@ -1,13 +1,87 @@
-//! Errors of the HSM layer and the ONE function that classifies PKCS#11 return values
-//! (`classify`) into the action the cluster takes: fail over and reconnect (device),
-//! drop the session (session), re-find the key (key), or give up without retry (request).
+//! Errors of the HSM layer, and the ONE place that reads PKCS#11 return values.
+//!
+//! [`classify`] turns a failed call into an [`HsmError`] that keeps the return value (name
+//! and code), the PKCS#11 function that returned it and the [`Operation`] being attempted.
+//! The few return values that mean something specific for one operation (a GCM tag
+//! mismatch, a ciphertext that does not decode, a peer point off the curve, a refused PIN)
+//! become their own variants here, and the tolerated outcomes ("already initialized",
+//! "already logged in", "signature invalid", "stale handle") are read by the small helpers
+//! below: no other module matches a return value.
+//!
+//! Other layers see [`HsmError::retryable`] and the specific variants. The cluster's
+//! failover and the workers' session handling use the internal `Fault`.
 
-use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, Rv, RvError};
 
-/// What a failure says about where the fault lies, and so what the cluster does next.
+/// What the HSM layer was attempting when a PKCS#11 call failed; named in every error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    /// The HSM (or our connection to it) is broken: mark it down, fail over, re-initialize.
+pub enum Operation {
+    LoadModule,
+    FindToken,
+    OpenSession,
+    Login,
+    WarmHandleCache,
+    CreateCanary,
+    Probe,
+    FindObject,
+    Random,
+    AesGcmEncrypt,
+    AesGcmDecrypt,
+    GenerateKey,
+    GenerateKeyPair,
+    ReadPublicKey,
+    ExportDataKeyPair,
+    WrapKey,
+    UnwrapKey,
+    CreatePublicKey,
+    DestroyObject,
+    Sign,
+    Verify,
+    Hmac,
+    RsaDecrypt,
+    Ecdh,
+    KeyTransport,
+    InitToken,
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Operation::LoadModule => "module loading",
+            Operation::FindToken => "token lookup",
+            Operation::OpenSession => "session opening",
+            Operation::Login => "login",
+            Operation::WarmHandleCache => "handle cache warm-up",
+            Operation::CreateCanary => "canary key creation",
+            Operation::Probe => "health probe",
+            Operation::FindObject => "object lookup",
+            Operation::Random => "random generation",
+            Operation::AesGcmEncrypt => "AES-GCM encryption",
+            Operation::AesGcmDecrypt => "AES-GCM decryption",
+            Operation::GenerateKey => "key generation",
+            Operation::GenerateKeyPair => "key pair generation",
+            Operation::ReadPublicKey => "public key read",
+            Operation::ExportDataKeyPair => "data key pair export",
+            Operation::WrapKey => "key wrapping",
+            Operation::UnwrapKey => "key unwrapping",
+            Operation::CreatePublicKey => "public key creation",
+            Operation::DestroyObject => "object destruction",
+            Operation::Sign => "signing",
+            Operation::Verify => "signature verification",
+            Operation::Hmac => "HMAC",
+            Operation::RsaDecrypt => "RSA decryption",
+            Operation::Ecdh => "ECDH key agreement",
+            Operation::KeyTransport => "key transport",
+            Operation::InitToken => "token initialization",
+        })
+    }
+}
+
+/// Where a failure lies, and so what the cluster and the worker do next (internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// The HSM (or our connection to it) is broken: mark it suspect, fail over, re-initialize.
     Device,
     /// This session is unusable: discard it and open a new one; retry elsewhere.
     Session,
@@ -17,22 +91,29 @@ pub enum FailureClass {
     Request,
 }
 
-/// Errors of the HSM layer. Messages name the HSM and the failing PKCS#11 function but never
-/// key material or PINs.
+/// Errors of the HSM layer. Messages name the HSM, the failing PKCS#11 function, its return
+/// value and the operation, but never key material or PINs.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
-    #[error("{hsm}: {function} failed with {name} (0x{rv:X})")]
+    #[error("{hsm}: {function} failed with {name} (0x{rv:X}) during {operation}")]
     Pkcs11 {
+        hsm: String,
+        /// `C_…` name of the function that returned `rv`.
+        function: String,
+        operation: Operation,
+        rv: u64,
+        /// `CKR_…` name of `rv`.
+        name: String,
+    },
+    #[error("{hsm}: call exceeded its deadline of {ms} ms")]
+    Timeout { hsm: String, ms: u64 },
+    #[error("{hsm}: the token refused the user PIN ({name}); {function} returned 0x{rv:X}")]
+    LoginRefused {
         hsm: String,
         function: String,
         rv: u64,
         name: String,
-        class: FailureClass,
     },
-    #[error("{hsm}: call exceeded its deadline of {ms} ms")]
-    Timeout { hsm: String, ms: u64 },
-    #[error("{hsm}: the token refused the user PIN ({reason})")]
-    LoginRefused { hsm: String, reason: String },
     #[error("{hsm}: HSM is down")]
     NodeDown { hsm: String },
     #[error("{hsm}: job queue full")]
@@ -56,61 +137,122 @@ pub enum HsmError {
 }
 
 impl HsmError {
-    /// The failure class used for failover decisions.
-    pub fn class(&self) -> FailureClass {
+    /// Where the failure lies (failover and session decisions).
+    pub(super) fn fault(&self) -> Fault {
         match self {
-            HsmError::Pkcs11 { class, .. } => *class,
+            HsmError::Pkcs11 { rv, .. } => match Rv::from(*rv) {
+                Rv::Error(e) => fault_of(e),
+                Rv::Ok => Fault::Device,
+            },
             HsmError::Timeout { .. } | HsmError::NodeDown { .. } | HsmError::Busy { .. } => {
-                FailureClass::Device
+                Fault::Device
             }
-            HsmError::KeyMissing { .. } => FailureClass::Key,
-            HsmError::LoginRefused { .. } => FailureClass::Device,
+            HsmError::KeyMissing { .. } => Fault::Key,
+            HsmError::LoginRefused { .. } => Fault::Device,
             HsmError::NotEnoughHsms { .. } | HsmError::Setup { .. } | HsmError::Internal(_) => {
-                FailureClass::Device
+                Fault::Device
             }
             HsmError::InvalidCiphertext
             | HsmError::InvalidInput(_)
-            | HsmError::Unsupported { .. } => FailureClass::Request,
+            | HsmError::Unsupported { .. } => Fault::Request,
         }
     }
 
-    /// True when another HSM may succeed where this one failed.
-    pub fn retry_elsewhere(&self) -> bool {
-        self.class() != FailureClass::Request
+    /// True when another HSM, or a later retry, may succeed where this attempt failed;
+    /// false when the request itself is at fault.
+    pub fn retryable(&self) -> bool {
+        self.fault() != Fault::Request
     }
 
     /// The raw PKCS#11 return value, if any.
     pub fn rv(&self) -> Option<u64> {
         match self {
-            HsmError::Pkcs11 { rv, .. } => Some(*rv),
+            HsmError::Pkcs11 { rv, .. } | HsmError::LoginRefused { rv, .. } => Some(*rv),
             _ => None,
         }
     }
 
-    /// Wrap a cryptoki error from `hsm`.
-    pub fn from_ck(hsm: &str, e: CkError) -> HsmError {
+    /// Wrap a cryptoki error from `hsm` met during `operation`.
+    pub(super) fn from_ck(hsm: &str, operation: Operation, e: CkError) -> HsmError {
         match e {
-            CkError::Pkcs11(rv, function) => {
-                let code = rv_code(rv);
-                HsmError::Pkcs11 {
-                    hsm: hsm.to_string(),
-                    function: format!("C_{function:?}"),
-                    rv: code,
-                    name: rv_name(rv),
-                    class: classify(rv),
-                }
-            }
+            CkError::Pkcs11(rv, function) => classify(hsm, function, rv, operation),
             CkError::LibraryLoading(e) => HsmError::Setup {
                 hsm: hsm.to_string(),
                 message: format!("cannot load the PKCS#11 module: {e}"),
             },
-            other => HsmError::Internal(format!("{hsm}: {other}")),
+            other => HsmError::Internal(format!("{hsm}: {other} during {operation}")),
         }
     }
 }
 
-/// THE classification of PKCS#11 return values (hsm-facts.md §8.i.5).
-pub fn classify(rv: RvError) -> FailureClass {
+/// THE classification of PKCS#11 return values (hsm-facts.md §8.i.5): the error that a
+/// failed `function` returning `rv` during `operation` on `hsm` stands for.
+pub fn classify(hsm: &str, function: Function, rv: RvError, operation: Operation) -> HsmError {
+    use Function as F;
+    use Operation as Op;
+    use RvError::*;
+    let function_name = format!("C_{function:?}");
+    let (code, name) = (rv_code(rv), rv_name(rv));
+    let specific = match (operation, function, rv) {
+        (Op::Login, F::Login, PinIncorrect | PinLocked | PinExpired | PinInvalid | PinLenRange) => {
+            return HsmError::LoginRefused {
+                hsm: hsm.to_string(),
+                function: function_name,
+                rv: code,
+                name,
+            }
+        }
+        (
+            Op::AesGcmDecrypt,
+            F::DecryptInit | F::Decrypt,
+            EncryptedDataInvalid | EncryptedDataLenRange | DataInvalid | DataLenRange,
+        )
+        // SoftHSM 2.6.1 reports a GCM tag mismatch as CKR_GENERAL_ERROR from C_Decrypt
+        // (after C_DecryptInit succeeded). A broken token fails C_DecryptInit first, so
+        // this is the ciphertext, not the device: it must not mark the HSM down.
+        | (Op::AesGcmDecrypt, F::Decrypt, GeneralError | FunctionFailed)
+        // An RSA ciphertext that does not decode (or is ≥ n) is the caller's fault, never
+        // the device's: SoftHSM reports some of these as CKR_GENERAL_ERROR from C_Decrypt.
+        | (
+            Op::RsaDecrypt,
+            F::Decrypt,
+            EncryptedDataInvalid | EncryptedDataLenRange | DataInvalid | DataLenRange
+            | GeneralError | FunctionFailed,
+        )
+        | (Op::RsaDecrypt, F::DecryptInit, EncryptedDataInvalid) => HsmError::InvalidCiphertext,
+        // C_DeriveKey refusing the peer's point (SoftHSM: CKR_GENERAL_ERROR for a point off
+        // the curve) is the caller's input, not the device.
+        (
+            Op::Ecdh,
+            F::DeriveKey,
+            ArgumentsBad | MechanismParamInvalid | DomainParamsInvalid | GeneralError
+            | FunctionFailed,
+        ) => HsmError::InvalidInput(
+            "The public key is not a valid point on the key's curve.".into(),
+        ),
+        _ => {
+            return HsmError::Pkcs11 {
+                hsm: hsm.to_string(),
+                function: function_name,
+                operation,
+                rv: code,
+                name,
+            }
+        }
+    };
+    tracing::debug!(
+        hsm,
+        function = %function_name,
+        rv = %format_args!("{name} (0x{code:X})"),
+        %operation,
+        error = %specific,
+        "PKCS#11 return value read as a request fault"
+    );
+    specific
+}
+
+/// The fault table: where a return value puts the blame.
+fn fault_of(rv: RvError) -> Fault {
     use RvError::*;
     match rv {
         // The token or the link to it is broken.
@@ -125,22 +267,59 @@ pub fn classify(rv: RvError) -> FailureClass {
         | SlotIdInvalid
         | UserNotLoggedIn
         | FunctionFailed
-        | CantLock => FailureClass::Device,
+        | CantLock => Fault::Device,
         // This session is dead; others may be fine.
         SessionHandleInvalid
         | SessionClosed
         | SessionCount
         | OperationActive
-        | OperationNotInitialized => FailureClass::Session,
+        | OperationNotInitialized => Fault::Session,
         // This key handle is stale (re-find) or the object is not there.
-        ObjectHandleInvalid | KeyHandleInvalid => FailureClass::Key,
+        ObjectHandleInvalid | KeyHandleInvalid => Fault::Key,
         // Everything else is about the request: bad tag, parameters, mechanism, usage.
-        _ => FailureClass::Request,
+        _ => Fault::Request,
+    }
+}
+
+/// A stale object handle (`CKR_OBJECT_HANDLE_INVALID`, `CKR_KEY_HANDLE_INVALID`): the
+/// caller re-finds the object once and retries.
+pub(super) fn is_stale_handle(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)
+    )
+}
+
+/// `C_Initialize`'s outcome: already initialized in this process counts as success.
+pub(super) fn ok_if_already_initialized(r: Result<(), CkError>) -> Result<(), CkError> {
+    match r {
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        r => r,
+    }
+}
+
+/// `C_Login`'s outcome: already logged in (another session of this login) counts as success.
+pub(super) fn ok_if_already_logged_in(r: Result<(), CkError>) -> Result<(), CkError> {
+    match r {
+        Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        r => r,
+    }
+}
+
+/// `C_Verify`'s verdict: a wrong or malformed signature is `Ok(false)`, not an error.
+pub(super) fn verdict(r: Result<(), CkError>) -> Result<bool, CkError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(CkError::Pkcs11(
+            RvError::SignatureInvalid | RvError::SignatureLenRange | RvError::DataLenRange,
+            _,
+        )) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
 /// "KeyNotWrappable" → "CKR_KEY_NOT_WRAPPABLE".
-pub fn rv_name(rv: RvError) -> String {
+fn rv_name(rv: RvError) -> String {
     if let RvError::UnknownErrorCode(c) = rv {
         return format!("CKR_VENDOR_0x{c:X}");
     }
@@ -156,8 +335,7 @@ pub fn rv_name(rv: RvError) -> String {
 }
 
 /// Numeric CK_RV of an `RvError` (error path only; searched through cryptoki's own mapping).
-pub fn rv_code(rv: RvError) -> u64 {
-    use cryptoki::error::Rv;
+fn rv_code(rv: RvError) -> u64 {
     if let RvError::UnknownErrorCode(c) = rv {
         return c;
     }
@@ -171,38 +349,138 @@ pub fn rv_code(rv: RvError) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn classes_follow_the_table() {
-        assert_eq!(classify(RvError::DeviceError), FailureClass::Device);
-        assert_eq!(
-            classify(RvError::CryptokiNotInitialized),
-            FailureClass::Device
-        );
-        assert_eq!(
-            classify(RvError::SessionHandleInvalid),
-            FailureClass::Session
-        );
-        assert_eq!(classify(RvError::ObjectHandleInvalid), FailureClass::Key);
-        assert_eq!(
-            classify(RvError::EncryptedDataInvalid),
-            FailureClass::Request
-        );
-        assert_eq!(classify(RvError::MechanismInvalid), FailureClass::Request);
+    fn fault(f: Function, rv: RvError, op: Operation) -> Fault {
+        classify("hsm-a", f, rv, op).fault()
     }
 
     #[test]
-    fn codes_and_names() {
+    fn faults_follow_the_table() {
+        let op = Operation::AesGcmEncrypt;
+        assert_eq!(
+            fault(Function::Encrypt, RvError::DeviceError, op),
+            Fault::Device
+        );
+        assert_eq!(
+            fault(Function::Encrypt, RvError::CryptokiNotInitialized, op),
+            Fault::Device
+        );
+        assert_eq!(
+            fault(Function::Encrypt, RvError::SessionHandleInvalid, op),
+            Fault::Session
+        );
+        assert_eq!(
+            fault(Function::Encrypt, RvError::ObjectHandleInvalid, op),
+            Fault::Key
+        );
+        assert_eq!(
+            fault(Function::Encrypt, RvError::EncryptedDataInvalid, op),
+            Fault::Request
+        );
+        assert_eq!(
+            fault(Function::EncryptInit, RvError::MechanismInvalid, op),
+            Fault::Request
+        );
+    }
+
+    #[test]
+    fn codes_names_function_and_operation_are_kept() {
         assert_eq!(rv_code(RvError::DeviceError), 0x30);
         assert_eq!(rv_code(RvError::ObjectHandleInvalid), 0x82);
         assert_eq!(rv_name(RvError::KeyNotWrappable), "CKR_KEY_NOT_WRAPPABLE");
         let e = HsmError::from_ck(
             "hsm-a",
-            CkError::Pkcs11(RvError::DeviceError, cryptoki::context::Function::Encrypt),
+            Operation::AesGcmEncrypt,
+            CkError::Pkcs11(RvError::DeviceError, Function::Encrypt),
         );
         assert_eq!(
             e.to_string(),
-            "hsm-a: C_Encrypt failed with CKR_DEVICE_ERROR (0x30)"
+            "hsm-a: C_Encrypt failed with CKR_DEVICE_ERROR (0x30) during AES-GCM encryption"
         );
-        assert!(e.retry_elsewhere());
+        assert_eq!(e.rv(), Some(0x30));
+        assert!(e.retryable());
+    }
+
+    #[test]
+    fn operation_specific_return_values() {
+        // A GCM tag mismatch (0x40, or SoftHSM's CKR_GENERAL_ERROR from C_Decrypt).
+        for (f, rv) in [
+            (Function::Decrypt, RvError::EncryptedDataInvalid),
+            (Function::Decrypt, RvError::GeneralError),
+            (Function::DecryptInit, RvError::DataLenRange),
+        ] {
+            let e = classify("a", f, rv, Operation::AesGcmDecrypt);
+            assert!(matches!(e, HsmError::InvalidCiphertext), "{e}");
+            assert!(!e.retryable());
+        }
+        // CKR_GENERAL_ERROR from C_DecryptInit is the device, not the ciphertext.
+        let e = classify(
+            "a",
+            Function::DecryptInit,
+            RvError::GeneralError,
+            Operation::AesGcmDecrypt,
+        );
+        assert_eq!(e.fault(), Fault::Device);
+        // The same return value elsewhere is the device too.
+        let e = classify(
+            "a",
+            Function::Encrypt,
+            RvError::GeneralError,
+            Operation::AesGcmEncrypt,
+        );
+        assert_eq!(e.fault(), Fault::Device);
+        // RSA: a ciphertext that does not decode.
+        let e = classify(
+            "a",
+            Function::Decrypt,
+            RvError::FunctionFailed,
+            Operation::RsaDecrypt,
+        );
+        assert!(matches!(e, HsmError::InvalidCiphertext), "{e}");
+        // ECDH: CKR_MECHANISM_PARAM_INVALID (0x71) and friends mean a bad peer point.
+        let e = classify(
+            "a",
+            Function::DeriveKey,
+            RvError::MechanismParamInvalid,
+            Operation::Ecdh,
+        );
+        assert!(matches!(e, HsmError::InvalidInput(_)), "{e}");
+        // A refused PIN.
+        let e = classify(
+            "b",
+            Function::Login,
+            RvError::PinIncorrect,
+            Operation::Login,
+        );
+        assert!(
+            e.to_string()
+                .starts_with("b: the token refused the user PIN (CKR_PIN_INCORRECT)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tolerated_outcomes() {
+        let stale = CkError::Pkcs11(RvError::KeyHandleInvalid, Function::Sign);
+        assert!(is_stale_handle(&stale));
+        assert!(!is_stale_handle(&CkError::Pkcs11(
+            RvError::DeviceError,
+            Function::Sign
+        )));
+        assert!(ok_if_already_initialized(Err(CkError::Pkcs11(
+            RvError::CryptokiAlreadyInitialized,
+            Function::Initialize
+        )))
+        .is_ok());
+        assert!(ok_if_already_logged_in(Err(CkError::Pkcs11(
+            RvError::UserAlreadyLoggedIn,
+            Function::Login
+        )))
+        .is_ok());
+        assert!(!verdict(Err(CkError::Pkcs11(
+            RvError::SignatureInvalid,
+            Function::Verify
+        )))
+        .unwrap());
+        assert!(verdict(Err(CkError::Pkcs11(RvError::DeviceError, Function::Verify))).is_err());
     }
 }

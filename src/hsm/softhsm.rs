@@ -2,9 +2,10 @@
 //! copy of `libsofthsm2.so` (so each HSM gets its own module instance and globals), its own
 //! `softhsm2.conf` and token directory, and random SO and user PINs in 0600 files.
 
-use super::error::HsmError;
-use super::node::{find_slot, load_module};
-use super::NodeConfig;
+use super::error::{HsmError, Operation};
+use super::instance::{find_slot, load_module, NodeConfig};
+use super::templates;
+use cryptoki::error::Error as CkError;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use rand::RngCore;
@@ -122,19 +123,22 @@ fn init_token(
     so_pin: &str,
     user_pin: &str,
 ) -> Result<(), HsmError> {
-    let ck = |e| HsmError::from_ck(name, e);
+    let ck = |op: Operation| move |e: CkError| HsmError::from_ck(name, op, e);
     let ctx = load_module(
         module,
         &[("SOFTHSM2_CONF".into(), conf.display().to_string())],
     )
-    .map_err(ck)?;
+    .map_err(ck(Operation::LoadModule))?;
     let r = (|| {
-        if find_slot(&ctx, label).map_err(ck)?.is_some() {
+        if find_slot(&ctx, label)
+            .map_err(ck(Operation::FindToken))?
+            .is_some()
+        {
             return Ok(());
         }
         let free = ctx
             .get_all_slots()
-            .map_err(ck)?
+            .map_err(ck(Operation::FindToken))?
             .into_iter()
             .find(|s| {
                 ctx.get_token_info(*s)
@@ -146,18 +150,21 @@ fn init_token(
                 message: "no free SoftHSM2 slot".into(),
             })?;
         let so = AuthPin::new(so_pin.into());
-        ctx.init_token(free, &so, label).map_err(ck)?;
+        let init = ck(Operation::InitToken);
+        ctx.init_token(free, &so, label).map_err(init)?;
         // SoftHSM2 renumbers the slot after C_InitToken: look it up again by label.
         let slot = find_slot(&ctx, label)
-            .map_err(ck)?
+            .map_err(ck(Operation::FindToken))?
             .ok_or_else(|| HsmError::Setup {
                 hsm: name.to_string(),
                 message: "token vanished after C_InitToken".into(),
             })?;
-        let s = ctx.open_rw_session(slot).map_err(ck)?;
-        s.login(UserType::So, Some(&so)).map_err(ck)?;
-        s.init_pin(&AuthPin::new(user_pin.into())).map_err(ck)?;
-        s.logout().map_err(ck)?;
+        let s = ctx
+            .open_rw_session(slot)
+            .map_err(ck(Operation::OpenSession))?;
+        s.login(UserType::So, Some(&so)).map_err(init)?;
+        s.init_pin(&AuthPin::new(user_pin.into())).map_err(init)?;
+        s.logout().map_err(init)?;
         Ok(())
     })();
     let _ = ctx.finalize();
@@ -168,28 +175,30 @@ fn init_token(
 /// cache with a full token). Run it before the cluster opens the token.
 pub fn add_filler_keys(hsm: &LocalHsm, n: usize) -> Result<(), HsmError> {
     let node = hsm.node_config()?;
-    let ck = |e| HsmError::from_ck(&hsm.name, e);
-    let ctx = load_module(&hsm.module, &node.env).map_err(ck)?;
+    let ck = |op: Operation| move |e: CkError| HsmError::from_ck(&hsm.name, op, e);
+    let ctx = load_module(&hsm.module, &node.env).map_err(ck(Operation::LoadModule))?;
     let r = (|| {
         let slot = find_slot(&ctx, &hsm.label)
-            .map_err(ck)?
+            .map_err(ck(Operation::FindToken))?
             .ok_or_else(|| HsmError::Setup {
                 hsm: hsm.name.clone(),
                 message: "token not found".into(),
             })?;
-        let s = ctx.open_rw_session(slot).map_err(ck)?;
+        let s = ctx
+            .open_rw_session(slot)
+            .map_err(ck(Operation::OpenSession))?;
         s.login(
             UserType::User,
             Some(&AuthPin::new(node.pin.as_str().into())),
         )
-        .map_err(ck)?;
+        .map_err(ck(Operation::Login))?;
         for i in 0..n {
             let id = format!("hsm-kms/filler/{i}").into_bytes();
             s.generate_key(
                 &cryptoki::mechanism::Mechanism::AesKeyGen,
-                &super::ops::aes_template(&id, "filler", false),
+                &templates::aes_key(&id, "filler", false),
             )
-            .map_err(ck)?;
+            .map_err(ck(Operation::GenerateKey))?;
         }
         Ok(())
     })();

@@ -30,7 +30,7 @@ impl From<HsmError> for VaultError {
             | HsmError::Busy { .. }
             | HsmError::NotEnoughHsms { .. } => VaultError::Unavailable(e.to_string()),
             other => VaultError::Failed {
-                retryable: other.retry_elsewhere(),
+                retryable: other.retryable(),
                 message: other.to_string(),
             },
         }

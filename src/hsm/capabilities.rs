@@ -1,0 +1,98 @@
+//! What one token offers ([`Caps`]), found once at connect: its mechanism list, plus probes
+//! with throw-away session objects for quirks the list cannot show (SoftHSM 2.6.1 lists
+//! CKM_RSA_PKCS_OAEP but refuses it with SHA-256, and refuses to wrap Ed25519 keys).
+
+use super::error::HsmError;
+use super::mechanisms;
+use super::templates;
+use crate::pkix::Hash;
+use cryptoki::context::Pkcs11;
+use cryptoki::error::Error as CkError;
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+
+/// What one token offers, found at connect: its mechanism list, plus probes for quirks the
+/// list cannot show (SoftHSM 2.6.1 lists CKM_RSA_PKCS_OAEP but refuses it with SHA-256).
+#[derive(Debug, Clone, Default)]
+pub struct Caps {
+    mechanisms: Vec<MechanismType>,
+    /// `CKM_RSA_PKCS_OAEP` with SHA-256/MGF1-SHA-256 works (probed with a session key).
+    pub oaep_sha256: bool,
+    /// Ed25519 keys can be generated, signed with, and wrapped with AES-KEY-WRAP-PAD (so
+    /// replicated); SoftHSM 2.6.1 refuses the wrap (`CKR_KEY_NOT_WRAPPABLE`).
+    pub ed25519_keys: bool,
+}
+
+impl Caps {
+    /// Read the mechanism list of `slot` and run the probes in the logged-in session `s`.
+    pub(super) fn probe(ctx: &Pkcs11, slot: Slot, s: &Session) -> Caps {
+        let mechanisms = ctx.get_mechanism_list(slot).unwrap_or_default();
+        let mut caps = Caps {
+            mechanisms,
+            oaep_sha256: false,
+            ed25519_keys: false,
+        };
+        if caps.has(MechanismType::RSA_PKCS_OAEP) {
+            caps.oaep_sha256 = probe_oaep_sha256(s).unwrap_or(false);
+        }
+        if caps.has(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN) && caps.has(MechanismType::EDDSA) {
+            caps.ed25519_keys = probe_ed25519_wrap(s).unwrap_or(false);
+        }
+        tracing::debug!(
+            mechanisms = caps.mechanisms.len(),
+            oaep_sha256 = caps.oaep_sha256,
+            "token capabilities"
+        );
+        caps
+    }
+
+    pub fn has(&self, m: MechanismType) -> bool {
+        self.mechanisms.contains(&m)
+    }
+
+    /// `Unsupported` unless the token of `hsm` offers `m` (named `name` in the error).
+    pub(super) fn require(&self, hsm: &str, m: MechanismType, name: &str) -> Result<(), HsmError> {
+        if self.has(m) {
+            Ok(())
+        } else {
+            Err(HsmError::Unsupported {
+                hsm: hsm.to_string(),
+                mechanism: name.to_string(),
+            })
+        }
+    }
+}
+
+/// A throw-away RSA-1024 session pair: does OAEP with SHA-256 round-trip?
+fn probe_oaep_sha256(s: &Session) -> Result<bool, CkError> {
+    let (pub_t, priv_t) = templates::probe_rsa_pair();
+    let (pubh, privh) = s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t)?;
+    let m = mechanisms::oaep(Hash::Sha256);
+    let ok = s
+        .encrypt(&m, pubh, b"probe")
+        .and_then(|ct| s.decrypt(&m, privh, &ct))
+        .map(|pt| pt == b"probe")
+        .unwrap_or(false);
+    let _ = s.destroy_object(pubh);
+    let _ = s.destroy_object(privh);
+    Ok(ok)
+}
+
+/// Can a sensitive, extractable Ed25519 private key be wrapped (session objects)?
+fn probe_ed25519_wrap(s: &Session) -> Result<bool, CkError> {
+    let kek = s.generate_key(&Mechanism::AesKeyGen, &templates::probe_wrapping_key())?;
+    let (pub_t, priv_t) = templates::probe_ed25519_pair();
+    let pair = s.generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &pub_t, &priv_t);
+    let ok = match pair {
+        Ok((pubh, privh)) => {
+            let ok = s.wrap_key(&mechanisms::key_wrap(), kek, privh).is_ok();
+            let _ = s.destroy_object(pubh);
+            let _ = s.destroy_object(privh);
+            ok
+        }
+        Err(_) => false,
+    };
+    let _ = s.destroy_object(kek);
+    Ok(ok)
+}

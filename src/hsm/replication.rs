@@ -1,0 +1,168 @@
+//! Replication of keys across the cluster, one path for every key family: generate on the
+//! healthiest HSM, export (wrap under the cluster wrapping key, plus a proof), install on
+//! every other usable HSM (unwrap, then reproduce the proof), and on any failure destroy
+//! every copy made. Also the re-sync of keys that an HSM lacks (it was down or new when
+//! they were created). The per-family steps live in `aes`, `keypair` and `hmac`.
+
+use super::aes::{self, AesTransfer};
+use super::error::HsmError;
+use super::handles::ObjectKind;
+use super::health;
+use super::hmac::{self, HmacTransfer};
+use super::job::WorkerCtx;
+use super::keypair::{self, PairTransfer};
+use super::kinds::KeyKind;
+use super::worker::Pool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What one HSM sends to another to copy a key.
+pub(super) enum Transfer {
+    Aes(AesTransfer),
+    Pair(PairTransfer),
+    Hmac(HmacTransfer),
+}
+
+fn export(ctx: &mut WorkerCtx<'_>, id: &[u8], kind: KeyKind) -> Result<Transfer, HsmError> {
+    match kind {
+        KeyKind::Aes => aes::export(ctx, id).map(Transfer::Aes),
+        KeyKind::Pair(spec, usage) => keypair::export(ctx, id, spec, usage).map(Transfer::Pair),
+        KeyKind::Hmac(len) => hmac::export(ctx, id, len).map(Transfer::Hmac),
+    }
+}
+
+fn install(
+    ctx: &mut WorkerCtx<'_>,
+    id: &[u8],
+    label: &str,
+    kind: KeyKind,
+    transfer: &Transfer,
+) -> Result<(), HsmError> {
+    match (kind, transfer) {
+        (KeyKind::Aes, Transfer::Aes(tr)) => aes::install(ctx, id, label, tr),
+        (KeyKind::Pair(spec, usage), Transfer::Pair(tr)) => {
+            keypair::install(ctx, id, label, spec, usage, tr)
+        }
+        (KeyKind::Hmac(len), Transfer::Hmac(tr)) => hmac::install(ctx, id, label, len, tr),
+        _ => Err(HsmError::Internal("key kind mismatch".into())),
+    }
+}
+
+/// The HSMs of a cluster as replication sees them.
+pub(super) struct Replicator<'a> {
+    pub(super) hsms: &'a [Pool],
+    /// HSMs that must hold a new key before it is acknowledged (at least 2).
+    pub(super) min_copies: usize,
+    /// Deadline of each generation, export, install and destruction step.
+    pub(super) timeout: Duration,
+}
+
+impl Replicator<'_> {
+    /// Generate with `generate` on the first usable HSM, then copy to every other usable
+    /// HSM; at least `min_copies` must hold it, and any failure destroys every copy.
+    pub(super) async fn create(
+        &self,
+        id: &[u8],
+        label: &str,
+        kind: KeyKind,
+        generate: impl FnOnce(&mut WorkerCtx<'_>) -> Result<(), HsmError> + Send + 'static,
+    ) -> Result<Arc<Transfer>, HsmError> {
+        let targets = health::usable(self.hsms);
+        let needed = self.min_copies.max(2);
+        if targets.len() < needed {
+            return Err(HsmError::NotEnoughHsms {
+                healthy: targets.len(),
+                needed,
+            });
+        }
+        let (id, label) = (id.to_vec(), label.to_string());
+        let primary = targets[0];
+        let i2 = id.clone();
+        let made = self.hsms[primary]
+            .call(self.timeout, move |ctx| {
+                generate(ctx)?;
+                export(ctx, &i2, kind)
+            })
+            .await;
+        let transfer = match made {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                self.destroy_on(&[primary], &id).await;
+                return Err(e);
+            }
+        };
+        let mut holders = vec![primary];
+        for &i in &targets[1..] {
+            holders.push(i);
+            if let Err(e) = self
+                .install_on(i, &id, &label, kind, transfer.clone())
+                .await
+            {
+                tracing::error!(hsm = %self.hsms[i].node().name(), error = %e, "replication failed; destroying every copy");
+                self.destroy_on(&holders, &id).await;
+                return Err(e);
+            }
+        }
+        Ok(transfer)
+    }
+
+    async fn install_on(
+        &self,
+        hsm: usize,
+        id: &[u8],
+        label: &str,
+        kind: KeyKind,
+        transfer: Arc<Transfer>,
+    ) -> Result<(), HsmError> {
+        let (id, label) = (id.to_vec(), label.to_string());
+        self.hsms[hsm]
+            .call(self.timeout, move |ctx| {
+                install(ctx, &id, &label, kind, &transfer)
+            })
+            .await
+    }
+
+    /// Copy keys that some usable HSM lacks from an HSM that holds them. Returns how many
+    /// copies were made.
+    pub(super) async fn resync(
+        &self,
+        keys: &[(Vec<u8>, String, KeyKind)],
+    ) -> Result<usize, HsmError> {
+        let mut copies = 0;
+        for (id, label, kind) in keys {
+            let object = match kind {
+                KeyKind::Pair(..) => ObjectKind::Private,
+                KeyKind::Aes | KeyKind::Hmac(_) => ObjectKind::Secret,
+            };
+            let usable = health::usable(self.hsms);
+            let holds = |i: usize| self.hsms[i].node().has_object(object, id);
+            let Some(&src) = usable.iter().find(|i| holds(**i)) else {
+                continue;
+            };
+            for &dst in &usable {
+                if holds(dst) {
+                    continue;
+                }
+                let (i2, k2) = (id.clone(), *kind);
+                let transfer = self.hsms[src]
+                    .call(self.timeout, move |ctx| export(ctx, &i2, k2))
+                    .await?;
+                self.install_on(dst, id, label, *kind, Arc::new(transfer))
+                    .await?;
+                tracing::info!(hsm = %self.hsms[dst].node().name(), object = %hex::encode(id), "re-synced a missing key");
+                copies += 1;
+            }
+        }
+        Ok(copies)
+    }
+
+    /// Best-effort destruction of every object with this `CKA_ID` on the HSMs `hsms`.
+    async fn destroy_on(&self, hsms: &[usize], id: &[u8]) {
+        for &i in hsms {
+            let id = id.to_vec();
+            let _ = self.hsms[i]
+                .call(self.timeout, move |ctx| ctx.destroy_all(&id))
+                .await;
+        }
+    }
+}
