@@ -1,6 +1,12 @@
 //! A failed call leaves a log line that names its request id (the `x-amzn-RequestId` the
 //! client got) and its operation, and never the plaintext it carried. Its own test binary,
 //! because it installs a process-wide subscriber.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 use common::*;
@@ -61,6 +67,9 @@ async fn a_failed_call_logs_its_request_id_and_operation() {
         .unwrap_or_else(|| panic!("no log line names request {request_id}:\n{log}"));
     assert!(line.contains("operation=Encrypt"), "{line}");
     assert!(line.contains("NotFoundException"), "{line}");
-    assert!(!log.contains(&secret), "the plaintext reached the log:\n{log}");
+    assert!(
+        !log.contains(&secret),
+        "the plaintext reached the log:\n{log}"
+    );
     assert!(!log.contains("do-not-log-this-plaintext"));
 }

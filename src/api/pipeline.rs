@@ -114,7 +114,7 @@ async fn authenticate(
         .filter(|op| op.is_built())
         .ok_or_else(ApiError::unknown_operation)?;
     out.operation = Some(op);
-    tracing::Span::current().record("operation", op.name());
+    tracing::Span::current().record("operation", tracing::field::display(op));
     let principal = crate::auth::verify(
         &RequestParts {
             method: parts.method.as_str(),
@@ -153,18 +153,18 @@ fn record(out: &Outcome, started: Instant) {
     match &out.result {
         Ok(_) => tracing::debug!(
             target: "hsm_kms::audit",
-            operation,
-            principal,
+            %operation,
+            %principal,
             resources = ?out.resources,
             elapsed_us,
             "call succeeded"
         ),
         Err(e) => tracing::info!(
             target: "hsm_kms::audit",
-            operation,
-            principal,
+            %operation,
+            %principal,
             resources = ?out.resources,
-            error = e.aws_type,
+            error = %e.aws_type,
             elapsed_us,
             "call failed"
         ),
