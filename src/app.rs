@@ -18,27 +18,40 @@ use std::time::Duration;
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The PKCS#11 cluster could not be connected (module load, token login, quorum).
     #[error("{0}")]
     Hsm(#[from] HsmError),
+    /// The SQLite metadata store could not be opened or migrated.
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
+    /// The domain could not load its keys or credentials.
     #[error("{0}")]
     Kms(#[from] KmsError),
+    /// A setting is invalid (e.g. the region), or a startup task failed.
     #[error("{0}")]
     Config(String),
+    /// Creating the database folder or binding the listen address failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 /// What the service needs to start.
 pub struct ServiceConfig {
+    /// The PKCS#11 tokens (module, slot, PIN) that each hold a copy of every key.
     pub nodes: Vec<NodeConfig>,
+    /// Worker counts and call timeouts of the HSM cluster.
     pub cluster: ClusterOptions,
+    /// Path of the SQLite metadata database (created with its folder if absent).
     pub database: PathBuf,
+    /// Address to listen on, `host:port` (port 0 picks a free one).
     pub listen: String,
+    /// The AWS region this service answers as (key ARNs, SigV4 credential scope).
     pub region: String,
+    /// The 12-digit AWS account id that owns the keys and the first credential.
     pub account_id: String,
+    /// Largest request body accepted; larger gets `RequestEntityTooLargeException`.
     pub max_body_bytes: usize,
+    /// Wall time for SigV4 skew checks, rotations and deletion windows.
     pub clock: Arc<dyn Clock>,
     /// Period of the background maintenance pass.
     pub maintenance_interval: Duration,
@@ -46,7 +59,9 @@ pub struct ServiceConfig {
 
 /// A running service.
 pub struct Running {
+    /// The address actually bound (the port is resolved when 0 was asked for).
     pub addr: SocketAddr,
+    /// The KMS domain serving the requests (operator and test access).
     pub kms: Arc<Kms>,
     /// The HSM cluster behind the domain's port (health, operator and test access).
     pub cluster: Arc<HsmCluster>,

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + 'static {
+    /// The current time (in UTC for [`SystemClock`]).
     fn now(&self) -> OffsetDateTime;
 }
 
@@ -24,14 +25,17 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
+    /// A clock standing at `start`, truncated to whole milliseconds.
     pub fn new(start: OffsetDateTime) -> Self {
         Self(Arc::new(AtomicI64::new(
             (start.unix_timestamp_nanos() / 1_000_000) as i64,
         )))
     }
+    /// Move the clock forward by `d` (whole milliseconds).
     pub fn advance(&self, d: std::time::Duration) {
         self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
     }
+    /// Put the clock at `t`, truncated to whole milliseconds (may move it backwards).
     pub fn set(&self, t: OffsetDateTime) {
         self.0.store(
             (t.unix_timestamp_nanos() / 1_000_000) as i64,

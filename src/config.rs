@@ -16,13 +16,23 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4599";
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The config file's path.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The configuration is not valid TOML, has unknown fields, breaks a rule, or names a
+    /// PIN that cannot be read.
     #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// Where the problem is: the config's origin, or `hsm '<name>'` for a PIN.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The service configuration, as written in the TOML file.
@@ -135,7 +145,10 @@ fn default_body() -> usize {
 /// A loaded configuration with paths resolved and environment overrides applied.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The configuration as written, with `KMS_LISTEN` applied to `listen`.
     pub config: Config,
+    /// The state folder (tokens, metadata database, `credentials.env`): `KMS_STATE_DIR`,
+    /// else `state_dir` from the file, else the config file's folder.
     pub state_dir: PathBuf,
     base: PathBuf,
 }

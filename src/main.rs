@@ -185,8 +185,9 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
     println!("listening on {}", running.addr);
     std::io::stdout().flush()?;
     let mut running = running;
+    let shutdown = shutdown_signal()?;
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = shutdown => {}
         _ = running.wait() => {}
     }
     eprintln!("hsm-kms: shutting down");
@@ -202,12 +203,15 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM handler; the future resolves on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
+        .context("install SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -35,9 +35,13 @@ const MAX_DER_LEN: usize = 4 + 0xFFFF;
 /// Curves the service uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Curve {
+    /// NIST P-256 (secp256r1): KMS `ECC_NIST_P256`.
     P256,
+    /// NIST P-384 (secp384r1): KMS `ECC_NIST_P384`.
     P384,
+    /// NIST P-521 (secp521r1): KMS `ECC_NIST_P521`.
     P521,
+    /// secp256k1: KMS `ECC_SECG_P256K1`.
     Secp256k1,
 }
 
@@ -55,7 +59,7 @@ impl Curve {
     }
 
     /// DER of the named-curve OID (the value of `CKA_EC_PARAMS`); the tests check these
-    /// bytes against [`Curve::oid`].
+    /// bytes against the curve's OID.
     pub fn params_der(self) -> &'static [u8] {
         match self {
             Curve::P256 => &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07],
@@ -79,6 +83,7 @@ impl Curve {
         1 + 2 * self.field_len()
     }
 
+    /// The curve whose `CKA_EC_PARAMS` (named-curve OID DER) is `der`, if it is one of ours.
     pub fn from_params_der(der: &[u8]) -> Option<Curve> {
         Curve::ALL.into_iter().find(|c| c.params_der() == der)
     }
@@ -272,14 +277,20 @@ pub fn ecdsa_der_to_raw(der: &[u8], n: usize) -> Option<Vec<u8>> {
 /// Hash functions of the signing, MAC and OAEP algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hash {
+    /// SHA-1 (OAEP only: KMS `RSAES_OAEP_SHA_1`).
     Sha1,
+    /// SHA-224 (KMS `HMAC_224` keys).
     Sha224,
+    /// SHA-256: `*_SHA_256` signing, `HMAC_256`, `RSAES_OAEP_SHA_256`.
     Sha256,
+    /// SHA-384: `*_SHA_384` signing and `HMAC_384`.
     Sha384,
+    /// SHA-512: `*_SHA_512` signing (Ed25519 included) and `HMAC_512`.
     Sha512,
 }
 
 impl Hash {
+    /// Digest length in bytes.
     pub fn len(self) -> usize {
         match self {
             Hash::Sha1 => 20,
@@ -290,10 +301,12 @@ impl Hash {
         }
     }
 
+    /// Always `false`: no digest is empty (the pair of [`Hash::len`] clippy asks for).
     pub fn is_empty(self) -> bool {
         false
     }
 
+    /// The digest of `data` under this hash function.
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
         match self {
             Hash::Sha1 => sha1::Sha1::digest(data).to_vec(),

@@ -1,6 +1,12 @@
 //! Asymmetric and HMAC keys end to end over HTTP against real SoftHSM2 tokens. Every
 //! signature and every OAEP ciphertext is checked independently of the service with the
 //! `p256`/`p384`/`p521`/`k256` and `rsa` crates on the public key from GetPublicKey.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 use common::*;

@@ -1,5 +1,11 @@
 //! The real binary, killed with SIGKILL right after acknowledging writes, loses nothing:
 //! keys, aliases and credentials survive, and old ciphertexts still decrypt.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 use common::real_binary::{credential, start};

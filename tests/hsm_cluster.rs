@@ -1,6 +1,12 @@
 //! The HSM cluster over real SoftHSM2 tokens (a copy of libsofthsm2.so per token):
 //! replication, failover when a token disappears, recovery without restart, deadlines,
 //! the handle cache with a full token, enrollment of a new HSM, and start-up refusals.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 use common::*;

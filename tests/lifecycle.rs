@@ -2,6 +2,12 @@
 //! operation that exists, scheduled deletion that really destroys the key objects on
 //! both tokens (also when one token is missing during the due pass), a schedule that
 //! survives a SIGKILL of the real binary, tags, AWS managed keys, and pagination.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 use common::*;

@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 /// An error as the client sees it.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The AWS error type sent as `__type`, e.g. `NotFoundException`.
     pub aws_type: &'static str,
+    /// The client-facing `message`; never an internal cause.
     pub message: String,
 }
 
@@ -28,18 +30,23 @@ pub fn status_of(aws_type: &str) -> StatusCode {
 }
 
 impl ApiError {
+    /// An error of AWS type `aws_type` with the client-facing `message`.
     pub fn new(aws_type: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             aws_type,
             message: message.into(),
         }
     }
+    /// A `SerializationException`: the body is not JSON or a member has the wrong JSON type.
     pub fn serialization(message: impl Into<String>) -> Self {
         Self::new("SerializationException", message)
     }
+    /// A `ValidationException`: a member is missing or out of its AWS constraints.
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new("ValidationException", message)
     }
+    /// An `UnknownOperationException` (empty message, as AWS sends): `X-Amz-Target` names
+    /// no KMS operation.
     pub fn unknown_operation() -> Self {
         Self::new("UnknownOperationException", "")
     }

@@ -7,7 +7,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 /// The members of one request.
-pub struct Input<'a> {
+pub(crate) struct Input<'a> {
     obj: &'a Map<String, Value>,
 }
 
@@ -26,7 +26,7 @@ fn wrong_type(member: &str, expected: &str) -> ApiError {
 }
 
 impl<'a> Input<'a> {
-    pub fn new(obj: &'a Map<String, Value>) -> Self {
+    pub(crate) fn new(obj: &'a Map<String, Value>) -> Self {
         Input { obj }
     }
 
@@ -37,14 +37,14 @@ impl<'a> Input<'a> {
         }
     }
 
-    pub fn missing(member: &str) -> ApiError {
+    pub(crate) fn missing(member: &str) -> ApiError {
         ApiError::validation(format!(
             "1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null",
             lower_first(member)
         ))
     }
 
-    pub fn string(&self, m: &str) -> Result<Option<&'a str>, ApiError> {
+    pub(crate) fn string(&self, m: &str) -> Result<Option<&'a str>, ApiError> {
         match self.get(m) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -52,12 +52,17 @@ impl<'a> Input<'a> {
         }
     }
 
-    pub fn req_string(&self, m: &str) -> Result<&'a str, ApiError> {
+    pub(crate) fn req_string(&self, m: &str) -> Result<&'a str, ApiError> {
         self.string(m)?.ok_or_else(|| Self::missing(m))
     }
 
     /// A string member with AWS length limits.
-    pub fn string_len(&self, m: &str, min: usize, max: usize) -> Result<Option<&'a str>, ApiError> {
+    pub(crate) fn string_len(
+        &self,
+        m: &str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<&'a str>, ApiError> {
         let s = self.string(m)?;
         if let Some(s) = s {
             let n = s.chars().count();
@@ -72,7 +77,7 @@ impl<'a> Input<'a> {
         Ok(s)
     }
 
-    pub fn bool(&self, m: &str) -> Result<bool, ApiError> {
+    pub(crate) fn bool(&self, m: &str) -> Result<bool, ApiError> {
         match self.get(m) {
             None => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
@@ -81,7 +86,7 @@ impl<'a> Input<'a> {
     }
 
     /// An integer member within `min..=max`.
-    pub fn int(&self, m: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+    pub(crate) fn int(&self, m: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
         match self.get(m) {
             None => Ok(None),
             Some(Value::Number(n)) => {
@@ -100,7 +105,12 @@ impl<'a> Input<'a> {
     }
 
     /// A base64 blob member with length limits on the decoded bytes.
-    pub fn blob(&self, m: &str, min: usize, max: usize) -> Result<Option<Vec<u8>>, ApiError> {
+    pub(crate) fn blob(
+        &self,
+        m: &str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
         let Some(s) = self.string(m)? else {
             return Ok(None);
         };
@@ -118,7 +128,7 @@ impl<'a> Input<'a> {
     }
 
     /// An enum member parsed by the domain type's own parser.
-    pub fn parse<T>(
+    pub(crate) fn parse<T>(
         &self,
         m: &str,
         parse: impl Fn(&str) -> Result<T, crate::kms::types::ValidationError>,
@@ -132,12 +142,12 @@ impl<'a> Input<'a> {
     }
 
     /// The raw JSON of a member (for maps such as EncryptionContext).
-    pub fn raw(&self, m: &str) -> Option<&'a Value> {
+    pub(crate) fn raw(&self, m: &str) -> Option<&'a Value> {
         self.get(m)
     }
 
     /// A list member.
-    pub fn list(&self, m: &str) -> Result<&'a [Value], ApiError> {
+    pub(crate) fn list(&self, m: &str) -> Result<&'a [Value], ApiError> {
         match self.get(m) {
             None => Ok(&[]),
             Some(Value::Array(a)) => Ok(a),

@@ -19,9 +19,13 @@ use std::sync::Arc;
 
 /// Everything a request needs.
 pub struct AppState {
+    /// The KMS domain that resolves, authorizes and executes each operation.
     pub kms: Arc<Kms>,
+    /// Where SigV4 verification looks up the secret of a request's access key id.
     pub credentials: Arc<dyn CredentialLookup>,
+    /// The time SigV4 checks `X-Amz-Date` against (request skew window).
     pub clock: Arc<dyn Clock>,
+    /// Largest request body read; larger bodies get `RequestEntityTooLargeException`.
     pub max_body_bytes: usize,
 }
 

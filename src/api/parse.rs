@@ -20,7 +20,7 @@ fn unsupported(message: &str) -> ApiError {
 }
 
 /// Parse the members of `op` into its typed request.
-pub fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
+pub(crate) fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
     if op.takes_grant_tokens() {
         grant_tokens(i)?;
     }

@@ -26,7 +26,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// Serve one `POST /` KMS request.
-pub async fn handle(app: &AppState, req: Request) -> Response {
+pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!(
         "request",

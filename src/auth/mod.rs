@@ -18,9 +18,13 @@ use std::sync::Arc;
 /// A credential the service knows. `Debug` redacts the secret.
 #[derive(Clone)]
 pub struct Credential {
+    /// The AWS access key id (`AKIA…`) requests name in their SigV4 credential scope.
     pub access_key_id: String,
+    /// The secret the SigV4 signing key is derived from; zeroized on drop.
     pub secret_access_key: zeroize::Zeroizing<String>,
+    /// The 12-digit AWS account the credential belongs to.
     pub account_id: String,
+    /// The IAM ARN of the user or role the credential authenticates as.
     pub principal_arn: String,
 }
 
@@ -64,13 +68,17 @@ impl fmt::Debug for Credential {
 /// Who made a verified request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The access key id the request was signed with.
     pub access_key_id: String,
+    /// The 12-digit AWS account of the signer.
     pub account_id: String,
+    /// The IAM ARN of the signer, as recorded for each call.
     pub arn: String,
 }
 
 /// Resolves an access key id to the credential that owns it.
 pub trait CredentialLookup: Send + Sync {
+    /// The credential with this access key id, or `None` if the service does not know it.
     fn lookup(&self, access_key_id: &str) -> Option<Arc<Credential>>;
 }
 

@@ -92,8 +92,11 @@ pub enum AuthError {
     /// The request time is more than five minutes before the server's clock.
     #[error("Signature expired: {request_time} is now earlier than {earliest} ({now} - 5 min.)")]
     SignatureExpired {
+        /// The request's signing time, `YYYYMMDDTHHMMSSZ`.
         request_time: String,
+        /// The oldest signing time accepted (`now` − 5 min), `YYYYMMDDTHHMMSSZ`.
         earliest: String,
+        /// The server's time, `YYYYMMDDTHHMMSSZ`.
         now: String,
     },
     /// The request time is more than five minutes after the server's clock.
@@ -101,8 +104,11 @@ pub enum AuthError {
         "Signature not yet current: {request_time} is still later than {latest} ({now} + 5 min.)"
     )]
     SignatureNotYetCurrent {
+        /// The request's signing time, `YYYYMMDDTHHMMSSZ`.
         request_time: String,
+        /// The newest signing time accepted (`now` + 5 min), `YYYYMMDDTHHMMSSZ`.
         latest: String,
+        /// The server's time, `YYYYMMDDTHHMMSSZ`.
         now: String,
     },
     /// `x-amz-content-sha256` is not the SHA-256 of the body received.
@@ -421,8 +427,6 @@ fn check_skew(request_time: OffsetDateTime, now: OffsetDateTime) -> Result<(), A
 /// `X-Amz-Date`: ISO 8601 basic format in UTC, `YYYYMMDDTHHMMSSZ`.
 const AMZ_DATE: &[BorrowedFormatItem<'static>] =
     format_description!("[year][month][day]T[hour][minute][second]Z");
-/// The credential scope's day, `YYYYMMDD`.
-const SCOPE_DATE: &[BorrowedFormatItem<'static>] = format_description!("[year][month][day]");
 /// An RFC 1123 / RFC 2822 `Date` in UTC after its weekday: `26 Nov 2026 12:00:00 GMT` (or `UTC`,
 /// `+0000`, `-0000`).
 const HTTP_DATE_AFTER_WEEKDAY: &[BorrowedFormatItem<'static>] = format_description!(
@@ -431,20 +435,32 @@ const HTTP_DATE_AFTER_WEEKDAY: &[BorrowedFormatItem<'static>] = format_descripti
      [first [GMT] [UTC] [+0000] [-0000]]"
 );
 
-/// `YYYYMMDDTHHMMSSZ`, UTC.
+/// `YYYYMMDDTHHMMSSZ`, UTC: what `AMZ_DATE` formats, written from the components so that
+/// no formatting error can arise (the tests check both agree).
 fn format_amz_date(t: OffsetDateTime) -> String {
-    format_utc(t, AMZ_DATE)
+    let t = t.to_offset(UtcOffset::UTC);
+    format!(
+        "{}T{:02}{:02}{:02}Z",
+        format_scope_date(t),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
-/// The `YYYYMMDD` a credential scope must name for a request made at `t`.
+/// The `YYYYMMDD` a credential scope must name for a request made at `t`: what
+/// `[year][month][day]` formats (`time`'s `[year]` puts `-` before a negative year and pads
+/// the rest to 4 digits; the tests check both agree).
 fn format_scope_date(t: OffsetDateTime) -> String {
-    format_utc(t, SCOPE_DATE)
-}
-
-fn format_utc(t: OffsetDateTime, format: &[BorrowedFormatItem<'_>]) -> String {
-    t.to_offset(UtcOffset::UTC)
-        .format(format)
-        .expect("an OffsetDateTime has every component these formats use")
+    let t = t.to_offset(UtcOffset::UTC);
+    let year = t.year();
+    let sign = if year < 0 { "-" } else { "" };
+    format!(
+        "{sign}{:04}{:02}{:02}",
+        year.unsigned_abs(),
+        u8::from(t.month()),
+        t.day()
+    )
 }
 
 /// Strict `YYYYMMDDTHHMMSSZ`.
@@ -632,8 +648,22 @@ fn string_to_sign(amz_date: &str, credential_scope: &str, canonical_request: &[u
 // Keys
 // ---------------------------------------------------------------------------------------------
 
+/// HMAC-SHA256 (RFC 2104) of `msg` under a key of any length. The key is first brought to
+/// SHA-256's 64-byte block as HMAC defines (hashed if longer, then zero-padded), exactly what
+/// `Hmac::new_from_slice` does; `Hmac::new` then takes it with no length to reject.
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length");
+    let mut block = Zeroizing::new([0u8; 64]);
+    let hashed: Zeroizing<[u8; 32]>;
+    let key = if key.len() > block.len() {
+        hashed = Zeroizing::new(Sha256::digest(key).into());
+        &hashed[..]
+    } else {
+        key
+    };
+    for (b, k) in block.iter_mut().zip(key) {
+        *b = *k;
+    }
+    let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new((&*block).into());
     mac.update(msg);
     mac.finalize().into_bytes().into()
 }
@@ -1788,6 +1818,55 @@ mod tests {
                 );
                 prop_assert_eq!(bad, Err(AuthError::SignatureMismatch));
             }
+        }
+    }
+
+    /// `format_amz_date` and `format_scope_date` write what `time` formats for the same
+    /// descriptions, for any instant `time` can represent and any offset it comes in.
+    #[test]
+    fn date_formatters_match_time_format_descriptions() {
+        const SCOPE_DATE: &[BorrowedFormatItem<'static>] =
+            format_description!("[year][month][day]");
+        // A day inside both ends, so that moving to UTC stays in range.
+        let first = time::Date::MIN.midnight().assume_utc().unix_timestamp() + 86_400;
+        let last = time::Date::MAX.midnight().assume_utc().unix_timestamp() - 86_400;
+        let check = |secs: i64, offset_secs: i32| {
+            let offset = UtcOffset::from_whole_seconds(offset_secs).unwrap();
+            let t = OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap()
+                .to_offset(offset);
+            let utc = t.to_offset(UtcOffset::UTC);
+            assert_eq!(format_amz_date(t), utc.format(AMZ_DATE).unwrap(), "{t}");
+            assert_eq!(format_scope_date(t), utc.format(SCOPE_DATE).unwrap(), "{t}");
+        };
+        for secs in [
+            first,
+            -62_167_219_200 - 1,
+            -62_167_219_200,
+            0,
+            1_795_694_400,
+            last,
+        ] {
+            for offset in [0, -86_399, 86_399, 5 * 3600 + 30 * 60] {
+                check(secs, offset);
+            }
+        }
+        proptest!(|(secs in first..=last, offset in -86_399i32..=86_399)| {
+            check(secs, offset);
+        });
+    }
+
+    /// The block-key HMAC equals `Hmac::new_from_slice` for keys shorter than, equal to
+    /// and longer than SHA-256's 64-byte block.
+    #[test]
+    fn hmac_sha256_matches_new_from_slice() {
+        let msg = b"AWS4-HMAC-SHA256\n20150830T123600Z";
+        for len in 0..=200usize {
+            let key: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut mac = HmacSha256::new_from_slice(&key).unwrap();
+            mac.update(msg);
+            let want: [u8; 32] = mac.finalize().into_bytes().into();
+            assert_eq!(hmac_sha256(&key, msg), want, "key length {len}");
         }
     }
 }

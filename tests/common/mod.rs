@@ -1,17 +1,23 @@
 //! Shared test fixtures: fresh SoftHSM2 tokens in a temporary folder per test.
 #![allow(dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use hsm_kms::hsm::softhsm::{self, LocalHsm};
 use hsm_kms::hsm::{ClusterOptions, HsmCluster};
 use std::time::Duration;
 
 /// Two (or more) fresh tokens; the folder is removed when this is dropped.
-pub struct Tokens {
+pub(crate) struct Tokens {
     pub dir: tempfile::TempDir,
     pub hsms: Vec<LocalHsm>,
 }
 
-pub fn tokens(names: &[&str]) -> Tokens {
+pub(crate) fn tokens(names: &[&str]) -> Tokens {
     let dir = tempfile::tempdir().expect("temp dir");
     let hsms = names
         .iter()
@@ -20,7 +26,7 @@ pub fn tokens(names: &[&str]) -> Tokens {
     Tokens { dir, hsms }
 }
 
-pub fn fast_options() -> ClusterOptions {
+pub(crate) fn fast_options() -> ClusterOptions {
     ClusterOptions {
         call_timeout: Duration::from_millis(1500),
         probe_interval: Duration::from_millis(200),
@@ -28,7 +34,7 @@ pub fn fast_options() -> ClusterOptions {
     }
 }
 
-pub fn connect(t: &Tokens, opts: ClusterOptions) -> HsmCluster {
+pub(crate) fn connect(t: &Tokens, opts: ClusterOptions) -> HsmCluster {
     HsmCluster::connect(
         t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
         opts,
@@ -37,7 +43,7 @@ pub fn connect(t: &Tokens, opts: ClusterOptions) -> HsmCluster {
 }
 
 /// Poll `f` until it is true or `secs` pass.
-pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + Duration::from_secs(secs);
     while std::time::Instant::now() < end {
         if f() {
@@ -53,19 +59,19 @@ use hsm_kms::auth::Credential;
 use serde_json::Value;
 
 /// A service over fresh tokens, on 127.0.0.1 port 0.
-pub struct Service {
+pub(crate) struct Service {
     pub tokens: Tokens,
     pub running: Running,
     pub client: Client,
 }
 
-pub async fn service() -> Service {
+pub(crate) async fn service() -> Service {
     service_with(std::sync::Arc::new(hsm_kms::clock::SystemClock)).await
 }
 
 /// A service whose domain runs on `clock` (e.g. a `ManualClock`). SigV4 checks use the
 /// same clock, so requests are signed with `clock.now()`.
-pub async fn service_with(clock: std::sync::Arc<dyn hsm_kms::clock::Clock>) -> Service {
+pub(crate) async fn service_with(clock: std::sync::Arc<dyn hsm_kms::clock::Clock>) -> Service {
     let tokens = tokens(&["a", "b"]);
     let (running, client) = start_on(&tokens, clock).await;
     Service {
@@ -77,7 +83,7 @@ pub async fn service_with(clock: std::sync::Arc<dyn hsm_kms::clock::Clock>) -> S
 
 /// Start the service over `tokens` and the metadata store in their folder (a first start,
 /// or a restart after `Running::stop`), and a client signing with `clock`.
-pub async fn start_on(
+pub(crate) async fn start_on(
     tokens: &Tokens,
     clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
 ) -> (Running, Client) {
@@ -108,7 +114,7 @@ pub async fn start_on(
 
 /// A SigV4-signing KMS JSON client.
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     pub url: String,
     pub cred: Credential,
     /// Signing time source (default: the system clock).
@@ -116,7 +122,7 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
     pub request_id: Option<String>,
@@ -124,13 +130,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn error_type(&self) -> &str {
+    pub(crate) fn error_type(&self) -> &str {
         self.body["__type"].as_str().unwrap_or("")
     }
 }
 
 impl Client {
-    pub fn new(url: String, cred: Credential) -> Client {
+    pub(crate) fn new(url: String, cred: Credential) -> Client {
         Client {
             url,
             cred,
@@ -140,7 +146,7 @@ impl Client {
     }
 
     /// Sign and send raw bytes; `tweak` may alter headers after signing.
-    pub async fn send_raw(
+    pub(crate) async fn send_raw(
         &self,
         target: Option<&str>,
         body: Vec<u8>,
@@ -187,7 +193,7 @@ impl Client {
         }
     }
 
-    pub async fn call(&self, op: &str, body: Value) -> Reply {
+    pub(crate) async fn call(&self, op: &str, body: Value) -> Reply {
         self.send_raw(
             Some(op),
             body.to_string().into_bytes(),
@@ -202,7 +208,7 @@ impl Client {
     }
 
     /// Call and require HTTP 200.
-    pub async fn ok(&self, op: &str, body: Value) -> Value {
+    pub(crate) async fn ok(&self, op: &str, body: Value) -> Value {
         let r = self.call(op, body).await;
         assert_eq!(r.status, 200, "{op} failed: {}", r.body);
         r.body
@@ -248,24 +254,24 @@ fn sign_kms(
     }
 }
 
-pub fn b64(b: &[u8]) -> String {
+pub(crate) fn b64(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-pub fn unb64(v: &Value) -> Vec<u8> {
+pub(crate) fn unb64(v: &Value) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
         .decode(v.as_str().expect("base64 string"))
         .expect("valid base64")
 }
 
-pub mod real_binary {
+pub(crate) mod real_binary {
     use std::io::{BufRead, BufReader};
     use std::path::Path;
     use std::process::{Child, Command, Stdio};
 
-    pub fn setup(state: &Path) {
+    pub(crate) fn setup(state: &Path) {
         let st = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
             .args(["setup-local", "--state-dir"])
             .arg(state)
@@ -274,7 +280,7 @@ pub mod real_binary {
         assert!(st.success());
     }
 
-    pub fn start(state: &Path) -> (Child, String) {
+    pub(crate) fn start(state: &Path) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
             .args(["serve", "--config"])
             .arg(state.join("config.toml"))
@@ -296,7 +302,7 @@ pub mod real_binary {
         (child, format!("http://{addr}"))
     }
 
-    pub fn credential(state: &Path) -> hsm_kms::auth::Credential {
+    pub(crate) fn credential(state: &Path) -> hsm_kms::auth::Credential {
         let text = std::fs::read_to_string(state.join("credentials.env")).unwrap();
         let get = |k: &str| {
             text.lines()
@@ -312,7 +318,7 @@ pub mod real_binary {
         )
     }
 
-    pub fn stop(child: &mut Child) {
+    pub(crate) fn stop(child: &mut Child) {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -320,7 +326,7 @@ pub mod real_binary {
     }
 
     /// Kills the server if the test ends (or panics) while it runs.
-    pub struct Guard(pub Child);
+    pub(crate) struct Guard(pub Child);
 
     impl Drop for Guard {
         fn drop(&mut self) {
