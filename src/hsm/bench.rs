@@ -53,19 +53,22 @@ const ROW_LAYER_CLUSTER: &str = "layer, cluster (2 HSMs, encrypt)";
 /// One measured line.
 #[derive(Debug, Clone)]
 pub struct BenchRow {
+    /// Which variant was measured (raw PKCS#11 or the layer, and how).
     pub name: String,
     /// Threads on the raw side; worker threads per HSM on the layer side.
     pub threads: usize,
     /// Median over the repetitions.
     pub ops_per_sec: f64,
-    /// Slowest and fastest repetition.
+    /// Slowest repetition (ops/s).
     pub min: f64,
+    /// Fastest repetition (ops/s).
     pub max: f64,
 }
 
 /// The result of [`run_gcm_bench`]; `Display` prints a markdown table and the ratio line.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
+    /// One row per variant, raw rows first.
     pub rows: Vec<BenchRow>,
     /// One line describing the parameters (size, duration, repetitions, filler keys).
     pub setup: String,
@@ -221,33 +224,42 @@ fn bench_in(work: &Path, p: &Params) -> Result<BenchReport, HsmError> {
     for v in variants {
         run(v, warm)?;
     }
-    let mut samples = vec![Vec::with_capacity(p.reps); variants.len()];
+    let mut samples: Vec<(&str, Vec<f64>)> = variants
+        .iter()
+        .map(|name| (*name, Vec::with_capacity(p.reps)))
+        .collect();
     for rep in 0..p.reps {
-        for k in 0..variants.len() {
-            let i = (rep + k) % variants.len(); // rotate which variant goes first
-            samples[i].push(run(variants[i], p.dur)?);
+        // Rotate which variant goes first: from variant `rep % 4` to the last, then the rest.
+        let (before, from) = samples
+            .split_at_mut_checked(rep % variants.len())
+            .ok_or_else(|| HsmError::Internal("bench: variant rotation out of range".into()))?;
+        for (name, v) in from.iter_mut().chain(before) {
+            v.push(run(name, p.dur)?);
         }
     }
-    let rows = variants
-        .iter()
-        .zip(samples)
+    let rows = samples
+        .into_iter()
         .map(|(name, mut v)| {
             v.sort_by(f64::total_cmp);
-            BenchRow {
+            let (Some(ops_per_sec), Some(&min), Some(&max)) = (median(&v), v.first(), v.last())
+            else {
+                return Err(HsmError::Internal(format!("bench: no samples for {name}")));
+            };
+            Ok(BenchRow {
                 name: name.to_string(),
                 threads: p.threads,
-                ops_per_sec: median(&v),
-                min: v[0],
-                max: v[v.len() - 1],
-            }
+                ops_per_sec,
+                min,
+                max,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, HsmError>>();
 
     drop(rt);
     cluster.shutdown();
     drop(raw);
     Ok(BenchReport {
-        rows,
+        rows: rows?,
         setup: format!(
             "AES-256-GCM encrypt of {} B, {} B AAD, token-object keys; {} × {:.2} s per row \
              (median); {} extra keys per token; layer driven by {} concurrent tasks; \
@@ -262,12 +274,14 @@ fn bench_in(work: &Path, p: &Params) -> Result<BenchReport, HsmError> {
     })
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
+/// Median of sorted samples; `None` when there are none.
+fn median(sorted: &[f64]) -> Option<f64> {
+    let (lower, upper) = sorted.split_at_checked(sorted.len() / 2)?;
+    let mid = *upper.first()?;
+    if sorted.len() % 2 == 1 {
+        Some(mid)
     } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        Some((lower.last()? + mid) / 2.0)
     }
 }
 
@@ -437,6 +451,14 @@ impl Drop for RawToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_sorted_samples() {
+        assert_eq!(median(&[1.0, 2.0, 4.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 2.0, 4.0, 8.0]), Some(3.0));
+        assert_eq!(median(&[5.0]), Some(5.0));
+        assert_eq!(median(&[]), None);
+    }
 
     #[test]
     fn tiny_run_reports_every_row() {

@@ -47,6 +47,7 @@ impl Caps {
         caps
     }
 
+    /// Whether the token's mechanism list (`C_GetMechanismList`) includes `m`.
     pub fn has(&self, m: MechanismType) -> bool {
         self.mechanisms.contains(&m)
     }

@@ -112,15 +112,19 @@ impl HsmCluster {
         Ok(cluster)
     }
 
-    /// Pick a usable HSM: healthy before suspect, then fewest calls in flight.
-    fn pick(&self, exclude: Option<usize>) -> Option<usize> {
+    /// Pick a usable HSM (its index and pool): healthy before suspect, then fewest calls in
+    /// flight; ties go to the first in round-robin order.
+    fn pick(&self, exclude: Option<usize>) -> Option<(usize, &Pool)> {
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let n = self.hsms.len();
-        (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|i| Some(*i) != exclude && self.hsms[*i].node().usable())
-            .min_by_key(|i| {
-                let node = self.hsms[*i].node();
+        let first = start.checked_rem(self.hsms.len())?;
+        let all = self.hsms.iter().enumerate();
+        // Round-robin order: from `first` to the end, then from the start up to `first`.
+        all.clone()
+            .skip(first)
+            .chain(all.take(first))
+            .filter(|(i, p)| Some(*i) != exclude && p.node().usable())
+            .min_by_key(|(_, p)| {
+                let node = p.node();
                 (node.state() != NodeState::Healthy, node.inflight())
             })
     }
@@ -132,20 +136,20 @@ impl HsmCluster {
         F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        let first = self.pick(None).ok_or(HsmError::NotEnoughHsms {
+        let (first, pool) = self.pick(None).ok_or(HsmError::NotEnoughHsms {
             healthy: 0,
             needed: 1,
         })?;
         let f1 = f.clone();
-        match self.hsms[first].call(timeout, move |ctx| f1(ctx)).await {
+        match pool.call(timeout, move |ctx| f1(ctx)).await {
             Ok(v) => Ok(v),
             Err(e) if e.retryable() => {
-                self.hsms[first].node().suspect(&e);
-                let Some(second) = self.pick(Some(first)) else {
+                pool.node().suspect(&e);
+                let Some((_, second)) = self.pick(Some(first)) else {
                     return Err(e);
                 };
-                tracing::warn!(failed = %self.hsms[first].node().name(), retry = %self.hsms[second].node().name(), error = %e, "failing over");
-                self.hsms[second].call(timeout, move |ctx| f(ctx)).await
+                tracing::warn!(failed = %pool.node().name(), retry = %second.node().name(), error = %e, "failing over");
+                second.call(timeout, move |ctx| f(ctx)).await
             }
             Err(e) => Err(e),
         }

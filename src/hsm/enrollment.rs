@@ -36,11 +36,14 @@ fn transport_mechanism() -> Mechanism<'static> {
 /// Make sure every HSM of `hsms` holds the same cluster wrapping key (blocking; each step
 /// has deadline `t`).
 pub(super) fn enroll(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
-    let holds_cwk = |i: usize| hsms[i].node().has_object(ObjectKind::Secret, CWK_ID);
-    let source = match (0..hsms.len()).find(|i| holds_cwk(*i)) {
-        Some(i) => i,
+    let Some(first) = hsms.first() else {
+        return Err(no_hsms());
+    };
+    let holds_cwk = |p: &Pool| p.node().has_object(ObjectKind::Secret, CWK_ID);
+    let (source_index, source) = match hsms.iter().enumerate().find(|(_, p)| holds_cwk(p)) {
+        Some(found) => found,
         None => {
-            hsms[0].call_blocking(t, |ctx| {
+            first.call_blocking(t, |ctx| {
                 let h = ctx
                     .session()
                     .generate_key(
@@ -51,28 +54,36 @@ pub(super) fn enroll(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
                 ctx.remember(ObjectKind::Secret, CWK_ID, h);
                 Ok(())
             })?;
-            tracing::info!(hsm = %hsms[0].node().name(), "generated the cluster wrapping key");
-            0
+            tracing::info!(hsm = %first.node().name(), "generated the cluster wrapping key");
+            (0, first)
         }
     };
     for (i, pool) in hsms.iter().enumerate() {
-        if i == source || holds_cwk(i) {
+        if i == source_index || holds_cwk(pool) {
             continue;
         }
         let tid = format!("hsm-kms/transport/{}", uuid::Uuid::new_v4()).into_bytes();
         let tid2 = tid.clone();
         let (n, e) = pool.call_blocking(t, move |ctx| transport_keypair(ctx, &tid2))?;
         let wrapped =
-            hsms[source].call_blocking(t, move |ctx| wrap_for_transport(ctx, CWK_ID, &n, &e))?;
+            source.call_blocking(t, move |ctx| wrap_for_transport(ctx, CWK_ID, &n, &e))?;
         pool.call_blocking(t, move |ctx| unwrap_from_transport(ctx, &tid, &wrapped))?;
-        tracing::info!(from = %hsms[source].node().name(), to = %pool.node().name(), "cluster wrapping key enrolled");
+        tracing::info!(from = %source.node().name(), to = %pool.node().name(), "cluster wrapping key enrolled");
     }
     prove(hsms, t)
 }
 
+/// Enrollment of an empty list of HSMs (the cluster refuses to start with fewer than two).
+fn no_hsms() -> HsmError {
+    HsmError::Internal("cluster wrapping key enrollment: no HSMs".into())
+}
+
 /// Proof: a throw-away key wrapped on HSM 0 unwraps and decrypts on every other HSM.
 fn prove(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
-    let proof = hsms[0].call_blocking(t, |ctx| {
+    let Some((first, others)) = hsms.split_first() else {
+        return Err(no_hsms());
+    };
+    let proof = first.call_blocking(t, |ctx| {
         let h = ctx
             .session()
             .generate_key(
@@ -91,7 +102,7 @@ fn prove(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
         r
     })?;
     let proof = Arc::new(proof);
-    for pool in &hsms[1..] {
+    for pool in others {
         let p = proof.clone();
         let hsm = pool.node().name().to_string();
         pool.call_blocking(t, move |ctx| {

@@ -17,31 +17,59 @@ use cryptoki::error::{Error as CkError, Rv, RvError};
 /// What the HSM layer was attempting when a PKCS#11 call failed; named in every error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// Loading the PKCS#11 module and `C_Initialize`.
     LoadModule,
+    /// Finding the token by label among the slots (`C_GetSlotList`, `C_GetTokenInfo`).
     FindToken,
+    /// Opening a read-write session (`C_OpenSession`).
     OpenSession,
+    /// Logging the user in (`C_Login`).
     Login,
+    /// The find over the whole token (and attribute reads) that fills the handle cache when
+    /// an instance opens.
     WarmHandleCache,
+    /// Generating the per-HSM canary key of health probes.
     CreateCanary,
+    /// A health probe (token info plus a GCM round trip with the canary key).
     Probe,
+    /// Finding one object by class and `CKA_ID` (a handle-cache miss).
     FindObject,
+    /// Drawing random bytes from the token (`C_GenerateRandom`).
     Random,
+    /// AES-GCM encryption (`CKM_AES_GCM`).
     AesGcmEncrypt,
+    /// AES-GCM decryption (`CKM_AES_GCM`), tag check included.
     AesGcmDecrypt,
+    /// Secret key generation (`C_GenerateKey`).
     GenerateKey,
+    /// Key pair generation (`C_GenerateKeyPair`).
     GenerateKeyPair,
+    /// Reading the public attributes of a key pair (`C_GetAttributeValue`).
     ReadPublicKey,
+    /// Reading the private attributes of a data key pair (session objects).
     ExportDataKeyPair,
+    /// Wrapping a key under another (`C_WrapKey`).
     WrapKey,
+    /// Unwrapping a key into the token (`C_UnwrapKey`).
     UnwrapKey,
+    /// Creating a copied public key object (`C_CreateObject`).
     CreatePublicKey,
+    /// Destroying an object (`C_DestroyObject`).
     DestroyObject,
+    /// Signing with a private key (`C_Sign`).
     Sign,
+    /// Verifying a signature with a public key object (`C_Verify`).
     Verify,
+    /// Computing an HMAC with a secret key (`C_Sign` with a `CKM_SHA*_HMAC` mechanism).
     Hmac,
+    /// RSA decryption with a private key (`C_Decrypt`, OAEP or raw RSA).
     RsaDecrypt,
+    /// ECDH key agreement (`C_DeriveKey` with `CKM_ECDH1_DERIVE`).
     Ecdh,
+    /// Transport of the cluster wrapping key to another HSM (RSA transport pair, OAEP wrap
+    /// and unwrap).
     KeyTransport,
+    /// Initializing a token and its user PIN (`C_InitToken`, `C_InitPIN`).
     InitToken,
 }
 
@@ -95,43 +123,93 @@ pub(super) enum Fault {
 /// value and the operation, but never key material or PINs.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
+    /// A PKCS#11 call failed with a return value that has no more specific meaning here.
     #[error("{hsm}: {function} failed with {name} (0x{rv:X}) during {operation}")]
     Pkcs11 {
+        /// Name of the HSM whose token returned `rv`.
         hsm: String,
         /// `C_…` name of the function that returned `rv`.
         function: String,
+        /// What the layer was attempting.
         operation: Operation,
+        /// The `CK_RV` return value.
         rv: u64,
         /// `CKR_…` name of `rv`.
         name: String,
     },
+    /// A job did not return within its deadline (the HSM is then suspect).
     #[error("{hsm}: call exceeded its deadline of {ms} ms")]
-    Timeout { hsm: String, ms: u64 },
+    Timeout {
+        /// Name of the HSM that did not answer in time.
+        hsm: String,
+        /// The deadline, in milliseconds.
+        ms: u64,
+    },
+    /// `C_Login` refused the user PIN (incorrect, locked, expired): never retried.
     #[error("{hsm}: the token refused the user PIN ({name}); {function} returned 0x{rv:X}")]
     LoginRefused {
+        /// Name of the HSM whose token refused the PIN.
         hsm: String,
+        /// `C_…` name of the function that refused it.
         function: String,
+        /// The `CK_RV` return value (`CKR_PIN_…`).
         rv: u64,
+        /// `CKR_…` name of `rv`.
         name: String,
     },
+    /// The HSM is down or being re-initialized: no job runs on it.
     #[error("{hsm}: HSM is down")]
-    NodeDown { hsm: String },
+    NodeDown {
+        /// Name of the HSM that is down.
+        hsm: String,
+    },
+    /// The HSM's bounded job queue is full; another HSM may take the job.
     #[error("{hsm}: job queue full")]
-    Busy { hsm: String },
+    Busy {
+        /// Name of the HSM whose queue is full.
+        hsm: String,
+    },
+    /// No object of the expected class has this `CKA_ID` on the token.
     #[error("{hsm}: key object {object} is missing from the token")]
-    KeyMissing { hsm: String, object: String },
+    KeyMissing {
+        /// Name of the HSM that lacks the object.
+        hsm: String,
+        /// The object's `CKA_ID`, hex-encoded.
+        object: String,
+    },
+    /// Fewer usable HSMs than the operation needs (e.g. `min_copies` for a new key).
     #[error("only {healthy} HSM(s) healthy; {needed} needed")]
-    NotEnoughHsms { healthy: usize, needed: usize },
+    NotEnoughHsms {
+        /// Usable HSMs found.
+        healthy: usize,
+        /// HSMs the operation needs.
+        needed: usize,
+    },
+    /// The ciphertext does not decrypt under the key (GCM tag mismatch, or an RSA
+    /// ciphertext that does not decode): the request is bad, not the HSM.
     #[error("ciphertext failed authentication")]
     InvalidCiphertext,
     /// The token refused caller-supplied input (e.g. a peer public key that is not a point
     /// of the curve): the request is bad, not the HSM.
     #[error("{0}")]
     InvalidInput(String),
+    /// The token does not offer a mechanism the operation needs.
     #[error("{hsm}: mechanism {mechanism} is not offered by the token")]
-    Unsupported { hsm: String, mechanism: String },
+    Unsupported {
+        /// Name of the HSM whose token lacks the mechanism.
+        hsm: String,
+        /// `CKM_…` name of the missing mechanism.
+        mechanism: String,
+    },
+    /// The HSM could not be set up: module, token, PIN file or cluster configuration.
     #[error("{hsm}: {message}")]
-    Setup { hsm: String, message: String },
+    Setup {
+        /// Name of the HSM (or `cluster`) being set up.
+        hsm: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A failure of the layer itself (thread spawn, unexpected token data, failed proof).
     #[error("{0}")]
     Internal(String),
 }

@@ -21,12 +21,10 @@ pub(super) fn watch(pool: &Pool) -> Result<(), HsmError> {
     Ok(())
 }
 
-/// Indexes of the usable HSMs, healthy before suspect.
-pub(super) fn usable(hsms: &[Pool]) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..hsms.len())
-        .filter(|i| hsms[*i].node().usable())
-        .collect();
-    v.sort_by_key(|i| hsms[*i].node().state() != NodeState::Healthy);
+/// The usable HSMs, healthy before suspect (otherwise in configuration order).
+pub(super) fn usable(hsms: &[Pool]) -> Vec<&Pool> {
+    let mut v: Vec<&Pool> = hsms.iter().filter(|p| p.node().usable()).collect();
+    v.sort_by_key(|p| p.node().state() != NodeState::Healthy);
     v
 }
 

@@ -90,33 +90,19 @@ impl Instance {
             .map_err(ck(Operation::Login))?;
         let handles = HandleCache::warm(epoch, &anchor).map_err(ck(Operation::WarmHandleCache))?;
         let caps = Caps::probe(&ctx, slot, &anchor);
-        let inst = Instance {
+        ensure_canary(hsm, &anchor, &handles)?;
+        Ok(Instance {
             ctx,
             slot,
             handles,
             caps,
             anchor: Mutex::new(Some(anchor)),
-        };
-        inst.ensure_canary(hsm)?;
-        Ok(inst)
+        })
     }
 
     /// The login epoch of this instance.
     pub(super) fn epoch(&self) -> u64 {
         self.handles.epoch()
-    }
-
-    fn ensure_canary(&self, hsm: &str) -> Result<(), HsmError> {
-        if self.handles.contains(ObjectKind::Secret, CANARY_ID) {
-            return Ok(());
-        }
-        let anchor = self.anchor.lock();
-        let s = anchor.as_ref().expect("anchor present while opening");
-        let h = s
-            .generate_key(&Mechanism::AesKeyGen, &templates::canary())
-            .map_err(|e| HsmError::from_ck(hsm, Operation::CreateCanary, e))?;
-        self.handles.insert(ObjectKind::Secret, CANARY_ID, h);
-        Ok(())
     }
 
     /// Forget (never close) the anchor and `C_Finalize` this instance. The anchor is
@@ -128,6 +114,19 @@ impl Instance {
         }
         let _ = self.ctx.clone().finalize();
     }
+}
+
+/// Make sure the token holds the canary key of health probes, generating it through the
+/// logged-in anchor session `s` of an opening instance whose cache is `handles`.
+fn ensure_canary(hsm: &str, s: &Session, handles: &HandleCache) -> Result<(), HsmError> {
+    if handles.contains(ObjectKind::Secret, CANARY_ID) {
+        return Ok(());
+    }
+    let h = s
+        .generate_key(&Mechanism::AesKeyGen, &templates::canary())
+        .map_err(|e| HsmError::from_ck(hsm, Operation::CreateCanary, e))?;
+    handles.insert(ObjectKind::Secret, CANARY_ID, h);
+    Ok(())
 }
 
 /// Load a module and `C_Initialize` it with `env` set, under the process-wide load lock

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 pub enum KeyKind {
     /// An AES-256 encryption key (symmetric KMS keys and their backing versions).
     Aes,
+    /// A key pair (private and public objects with one `CKA_ID`) of this spec and usage.
     Pair(PairSpec, PairUse),
     /// An HMAC key of this many bytes.
     Hmac(usize),
@@ -19,7 +20,9 @@ pub enum KeyKind {
 /// The kind of key pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PairSpec {
+    /// RSA (`CKK_RSA`) with a modulus of this many bits.
     Rsa(u32),
+    /// EC (`CKK_EC`) on this curve.
     Ec(Curve),
     /// Ed25519 (`CKK_EC_EDWARDS`), where the token offers CKM_EC_EDWARDS_KEY_PAIR_GEN.
     Ed25519,
@@ -28,8 +31,11 @@ pub enum PairSpec {
 /// What the private half may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PairUse {
+    /// `CKA_SIGN` (the public half has `CKA_VERIFY`).
     Sign,
+    /// `CKA_DECRYPT` (the public half has `CKA_ENCRYPT`).
     Decrypt,
+    /// `CKA_DERIVE`: ECDH key agreement.
     Derive,
 }
 
@@ -38,7 +44,9 @@ pub enum PairUse {
 pub enum SignScheme {
     /// ECDSA; signatures are DER `ECDSA-Sig-Value`.
     Ecdsa(Curve),
+    /// RSA PKCS#1 v1.5 (`CKM_RSA_PKCS`) over the DigestInfo of a digest made with this hash.
     RsaPkcs1(Hash),
+    /// RSA-PSS (`CKM_RSA_PKCS_PSS`) with this hash, MGF1 of it and salt = digest length.
     RsaPss(Hash),
     /// Pure Ed25519 over the message itself.
     Ed25519,

@@ -56,6 +56,6 @@ pub use cluster::{ClusterOptions, HsmCluster};
 pub use error::{classify, HsmError};
 pub use handles::CWK_ID;
 pub use instance::NodeConfig;
-pub use kinds::{KeyKind, PairSpec, PairUse, SignScheme};
+pub use kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, SignScheme};
 pub use mechanisms::IV_LEN;
 pub use node::{HsmHealth, NodeState};

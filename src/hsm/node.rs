@@ -40,14 +40,21 @@ impl NodeState {
 /// A health report line for one HSM.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HsmHealth {
+    /// Name of the HSM, as configured.
     pub name: String,
+    /// Its health state.
     pub state: NodeState,
+    /// Calls submitted to its workers and not yet answered.
     pub in_flight: usize,
+    /// Login epoch of the current module instance; `None` while it is being re-initialized.
     pub login_epoch: Option<u64>,
+    /// Object handles in the current instance's handle cache.
     pub cached_handles: usize,
     /// `C_FindObjects` calls made after start-up (handle-cache misses).
     pub request_finds: u64,
+    /// Successful background re-initializations (`C_Finalize` + `C_Initialize`).
     pub reinitializations: u64,
+    /// The last error recorded against this HSM, if any.
     pub last_error: Option<String>,
 }
 

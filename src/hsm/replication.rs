@@ -75,10 +75,12 @@ impl Replicator<'_> {
                 needed,
             });
         }
+        let Some((&primary, others)) = targets.split_first() else {
+            return Err(HsmError::NotEnoughHsms { healthy: 0, needed });
+        };
         let (id, label) = (id.to_vec(), label.to_string());
-        let primary = targets[0];
         let i2 = id.clone();
-        let made = self.hsms[primary]
+        let made = primary
             .call(self.timeout, move |ctx| {
                 generate(ctx)?;
                 export(ctx, &i2, kind)
@@ -92,13 +94,13 @@ impl Replicator<'_> {
             }
         };
         let mut holders = vec![primary];
-        for &i in &targets[1..] {
-            holders.push(i);
+        for &pool in others {
+            holders.push(pool);
             if let Err(e) = self
-                .install_on(i, &id, &label, kind, transfer.clone())
+                .install_on(pool, &id, &label, kind, transfer.clone())
                 .await
             {
-                tracing::error!(hsm = %self.hsms[i].node().name(), error = %e, "replication failed; destroying every copy");
+                tracing::error!(hsm = %pool.node().name(), error = %e, "replication failed; destroying every copy");
                 self.destroy_on(&holders, &id).await;
                 return Err(e);
             }
@@ -106,20 +108,20 @@ impl Replicator<'_> {
         Ok(transfer)
     }
 
+    /// Install a copy of the key (`transfer`) on the HSM served by `pool`.
     async fn install_on(
         &self,
-        hsm: usize,
+        pool: &Pool,
         id: &[u8],
         label: &str,
         kind: KeyKind,
         transfer: Arc<Transfer>,
     ) -> Result<(), HsmError> {
         let (id, label) = (id.to_vec(), label.to_string());
-        self.hsms[hsm]
-            .call(self.timeout, move |ctx| {
-                install(ctx, &id, &label, kind, &transfer)
-            })
-            .await
+        pool.call(self.timeout, move |ctx| {
+            install(ctx, &id, &label, kind, &transfer)
+        })
+        .await
     }
 
     /// Copy keys that some usable HSM lacks from an HSM that holds them. Returns how many
@@ -135,8 +137,8 @@ impl Replicator<'_> {
                 KeyKind::Aes | KeyKind::Hmac(_) => ObjectKind::Secret,
             };
             let usable = health::usable(self.hsms);
-            let holds = |i: usize| self.hsms[i].node().has_object(object, id);
-            let Some(&src) = usable.iter().find(|i| holds(**i)) else {
+            let holds = |p: &Pool| p.node().has_object(object, id);
+            let Some(&src) = usable.iter().find(|p| holds(p)) else {
                 continue;
             };
             for &dst in &usable {
@@ -144,12 +146,12 @@ impl Replicator<'_> {
                     continue;
                 }
                 let (i2, k2) = (id.clone(), *kind);
-                let transfer = self.hsms[src]
+                let transfer = src
                     .call(self.timeout, move |ctx| export(ctx, &i2, k2))
                     .await?;
                 self.install_on(dst, id, label, *kind, Arc::new(transfer))
                     .await?;
-                tracing::info!(hsm = %self.hsms[dst].node().name(), object = %hex::encode(id), "re-synced a missing key");
+                tracing::info!(hsm = %dst.node().name(), object = %hex::encode(id), "re-synced a missing key");
                 copies += 1;
             }
         }
@@ -157,10 +159,10 @@ impl Replicator<'_> {
     }
 
     /// Best-effort destruction of every object with this `CKA_ID` on the HSMs `hsms`.
-    async fn destroy_on(&self, hsms: &[usize], id: &[u8]) {
-        for &i in hsms {
+    async fn destroy_on(&self, hsms: &[&Pool], id: &[u8]) {
+        for pool in hsms {
             let id = id.to_vec();
-            let _ = self.hsms[i]
+            let _ = pool
                 .call(self.timeout, move |ctx| ctx.destroy_all(&id))
                 .await;
         }

@@ -18,12 +18,19 @@ pub const SYSTEM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Paths of one provisioned local HSM.
 #[derive(Debug, Clone)]
 pub struct LocalHsm {
+    /// Name of the HSM (its folder under the base directory).
     pub name: String,
+    /// The HSM's folder (canonical path).
     pub dir: PathBuf,
+    /// This HSM's own copy of `libsofthsm2.so`, loaded as its PKCS#11 module.
     pub module: PathBuf,
+    /// Its `softhsm2.conf` (passed as `SOFTHSM2_CONF` at `C_Initialize`).
     pub conf: PathBuf,
+    /// The SoftHSM2 token directory named in `conf`.
     pub token_dir: PathBuf,
+    /// The token label (`hsm-kms-<name>`) by which the slot is found.
     pub label: String,
+    /// The 0600 file holding the user PIN.
     pub pin_file: PathBuf,
 }
 
