@@ -118,7 +118,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             .await
             .map_err(|e| StartError::Config(format!("store open: {e}")))??,
     );
-    let now = (cfg.clock.now().unix_timestamp_nanos() / 1_000_000) as f64 / 1000.0;
+    let now = cfg.clock.now();
     let vault: Arc<dyn KeyVault> = cluster.clone();
     let (credentials, new_credential) =
         crate::kms::credentials::load_or_create(vault.as_ref(), &store, &cfg.account_id, now)

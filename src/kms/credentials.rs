@@ -53,7 +53,7 @@ pub async fn load_or_create(
     vault: &dyn KeyVault,
     store: &Arc<dyn MetadataStore>,
     account_id: &str,
-    now: f64,
+    now: time::OffsetDateTime,
 ) -> Result<(Vec<Credential>, Option<Credential>), KmsError> {
     ensure_sealing_key(vault, store).await?;
     let mut out = Vec::new();

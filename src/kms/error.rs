@@ -2,6 +2,7 @@
 //! client-safe message. Internal causes (`Internal`, `Unavailable`) are logged by the API
 //! layer and never sent to clients. The HTTP status lives in the API's table, not here.
 
+use super::marker::InvalidMarker;
 use super::types::{KeyRefError, ValidationError};
 use super::vault::VaultError;
 use crate::store::StoreError;
@@ -114,10 +115,13 @@ impl From<KeyRefError> for KmsError {
 
 impl From<StoreError> for KmsError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::InvalidMarker => KmsError::InvalidMarker("Invalid marker".into()),
-            other => KmsError::Internal(format!("metadata store: {other}")),
-        }
+        KmsError::Internal(format!("metadata store: {e}"))
+    }
+}
+
+impl From<InvalidMarker> for KmsError {
+    fn from(e: InvalidMarker) -> Self {
+        KmsError::InvalidMarker(e.to_string())
     }
 }
 

@@ -1,14 +1,89 @@
 //! What the domain stores per key (`KeyDoc`, kept as the store's opaque JSON document) and
 //! what it answers (output records named and shaped as in the AWS KMS API, serialized by
-//! the API layer). Blobs serialize as base64; timestamps as epoch seconds.
+//! the API layer). Blobs serialize as base64; timestamps, `OffsetDateTime`s inside, as
+//! epoch seconds (see [`epoch_seconds`]).
 
+use super::marker::Marker;
 use super::types::{
     AccountId, EncryptionAlgorithm, KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag,
 };
 use super::vault::ObjectId;
 use base64::Engine;
 use serde::{Deserialize, Serialize, Serializer};
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
+
+/// Timestamps as AWS writes them and as key documents have always stored them: epoch
+/// seconds as a JSON number with millisecond precision (`1700000000.123`). For
+/// `#[serde(with = "epoch_seconds")]` on `OffsetDateTime` fields, and
+/// `#[serde(with = "epoch_seconds::option")]` on `Option<OffsetDateTime>` ones.
+///
+/// Writing truncates to the millisecond; reading rounds to the nearest millisecond and
+/// refuses non-numbers and dates outside years -9999..=9999. A millisecond-precise time
+/// reads back exactly as written, so documents and answers keep their numbers unchanged.
+pub mod epoch_seconds {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    /// `t` with its sub-millisecond part dropped (rounded towards the past).
+    pub fn truncate(t: OffsetDateTime) -> OffsetDateTime {
+        t.replace_millisecond(t.millisecond()).unwrap_or(t)
+    }
+
+    /// Epoch seconds, millisecond precision.
+    pub fn to_f64(t: OffsetDateTime) -> f64 {
+        t.unix_timestamp_nanos().div_euclid(1_000_000) as f64 / 1000.0
+    }
+
+    /// The time `secs` epoch seconds after 1970, to the nearest millisecond; `None` if
+    /// `secs` is not finite or not within the representable dates.
+    pub fn from_f64(secs: f64) -> Option<OffsetDateTime> {
+        if !secs.is_finite() {
+            return None;
+        }
+        let ms = (secs * 1000.0).round() as i128; // saturates; the range check follows
+        OffsetDateTime::from_unix_timestamp_nanos(ms.checked_mul(1_000_000)?).ok()
+    }
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(to_f64(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let secs = f64::deserialize(d)?;
+        from_f64(secs).ok_or_else(|| D::Error::custom(format!("timestamp out of range: {secs}")))
+    }
+
+    /// The same for `Option<OffsetDateTime>`: `None` is `null` (pair it with
+    /// `#[serde(default)]` so that a missing field reads as `None`).
+    pub mod option {
+        use serde::de::Error as _;
+        use serde::{Deserialize, Deserializer, Serializer};
+        use time::OffsetDateTime;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<OffsetDateTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<OffsetDateTime>, D::Error> {
+            match Option::<f64>::deserialize(d)? {
+                None => Ok(None),
+                Some(secs) => super::from_f64(secs)
+                    .map(Some)
+                    .ok_or_else(|| D::Error::custom(format!("timestamp out of range: {secs}"))),
+            }
+        }
+    }
+}
 
 /// One backing key: the HSM object that holds one generation of a KMS key's material.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -16,7 +91,8 @@ pub struct BackingKey {
     pub version: u32,
     /// `CKA_ID` of the object in every HSM.
     pub object_id: ObjectId,
-    pub created: f64,
+    #[serde(with = "epoch_seconds")]
+    pub created: OffsetDateTime,
     /// How this generation became current: `None` for the key's first material, else the
     /// rotation that made it (its `created` is the rotation date).
     #[serde(default)]
@@ -31,11 +107,12 @@ pub enum RotationType {
     OnDemand,
 }
 
-/// An enabled automatic rotation: the period and the next due date (epoch seconds).
+/// An enabled automatic rotation: the period and the next due date.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct RotationSchedule {
     pub period_days: u32,
-    pub next_rotation_date: f64,
+    #[serde(with = "epoch_seconds")]
+    pub next_rotation_date: OffsetDateTime,
 }
 
 /// The stored metadata of one KMS key. Never holds key material.
@@ -49,9 +126,10 @@ pub struct KeyDoc {
     pub key_state: KeyState,
     pub origin: Origin,
     pub key_manager: KeyManager,
-    pub creation_date: f64,
-    #[serde(default)]
-    pub deletion_date: Option<f64>,
+    #[serde(with = "epoch_seconds")]
+    pub creation_date: OffsetDateTime,
+    #[serde(default, with = "epoch_seconds::option")]
+    pub deletion_date: Option<OffsetDateTime>,
     #[serde(default)]
     pub pending_window_days: Option<u32>,
     pub backing: Vec<BackingKey>,
@@ -96,13 +174,17 @@ pub struct KeyMetadata {
     pub aws_account_id: String,
     pub key_id: String,
     pub arn: String,
-    pub creation_date: f64,
+    #[serde(with = "epoch_seconds")]
+    pub creation_date: OffsetDateTime,
     pub enabled: bool,
     pub description: String,
     pub key_usage: KeyUsage,
     pub key_state: KeyState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deletion_date: Option<f64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "epoch_seconds::option"
+    )]
+    pub deletion_date: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_deletion_window_in_days: Option<u32>,
     pub origin: Origin,
@@ -140,7 +222,7 @@ pub struct KeyListEntry {
 pub struct ListKeysOutput {
     pub keys: Vec<KeyListEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_marker: Option<String>,
+    pub next_marker: Option<Marker>,
     pub truncated: bool,
 }
 
@@ -197,8 +279,10 @@ pub struct AliasListEntry {
     pub alias_arn: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_key_id: Option<String>,
-    pub creation_date: f64,
-    pub last_updated_date: f64,
+    #[serde(with = "epoch_seconds")]
+    pub creation_date: OffsetDateTime,
+    #[serde(with = "epoch_seconds")]
+    pub last_updated_date: OffsetDateTime,
 }
 
 #[derive(Debug, Serialize)]
@@ -206,10 +290,84 @@ pub struct AliasListEntry {
 pub struct ListAliasesOutput {
     pub aliases: Vec<AliasListEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_marker: Option<String>,
+    pub next_marker: Option<Marker>,
     pub truncated: bool,
 }
 
 /// For operations that answer with an empty JSON object.
 #[derive(Debug, Serialize)]
 pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::epoch_seconds::{from_f64, to_f64, truncate};
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Dates {
+        #[serde(with = "epoch_seconds")]
+        at: OffsetDateTime,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "epoch_seconds::option"
+        )]
+        maybe: Option<OffsetDateTime>,
+    }
+
+    fn ms(ms: i128) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_the_f64_epoch_seconds_of_before() {
+        let d = Dates {
+            at: ms(1_700_000_000_123),
+            maybe: Some(ms(1_700_000_000_000)),
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(text, r#"{"at":1700000000.123,"maybe":1700000000.0}"#);
+        assert_eq!(serde_json::from_str::<Dates>(&text).unwrap(), d);
+        let none = Dates {
+            at: ms(0),
+            maybe: None,
+        };
+        assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"at":0.0}"#);
+        assert_eq!(serde_json::from_str::<Dates>(r#"{"at":0}"#).unwrap(), none);
+        assert_eq!(
+            serde_json::from_str::<Dates>(r#"{"at":0,"maybe":null}"#).unwrap(),
+            none
+        );
+        assert!(serde_json::from_str::<Dates>(r#"{"at":0,"maybe":1e300}"#).is_err());
+    }
+
+    #[test]
+    fn truncate_drops_sub_milliseconds() {
+        let t = ms(1_700_000_000_123) + time::Duration::nanoseconds(999_999);
+        assert_eq!(truncate(t), ms(1_700_000_000_123));
+        assert_eq!(to_f64(t), 1_700_000_000.123);
+    }
+
+    proptest::proptest! {
+        /// Every millisecond-precise date reads back exactly as written, and is written
+        /// as the number the f64 code computed (`ms as f64 / 1000.0`).
+        #[test]
+        fn millisecond_dates_round_trip_exactly(
+            millis in -377_705_116_800_000i128..=253_402_300_799_999i128,
+        ) {
+            let t = ms(millis);
+            let secs = to_f64(t);
+            proptest::prop_assert_eq!(secs, millis as f64 / 1000.0);
+            proptest::prop_assert_eq!(from_f64(secs), Some(t));
+            let json = serde_json::to_string(&Dates { at: t, maybe: Some(t) }).unwrap();
+            let back: Dates = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(back, Dates { at: t, maybe: Some(t) });
+        }
+
+        /// No number makes reading panic.
+        #[test]
+        fn any_number_reads_or_fails_cleanly(secs in proptest::num::f64::ANY) {
+            let _ = from_f64(secs);
+        }
+    }
+}

@@ -7,9 +7,15 @@
 //! durably, so a crash right after a call returns loses nothing.
 //!
 //! The store is synchronous; async callers run it on a blocking thread.
+//!
+//! Timestamps are `OffsetDateTime`s with millisecond precision (finer parts are truncated
+//! on write). Listings take a position to resume after and say whether more items follow;
+//! turning positions into the opaque tokens clients see is the caller's business.
 
 pub mod sqlite;
 pub use sqlite::SqliteStore;
+
+use time::OffsetDateTime;
 
 /// Result of every store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -26,9 +32,6 @@ pub enum StoreError {
     /// Optimistic concurrency failure: the stored version is not the expected one.
     #[error("conflict: {0}")]
     Conflict(String),
-    /// A pagination marker that this store did not issue (or that is malformed).
-    #[error("invalid marker")]
-    InvalidMarker,
     /// The underlying storage failed or holds data this binary cannot read.
     #[error("storage failure: {0}")]
     Backend(String),
@@ -40,8 +43,7 @@ pub enum StoreError {
 pub struct KeyRow {
     pub key_id: String,
     pub account_id: String,
-    /// Epoch seconds.
-    pub created_at: f64,
+    pub created_at: OffsetDateTime,
     /// Optimistic concurrency counter; new keys should be inserted with 1. Stored as given
     /// by [`MetadataStore::insert_key`], bumped by one on every [`MetadataStore::update_key`].
     pub version: i64,
@@ -54,10 +56,8 @@ pub struct AliasRow {
     pub account_id: String,
     pub alias_name: String,
     pub key_id: String,
-    /// Epoch seconds.
-    pub created_at: f64,
-    /// Epoch seconds.
-    pub updated_at: f64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
 }
 
 /// An API credential. The secret is sealed (encrypted by an HSM key) and opaque to the store.
@@ -67,16 +67,33 @@ pub struct CredentialRow {
     pub account_id: String,
     pub principal_arn: String,
     pub sealed_secret: Vec<u8>,
-    /// Epoch seconds.
-    pub created_at: f64,
+    pub created_at: OffsetDateTime,
 }
 
-/// One page of a listing. `next_marker` is opaque; pass it back to get the next page.
-/// It is `None` exactly when there are no further items.
+/// A place in the `(created_at, key_id)` order of [`MetadataStore::list_keys`]. The key
+/// there need not exist (any more): a page resumes after the position, not after a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPosition {
+    pub created_at: OffsetDateTime,
+    pub key_id: String,
+}
+
+impl KeyPosition {
+    /// The position of a listed key.
+    pub fn of(row: &KeyRow) -> KeyPosition {
+        KeyPosition {
+            created_at: row.created_at,
+            key_id: row.key_id.clone(),
+        }
+    }
+}
+
+/// One page of a listing. `truncated` is true exactly when further items follow the last
+/// one; the next page starts after the last item's position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
     pub items: Vec<T>,
-    pub next_marker: Option<String>,
+    pub truncated: bool,
 }
 
 /// The metadata store. Implementations are synchronous and safe to share between threads.
@@ -97,12 +114,12 @@ pub trait MetadataStore: Send + Sync {
     ) -> StoreResult<i64>;
     /// Deletes a key and, atomically with it, every alias pointing at it. `NotFound` if absent.
     fn delete_key(&self, key_id: &str) -> StoreResult<()>;
-    /// One page of an account's keys in stable `(created_at, key_id)` order.
-    /// `InvalidMarker` if `marker` was not issued by this method.
+    /// One page of an account's keys in stable `(created_at, key_id)` order, starting
+    /// after `after` (from the first key when `None`).
     fn list_keys(
         &self,
         account_id: &str,
-        marker: Option<&str>,
+        after: Option<&KeyPosition>,
         limit: usize,
     ) -> StoreResult<Page<KeyRow>>;
     /// Every key of every account, in `(created_at, key_id)` order (cache warm-up).
@@ -116,19 +133,20 @@ pub trait MetadataStore: Send + Sync {
         account_id: &str,
         alias_name: &str,
         new_key_id: &str,
-        updated_at: f64,
+        updated_at: OffsetDateTime,
     ) -> StoreResult<()>;
     /// Deletes an alias. `NotFound` if absent.
     fn delete_alias(&self, account_id: &str, alias_name: &str) -> StoreResult<()>;
     /// Fetches an alias.
     fn get_alias(&self, account_id: &str, alias_name: &str) -> StoreResult<Option<AliasRow>>;
     /// One page of an account's aliases ordered by `alias_name`, optionally only those
-    /// pointing at `key_id`. `InvalidMarker` if `marker` was not issued by this method.
+    /// pointing at `key_id`, starting after the alias name `after` (from the first when
+    /// `None`).
     fn list_aliases(
         &self,
         account_id: &str,
         key_id: Option<&str>,
-        marker: Option<&str>,
+        after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Page<AliasRow>>;
     /// Every alias of every account, ordered by `(account_id, alias_name)`.

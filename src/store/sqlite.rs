@@ -1,6 +1,9 @@
 //! SQLite implementation of [`MetadataStore`]: connection setup (WAL, `synchronous=FULL`,
 //! foreign keys, busy timeout), versioned schema migrations via `PRAGMA user_version`,
-//! the opaque pagination markers, and the mapping of SQLite errors onto [`StoreError`].
+//! keyset pagination, and the mapping of SQLite errors onto [`StoreError`].
+//!
+//! Timestamps are `REAL` columns of epoch seconds with millisecond precision (the same
+//! numbers the API answers with), converted to and from `OffsetDateTime` here.
 //!
 //! One connection behind a mutex serves both reads and writes. Every write runs in a
 //! `BEGIN IMMEDIATE` transaction and returns only after `COMMIT`, which under WAL with
@@ -10,12 +13,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use parking_lot::Mutex;
 use rusqlite::{ffi, params, Connection, OptionalExtension, Row, TransactionBehavior};
+use time::OffsetDateTime;
 
-use super::{AliasRow, CredentialRow, KeyRow, MetadataStore, Page, StoreError, StoreResult};
+use super::{
+    AliasRow, CredentialRow, KeyPosition, KeyRow, MetadataStore, Page, StoreError, StoreResult,
+};
 
 /// Schema migrations, applied in order; after migration `i` (0-based) the database's
 /// `user_version` is `i + 1`. Never edit a released entry: append a new one.
@@ -163,15 +167,30 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Rejects NaN and infinite timestamps (SQLite would store NaN as NULL).
-fn check_time(value: f64, what: &str) -> StoreResult<()> {
-    if value.is_finite() {
-        Ok(())
-    } else {
-        Err(StoreError::Backend(format!(
-            "refusing non-finite {what}: {value}"
-        )))
+/// A timestamp as stored: epoch seconds, milliseconds exact (finer parts truncated).
+fn to_real(t: OffsetDateTime) -> f64 {
+    t.unix_timestamp_nanos().div_euclid(1_000_000) as f64 / 1000.0
+}
+
+/// A stored timestamp, rounded to the millisecond; `None` if it is no representable date.
+fn from_real(secs: f64) -> Option<OffsetDateTime> {
+    if !secs.is_finite() {
+        return None;
     }
+    let ms = (secs * 1000.0).round() as i128; // saturates; the range check follows
+    OffsetDateTime::from_unix_timestamp_nanos(ms.checked_mul(1_000_000)?).ok()
+}
+
+/// Reads timestamp column `i`.
+fn time_col(r: &Row<'_>, i: usize) -> rusqlite::Result<OffsetDateTime> {
+    let secs: f64 = r.get(i)?;
+    from_real(secs).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Real,
+            format!("timestamp out of range: {secs}").into(),
+        )
+    })
 }
 
 fn doc_text(doc: &serde_json::Value) -> StoreResult<String> {
@@ -179,10 +198,10 @@ fn doc_text(doc: &serde_json::Value) -> StoreResult<String> {
 }
 
 /// Columns of a `keys` row before the doc is parsed (parsing errors are not SQL errors).
-type RawKey = (String, String, f64, i64, String);
+type RawKey = (String, String, OffsetDateTime, i64, String);
 
 fn raw_key(r: &Row<'_>) -> rusqlite::Result<RawKey> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    Ok((r.get(0)?, r.get(1)?, time_col(r, 2)?, r.get(3)?, r.get(4)?))
 }
 
 fn key_row((key_id, account_id, created_at, version, doc): RawKey) -> StoreResult<KeyRow> {
@@ -202,8 +221,8 @@ fn alias_row(r: &Row<'_>) -> rusqlite::Result<AliasRow> {
         account_id: r.get(0)?,
         alias_name: r.get(1)?,
         key_id: r.get(2)?,
-        created_at: r.get(3)?,
-        updated_at: r.get(4)?,
+        created_at: time_col(r, 3)?,
+        updated_at: time_col(r, 4)?,
     })
 }
 
@@ -213,72 +232,15 @@ fn credential_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
         account_id: r.get(1)?,
         principal_arn: r.get(2)?,
         sealed_secret: r.get(3)?,
-        created_at: r.get(4)?,
+        created_at: time_col(r, 4)?,
     })
 }
 
-// Markers: URL-safe base64 of a tagged, versioned position.
-//   keys:    "k1:" + 16 hex digits of created_at's IEEE-754 bits + ":" + key_id
-//   aliases: "a1:" + alias_name
-// The tag stops a marker from one listing being accepted by the other.
-
-const KEY_MARKER_TAG: &str = "k1:";
-const ALIAS_MARKER_TAG: &str = "a1:";
-
-fn encode_marker(plain: &str) -> String {
-    URL_SAFE_NO_PAD.encode(plain)
-}
-
-/// Decodes a marker and strips its tag, or fails with `InvalidMarker`.
-fn decode_marker(marker: &str, tag: &str) -> StoreResult<String> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(marker)
-        .map_err(|_| StoreError::InvalidMarker)?;
-    let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidMarker)?;
-    text.strip_prefix(tag)
-        .map(str::to_owned)
-        .ok_or(StoreError::InvalidMarker)
-}
-
-fn key_marker(row: &KeyRow) -> String {
-    encode_marker(&format!(
-        "{KEY_MARKER_TAG}{:016x}:{}",
-        row.created_at.to_bits(),
-        row.key_id
-    ))
-}
-
-fn parse_key_marker(marker: &str) -> StoreResult<(f64, String)> {
-    let rest = decode_marker(marker, KEY_MARKER_TAG)?;
-    let (bits, key_id) = rest.split_once(':').ok_or(StoreError::InvalidMarker)?;
-    if bits.len() != 16 || !bits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(StoreError::InvalidMarker);
-    }
-    let created_at =
-        f64::from_bits(u64::from_str_radix(bits, 16).map_err(|_| StoreError::InvalidMarker)?);
-    if !created_at.is_finite() {
-        return Err(StoreError::InvalidMarker);
-    }
-    Ok((created_at, key_id.to_owned()))
-}
-
-fn alias_marker(row: &AliasRow) -> String {
-    encode_marker(&format!("{ALIAS_MARKER_TAG}{}", row.alias_name))
-}
-
-fn parse_alias_marker(marker: &str) -> StoreResult<String> {
-    decode_marker(marker, ALIAS_MARKER_TAG)
-}
-
 /// Turns `limit + 1` fetched rows into a page of at most `limit` items.
-fn paginate<T>(mut items: Vec<T>, limit: usize, marker: impl Fn(&T) -> String) -> Page<T> {
-    let next_marker = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(marker)
-    } else {
-        None
-    };
-    Page { items, next_marker }
+fn paginate<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
+    let truncated = items.len() > limit;
+    items.truncate(limit);
+    Page { items, truncated }
 }
 
 /// SQLite `LIMIT` for fetching one row more than a page holds (0 is treated as 1).
@@ -289,7 +251,6 @@ fn fetch_limit(limit: usize) -> (usize, i64) {
 
 impl MetadataStore for SqliteStore {
     fn insert_key(&self, row: &KeyRow) -> StoreResult<()> {
-        check_time(row.created_at, "created_at")?;
         let doc = doc_text(&row.doc)?;
         self.write(|tx| {
             tx.prepare_cached(
@@ -300,7 +261,7 @@ impl MetadataStore for SqliteStore {
                 s.execute(params![
                     row.key_id,
                     row.account_id,
-                    row.created_at,
+                    to_real(row.created_at),
                     row.version,
                     doc
                 ])
@@ -369,13 +330,12 @@ impl MetadataStore for SqliteStore {
     fn list_keys(
         &self,
         account_id: &str,
-        marker: Option<&str>,
+        after: Option<&KeyPosition>,
         limit: usize,
     ) -> StoreResult<Page<KeyRow>> {
-        let after = marker.map(parse_key_marker).transpose()?;
         let (limit, fetch) = fetch_limit(limit);
         let raw = self.read(|c| {
-            let rows = match &after {
+            let rows = match after {
                 None => select(
                     c,
                     &format!(
@@ -385,21 +345,21 @@ impl MetadataStore for SqliteStore {
                     params![account_id, fetch],
                     raw_key,
                 ),
-                Some((created_at, key_id)) => select(
+                Some(KeyPosition { created_at, key_id }) => select(
                     c,
                     &format!(
                         "SELECT {KEY_COLUMNS} FROM keys
                          WHERE account_id = ?1 AND (created_at, key_id) > (?2, ?3)
                          ORDER BY created_at, key_id LIMIT ?4"
                     ),
-                    params![account_id, created_at, key_id, fetch],
+                    params![account_id, to_real(*created_at), key_id, fetch],
                     raw_key,
                 ),
             };
             rows.map_err(sql_err)
         })?;
         let items = raw.into_iter().map(key_row).collect::<StoreResult<_>>()?;
-        Ok(paginate(items, limit, key_marker))
+        Ok(paginate(items, limit))
     }
 
     fn all_keys(&self) -> StoreResult<Vec<KeyRow>> {
@@ -416,8 +376,6 @@ impl MetadataStore for SqliteStore {
     }
 
     fn create_alias(&self, row: &AliasRow) -> StoreResult<()> {
-        check_time(row.created_at, "created_at")?;
-        check_time(row.updated_at, "updated_at")?;
         self.write(|tx| {
             tx.prepare_cached(&format!(
                 "INSERT INTO aliases ({ALIAS_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
@@ -427,8 +385,8 @@ impl MetadataStore for SqliteStore {
                     row.account_id,
                     row.alias_name,
                     row.key_id,
-                    row.created_at,
-                    row.updated_at
+                    to_real(row.created_at),
+                    to_real(row.updated_at)
                 ])
             })
             .map_err(sql_err)?;
@@ -441,9 +399,9 @@ impl MetadataStore for SqliteStore {
         account_id: &str,
         alias_name: &str,
         new_key_id: &str,
-        updated_at: f64,
+        updated_at: OffsetDateTime,
     ) -> StoreResult<()> {
-        check_time(updated_at, "updated_at")?;
+        let updated_at = to_real(updated_at);
         self.write(|tx| {
             let n = tx
                 .prepare_cached(
@@ -488,10 +446,9 @@ impl MetadataStore for SqliteStore {
         &self,
         account_id: &str,
         key_id: Option<&str>,
-        marker: Option<&str>,
+        after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Page<AliasRow>> {
-        let after = marker.map(parse_alias_marker).transpose()?;
         let (limit, fetch) = fetch_limit(limit);
         let items = self.read(|c| {
             select(
@@ -508,7 +465,7 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(sql_err)
         })?;
-        Ok(paginate(items, limit, alias_marker))
+        Ok(paginate(items, limit))
     }
 
     fn all_aliases(&self) -> StoreResult<Vec<AliasRow>> {
@@ -524,7 +481,6 @@ impl MetadataStore for SqliteStore {
     }
 
     fn put_credential(&self, row: &CredentialRow) -> StoreResult<()> {
-        check_time(row.created_at, "created_at")?;
         self.write(|tx| {
             tx.prepare_cached(&format!(
                 "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
@@ -535,7 +491,7 @@ impl MetadataStore for SqliteStore {
                     row.account_id,
                     row.principal_arn,
                     row.sealed_secret,
-                    row.created_at
+                    to_real(row.created_at)
                 ])
             })
             .map_err(sql_err)?;
@@ -584,23 +540,28 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::sync::Arc;
 
+    /// The time `secs` epoch seconds (millisecond precision).
+    fn t(secs: f64) -> OffsetDateTime {
+        from_real(secs).unwrap()
+    }
+
     fn key(id: &str, account: &str, created_at: f64) -> KeyRow {
         KeyRow {
             key_id: id.to_owned(),
             account_id: account.to_owned(),
-            created_at,
+            created_at: t(created_at),
             version: 1,
             doc: json!({ "KeyId": id, "KeyState": "Enabled", "n": 0 }),
         }
     }
 
-    fn alias(account: &str, name: &str, key_id: &str, t: f64) -> AliasRow {
+    fn alias(account: &str, name: &str, key_id: &str, secs: f64) -> AliasRow {
         AliasRow {
             account_id: account.to_owned(),
             alias_name: name.to_owned(),
             key_id: key_id.to_owned(),
-            created_at: t,
-            updated_at: t,
+            created_at: t(secs),
+            updated_at: t(secs),
         }
     }
 
@@ -610,7 +571,7 @@ mod tests {
             account_id: "111122223333".to_owned(),
             principal_arn: format!("arn:aws:iam::111122223333:user/{id}"),
             sealed_secret: secret.to_vec(),
-            created_at: 1_700_000_000.5,
+            created_at: t(1_700_000_000.5),
         }
     }
 
@@ -618,17 +579,18 @@ mod tests {
         SqliteStore::open_in_memory().unwrap()
     }
 
-    /// Follows `next_marker` until the end, asserting every page respects `limit`.
+    /// Follows the pages until the end, asserting every page respects `limit`.
     fn all_pages_keys(store: &SqliteStore, account: &str, limit: usize) -> Vec<KeyRow> {
         let mut out = Vec::new();
-        let mut marker: Option<String> = None;
+        let mut after: Option<KeyPosition> = None;
         loop {
-            let page = store.list_keys(account, marker.as_deref(), limit).unwrap();
+            let page = store.list_keys(account, after.as_ref(), limit).unwrap();
             assert!(page.items.len() <= limit.max(1));
+            assert!(!page.items.is_empty() || !page.truncated);
+            after = page.items.last().map(KeyPosition::of);
             out.extend(page.items);
-            match page.next_marker {
-                Some(m) => marker = Some(m),
-                None => return out,
+            if !page.truncated {
+                return out;
             }
         }
     }
@@ -688,7 +650,7 @@ mod tests {
         let got = s.get_key("k1").unwrap().unwrap();
         assert_eq!(
             (got.account_id.as_str(), got.created_at, got.version),
-            ("acct", 1.0, 3)
+            ("acct", t(1.0), 3)
         );
     }
 
@@ -796,34 +758,28 @@ mod tests {
             s.insert_key(&key(&format!("other-{i}"), "acct-other", 0.0))
                 .unwrap();
         }
-        expected.sort_by(|a, b| {
-            a.created_at
-                .partial_cmp(&b.created_at)
-                .unwrap()
-                .then_with(|| a.key_id.cmp(&b.key_id))
-        });
+        expected.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
         for limit in [1, 7, 1000] {
             let got = all_pages_keys(&s, "acct", limit);
             assert_eq!(got.len(), 2500, "limit {limit}");
             assert_eq!(got, expected, "limit {limit}");
         }
-        // Exactly one page when everything fits; next_marker only when more remain.
+        // Exactly one page when everything fits; truncated only when more remain.
         let page = s.list_keys("acct", None, 2500).unwrap();
-        assert_eq!((page.items.len(), page.next_marker), (2500, None));
+        assert_eq!((page.items.len(), page.truncated), (2500, false));
         let page = s.list_keys("acct", None, 2499).unwrap();
-        assert_eq!(page.items.len(), 2499);
-        let last = s
-            .list_keys("acct", page.next_marker.as_deref(), 2499)
-            .unwrap();
+        assert_eq!((page.items.len(), page.truncated), (2499, true));
+        let after = page.items.last().map(KeyPosition::of);
+        let last = s.list_keys("acct", after.as_ref(), 2499).unwrap();
         assert_eq!(last.items, expected[2499..]);
-        assert!(last.next_marker.is_none());
+        assert!(!last.truncated);
     }
 
     #[test]
     fn list_keys_edge_cases() {
         let s = mem();
         let empty = s.list_keys("acct", None, 10).unwrap();
-        assert!(empty.items.is_empty() && empty.next_marker.is_none());
+        assert!(empty.items.is_empty() && !empty.truncated);
 
         for i in 0..3 {
             s.insert_key(&key(&format!("k{i}"), "acct", f64::from(i)))
@@ -832,14 +788,14 @@ mod tests {
         // limit 0 behaves as 1 rather than looping forever.
         let p = s.list_keys("acct", None, 0).unwrap();
         assert_eq!(p.items.len(), 1);
-        assert!(p.next_marker.is_some());
+        assert!(p.truncated);
 
-        // A marker stays valid when the key it points at is deleted: it encodes a position.
+        // A position stays valid when the key there is deleted.
         let p = s.list_keys("acct", None, 1).unwrap();
         assert_eq!(p.items[0].key_id, "k0");
         s.delete_key("k0").unwrap();
         let ids: Vec<_> = s
-            .list_keys("acct", p.next_marker.as_deref(), 10)
+            .list_keys("acct", Some(&KeyPosition::of(&p.items[0])), 10)
             .unwrap()
             .items
             .into_iter()
@@ -849,62 +805,114 @@ mod tests {
     }
 
     #[test]
-    fn invalid_markers_are_rejected() {
+    fn positions_resume_after_a_place_that_need_not_exist() {
         let s = mem();
-        s.insert_key(&key("k1", "acct", 1.0)).unwrap();
-        s.insert_key(&key("k2", "acct", 2.0)).unwrap();
-        s.create_alias(&alias("acct", "alias/a", "k1", 1.0))
-            .unwrap();
-        s.create_alias(&alias("acct", "alias/b", "k1", 1.0))
-            .unwrap();
-        let key_marker = s.list_keys("acct", None, 1).unwrap().next_marker.unwrap();
-        let alias_marker = s
-            .list_aliases("acct", None, None, 1)
-            .unwrap()
-            .next_marker
-            .unwrap();
+        for (id, secs) in [("a", 1.0), ("b", 2.0), ("c", 2.0), ("d", 3.0)] {
+            s.insert_key(&key(id, "acct", secs)).unwrap();
+        }
+        let after = |secs: f64, key_id: &str| {
+            let p = KeyPosition {
+                created_at: t(secs),
+                key_id: key_id.to_owned(),
+            };
+            let page = s.list_keys("acct", Some(&p), 10).unwrap();
+            assert!(!page.truncated);
+            page.items.into_iter().map(|k| k.key_id).collect::<Vec<_>>()
+        };
+        assert_eq!(after(0.0, ""), ["a", "b", "c", "d"]);
+        assert_eq!(after(2.0, "b"), ["c", "d"]);
+        assert_eq!(after(2.0, "bb"), ["c", "d"]);
+        assert_eq!(after(2.5, ""), ["d"]);
+        assert!(after(3.0, "d").is_empty());
 
-        let bad_key_markers = [
-            "".to_owned(),
-            "!!!not base64!!!".to_owned(),
-            URL_SAFE_NO_PAD.encode("hello"),
-            URL_SAFE_NO_PAD.encode([0xff, 0xfe, 0x00]),
-            URL_SAFE_NO_PAD.encode("k1:zzzzzzzzzzzzzzzz:k1"),
-            URL_SAFE_NO_PAD.encode("k1:3ff0:k1"),
-            URL_SAFE_NO_PAD.encode("k1:3ff0000000000000"),
-            URL_SAFE_NO_PAD.encode(format!("k1:{:016x}:k1", f64::NAN.to_bits())),
-            alias_marker.clone(),
-        ];
-        for m in &bad_key_markers {
-            assert!(
-                matches!(
-                    s.list_keys("acct", Some(m), 10),
-                    Err(StoreError::InvalidMarker)
-                ),
-                "{m:?}"
-            );
-        }
-        for m in ["", "%%%", key_marker.as_str()] {
-            assert!(
-                matches!(
-                    s.list_aliases("acct", None, Some(m), 10),
-                    Err(StoreError::InvalidMarker)
-                ),
-                "{m:?}"
-            );
-        }
-        // The genuine markers work.
+        s.create_alias(&alias("acct", "alias/a", "a", 1.0)).unwrap();
+        s.create_alias(&alias("acct", "alias/c", "a", 1.0)).unwrap();
+        let names: Vec<_> = s
+            .list_aliases("acct", None, Some("alias/b"), 10)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|a| a.alias_name)
+            .collect();
+        assert_eq!(names, ["alias/c"]);
+    }
+
+    #[test]
+    fn timestamps_are_epoch_seconds_with_millisecond_precision() {
+        let s = mem();
+        // Written as earlier versions wrote them: REAL epoch seconds.
+        s.conn
+            .lock()
+            .execute_batch(
+                "INSERT INTO keys VALUES ('old', 'acct', 1700000000.123, 1, '{}');
+                 INSERT INTO aliases VALUES ('acct', 'alias/old', 'old', 1700000000.5, 1700000001.25);
+                 INSERT INTO credentials VALUES ('AKID', 'acct', 'arn', x'00', 1700000002.001);",
+            )
+            .unwrap();
+        let at = |ms: i128| OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap();
         assert_eq!(
-            s.list_keys("acct", Some(&key_marker), 10).unwrap().items[0].key_id,
-            "k2"
+            s.get_key("old").unwrap().unwrap().created_at,
+            at(1_700_000_000_123)
+        );
+        let a = s.get_alias("acct", "alias/old").unwrap().unwrap();
+        assert_eq!(
+            (a.created_at, a.updated_at),
+            (at(1_700_000_000_500), at(1_700_000_001_250))
         );
         assert_eq!(
-            s.list_aliases("acct", None, Some(&alias_marker), 10)
-                .unwrap()
-                .items[0]
-                .alias_name,
-            "alias/b"
+            s.credentials().unwrap()[0].created_at,
+            at(1_700_000_002_001)
         );
+
+        // Written now: the same REAL numbers; sub-millisecond parts are truncated.
+        let fine = at(1_700_000_003_456) + time::Duration::nanoseconds(999_999);
+        s.insert_key(&KeyRow {
+            created_at: fine,
+            ..key("new", "acct", 0.0)
+        })
+        .unwrap();
+        s.update_alias("acct", "alias/old", "new", fine).unwrap();
+        let reals: (f64, f64) = s
+            .conn
+            .lock()
+            .query_row(
+                "SELECT k.created_at, a.updated_at FROM keys k, aliases a
+                 WHERE k.key_id = 'new' AND a.alias_name = 'alias/old'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(reals, (1_700_000_003.456, 1_700_000_003.456));
+        assert_eq!(
+            s.get_key("new").unwrap().unwrap().created_at,
+            at(1_700_000_003_456)
+        );
+        // Positions compare with the stored numbers exactly.
+        let after_old = KeyPosition::of(&s.get_key("old").unwrap().unwrap());
+        let page = s.list_keys("acct", Some(&after_old), 10).unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].key_id, "new");
+    }
+
+    #[test]
+    fn ms_round_trip_is_exact_across_the_date_range() {
+        for ms in [
+            0i128,
+            1,
+            -1,
+            999,
+            1_700_000_000_123,
+            2_147_483_647_999,
+            -377_705_116_800_000,
+            253_402_300_799_999,
+        ] {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap();
+            assert_eq!(from_real(to_real(t)), Some(t), "{ms}");
+        }
+        assert_eq!(from_real(f64::NAN), None);
+        assert_eq!(from_real(f64::INFINITY), None);
+        assert_eq!(from_real(1e300), None);
+        assert_eq!(from_real(-1e300), None);
     }
 
     #[test]
@@ -933,18 +941,18 @@ mod tests {
         ));
         assert!(s.get_alias("acct", "alias/dangling").unwrap().is_none());
 
-        s.update_alias("acct", "alias/app", "k2", 200.0).unwrap();
+        s.update_alias("acct", "alias/app", "k2", t(200.0)).unwrap();
         let got = s.get_alias("acct", "alias/app").unwrap().unwrap();
         assert_eq!(
             (got.key_id.as_str(), got.created_at, got.updated_at),
-            ("k2", 100.0, 200.0)
+            ("k2", t(100.0), t(200.0))
         );
         assert!(matches!(
-            s.update_alias("acct", "alias/none", "k1", 1.0),
+            s.update_alias("acct", "alias/none", "k1", t(1.0)),
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            s.update_alias("acct", "alias/app", "ghost", 300.0),
+            s.update_alias("acct", "alias/app", "ghost", t(300.0)),
             Err(StoreError::NotFound)
         ));
         // A failed update changes nothing.
@@ -986,17 +994,17 @@ mod tests {
 
         let walk = |key_id: Option<&str>, limit: usize| {
             let mut names = Vec::new();
-            let mut marker: Option<String> = None;
+            let mut after: Option<String> = None;
             loop {
                 let p = s
-                    .list_aliases("acct", key_id, marker.as_deref(), limit)
+                    .list_aliases("acct", key_id, after.as_deref(), limit)
                     .unwrap();
                 assert!(p.items.len() <= limit);
                 assert!(p.items.iter().all(|a| a.account_id == "acct"));
+                after = p.items.last().map(|a| a.alias_name.clone());
                 names.extend(p.items.into_iter().map(|a| a.alias_name));
-                match p.next_marker {
-                    Some(m) => marker = Some(m),
-                    None => return names,
+                if !p.truncated {
+                    return names;
                 }
             }
         };
@@ -1006,7 +1014,7 @@ mod tests {
         }
         assert!(walk(Some("kx"), 10).is_empty());
         let p = s.list_aliases("acct", None, None, 25).unwrap();
-        assert!(p.next_marker.is_none());
+        assert!(!p.truncated);
 
         let every: Vec<_> = s
             .all_aliases()
@@ -1050,18 +1058,14 @@ mod tests {
     }
 
     #[test]
-    fn non_finite_timestamps_are_refused() {
+    fn unreadable_timestamps_are_backend_errors() {
         let s = mem();
-        assert!(matches!(
-            s.insert_key(&key("k", "acct", f64::NAN)),
-            Err(StoreError::Backend(_))
-        ));
-        assert!(s.get_key("k").unwrap().is_none());
-        s.insert_key(&key("k", "acct", 1.0)).unwrap();
-        assert!(s
-            .create_alias(&alias("acct", "alias/a", "k", f64::INFINITY))
-            .is_err());
-        assert!(s.update_alias("acct", "alias/a", "k", f64::NAN).is_err());
+        s.conn
+            .lock()
+            .execute_batch("INSERT INTO keys VALUES ('far', 'acct', 1e300, 1, '{}');")
+            .unwrap();
+        assert!(matches!(s.get_key("far"), Err(StoreError::Backend(_))));
+        assert!(matches!(s.all_keys(), Err(StoreError::Backend(_))));
     }
 
     #[test]
@@ -1259,12 +1263,7 @@ mod tests {
                     expected.push(k);
                 }
             }
-            expected.sort_by(|a, b| {
-                a.created_at
-                    .partial_cmp(&b.created_at)
-                    .unwrap()
-                    .then_with(|| a.key_id.cmp(&b.key_id))
-            });
+            expected.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
             proptest::prop_assert_eq!(all_pages_keys(&s, "acct", limit), expected);
         }
     }

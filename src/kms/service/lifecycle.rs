@@ -4,27 +4,27 @@
 
 use super::{Entry, KeyState, Kms, Resolved};
 use crate::auth::Principal;
-use crate::kms::model::Empty;
+use crate::kms::marker::{self, Marker};
+use crate::kms::model::{epoch_seconds, Empty};
 use crate::kms::requests::CreateKey;
 use crate::kms::types::{AliasName, KeyId, KeyManager, KeyRef, Tag};
 use crate::kms::KmsError;
 use crate::store::AliasRow;
-use base64::Engine;
 use serde::Serialize;
+use time::{Duration, OffsetDateTime};
 
 /// Tags per KMS key (AWS quota).
 pub const MAX_TAGS_PER_KEY: usize = 50;
 /// `PendingWindowInDays` when the request has none.
 pub const DEFAULT_PENDING_WINDOW_DAYS: u32 = 30;
-const SECONDS_PER_DAY: f64 = 86_400.0;
-const TAG_MARKER_PREFIX: &str = "tags:";
 
 /// `ScheduleKeyDeletion` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ScheduleKeyDeletionOutput {
     pub key_id: String,
-    pub deletion_date: f64,
+    #[serde(with = "epoch_seconds")]
+    pub deletion_date: OffsetDateTime,
     pub key_state: KeyState,
     pub pending_window_in_days: u32,
 }
@@ -42,11 +42,11 @@ pub struct CancelKeyDeletionOutput {
 pub struct ListResourceTagsOutput {
     pub tags: Vec<Tag>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_marker: Option<String>,
+    pub next_marker: Option<Marker>,
     pub truncated: bool,
 }
 
-fn is_due(doc: &crate::kms::model::KeyDoc, now: f64) -> bool {
+fn is_due(doc: &crate::kms::model::KeyDoc, now: OffsetDateTime) -> bool {
     doc.key_state == KeyState::PendingDeletion && doc.deletion_date.is_some_and(|d| d <= now)
 }
 
@@ -145,7 +145,7 @@ impl Kms {
         ) {
             return Err(already);
         }
-        let deletion_date = self.now() + f64::from(window) * SECONDS_PER_DAY;
+        let deletion_date = self.now().saturating_add(Duration::days(i64::from(window)));
         let doc = self
             .update_doc(&e.doc.key_id, |d| {
                 if d.key_state == KeyState::PendingDeletion {
@@ -157,7 +157,7 @@ impl Kms {
                 Ok(())
             })
             .await?;
-        tracing::info!(key = %arn, deletion_date, "key deletion scheduled");
+        tracing::info!(key = %arn, %deletion_date, "key deletion scheduled");
         Ok(ScheduleKeyDeletionOutput {
             key_id: arn,
             deletion_date,
@@ -311,17 +311,7 @@ impl Kms {
         marker: Option<&str>,
     ) -> Result<ListResourceTagsOutput, KmsError> {
         let e = keys.key()?;
-        let after = match marker {
-            None => None,
-            Some(m) => Some(
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(m)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|s| s.strip_prefix(TAG_MARKER_PREFIX).map(str::to_string))
-                    .ok_or_else(|| KmsError::InvalidMarker("Invalid marker".into()))?,
-            ),
-        };
+        let after = Marker::decode_opt(marker::ResourceTags, marker)?;
         let mut tags = e.doc.tags.clone();
         tags.sort_by(|a, b| a.key().cmp(b.key()));
         let rest: Vec<Tag> = tags
@@ -330,13 +320,9 @@ impl Kms {
             .collect();
         let truncated = rest.len() > limit;
         let page: Vec<Tag> = rest.into_iter().take(limit).collect();
-        let next_marker = match (truncated, page.last()) {
-            (true, Some(last)) => Some(
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(format!("{TAG_MARKER_PREFIX}{}", last.key())),
-            ),
-            _ => None,
-        };
+        let next_marker = Marker::after_last(marker::ResourceTags, truncated, &page, |t| {
+            t.key().to_string()
+        });
         Ok(ListResourceTagsOutput {
             tags: page,
             truncated: next_marker.is_some(),

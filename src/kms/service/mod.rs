@@ -9,6 +9,7 @@
 use super::ciphertext::{self, Blob, Header};
 use super::context::EncryptionContext;
 use super::error::KmsError;
+use super::marker::{self, Marker};
 use super::model::*;
 use super::requests::{self, DataKeySize, Page};
 use super::types::{
@@ -18,10 +19,11 @@ use super::types::{
 use super::vault::{KeyKind, KeyVault, ObjectId};
 use crate::auth::Principal;
 use crate::clock::Clock;
-use crate::store::{AliasRow, KeyRow, MetadataStore};
+use crate::store::{AliasRow, KeyPosition, KeyRow, MetadataStore};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 mod asymmetric;
@@ -58,10 +60,6 @@ pub struct Kms {
     /// Serializes first-use creation of AWS managed keys (`alias/aws/…`).
     aws_managed: tokio::sync::Mutex<()>,
     rotation: rotation::Rotations,
-}
-
-fn epoch(clock: &dyn Clock) -> f64 {
-    (clock.now().unix_timestamp_nanos() / 1_000_000) as f64 / 1000.0
 }
 
 fn object_id(key: &KeyId, version: u32) -> ObjectId {
@@ -153,9 +151,9 @@ impl Kms {
         resync.map(|_| ())
     }
 
-    /// The current time as AWS epoch seconds (millisecond precision).
-    pub(crate) fn now(&self) -> f64 {
-        epoch(self.clock.as_ref())
+    /// The current time, to the millisecond (the precision of stored and answered dates).
+    pub(crate) fn now(&self) -> OffsetDateTime {
+        epoch_seconds::truncate(self.clock.now())
     }
 
     fn arn(&self, doc: &KeyDoc) -> String {
@@ -475,9 +473,12 @@ impl Kms {
         Page { limit, marker }: Page,
     ) -> Result<ListKeysOutput, KmsError> {
         let account = p.account_id.clone();
+        let after = Marker::decode_opt(marker::Keys, marker.as_deref())?;
         let page = self
-            .blocking(move |s| s.list_keys(&account, marker.as_deref(), limit))
+            .blocking(move |s| s.list_keys(&account, after.as_ref(), limit))
             .await?;
+        let next_marker =
+            Marker::after_last(marker::Keys, page.truncated, &page.items, KeyPosition::of);
         let keys = page
             .items
             .into_iter()
@@ -493,8 +494,8 @@ impl Kms {
             .collect();
         Ok(ListKeysOutput {
             keys,
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker,
+            truncated: next_marker.is_some(),
+            next_marker,
         })
     }
 
@@ -825,9 +826,13 @@ impl Kms {
         let account = self.account(p)?;
         let key_id = keys.key.as_ref().map(|e| e.doc.key_id.to_string());
         let a = account.as_str().to_string();
+        let after = Marker::decode_opt(marker::Aliases, marker.as_deref())?;
         let page = self
-            .blocking(move |s| s.list_aliases(&a, key_id.as_deref(), marker.as_deref(), limit))
+            .blocking(move |s| s.list_aliases(&a, key_id.as_deref(), after.as_deref(), limit))
             .await?;
+        let next_marker = Marker::after_last(marker::Aliases, page.truncated, &page.items, |a| {
+            a.alias_name.clone()
+        });
         let aliases = page
             .items
             .into_iter()
@@ -846,8 +851,8 @@ impl Kms {
             .collect();
         Ok(ListAliasesOutput {
             aliases,
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker,
+            truncated: next_marker.is_some(),
+            next_marker,
         })
     }
 }

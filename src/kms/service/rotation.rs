@@ -22,7 +22,8 @@
 //! a `BackingKey` whose object arrives by unwrap instead of generation, promoted the same way.
 
 use super::{object_id, Entry, Kms, Resolved};
-use crate::kms::model::{BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
+use crate::kms::marker::{self, Marker};
+use crate::kms::model::{epoch_seconds, BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
 use crate::kms::vault::{KeyKind, ObjectId};
 use crate::kms::KmsError;
@@ -32,6 +33,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
 
 /// AWS's default period for automatic rotation.
 pub const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
@@ -40,14 +42,18 @@ pub const MIN_ROTATION_PERIOD_DAYS: u32 = 90;
 pub const MAX_ROTATION_PERIOD_DAYS: u32 = 2560;
 /// AWS's quota of on-demand rotations per key.
 pub const DEFAULT_ON_DEMAND_ROTATION_LIMIT: u32 = 25;
-const DAY: f64 = 86_400.0;
-/// An on-demand rotation within this many seconds of a scheduled one is a conflict (AWS).
-const CONFLICT_WINDOW: f64 = 20.0 * 60.0;
+/// An on-demand rotation this close to a scheduled one is a conflict (AWS).
+const CONFLICT_WINDOW: Duration = Duration::minutes(20);
+
+/// A rotation period.
+fn days(n: u32) -> Duration {
+    Duration::days(i64::from(n))
+}
 
 /// Rotation bookkeeping that is not metadata: which keys are being rotated right now (and
 /// since when), and the on-demand quota.
 pub(crate) struct Rotations {
-    in_progress: Mutex<HashMap<KeyId, f64>>,
+    in_progress: Mutex<HashMap<KeyId, OffsetDateTime>>,
     on_demand_limit: AtomicU32,
 }
 
@@ -62,7 +68,7 @@ impl Default for Rotations {
 
 /// Marks a key as being rotated for as long as it lives (also if the future is dropped).
 struct InProgress<'a> {
-    map: &'a Mutex<HashMap<KeyId, f64>>,
+    map: &'a Mutex<HashMap<KeyId, OffsetDateTime>>,
     key: KeyId,
 }
 
@@ -98,10 +104,10 @@ fn schedule_of(doc: &KeyDoc) -> Option<RotationSchedule> {
             .backing
             .iter()
             .map(|b| b.created)
-            .fold(doc.creation_date, f64::max);
+            .fold(doc.creation_date, OffsetDateTime::max);
         return Some(RotationSchedule {
             period_days: DEFAULT_ROTATION_PERIOD_DAYS,
-            next_rotation_date: newest + DEFAULT_ROTATION_PERIOD_DAYS as f64 * DAY,
+            next_rotation_date: newest.saturating_add(days(DEFAULT_ROTATION_PERIOD_DAYS)),
         });
     }
     doc.rotation_schedule
@@ -109,11 +115,11 @@ fn schedule_of(doc: &KeyDoc) -> Option<RotationSchedule> {
 
 /// The date after an automatic rotation at `now`: one period after the date it was due, or
 /// one period from now if it ran more than a period late (no burst of catch-up rotations).
-fn next_after(s: &RotationSchedule, now: f64) -> f64 {
-    let period = s.period_days as f64 * DAY;
-    let next = s.next_rotation_date + period;
+fn next_after(s: &RotationSchedule, now: OffsetDateTime) -> OffsetDateTime {
+    let period = days(s.period_days);
+    let next = s.next_rotation_date.saturating_add(period);
     if next <= now {
-        now + period
+        now.saturating_add(period)
     } else {
         next
     }
@@ -126,10 +132,16 @@ pub struct KeyRotationStatusOutput {
     pub key_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_period_in_days: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_rotation_date: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_demand_rotation_start_date: Option<f64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "epoch_seconds::option"
+    )]
+    pub next_rotation_date: Option<OffsetDateTime>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "epoch_seconds::option"
+    )]
+    pub on_demand_rotation_start_date: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,8 +156,11 @@ pub struct RotationsListEntry {
     pub key_id: String,
     pub key_material_id: String,
     pub key_material_state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rotation_date: Option<f64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "epoch_seconds::option"
+    )]
+    pub rotation_date: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_type: Option<RotationType>,
 }
@@ -155,7 +170,7 @@ pub struct RotationsListEntry {
 pub struct ListKeyRotationsOutput {
     pub rotations: Vec<RotationsListEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_marker: Option<String>,
+    pub next_marker: Option<Marker>,
     pub truncated: bool,
 }
 
@@ -265,8 +280,11 @@ impl Kms {
         self.update_doc(&e.doc.key_id, |d| {
             // Already enabled: a new period counts from the same start as the old one.
             let next = match d.rotation_schedule {
-                Some(s) => s.next_rotation_date - s.period_days as f64 * DAY + period as f64 * DAY,
-                None => now + period as f64 * DAY,
+                Some(s) => s
+                    .next_rotation_date
+                    .saturating_sub(days(s.period_days))
+                    .saturating_add(days(period)),
+                None => now.saturating_add(days(period)),
             };
             d.rotation_schedule = Some(RotationSchedule {
                 period_days: period,
@@ -346,12 +364,7 @@ impl Kms {
     ) -> Result<ListKeyRotationsOutput, KmsError> {
         let e = keys.key()?;
         self.symmetric_for_rotation(&e)?;
-        let from = match marker {
-            None => 0,
-            Some(m) => m
-                .parse::<u32>()
-                .map_err(|_| KmsError::InvalidMarker("Invalid marker".into()))?,
-        };
+        let from = Marker::decode_opt(marker::KeyRotations, marker)?.unwrap_or(0);
         let mut all: Vec<&BackingKey> = e
             .doc
             .backing
@@ -359,7 +372,9 @@ impl Kms {
             .filter(|b| b.version >= from && (include_all_material || b.rotation.is_some()))
             .collect();
         all.sort_by_key(|b| b.version);
-        let next_marker = all.get(limit).map(|b| b.version.to_string());
+        let next_marker = all
+            .get(limit)
+            .map(|b| Marker::encode(marker::KeyRotations, &b.version));
         let rotations = all
             .into_iter()
             .take(limit)
@@ -442,7 +457,7 @@ impl Kms {
         let arn = self.arn(&e.doc);
         match kind {
             RotationType::Automatic => {
-                if !schedule_of(&e.doc).is_some_and(|s| s.next_rotation_date <= started) {
+                if schedule_of(&e.doc).is_none_or(|s| s.next_rotation_date > started) {
                     return Ok(false);
                 }
             }
@@ -460,9 +475,9 @@ impl Kms {
                         "{arn} has reached its limit of {limit} on-demand rotations."
                     )));
                 }
-                if schedule_of(&e.doc)
-                    .is_some_and(|s| s.next_rotation_date - started <= CONFLICT_WINDOW)
-                {
+                if schedule_of(&e.doc).is_some_and(|s| {
+                    s.next_rotation_date <= started.saturating_add(CONFLICT_WINDOW)
+                }) {
                     return Err(KmsError::Conflict(format!(
                         "An automatic rotation of {arn} is in progress or scheduled to begin within the next 20 minutes."
                     )));
@@ -521,6 +536,13 @@ impl Kms {
 mod tests {
     use super::*;
 
+    /// The time `secs` epoch seconds after 1970.
+    fn at(secs: f64) -> OffsetDateTime {
+        epoch_seconds::from_f64(secs).unwrap()
+    }
+
+    const DAY: f64 = 86_400.0;
+
     #[test]
     fn key_material_id_is_64_lowercase_hex_and_differs_per_generation() {
         let a = key_material_id("kms/k/1");
@@ -535,12 +557,18 @@ mod tests {
     fn next_date_keeps_the_rhythm_unless_a_period_late() {
         let s = RotationSchedule {
             period_days: 90,
-            next_rotation_date: 1000.0 * DAY,
+            next_rotation_date: at(1000.0 * DAY),
         };
-        assert_eq!(next_after(&s, 1000.0 * DAY), 1090.0 * DAY);
-        assert_eq!(next_after(&s, 1010.0 * DAY), 1090.0 * DAY);
-        assert_eq!(next_after(&s, 1090.0 * DAY), 1180.0 * DAY);
-        assert_eq!(next_after(&s, 1200.0 * DAY), 1290.0 * DAY);
+        assert_eq!(next_after(&s, at(1000.0 * DAY)), at(1090.0 * DAY));
+        assert_eq!(next_after(&s, at(1010.0 * DAY)), at(1090.0 * DAY));
+        assert_eq!(next_after(&s, at(1090.0 * DAY)), at(1180.0 * DAY));
+        assert_eq!(next_after(&s, at(1200.0 * DAY)), at(1290.0 * DAY));
+        // At the end of the representable dates it saturates instead of panicking.
+        let end = RotationSchedule {
+            period_days: 2560,
+            next_rotation_date: at(253_402_300_799.0),
+        };
+        assert!(next_after(&end, end.next_rotation_date) >= end.next_rotation_date);
     }
 
     #[test]
@@ -562,15 +590,18 @@ mod tests {
         let s = schedule_of(&doc).unwrap();
         assert_eq!(
             (s.period_days, s.next_rotation_date),
-            (365, 10.0 + 365.0 * DAY)
+            (365, at(10.0 + 365.0 * DAY))
         );
         doc.backing.push(BackingKey {
             version: 2,
             object_id: ObjectId::new("kms/x/2/00"),
-            created: 400.0 * DAY,
+            created: at(400.0 * DAY),
             rotation: Some(RotationType::Automatic),
         });
-        assert_eq!(schedule_of(&doc).unwrap().next_rotation_date, 765.0 * DAY);
+        assert_eq!(
+            schedule_of(&doc).unwrap().next_rotation_date,
+            at(765.0 * DAY)
+        );
         doc.key_manager = KeyManager::Customer;
         assert_eq!(schedule_of(&doc), None);
     }
@@ -593,6 +624,8 @@ mod tests {
         let doc: KeyDoc = serde_json::from_value(old).unwrap();
         assert_eq!(doc.rotation_schedule, None);
         assert_eq!(doc.backing[0].rotation, None);
+        assert_eq!(doc.creation_date, at(1.0));
+        assert_eq!(doc.deletion_date, None);
         assert_eq!(
             current_key_material_id(&doc),
             Some(key_material_id("kms/x/1"))
@@ -602,13 +635,13 @@ mod tests {
         d.backing.push(BackingKey {
             version: 2,
             object_id: ObjectId::new("kms/x/2/00000000"),
-            created: 2.0,
+            created: at(2.0),
             rotation: Some(RotationType::OnDemand),
         });
         d.current_backing = 2;
         d.rotation_schedule = Some(RotationSchedule {
             period_days: 365,
-            next_rotation_date: 3.0,
+            next_rotation_date: at(3.0),
         });
         let back: KeyDoc = serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
         assert_eq!(back, d);
@@ -616,5 +649,87 @@ mod tests {
             serde_json::to_value(RotationType::OnDemand).unwrap(),
             "ON_DEMAND"
         );
+    }
+
+    /// A document as the f64-timestamp code wrote it (field order and numbers as
+    /// serde_json wrote them) loads with the same instants and is written back byte for
+    /// byte.
+    #[test]
+    fn documents_written_with_f64_timestamps_load_and_rewrite_identically() {
+        let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+        let written = format!(
+            concat!(
+                r#"{{"key_id":"{id}","account_id":"111122223333","description":"app","#,
+                r#""key_spec":"SYMMETRIC_DEFAULT","key_usage":"ENCRYPT_DECRYPT","#,
+                r#""key_state":"PendingDeletion","origin":"AWS_KMS","key_manager":"CUSTOMER","#,
+                r#""creation_date":1700000000.123,"deletion_date":1702592000.123,"#,
+                r#""pending_window_days":30,"backing":["#,
+                r#"{{"version":1,"object_id":"kms/{id}/1","created":1700000000.123,"rotation":null}},"#,
+                r#"{{"version":2,"object_id":"kms/{id}/2/0a1b2c3d","created":1700086400.5,"rotation":"ON_DEMAND"}},"#,
+                r#"{{"version":3,"object_id":"kms/{id}/3/00ff00ff","created":1731536000.001,"rotation":"AUTOMATIC"}}],"#,
+                r#""current_backing":3,"tags":[{{"TagKey":"env","TagValue":"prod"}}],"#,
+                r#""rotation_schedule":{{"period_days":365,"next_rotation_date":1763072000.001}}}}"#
+            ),
+            id = id
+        );
+        let doc: KeyDoc = serde_json::from_str(&written).unwrap();
+        let ms = |ms: i128| OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap();
+        assert_eq!(doc.creation_date, ms(1_700_000_000_123));
+        assert_eq!(doc.deletion_date, Some(ms(1_702_592_000_123)));
+        assert_eq!(
+            doc.deletion_date,
+            Some(doc.creation_date + Duration::days(30))
+        );
+        assert_eq!(doc.backing[1].created, ms(1_700_086_400_500));
+        assert_eq!(doc.backing[2].created, ms(1_731_536_000_001));
+        let s = doc.rotation_schedule.unwrap();
+        assert_eq!(s.next_rotation_date, ms(1_763_072_000_001));
+        assert_eq!(
+            next_after(&s, doc.backing[2].created),
+            ms(1_794_608_000_001)
+        );
+        assert_eq!(serde_json::to_string(&doc).unwrap(), written);
+
+        // What the answers carry: the same numbers.
+        let status = KeyRotationStatusOutput {
+            key_rotation_enabled: true,
+            key_id: id.into(),
+            rotation_period_in_days: Some(s.period_days),
+            next_rotation_date: Some(s.next_rotation_date),
+            on_demand_rotation_start_date: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            format!(
+                r#"{{"KeyRotationEnabled":true,"KeyId":"{id}","RotationPeriodInDays":365,"NextRotationDate":1763072000.001}}"#
+            )
+        );
+
+        // Whole seconds are written as they were (`1.0`), and integers are read.
+        let whole: KeyDoc = serde_json::from_str(&written.replace(
+            "1700000000.123,\"deletion_date\"",
+            "1700000000,\"deletion_date\"",
+        ))
+        .unwrap();
+        assert_eq!(whole.creation_date, ms(1_700_000_000_000));
+        assert!(serde_json::to_string(&whole)
+            .unwrap()
+            .contains(r#""creation_date":1700000000.0,"#));
+    }
+
+    #[test]
+    fn unreadable_dates_are_refused() {
+        let doc = |creation: &str| {
+            serde_json::from_str::<KeyDoc>(&format!(
+                r#"{{"key_id":"1234abcd-12ab-34cd-56ef-1234567890ab","account_id":"111122223333",
+                "description":"","key_spec":"SYMMETRIC_DEFAULT","key_usage":"ENCRYPT_DECRYPT",
+                "key_state":"Enabled","origin":"AWS_KMS","key_manager":"CUSTOMER",
+                "creation_date":{creation},"backing":[],"current_backing":1}}"#
+            ))
+        };
+        assert!(doc("1.5").is_ok());
+        for bad in ["1e300", "-1e300", "\"1.5\"", "null", "true"] {
+            assert!(doc(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -210,8 +210,9 @@ impl Harness {
         (0..self.fake.hsm_count()).all(|h| objects.iter().all(|o| !self.fake.holds(h, o)))
     }
 
+    /// The current time as the answers write it (epoch seconds).
     fn epoch(&self) -> f64 {
-        self.kms.now()
+        crate::kms::model::epoch_seconds::to_f64(self.kms.now())
     }
 }
 
