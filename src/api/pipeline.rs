@@ -36,7 +36,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
     let started = Instant::now();
     let outcome = run(app, req).instrument(span.clone()).await;
     let _in = span.enter();
-    record(&outcome, started);
+    record(app, &outcome, started);
     match outcome.result {
         Ok(mut r) => {
             set_headers(&mut r, &request_id);
@@ -50,7 +50,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
 struct Outcome {
     operation: Option<Operation>,
     principal: Option<String>,
-    resources: Vec<String>,
+    keys: Option<Resolved>,
     result: Result<Response, ApiError>,
 }
 
@@ -58,7 +58,7 @@ async fn run(app: &AppState, req: Request) -> Outcome {
     let mut out = Outcome {
         operation: None,
         principal: None,
-        resources: Vec::new(),
+        keys: None,
         result: Err(ApiError::unknown_operation()),
     };
     out.result = steps(app, req, &mut out).await;
@@ -73,12 +73,13 @@ async fn steps(app: &AppState, req: Request, out: &mut Outcome) -> Result<Respon
     let json = json_body(&body)?;
     let request = parse::parse(op, &Input::new(&json))?;
     // 3. resolve
-    let keys: Resolved = app.kms.resolve(&principal, op, &request).await?;
-    out.resources = app.kms.resource_arns(&keys);
+    let keys = out
+        .keys
+        .insert(app.kms.resolve(&principal, op, &request).await?);
     // 4. authorize
-    app.kms.authorize(&principal, op, &keys)?;
+    app.kms.authorize(&principal, op, keys)?;
     // 5. execute
-    let reply = app.kms.execute(&principal, request, &keys).await?;
+    let reply = app.kms.execute(&principal, request, keys).await?;
     // 7. respond (6. record runs in `handle`, for every outcome)
     let bytes = reply.to_json().map_err(|e| {
         tracing::error!(error = %e, "response serialization failed");
@@ -146,16 +147,24 @@ fn json_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, 
 
 /// Step 6, record: one structured event per call (target `hsm_kms::audit`), never with
 /// plaintext, ciphertext, key material or secrets. The audit trail fills this in.
-fn record(out: &Outcome, started: Instant) {
+fn record(app: &AppState, out: &Outcome, started: Instant) {
     let operation = out.operation.map_or("unknown", Operation::name);
     let principal = out.principal.as_deref().unwrap_or("-");
     let elapsed_us = started.elapsed().as_micros() as u64;
+    // Key ARNs are formatted only for an event that is recorded.
+    let resources = || {
+        out.keys
+            .as_ref()
+            .map(|k| app.kms.resource_arns(k))
+            .unwrap_or_default()
+    };
     match &out.result {
+        Ok(_) if !tracing::enabled!(target: "hsm_kms::audit", tracing::Level::DEBUG) => {}
         Ok(_) => tracing::debug!(
             target: "hsm_kms::audit",
             %operation,
             %principal,
-            resources = ?out.resources,
+            resources = ?resources(),
             elapsed_us,
             "call succeeded"
         ),
@@ -163,7 +172,7 @@ fn record(out: &Outcome, started: Instant) {
             target: "hsm_kms::audit",
             %operation,
             %principal,
-            resources = ?out.resources,
+            resources = ?resources(),
             error = %e.aws_type,
             elapsed_us,
             "call failed"

@@ -5,10 +5,9 @@
 
 use super::cluster::HsmCluster;
 use super::error::HsmError;
-use super::{KeyKind as HsmKind, NodeState, PairSpec as HsmPair, PairUse as HsmUse};
-use super::{SignScheme as HsmScheme, IV_LEN};
+use super::{NodeState, IV_LEN};
 use crate::kms::vault::{
-    DataKeyPair, HsmStatus, KeyKind, KeyVault, ObjectId, PairSpec, PairUse, Sealed, SealedDataKey,
+    DataKeyPair, HsmStatus, KeyKind, KeyVault, ObjectId, PairSpec, Sealed, SealedDataKey,
     SignScheme, VaultError,
 };
 use crate::pkix::{Curve, Hash};
@@ -37,39 +36,6 @@ impl From<HsmError> for VaultError {
     }
 }
 
-fn pair(p: PairSpec) -> HsmPair {
-    match p {
-        PairSpec::Rsa(bits) => HsmPair::Rsa(bits),
-        PairSpec::Ec(c) => HsmPair::Ec(c),
-        PairSpec::Ed25519 => HsmPair::Ed25519,
-    }
-}
-
-fn kind(k: KeyKind) -> HsmKind {
-    match k {
-        KeyKind::Aes => HsmKind::Aes,
-        KeyKind::Hmac(len) => HsmKind::Hmac(len),
-        KeyKind::Pair(p, u) => HsmKind::Pair(
-            pair(p),
-            match u {
-                PairUse::Sign => HsmUse::Sign,
-                PairUse::Decrypt => HsmUse::Decrypt,
-                PairUse::Derive => HsmUse::Derive,
-            },
-        ),
-    }
-}
-
-fn scheme(s: SignScheme) -> HsmScheme {
-    match s {
-        SignScheme::Ecdsa(c) => HsmScheme::Ecdsa(c),
-        SignScheme::RsaPkcs1(h) => HsmScheme::RsaPkcs1(h),
-        SignScheme::RsaPss(h) => HsmScheme::RsaPss(h),
-        SignScheme::Ed25519 => HsmScheme::Ed25519,
-        SignScheme::Ed25519ph => HsmScheme::Ed25519ph,
-    }
-}
-
 #[async_trait::async_trait]
 impl KeyVault for HsmCluster {
     async fn create_key(
@@ -79,16 +45,16 @@ impl KeyVault for HsmCluster {
         k: KeyKind,
     ) -> Result<Option<Vec<u8>>, VaultError> {
         let id = id.as_bytes();
-        Ok(match kind(k) {
-            HsmKind::Aes => {
+        Ok(match k {
+            KeyKind::Aes => {
                 self.create_aes_key(id, label).await?;
                 None
             }
-            HsmKind::Hmac(len) => {
+            KeyKind::Hmac(len) => {
                 self.create_hmac_key(id, label, len).await?;
                 None
             }
-            HsmKind::Pair(spec, usage) => Some(self.create_key_pair(id, label, spec, usage).await?),
+            KeyKind::Pair(spec, usage) => Some(self.create_key_pair(id, label, spec, usage).await?),
         })
     }
 
@@ -100,9 +66,9 @@ impl KeyVault for HsmCluster {
         &self,
         keys: &[(ObjectId, String, KeyKind)],
     ) -> Result<usize, VaultError> {
-        let all: Vec<(Vec<u8>, String, HsmKind)> = keys
+        let all: Vec<(Vec<u8>, String, KeyKind)> = keys
             .iter()
-            .map(|(id, label, k)| (id.as_bytes().to_vec(), label.clone(), kind(*k)))
+            .map(|(id, label, k)| (id.as_bytes().to_vec(), label.clone(), *k))
             .collect();
         Ok(self.replicate_missing_kinds(&all).await?)
     }
@@ -145,7 +111,7 @@ impl KeyVault for HsmCluster {
         s: SignScheme,
         input: Vec<u8>,
     ) -> Result<Vec<u8>, VaultError> {
-        Ok(HsmCluster::sign(self, id.as_bytes(), scheme(s), input).await?)
+        Ok(HsmCluster::sign(self, id.as_bytes(), s, input).await?)
     }
 
     async fn verify(
@@ -155,7 +121,7 @@ impl KeyVault for HsmCluster {
         input: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<bool, VaultError> {
-        Ok(HsmCluster::verify(self, id.as_bytes(), scheme(s), input, signature).await?)
+        Ok(HsmCluster::verify(self, id.as_bytes(), s, input, signature).await?)
     }
 
     async fn mac(
@@ -190,7 +156,7 @@ impl KeyVault for HsmCluster {
     }
 
     async fn generate_data_key_pair(&self, spec: PairSpec) -> Result<DataKeyPair, VaultError> {
-        Ok(HsmCluster::generate_data_key_pair(self, pair(spec)).await?)
+        Ok(HsmCluster::generate_data_key_pair(self, spec).await?)
     }
 
     fn can_hold_ed25519_keys(&self) -> bool {
