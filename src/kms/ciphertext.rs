@@ -21,12 +21,15 @@ use super::types::KeyId;
 pub const FORMAT_VERSION: u8 = 1;
 /// Version byte + key id + backing version.
 pub const HEADER_LEN: usize = 1 + 16 + 4;
+/// Length of the AES-GCM IV (nonce).
 pub const IV_LEN: usize = 12;
+/// Length of the AES-GCM authentication tag.
 pub const TAG_LEN: usize = 16;
 /// Everything before the ciphertext.
 pub const PREFIX_LEN: usize = HEADER_LEN + IV_LEN;
-/// Plaintext (hence GCM ciphertext) bounds, as for `Plaintext`.
+/// Shortest plaintext (hence GCM ciphertext), as for `Plaintext`.
 pub const MIN_CIPHERTEXT_LEN: usize = 1;
+/// Longest plaintext (hence GCM ciphertext), as for `Plaintext`.
 pub const MAX_CIPHERTEXT_LEN: usize = 4096;
 /// Shortest well-formed blob: 50 bytes.
 pub const MIN_BLOB_LEN: usize = PREFIX_LEN + MIN_CIPHERTEXT_LEN + TAG_LEN;
@@ -36,12 +39,16 @@ pub const MAX_BLOB_LEN: usize = PREFIX_LEN + MAX_CIPHERTEXT_LEN + TAG_LEN;
 /// Why bytes are not a well-formed blob. Internal detail: report all as InvalidCiphertext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// No bytes at all.
     #[error("ciphertext blob is empty")]
     Empty,
+    /// The first byte is not [`FORMAT_VERSION`] (it is the one carried).
     #[error("unknown ciphertext format version {0}")]
     UnknownVersion(u8),
+    /// Fewer than [`MIN_BLOB_LEN`] bytes (the length carried).
     #[error("ciphertext blob too short ({0} bytes, minimum {MIN_BLOB_LEN})")]
     TooShort(usize),
+    /// More than [`MAX_BLOB_LEN`] bytes (the length carried).
     #[error("ciphertext blob too long ({0} bytes, maximum {MAX_BLOB_LEN})")]
     TooLong(usize),
 }
@@ -49,7 +56,9 @@ pub enum CodecError {
 /// The authenticated header: which key, and which version of its backing HSM key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Header {
+    /// The KMS key the blob was encrypted under.
     pub key_id: KeyId,
+    /// The generation of that key's material (`BackingKey::version`) that encrypted it.
     pub backing_version: u32,
 }
 
@@ -67,7 +76,9 @@ impl Header {
 /// A framed symmetric ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Blob {
+    /// Which key and generation; authenticated as the start of the AAD.
     pub header: Header,
+    /// The AES-GCM IV.
     pub iv: [u8; IV_LEN],
     /// GCM output: ciphertext followed by the 16-byte tag, 17..=4112 bytes for a blob that
     /// [`Blob::decode`] accepts.
@@ -87,7 +98,7 @@ impl Blob {
 
     /// Parses wire bytes. Total: returns an error, never panics, for any input.
     pub fn decode(bytes: &[u8]) -> Result<Blob, CodecError> {
-        let (&version, _) = bytes.split_first().ok_or(CodecError::Empty)?;
+        let (&version, after_version) = bytes.split_first().ok_or(CodecError::Empty)?;
         if version != FORMAT_VERSION {
             return Err(CodecError::UnknownVersion(version));
         }
@@ -97,20 +108,17 @@ impl Blob {
         if bytes.len() > MAX_BLOB_LEN {
             return Err(CodecError::TooLong(bytes.len()));
         }
-        let (header, rest) = bytes.split_at(HEADER_LEN);
-        let (iv, ct_and_tag) = rest.split_at(IV_LEN);
-        let mut key_id = [0u8; 16];
-        key_id.copy_from_slice(&header[1..17]);
-        let mut version_bytes = [0u8; 4];
-        version_bytes.copy_from_slice(&header[17..21]);
-        let mut iv_bytes = [0u8; IV_LEN];
-        iv_bytes.copy_from_slice(iv);
+        // The length checks above make every split succeed; a failed one still only errs.
+        let too_short = CodecError::TooShort(bytes.len());
+        let (key_id, rest) = after_version.split_first_chunk::<16>().ok_or(too_short)?;
+        let (version_bytes, rest) = rest.split_first_chunk::<4>().ok_or(too_short)?;
+        let (iv, ct_and_tag) = rest.split_first_chunk::<IV_LEN>().ok_or(too_short)?;
         Ok(Blob {
             header: Header {
-                key_id: KeyId::from_bytes(key_id),
-                backing_version: u32::from_be_bytes(version_bytes),
+                key_id: KeyId::from_bytes(*key_id),
+                backing_version: u32::from_be_bytes(*version_bytes),
             },
-            iv: iv_bytes,
+            iv: *iv,
             ct_and_tag: ct_and_tag.to_vec(),
         })
     }

@@ -73,6 +73,7 @@ impl EncryptionContext {
         }
     }
 
+    /// The value paired with `key`, if any.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
@@ -82,14 +83,17 @@ impl EncryptionContext {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// Number of pairs.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether there are no pairs (no context).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The pairs as a map, keys in ascending order.
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }

@@ -36,13 +36,23 @@ async fn ensure_sealing_key(
     Ok(())
 }
 
-fn random_string(alphabet: &[u8], len: usize, seed: &[u8]) -> String {
-    // Characters drawn from HSM randomness (seed), mixed with the OS generator.
+fn random_string(alphabet: &[u8], len: usize, seed: &[u8]) -> Result<String, KmsError> {
+    let no_input = || KmsError::Internal("credential generation: no alphabet or no seed".into());
+    if alphabet.is_empty() || seed.is_empty() {
+        return Err(no_input());
+    }
+    // Characters drawn from HSM randomness (seed, repeated as needed), mixed with the OS
+    // generator.
     let mut rng = rand::rngs::OsRng;
-    (0..len)
-        .map(|i| {
-            let r = seed[i % seed.len()] as usize ^ rng.gen::<u8>() as usize;
-            alphabet[r % alphabet.len()] as char
+    seed.iter()
+        .cycle()
+        .take(len)
+        .map(|&s| {
+            let r = s as usize ^ rng.gen::<u8>() as usize;
+            alphabet
+                .get(r % alphabet.len())
+                .map(|&c| c as char)
+                .ok_or_else(no_input)
         })
         .collect()
 }
@@ -58,20 +68,21 @@ pub async fn load_or_create(
     ensure_sealing_key(vault, store).await?;
     let mut out = Vec::new();
     for row in store.credentials()? {
-        if row.sealed_secret.len() <= IV_LEN {
-            return Err(KmsError::Internal(format!(
-                "credential {} is malformed",
-                row.access_key_id
-            )));
-        }
-        let mut iv = [0u8; IV_LEN];
-        iv.copy_from_slice(&row.sealed_secret[..IV_LEN]);
+        let (iv, ct) = match row.sealed_secret.split_first_chunk::<IV_LEN>() {
+            Some((iv, ct)) if !ct.is_empty() => (iv, ct),
+            _ => {
+                return Err(KmsError::Internal(format!(
+                    "credential {} is malformed",
+                    row.access_key_id
+                )))
+            }
+        };
         let secret = vault
             .decrypt(
                 &sealing_key(),
-                iv,
+                *iv,
                 row.access_key_id.as_bytes().to_vec(),
-                row.sealed_secret[IV_LEN..].to_vec(),
+                ct.to_vec(),
             )
             .await?;
         let secret = String::from_utf8(secret.to_vec())
@@ -87,15 +98,18 @@ pub async fn load_or_create(
         return Ok((out, None));
     }
     let seed = vault.random(64).await?;
+    let (akid_seed, secret_seed) = seed
+        .split_at_checked(32)
+        .ok_or_else(|| KmsError::Internal("the HSM returned too little randomness".into()))?;
     let akid = format!(
         "AKIA{}",
-        random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16, &seed[..32])
+        random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16, akid_seed)?
     );
     let secret = Zeroizing::new(random_string(
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
         40,
-        &seed[32..],
-    ));
+        secret_seed,
+    )?);
     let principal_arn = format!("arn:aws:iam::{account_id}:user/hsm-kms-admin");
     let (iv, ct) = vault
         .encrypt(

@@ -7,47 +7,71 @@ use super::types::{KeyRefError, ValidationError};
 use super::vault::VaultError;
 use crate::store::StoreError;
 
+/// Why a KMS operation failed; [`KmsError::aws_type`] names the AWS exception.
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {
     #[error("{0}")]
+    /// `NotFoundException`: the key, alias or other resource does not exist.
     NotFound(String),
     #[error("{0}")]
+    /// `DisabledException`: the key is disabled.
     Disabled(String),
     #[error("{0}")]
+    /// `KMSInvalidStateException`: the key's state does not allow the operation.
     InvalidState(String),
     #[error("{0}")]
+    /// `InvalidKeyUsageException`: the key's usage or spec does not allow the operation or
+    /// algorithm.
     InvalidKeyUsage(String),
     #[error("{0}")]
+    /// `InvalidCiphertextException`: the ciphertext, or its encryption context, is not
+    /// valid.
     InvalidCiphertext(String),
     #[error("{0}")]
+    /// `IncorrectKeyException`: the ciphertext was not encrypted under the key named.
     IncorrectKey(String),
     #[error("{0}")]
+    /// `AlreadyExistsException`: the resource (an alias) already exists.
     AlreadyExists(String),
     #[error("{0}")]
+    /// `ValidationException`: a parameter fails its constraints.
     Validation(String),
     #[error("{0}")]
+    /// `InvalidAliasNameException`: the alias name is not valid.
     InvalidAliasName(String),
     #[error("{0}")]
+    /// `InvalidMarkerException`: the pagination `Marker` is not one this service issued.
     InvalidMarker(String),
     #[error("{0}")]
+    /// `InvalidArnException`: an ARN is not valid.
     InvalidArn(String),
     #[error("{0}")]
+    /// `LimitExceededException`: the request would exceed a quota.
     LimitExceeded(String),
     #[error("{0}")]
+    /// `TagException`: a tag is not valid, reserved, or over the limit.
     Tag(String),
     #[error("{0}")]
+    /// `UnsupportedOperationException`: the operation is not supported here.
     Unsupported(String),
     #[error("{0}")]
+    /// `NotAuthorizedException`: the caller may not do this (a reserved `alias/aws/`
+    /// alias).
     NotAuthorized(String),
     #[error("{0}")]
+    /// `AccessDeniedException`: the caller's permissions do not allow the operation.
     AccessDenied(String),
     #[error("{0}")]
+    /// `KMSInvalidSignatureException`: the signature does not verify.
     InvalidSignature(String),
     #[error("{0}")]
+    /// `KMSInvalidMacException`: the MAC does not verify.
     InvalidMac(String),
     #[error("{0}")]
+    /// `ConflictException`: the request conflicts with the resource's current state.
     Conflict(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
+    /// `DryRunOperationException`: the request would have succeeded but set `DryRun`.
     DryRun,
     /// The HSMs could not serve the request in time; the client may retry.
     #[error("internal: {0}")]

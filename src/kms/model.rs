@@ -46,10 +46,12 @@ pub mod epoch_seconds {
         OffsetDateTime::from_unix_timestamp_nanos(ms.checked_mul(1_000_000)?).ok()
     }
 
+    /// Writes `t` as epoch seconds (a JSON number, millisecond precision).
     pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(to_f64(*t))
     }
 
+    /// Reads epoch seconds, rounded to the millisecond; refuses out-of-range dates.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
         let secs = f64::deserialize(d)?;
         from_f64(secs).ok_or_else(|| D::Error::custom(format!("timestamp out of range: {secs}")))
@@ -62,6 +64,7 @@ pub mod epoch_seconds {
         use serde::{Deserialize, Deserializer, Serializer};
         use time::OffsetDateTime;
 
+        /// Writes `Some(t)` as epoch seconds and `None` as `null`.
         pub fn serialize<S: Serializer>(
             t: &Option<OffsetDateTime>,
             s: S,
@@ -72,6 +75,7 @@ pub mod epoch_seconds {
             }
         }
 
+        /// Reads epoch seconds as `Some`, `null` as `None`.
         pub fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<OffsetDateTime>, D::Error> {
@@ -88,9 +92,11 @@ pub mod epoch_seconds {
 /// One backing key: the HSM object that holds one generation of a KMS key's material.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackingKey {
+    /// Generation number, 1 for the key's first material; ciphertext headers name it.
     pub version: u32,
     /// `CKA_ID` of the object in every HSM.
     pub object_id: ObjectId,
+    /// When this generation was generated in the HSMs.
     #[serde(with = "epoch_seconds")]
     pub created: OffsetDateTime,
     /// How this generation became current: `None` for the key's first material, else the
@@ -103,14 +109,18 @@ pub struct BackingKey {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RotationType {
+    /// `AUTOMATIC`: made by the rotation schedule when `NextRotationDate` came.
     Automatic,
+    /// `ON_DEMAND`: made by a `RotateKeyOnDemand` request.
     OnDemand,
 }
 
 /// An enabled automatic rotation: the period and the next due date.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct RotationSchedule {
+    /// `RotationPeriodInDays`: days between automatic rotations.
     pub period_days: u32,
+    /// `NextRotationDate`: when the next automatic rotation is due.
     #[serde(with = "epoch_seconds")]
     pub next_rotation_date: OffsetDateTime,
 }
@@ -118,22 +128,36 @@ pub struct RotationSchedule {
 /// The stored metadata of one KMS key. Never holds key material.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyDoc {
+    /// The key's id (a UUID), also the store's primary key.
     pub key_id: KeyId,
+    /// The AWS account that owns the key.
     pub account_id: AccountId,
+    /// The key's `Description`, possibly empty.
     pub description: String,
+    /// The key's `KeySpec`, fixed at creation.
     pub key_spec: KeySpec,
+    /// The key's `KeyUsage`, fixed at creation.
     pub key_usage: KeyUsage,
+    /// The key's `KeyState`.
     pub key_state: KeyState,
+    /// Where the key material came from (`Origin`).
     pub origin: Origin,
+    /// Who manages the key: `CUSTOMER`, or `AWS` for `alias/aws/<service>` keys.
     pub key_manager: KeyManager,
+    /// When the key was created.
     #[serde(with = "epoch_seconds")]
     pub creation_date: OffsetDateTime,
+    /// When a key pending deletion will be destroyed; `None` unless deletion is scheduled.
     #[serde(default, with = "epoch_seconds::option")]
     pub deletion_date: Option<OffsetDateTime>,
+    /// The waiting period of a scheduled deletion, in days; `None` unless one is scheduled.
     #[serde(default)]
     pub pending_window_days: Option<u32>,
+    /// Every generation of key material, oldest first; none is ever dropped.
     pub backing: Vec<BackingKey>,
+    /// `version` of the generation that new ciphertexts and signatures use.
     pub current_backing: u32,
+    /// The key's tags, at most one per tag key.
     #[serde(default)]
     pub tags: Vec<Tag>,
     /// SubjectPublicKeyInfo DER (base64) of an asymmetric key's public half. Public keys
@@ -146,6 +170,7 @@ pub struct KeyDoc {
 }
 
 impl KeyDoc {
+    /// The generation numbered `version`, if the key has one.
     pub fn backing(&self, version: u32) -> Option<&BackingKey> {
         self.backing.iter().find(|b| b.version == version)
     }
@@ -170,127 +195,194 @@ fn b64z_opt<S: Serializer>(v: &Option<Zeroizing<Vec<u8>>>, s: S) -> Result<S::Ok
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyMetadata {
+    /// `KeyMetadata.AWSAccountId`: the account that owns the key.
     #[serde(rename = "AWSAccountId")]
     pub aws_account_id: String,
+    /// `KeyMetadata.KeyId`: the key's unique id (a UUID).
     pub key_id: String,
+    /// `KeyMetadata.Arn`: the key's ARN.
     pub arn: String,
+    /// `KeyMetadata.CreationDate`: when the key was created.
     #[serde(with = "epoch_seconds")]
     pub creation_date: OffsetDateTime,
+    /// `KeyMetadata.Enabled`: whether the key state is `Enabled`.
     pub enabled: bool,
+    /// `KeyMetadata.Description`: the key's description, possibly empty.
     pub description: String,
+    /// `KeyMetadata.KeyUsage`: the cryptographic operations the key can be used for.
     pub key_usage: KeyUsage,
+    /// `KeyMetadata.KeyState`: the key's current state.
     pub key_state: KeyState,
+    /// `KeyMetadata.DeletionDate`: when the key material will be destroyed; only for a key
+    /// pending deletion.
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "epoch_seconds::option"
     )]
     pub deletion_date: Option<OffsetDateTime>,
+    /// `KeyMetadata.PendingDeletionWindowInDays`: the waiting period of a scheduled
+    /// deletion; only for a key pending deletion.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_deletion_window_in_days: Option<u32>,
+    /// `KeyMetadata.Origin`: the source of the key material.
     pub origin: Origin,
+    /// `KeyMetadata.KeyManager`: whether the key is a customer managed or AWS managed key.
     pub key_manager: KeyManager,
+    /// `KeyMetadata.CustomerMasterKeySpec`: the deprecated alias of `KeySpec`, same value.
     pub customer_master_key_spec: KeySpec,
+    /// `KeyMetadata.KeySpec`: the type of key material.
     pub key_spec: KeySpec,
+    /// `KeyMetadata.EncryptionAlgorithms`: the algorithms the key can encrypt with;
+    /// omitted when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub encryption_algorithms: Vec<EncryptionAlgorithm>,
+    /// `KeyMetadata.SigningAlgorithms`: the algorithms the key can sign with; omitted when
+    /// none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub signing_algorithms: Vec<super::types::SigningAlgorithm>,
+    /// `KeyMetadata.MacAlgorithms`: the MAC algorithms the key supports; omitted when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mac_algorithms: Vec<super::types::MacAlgorithm>,
+    /// `KeyMetadata.KeyAgreementAlgorithms`: the key agreement algorithms the key supports;
+    /// omitted when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub key_agreement_algorithms: Vec<super::types::KeyAgreementAlgorithm>,
+    /// `KeyMetadata.MultiRegion`: whether the key is a multi-Region key (never, here).
     pub multi_region: bool,
+    /// `KeyMetadata.CurrentKeyMaterialId`: the id of the key material in use; only for
+    /// symmetric encryption keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_key_material_id: Option<String>,
 }
 
+/// `CreateKey` and `DescribeKey` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyMetadataOutput {
+    /// `KeyMetadata`: the key's metadata.
     pub key_metadata: KeyMetadata,
 }
 
+/// One entry of `ListKeys`' `Keys` (`KeyListEntry`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyListEntry {
+    /// `KeyListEntry.KeyId`: the key's unique id.
     pub key_id: String,
+    /// `KeyListEntry.KeyArn`: the key's ARN.
     pub key_arn: String,
 }
 
+/// `ListKeys` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListKeysOutput {
+    /// `Keys`: this page of keys.
     pub keys: Vec<KeyListEntry>,
+    /// `NextMarker`: the `Marker` that fetches the next page; only when `Truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_marker: Option<Marker>,
+    /// `Truncated`: whether more keys follow this page.
     pub truncated: bool,
 }
 
+/// `Encrypt` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EncryptOutput {
+    /// `CiphertextBlob`: the encrypted plaintext (base64 in JSON).
     #[serde(serialize_with = "b64")]
     pub ciphertext_blob: Vec<u8>,
+    /// `KeyId`: the ARN of the key that encrypted the plaintext.
     pub key_id: String,
+    /// `EncryptionAlgorithm`: the algorithm used.
     pub encryption_algorithm: EncryptionAlgorithm,
 }
 
+/// `Decrypt` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DecryptOutput {
+    /// `KeyId`: the ARN of the key that decrypted the ciphertext.
     pub key_id: String,
+    /// `Plaintext`: the decrypted data (base64 in JSON).
     #[serde(serialize_with = "b64z")]
     pub plaintext: Zeroizing<Vec<u8>>,
+    /// `EncryptionAlgorithm`: the algorithm used.
     pub encryption_algorithm: EncryptionAlgorithm,
 }
 
+/// `ReEncrypt` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ReEncryptOutput {
+    /// `CiphertextBlob`: the data re-encrypted under the destination key (base64 in JSON).
     #[serde(serialize_with = "b64")]
     pub ciphertext_blob: Vec<u8>,
+    /// `SourceKeyId`: the ARN of the key that decrypted the source ciphertext.
     pub source_key_id: String,
+    /// `KeyId`: the ARN of the key that re-encrypted the data.
     pub key_id: String,
+    /// `SourceEncryptionAlgorithm`: the algorithm that decrypted the source ciphertext.
     pub source_encryption_algorithm: EncryptionAlgorithm,
+    /// `DestinationEncryptionAlgorithm`: the algorithm that re-encrypted the data.
     pub destination_encryption_algorithm: EncryptionAlgorithm,
 }
 
+/// `GenerateDataKey` and `GenerateDataKeyWithoutPlaintext` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DataKeyOutput {
+    /// `CiphertextBlob`: the data key encrypted under the KMS key (base64 in JSON).
     #[serde(serialize_with = "b64")]
     pub ciphertext_blob: Vec<u8>,
+    /// `Plaintext`: the data key in the clear (base64 in JSON); `None` for
+    /// `GenerateDataKeyWithoutPlaintext`.
     #[serde(serialize_with = "b64z_opt", skip_serializing_if = "Option::is_none")]
     pub plaintext: Option<Zeroizing<Vec<u8>>>,
+    /// `KeyId`: the ARN of the KMS key that encrypted the data key.
     pub key_id: String,
 }
 
+/// `GenerateRandom` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RandomOutput {
+    /// `Plaintext`: the random bytes (base64 in JSON).
     #[serde(serialize_with = "b64")]
     pub plaintext: Vec<u8>,
 }
 
+/// One entry of `ListAliases`' `Aliases` (`AliasListEntry`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AliasListEntry {
+    /// `AliasListEntry.AliasName`: the alias name (`alias/...`).
     pub alias_name: String,
+    /// `AliasListEntry.AliasArn`: the alias ARN.
     pub alias_arn: String,
+    /// `AliasListEntry.TargetKeyId`: the id of the key the alias refers to (always set
+    /// here; AWS omits it for predefined aliases that have no key yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_key_id: Option<String>,
+    /// `AliasListEntry.CreationDate`: when the alias was created.
     #[serde(with = "epoch_seconds")]
     pub creation_date: OffsetDateTime,
+    /// `AliasListEntry.LastUpdatedDate`: when the alias was last pointed at a key.
     #[serde(with = "epoch_seconds")]
     pub last_updated_date: OffsetDateTime,
 }
 
+/// `ListAliases` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListAliasesOutput {
+    /// `Aliases`: this page of aliases.
     pub aliases: Vec<AliasListEntry>,
+    /// `NextMarker`: the `Marker` that fetches the next page; only when `Truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_marker: Option<Marker>,
+    /// `Truncated`: whether more aliases follow this page.
     pub truncated: bool,
 }
 

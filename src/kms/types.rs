@@ -228,6 +228,7 @@ impl FromStr for KeyId {
 pub struct AccountId(String);
 
 impl AccountId {
+    /// Parses 12 ASCII digits; errors are reported at `accountId`.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         if s.len() == 12 && s.bytes().all(|c| c.is_ascii_digit()) {
             Ok(Self(s.to_owned()))
@@ -236,6 +237,7 @@ impl AccountId {
         }
     }
 
+    /// The 12 digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -247,8 +249,10 @@ impl AccountId {
 pub struct Region(String);
 
 impl Region {
+    /// The API model's pattern for a region name.
     pub const PATTERN: &'static str = r"^([a-z]+-){2,3}\d+$";
 
+    /// Parses a region name; errors are reported at `region`.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         if s.is_empty() {
             return Err(ValidationError::length_at_least(s, "region", 1));
@@ -258,13 +262,14 @@ impl Region {
         }
         // `([a-z]+-){2,3}\d+`: 2 or 3 lowercase words, each followed by '-', then digits.
         let parts: Vec<&str> = s.split('-').collect();
-        let (words, digits) = parts.split_at(parts.len() - 1);
-        let ok = (2..=3).contains(&words.len())
-            && words
-                .iter()
-                .all(|w| !w.is_empty() && w.bytes().all(|c| c.is_ascii_lowercase()))
-            && !digits[0].is_empty()
-            && digits[0].bytes().all(|c| c.is_ascii_digit());
+        let ok = parts.split_last().is_some_and(|(digits, words)| {
+            (2..=3).contains(&words.len())
+                && words
+                    .iter()
+                    .all(|w| !w.is_empty() && w.bytes().all(|c| c.is_ascii_lowercase()))
+                && !digits.is_empty()
+                && digits.bytes().all(|c| c.is_ascii_digit())
+        });
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -272,6 +277,7 @@ impl Region {
         }
     }
 
+    /// The region name, e.g. `us-east-1`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -296,12 +302,16 @@ fn invalid_arn(s: &str) -> ValidationError {
 /// `arn:aws:kms:<region>:<account>:key/<key-id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyArn {
+    /// The region the key lives in.
     pub region: Region,
+    /// The account that owns the key.
     pub account: AccountId,
+    /// The key's id.
     pub key_id: KeyId,
 }
 
 impl KeyArn {
+    /// The ARN of key `key_id` of `account` in `region`.
     pub fn new(region: Region, account: AccountId, key_id: KeyId) -> Self {
         Self {
             region,
@@ -310,6 +320,7 @@ impl KeyArn {
         }
     }
 
+    /// Parses a key ARN; anything else is `Invalid arn '<s>'`.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         let (region, account, resource) = split_kms_arn(s).ok_or_else(|| invalid_arn(s))?;
         let id = resource
@@ -341,11 +352,14 @@ impl fmt::Display for KeyArn {
 pub struct AliasName(String);
 
 impl AliasName {
+    /// Prefix every alias name starts with.
     pub const PREFIX: &'static str = "alias/";
     /// Prefix of the aliases of AWS managed keys; customers cannot create or change these.
     pub const AWS_RESERVED_PREFIX: &'static str = "alias/aws/";
     const MODEL_PATTERN: &'static str = "^[a-zA-Z0-9:/_-]+$";
 
+    /// Parses an alias name (the API model's constraints, then AWS's `alias/` prefix and
+    /// character rules); errors are reported at `aliasName`.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         const MEMBER: &str = "aliasName";
         if s.is_empty() {
@@ -389,12 +403,16 @@ impl AliasName {
 /// `arn:aws:kms:<region>:<account>:alias/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AliasArn {
+    /// The region the alias lives in.
     pub region: Region,
+    /// The account that owns the alias.
     pub account: AccountId,
+    /// The alias name, `alias/` prefix included.
     pub alias: AliasName,
 }
 
 impl AliasArn {
+    /// The ARN of alias `alias` of `account` in `region`.
     pub fn new(region: Region, account: AccountId, alias: AliasName) -> Self {
         Self {
             region,
@@ -403,6 +421,7 @@ impl AliasArn {
         }
     }
 
+    /// Parses an alias ARN; anything else is `Invalid arn '<s>'`.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         let (region, account, resource) = split_kms_arn(s).ok_or_else(|| invalid_arn(s))?;
         let alias = AliasName::parse(resource).map_err(|_| invalid_arn(s))?;
@@ -451,9 +470,13 @@ serde_via_str!(KeyId, AccountId, Region, KeyArn, AliasName, AliasArn);
 /// Resolving it (does the key exist? is the ARN's region/account ours?) is the caller's job.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyRef {
+    /// A key id (UUID).
     Id(KeyId),
+    /// A key ARN.
     KeyArn(KeyArn),
+    /// An alias name (`alias/...`).
     AliasName(AliasName),
+    /// An alias ARN.
     AliasArn(AliasArn),
     /// Of valid length but not a well-formed id, ARN or alias: it resolves to nothing, and
     /// resolution answers `NotFoundException` (`Invalid keyId '<value>'`) as AWS does.
@@ -491,6 +514,7 @@ impl KeyRefError {
 }
 
 impl KeyRef {
+    /// Longest `KeyId` member, in characters (the API model's constraint).
     pub const MAX_LEN: usize = 2048;
 
     /// Parses a `KeyId` member (errors reported at `keyId`; use [`KeyRefError::at`] to rename).
@@ -568,7 +592,11 @@ macro_rules! wire_enum {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name {
-            $( $(#[$vmeta])* $variant, )+
+            $(
+                #[doc = concat!("The AWS wire value `", $wire, "`.")]
+                $(#[$vmeta])*
+                $variant,
+            )+
         }
 
         impl $name {
@@ -882,6 +910,7 @@ impl KeySpec {
 pub struct Plaintext(Zeroizing<Vec<u8>>);
 
 impl Plaintext {
+    /// Longest plaintext, in bytes (`PlaintextType`).
     pub const MAX_LEN: usize = 4096;
 
     /// Takes ownership of `bytes`; errors (without echoing them) at `plaintext`.
@@ -905,10 +934,12 @@ impl Plaintext {
         Ok(Self(bytes))
     }
 
+    /// The secret bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
+    /// Number of bytes, 1–4096.
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -918,6 +949,7 @@ impl Plaintext {
         self.0.is_empty()
     }
 
+    /// The secret bytes, still wiped on drop.
     pub fn into_inner(self) -> Zeroizing<Vec<u8>> {
         self.0
     }
@@ -972,10 +1004,12 @@ impl Tag {
         Ok(Self { key, value })
     }
 
+    /// `TagKey`.
     pub fn key(&self) -> &str {
         &self.key
     }
 
+    /// `TagValue`, possibly empty.
     pub fn value(&self) -> &str {
         &self.value
     }

@@ -41,32 +41,46 @@ pub enum StoreError {
 /// the store indexes the listed columns only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyRow {
+    /// The key's id (primary key).
     pub key_id: String,
+    /// The account that owns the key; listings are per account.
     pub account_id: String,
+    /// When the key was created; with `key_id`, the listing order.
     pub created_at: OffsetDateTime,
     /// Optimistic concurrency counter; new keys should be inserted with 1. Stored as given
     /// by [`MetadataStore::insert_key`], bumped by one on every [`MetadataStore::update_key`].
     pub version: i64,
+    /// The domain's document for the key, stored and returned unchanged.
     pub doc: serde_json::Value,
 }
 
 /// An alias, unique per (account, alias name), pointing at one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AliasRow {
+    /// The account that owns the alias.
     pub account_id: String,
+    /// The full alias name, `alias/` prefix included.
     pub alias_name: String,
+    /// The id of the key the alias points at.
     pub key_id: String,
+    /// When the alias was created.
     pub created_at: OffsetDateTime,
+    /// When the alias was last pointed at a key (its creation, or its latest update).
     pub updated_at: OffsetDateTime,
 }
 
 /// An API credential. The secret is sealed (encrypted by an HSM key) and opaque to the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialRow {
+    /// The access key id (`AKIA...`), unique.
     pub access_key_id: String,
+    /// The account the credential acts in.
     pub account_id: String,
+    /// The ARN of the principal the credential authenticates.
     pub principal_arn: String,
+    /// The secret access key as sealed by the domain (IV followed by the AES-GCM output).
     pub sealed_secret: Vec<u8>,
+    /// When the credential was created.
     pub created_at: OffsetDateTime,
 }
 
@@ -74,7 +88,9 @@ pub struct CredentialRow {
 /// there need not exist (any more): a page resumes after the position, not after a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPosition {
+    /// Creation time of the key at this position.
     pub created_at: OffsetDateTime,
+    /// Id of the key at this position (breaks ties of `created_at`).
     pub key_id: String,
 }
 
@@ -92,7 +108,9 @@ impl KeyPosition {
 /// one; the next page starts after the last item's position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
+    /// The items of this page, in listing order.
     pub items: Vec<T>,
+    /// Whether further items follow the last one.
     pub truncated: bool,
 }
 

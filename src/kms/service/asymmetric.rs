@@ -35,77 +35,116 @@ fn b64z_opt<S: Serializer>(v: &Option<Zeroizing<Vec<u8>>>, s: S) -> Result<S::Ok
     }
 }
 
+/// `Sign` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SignOutput {
+    /// `KeyId`: the ARN of the key that signed the message.
     pub key_id: String,
+    /// `Signature`: the signature (base64 in JSON); DER for ECDSA.
     #[serde(serialize_with = "b64")]
     pub signature: Vec<u8>,
+    /// `SigningAlgorithm`: the algorithm used.
     pub signing_algorithm: SigningAlgorithm,
 }
 
+/// `Verify` response (a signature that does not verify is an error, not `false`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct VerifyOutput {
+    /// `KeyId`: the ARN of the key that verified the signature.
     pub key_id: String,
+    /// `SignatureValid`: whether the signature verified.
     pub signature_valid: bool,
+    /// `SigningAlgorithm`: the algorithm used.
     pub signing_algorithm: SigningAlgorithm,
 }
 
+/// `GetPublicKey` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct GetPublicKeyOutput {
+    /// `KeyId`: the ARN of the key.
     pub key_id: String,
+    /// `PublicKey`: the DER-encoded SubjectPublicKeyInfo (base64 in JSON).
     #[serde(serialize_with = "b64")]
     pub public_key: Vec<u8>,
+    /// `CustomerMasterKeySpec`: the deprecated alias of `KeySpec`, same value.
     pub customer_master_key_spec: KeySpec,
+    /// `KeySpec`: the type of the key pair.
     pub key_spec: KeySpec,
+    /// `KeyUsage`: what the key pair can be used for.
     pub key_usage: KeyUsage,
+    /// `EncryptionAlgorithms`: the algorithms the key can encrypt with; omitted when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub encryption_algorithms: Vec<EncryptionAlgorithm>,
+    /// `SigningAlgorithms`: the algorithms the key can sign with; omitted when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub signing_algorithms: Vec<SigningAlgorithm>,
+    /// `KeyAgreementAlgorithms`: the key agreement algorithms the key supports; omitted
+    /// when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub key_agreement_algorithms: Vec<KeyAgreementAlgorithm>,
 }
 
+/// `GenerateMac` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct GenerateMacOutput {
+    /// `Mac`: the HMAC tag (base64 in JSON).
     #[serde(serialize_with = "b64")]
     pub mac: Vec<u8>,
+    /// `MacAlgorithm`: the algorithm used.
     pub mac_algorithm: MacAlgorithm,
+    /// `KeyId`: the ARN of the HMAC key used.
     pub key_id: String,
 }
 
+/// `VerifyMac` response (a MAC that does not verify is an error, not `false`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct VerifyMacOutput {
+    /// `KeyId`: the ARN of the HMAC key used.
     pub key_id: String,
+    /// `MacValid`: whether the MAC verified.
     pub mac_valid: bool,
+    /// `MacAlgorithm`: the algorithm used.
     pub mac_algorithm: MacAlgorithm,
 }
 
+/// `DeriveSharedSecret` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DeriveSharedSecretOutput {
+    /// `KeyId`: the ARN of the key agreement key used.
     pub key_id: String,
+    /// `SharedSecret`: the raw ECDH shared secret (base64 in JSON).
     #[serde(serialize_with = "b64z")]
     pub shared_secret: Zeroizing<Vec<u8>>,
+    /// `KeyAgreementAlgorithm`: the algorithm used.
     pub key_agreement_algorithm: KeyAgreementAlgorithm,
+    /// `KeyOrigin`: the source of the key material of the key used.
     pub key_origin: Origin,
 }
 
+/// `GenerateDataKeyPair` and `GenerateDataKeyPairWithoutPlaintext` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DataKeyPairOutput {
+    /// `PrivateKeyCiphertextBlob`: the private key encrypted under the KMS key (base64 in
+    /// JSON).
     #[serde(serialize_with = "b64")]
     pub private_key_ciphertext_blob: Vec<u8>,
+    /// `PrivateKeyPlaintext`: the PKCS#8 private key in the clear (base64 in JSON); `None`
+    /// for `GenerateDataKeyPairWithoutPlaintext`.
     #[serde(serialize_with = "b64z_opt", skip_serializing_if = "Option::is_none")]
     pub private_key_plaintext: Option<Zeroizing<Vec<u8>>>,
+    /// `PublicKey`: the DER-encoded SubjectPublicKeyInfo (base64 in JSON).
     #[serde(serialize_with = "b64")]
     pub public_key: Vec<u8>,
+    /// `KeyId`: the ARN of the KMS key that encrypted the private key.
     pub key_id: String,
+    /// `KeyPairSpec`: the type of the key pair.
     pub key_pair_spec: DataKeyPairSpec,
 }
 
@@ -331,6 +370,8 @@ impl Kms {
         }
     }
 
+    /// `Sign`: signs `message` (or, for `DIGEST`, the digest it is) with the key's private
+    /// half in the HSMs.
     pub async fn sign(
         &self,
         keys: &Resolved,
@@ -356,6 +397,8 @@ impl Kms {
         })
     }
 
+    /// `Verify`: checks `signature` over `message` with the key pair; a signature that does
+    /// not verify is `KMSInvalidSignatureException`.
     #[allow(clippy::too_many_arguments)]
     pub async fn verify(
         &self,
@@ -388,6 +431,7 @@ impl Kms {
         })
     }
 
+    /// `GetPublicKey`: the public half of an asymmetric key, with what it may be used for.
     pub fn get_public_key(&self, keys: &Resolved) -> Result<GetPublicKeyOutput, KmsError> {
         let e = keys.key()?;
         if pair_spec(e.doc.key_spec).is_none() {
@@ -424,6 +468,7 @@ impl Kms {
         }
     }
 
+    /// `GenerateMac`: the HMAC of `message` under an HMAC key.
     pub async fn generate_mac(
         &self,
         keys: &Resolved,
@@ -448,6 +493,8 @@ impl Kms {
         })
     }
 
+    /// `VerifyMac`: checks `mac` over `message`; a MAC that does not match is
+    /// `KMSInvalidMacException`.
     pub async fn verify_mac(
         &self,
         keys: &Resolved,
@@ -650,6 +697,8 @@ impl Kms {
         })
     }
 
+    /// `DeriveSharedSecret`: ECDH between the key's private half and the peer's
+    /// `public_key` (DER SubjectPublicKeyInfo).
     pub async fn derive_shared_secret(
         &self,
         keys: &Resolved,
@@ -694,6 +743,8 @@ impl Kms {
         })
     }
 
+    /// `GenerateDataKeyPair` (`with_plaintext`) or `GenerateDataKeyPairWithoutPlaintext`: a
+    /// new key pair whose private key is encrypted under a symmetric KMS key.
     pub async fn generate_data_key_pair(
         &self,
         keys: &Resolved,

@@ -14,18 +14,22 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 /// Tags per KMS key (AWS quota).
-pub const MAX_TAGS_PER_KEY: usize = 50;
+pub(crate) const MAX_TAGS_PER_KEY: usize = 50;
 /// `PendingWindowInDays` when the request has none.
-pub const DEFAULT_PENDING_WINDOW_DAYS: u32 = 30;
+pub(crate) const DEFAULT_PENDING_WINDOW_DAYS: u32 = 30;
 
 /// `ScheduleKeyDeletion` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ScheduleKeyDeletionOutput {
+    /// `KeyId`: the ARN of the key scheduled for deletion.
     pub key_id: String,
+    /// `DeletionDate`: when the key material will be destroyed.
     #[serde(with = "epoch_seconds")]
     pub deletion_date: OffsetDateTime,
+    /// `KeyState`: the key's state now, `PendingDeletion`.
     pub key_state: KeyState,
+    /// `PendingWindowInDays`: the waiting period before the key is destroyed.
     pub pending_window_in_days: u32,
 }
 
@@ -33,6 +37,7 @@ pub struct ScheduleKeyDeletionOutput {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CancelKeyDeletionOutput {
+    /// `KeyId`: the ARN of the key whose deletion was cancelled.
     pub key_id: String,
 }
 
@@ -40,9 +45,12 @@ pub struct CancelKeyDeletionOutput {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListResourceTagsOutput {
+    /// `Tags`: this page of the key's tags, in tag key order.
     pub tags: Vec<Tag>,
+    /// `NextMarker`: the `Marker` that fetches the next page; only when `Truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_marker: Option<Marker>,
+    /// `Truncated`: whether more tags follow this page.
     pub truncated: bool,
 }
 
@@ -105,6 +113,7 @@ impl Kms {
         Ok(Empty {})
     }
 
+    /// `UpdateKeyDescription`: replaces the key's description.
     pub async fn update_key_description(
         &self,
         keys: &Resolved,
@@ -254,6 +263,7 @@ impl Kms {
 
     // ------------------------------------------------------------------ tags
 
+    /// `TagResource`: adds tags to the key, replacing the value of a tag key it already has.
     pub async fn tag_resource(&self, keys: &Resolved, tags: Vec<Tag>) -> Result<Empty, KmsError> {
         let e = keys.key()?;
         self.not_pending_deletion(&e)?;
@@ -282,6 +292,7 @@ impl Kms {
         Ok(Empty {})
     }
 
+    /// `UntagResource`: removes the tags with the given keys; absent keys are ignored.
     pub async fn untag_resource(
         &self,
         keys: &Resolved,

@@ -110,6 +110,7 @@ impl Kms {
         &self.vault
     }
 
+    /// The region this service answers for; it appears in every ARN it issues.
     pub fn region(&self) -> &Region {
         &self.region
     }
@@ -282,6 +283,7 @@ impl Kms {
         }
     }
 
+    /// The `KeyMetadata` AWS would return for the key `doc` describes.
     pub fn metadata(&self, doc: &KeyDoc) -> KeyMetadata {
         KeyMetadata {
             aws_account_id: doc.account_id.as_str().to_string(),
@@ -364,6 +366,7 @@ impl Kms {
 
     // ------------------------------------------------------------------ keys
 
+    /// `CreateKey`: a new key in the caller's account, its material generated in the HSMs.
     pub async fn create_key(
         &self,
         p: &Principal,
@@ -460,6 +463,7 @@ impl Kms {
         Ok(KeyMetadataOutput { key_metadata: meta })
     }
 
+    /// `DescribeKey`: the key's metadata.
     pub fn describe_key(&self, keys: &Resolved) -> Result<KeyMetadataOutput, KmsError> {
         let e = keys.key()?;
         Ok(KeyMetadataOutput {
@@ -467,6 +471,7 @@ impl Kms {
         })
     }
 
+    /// `ListKeys`: one page of the caller's account's keys, oldest first.
     pub async fn list_keys(
         &self,
         p: &Principal,
@@ -572,6 +577,8 @@ impl Kms {
             .await?)
     }
 
+    /// `Encrypt`: `plaintext` encrypted under the key (a ciphertext blob for a symmetric
+    /// key, RSAES-OAEP for an RSA key).
     pub async fn encrypt(
         &self,
         keys: &Resolved,
@@ -597,6 +604,7 @@ impl Kms {
         })
     }
 
+    /// `Decrypt`: the plaintext of a ciphertext made by `Encrypt` or `GenerateDataKey*`.
     pub async fn decrypt(
         &self,
         keys: &Resolved,
@@ -621,6 +629,8 @@ impl Kms {
         })
     }
 
+    /// `ReEncrypt`: decrypts a ciphertext and encrypts its plaintext under the destination
+    /// key, without the plaintext leaving the service.
     pub async fn re_encrypt(
         &self,
         keys: &Resolved,
@@ -654,6 +664,8 @@ impl Kms {
         })
     }
 
+    /// `GenerateDataKey` (`with_plaintext`) or `GenerateDataKeyWithoutPlaintext`: a new
+    /// data key encrypted under a symmetric key.
     pub async fn generate_data_key(
         &self,
         keys: &Resolved,
@@ -696,6 +708,7 @@ impl Kms {
         })
     }
 
+    /// `GenerateRandom`: `n` random bytes from the HSMs.
     pub async fn generate_random(&self, n: usize) -> Result<RandomOutput, KmsError> {
         Ok(RandomOutput {
             plaintext: self.vault.random(n).await?,
@@ -734,6 +747,7 @@ impl Kms {
         Ok(e)
     }
 
+    /// `CreateAlias`: a new alias in the caller's account pointing at the key.
     pub async fn create_alias(
         &self,
         p: &Principal,
@@ -764,6 +778,7 @@ impl Kms {
         Ok(Empty {})
     }
 
+    /// `UpdateAlias`: points an existing alias at another key.
     pub async fn update_alias(
         &self,
         p: &Principal,
@@ -801,6 +816,7 @@ impl Kms {
         Ok(Empty {})
     }
 
+    /// `DeleteAlias`: removes the alias; the key it pointed at is unaffected.
     pub async fn delete_alias(&self, p: &Principal, name: AliasName) -> Result<Empty, KmsError> {
         let account = self.account(p)?;
         let _w = self.writes.lock().await;
@@ -817,6 +833,8 @@ impl Kms {
         Ok(Empty {})
     }
 
+    /// `ListAliases`: one page of the caller's account's aliases (only the key's, when one
+    /// was named), in name order.
     pub async fn list_aliases(
         &self,
         p: &Principal,

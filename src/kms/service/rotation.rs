@@ -36,10 +36,11 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 /// AWS's default period for automatic rotation.
-pub const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
-/// AWS's bounds for `RotationPeriodInDays`.
-pub const MIN_ROTATION_PERIOD_DAYS: u32 = 90;
-pub const MAX_ROTATION_PERIOD_DAYS: u32 = 2560;
+pub(crate) const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
+/// AWS's lower bound for `RotationPeriodInDays`.
+pub(crate) const MIN_ROTATION_PERIOD_DAYS: u32 = 90;
+/// AWS's upper bound for `RotationPeriodInDays`.
+pub(crate) const MAX_ROTATION_PERIOD_DAYS: u32 = 2560;
 /// AWS's quota of on-demand rotations per key.
 pub const DEFAULT_ON_DEMAND_ROTATION_LIMIT: u32 = 25;
 /// An on-demand rotation this close to a scheduled one is a conflict (AWS).
@@ -125,18 +126,24 @@ fn next_after(s: &RotationSchedule, now: OffsetDateTime) -> OffsetDateTime {
     }
 }
 
+/// `GetKeyRotationStatus` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyRotationStatusOutput {
+    /// `KeyRotationEnabled`: whether automatic rotation is enabled.
     pub key_rotation_enabled: bool,
+    /// `KeyId`: the ARN of the key.
     pub key_id: String,
+    /// `RotationPeriodInDays`: days between automatic rotations; only when enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_period_in_days: Option<u32>,
+    /// `NextRotationDate`: when the next automatic rotation is due; only when enabled.
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "epoch_seconds::option"
     )]
     pub next_rotation_date: Option<OffsetDateTime>,
+    /// `OnDemandRotationStartDate`: when an on-demand rotation in progress started.
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "epoch_seconds::option"
@@ -144,33 +151,46 @@ pub struct KeyRotationStatusOutput {
     pub on_demand_rotation_start_date: Option<OffsetDateTime>,
 }
 
+/// `RotateKeyOnDemand` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RotateKeyOnDemandOutput {
+    /// `KeyId`: the id of the key whose material was rotated.
     pub key_id: String,
 }
 
+/// One entry of `ListKeyRotations`' `Rotations` (`RotationsListEntry`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RotationsListEntry {
+    /// `KeyId`: the id of the key.
     pub key_id: String,
+    /// `KeyMaterialId`: the id of this generation of key material.
     pub key_material_id: String,
+    /// `KeyMaterialState`: `CURRENT` for the material in use, else `NON_CURRENT`.
     pub key_material_state: &'static str,
+    /// `RotationDate`: when this material became current by rotation.
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "epoch_seconds::option"
     )]
     pub rotation_date: Option<OffsetDateTime>,
+    /// `RotationType`: whether the rotation was automatic or on demand.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_type: Option<RotationType>,
 }
 
+/// `ListKeyRotations` response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListKeyRotationsOutput {
+    /// `Rotations`: this page of rotations (with `IncludeKeyMaterial`, of all key material),
+    /// oldest first.
     pub rotations: Vec<RotationsListEntry>,
+    /// `NextMarker`: the `Marker` that fetches the next page; only when `Truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_marker: Option<Marker>,
+    /// `Truncated`: whether more rotations follow this page.
     pub truncated: bool,
 }
 
@@ -261,6 +281,7 @@ impl Kms {
         }
     }
 
+    /// `EnableKeyRotation`: automatic rotation every `period_days` (default 365).
     pub async fn enable_key_rotation(
         &self,
         keys: &Resolved,
@@ -296,6 +317,7 @@ impl Kms {
         Ok(Empty {})
     }
 
+    /// `DisableKeyRotation`: no more automatic rotations; existing material is kept.
     pub async fn disable_key_rotation(&self, keys: &Resolved) -> Result<Empty, KmsError> {
         let e = keys.key()?;
         self.customer_managed(&e)?;
@@ -309,6 +331,7 @@ impl Kms {
         Ok(Empty {})
     }
 
+    /// `GetKeyRotationStatus`: whether and when the key rotates automatically.
     pub fn get_key_rotation_status(
         &self,
         keys: &Resolved,
@@ -341,6 +364,7 @@ impl Kms {
         })
     }
 
+    /// `RotateKeyOnDemand`: a new generation of key material now, within the per-key quota.
     pub async fn rotate_key_on_demand(
         &self,
         keys: &Resolved,
@@ -355,6 +379,7 @@ impl Kms {
         })
     }
 
+    /// `ListKeyRotations`: one page of the key's completed rotations, oldest first.
     pub fn list_key_rotations(
         &self,
         keys: &Resolved,

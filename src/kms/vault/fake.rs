@@ -133,8 +133,16 @@ struct State {
 }
 
 impl State {
-    fn up(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.hsms.len()).filter(|&i| self.hsms[i].up)
+    /// The HSMs that are up, in index order.
+    fn up(&self) -> impl Iterator<Item = &Hsm> + '_ {
+        self.hsms.iter().filter(|h| h.up)
+    }
+
+    /// HSM `hsm`, for the test controls. Panics if there is no such HSM: the index comes
+    /// from the test, and a wrong one is a bug in that test.
+    #[allow(clippy::indexing_slicing)] // intended: a test naming a missing HSM fails loudly
+    fn hsm_mut(&mut self, hsm: usize) -> &mut Hsm {
+        &mut self.hsms[hsm]
     }
 
     /// At least `needed` HSMs are up, or `Unavailable`.
@@ -219,7 +227,7 @@ impl FakeVault {
     /// Take HSM `hsm` down (`true`) or bring it back up (`false`); it keeps its objects.
     /// Panics if there is no such HSM.
     pub fn set_down(&self, hsm: usize, down: bool) {
-        self.state.lock().hsms[hsm].up = !down;
+        self.state.lock().hsm_mut(hsm).up = !down;
     }
 
     /// The next `n` operations (any [`KeyVault`] method but `health` and
@@ -244,9 +252,9 @@ impl FakeVault {
         }
     }
 
-    /// Whether HSM `hsm` (up or down) holds a copy of `id`.
+    /// Whether HSM `hsm` (up or down) holds a copy of `id`. Panics if there is no such HSM.
     pub fn holds(&self, hsm: usize, id: &ObjectId) -> bool {
-        self.state.lock().hsms[hsm].objects.contains_key(id)
+        self.state.lock().hsm_mut(hsm).objects.contains_key(id)
     }
 
     /// Distinct object ids held by any HSM, up or down.
@@ -260,9 +268,9 @@ impl FakeVault {
     }
 
     /// Drop HSM `hsm`'s copy of `id` (as if the HSM were replaced by an empty one); true if
-    /// it had one.
+    /// it had one. Panics if there is no such HSM.
     pub fn forget(&self, hsm: usize, id: &ObjectId) -> bool {
-        self.state.lock().hsms[hsm].objects.remove(id).is_some()
+        self.state.lock().hsm_mut(hsm).objects.remove(id).is_some()
     }
 
     /// How many times the [`KeyVault`] method named `op` was called (failed calls included).
@@ -281,14 +289,13 @@ impl FakeVault {
         *st.calls.entry(op).or_default() += 1;
         let hit = st
             .faults
-            .iter()
-            .position(|f| f.op.as_deref().is_none_or(|o| o == op));
-        if let Some(i) = hit {
-            let fault = st.faults[i].fault;
-            st.faults[i].remaining -= 1;
-            if st.faults[i].remaining == 0 {
-                st.faults.remove(i);
-            }
+            .iter_mut()
+            .find(|f| f.op.as_deref().is_none_or(|o| o == op));
+        if let Some(injected) = hit {
+            injected.remaining -= 1;
+            let fault = injected.fault;
+            // Only the fault just fired can have run out: pending ones have `remaining > 0`.
+            st.faults.retain(|f| f.remaining > 0);
             return Err(fault.error(op));
         }
         Ok(())
@@ -303,10 +310,10 @@ impl FakeVault {
         let st = self.state.lock();
         st.need_up(1)?;
         let mut lacking = Vec::new();
-        for i in st.up() {
-            match st.hsms[i].objects.get(id) {
+        for h in st.up() {
+            match h.objects.get(id) {
                 Some(s) => return Ok(s.clone()),
-                None => lacking.push(st.hsms[i].name.as_str()),
+                None => lacking.push(h.name.as_str()),
             }
         }
         Err(VaultError::Failed {
@@ -687,14 +694,12 @@ impl KeyVault for FakeVault {
     ) -> Result<usize, VaultError> {
         self.begin("replicate_missing")?;
         let mut st = self.state.lock();
-        let up: Vec<usize> = st.up().collect();
         let mut copies = 0;
         for (id, label, kind) in keys {
-            let Some(src) = up.iter().find_map(|&i| st.hsms[i].objects.get(id).cloned()) else {
+            let Some(src) = st.up().find_map(|h| h.objects.get(id).cloned()) else {
                 continue;
             };
-            for &i in &up {
-                let h = &mut st.hsms[i];
+            for h in st.hsms.iter_mut().filter(|h| h.up) {
                 if h.objects.contains_key(id) {
                     continue;
                 }
@@ -886,7 +891,7 @@ impl KeyVault for FakeVault {
                 "The public key is not a valid point on the key's curve.".into(),
             )
         };
-        if peer_point.len() != curve.point_len() || peer_point[0] != 0x04 {
+        if peer_point.len() != curve.point_len() || peer_point.first() != Some(&0x04) {
             return Err(invalid());
         }
         on_curve!(curve, c => {
