@@ -351,6 +351,10 @@ impl Kms {
         p: &Principal,
         r: &KeyRef,
     ) -> Result<(), KmsError> {
+        // Only aliases can name an AWS managed key; a key id or ARN costs nothing here.
+        if !matches!(r, KeyRef::AliasName(_) | KeyRef::AliasArn(_)) {
+            return Ok(());
+        }
         let account = self.account(p)?;
         let name = match r {
             KeyRef::AliasName(n) => n,
