@@ -58,13 +58,32 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KMS_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,hsm_kms=info,cryptoki=off")
-            }),
+    // A static per-target filter (`KMS_LOG`, e.g. `warn,hsm_kms=debug`): unlike `EnvFilter`
+    // it keeps no per-span state, so the request span costs no lock on every poll.
+    let configured = std::env::var("KMS_LOG").ok();
+    let parsed = configured
+        .as_deref()
+        .map(str::parse::<tracing_subscriber::filter::Targets>);
+    if let Some(Err(e)) = &parsed {
+        eprintln!(
+            "hsm-kms: KMS_LOG is not a list of target=level directives ({e}); using the default"
+        );
+    }
+    let filter = parsed.and_then(Result::ok).unwrap_or_else(|| {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::WARN)
+            .with_target("hsm_kms", tracing::Level::INFO)
+            .with_target("cryptoki", tracing::level_filters::LevelFilter::OFF)
+    });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
         )
-        .with_writer(std::io::stderr)
+        .with(filter)
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("hsm-kms: {e:#}");

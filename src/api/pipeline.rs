@@ -28,15 +28,27 @@ use tracing::Instrument;
 /// Serve one `POST /` KMS request.
 pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    // The operation is known from a header before anything is read, so the span is made
+    // once with both fields (no later re-formatting of its fields).
+    let target = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Operation::from_target)
+        .filter(|op| op.is_built());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        operation = tracing::field::Empty
+        operation = %target.map_or("unknown", Operation::name)
     );
     let started = Instant::now();
-    let outcome = run(app, req).instrument(span.clone()).await;
-    let _in = span.enter();
-    record(app, &outcome, started);
+    let outcome = async {
+        let outcome = run(app, req, target).await;
+        record(app, &outcome, started);
+        outcome
+    }
+    .instrument(span)
+    .await;
     match outcome.result {
         Ok(mut r) => {
             set_headers(&mut r, &request_id);
@@ -54,20 +66,25 @@ struct Outcome {
     result: Result<Response, ApiError>,
 }
 
-async fn run(app: &AppState, req: Request) -> Outcome {
+async fn run(app: &AppState, req: Request, target: Option<Operation>) -> Outcome {
     let mut out = Outcome {
         operation: None,
         principal: None,
         keys: None,
         result: Err(ApiError::unknown_operation()),
     };
-    out.result = steps(app, req, &mut out).await;
+    out.result = steps(app, req, target, &mut out).await;
     out
 }
 
-async fn steps(app: &AppState, req: Request, out: &mut Outcome) -> Result<Response, ApiError> {
+async fn steps(
+    app: &AppState,
+    req: Request,
+    target: Option<Operation>,
+    out: &mut Outcome,
+) -> Result<Response, ApiError> {
     // 1. authenticate
-    let (op, principal, body) = authenticate(app, req, out).await?;
+    let (op, principal, body) = authenticate(app, req, target, out).await?;
     out.principal = Some(principal.arn.clone());
     // 2. parse
     let json = json_body(&body)?;
@@ -93,6 +110,7 @@ async fn steps(app: &AppState, req: Request, out: &mut Outcome) -> Result<Respon
 async fn authenticate(
     app: &AppState,
     req: Request,
+    target: Option<Operation>,
     out: &mut Outcome,
 ) -> Result<(Operation, Principal, bytes::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
@@ -107,15 +125,8 @@ async fn authenticate(
                 format!("Request body is larger than {} bytes", app.max_body_bytes),
             )
         })?;
-    let op = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(Operation::from_target)
-        .filter(|op| op.is_built())
-        .ok_or_else(ApiError::unknown_operation)?;
+    let op = target.ok_or_else(ApiError::unknown_operation)?;
     out.operation = Some(op);
-    tracing::Span::current().record("operation", tracing::field::display(op));
     let principal = crate::auth::verify(
         &RequestParts {
             method: parts.method.as_str(),
