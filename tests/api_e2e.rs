@@ -386,3 +386,39 @@ async fn a_request_succeeds_while_one_hsm_is_gone() {
     std::fs::rename(&moved, dir).unwrap();
     s.running.stop().await;
 }
+
+/// A captured request cannot be replayed as another operation: `X-Amz-Target` must be
+/// signed. Signed as DescribeKey and sent as DisableKey, the signature does not match;
+/// signed without the header and sent as DisableKey, the request is incomplete. Either
+/// way the key stays enabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retargeted_request_is_refused() {
+    let s = service().await;
+    let c = &s.client;
+    let id = key(c).await;
+    let r = c
+        .send_retargeted(Some("DescribeKey"), "DisableKey", json!({"KeyId": id}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (400, "InvalidSignatureException"),
+        "{}",
+        r.body
+    );
+    let r = c
+        .send_retargeted(None, "DisableKey", json!({"KeyId": id}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (400, "IncompleteSignatureException"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["message"],
+        "'x-amz-target' must be a 'SignedHeader' in the AWS Authorization."
+    );
+    let d = c.ok("DescribeKey", json!({"KeyId": id})).await;
+    assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
+    s.running.stop().await;
+}

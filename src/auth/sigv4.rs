@@ -146,6 +146,9 @@ impl AuthError {
     }
 }
 
+/// Headers that must be among the `SignedHeaders` whenever the request carries them.
+const MUST_SIGN_WHEN_PRESENT: &[&str] = &["x-amz-target", "x-amz-date", "x-amz-security-token"];
+
 /// Verifies a SigV4-signed request and returns who signed it.
 ///
 /// `now` is the server's clock; `region` and `service` (`"kms"`) are what the credential scope
@@ -210,6 +213,20 @@ pub fn verify(
         return Err(AuthError::IncompleteSignature(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.".into(),
         ));
+    }
+    // Headers that decide what a request does or when it was made must be covered by the
+    // signature when present; otherwise a captured request could be replayed with another
+    // operation (`X-Amz-Target`), time or session.
+    for name in MUST_SIGN_WHEN_PRESENT {
+        if req.headers.contains_key(*name)
+            && !signed_headers
+                .split(';')
+                .any(|h| h.eq_ignore_ascii_case(name))
+        {
+            return Err(AuthError::IncompleteSignature(format!(
+                "'{name}' must be a 'SignedHeader' in the AWS Authorization."
+            )));
+        }
     }
 
     let mut scope_errors = String::new();
@@ -1191,13 +1208,33 @@ mod tests {
             ),
         ]);
         verify_boto(&h, b"{}", BOTO_TIME).unwrap();
-        // X-Amz-Date wins over Date when both are present.
+        // An X-Amz-Date added after signing (it would win over Date) is refused: it must be
+        // signed when present.
         let mut both = h.clone();
         both.insert(X_AMZ_DATE, HeaderValue::from_static("20261126T120001Z"));
         assert_eq!(
             verify_boto(&both, b"{}", BOTO_TIME),
-            Err(AuthError::SignatureMismatch)
+            Err(AuthError::IncompleteSignature(
+                "'x-amz-date' must be a 'SignedHeader' in the AWS Authorization.".into()
+            ))
         );
+        // So are an X-Amz-Target (a re-targeted request) and a session token.
+        for (name, value) in [
+            ("x-amz-target", "TrentService.DisableKey"),
+            ("x-amz-security-token", "token"),
+        ] {
+            let mut more = h.clone();
+            more.insert(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+            assert_eq!(
+                verify_boto(&more, b"{}", BOTO_TIME),
+                Err(AuthError::IncompleteSignature(format!(
+                    "'{name}' must be a 'SignedHeader' in the AWS Authorization."
+                )))
+            );
+        }
     }
 
     #[test]

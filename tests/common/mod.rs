@@ -207,6 +207,53 @@ impl Client {
         .await
     }
 
+    /// The re-target attack: sign a request as `signed_as` (or with no `X-Amz-Target` at
+    /// all), then send it with `X-Amz-Target: TrentService.<sent_as>`.
+    pub(crate) async fn send_retargeted(
+        &self,
+        signed_as: Option<&str>,
+        sent_as: &str,
+        body: Value,
+    ) -> Reply {
+        let body = body.to_string().into_bytes();
+        let host = self.url.trim_start_matches("http://").to_string();
+        let mut h = http::HeaderMap::new();
+        h.insert("host", host.parse().unwrap());
+        h.insert(
+            "content-type",
+            "application/x-amz-json-1.1".parse().unwrap(),
+        );
+        if let Some(t) = signed_as {
+            h.insert("x-amz-target", format!("TrentService.{t}").parse().unwrap());
+        }
+        sign_kms(
+            &mut h,
+            &body,
+            &self.cred.access_key_id,
+            &self.cred.secret_access_key,
+            time::OffsetDateTime::now_utc(),
+        );
+        h.insert(
+            "x-amz-target",
+            format!("TrentService.{sent_as}").parse().unwrap(),
+        );
+        let mut req = self.http.post(format!("{}/", self.url)).body(body);
+        for (k, v) in h.iter() {
+            if k != "host" {
+                req = req.header(k.as_str(), v.to_str().unwrap());
+            }
+        }
+        let r = req.send().await.expect("http");
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            request_id: None,
+            content_type: None,
+        }
+    }
+
     /// Call and require HTTP 200.
     pub(crate) async fn ok(&self, op: &str, body: Value) -> Value {
         let r = self.call(op, body).await;
