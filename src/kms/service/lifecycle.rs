@@ -58,6 +58,50 @@ fn is_due(doc: &crate::kms::model::KeyDoc, now: OffsetDateTime) -> bool {
     doc.key_state == KeyState::PendingDeletion && doc.deletion_date.is_some_and(|d| d <= now)
 }
 
+/// The services whose `alias/aws/<service>` AWS managed key is created on first use (the
+/// AWS managed keys AWS services create in an account); any other `alias/aws/…` name is
+/// simply not found.
+const AWS_MANAGED_KEY_SERVICES: &[&str] = &[
+    "acm",
+    "airflow",
+    "appflow",
+    "backup",
+    "cloud9",
+    "cloudtrail",
+    "codeartifact",
+    "codecommit",
+    "connect",
+    "dms",
+    "dynamodb",
+    "ebs",
+    "ecr",
+    "elasticfilesystem",
+    "es",
+    "fsx",
+    "glue",
+    "imagebuilder",
+    "kafka",
+    "kendra",
+    "kinesis",
+    "kinesisvideo",
+    "lambda",
+    "lightsail",
+    "mq",
+    "qldb",
+    "rds",
+    "redshift",
+    "s3",
+    "secretsmanager",
+    "ses",
+    "sns",
+    "sqs",
+    "ssm",
+    "timestream",
+    "transfer",
+    "workspaces",
+    "xray",
+];
+
 fn reserved_tag_key(key: &str) -> bool {
     key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:"))
 }
@@ -361,8 +405,10 @@ impl Kms {
             KeyRef::AliasArn(a) if a.region == self.region && a.account == account => &a.alias,
             _ => return Ok(()),
         };
+        // Only the services AWS makes managed keys for: no caller can fill the HSMs with
+        // undeletable keys by naming made-up services.
         let service = match name.as_str().strip_prefix(AliasName::AWS_RESERVED_PREFIX) {
-            Some(s) if !s.is_empty() => s.to_string(),
+            Some(s) if AWS_MANAGED_KEY_SERVICES.contains(&s) => s.to_string(),
             _ => return Ok(()),
         };
         let k = (account.as_str().to_string(), name.as_str().to_string());

@@ -1280,8 +1280,15 @@ async fn aws_managed_key_is_created_once_on_first_use_and_cannot_be_managed() {
     assert_eq!(md["KeyState"], "Enabled");
     assert!(md["Description"].as_str().unwrap().contains("ebs"), "{md}");
 
-    // "alias/aws/" alone names no service and creates nothing.
+    // "alias/aws/" alone names no service and creates nothing; neither does a service AWS
+    // makes no managed key for (no caller can fill the HSMs with undeletable keys).
     expect_err(h.describe("alias/aws/").await, "NotFoundException");
+    let creates = h.fake.calls("create_key");
+    for made_up in ["alias/aws/not-a-service", "alias/aws/mine"] {
+        expect_err(h.describe(made_up).await, "NotFoundException");
+        expect_err(h.run(encrypt(made_up, b"x")).await, "NotFoundException");
+    }
+    assert_eq!(h.fake.calls("create_key"), creates);
     assert_eq!(h.key_ids().await.len(), 3);
 }
 
