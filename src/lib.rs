@@ -15,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod fsutil;
 pub mod hsm;
 pub mod kms;
 pub mod pkix;

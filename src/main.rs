@@ -216,10 +216,8 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
+    hsm_kms::fsutil::write_private(path, text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Installs the SIGTERM handler; the future resolves on Ctrl-C or SIGTERM.

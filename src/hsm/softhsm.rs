@@ -65,15 +65,8 @@ fn secret_file(path: &Path, hsm: &str) -> Result<Zeroizing<String>, HsmError> {
     let mut b = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut b);
     let pin = Zeroizing::new(hex::encode(b));
-    std::fs::write(path, pin.as_bytes()).map_err(|e| io(hsm, "write PIN file", e))?;
-    set_private(path).map_err(|e| io(hsm, "chmod PIN file", e))?;
+    crate::fsutil::write_private(path, pin.as_bytes()).map_err(|e| io(hsm, "write PIN file", e))?;
     Ok(pin)
-}
-
-#[cfg(unix)]
-fn set_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// Create (idempotently) a SoftHSM2 token named `name` under `base/name/`.
