@@ -101,14 +101,12 @@ impl Running {
     }
 }
 
+/// The store counter that allocates each process start's GCM IV fixed field.
+const IV_FIXED_FIELD: &str = "gcm_iv_fixed_field";
+
 /// Connect, load and serve (in a background task); returns once listening.
 pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     let region = Region::parse(&cfg.region).map_err(|e| StartError::Config(e.to_string()))?;
-    let (nodes, copts) = (cfg.nodes, cfg.cluster);
-    let cluster = tokio::task::spawn_blocking(move || HsmCluster::connect(nodes, copts))
-        .await
-        .map_err(|e| StartError::Config(format!("cluster start: {e}")))??;
-    let cluster = Arc::new(cluster);
     if let Some(parent) = cfg.database.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -118,6 +116,21 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             .await
             .map_err(|e| StartError::Config(format!("store open: {e}")))??,
     );
+    // This start's GCM IV fixed field, durably allocated before any encryption: no other
+    // start (or node sharing the store) ever uses it, so IVs never repeat under any key.
+    let s2 = store.clone();
+    let start_number = tokio::task::spawn_blocking(move || s2.next_counter(IV_FIXED_FIELD))
+        .await
+        .map_err(|e| StartError::Config(format!("store: {e}")))??;
+    let fixed = u32::try_from(start_number).map_err(|_| {
+        StartError::Config("the GCM IV fixed fields (2^32 process starts) are used up".into())
+    })?;
+    let (nodes, mut copts) = (cfg.nodes, cfg.cluster);
+    copts.iv_fixed_field = Some(fixed);
+    let cluster = tokio::task::spawn_blocking(move || HsmCluster::connect(nodes, copts))
+        .await
+        .map_err(|e| StartError::Config(format!("cluster start: {e}")))??;
+    let cluster = Arc::new(cluster);
     let now = cfg.clock.now();
     let vault: Arc<dyn KeyVault> = cluster.clone();
     let (credentials, new_credential) =

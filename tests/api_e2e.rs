@@ -422,3 +422,67 @@ async fn a_retargeted_request_is_refused() {
     assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
     s.running.stop().await;
 }
+
+/// GCM IVs follow SP 800-38D §8.2.1: a fixed field allocated durably per process start,
+/// then an invocation counter. Within a start every IV differs and counts up; after a
+/// restart the fixed field is a new one; ciphertexts of both starts decrypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcm_ivs_are_a_durable_fixed_field_and_a_counter() {
+    // The IV sits after version (1), key id (16) and backing version (4).
+    fn iv(blob: &[u8]) -> [u8; 12] {
+        blob[21..33].try_into().unwrap()
+    }
+    let s = service().await;
+    let id = key(&s.client).await;
+    let mut first = Vec::new();
+    for i in 0..20u8 {
+        let r = s
+            .client
+            .ok("Encrypt", json!({"KeyId": id, "Plaintext": b64(&[i])}))
+            .await;
+        first.push(unb64(&r["CiphertextBlob"]));
+    }
+    let dk = s
+        .client
+        .ok(
+            "GenerateDataKey",
+            json!({"KeyId": id, "KeySpec": "AES_256"}),
+        )
+        .await;
+    first.push(unb64(&dk["CiphertextBlob"]));
+    let fixed1 = iv(&first[0])[..4].to_vec();
+    let counters: Vec<u64> = first
+        .iter()
+        .map(|b| {
+            let v = iv(b);
+            assert_eq!(v[..4], fixed1[..], "one fixed field per start");
+            u64::from_be_bytes(v[4..].try_into().unwrap())
+        })
+        .collect();
+    assert!(
+        counters.windows(2).all(|w| w[0] < w[1]),
+        "invocation counters must increase: {counters:?}"
+    );
+    s.running.stop().await;
+
+    let (running, c) = start_on(&s.tokens, std::sync::Arc::new(hsm_kms::clock::SystemClock)).await;
+    let r = c
+        .ok("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"after")}))
+        .await;
+    let second = unb64(&r["CiphertextBlob"]);
+    let fixed2 = iv(&second)[..4].to_vec();
+    assert_ne!(fixed1, fixed2, "a restart must use a new fixed field");
+    assert_eq!(
+        u32::from_be_bytes(fixed2.clone().try_into().unwrap()),
+        u32::from_be_bytes(fixed1.clone().try_into().unwrap()) + 1
+    );
+    for (i, blob) in first.iter().take(20).enumerate() {
+        let d = c.ok("Decrypt", json!({"CiphertextBlob": b64(blob)})).await;
+        assert_eq!(unb64(&d["Plaintext"]), vec![i as u8]);
+    }
+    let d = c
+        .ok("Decrypt", json!({"CiphertextBlob": b64(&second)}))
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"after");
+    running.stop().await;
+}

@@ -22,10 +22,7 @@ pub(super) fn gcm_encrypt(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
-    let mut iv = [0u8; IV_LEN];
-    ctx.session()
-        .generate_random_slice(&mut iv)
-        .map_err(|e| ctx.err(Operation::Random, e))?;
+    let iv = ctx.next_iv()?;
     let ct = ctx.with_key(Operation::AesGcmEncrypt, ObjectKind::Secret, key, |s, h| {
         let mut iv2 = iv;
         s.encrypt(&mechanisms::gcm(&mut iv2, aad)?, h, plaintext)

@@ -39,6 +39,11 @@ pub struct ClusterOptions {
     pub probe_interval: Duration,
     /// HSMs that must hold a new key before it is acknowledged (at least 2).
     pub min_copies: usize,
+    /// The fixed field of this process start's deterministic GCM IVs (SP 800-38D §8.2.1),
+    /// allocated durably so that no other start or node ever uses it (`app` takes it from
+    /// the metadata store). `None`: random IVs from `C_GenerateRandom`, which bound each key
+    /// to 2^32 encryptions; only for HSM-level tests and benchmarks.
+    pub iv_fixed_field: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -50,6 +55,7 @@ impl Default for ClusterOptions {
             keygen_timeout: Duration::from_secs(60),
             probe_interval: Duration::from_millis(1000),
             min_copies: 2,
+            iv_fixed_field: None,
         }
     }
 }
@@ -85,6 +91,9 @@ impl HsmCluster {
             queue_depth: opts.queue_depth,
             probe_interval: opts.probe_interval,
             probe_timeout: opts.call_timeout,
+            iv: opts
+                .iv_fixed_field
+                .map(|f| Arc::new(super::iv::IvSource::new(f))),
         };
         let mut hsms: Vec<Pool> = Vec::new();
         for cfg in cfgs {

@@ -9,6 +9,7 @@ use super::capabilities::Caps;
 use super::error::{self, Fault, HsmError, Operation};
 use super::handles::ObjectKind;
 use super::instance::Instance;
+use super::mechanisms::IV_LEN;
 use super::node::Node;
 use cryptoki::error::Error as CkError;
 use cryptoki::object::{Attribute, ObjectHandle};
@@ -119,6 +120,21 @@ impl<'a> WorkerCtx<'a> {
     }
 
     /// Random bytes from the HSM.
+    /// The IV of the next AES-GCM encryption: deterministic (fixed field ‖ counter) when the
+    /// cluster has a fixed field, else random from the token.
+    pub(super) fn next_iv(&mut self) -> Result<[u8; IV_LEN], HsmError> {
+        if let Some(source) = &self.node.opts.iv {
+            return source.next().ok_or_else(|| {
+                HsmError::Internal("the GCM IV counter of this process start is exhausted".into())
+            });
+        }
+        let mut iv = [0u8; IV_LEN];
+        self.session
+            .generate_random_slice(&mut iv)
+            .map_err(|e| self.err(Operation::Random, e))?;
+        Ok(iv)
+    }
+
     pub(super) fn random(&mut self, n: usize) -> Result<Vec<u8>, HsmError> {
         self.session
             .generate_random_vec(n as u32)

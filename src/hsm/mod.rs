@@ -14,6 +14,7 @@
 //! | `handles` | typed object classes, well-known `CKA_ID`s, the epoch-keyed handle cache |
 //! | `kinds` | key kinds, pair specs, signature schemes, public keys (plain data) |
 //! | `mechanisms` | pure builders of PKCS#11 mechanisms |
+//! | `iv` | deterministic GCM IVs (SP 800-38D §8.2.1): durable fixed field ‖ counter |
 //! | `templates` | pure builders of attribute templates |
 //! | `capabilities` | [`Caps`]: what a token offers, probed at connect |
 //! | `instance` | [`NodeConfig`]; one initialization of an HSM's module (login, warm-up) |
@@ -35,6 +36,7 @@ mod handles;
 mod health;
 mod hmac;
 mod instance;
+mod iv;
 mod job;
 mod keypair;
 mod kinds;

@@ -7,6 +7,7 @@
 use super::error::HsmError;
 use super::handles::ObjectKind;
 use super::instance::{Instance, NodeConfig};
+use super::iv::IvSource;
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,6 +66,9 @@ pub(super) struct NodeOptions {
     pub(super) queue_depth: usize,
     pub(super) probe_interval: Duration,
     pub(super) probe_timeout: Duration,
+    /// Deterministic GCM IVs shared by every HSM of the cluster; `None`: IVs from
+    /// `C_GenerateRandom` (only where no durable fixed field exists, e.g. HSM-level tests).
+    pub(super) iv: Option<Arc<IvSource>>,
 }
 
 /// One HSM of the cluster.

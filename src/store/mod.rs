@@ -177,4 +177,8 @@ pub trait MetadataStore: Send + Sync {
     fn get_setting(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Writes (inserts or replaces) a service-wide setting.
     fn put_setting(&self, name: &str, value: &[u8]) -> StoreResult<()>;
+    /// Increments the counter `name` (starting at 1) and returns its new value. Durable and
+    /// atomic: once this returns, no caller (of this or any process sharing the store) ever
+    /// gets the same value again, even after a crash.
+    fn next_counter(&self, name: &str) -> StoreResult<u64>;
 }

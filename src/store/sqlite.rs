@@ -519,6 +519,32 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn next_counter(&self, name: &str) -> StoreResult<u64> {
+        self.write(|tx| {
+            let current: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT value FROM settings WHERE name = ?1")
+                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+                .map_err(sql_err)?;
+            let current =
+                match current {
+                    None => 0,
+                    Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                        StoreError::Backend(format!("counter {name} is not 8 bytes"))
+                    })?),
+                };
+            let next = current
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Backend(format!("counter {name} is exhausted")))?;
+            tx.prepare_cached(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute(params![name, next.to_be_bytes().to_vec()]))
+            .map_err(sql_err)?;
+            Ok(next)
+        })
+    }
+
     fn put_setting(&self, name: &str, value: &[u8]) -> StoreResult<()> {
         self.write(|tx| {
             tx.prepare_cached(
