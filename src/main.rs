@@ -181,11 +181,19 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
             r = c.region
         );
         write_private(&env_file, &text)?;
-        println!(
-            "first start: created a credential; `source {}` or:",
-            env_file.display()
-        );
-        print!("{text}");
+        // The secret goes to a person's terminal only; logs and pipes get the file's path.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "first start: created a credential; `source {}` or:",
+                env_file.display()
+            );
+            print!("{text}");
+        } else {
+            println!(
+                "first start: created a credential in {} (mode 0600); `source` it",
+                env_file.display()
+            );
+        }
     } else if env_file.exists() {
         // Keep the endpoint line current (the port may differ between runs).
         let text = std::fs::read_to_string(&env_file)?;

@@ -341,6 +341,11 @@ pub(crate) mod real_binary {
         let mut lines = BufReader::new(out).lines();
         let addr = loop {
             let l = lines.next().expect("server printed nothing").unwrap();
+            // Standard output is a pipe here, not a terminal: no secret may reach it.
+            assert!(
+                !l.contains("AWS_SECRET_ACCESS_KEY"),
+                "the first start printed the secret to a pipe: {l}"
+            );
             if let Some(a) = l.strip_prefix("listening on ") {
                 break a.to_string();
             }
