@@ -96,6 +96,11 @@ async fn token_moved_away_fails_over_and_recovers_without_restart() {
     );
     assert!(c.health()[0].reinitializations >= 1);
     assert_eq!(
+        c.health()[0].last_error,
+        None,
+        "a recovered HSM must not keep reporting its old error"
+    );
+    assert_eq!(
         c.health()[1].reinitializations,
         0,
         "hsm b must not be touched"
@@ -106,6 +111,33 @@ async fn token_moved_away_fails_over_and_recovers_without_restart() {
         .unwrap();
     let pt = c.decrypt_on("b", &key_id(2), iv, vec![], ct).await.unwrap();
     assert_eq!(pt.as_slice(), b"back");
+}
+
+/// A client that gives up mid-call drops the request's future; the HSM's in-flight count,
+/// which `pick()` balances on, must come back down (it used to leak, steering traffic away
+/// from that HSM for good).
+#[cfg(feature = "test-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_does_not_leak_the_in_flight_count() {
+    let t = tokens(&["a", "b"]);
+    let c = connect(&t, fast_options());
+    c.create_aes_key(&key_id(4), "k4").await.unwrap();
+    for hsm in ["a", "b"] {
+        c.inject_stall(hsm, Duration::from_millis(400)).unwrap();
+    }
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            c.encrypt(&key_id(4), vec![], Zeroizing::new(b"x".to_vec())),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the stalled call should still be running");
+    }
+    for hsm in ["a", "b"] {
+        c.inject_stall(hsm, Duration::ZERO).unwrap();
+    }
+    let in_flight: Vec<usize> = c.health().iter().map(|h| h.in_flight).collect();
+    assert_eq!(in_flight, vec![0, 0], "{:?}", c.health());
 }
 
 #[cfg(feature = "test-hooks")]

@@ -55,7 +55,12 @@ fn monitor_loop(pool: Pool) {
         match node.state() {
             NodeState::Healthy | NodeState::Suspect => {
                 match pool.call_blocking(node.opts.probe_timeout, probe) {
-                    Ok(()) => node.set_state(NodeState::Healthy),
+                    Ok(()) => {
+                        if node.state() == NodeState::Suspect {
+                            node.clear_error();
+                        }
+                        node.set_state(NodeState::Healthy);
+                    }
                     Err(e) => {
                         tracing::error!(hsm = %node.name(), error = %e, "HSM probe failed; marking down");
                         node.record_error(&e);
@@ -78,6 +83,7 @@ fn try_reinit(pool: &Pool) {
         Ok(epoch) => match pool.call_blocking(node.opts.probe_timeout, probe) {
             Ok(()) => {
                 node.count_reinit();
+                node.clear_error();
                 node.set_state(NodeState::Healthy);
                 tracing::info!(hsm = %node.name(), epoch, "HSM re-initialized and healthy");
             }

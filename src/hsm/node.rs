@@ -71,6 +71,15 @@ pub(super) struct NodeOptions {
     pub(super) iv: Option<Arc<IvSource>>,
 }
 
+/// A call in flight on one HSM (see [`Node::begin_call`]).
+pub(super) struct InFlight<'a>(&'a Node);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One HSM of the cluster.
 pub(super) struct Node {
     pub(super) cfg: NodeConfig,
@@ -195,12 +204,17 @@ impl Node {
         Ok(epoch)
     }
 
-    pub(super) fn begin_call(&self) {
+    /// Count a call in flight until the returned guard is dropped, which also happens when
+    /// the caller's future is dropped mid-call (a client that gave up): `pick()` balances on
+    /// this count, so it must never leak.
+    pub(super) fn begin_call(&self) -> InFlight<'_> {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
     }
 
-    pub(super) fn end_call(&self) {
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    /// Forget the last error (the HSM has recovered).
+    pub(super) fn clear_error(&self) {
+        *self.last_error.lock() = None;
     }
 
     pub(super) fn inflight(&self) -> usize {

@@ -95,9 +95,9 @@ impl Pool {
                 })
             }),
         )?;
-        self.node.begin_call();
+        let in_flight = self.node.begin_call();
         let r = tokio::time::timeout(timeout, rx).await;
-        self.node.end_call();
+        drop(in_flight);
         match r {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(self.down()),
