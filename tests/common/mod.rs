@@ -145,15 +145,8 @@ impl Client {
         }
     }
 
-    /// Sign and send raw bytes; `tweak` may alter headers after signing.
-    pub(crate) async fn send_raw(
-        &self,
-        target: Option<&str>,
-        body: Vec<u8>,
-        time: time::OffsetDateTime,
-        secret: &str,
-        sign: bool,
-    ) -> Reply {
+    /// The headers of a KMS JSON request: host, content type, and `X-Amz-Target` if given.
+    fn headers(&self, target: Option<&str>) -> http::HeaderMap {
         let host = self.url.trim_start_matches("http://").to_string();
         let mut h = http::HeaderMap::new();
         h.insert("host", host.parse().unwrap());
@@ -164,9 +157,11 @@ impl Client {
         if let Some(t) = target {
             h.insert("x-amz-target", format!("TrentService.{t}").parse().unwrap());
         }
-        if sign {
-            sign_kms(&mut h, &body, &self.cred.access_key_id, secret, time);
-        }
+        h
+    }
+
+    /// POST `body` with `h` (the host header is reqwest's own) and read the reply.
+    async fn post(&self, h: &http::HeaderMap, body: Vec<u8>) -> Reply {
         let mut req = self.http.post(format!("{}/", self.url)).body(body);
         for (k, v) in h.iter() {
             if k != "host" {
@@ -193,6 +188,22 @@ impl Client {
         }
     }
 
+    /// Sign (unless `sign` is false) and send raw bytes.
+    pub(crate) async fn send_raw(
+        &self,
+        target: Option<&str>,
+        body: Vec<u8>,
+        time: time::OffsetDateTime,
+        secret: &str,
+        sign: bool,
+    ) -> Reply {
+        let mut h = self.headers(target);
+        if sign {
+            sign_kms(&mut h, &body, &self.cred.access_key_id, secret, time);
+        }
+        self.post(&h, body).await
+    }
+
     pub(crate) async fn call(&self, op: &str, body: Value) -> Reply {
         self.send_raw(
             Some(op),
@@ -216,16 +227,7 @@ impl Client {
         body: Value,
     ) -> Reply {
         let body = body.to_string().into_bytes();
-        let host = self.url.trim_start_matches("http://").to_string();
-        let mut h = http::HeaderMap::new();
-        h.insert("host", host.parse().unwrap());
-        h.insert(
-            "content-type",
-            "application/x-amz-json-1.1".parse().unwrap(),
-        );
-        if let Some(t) = signed_as {
-            h.insert("x-amz-target", format!("TrentService.{t}").parse().unwrap());
-        }
+        let mut h = self.headers(signed_as);
         sign_kms(
             &mut h,
             &body,
@@ -237,21 +239,7 @@ impl Client {
             "x-amz-target",
             format!("TrentService.{sent_as}").parse().unwrap(),
         );
-        let mut req = self.http.post(format!("{}/", self.url)).body(body);
-        for (k, v) in h.iter() {
-            if k != "host" {
-                req = req.header(k.as_str(), v.to_str().unwrap());
-            }
-        }
-        let r = req.send().await.expect("http");
-        let status = r.status().as_u16();
-        let bytes = r.bytes().await.unwrap();
-        Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            request_id: None,
-            content_type: None,
-        }
+        self.post(&h, body).await
     }
 
     /// Call and require HTTP 200.
