@@ -301,16 +301,22 @@ fn opt_key(i: &Input<'_>, member: &str) -> Result<Option<KeyRef>, ApiError> {
 }
 
 fn alias(i: &Input<'_>) -> Result<AliasName, ApiError> {
-    AliasName::parse(i.req_string("AliasName")?)
-        .map_err(|e| ApiError::validation(e.at("aliasName").to_string()))
+    alias_name(i.req_string("AliasName")?)
+}
+
+/// An `AliasName` value, its format errors reported at `aliasName`.
+fn alias_name(name: &str) -> Result<AliasName, ApiError> {
+    AliasName::parse(name).map_err(|e| ApiError::validation(e.at("aliasName").to_string()))
 }
 
 fn set_alias(i: &Input<'_>) -> Result<rq::SetAlias, ApiError> {
+    // Both members' presence and the target's length are checked before the alias format.
     let name = i.req_string("AliasName")?;
     let target = key(i, "TargetKeyId")?;
-    let alias =
-        AliasName::parse(name).map_err(|e| ApiError::validation(e.at("aliasName").to_string()))?;
-    Ok(rq::SetAlias { alias, target })
+    Ok(rq::SetAlias {
+        alias: alias_name(name)?,
+        target,
+    })
 }
 
 fn context(i: &Input<'_>, member: &str) -> Result<EncryptionContext, ApiError> {

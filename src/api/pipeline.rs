@@ -44,7 +44,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
     let started = Instant::now();
     let outcome = async {
         let outcome = run(app, req, target).await;
-        record(app, &outcome, started);
+        record(app, target, &outcome, started);
         outcome
     }
     .instrument(span)
@@ -60,15 +60,13 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
 
 /// What one call did, for the record step.
 struct Outcome {
-    operation: Option<Operation>,
-    principal: Option<String>,
+    principal: Option<Principal>,
     keys: Option<Resolved>,
     result: Result<Response, ApiError>,
 }
 
 async fn run(app: &AppState, req: Request, target: Option<Operation>) -> Outcome {
     let mut out = Outcome {
-        operation: None,
         principal: None,
         keys: None,
         result: Err(ApiError::unknown_operation()),
@@ -84,19 +82,19 @@ async fn steps(
     out: &mut Outcome,
 ) -> Result<Response, ApiError> {
     // 1. authenticate
-    let (op, principal, body) = authenticate(app, req, target, out).await?;
-    out.principal = Some(principal.arn.clone());
+    let (op, principal, body) = authenticate(app, req, target).await?;
+    let principal = &*out.principal.insert(principal);
     // 2. parse
     let json = json_body(&body)?;
     let request = parse::parse(op, &Input::new(&json))?;
     // 3. resolve
     let keys = out
         .keys
-        .insert(app.kms.resolve(&principal, op, &request).await?);
+        .insert(app.kms.resolve(principal, op, &request).await?);
     // 4. authorize
-    app.kms.authorize(&principal, op, keys)?;
+    app.kms.authorize(principal, op, keys)?;
     // 5. execute
-    let reply = app.kms.execute(&principal, request, keys).await?;
+    let reply = app.kms.execute(principal, request, keys).await?;
     // 7. respond (6. record runs in `handle`, for every outcome)
     let bytes = reply.to_json().map_err(|e| {
         tracing::error!(error = %e, "response serialization failed");
@@ -111,7 +109,6 @@ async fn authenticate(
     app: &AppState,
     req: Request,
     target: Option<Operation>,
-    out: &mut Outcome,
 ) -> Result<(Operation, Principal, bytes::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
@@ -126,7 +123,6 @@ async fn authenticate(
             )
         })?;
     let op = target.ok_or_else(ApiError::unknown_operation)?;
-    out.operation = Some(op);
     let principal = crate::auth::verify(
         &RequestParts {
             method: parts.method.as_str(),
@@ -158,9 +154,9 @@ fn json_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, 
 
 /// Step 6, record: one structured event per call (target `hsm_kms::audit`), never with
 /// plaintext, ciphertext, key material or secrets. The audit trail fills this in.
-fn record(app: &AppState, out: &Outcome, started: Instant) {
-    let operation = out.operation.map_or("unknown", Operation::name);
-    let principal = out.principal.as_deref().unwrap_or("-");
+fn record(app: &AppState, target: Option<Operation>, out: &Outcome, started: Instant) {
+    let operation = target.map_or("unknown", Operation::name);
+    let principal = out.principal.as_ref().map_or("-", |p| p.arn.as_str());
     let elapsed_us = started.elapsed().as_micros() as u64;
     // Key ARNs are formatted only for an event that is recorded.
     let resources = || {

@@ -10,8 +10,8 @@ use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 
-/// GCM IV length (bytes).
-pub const IV_LEN: usize = 12;
+/// GCM IV length (bytes): the port's.
+pub use crate::kms::vault::IV_LEN;
 /// GCM tag length (bits).
 const TAG_BITS: u64 = 128;
 

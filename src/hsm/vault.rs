@@ -13,8 +13,6 @@ use crate::kms::vault::{
 use crate::pkix::{Curve, Hash};
 use zeroize::Zeroizing;
 
-const _: () = assert!(IV_LEN == crate::kms::vault::IV_LEN);
-
 impl From<HsmError> for VaultError {
     fn from(e: HsmError) -> VaultError {
         match e {

@@ -26,6 +26,18 @@ use std::time::{Duration, Instant};
 type Completion = Box<dyn FnOnce() + Send>;
 type JobFn = Box<dyn FnOnce(&mut WorkerCtx<'_>) -> Completion + Send>;
 
+/// A job that runs `f` on a worker and hands its result to `reply` as a completion (run
+/// by the worker after the job, in its batch of completions).
+fn job<T: Send + 'static>(
+    f: impl FnOnce(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + 'static,
+    reply: impl FnOnce(Result<T, HsmError>) + Send + 'static,
+) -> JobFn {
+    Box::new(move |ctx| {
+        let r = f(ctx);
+        Box::new(move || reply(r))
+    })
+}
+
 /// Results are handed back in small batches (when the queue runs dry or this many have
 /// built up): one wake-up of the async side then serves several requests, which halves
 /// the context switches per operation under load.
@@ -85,14 +97,10 @@ impl Pool {
             return Err(self.down());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let deadline = Instant::now() + timeout;
         self.submit(
-            deadline,
-            Box::new(move |ctx| {
-                let r = f(ctx);
-                Box::new(move || {
-                    let _ = tx.send(r);
-                })
+            Instant::now() + timeout,
+            job(f, move |r| {
+                let _ = tx.send(r);
             }),
         )?;
         let in_flight = self.node.begin_call();
@@ -116,14 +124,10 @@ impl Pool {
         f: impl FnOnce(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, HsmError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let deadline = Instant::now() + timeout;
         self.submit(
-            deadline,
-            Box::new(move |ctx| {
-                let r = f(ctx);
-                Box::new(move || {
-                    let _ = tx.send(r);
-                })
+            Instant::now() + timeout,
+            job(f, move |r| {
+                let _ = tx.send(r);
             }),
         )?;
         match rx.recv_timeout(timeout) {

@@ -21,8 +21,8 @@ use super::types::KeyId;
 pub const FORMAT_VERSION: u8 = 1;
 /// Version byte + key id + backing version.
 pub const HEADER_LEN: usize = 1 + 16 + 4;
-/// Length of the AES-GCM IV (nonce).
-pub const IV_LEN: usize = 12;
+/// Length of the AES-GCM IV (nonce): what the vault returns with each ciphertext.
+pub use super::vault::IV_LEN;
 /// Length of the AES-GCM authentication tag.
 pub const TAG_LEN: usize = 16;
 /// Everything before the ciphertext.

@@ -395,16 +395,17 @@ impl Kms {
         p: &Principal,
         r: &KeyRef,
     ) -> Result<(), KmsError> {
-        // Only aliases can name an AWS managed key; a key id or ARN costs nothing here.
-        if !matches!(r, KeyRef::AliasName(_) | KeyRef::AliasArn(_)) {
-            return Ok(());
-        }
-        let account = self.account(p)?;
-        let name = match r {
-            KeyRef::AliasName(n) => n,
-            KeyRef::AliasArn(a) if a.region == self.region && a.account == account => &a.alias,
+        // Only an alias of this region can name an AWS managed key; a key id or ARN costs
+        // nothing here (the caller's account is parsed only for an alias).
+        let (name, arn_account) = match r {
+            KeyRef::AliasName(n) => (n, None),
+            KeyRef::AliasArn(a) if a.region == self.region => (&a.alias, Some(&a.account)),
             _ => return Ok(()),
         };
+        let account = self.account(p)?;
+        if arn_account.is_some_and(|a| *a != account) {
+            return Ok(());
+        }
         // Only the services AWS makes managed keys for: no caller can fill the HSMs with
         // undeletable keys by naming made-up services.
         let service = match name.as_str().strip_prefix(AliasName::AWS_RESERVED_PREFIX) {

@@ -235,28 +235,31 @@ impl Kms {
 
     /// State and usage checks for a cryptographic operation.
     fn usable_for(&self, e: &Entry, usage: KeyUsage) -> Result<(), KmsError> {
-        if e.doc.key_state == KeyState::Enabled && e.doc.key_usage == usage {
-            return Ok(());
-        }
-        let arn = self.arn(&e.doc);
+        // The ARN is formatted only for an error (not on every successful call).
+        let arn = || self.arn(&e.doc);
         match e.doc.key_state {
             KeyState::Enabled => {}
-            KeyState::Disabled => return Err(KmsError::Disabled(format!("{arn} is disabled."))),
+            KeyState::Disabled => {
+                return Err(KmsError::Disabled(format!("{} is disabled.", arn())))
+            }
             KeyState::PendingDeletion => {
                 return Err(KmsError::InvalidState(format!(
-                    "{arn} is pending deletion."
+                    "{} is pending deletion.",
+                    arn()
                 )))
             }
             other => {
                 return Err(KmsError::InvalidState(format!(
-                    "{arn} is {}.",
+                    "{} is {}.",
+                    arn(),
                     other.as_str()
                 )))
             }
         }
         if e.doc.key_usage != usage {
             return Err(KmsError::InvalidKeyUsage(format!(
-                "{arn} key usage is {} which is not valid for this operation.",
+                "{} key usage is {} which is not valid for this operation.",
+                arn(),
                 e.doc.key_usage.as_str()
             )));
         }
