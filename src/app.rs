@@ -104,15 +104,27 @@ impl Running {
 /// The store counter that allocates each process start's GCM IV fixed field.
 const IV_FIXED_FIELD: &str = "gcm_iv_fixed_field";
 
-/// Connect, load and serve (in a background task); returns once listening.
-pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
-    let region = Region::parse(&cfg.region).map_err(|e| StartError::Config(e.to_string()))?;
-    if let Some(parent) = cfg.database.parent() {
+/// The service's core without its listener: the metadata store, the HSM cluster (with this
+/// start's GCM IV fixed field, durably allocated first) and the domain.
+struct Core {
+    store: Arc<dyn crate::store::MetadataStore>,
+    cluster: Arc<HsmCluster>,
+    kms: Arc<Kms>,
+}
+
+async fn open_core(
+    database: PathBuf,
+    nodes: Vec<NodeConfig>,
+    mut copts: ClusterOptions,
+    clock: Arc<dyn Clock>,
+    region: &str,
+) -> Result<Core, StartError> {
+    let region = Region::parse(region).map_err(|e| StartError::Config(e.to_string()))?;
+    if let Some(parent) = database.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let db = cfg.database.clone();
     let store: Arc<dyn crate::store::MetadataStore> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+        tokio::task::spawn_blocking(move || SqliteStore::open(&database))
             .await
             .map_err(|e| StartError::Config(format!("store open: {e}")))??,
     );
@@ -125,18 +137,50 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     let fixed = u32::try_from(start_number).map_err(|_| {
         StartError::Config("the GCM IV fixed fields (2^32 process starts) are used up".into())
     })?;
-    let (nodes, mut copts) = (cfg.nodes, cfg.cluster);
     copts.iv_fixed_field = Some(fixed);
     let cluster = tokio::task::spawn_blocking(move || HsmCluster::connect(nodes, copts))
         .await
         .map_err(|e| StartError::Config(format!("cluster start: {e}")))??;
     let cluster = Arc::new(cluster);
+    let vault: Arc<dyn KeyVault> = cluster.clone();
+    let kms = Arc::new(Kms::open(vault, store.clone(), clock, region)?);
+    Ok(Core {
+        store,
+        cluster,
+        kms,
+    })
+}
+
+/// Copy every key to every enrolled HSM that lacks it (after `hsm-kms hsm enroll`), calling
+/// `progress(keys done, keys in all)` as it goes; returns the copies made. Opens the store
+/// and the cluster like [`start`], without listening.
+pub async fn copy_keys(
+    cfg: ServiceConfig,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<usize, StartError> {
+    let core = open_core(cfg.database, cfg.nodes, cfg.cluster, cfg.clock, &cfg.region).await?;
+    Ok(core.kms.resync_hsms_with_progress(progress).await?)
+}
+
+/// Connect, load and serve (in a background task); returns once listening.
+pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
+    let Core {
+        store,
+        cluster,
+        kms,
+    } = open_core(
+        cfg.database.clone(),
+        cfg.nodes,
+        cfg.cluster,
+        cfg.clock.clone(),
+        &cfg.region,
+    )
+    .await?;
     let now = cfg.clock.now();
     let vault: Arc<dyn KeyVault> = cluster.clone();
     let (credentials, new_credential) =
         crate::kms::credentials::load_or_create(vault.as_ref(), &store, &cfg.account_id, now)
             .await?;
-    let kms = Arc::new(Kms::open(vault, store, cfg.clock.clone(), region)?);
     // Background work (HSM re-sync, due deletions and rotations) on a fixed period.
     let weak = Arc::downgrade(&kms);
     let period = cfg.maintenance_interval;

@@ -1,11 +1,13 @@
-//! The `hsm-kms` binary: `setup-local` (two local SoftHSM2 tokens and a config), `serve`
-//! (the KMS API), `bench-hsm` (HSM layer vs raw PKCS#11). `anyhow` lives only here.
+//! The `hsm-kms` binary: `setup-local` (two local SoftHSM2 tokens, enrolled, and a config),
+//! `serve` (the KMS API), `hsm enroll` (the SO ceremony that brings a token into the
+//! cluster), `bench-hsm` (HSM layer vs raw PKCS#11). `anyhow` lives only here.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hsm_kms::app::{self, ServiceConfig};
 use hsm_kms::clock::SystemClock;
 use hsm_kms::config::{self, Loaded};
+use hsm_kms::hsm::ceremony::{self, Enrolled, SoPin};
 use hsm_kms::hsm::softhsm;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,11 +25,47 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum HsmCmd {
+    /// Bring the configured HSM NAME into the cluster with its SO's approval: the cluster
+    /// wrapping key travels to it under a transport key generated inside it (its
+    /// fingerprint is shown for confirmation), then every key is copied to it. The first
+    /// HSM enrolled generates the cluster wrapping key. Restart the service afterwards.
+    Enroll {
+        /// The HSM's name in the config.
+        name: String,
+        /// Config file (default: <state dir>/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// File with NAME's SO PIN (read for this command only); default: asked on the terminal.
+        #[arg(long)]
+        so_pin_file: Option<PathBuf>,
+        /// File with the SO PIN of the HSM that sends the cluster wrapping key (default: the
+        /// same as --so-pin-file, else asked on the terminal).
+        #[arg(long)]
+        source_so_pin_file: Option<PathBuf>,
+        /// Do not ask for confirmation of the transport key fingerprint (labs and tests).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
-    /// Create two local SoftHSM2 tokens and a config under the state folder (idempotent).
+    /// Create two local SoftHSM2 tokens, enroll them (the SO ceremony, non-interactive) and
+    /// write a config under the state folder (idempotent). The SO PIN never stays in the
+    /// state folder.
     SetupLocal {
         #[arg(long, env = "KMS_STATE_DIR", default_value = "var")]
         state_dir: PathBuf,
+        /// File holding the SO PIN for new tokens (created 0600 with a random PIN if it does
+        /// not exist). Without it a random SO PIN is used once and shown only on a terminal.
+        #[arg(long)]
+        so_pin_file: Option<PathBuf>,
+    },
+    /// Operator commands for the HSMs of the config.
+    Hsm {
+        #[command(subcommand)]
+        cmd: HsmCmd,
     },
     /// Serve the KMS API in the foreground.
     Serve {
@@ -93,7 +131,26 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::SetupLocal { state_dir } => setup_local(&state_dir),
+        Cmd::SetupLocal {
+            state_dir,
+            so_pin_file,
+        } => setup_local(&state_dir, so_pin_file.as_deref()),
+        Cmd::Hsm {
+            cmd:
+                HsmCmd::Enroll {
+                    name,
+                    config,
+                    so_pin_file,
+                    source_so_pin_file,
+                    yes,
+                },
+        } => hsm_enroll(
+            &load_config(config)?,
+            &name,
+            so_pin_file.as_deref(),
+            source_so_pin_file.as_deref(),
+            yes,
+        ),
         Cmd::BenchHsm {
             size,
             threads,
@@ -109,19 +166,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Serve { config, listen } => {
-            let path = config.unwrap_or_else(|| {
-                std::env::var_os("KMS_STATE_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("var"))
-                    .join("config.toml")
-            });
-            if !path.exists() {
-                bail!(
-                    "{} does not exist; run `hsm-kms setup-local` or ./scripts/start.sh first",
-                    path.display()
-                );
-            }
-            let loaded = Loaded::from_file(&path)?;
+            let loaded = load_config(config)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -130,14 +175,45 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn setup_local(state_dir: &Path) -> Result<()> {
+/// The config at `path`, or `<state dir>/config.toml`.
+fn load_config(path: Option<PathBuf>) -> Result<Loaded> {
+    let path = path.unwrap_or_else(|| {
+        std::env::var_os("KMS_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("var"))
+            .join("config.toml")
+    });
+    if !path.exists() {
+        bail!(
+            "{} does not exist; run `hsm-kms setup-local` or ./scripts/start.sh first",
+            path.display()
+        );
+    }
+    Ok(Loaded::from_file(&path)?)
+}
+
+fn setup_local(state_dir: &Path, so_pin_file: Option<&Path>) -> Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
     let state_dir = state_dir.canonicalize()?;
-    let hsms = ["hsm-a", "hsm-b"]
+    let (so, shown) = match so_pin_file {
+        Some(f) if f.exists() => (
+            SoPin::read_file(f).with_context(|| format!("read {}", f.display()))?,
+            true,
+        ),
+        Some(f) => {
+            let so = SoPin::random();
+            write_private(f, &format!("{}\n", so.expose()))?;
+            println!("wrote the lab tokens' SO PIN to {}", f.display());
+            (so, true)
+        }
+        None => (SoPin::random(), false),
+    };
+    let names = ["hsm-a", "hsm-b"];
+    let fresh = names
         .iter()
-        .map(|n| softhsm::provision(&state_dir.join("hsm"), n))
-        .collect::<Result<Vec<_>, _>>()?;
+        .any(|n| !state_dir.join("hsm").join(n).join("user.pin").exists());
+    let hsms = softhsm::provision_cluster(&state_dir.join("hsm"), &names, &so)?;
     let cfg = state_dir.join("config.toml");
     if !cfg.exists() {
         std::fs::write(&cfg, config::local_config_text(&hsms, &state_dir))?;
@@ -145,12 +221,124 @@ fn setup_local(state_dir: &Path) -> Result<()> {
     }
     for h in &hsms {
         println!(
-            "HSM {}: token '{}' in {}",
+            "HSM {}: token '{}' in {} (enrolled)",
             h.name,
             h.label,
             h.token_dir.display()
         );
     }
+    if fresh && !shown {
+        // The SO PIN is needed only to enroll another token; it is never kept here.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "SO PIN of these lab tokens (shown once, not stored; needed only to enroll \
+                 another token): {}",
+                so.expose()
+            );
+        } else {
+            println!(
+                "the lab tokens' SO PIN was not stored (pass --so-pin-file to keep it); it is \
+                 needed only to enroll another token"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An SO PIN from `file`, or asked on the terminal.
+fn so_pin(file: Option<&Path>, whose: &str) -> Result<SoPin> {
+    if let Some(f) = file {
+        return SoPin::read_file(f).with_context(|| format!("read {}", f.display()));
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("no terminal to ask {whose}'s SO PIN on; pass it in a file (--so-pin-file)");
+    }
+    let pin = rpassword::prompt_password(format!("SO PIN of {whose}: "))?;
+    Ok(SoPin::new(pin))
+}
+
+fn hsm_enroll(
+    loaded: &Loaded,
+    name: &str,
+    so_pin_file: Option<&Path>,
+    source_so_pin_file: Option<&Path>,
+    yes: bool,
+) -> Result<()> {
+    let nodes = loaded.nodes()?;
+    let Some(target) = nodes.iter().find(|n| n.name == name) else {
+        bail!("no HSM named '{name}' in the config");
+    };
+    let mut source = None;
+    for n in nodes.iter().filter(|n| n.name != name) {
+        match ceremony::cwk_state(n) {
+            Ok(ceremony::CwkState::Trusted) => {
+                source = Some(n);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "hsm-kms: {} cannot be read ({e}); not used as the source",
+                n.name
+            ),
+        }
+    }
+    let target_so = so_pin(so_pin_file, name)?;
+    let source_so = match source {
+        Some(s) => Some(so_pin(source_so_pin_file.or(so_pin_file), &s.name)?),
+        None => None,
+    };
+    let from = source.zip(source_so.as_ref());
+    let mut confirm = |fingerprint: &str| {
+        println!("transport key generated inside {name}: {fingerprint}");
+        if yes {
+            return true;
+        }
+        print!("Compare it with the fingerprint your HSM shows. Enroll {name}? Type yes: ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
+    };
+    match ceremony::enroll(target, &target_so, from, &mut confirm)? {
+        Enrolled::Already => println!("{name} already holds the cluster wrapping key"),
+        Enrolled::Generated => println!(
+            "{name}: its SO generated the cluster wrapping key (the first HSM of the cluster)"
+        ),
+        Enrolled::Received { from } => {
+            println!("{name}: received the cluster wrapping key from {from}")
+        }
+    }
+    let enrolled = nodes
+        .iter()
+        .filter(|n| matches!(ceremony::cwk_state(n), Ok(ceremony::CwkState::Trusted)))
+        .count();
+    if enrolled < 2 {
+        println!("{enrolled} HSM enrolled; enroll at least one more before serving");
+        return Ok(());
+    }
+    let c = &loaded.config;
+    let cfg = ServiceConfig {
+        nodes,
+        cluster: loaded.cluster_options(),
+        database: loaded.state_dir.join("metadata.sqlite"),
+        listen: String::new(),
+        region: c.region.clone(),
+        account_id: c.account_id.clone(),
+        max_body_bytes: c.max_body_bytes,
+        clock: Arc::new(SystemClock),
+        maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
+    };
+    let started = std::time::Instant::now();
+    let mut progress = |done: usize, all: usize| {
+        println!("copying keys: {done}/{all}");
+    };
+    let copies = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(app::copy_keys(cfg, &mut progress))?;
+    println!(
+        "copied {copies} key objects in {:.1} s; restart the service to use {name}",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -890,7 +890,8 @@ async fn a_new_hsm_receives_key_pairs_and_hmac_keys_by_resync() {
     use hsm_kms::hsm::{HsmCluster, KeyKind, PairSpec, PairUse, SignScheme};
     use hsm_kms::pkix::{Curve, Hash};
     use p256::pkcs8::DecodePublicKey;
-    let t = tokens(&["a", "b", "c"]);
+    let t = common::unenrolled_tokens(&["a", "b", "c"]);
+    hsm_kms::hsm::softhsm::enroll_local(&t.hsms[..2], &t.so).unwrap();
     let two = HsmCluster::connect(
         t.hsms[..2]
             .iter()
@@ -910,6 +911,7 @@ async fn a_new_hsm_receives_key_pairs_and_hmac_keys_by_resync() {
         .await
         .unwrap();
     drop(two);
+    hsm_kms::hsm::softhsm::enroll_local(&t.hsms, &t.so).unwrap();
     let three = connect(&t, fast_options());
     assert!(!three.hsm_holds_private("c", b"pair-1"));
     assert!(!three.hsm_holds("c", b"mac-1"));

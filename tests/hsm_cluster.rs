@@ -194,7 +194,8 @@ async fn handle_cache_serves_a_full_token_without_finds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_reuses_keys_and_a_new_hsm_is_enrolled_and_resynced() {
-    let t = tokens(&["a", "b", "c"]);
+    let t = common::unenrolled_tokens(&["a", "b", "c"]);
+    softhsm::enroll_local(&t.hsms[..2], &t.so).unwrap();
     let two = HsmCluster::connect(
         t.hsms[..2]
             .iter()
@@ -209,8 +210,28 @@ async fn restart_reuses_keys_and_a_new_hsm_is_enrolled_and_resynced() {
         .await
         .unwrap();
     drop(two);
-    // Restart with a third, empty HSM: it receives the cluster wrapping key by the
-    // RSA-OAEP ceremony, then the missing key by re-sync.
+    // A third, empty HSM is never enrolled by the service: it is reported and not used.
+    let unenrolled = connect(&t, fast_options());
+    let c = unenrolled
+        .health()
+        .into_iter()
+        .find(|h| h.name == "c")
+        .unwrap();
+    assert_eq!(c.state, NodeState::NotEnrolled);
+    assert!(c.protections.is_none());
+    assert_eq!(
+        unenrolled
+            .replicate_missing(&[(key_id(5), "k5".into())])
+            .await
+            .unwrap(),
+        0,
+        "nothing is copied to a token that was not enrolled"
+    );
+    assert!(!unenrolled.hsm_holds("c", &key_id(5)));
+    drop(unenrolled);
+    // The SO ceremony enrolls it (the cluster wrapping key travels by RSA-OAEP under a
+    // transport key made inside it); after a restart it receives the key by re-sync.
+    softhsm::enroll_local(&t.hsms, &t.so).unwrap();
     let three = connect(&t, fast_options());
     assert!(!three.hsm_holds("c", &key_id(5)));
     let n = three

@@ -170,11 +170,9 @@ struct Params {
 }
 
 fn bench_in(work: &Path, p: &Params) -> Result<BenchReport, HsmError> {
-    let raw_hsm = softhsm::provision(work, RAW_HSM)?;
-    let layer_hsms = LAYER_HSMS
-        .iter()
-        .map(|n| softhsm::provision(work, n))
-        .collect::<Result<Vec<_>, _>>()?;
+    let so = super::ceremony::SoPin::random();
+    let raw_hsm = softhsm::provision(work, RAW_HSM, &so)?;
+    let layer_hsms = softhsm::provision_cluster(work, &LAYER_HSMS, &so)?;
     if p.filler_keys > 0 {
         // Before any module instance below opens these tokens; one thread per token.
         std::thread::scope(|s| {

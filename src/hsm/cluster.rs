@@ -114,7 +114,7 @@ impl HsmCluster {
             opts,
             rr: AtomicUsize::new(0),
         };
-        if let Err(e) = enrollment::enroll(&cluster.hsms, cluster.opts.keygen_timeout) {
+        if let Err(e) = enrollment::check(&cluster.hsms, cluster.opts.keygen_timeout) {
             cluster.shutdown();
             return Err(e);
         }

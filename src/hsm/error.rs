@@ -71,6 +71,10 @@ pub enum Operation {
     KeyTransport,
     /// Initializing a token and its user PIN (`C_InitToken`, `C_InitPIN`).
     InitToken,
+    /// Logging the Security Officer in for the enrollment ceremony (`C_Login` as SO).
+    SoLogin,
+    /// Checking which custody protections a token enforces (refused wraps and unwraps).
+    CustodyProbe,
 }
 
 impl std::fmt::Display for Operation {
@@ -102,6 +106,8 @@ impl std::fmt::Display for Operation {
             Operation::Ecdh => "ECDH key agreement",
             Operation::KeyTransport => "key transport",
             Operation::InitToken => "token initialization",
+            Operation::SoLogin => "SO login",
+            Operation::CustodyProbe => "custody probe",
         })
     }
 }
@@ -278,6 +284,12 @@ pub fn classify(hsm: &str, function: Function, rv: RvError, operation: Operation
                 function: function_name,
                 rv: code,
                 name,
+            }
+        }
+        (Op::SoLogin, F::Login, PinIncorrect | PinLocked | PinExpired | PinInvalid | PinLenRange) => {
+            return HsmError::Setup {
+                hsm: hsm.to_string(),
+                message: format!("the token refused the SO PIN ({name}); {function_name} returned 0x{code:X}"),
             }
         }
         (

@@ -70,7 +70,7 @@ fn monitor_loop(pool: Pool) {
                 }
             }
             NodeState::Down => try_reinit(&pool),
-            NodeState::Failed => {}
+            NodeState::Failed | NodeState::NotEnrolled => {}
         }
     }
 }

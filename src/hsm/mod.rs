@@ -23,14 +23,17 @@
 //! | `worker` | worker threads, bounded queue, deadlines, quarantine, span propagation |
 //! | `aes`, `hmac`, `keypair` | operations per key family, and how each is copied |
 //! | `health` | monitor thread: probes, background re-initialization |
-//! | `enrollment` | transport of the cluster wrapping key to every HSM |
+//! | `custody` | which custody protections a token enforces (probed with the user PIN) |
+//! | `enrollment` | at connect: which HSMs are enrolled, the same-CWK proof, custody probe |
 //! | `replication` | generate → wrap → unwrap elsewhere → prove → destroy on failure; re-sync |
 //! | `cluster` | [`HsmCluster`]: start-up, selection, failover, the public API |
 //! | `vault` | `HsmCluster` as the domain's `KeyVault` port (`crate::kms::vault`) |
+//! | `ceremony` | the SO enrollment ceremony: CWK generation and transport to a new token |
 //! | `softhsm`, `bench` | local SoftHSM2 tokens; the layer-vs-raw benchmark |
 
 mod aes;
 mod capabilities;
+mod custody;
 mod enrollment;
 mod handles;
 mod health;
@@ -47,6 +50,7 @@ mod templates;
 mod worker;
 
 pub mod bench;
+pub mod ceremony;
 pub mod cluster;
 pub mod error;
 mod vault;
@@ -55,6 +59,7 @@ pub mod softhsm;
 
 pub use capabilities::Caps;
 pub use cluster::{ClusterOptions, HsmCluster};
+pub use custody::Protections;
 pub use error::{classify, HsmError};
 pub use handles::CWK_ID;
 pub use instance::NodeConfig;

@@ -4,6 +4,7 @@
 //! finalized instance), the monitor's wake-up, and the counters of the health report
 //! ([`HsmHealth`]). Nothing here starts threads or calls PKCS#11 operations.
 
+use super::custody::Protections;
 use super::error::HsmError;
 use super::handles::ObjectKind;
 use super::instance::{Instance, NodeConfig};
@@ -25,6 +26,9 @@ pub enum NodeState {
     Down = 2,
     /// Not retried (e.g. the token refused the PIN): needs an operator.
     Failed = 3,
+    /// The token does not hold the cluster wrapping key: never used until an operator
+    /// enrolls it (`hsm-kms hsm enroll`) and restarts the service.
+    NotEnrolled = 4,
 }
 
 impl NodeState {
@@ -33,6 +37,7 @@ impl NodeState {
             0 => NodeState::Healthy,
             1 => NodeState::Suspect,
             2 => NodeState::Down,
+            4 => NodeState::NotEnrolled,
             _ => NodeState::Failed,
         }
     }
@@ -57,6 +62,9 @@ pub struct HsmHealth {
     pub reinitializations: u64,
     /// The last error recorded against this HSM, if any.
     pub last_error: Option<String>,
+    /// The custody protections its token enforced when probed at connect (`None`: not
+    /// probed, e.g. not enrolled).
+    pub protections: Option<Protections>,
 }
 
 /// Options shared by every node of a cluster.
@@ -92,6 +100,7 @@ pub(super) struct Node {
     wake: (Mutex<bool>, Condvar),
     shutdown: AtomicBool,
     last_error: Mutex<Option<String>>,
+    protections: Mutex<Option<Protections>>,
     #[cfg(feature = "test-hooks")]
     stall_ms: AtomicU64,
     reinits: AtomicU64,
@@ -113,6 +122,7 @@ impl Node {
             wake: (Mutex::new(false), Condvar::new()),
             shutdown: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            protections: Mutex::new(None),
             #[cfg(feature = "test-hooks")]
             stall_ms: AtomicU64::new(0),
             reinits: AtomicU64::new(0),
@@ -242,7 +252,13 @@ impl Node {
             request_finds: self.finds.load(Ordering::Relaxed),
             reinitializations: self.reinits.load(Ordering::Relaxed),
             last_error: self.last_error.lock().clone(),
+            protections: *self.protections.lock(),
         }
+    }
+
+    /// Record what the custody probe found on this token.
+    pub(super) fn set_protections(&self, p: Protections) {
+        *self.protections.lock() = Some(p);
     }
 
     /// Whether the handle cache knows an object of this kind and `CKA_ID`.

@@ -1,7 +1,10 @@
 //! Local SoftHSM2 tokens for the quick start and tests: one folder per HSM with its own
 //! copy of `libsofthsm2.so` (so each HSM gets its own module instance and globals), its own
-//! `softhsm2.conf` and token directory, and random SO and user PINs in 0600 files.
+//! `softhsm2.conf` and token directory, and a random user PIN in a 0600 file. The SO PIN is
+//! the caller's ([`SoPin`]): it initializes the token and runs the enrollment ceremony
+//! ([`enroll_local`]), and is never written to the HSM's folder.
 
+use super::ceremony::{self, Enrolled, SoPin};
 use super::error::{HsmError, Operation};
 use super::instance::{find_slot, load_module, NodeConfig};
 use super::templates;
@@ -69,8 +72,9 @@ fn secret_file(path: &Path, hsm: &str) -> Result<Zeroizing<String>, HsmError> {
     Ok(pin)
 }
 
-/// Create (idempotently) a SoftHSM2 token named `name` under `base/name/`.
-pub fn provision(base: &Path, name: &str) -> Result<LocalHsm, HsmError> {
+/// Create (idempotently) a SoftHSM2 token named `name` under `base/name/`, initialized with
+/// SO PIN `so` (an existing token keeps its own).
+pub fn provision(base: &Path, name: &str, so: &SoPin) -> Result<LocalHsm, HsmError> {
     let dir = base.join(name);
     let token_dir = dir.join("tokens");
     std::fs::create_dir_all(&token_dir).map_err(|e| io(name, "create token folder", e))?;
@@ -99,11 +103,20 @@ pub fn provision(base: &Path, name: &str) -> Result<LocalHsm, HsmError> {
             )
         })?;
     }
-    let so_pin = secret_file(&dir.join("so.pin"), name)?;
+    if dir.join("so.pin").exists() {
+        return Err(HsmError::Setup {
+            hsm: name.to_string(),
+            message: format!(
+                "{} holds an SO PIN beside the token: this folder was made by an earlier \
+                 version, whose keys are exportable with the user PIN; remove it and set up again",
+                dir.display()
+            ),
+        });
+    }
     let pin_file = dir.join("user.pin");
     let user_pin = secret_file(&pin_file, name)?;
     let label = format!("hsm-kms-{name}");
-    init_token(name, &module, &conf, &label, &so_pin, &user_pin)?;
+    init_token(name, &module, &conf, &label, so, &user_pin)?;
     Ok(LocalHsm {
         name: name.to_string(),
         dir,
@@ -120,7 +133,7 @@ fn init_token(
     module: &Path,
     conf: &Path,
     label: &str,
-    so_pin: &str,
+    so: &SoPin,
     user_pin: &str,
 ) -> Result<(), HsmError> {
     let ck = |op: Operation| move |e: CkError| HsmError::from_ck(name, op, e);
@@ -149,7 +162,7 @@ fn init_token(
                 hsm: name.to_string(),
                 message: "no free SoftHSM2 slot".into(),
             })?;
-        let so = AuthPin::new(so_pin.into());
+        let so = so.auth();
         let init = ck(Operation::InitToken);
         ctx.init_token(free, &so, label).map_err(init)?;
         // SoftHSM2 renumbers the slot after C_InitToken: look it up again by label.
@@ -169,6 +182,50 @@ fn init_token(
     })();
     let _ = ctx.finalize();
     r
+}
+
+/// Provision local tokens `names` under `base` and enroll them all (the first generates the
+/// cluster wrapping key, each other receives it from the first), non-interactively: the
+/// transport key fingerprints are logged, not confirmed. Idempotent.
+pub fn provision_cluster(
+    base: &Path,
+    names: &[&str],
+    so: &SoPin,
+) -> Result<Vec<LocalHsm>, HsmError> {
+    let hsms = names
+        .iter()
+        .map(|n| provision(base, n, so))
+        .collect::<Result<Vec<_>, _>>()?;
+    enroll_local(&hsms, so)?;
+    Ok(hsms)
+}
+
+/// Enroll every local token of `hsms` (all initialized with SO PIN `so`) into one cluster:
+/// the first enrolled one (or the first of the list, which then generates the cluster
+/// wrapping key) sends it to the others.
+pub fn enroll_local(hsms: &[LocalHsm], so: &SoPin) -> Result<(), HsmError> {
+    let cfgs = hsms
+        .iter()
+        .map(LocalHsm::node_config)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut source = None;
+    for c in &cfgs {
+        if ceremony::cwk_state(c)? == ceremony::CwkState::Trusted {
+            source = Some(c);
+            break;
+        }
+    }
+    for c in &cfgs {
+        let from = source.map(|s| (s, so));
+        let done = ceremony::enroll(c, so, from, &mut |fingerprint| {
+            tracing::info!(hsm = %c.name, %fingerprint, "transport key (lab enrollment, not confirmed)");
+            true
+        })?;
+        if done == Enrolled::Generated {
+            source = Some(c);
+        }
+    }
+    Ok(())
 }
 
 /// Fill a local token with `n` extra AES token keys (benchmarks and tests of the handle

@@ -1,18 +1,28 @@
 //! Pure functions that build PKCS#11 attribute templates (no calls to a token): every key
 //! object the layer creates, generates or unwraps gets its attributes here, so the policy
-//! (token or session object, sensitive, extractable only for wrapping, usage flags) can be
-//! read in one place.
+//! can be read in one place:
+//!
+//! * every KMS key (AES, HMAC, private keys) and the credential-sealing key is sensitive and
+//!   `CKA_WRAP_WITH_TRUSTED`: it is extractable only so that it can be wrapped under the
+//!   cluster wrapping key, and the token refuses to wrap it under any key the SO did not mark
+//!   `CKA_TRUSTED` (a key made with the user PIN cannot export it);
+//! * each key has only the usages it needs (an HMAC key signs and verifies, nothing else);
+//! * the cluster wrapping key (CWK) is made by the SO in the enrollment ceremony: trusted,
+//!   public (the SO sees only public objects), wrap-with-trusted itself, neither copyable nor
+//!   modifiable, and with a `CKA_UNWRAP_TEMPLATE` that forces whatever it unwraps to be
+//!   sensitive and wrap-with-trusted ([`UnwrapTemplate`]).
 
 use super::handles::{CANARY_ID, CWK_ID};
 use super::kinds::{PairSpec, PairUse, PublicKey};
 use crate::pkix;
-use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use std::os::raw::c_ulong;
 
 const CWK_LABEL: &str = "hsm-kms cluster wrapping key";
 
 /// An AES-256 token key for `C_GenerateKey`. `replicable` keys are extractable so that they
 /// can be wrapped under the cluster wrapping key (never in plaintext: CKA_SENSITIVE is
-/// always set).
+/// always set, and CKA_WRAP_WITH_TRUSTED limits wrapping to trusted keys).
 pub(super) fn aes_key(id: &[u8], label: &str, replicable: bool) -> Vec<Attribute> {
     let mut t = vec![Attribute::ValueLen(32.into())];
     t.extend(unwrapped_aes_key(id, label, replicable, false));
@@ -34,10 +44,12 @@ pub(super) fn unwrapped_aes_key(
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(replicable),
+        Attribute::WrapWithTrusted(true),
         Attribute::Encrypt(!wrapping),
         Attribute::Decrypt(!wrapping),
         Attribute::Wrap(wrapping),
         Attribute::Unwrap(wrapping),
+        Attribute::Derive(false),
         Attribute::Id(id.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
     ]
@@ -48,17 +60,108 @@ pub(super) fn canary() -> Vec<Attribute> {
     aes_key(CANARY_ID, "hsm-kms canary", false)
 }
 
-/// The cluster wrapping key: generated (with its length) or unwrapped (without).
-pub(super) fn cluster_wrapping_key(generated: bool) -> Vec<Attribute> {
+/// `CKA_UNWRAP_TEMPLATE` (`CKF_ARRAY_ATTRIBUTE | 0x212`); cryptoki 0.12 has no variant for
+/// attribute arrays, so it travels as a raw attribute (see [`UnwrapTemplate`]).
+const CKA_UNWRAP_TEMPLATE: c_ulong = 0x4000_0212;
+
+/// The attributes the CWK's `CKA_UNWRAP_TEMPLATE` forces on every key it unwraps.
+const FORCED_ON_UNWRAP: [(AttributeType, bool); 2] = [
+    (AttributeType::Sensitive, true),
+    (AttributeType::WrapWithTrusted, true),
+];
+
+/// A `CKA_UNWRAP_TEMPLATE` value: an array of `CK_ATTRIBUTE` (type, pointer, length) whose
+/// pointers address boolean buffers owned here. PKCS#11 reads the array during the call that
+/// receives it (SoftHSM2 copies the values into the object), so a template is valid only
+/// while this value lives: [`CwkTemplate`] keeps both together. Built without `unsafe`:
+/// the pointers are only turned into integers, never dereferenced on this side.
+pub(super) struct UnwrapTemplate {
+    values: Vec<Box<[u8; 1]>>,
+    bytes: Vec<u8>,
+}
+
+impl UnwrapTemplate {
+    fn forced() -> UnwrapTemplate {
+        let values: Vec<Box<[u8; 1]>> = FORCED_ON_UNWRAP
+            .iter()
+            .map(|(_, v)| Box::new([u8::from(*v)]))
+            .collect();
+        let mut bytes = Vec::with_capacity(values.len() * 3 * std::mem::size_of::<c_ulong>());
+        for ((t, _), v) in FORCED_ON_UNWRAP.iter().zip(&values) {
+            let ty: c_ulong = (*t).into();
+            // CK_ATTRIBUTE { CK_ATTRIBUTE_TYPE type; CK_VOID_PTR pValue; CK_ULONG ulValueLen }
+            bytes.extend(ty.to_ne_bytes());
+            bytes.extend((v.as_ptr() as usize).to_ne_bytes());
+            bytes.extend(c_ulong::from(1u8).to_ne_bytes());
+        }
+        UnwrapTemplate { values, bytes }
+    }
+
+    fn attribute(&self) -> Attribute {
+        debug_assert_eq!(self.values.len(), FORCED_ON_UNWRAP.len());
+        Attribute::VendorDefined((
+            AttributeType::VendorDefined(CKA_UNWRAP_TEMPLATE),
+            self.bytes.clone(),
+        ))
+    }
+}
+
+// `CK_ATTRIBUTE` is laid out as three machine words only where pointers and `CK_ULONG`
+// have the same size (LP64 Linux, the only platform this service is built for).
+const _: () = assert!(std::mem::size_of::<usize>() == std::mem::size_of::<c_ulong>());
+
+/// The template of the cluster wrapping key, with the buffers its unwrap template points
+/// into: keep it alive until the call that uses [`CwkTemplate::attributes`] returns.
+pub(super) struct CwkTemplate {
+    attributes: Vec<Attribute>,
+    _unwrap: UnwrapTemplate,
+}
+
+impl CwkTemplate {
+    /// The attributes, for `C_GenerateKey` or `C_UnwrapKey`.
+    pub(super) fn attributes(&self) -> &[Attribute] {
+        &self.attributes
+    }
+}
+
+/// The cluster wrapping key as the SO makes it in the ceremony: generated (with its
+/// length) or unwrapped from a transport key (without). A trusted, public, sensitive token
+/// key that only wraps and unwraps; extractable only under a trusted key (the receiving
+/// token's transport key); neither copyable nor modifiable, so that no one can make an
+/// untemplated or untrusted twin of it.
+pub(super) fn cluster_wrapping_key(generated: bool) -> CwkTemplate {
+    let unwrap = UnwrapTemplate::forced();
     let mut t = Vec::new();
     if generated {
         t.push(Attribute::ValueLen(32.into()));
     }
-    t.extend(unwrapped_aes_key(CWK_ID, CWK_LABEL, true, true));
-    t
+    t.extend([
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Trusted(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Derive(false),
+        Attribute::Id(CWK_ID.to_vec()),
+        Attribute::Label(CWK_LABEL.as_bytes().to_vec()),
+        unwrap.attribute(),
+    ]);
+    t.extend([Attribute::Copyable(false), Attribute::Modifiable(false)]);
+    CwkTemplate {
+        attributes: t,
+        _unwrap: unwrap,
+    }
 }
 
-/// A throw-away session AES key (for proofs); `generated` adds the key length.
+/// A throw-away session AES key (for proofs), wrap-with-trusted like a KMS key (and so
+/// acceptable to the CWK's unwrap template); `generated` adds the key length.
 pub(super) fn session_aes(id: &[u8], generated: bool) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
@@ -66,6 +169,7 @@ pub(super) fn session_aes(id: &[u8], generated: bool) -> Vec<Attribute> {
         Attribute::Token(false),
         Attribute::Sensitive(true),
         Attribute::Extractable(true),
+        Attribute::WrapWithTrusted(true),
         Attribute::Encrypt(true),
         Attribute::Decrypt(true),
         Attribute::Id(id.to_vec()),
@@ -76,7 +180,8 @@ pub(super) fn session_aes(id: &[u8], generated: bool) -> Vec<Attribute> {
     t
 }
 
-/// An HMAC key (`CKK_GENERIC_SECRET`, sign/verify, replicable); for `C_UnwrapKey`.
+/// An HMAC key (`CKK_GENERIC_SECRET`, replicable under trusted keys only); it signs and
+/// verifies and nothing else. For `C_UnwrapKey`.
 pub(super) fn hmac_key(id: &[u8], label: &str) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
@@ -85,8 +190,14 @@ pub(super) fn hmac_key(id: &[u8], label: &str) -> Vec<Attribute> {
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(true),
+        Attribute::WrapWithTrusted(true),
         Attribute::Sign(true),
         Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
         Attribute::Id(id.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
     ]
@@ -108,7 +219,7 @@ fn key_type(spec: PairSpec) -> KeyType {
 }
 
 /// A KMS private key (token object, sensitive, extractable only so that it can be wrapped
-/// under the cluster wrapping key).
+/// under the cluster wrapping key, which CKA_WRAP_WITH_TRUSTED enforces).
 pub(super) fn private_key(
     spec: PairSpec,
     id: &[u8],
@@ -122,6 +233,7 @@ pub(super) fn private_key(
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(true),
+        Attribute::WrapWithTrusted(true),
         Attribute::Sign(usage == PairUse::Sign),
         Attribute::Decrypt(usage == PairUse::Decrypt),
         Attribute::Derive(usage == PairUse::Derive),
@@ -218,42 +330,75 @@ pub(super) fn ecdh_secret(len: usize) -> Vec<Attribute> {
     ]
 }
 
-/// The RSA-2048 transport pair of enrollment: (public, private). The private half unwraps
-/// and never leaves the token.
-pub(super) fn transport_pair(id: &[u8]) -> (Vec<Attribute>, Vec<Attribute>) {
+/// The RSA-2048 transport pair of the enrollment ceremony, made by the receiving token's SO
+/// as session objects (public, since the SO sees only public objects): (public, private).
+/// The private half unwraps, is sensitive, and never leaves the token.
+pub(super) fn transport_pair() -> (Vec<Attribute>, Vec<Attribute>) {
     (
         vec![
-            Attribute::Token(true),
+            Attribute::Token(false),
             Attribute::Private(false),
             Attribute::ModulusBits(2048.into()),
             Attribute::PublicExponent(vec![1, 0, 1]),
             Attribute::Encrypt(true),
             Attribute::Wrap(true),
-            Attribute::Id(id.to_vec()),
         ],
         vec![
-            Attribute::Token(true),
-            Attribute::Private(true),
+            Attribute::Token(false),
+            Attribute::Private(false),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Decrypt(false),
+            Attribute::Sign(false),
             Attribute::Unwrap(true),
-            Attribute::Id(id.to_vec()),
         ],
     )
 }
 
-/// The receiver's transport public key as a session object on the sending HSM.
-pub(super) fn transport_public(modulus: &[u8], exponent: &[u8]) -> Vec<Attribute> {
+/// The receiver's transport public key as a trusted session object on the sending token
+/// (only its SO may create it): the one key the CWK may be wrapped under.
+pub(super) fn trusted_transport_public(modulus: &[u8], exponent: &[u8]) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::KeyType(KeyType::RSA),
         Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Trusted(true),
         Attribute::Modulus(modulus.to_vec()),
         Attribute::PublicExponent(exponent.to_vec()),
         Attribute::Wrap(true),
-        Attribute::Encrypt(true),
+        Attribute::Encrypt(false),
     ]
+}
+
+/// Custody probe: a user-made session AES key that wraps (never trusted).
+pub(super) fn untrusted_wrapping_key() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::ValueLen(32.into()),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+    ]
+}
+
+/// Custody probe: a session key that asks, at unwrap, to be readable (not sensitive):
+/// the CWK's unwrap template must make the token refuse it.
+pub(super) fn weak_unwrap() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::WrapWithTrusted(true),
+    ]
+}
+
+/// Custody probe: a session AES key protected like a KMS key (wrap-with-trusted).
+pub(super) fn probe_protected_key() -> Vec<Attribute> {
+    session_aes(b"hsm-kms/custody-probe", true)
 }
 
 /// Capability probe: a throw-away RSA-1024 session pair (public, private).

@@ -7,23 +7,35 @@
     clippy::indexing_slicing
 )]
 
+use hsm_kms::hsm::ceremony::SoPin;
 use hsm_kms::hsm::softhsm::{self, LocalHsm};
 use hsm_kms::hsm::{ClusterOptions, HsmCluster};
 use std::time::Duration;
 
-/// Two (or more) fresh tokens; the folder is removed when this is dropped.
+/// Two (or more) fresh tokens; the folder is removed when this is dropped. The SO PIN is
+/// held in memory (as an operator would hold it), never in the tokens' folders.
 pub(crate) struct Tokens {
     pub dir: tempfile::TempDir,
     pub hsms: Vec<LocalHsm>,
+    pub so: SoPin,
 }
 
+/// Fresh tokens, all enrolled by the SO ceremony (as `setup-local` does).
 pub(crate) fn tokens(names: &[&str]) -> Tokens {
+    let t = unenrolled_tokens(names);
+    softhsm::enroll_local(&t.hsms, &t.so).expect("enroll tokens");
+    t
+}
+
+/// Fresh tokens that no ceremony has enrolled yet.
+pub(crate) fn unenrolled_tokens(names: &[&str]) -> Tokens {
     let dir = tempfile::tempdir().expect("temp dir");
+    let so = SoPin::random();
     let hsms = names
         .iter()
-        .map(|n| softhsm::provision(&dir.path().join("hsm"), n).expect("provision token"))
+        .map(|n| softhsm::provision(&dir.path().join("hsm"), n, &so).expect("provision token"))
         .collect();
-    Tokens { dir, hsms }
+    Tokens { dir, hsms, so }
 }
 
 pub(crate) fn fast_options() -> ClusterOptions {

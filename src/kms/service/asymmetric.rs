@@ -245,7 +245,7 @@ fn scheme(spec: KeySpec, alg: SigningAlgorithm) -> Option<(SignScheme, Hash)> {
 }
 
 /// What the HSM objects of a non-symmetric key are.
-fn key_kind(spec: KeySpec, usage: KeyUsage) -> Option<KeyKind> {
+pub(super) fn key_kind(spec: KeySpec, usage: KeyUsage) -> Option<KeyKind> {
     if let Some((len, _)) = hmac_spec(spec) {
         return Some(KeyKind::Hmac(len));
     }
@@ -259,23 +259,6 @@ fn key_kind(spec: KeySpec, usage: KeyUsage) -> Option<KeyKind> {
 }
 
 impl Kms {
-    /// Copy asymmetric and HMAC keys that an HSM lacks from one that holds them.
-    pub(super) async fn resync_asymmetric(&self) -> Result<usize, KmsError> {
-        let keys: Vec<_> = self
-            .keys
-            .read()
-            .values()
-            // A key pending deletion is never copied back into an HSM that destroyed it.
-            .filter(|e| e.doc.key_state != crate::kms::types::KeyState::PendingDeletion)
-            .filter_map(|e| {
-                let kind = key_kind(e.doc.key_spec, e.doc.key_usage)?;
-                let b = e.doc.backing(e.doc.current_backing)?;
-                Some((b.object_id.clone(), self.arn(&e.doc), kind))
-            })
-            .collect();
-        Ok(self.vault.replicate_missing(&keys).await?)
-    }
-
     /// Generate and replicate the HSM material of a non-symmetric key; returns the SPKI
     /// (base64) for key pairs.
     pub(super) async fn create_asymmetric_material(

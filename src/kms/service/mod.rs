@@ -122,12 +122,38 @@ impl Kms {
 
     /// Copy keys that an HSM lacks (it was down when they were created) from a healthy one.
     pub async fn resync_hsms(&self) -> Result<usize, KmsError> {
-        let ids: Vec<(ObjectId, String, KeyKind)> = self
-            .keys
-            .read()
-            .values()
-            // A key pending deletion is never copied back into an HSM that destroyed it.
-            .filter(|e| e.doc.key_state != KeyState::PendingDeletion)
+        let keys = self.resync_list();
+        Ok(self.vault.replicate_missing(&keys).await?)
+    }
+
+    /// [`Kms::resync_hsms`] in batches, calling `progress(keys done, keys in all)` after
+    /// each (for `hsm-kms hsm enroll`); returns the copies made.
+    pub async fn resync_hsms_with_progress(
+        &self,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<usize, KmsError> {
+        const BATCH: usize = 16;
+        let keys = self.resync_list();
+        let (mut done, mut copies) = (0, 0);
+        progress(0, keys.len());
+        for batch in keys.chunks(BATCH) {
+            copies += self.vault.replicate_missing(batch).await?;
+            done += batch.len();
+            progress(done, keys.len());
+        }
+        Ok(copies)
+    }
+
+    /// Every HSM object a key needs in every HSM: the backing keys of symmetric keys (all
+    /// versions), the current material of the others. A key pending deletion is never
+    /// copied back into an HSM that destroyed it.
+    fn resync_list(&self) -> Vec<(ObjectId, String, KeyKind)> {
+        let keys = self.keys.read();
+        let live = || {
+            keys.values()
+                .filter(|e| e.doc.key_state != KeyState::PendingDeletion)
+        };
+        let symmetric = live()
             .filter(|e| e.doc.key_spec == KeySpec::SymmetricDefault)
             .flat_map(|e| {
                 e.doc
@@ -135,10 +161,13 @@ impl Kms {
                     .iter()
                     .map(|b| (b.object_id.clone(), self.arn(&e.doc), KeyKind::Aes))
                     .collect::<Vec<_>>()
-            })
-            .collect();
-        let n = self.vault.replicate_missing(&ids).await?;
-        Ok(n + self.resync_asymmetric().await?)
+            });
+        let others = live().filter_map(|e| {
+            let kind = asymmetric::key_kind(e.doc.key_spec, e.doc.key_usage)?;
+            let b = e.doc.backing(e.doc.current_backing)?;
+            Some((b.object_id.clone(), self.arn(&e.doc), kind))
+        });
+        symmetric.chain(others).collect()
     }
 
     /// One pass of background work, driven by the injected clock: re-sync HSMs that lack
