@@ -13,50 +13,11 @@
 use super::error::{HsmError, Operation};
 use super::handles::{ObjectKind, CWK_ID};
 use super::job::WorkerCtx;
+use super::kinds::Protections;
 use super::mechanisms;
 use super::templates;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType};
-
-/// The custody protections one token enforced when probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Protections {
-    /// Wrapping a wrap-with-trusted key under a user-made key was refused.
-    pub wrap_with_trusted: bool,
-    /// The cluster wrapping key is `CKA_TRUSTED`.
-    pub trusted_wrapping_key: bool,
-    /// The cluster wrapping key is neither copyable nor modifiable.
-    pub wrapping_key_locked: bool,
-    /// Unwrapping under the cluster wrapping key into a readable key was refused.
-    pub unwrap_template: bool,
-}
-
-impl Protections {
-    /// Whether every protection holds.
-    pub fn all(&self) -> bool {
-        self.wrap_with_trusted
-            && self.trusted_wrapping_key
-            && self.wrapping_key_locked
-            && self.unwrap_template
-    }
-
-    /// The names of the protections that do not hold (for the start-up warning).
-    pub fn missing(&self) -> Vec<&'static str> {
-        [
-            (self.wrap_with_trusted, "CKA_WRAP_WITH_TRUSTED enforcement"),
-            (self.trusted_wrapping_key, "a trusted cluster wrapping key"),
-            (
-                self.wrapping_key_locked,
-                "a non-copyable, non-modifiable wrapping key",
-            ),
-            (self.unwrap_template, "CKA_UNWRAP_TEMPLATE enforcement"),
-        ]
-        .into_iter()
-        .filter(|(held, _)| !held)
-        .map(|(_, name)| name)
-        .collect()
-    }
-}
 
 /// Probe the token behind `ctx` (a user session of an enrolled HSM).
 pub(super) fn probe(ctx: &mut WorkerCtx<'_>) -> Result<Protections, HsmError> {

@@ -59,10 +59,9 @@ pub mod softhsm;
 
 pub use capabilities::Caps;
 pub use cluster::{ClusterOptions, HsmCluster};
-pub use custody::Protections;
 pub use error::{classify, HsmError};
 pub use handles::CWK_ID;
 pub use instance::NodeConfig;
-pub use kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, SignScheme};
+pub use kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, Protections, SignScheme};
 pub use mechanisms::IV_LEN;
 pub use node::{HsmHealth, NodeState};

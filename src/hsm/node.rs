@@ -4,11 +4,11 @@
 //! finalized instance), the monitor's wake-up, and the counters of the health report
 //! ([`HsmHealth`]). Nothing here starts threads or calls PKCS#11 operations.
 
-use super::custody::Protections;
 use super::error::HsmError;
 use super::handles::ObjectKind;
 use super::instance::{Instance, NodeConfig};
 use super::iv::IvSource;
+use super::kinds::Protections;
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
