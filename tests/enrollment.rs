@@ -1,0 +1,228 @@
+//! The enrollment ceremony through the real binary, as an operator runs it: `setup-local`
+//! keeps no SO PIN in the state folder; a new token added to the config is never used by
+//! the service on its own; `hsm-kms hsm enroll` refuses without the operator's confirmation
+//! of the transport key fingerprint, and with it moves the cluster wrapping key and copies
+//! every key to the new token.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::real_binary::{self, Guard};
+use common::Client;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use hsm_kms::hsm::ceremony::{self, CwkState, SoPin};
+use hsm_kms::hsm::softhsm::{self, LocalHsm};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Every file under `dir` (recursively).
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The `CKA_ID`s of the KMS keys in a token (secret and private keys but the service's own),
+/// read with the user PIN in a module instance of this test's own.
+fn kms_key_ids(hsm: &LocalHsm) -> BTreeSet<Vec<u8>> {
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let ctx = Pkcs11::new(&hsm.module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
+        .unwrap();
+    let s = ctx.open_ro_session(slot).unwrap();
+    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
+    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+        .unwrap();
+    let mut ids = BTreeSet::new();
+    for class in [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY] {
+        for h in s.find_objects(&[Attribute::Class(class)]).unwrap() {
+            if let Some(Attribute::Id(id)) =
+                s.get_attributes(h, &[AttributeType::Id]).unwrap().pop()
+            {
+                if !id.starts_with(b"hsm-kms/") {
+                    ids.insert(id);
+                }
+            }
+        }
+    }
+    drop(s);
+    ctx.finalize().unwrap();
+    ids
+}
+
+fn enroll(config: &Path, so_pin: &Path, yes: bool, answer: &str) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-kms"));
+    cmd.args(["hsm", "enroll", "hsm-c", "--config"])
+        .arg(config)
+        .arg("--so-pin-file")
+        .arg(so_pin);
+    if yes {
+        cmd.arg("--yes");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_enrolls_a_new_token_and_the_service_never_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("var");
+    let so_pin = dir.path().join("so.pin");
+    let st = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
+        .args(["setup-local", "--state-dir"])
+        .arg(&state)
+        .arg("--so-pin-file")
+        .arg(&so_pin)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The SO PIN is where the operator said, never in the state folder.
+    let so = SoPin::read_file(&so_pin).unwrap();
+    for f in files(&state) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes
+                .windows(so.expose().len())
+                .any(|w| w == so.expose().as_bytes()),
+            "{} holds the SO PIN",
+            f.display()
+        );
+    }
+
+    // Keys made while the cluster has two HSMs.
+    let (child, url) = real_binary::start(&state);
+    let mut server = Guard(child);
+    let client = Client::new(url, real_binary::credential(&state));
+    for spec in [
+        json!({}),
+        json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}),
+        json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
+    ] {
+        client.ok("CreateKey", spec).await;
+    }
+    real_binary::stop(&mut server.0);
+
+    // A third token appears in the config: the service starts, but never uses or enrolls it.
+    let c = softhsm::provision(&state.join("hsm"), "hsm-c", &so).unwrap();
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(state.join("config.toml"))
+        .unwrap();
+    write!(
+        config,
+        "\n[[hsm]]\nname = \"hsm-c\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n[hsm.env]\nSOFTHSM2_CONF = \"{}\"\n",
+        c.module.display(),
+        c.label,
+        c.pin_file.display(),
+        c.conf.display()
+    )
+    .unwrap();
+    drop(config);
+    let (child, url) = real_binary::start(&state);
+    let mut server = Guard(child);
+    let client = Client::new(url, real_binary::credential(&state));
+    client.ok("CreateKey", json!({})).await;
+    real_binary::stop(&mut server.0);
+    assert_eq!(
+        ceremony::cwk_state(&c.node_config().unwrap()).unwrap(),
+        CwkState::Absent
+    );
+    assert!(
+        kms_key_ids(&c).is_empty(),
+        "the service copied keys to a token no one enrolled"
+    );
+
+    // The operator does not confirm the fingerprint: nothing happens.
+    let config = state.join("config.toml");
+    let (ok, out) = enroll(&config, &so_pin, false, "no\n");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("transport key generated inside hsm-c: SHA256:"),
+        "{out}"
+    );
+    assert!(out.contains("not confirmed"), "{out}");
+    assert_eq!(
+        ceremony::cwk_state(&c.node_config().unwrap()).unwrap(),
+        CwkState::Absent
+    );
+
+    // A wrong SO PIN is refused by the token.
+    let wrong = dir.path().join("wrong.pin");
+    std::fs::write(&wrong, "00000000").unwrap();
+    let (ok, out) = enroll(&config, &wrong, true, "");
+    assert!(!ok && out.contains("refused the SO PIN"), "{out}");
+
+    // Confirmed: the key travels, then every key is copied with progress output.
+    let (ok, out) = enroll(&config, &so_pin, false, "yes\n");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("received the cluster wrapping key from hsm-a"),
+        "{out}"
+    );
+    assert!(out.contains("copying keys: 4/4"), "{out}");
+    assert_eq!(
+        ceremony::cwk_state(&c.node_config().unwrap()).unwrap(),
+        CwkState::Trusted
+    );
+    let a = LocalHsm {
+        name: "hsm-a".into(),
+        ..c.clone()
+    };
+    let a = LocalHsm {
+        module: state.join("hsm/hsm-a/libsofthsm2.so"),
+        conf: state.join("hsm/hsm-a/softhsm2.conf"),
+        label: "hsm-kms-hsm-a".into(),
+        pin_file: state.join("hsm/hsm-a/user.pin"),
+        ..a
+    };
+    let on_c = kms_key_ids(&c);
+    assert_eq!(on_c.len(), 4, "every KMS key reached hsm-c");
+    assert!(on_c.is_subset(&kms_key_ids(&a)));
+    // Running it again changes nothing.
+    let (ok, out) = enroll(&config, &so_pin, true, "");
+    assert!(
+        ok && out.contains("already holds the cluster wrapping key"),
+        "{out}"
+    );
+}
