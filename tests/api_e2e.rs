@@ -486,3 +486,98 @@ async fn gcm_ivs_are_a_durable_fixed_field_and_a_counter() {
     assert_eq!(unb64(&d["Plaintext"]), b"after");
     running.stop().await;
 }
+
+/// The attack on sealed credentials: Bob (account 444455556666) knows his own secret and
+/// can write the metadata database. He swaps the two credential rows' principals, so that
+/// his access key and sealed secret sit in the row of the admin of 111122223333 (and the
+/// admin's in his). Sealed secrets bind access key, account and principal ARN, so neither
+/// swapped row opens at the next start: both keys are unknown, and Bob never acts as the
+/// admin. Undoing the swap brings both back: nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_swapped_to_another_principal_no_longer_authenticates() {
+    use hsm_kms::kms::vault::KeyVault;
+    use hsm_kms::store::{MetadataStore, SqliteStore};
+    use std::sync::Arc;
+
+    let s = service().await;
+    let admin = s.client.cred.clone();
+    let id = key(&s.client).await;
+    s.running.stop().await;
+    let db = s.tokens.dir.path().join("metadata.sqlite");
+    let bob = {
+        let cluster = connect(&s.tokens, fast_options());
+        let store: Arc<dyn MetadataStore> = Arc::new(SqliteStore::open(&db).unwrap());
+        let vault: &dyn KeyVault = &cluster;
+        let bob = hsm_kms::kms::credentials::create(
+            vault,
+            &store,
+            "444455556666",
+            "arn:aws:iam::444455556666:user/bob",
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+        cluster.shutdown();
+        bob
+    };
+    let clock: Arc<dyn hsm_kms::clock::Clock> = Arc::new(hsm_kms::clock::SystemClock);
+    let relabel = |akid: &str, account: &str, arn: &str| {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n = conn
+            .execute(
+                "UPDATE credentials SET account_id = ?2, principal_arn = ?3 \
+                 WHERE access_key_id = ?1",
+                rusqlite::params![akid, account, arn],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    };
+    let as_ = |running: &hsm_kms::app::Running, cred: &hsm_kms::auth::Credential| {
+        Client::new(format!("http://{}", running.addr), cred.clone())
+    };
+
+    // Before: Bob acts in his own account, where the admin's key does not exist.
+    let (running, _) = start_on(&s.tokens, clock.clone()).await;
+    let r = as_(&running, &bob)
+        .call("DescribeKey", json!({"KeyId": id}))
+        .await;
+    assert_eq!(r.error_type(), "NotFoundException", "{}", r.body);
+    running.stop().await;
+
+    // The swap.
+    relabel(&bob.access_key_id, &admin.account_id, &admin.principal_arn);
+    relabel(&admin.access_key_id, &bob.account_id, &bob.principal_arn);
+    let (running, _) = start_on(&s.tokens, clock.clone()).await;
+    for cred in [&bob, &admin] {
+        let r = as_(&running, cred)
+            .call("DescribeKey", json!({"KeyId": id}))
+            .await;
+        assert_eq!(
+            (r.status, r.error_type()),
+            (400, "UnrecognizedClientException"),
+            "{}: {}",
+            cred.access_key_id,
+            r.body
+        );
+    }
+    assert!(running.credentials.is_empty(), "{:?}", running.credentials);
+    assert!(running.new_credential.is_none());
+    running.stop().await;
+
+    // Undone: both authenticate again, each as itself.
+    relabel(&bob.access_key_id, &bob.account_id, &bob.principal_arn);
+    relabel(
+        &admin.access_key_id,
+        &admin.account_id,
+        &admin.principal_arn,
+    );
+    let (running, _) = start_on(&s.tokens, clock).await;
+    as_(&running, &admin)
+        .ok("DescribeKey", json!({"KeyId": id}))
+        .await;
+    let r = as_(&running, &bob)
+        .call("DescribeKey", json!({"KeyId": id}))
+        .await;
+    assert_eq!(r.error_type(), "NotFoundException", "{}", r.body);
+    running.stop().await;
+}

@@ -104,10 +104,12 @@ pub(crate) async fn start_on(
     })
     .await
     .expect("service starts");
-    let mut client = Client::new(
-        format!("http://{}", running.addr),
-        running.credentials[0].clone(),
-    );
+    // A start whose every credential was refused still gets a client (that fails to sign in).
+    let cred =
+        running.credentials.first().cloned().unwrap_or_else(|| {
+            Credential::new("AKIANOCREDENTIAL0000", "none", "111122223333", "none")
+        });
+    let mut client = Client::new(format!("http://{}", running.addr), cred);
     client.clock = Some(clock);
     (running, client)
 }
