@@ -581,3 +581,66 @@ async fn a_credential_swapped_to_another_principal_no_longer_authenticates() {
     assert_eq!(r.error_type(), "NotFoundException", "{}", r.body);
     running.stop().await;
 }
+
+/// The JSON 1.1 protocol's `Content-Type` is required, as AWS requires it: any other media
+/// type, or none, is `UnknownOperationException`, decided before the signature is checked
+/// (an unsigned request with a wrong type gets it too). The media type is compared
+/// case-insensitively and may carry parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_the_protocol_content_type_is_an_unknown_operation() {
+    let s = service().await;
+    let c = &s.client;
+    for ct in [
+        None,
+        Some("application/json"),
+        Some("application/x-amz-json-1.0"),
+        Some("application/x-amz-cbor-1.1"),
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        for sign in [true, false] {
+            let r = c
+                .send_with_content_type("ListKeys", b"{}".to_vec(), ct, sign)
+                .await;
+            assert_eq!(
+                (r.status, r.error_type()),
+                (400, "UnknownOperationException"),
+                "{ct:?}, signed {sign}: {}",
+                r.body
+            );
+            assert!(
+                r.body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("application/x-amz-json-1.1"),
+                "{}",
+                r.body
+            );
+            assert_eq!(
+                r.content_type.as_deref(),
+                Some("application/x-amz-json-1.1")
+            );
+        }
+    }
+    // With the protocol's type, an unsigned request gets as far as authentication.
+    let r = c
+        .send_with_content_type(
+            "ListKeys",
+            b"{}".to_vec(),
+            Some("application/x-amz-json-1.1"),
+            false,
+        )
+        .await;
+    assert_eq!(r.error_type(), "MissingAuthenticationTokenException");
+    for ct in [
+        "application/x-amz-json-1.1",
+        "application/x-amz-json-1.1; charset=utf-8",
+        "Application/X-Amz-Json-1.1;charset=UTF-8",
+    ] {
+        let r = c
+            .send_with_content_type("ListKeys", b"{}".to_vec(), Some(ct), true)
+            .await;
+        assert_eq!(r.status, 200, "{ct}: {}", r.body);
+    }
+    s.running.stop().await;
+}

@@ -206,6 +206,32 @@ impl Client {
         self.post(&h, body).await
     }
 
+    /// POST `body` for `target` with this `Content-Type` (`None`: no such header), signed
+    /// (the content type included) unless `sign` is false.
+    pub(crate) async fn send_with_content_type(
+        &self,
+        target: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        sign: bool,
+    ) -> Reply {
+        let mut h = self.headers(Some(target));
+        h.remove("content-type");
+        if let Some(ct) = content_type {
+            h.insert("content-type", ct.parse().unwrap());
+        }
+        if sign {
+            sign_kms(
+                &mut h,
+                &body,
+                &self.cred.access_key_id,
+                &self.cred.secret_access_key,
+                time::OffsetDateTime::now_utc(),
+            );
+        }
+        self.post(&h, body).await
+    }
+
     pub(crate) async fn call(&self, op: &str, body: Value) -> Reply {
         self.send_raw(
             Some(op),
