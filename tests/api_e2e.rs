@@ -644,3 +644,106 @@ async fn a_request_without_the_protocol_content_type_is_an_unknown_operation() {
     }
     s.running.stop().await;
 }
+
+/// Poll unauthenticated `GET /health` until it answers `status` (or fail after 20 s).
+async fn health_becomes(c: &Client, status: &str) -> Reply {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = c.health(None).await;
+        if r.body["status"] == status || std::time::Instant::now() > end {
+            return r;
+        }
+        // Traffic also notices a lost HSM, not only the probes.
+        let _ = c.call("GenerateRandom", json!({"NumberOfBytes": 8})).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `/health` tells anyone only ok / degraded / down (200 / 200 / 503); the per-HSM detail
+/// goes to a SigV4-signed caller, with the same status. A bad signature gets the AWS error
+/// and no detail. No PIN, PIN file or token path appears in either form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_tells_anyone_the_state_and_a_signed_caller_the_detail() {
+    let s = service().await;
+    let c = &s.client;
+    key(c).await;
+    let secret = c.cred.secret_access_key.to_string();
+    let mut seen = Vec::new();
+
+    let r = c.health(None).await;
+    assert_eq!((r.status, &r.body), (200, &json!({"status": "ok"})));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    seen.push(r.body);
+    let r = c.health(Some(&secret)).await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (200, &json!("ok")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["keys"], 1);
+    let names: Vec<&str> = r.body["hsms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(r.body["hsms"][0]["state"].is_string(), "{}", r.body);
+    seen.push(r.body);
+    let r = c.health(Some("not-the-secret")).await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (400, "InvalidSignatureException"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.get("hsms").is_none() && r.body.get("status").is_none());
+
+    // One HSM gone: degraded, still serving (200).
+    let dirs: Vec<_> = s.tokens.hsms.iter().map(|h| h.token_dir.clone()).collect();
+    let away = |d: &std::path::PathBuf| d.with_extension("away");
+    std::fs::rename(&dirs[0], away(&dirs[0])).unwrap();
+    let r = health_becomes(c, "degraded").await;
+    assert_eq!((r.status, &r.body), (200, &json!({"status": "degraded"})));
+    seen.push(r.body);
+    let r = c.health(Some(&secret)).await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (200, &json!("degraded")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["hsms"].as_array().unwrap().len(), 2);
+    seen.push(r.body);
+    // None left: down, 503, for both forms.
+    std::fs::rename(&dirs[1], away(&dirs[1])).unwrap();
+    let r = health_becomes(c, "down").await;
+    assert_eq!((r.status, &r.body), (503, &json!({"status": "down"})));
+    seen.push(r.body);
+    let r = c.health(Some(&secret)).await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (503, &json!("down")),
+        "{}",
+        r.body
+    );
+    seen.push(r.body);
+
+    for h in &s.tokens.hsms {
+        let pin = std::fs::read_to_string(&h.pin_file).unwrap();
+        let pin = pin.trim();
+        for body in &seen {
+            let text = body.to_string();
+            assert!(!text.contains(pin), "a PIN in {text}");
+            for path in [&h.pin_file, &h.dir, &h.token_dir, &h.conf] {
+                let path = path.display().to_string();
+                assert!(!text.contains(&path), "{path} in {text}");
+            }
+        }
+    }
+    for d in &dirs {
+        std::fs::rename(away(d), d).unwrap();
+    }
+    s.running.stop().await;
+}
