@@ -486,3 +486,264 @@ async fn gcm_ivs_are_a_durable_fixed_field_and_a_counter() {
     assert_eq!(unb64(&d["Plaintext"]), b"after");
     running.stop().await;
 }
+
+/// The attack on sealed credentials: Bob (account 444455556666) knows his own secret and
+/// can write the metadata database. He swaps the two credential rows' principals, so that
+/// his access key and sealed secret sit in the row of the admin of 111122223333 (and the
+/// admin's in his). Sealed secrets bind access key, account and principal ARN, so neither
+/// swapped row opens at the next start: both keys are unknown, and Bob never acts as the
+/// admin. Undoing the swap brings both back: nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_swapped_to_another_principal_no_longer_authenticates() {
+    use hsm_kms::kms::vault::KeyVault;
+    use hsm_kms::store::{MetadataStore, SqliteStore};
+    use std::sync::Arc;
+
+    let s = service().await;
+    let admin = s.client.cred.clone();
+    let id = key(&s.client).await;
+    s.running.stop().await;
+    let db = s.tokens.dir.path().join("metadata.sqlite");
+    let bob = {
+        let cluster = connect(&s.tokens, fast_options());
+        let store: Arc<dyn MetadataStore> = Arc::new(SqliteStore::open(&db).unwrap());
+        let vault: &dyn KeyVault = &cluster;
+        let bob = hsm_kms::kms::credentials::create(
+            vault,
+            &store,
+            "444455556666",
+            "arn:aws:iam::444455556666:user/bob",
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+        cluster.shutdown();
+        bob
+    };
+    let clock: Arc<dyn hsm_kms::clock::Clock> = Arc::new(hsm_kms::clock::SystemClock);
+    let relabel = |akid: &str, account: &str, arn: &str| {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n = conn
+            .execute(
+                "UPDATE credentials SET account_id = ?2, principal_arn = ?3 \
+                 WHERE access_key_id = ?1",
+                rusqlite::params![akid, account, arn],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    };
+    let as_ = |running: &hsm_kms::app::Running, cred: &hsm_kms::auth::Credential| {
+        Client::new(format!("http://{}", running.addr), cred.clone())
+    };
+
+    // Before: Bob acts in his own account, where the admin's key does not exist.
+    let (running, _) = start_on(&s.tokens, clock.clone()).await;
+    let r = as_(&running, &bob)
+        .call("DescribeKey", json!({"KeyId": id}))
+        .await;
+    assert_eq!(r.error_type(), "NotFoundException", "{}", r.body);
+    running.stop().await;
+
+    // The swap.
+    relabel(&bob.access_key_id, &admin.account_id, &admin.principal_arn);
+    relabel(&admin.access_key_id, &bob.account_id, &bob.principal_arn);
+    let (running, _) = start_on(&s.tokens, clock.clone()).await;
+    for cred in [&bob, &admin] {
+        let r = as_(&running, cred)
+            .call("DescribeKey", json!({"KeyId": id}))
+            .await;
+        assert_eq!(
+            (r.status, r.error_type()),
+            (400, "UnrecognizedClientException"),
+            "{}: {}",
+            cred.access_key_id,
+            r.body
+        );
+    }
+    assert!(running.credentials.is_empty(), "{:?}", running.credentials);
+    assert!(running.new_credential.is_none());
+    running.stop().await;
+
+    // Undone: both authenticate again, each as itself.
+    relabel(&bob.access_key_id, &bob.account_id, &bob.principal_arn);
+    relabel(
+        &admin.access_key_id,
+        &admin.account_id,
+        &admin.principal_arn,
+    );
+    let (running, _) = start_on(&s.tokens, clock).await;
+    as_(&running, &admin)
+        .ok("DescribeKey", json!({"KeyId": id}))
+        .await;
+    let r = as_(&running, &bob)
+        .call("DescribeKey", json!({"KeyId": id}))
+        .await;
+    assert_eq!(r.error_type(), "NotFoundException", "{}", r.body);
+    running.stop().await;
+}
+
+/// The JSON 1.1 protocol's `Content-Type` is required, as AWS requires it: any other media
+/// type, or none, is `UnknownOperationException`, decided before the signature is checked
+/// (an unsigned request with a wrong type gets it too). The media type is compared
+/// case-insensitively and may carry parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_the_protocol_content_type_is_an_unknown_operation() {
+    let s = service().await;
+    let c = &s.client;
+    for ct in [
+        None,
+        Some("application/json"),
+        Some("application/x-amz-json-1.0"),
+        Some("application/x-amz-cbor-1.1"),
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        for sign in [true, false] {
+            let r = c
+                .send_with_content_type("ListKeys", b"{}".to_vec(), ct, sign)
+                .await;
+            assert_eq!(
+                (r.status, r.error_type()),
+                (400, "UnknownOperationException"),
+                "{ct:?}, signed {sign}: {}",
+                r.body
+            );
+            assert!(
+                r.body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("application/x-amz-json-1.1"),
+                "{}",
+                r.body
+            );
+            assert_eq!(
+                r.content_type.as_deref(),
+                Some("application/x-amz-json-1.1")
+            );
+        }
+    }
+    // With the protocol's type, an unsigned request gets as far as authentication.
+    let r = c
+        .send_with_content_type(
+            "ListKeys",
+            b"{}".to_vec(),
+            Some("application/x-amz-json-1.1"),
+            false,
+        )
+        .await;
+    assert_eq!(r.error_type(), "MissingAuthenticationTokenException");
+    for ct in [
+        "application/x-amz-json-1.1",
+        "application/x-amz-json-1.1; charset=utf-8",
+        "Application/X-Amz-Json-1.1;charset=UTF-8",
+    ] {
+        let r = c
+            .send_with_content_type("ListKeys", b"{}".to_vec(), Some(ct), true)
+            .await;
+        assert_eq!(r.status, 200, "{ct}: {}", r.body);
+    }
+    s.running.stop().await;
+}
+
+/// Poll unauthenticated `GET /health` until it answers `status` (or fail after 20 s).
+async fn health_becomes(c: &Client, status: &str) -> Reply {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = c.health(None).await;
+        if r.body["status"] == status || std::time::Instant::now() > end {
+            return r;
+        }
+        // Traffic also notices a lost HSM, not only the probes.
+        let _ = c.call("GenerateRandom", json!({"NumberOfBytes": 8})).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `/health` tells anyone only ok / degraded / down (200 / 200 / 503); the per-HSM detail
+/// goes to a SigV4-signed caller, with the same status. A bad signature gets the AWS error
+/// and no detail. No PIN, PIN file or token path appears in either form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_tells_anyone_the_state_and_a_signed_caller_the_detail() {
+    let s = service().await;
+    let c = &s.client;
+    key(c).await;
+    let secret = c.cred.secret_access_key.to_string();
+    let mut seen = Vec::new();
+
+    let r = c.health(None).await;
+    assert_eq!((r.status, &r.body), (200, &json!({"status": "ok"})));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    seen.push(r.body);
+    let r = c.health(Some(&secret)).await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (200, &json!("ok")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["keys"], 1);
+    let names: Vec<&str> = r.body["hsms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(r.body["hsms"][0]["state"].is_string(), "{}", r.body);
+    seen.push(r.body);
+    let r = c.health(Some("not-the-secret")).await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (400, "InvalidSignatureException"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.get("hsms").is_none() && r.body.get("status").is_none());
+
+    // One HSM gone: degraded, still serving (200).
+    let dirs: Vec<_> = s.tokens.hsms.iter().map(|h| h.token_dir.clone()).collect();
+    let away = |d: &std::path::PathBuf| d.with_extension("away");
+    std::fs::rename(&dirs[0], away(&dirs[0])).unwrap();
+    let r = health_becomes(c, "degraded").await;
+    assert_eq!((r.status, &r.body), (200, &json!({"status": "degraded"})));
+    seen.push(r.body);
+    let r = c.health(Some(&secret)).await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (200, &json!("degraded")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["hsms"].as_array().unwrap().len(), 2);
+    seen.push(r.body);
+    // None left: down, 503, for both forms.
+    std::fs::rename(&dirs[1], away(&dirs[1])).unwrap();
+    let r = health_becomes(c, "down").await;
+    assert_eq!((r.status, &r.body), (503, &json!({"status": "down"})));
+    seen.push(r.body);
+    let r = c.health(Some(&secret)).await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (503, &json!("down")),
+        "{}",
+        r.body
+    );
+    seen.push(r.body);
+
+    for h in &s.tokens.hsms {
+        let pin = std::fs::read_to_string(&h.pin_file).unwrap();
+        let pin = pin.trim();
+        for body in &seen {
+            let text = body.to_string();
+            assert!(!text.contains(pin), "a PIN in {text}");
+            for path in [&h.pin_file, &h.dir, &h.token_dir, &h.conf] {
+                let path = path.display().to_string();
+                assert!(!text.contains(&path), "{path} in {text}");
+            }
+        }
+    }
+    for d in &dirs {
+        std::fs::rename(away(d), d).unwrap();
+    }
+    s.running.stop().await;
+}

@@ -50,6 +50,15 @@ impl ApiError {
     pub fn unknown_operation() -> Self {
         Self::new("UnknownOperationException", "")
     }
+    /// An `UnknownOperationException` for a request whose `Content-Type` is not the AWS JSON
+    /// 1.1 protocol's: AWS finds no protocol, hence no operation, for such a request, and
+    /// says so before it authenticates it.
+    pub fn wrong_content_type() -> Self {
+        Self::new(
+            "UnknownOperationException",
+            "The request's Content-Type must be application/x-amz-json-1.1",
+        )
+    }
 
     /// Render with the request id.
     pub fn into_response_with(self, request_id: &str) -> Response {
@@ -81,6 +90,9 @@ impl From<ValidationError> for ApiError {
     }
 }
 
+/// The media type of the AWS JSON 1.1 protocol, of every request and every reply.
+pub(crate) const JSON_1_1: &str = "application/x-amz-json-1.1";
+
 pub(crate) fn content_type() -> HeaderValue {
-    HeaderValue::from_static("application/x-amz-json-1.1")
+    HeaderValue::from_static(JSON_1_1)
 }

@@ -1,8 +1,10 @@
 //! The HTTP front: AWS KMS JSON 1.1 over `POST /` (`X-Amz-Target: TrentService.<Op>`),
 //! SigV4 on every request, JSON members parsed into domain types at the edge, errors from
-//! one table. Also `GET /health` with the state of every HSM.
+//! one table. Also `GET /health`: ok/degraded/down for anyone, the state of every HSM for a
+//! SigV4-authenticated caller (`health`).
 
 pub mod error;
+mod health;
 mod input;
 mod parse;
 mod pipeline;
@@ -12,7 +14,7 @@ use crate::clock::Clock;
 use crate::kms::Kms;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
 use std::sync::Arc;
@@ -32,7 +34,7 @@ pub struct AppState {
 /// The service's router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(health::health))
         .route("/", any(kms_request))
         .fallback(any(kms_request))
         .with_state(state)
@@ -44,21 +46,6 @@ pub(crate) fn set_headers(r: &mut Response, request_id: &str) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-amzn-requestid", v);
     }
-}
-
-async fn health(State(app): State<Arc<AppState>>) -> Response {
-    let hsms = app.kms.vault().health();
-    let healthy = hsms.iter().filter(|h| h.healthy).count();
-    let hsms: Vec<serde_json::Value> = hsms.into_iter().map(|h| h.detail).collect();
-    let body = serde_json::json!({
-        "status": if healthy >= 2 { "ok" } else if healthy == 1 { "degraded" } else { "down" },
-        "keys": app.kms.key_count(),
-        "hsms": hsms,
-    });
-    let mut r = axum::Json(body).into_response();
-    r.headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
-    r
 }
 
 async fn kms_request(State(app): State<Arc<AppState>>, req: Request) -> Response {

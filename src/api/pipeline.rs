@@ -1,6 +1,7 @@
 //! THE request path of every KMS call, top to bottom:
 //!
-//! 1. **authenticate** — read the body, find the operation in `X-Amz-Target`, verify SigV4;
+//! 1. **authenticate** — read the body, check the protocol's `Content-Type`, find the
+//!    operation in `X-Amz-Target`, verify SigV4;
 //! 2. **parse** — the JSON members into the operation's typed request (`api::parse`);
 //! 3. **resolve** — the keys the request names (`Kms::resolve`);
 //! 4. **authorize** — may this principal perform this action on these keys (`Kms::authorize`);
@@ -12,7 +13,7 @@
 //! the span follows the call into the HSM workers and the blocking store calls, so every
 //! log line of a call names both.
 
-use super::error::{content_type, ApiError};
+use super::error::{content_type, ApiError, JSON_1_1};
 use super::input::Input;
 use super::{parse, set_headers, AppState};
 use crate::auth::{Principal, RequestParts};
@@ -20,7 +21,8 @@ use crate::kms::operation::Operation;
 use crate::kms::Resolved;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::Method;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 use tracing::Instrument;
@@ -122,6 +124,8 @@ async fn authenticate(
                 format!("Request body is larger than {} bytes", app.max_body_bytes),
             )
         })?;
+    // Before the signature, as AWS does: without its protocol a request has no operation.
+    protocol_content_type(&parts.headers)?;
     let op = target.ok_or_else(ApiError::unknown_operation)?;
     let principal = crate::auth::verify(
         &RequestParts {
@@ -137,6 +141,21 @@ async fn authenticate(
         "kms",
     )?;
     Ok((op, principal, body))
+}
+
+/// The request's one `Content-Type` must be the JSON 1.1 protocol's media type (compared
+/// case-insensitively, any parameters such as `; charset=utf-8` allowed); anything else,
+/// or none, or two, is [`ApiError::wrong_content_type`].
+fn protocol_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    let media_type = match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok().and_then(|v| v.split(';').next()),
+        _ => None,
+    };
+    match media_type {
+        Some(m) if m.trim().eq_ignore_ascii_case(JSON_1_1) => Ok(()),
+        _ => Err(ApiError::wrong_content_type()),
+    }
 }
 
 fn json_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
@@ -184,5 +203,51 @@ fn record(app: &AppState, target: Option<Operation>, out: &Outcome, started: Ins
             elapsed_us,
             "call failed"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn check(values: &[&str]) -> bool {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(CONTENT_TYPE, v.parse().unwrap());
+        }
+        protocol_content_type(&h).is_ok()
+    }
+
+    #[test]
+    fn only_the_json_1_1_media_type_is_accepted() {
+        for ok in [
+            "application/x-amz-json-1.1",
+            "Application/X-Amz-JSON-1.1",
+            "application/x-amz-json-1.1; charset=utf-8",
+            "application/x-amz-json-1.1;charset=UTF-8",
+            " application/x-amz-json-1.1 ",
+        ] {
+            assert!(check(&[ok]), "{ok:?} refused");
+        }
+        for bad in [
+            &[][..],
+            &[""],
+            &["application/json"],
+            &["application/x-amz-json-1.0"],
+            &["application/x-amz-json-1.10"],
+            &["application/x-amz-json-1.1x"],
+            &["text/plain"],
+            &["application/x-www-form-urlencoded"],
+            &["application/x-amz-cbor-1.1"],
+            &["x-amz-json-1.1"],
+            &["application/json; x=application/x-amz-json-1.1"],
+            &["application/x-amz-json-1.1", "application/json"],
+        ] {
+            assert!(!check(bad), "{bad:?} accepted");
+        }
+        let e = protocol_content_type(&HeaderMap::new()).unwrap_err();
+        assert_eq!(e.aws_type, "UnknownOperationException");
+        assert!(e.message.contains(JSON_1_1), "{}", e.message);
     }
 }

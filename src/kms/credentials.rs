@@ -1,9 +1,22 @@
 //! API credentials at rest: secrets are sealed (AES-GCM) under an HSM key that is replicated
 //! like every KMS key; only the sealed form reaches the metadata store. The first start
 //! creates one credential for the configured account.
+//!
+//! The sealed form binds the whole identity of its row, so that nobody who can write the
+//! database can make a secret they know authenticate as someone else:
+//!
+//! * **v2** (written since this format exists): `"hkc\x02"` ‖ IV ‖ ciphertext ‖ tag, with
+//!   the AAD `aad_v2`: a format label and the length-prefixed access key id, account id
+//!   and principal ARN. A row whose account or ARN was changed, or that received another
+//!   row's sealed secret, does not open: it is logged and not loaded (the others still are).
+//! * **v1** (legacy): IV ‖ ciphertext ‖ tag with the access key id alone as AAD. A v1 row
+//!   still opens at start and is re-sealed as v2 in place (one durable compare-and-swap per
+//!   row); once no v1 row is left, the store setting `credential_seal_format` = `2` records
+//!   it and v1 is never accepted again, so a relabelled v1 row written later (e.g. from an
+//!   old backup) does not open either.
 
 use super::error::KmsError;
-use super::vault::{KeyKind, KeyVault, ObjectId, IV_LEN};
+use super::vault::{KeyKind, KeyVault, ObjectId, VaultError, IV_LEN};
 use crate::auth::Credential;
 use crate::store::{CredentialRow, MetadataStore};
 use rand::Rng;
@@ -17,6 +30,27 @@ fn sealing_key() -> ObjectId {
     ObjectId::new(SEALING_KEY_ID)
 }
 const SEALING_SETTING: &str = "credential_sealing_key";
+
+/// The store setting that, once `2`, says every credential is sealed as v2 and v1 is refused.
+const FORMAT_SETTING: &str = "credential_seal_format";
+const FORMAT_V2: &[u8] = b"2";
+
+/// The prefix of a v2 sealed secret (a v1 one starts directly with its IV).
+const V2_PREFIX: &[u8; 4] = b"hkc\x02";
+/// Length of the AES-GCM tag at the end of every sealed secret.
+const TAG_LEN: usize = 16;
+
+/// The AAD of a v2 sealed secret: a format label, then the access key id, the account id
+/// and the principal ARN, each preceded by its length (8 bytes, big-endian), so that no two
+/// different identities give the same bytes.
+fn aad_v2(access_key_id: &str, account_id: &str, principal_arn: &str) -> Vec<u8> {
+    let mut aad = b"hsm-kms credential v2".to_vec();
+    for field in [access_key_id, account_id, principal_arn] {
+        aad.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        aad.extend_from_slice(field.as_bytes());
+    }
+    aad
+}
 
 async fn ensure_sealing_key(
     vault: &dyn KeyVault,
@@ -57,46 +91,98 @@ fn random_string(alphabet: &[u8], len: usize, seed: &[u8]) -> Result<String, Kms
         .collect()
 }
 
-/// Unseal every stored credential; on first start create one for `account_id`.
-/// Returns all credentials and, if one was just created, that one.
-pub async fn load_or_create(
+/// Seal `secret` for the credential `(access_key_id, account_id, principal_arn)` (v2).
+async fn seal(
+    vault: &dyn KeyVault,
+    access_key_id: &str,
+    account_id: &str,
+    principal_arn: &str,
+    secret: &[u8],
+) -> Result<Vec<u8>, KmsError> {
+    let (iv, ct) = vault
+        .encrypt(
+            &sealing_key(),
+            aad_v2(access_key_id, account_id, principal_arn),
+            Zeroizing::new(secret.to_vec()),
+        )
+        .await?;
+    let mut sealed = Vec::with_capacity(V2_PREFIX.len() + IV_LEN + ct.len());
+    sealed.extend_from_slice(V2_PREFIX);
+    sealed.extend_from_slice(&iv);
+    sealed.extend_from_slice(&ct);
+    Ok(sealed)
+}
+
+/// The sealed format a row opened under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    V1,
+    V2,
+}
+
+/// `IV ‖ ciphertext ‖ tag` opened under `aad`; `None` when it does not authenticate (or is
+/// too short to be a sealed secret). HSM failures are errors.
+async fn unseal(
+    vault: &dyn KeyVault,
+    blob: &[u8],
+    aad: Vec<u8>,
+) -> Result<Option<Zeroizing<Vec<u8>>>, KmsError> {
+    let Some((iv, ct)) = blob.split_first_chunk::<IV_LEN>() else {
+        return Ok(None);
+    };
+    if ct.len() <= TAG_LEN {
+        return Ok(None);
+    }
+    match vault.decrypt(&sealing_key(), *iv, aad, ct.to_vec()).await {
+        Ok(secret) => Ok(Some(secret)),
+        Err(VaultError::InvalidCiphertext | VaultError::InvalidInput(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Open a row's sealed secret: as v2, or as v1 while `legacy` is allowed. `None` when it
+/// opens under neither (it was moved to another row, or its row was relabelled).
+async fn open(
+    vault: &dyn KeyVault,
+    row: &CredentialRow,
+    legacy: bool,
+) -> Result<Option<(Zeroizing<Vec<u8>>, Format)>, KmsError> {
+    if let Some(rest) = row.sealed_secret.strip_prefix(V2_PREFIX) {
+        let aad = aad_v2(&row.access_key_id, &row.account_id, &row.principal_arn);
+        if let Some(secret) = unseal(vault, rest, aad).await? {
+            return Ok(Some((secret, Format::V2)));
+        }
+    }
+    if legacy {
+        // A v1 secret whose random IV happens to start with the v2 prefix lands here too.
+        let aad = row.access_key_id.as_bytes().to_vec();
+        if let Some(secret) = unseal(vault, &row.sealed_secret, aad).await? {
+            return Ok(Some((secret, Format::V1)));
+        }
+    }
+    Ok(None)
+}
+
+fn credential(row: CredentialRow, secret: &[u8]) -> Result<Credential, KmsError> {
+    let secret = std::str::from_utf8(secret)
+        .map_err(|_| KmsError::Internal("credential secret is not UTF-8".into()))?;
+    Ok(Credential::new(
+        row.access_key_id,
+        secret,
+        row.account_id,
+        row.principal_arn,
+    ))
+}
+
+/// Create, seal (v2) and store a new credential for `principal_arn` in `account_id`.
+pub async fn create(
     vault: &dyn KeyVault,
     store: &Arc<dyn MetadataStore>,
     account_id: &str,
+    principal_arn: &str,
     now: time::OffsetDateTime,
-) -> Result<(Vec<Credential>, Option<Credential>), KmsError> {
+) -> Result<Credential, KmsError> {
     ensure_sealing_key(vault, store).await?;
-    let mut out = Vec::new();
-    for row in store.credentials()? {
-        let (iv, ct) = match row.sealed_secret.split_first_chunk::<IV_LEN>() {
-            Some((iv, ct)) if !ct.is_empty() => (iv, ct),
-            _ => {
-                return Err(KmsError::Internal(format!(
-                    "credential {} is malformed",
-                    row.access_key_id
-                )))
-            }
-        };
-        let secret = vault
-            .decrypt(
-                &sealing_key(),
-                *iv,
-                row.access_key_id.as_bytes().to_vec(),
-                ct.to_vec(),
-            )
-            .await?;
-        let secret = String::from_utf8(secret.to_vec())
-            .map_err(|_| KmsError::Internal("credential secret is not UTF-8".into()))?;
-        out.push(Credential::new(
-            row.access_key_id,
-            secret,
-            row.account_id,
-            row.principal_arn,
-        ));
-    }
-    if !out.is_empty() {
-        return Ok((out, None));
-    }
     let seed = vault.random(64).await?;
     let (akid_seed, secret_seed) = seed
         .split_at_checked(32)
@@ -110,28 +196,311 @@ pub async fn load_or_create(
         40,
         secret_seed,
     )?);
-    let principal_arn = format!("arn:aws:iam::{account_id}:user/hsm-kms-admin");
-    let (iv, ct) = vault
-        .encrypt(
-            &sealing_key(),
-            akid.as_bytes().to_vec(),
-            Zeroizing::new(secret.as_bytes().to_vec()),
-        )
-        .await?;
-    let mut sealed = iv.to_vec();
-    sealed.extend_from_slice(&ct);
+    let sealed = seal(vault, &akid, account_id, principal_arn, secret.as_bytes()).await?;
     store.put_credential(&CredentialRow {
         access_key_id: akid.clone(),
         account_id: account_id.to_string(),
-        principal_arn: principal_arn.clone(),
+        principal_arn: principal_arn.to_string(),
         sealed_secret: sealed,
         created_at: now,
     })?;
-    let c = Credential::new(
+    Ok(Credential::new(
         akid,
-        (*secret).clone(),
-        account_id.to_string(),
+        secret.as_str(),
+        account_id,
         principal_arn,
-    );
-    Ok((vec![c.clone()], Some(c)))
+    ))
+}
+
+/// Unseal every stored credential (re-sealing v1 rows as v2); on first start create one for
+/// `account_id`. Returns all credentials that open and, if one was just created, that one.
+/// A row that does not open is logged and left out; it never makes a first start happen.
+pub async fn load_or_create(
+    vault: &dyn KeyVault,
+    store: &Arc<dyn MetadataStore>,
+    account_id: &str,
+    now: time::OffsetDateTime,
+) -> Result<(Vec<Credential>, Option<Credential>), KmsError> {
+    ensure_sealing_key(vault, store).await?;
+    let rows = store.credentials()?;
+    if rows.is_empty() {
+        let principal_arn = format!("arn:aws:iam::{account_id}:user/hsm-kms-admin");
+        let c = create(vault, store, account_id, &principal_arn, now).await?;
+        store.put_setting(FORMAT_SETTING, FORMAT_V2)?;
+        return Ok((vec![c.clone()], Some(c)));
+    }
+    let legacy = store.get_setting(FORMAT_SETTING)?.as_deref() != Some(FORMAT_V2);
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        match open(vault, &row, legacy).await? {
+            None => tracing::error!(
+                access_key_id = %row.access_key_id,
+                account_id = %row.account_id,
+                principal = %row.principal_arn,
+                "credential not loaded: its sealed secret does not open for this access key, \
+                 account and principal (the row was altered)"
+            ),
+            Some((secret, Format::V2)) => out.push(credential(row, &secret)?),
+            Some((secret, Format::V1)) => {
+                let sealed = seal(
+                    vault,
+                    &row.access_key_id,
+                    &row.account_id,
+                    &row.principal_arn,
+                    &secret,
+                )
+                .await?;
+                store.reseal_credential(&row.access_key_id, &row.sealed_secret, &sealed)?;
+                tracing::info!(
+                    access_key_id = %row.access_key_id,
+                    "credential re-sealed in format v2 (bound to its account and principal)"
+                );
+                out.push(credential(row, &secret)?);
+            }
+        }
+    }
+    if legacy {
+        // Every row that opened is v2 now: from here on v1 never opens.
+        store.put_setting(FORMAT_SETTING, FORMAT_V2)?;
+    }
+    Ok((out, None))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+    use crate::kms::vault::fake::FakeVault;
+    use crate::store::SqliteStore;
+
+    const ALICE: (&str, &str) = ("111122223333", "arn:aws:iam::111122223333:user/alice");
+    const BOB: (&str, &str) = ("444455556666", "arn:aws:iam::444455556666:user/bob");
+
+    fn now() -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+    }
+
+    fn setup() -> (Arc<FakeVault>, Arc<dyn MetadataStore>) {
+        (
+            Arc::new(FakeVault::new(2)),
+            Arc::new(SqliteStore::open_in_memory().unwrap()),
+        )
+    }
+
+    /// A row sealed as the previous binary did: IV ‖ ct ‖ tag, AAD = access key id.
+    async fn put_v1(
+        vault: &FakeVault,
+        store: &Arc<dyn MetadataStore>,
+        akid: &str,
+        (account, arn): (&str, &str),
+        secret: &str,
+    ) -> Vec<u8> {
+        ensure_sealing_key(vault, store).await.unwrap();
+        let (iv, ct) = vault
+            .encrypt(
+                &sealing_key(),
+                akid.as_bytes().to_vec(),
+                Zeroizing::new(secret.as_bytes().to_vec()),
+            )
+            .await
+            .unwrap();
+        let sealed = [iv.as_slice(), &ct].concat();
+        store
+            .put_credential(&CredentialRow {
+                access_key_id: akid.into(),
+                account_id: account.into(),
+                principal_arn: arn.into(),
+                sealed_secret: sealed.clone(),
+                created_at: now(),
+            })
+            .unwrap();
+        sealed
+    }
+
+    fn loaded(creds: &[Credential]) -> Vec<(String, String, String, String)> {
+        creds
+            .iter()
+            .map(|c| {
+                (
+                    c.access_key_id.clone(),
+                    c.secret_access_key.to_string(),
+                    c.account_id.clone(),
+                    c.principal_arn.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn first_start_creates_one_v2_credential_and_later_starts_load_it() {
+        let (vault, store) = setup();
+        let (all, new) = load_or_create(vault.as_ref(), &store, "111122223333", now())
+            .await
+            .unwrap();
+        let new = new.unwrap();
+        assert_eq!(loaded(&all), loaded(std::slice::from_ref(&new)));
+        assert_eq!(
+            new.principal_arn,
+            "arn:aws:iam::111122223333:user/hsm-kms-admin"
+        );
+        let row = &store.credentials().unwrap()[0];
+        assert!(row.sealed_secret.starts_with(V2_PREFIX));
+        assert!(!row
+            .sealed_secret
+            .windows(new.secret_access_key.len())
+            .any(|w| w == new.secret_access_key.as_bytes()));
+        assert_eq!(
+            store.get_setting(FORMAT_SETTING).unwrap().as_deref(),
+            Some(FORMAT_V2)
+        );
+        let (again, none) = load_or_create(vault.as_ref(), &store, "111122223333", now())
+            .await
+            .unwrap();
+        assert!(none.is_none());
+        assert_eq!(loaded(&again), loaded(&[new]));
+    }
+
+    /// The attack through the store: Bob, who knows his own secret and can write the
+    /// database, moves his access key and sealed secret onto Alice's account and ARN. The
+    /// relabelled row no longer opens (before v2 it opened and Bob signed as Alice).
+    #[tokio::test]
+    async fn a_relabelled_row_does_not_open() {
+        let (vault, store) = setup();
+        let alice = create(vault.as_ref(), &store, ALICE.0, ALICE.1, now())
+            .await
+            .unwrap();
+        // Bob's row, made in a scratch store (same vault and sealing key) and then written
+        // into the real one with Alice's account and ARN.
+        let bob_store: Arc<dyn MetadataStore> = Arc::new(SqliteStore::open_in_memory().unwrap());
+        bob_store.put_setting(SEALING_SETTING, b"v1").unwrap();
+        let bob = create(vault.as_ref(), &bob_store, BOB.0, BOB.1, now())
+            .await
+            .unwrap();
+        let bob_row = bob_store.credentials().unwrap().remove(0);
+        store
+            .put_credential(&CredentialRow {
+                account_id: ALICE.0.into(),
+                principal_arn: ALICE.1.into(),
+                ..bob_row
+            })
+            .unwrap();
+        let (all, new) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        assert!(new.is_none());
+        assert_eq!(loaded(&all), loaded(&[alice]));
+        assert!(all.iter().all(|c| c.access_key_id != bob.access_key_id));
+    }
+
+    #[tokio::test]
+    async fn v1_rows_open_once_and_are_resealed_as_v2_in_place() {
+        let (vault, store) = setup();
+        let old_a = put_v1(&vault, &store, "AKIAOLDALICE", ALICE, "alice-secret").await;
+        put_v1(&vault, &store, "AKIAOLDBOB", BOB, "bob-secret").await;
+        assert!(store.get_setting(FORMAT_SETTING).unwrap().is_none());
+        let (all, new) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        assert!(new.is_none());
+        let want = vec![
+            (
+                "AKIAOLDALICE".to_string(),
+                "alice-secret".to_string(),
+                ALICE.0.to_string(),
+                ALICE.1.to_string(),
+            ),
+            (
+                "AKIAOLDBOB".to_string(),
+                "bob-secret".to_string(),
+                BOB.0.to_string(),
+                BOB.1.to_string(),
+            ),
+        ];
+        assert_eq!(loaded(&all), want);
+        // Durably re-sealed: every row is v2 now, and the store says v1 is over.
+        let rows = store.credentials().unwrap();
+        assert!(rows.iter().all(|r| r.sealed_secret.starts_with(V2_PREFIX)));
+        assert_ne!(rows[0].sealed_secret, old_a);
+        assert_eq!(
+            store.get_setting(FORMAT_SETTING).unwrap().as_deref(),
+            Some(FORMAT_V2)
+        );
+        let encrypts = vault.calls("encrypt");
+        let (again, _) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        assert_eq!(loaded(&again), want);
+        assert_eq!(vault.calls("encrypt"), encrypts, "nothing re-sealed twice");
+    }
+
+    /// Once every row is v2, a v1 row (say Bob's pre-migration row from a backup,
+    /// relabelled as Alice) is refused: the legacy format cannot be replayed.
+    #[tokio::test]
+    async fn after_the_migration_a_v1_row_is_refused() {
+        let (vault, store) = setup();
+        let alice = create(vault.as_ref(), &store, ALICE.0, ALICE.1, now())
+            .await
+            .unwrap();
+        load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        put_v1(&vault, &store, "AKIAOLDBOB", ALICE, "bob-secret").await;
+        let (all, _) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        assert_eq!(loaded(&all), loaded(&[alice]));
+    }
+
+    #[tokio::test]
+    async fn rows_that_do_not_open_never_cause_a_first_start() {
+        let (vault, store) = setup();
+        ensure_sealing_key(vault.as_ref(), &store).await.unwrap();
+        store.put_setting(FORMAT_SETTING, FORMAT_V2).unwrap();
+        for (akid, sealed) in [
+            ("AKIASHORT", vec![1u8; 5]),
+            ("AKIAGARBAGE", [V2_PREFIX.as_slice(), &[7u8; 60]].concat()),
+        ] {
+            store
+                .put_credential(&CredentialRow {
+                    access_key_id: akid.into(),
+                    account_id: ALICE.0.into(),
+                    principal_arn: ALICE.1.into(),
+                    sealed_secret: sealed,
+                    created_at: now(),
+                })
+                .unwrap();
+        }
+        let (all, new) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        assert!(all.is_empty() && new.is_none());
+        assert_eq!(store.credentials().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_hsm_outage_fails_the_load_instead_of_dropping_rows() {
+        let (vault, store) = setup();
+        create(vault.as_ref(), &store, ALICE.0, ALICE.1, now())
+            .await
+            .unwrap();
+        vault.set_down(0, true);
+        vault.set_down(1, true);
+        assert!(load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn aad_fields_cannot_be_shifted_into_each_other() {
+        assert_ne!(
+            aad_v2("AKIA1", "2345", "arn"),
+            aad_v2("AKIA", "12345", "arn")
+        );
+        assert_ne!(aad_v2("a", "b", "c"), aad_v2("a", "", "bc"));
+    }
 }

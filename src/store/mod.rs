@@ -173,6 +173,15 @@ pub trait MetadataStore: Send + Sync {
     fn put_credential(&self, row: &CredentialRow) -> StoreResult<()>;
     /// Every credential, ordered by `access_key_id`.
     fn credentials(&self) -> StoreResult<Vec<CredentialRow>>;
+    /// Replaces a credential's sealed secret with `sealed` if it is still `expected` (a
+    /// re-seal in a newer format). `NotFound` if the credential is absent, `Conflict` if its
+    /// sealed secret is no longer `expected`. Durable once it returns.
+    fn reseal_credential(
+        &self,
+        access_key_id: &str,
+        expected: &[u8],
+        sealed: &[u8],
+    ) -> StoreResult<()>;
     /// Reads a service-wide setting.
     fn get_setting(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Writes (inserts or replaces) a service-wide setting.

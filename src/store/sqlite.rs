@@ -511,6 +511,29 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn reseal_credential(
+        &self,
+        access_key_id: &str,
+        expected: &[u8],
+        sealed: &[u8],
+    ) -> StoreResult<()> {
+        self.write(|tx| {
+            let stored: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT sealed_secret FROM credentials WHERE access_key_id = ?1")
+                .and_then(|mut s| s.query_row([access_key_id], |r| r.get(0)).optional())
+                .map_err(sql_err)?;
+            if stored.ok_or(StoreError::NotFound)? != expected {
+                return Err(StoreError::Conflict(format!(
+                    "credential {access_key_id}: the sealed secret changed"
+                )));
+            }
+            tx.prepare_cached("UPDATE credentials SET sealed_secret = ?2 WHERE access_key_id = ?1")
+                .and_then(|mut s| s.execute(params![access_key_id, sealed]))
+                .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
     fn get_setting(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
         self.read(|c| {
             c.prepare_cached("SELECT value FROM settings WHERE name = ?1")
@@ -1066,6 +1089,34 @@ mod tests {
             Err(StoreError::AlreadyExists)
         ));
         assert_eq!(s.credentials().unwrap(), [a, b]);
+    }
+
+    #[test]
+    fn reseal_credential_replaces_only_the_expected_secret() {
+        let s = mem();
+        let a = cred("AKIDA", b"v1-sealed");
+        s.put_credential(&a).unwrap();
+        assert!(matches!(
+            s.reseal_credential("AKIDA", b"something else", b"v2"),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.reseal_credential("AKIDX", b"v1-sealed", b"v2"),
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(s.credentials().unwrap(), std::slice::from_ref(&a));
+        s.reseal_credential("AKIDA", b"v1-sealed", b"v2-sealed")
+            .unwrap();
+        let got = s.credentials().unwrap();
+        assert_eq!(got[0].sealed_secret, b"v2-sealed".to_vec());
+        // Only the sealed secret changed.
+        assert_eq!(
+            CredentialRow {
+                sealed_secret: a.sealed_secret.clone(),
+                ..got[0].clone()
+            },
+            a
+        );
     }
 
     #[test]

@@ -116,10 +116,12 @@ pub(crate) async fn start_on(
     })
     .await
     .expect("service starts");
-    let mut client = Client::new(
-        format!("http://{}", running.addr),
-        running.credentials[0].clone(),
-    );
+    // A start whose every credential was refused still gets a client (that fails to sign in).
+    let cred =
+        running.credentials.first().cloned().unwrap_or_else(|| {
+            Credential::new("AKIANOCREDENTIAL0000", "none", "111122223333", "none")
+        });
+    let mut client = Client::new(format!("http://{}", running.addr), cred);
     client.clock = Some(clock);
     (running, client)
 }
@@ -216,6 +218,73 @@ impl Client {
         self.post(&h, body).await
     }
 
+    /// POST `body` for `target` with this `Content-Type` (`None`: no such header), signed
+    /// (the content type included) unless `sign` is false.
+    pub(crate) async fn send_with_content_type(
+        &self,
+        target: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        sign: bool,
+    ) -> Reply {
+        let mut h = self.headers(Some(target));
+        h.remove("content-type");
+        if let Some(ct) = content_type {
+            h.insert("content-type", ct.parse().unwrap());
+        }
+        if sign {
+            sign_kms(
+                &mut h,
+                &body,
+                &self.cred.access_key_id,
+                &self.cred.secret_access_key,
+                time::OffsetDateTime::now_utc(),
+            );
+        }
+        self.post(&h, body).await
+    }
+
+    /// `GET /health`, SigV4-signed with `secret` (for this client's access key) when given.
+    pub(crate) async fn health(&self, secret: Option<&str>) -> Reply {
+        let host = self.url.trim_start_matches("http://").to_string();
+        let mut h = http::HeaderMap::new();
+        h.insert("host", host.parse().unwrap());
+        if let Some(secret) = secret {
+            sign_http(
+                "GET",
+                "/health",
+                &mut h,
+                b"",
+                &self.cred.access_key_id,
+                secret,
+                time::OffsetDateTime::now_utc(),
+            );
+        }
+        let mut req = self.http.get(format!("{}/health", self.url));
+        for (k, v) in h.iter() {
+            if k != "host" {
+                req = req.header(k.as_str(), v.to_str().unwrap());
+            }
+        }
+        let r = req.send().await.expect("http");
+        let status = r.status().as_u16();
+        let request_id = r
+            .headers()
+            .get("x-amzn-requestid")
+            .map(|v| v.to_str().unwrap().to_string());
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = r.bytes().await.unwrap();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            request_id,
+            content_type,
+        }
+    }
+
     pub(crate) async fn call(&self, op: &str, body: Value) -> Reply {
         self.send_raw(
             Some(op),
@@ -272,6 +341,19 @@ fn sign_kms(
     secret: &str,
     time: time::OffsetDateTime,
 ) {
+    sign_http("POST", "/", headers, body, access_key_id, secret, time);
+}
+
+/// Signs `method path_and_query` for KMS in us-east-1 like [`sign_kms`].
+fn sign_http(
+    method: &str,
+    path_and_query: &str,
+    headers: &mut http::HeaderMap,
+    body: &[u8],
+    access_key_id: &str,
+    secret: &str,
+    time: time::OffsetDateTime,
+) {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
     let identity =
         aws_credential_types::Credentials::new(access_key_id, secret, None, None, "hsm-kms-tests")
@@ -287,8 +369,8 @@ fn sign_kms(
         .into();
     let host = headers["host"].to_str().unwrap().to_owned();
     let request = SignableRequest::new(
-        "POST",
-        format!("http://{host}/"),
+        method,
+        format!("http://{host}{path_and_query}"),
         headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.to_str().unwrap())),

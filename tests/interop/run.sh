@@ -256,13 +256,39 @@ t_credentials_env() {
 
 t_health() {
     "$PY" - "$KMS_ENDPOINT/health" <<'EOF'
-import json, sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
-    body = r.read()
-    print(r.status, body.decode(errors="replace"))
-    assert r.status == 200, r.status
-    json.loads(body)
+import json, os, sys, urllib.request
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+url = sys.argv[1]
+# Anyone: the state only.
+with urllib.request.urlopen(url, timeout=10) as r:
+    body = json.loads(r.read())
+    print(r.status, body)
+    assert r.status == 200 and body == {"status": "ok"}, body
+# Signed by botocore's SigV4 (service kms): the state of every HSM.
+signed = AWSRequest(method="GET", url=url)
+SigV4Auth(
+    Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]),
+    "kms",
+    os.environ["AWS_DEFAULT_REGION"],
+).add_auth(signed)
+req = urllib.request.Request(url, headers=dict(signed.headers.items()))
+with urllib.request.urlopen(req, timeout=10) as r:
+    body = json.loads(r.read())
+    print(r.status, json.dumps(body))
+    assert r.status == 200 and body["status"] == "ok", body
+    assert len(body["hsms"]) == 2, body
 EOF
+    # The README's operator command: curl's own SigV4 (the user from stdin, so that the
+    # trace of a failed check shows no secret).
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS --aws-sigv4 "aws:amz:$AWS_DEFAULT_REGION:kms" -K - "$KMS_ENDPOINT/health" \
+            >"$W/health.json" <<<"user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
+        cat "$W/health.json"
+        grep -q '"hsms"' "$W/health.json" || fail "a curl-signed GET /health got no detail"
+    fi
 }
 
 # -- aws CLI --------------------------------------------------------------------
@@ -431,7 +457,7 @@ if ! start_server; then
     summary
 fi
 check "credentials.env written with the bound address" t_credentials_env
-check "GET /health" t_health
+check "GET /health: state for anyone, detail when signed" t_health
 
 check "cli: create-key with tags" t_cli_create_key
 check "cli: describe-key Enabled SYMMETRIC_DEFAULT" t_cli_describe_key
