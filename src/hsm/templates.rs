@@ -76,15 +76,17 @@ const FORCED_ON_UNWRAP: [(AttributeType, bool); 2] = [
 /// while this value lives: [`CwkTemplate`] keeps both together. Built without `unsafe`:
 /// the pointers are only turned into integers, never dereferenced on this side.
 pub(super) struct UnwrapTemplate {
-    values: Vec<Box<[u8; 1]>>,
+    /// One byte per boolean; never changed after construction, so the heap buffer (and
+    /// the pointers into it) stay put when this value moves.
+    values: Vec<[u8; 1]>,
     bytes: Vec<u8>,
 }
 
 impl UnwrapTemplate {
     fn forced() -> UnwrapTemplate {
-        let values: Vec<Box<[u8; 1]>> = FORCED_ON_UNWRAP
+        let values: Vec<[u8; 1]> = FORCED_ON_UNWRAP
             .iter()
-            .map(|(_, v)| Box::new([u8::from(*v)]))
+            .map(|(_, v)| [u8::from(*v)])
             .collect();
         let mut bytes = Vec::with_capacity(values.len() * 3 * std::mem::size_of::<c_ulong>());
         for ((t, _), v) in FORCED_ON_UNWRAP.iter().zip(&values) {

@@ -26,9 +26,13 @@ use zeroize::Zeroizing;
 /// `CKA_ID` of the HSM key that seals credential secrets.
 pub const SEALING_KEY_ID: &str = "hsm-kms/credential-sealing-key";
 
-fn sealing_key() -> ObjectId {
+/// The object of the credential-sealing key, and its label in every HSM.
+pub(crate) fn sealing_key() -> ObjectId {
     ObjectId::new(SEALING_KEY_ID)
 }
+
+/// The label of the credential-sealing key's objects.
+pub(crate) const SEALING_KEY_LABEL: &str = "hsm-kms credential sealing key";
 const SEALING_SETTING: &str = "credential_sealing_key";
 
 /// The store setting that, once `2`, says every credential is sealed as v2 and v1 is refused.
@@ -60,11 +64,7 @@ async fn ensure_sealing_key(
         return Ok(());
     }
     vault
-        .create_key(
-            &sealing_key(),
-            "hsm-kms credential sealing key",
-            KeyKind::Aes,
-        )
+        .create_key(&sealing_key(), SEALING_KEY_LABEL, KeyKind::Aes)
         .await?;
     store.put_setting(SEALING_SETTING, b"v1")?;
     Ok(())

@@ -144,9 +144,10 @@ impl Kms {
         Ok(copies)
     }
 
-    /// Every HSM object a key needs in every HSM: the backing keys of symmetric keys (all
-    /// versions), the current material of the others. A key pending deletion is never
-    /// copied back into an HSM that destroyed it.
+    /// Every HSM object the service needs in every HSM: its own credential-sealing key, the
+    /// backing keys of symmetric keys (all versions), the current material of the others. A
+    /// key pending deletion is never copied back into an HSM that destroyed it (and an
+    /// object no HSM holds is skipped by the vault).
     fn resync_list(&self) -> Vec<(ObjectId, String, KeyKind)> {
         let keys = self.keys.read();
         let live = || {
@@ -167,7 +168,12 @@ impl Kms {
             let b = e.doc.backing(e.doc.current_backing)?;
             Some((b.object_id.clone(), self.arn(&e.doc), kind))
         });
-        symmetric.chain(others).collect()
+        let service_owned = std::iter::once((
+            crate::kms::credentials::sealing_key(),
+            crate::kms::credentials::SEALING_KEY_LABEL.to_string(),
+            KeyKind::Aes,
+        ));
+        service_owned.chain(symmetric).chain(others).collect()
     }
 
     /// One pass of background work, driven by the injected clock: re-sync HSMs that lack
