@@ -123,6 +123,10 @@ pub(super) enum Fault {
     Key,
     /// The request itself is bad (tag mismatch, bad parameters, unsupported mechanism): no retry.
     Request,
+    /// The HSM is busy, not broken (its key generation lane is full or a generation outran
+    /// its deadline): another HSM or a later retry may succeed, but the HSM is never made
+    /// suspect for it.
+    Capacity,
 }
 
 /// Errors of the HSM layer. Messages name the HSM, the failing PKCS#11 function, its return
@@ -174,6 +178,22 @@ pub enum HsmError {
     Busy {
         /// Name of the HSM whose queue is full.
         hsm: String,
+    },
+    /// The HSM's key generation lane is full (its generation workers are busy and its
+    /// bounded queue is full): a later retry may succeed. Not a sign of a broken HSM.
+    #[error("{hsm}: key generation lane full")]
+    KeygenBusy {
+        /// Name of the HSM whose key generation lane is full.
+        hsm: String,
+    },
+    /// A key generation did not return within the key generation deadline. Not a sign of a
+    /// broken HSM (generation time varies widely); a dead HSM is found by its probes.
+    #[error("{hsm}: key generation exceeded its deadline of {ms} ms")]
+    KeygenTimeout {
+        /// Name of the HSM whose key generation lane did not answer in time.
+        hsm: String,
+        /// The deadline, in milliseconds.
+        ms: u64,
     },
     /// No object of the expected class has this `CKA_ID` on the token.
     #[error("{hsm}: key object {object} is missing from the token")]
@@ -231,6 +251,7 @@ impl HsmError {
             HsmError::Timeout { .. } | HsmError::NodeDown { .. } | HsmError::Busy { .. } => {
                 Fault::Device
             }
+            HsmError::KeygenBusy { .. } | HsmError::KeygenTimeout { .. } => Fault::Capacity,
             HsmError::KeyMissing { .. } => Fault::Key,
             HsmError::LoginRefused { .. } => Fault::Device,
             HsmError::NotEnoughHsms { .. } | HsmError::Setup { .. } | HsmError::Internal(_) => {
@@ -546,6 +567,26 @@ mod tests {
                 .starts_with("b: the token refused the user PIN (CKR_PIN_INCORRECT)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_full_or_slow_key_generation_lane_is_capacity_not_a_device_fault() {
+        for e in [
+            HsmError::KeygenBusy { hsm: "a".into() },
+            HsmError::KeygenTimeout {
+                hsm: "a".into(),
+                ms: 60_000,
+            },
+        ] {
+            assert_eq!(e.fault(), Fault::Capacity, "{e}");
+            assert!(e.retryable(), "{e}");
+        }
+        // The crypto lane's overrun stays a device fault (the HSM is made suspect).
+        let e = HsmError::Timeout {
+            hsm: "a".into(),
+            ms: 2000,
+        };
+        assert_eq!(e.fault(), Fault::Device);
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl<'a> WorkerCtx<'a> {
         match e.fault() {
             Fault::Device => self.node.suspect(&e),
             Fault::Session => self.discard_session = true,
-            Fault::Key | Fault::Request => {}
+            Fault::Key | Fault::Request | Fault::Capacity => {}
         }
         e
     }

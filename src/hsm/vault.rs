@@ -22,9 +22,13 @@ impl From<HsmError> for VaultError {
                 mechanism,
                 detail: hsm,
             },
+            // Retryable, and answered as `DependencyTimeoutException` by the domain; a full
+            // key generation lane (`KeygenBusy`) is the throttling case.
             HsmError::Timeout { .. }
             | HsmError::NodeDown { .. }
             | HsmError::Busy { .. }
+            | HsmError::KeygenBusy { .. }
+            | HsmError::KeygenTimeout { .. }
             | HsmError::NotEnoughHsms { .. } => VaultError::Unavailable(e.to_string()),
             other => VaultError::Failed {
                 retryable: other.retryable(),
@@ -170,5 +174,27 @@ impl KeyVault for HsmCluster {
                 detail: serde_json::to_value(&h).unwrap_or(serde_json::Value::Null),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::KmsError;
+
+    #[test]
+    fn a_full_or_slow_key_generation_lane_is_a_retryable_dependency_timeout() {
+        for e in [
+            HsmError::KeygenBusy { hsm: "a".into() },
+            HsmError::KeygenTimeout {
+                hsm: "a".into(),
+                ms: 60_000,
+            },
+        ] {
+            let v = VaultError::from(e);
+            assert!(matches!(v, VaultError::Unavailable(_)), "{v}");
+            assert!(v.retryable());
+            assert_eq!(KmsError::from(v).aws_type(), "DependencyTimeoutException");
+        }
     }
 }
