@@ -1,9 +1,10 @@
 //! How to reach one HSM ([`NodeConfig`]) and one initialization of its PKCS#11 module
 //! ([`Instance`]): load the module (its own copy, never shared), find the token by label,
 //! log in an anchor session kept for the life of the instance, probe the token's
-//! capabilities, warm the handle cache and make sure the canary key exists. Also the
-//! process-wide module loading ([`load_module`], [`find_slot`]) that `softhsm` and `bench`
-//! share.
+//! capabilities, warm the handle cache and make sure the canary key exists; any failure
+//! after `C_Initialize` finalizes the module again, so the next attempt starts afresh. Also
+//! the process-wide module loading ([`load_module`], [`find_slot`]) that `softhsm` and
+//! `bench` share.
 
 use super::capabilities::Caps;
 use super::error::{self, HsmError, Operation};
@@ -79,25 +80,39 @@ impl Instance {
         }
         let ck = |op: Operation| move |e: CkError| HsmError::from_ck(hsm, op, e);
         let ctx = load_module(&cfg.module, &cfg.env).map_err(ck(Operation::LoadModule))?;
-        let slot = find_slot(&ctx, &cfg.token_label)
-            .map_err(ck(Operation::FindToken))?
-            .ok_or_else(|| setup(format!("no token labelled '{}' found", cfg.token_label)))?;
-        let anchor = ctx
-            .open_rw_session(slot)
-            .map_err(ck(Operation::OpenSession))?;
-        let pin = AuthPin::new(cfg.pin.as_str().into());
-        error::ok_if_already_logged_in(anchor.login(UserType::User, Some(&pin)))
-            .map_err(ck(Operation::Login))?;
-        let handles = HandleCache::warm(epoch, &anchor).map_err(ck(Operation::WarmHandleCache))?;
-        let caps = Caps::probe(&ctx, slot, &anchor);
-        ensure_canary(hsm, &anchor, &handles)?;
-        Ok(Instance {
-            ctx,
-            slot,
-            handles,
-            caps,
-            anchor: Mutex::new(Some(anchor)),
-        })
+        // From here on every failure finalizes the module: a context dropped without
+        // C_Finalize leaves it initialized, and every later C_Initialize would then answer
+        // CKR_CRYPTOKI_ALREADY_INITIALIZED and keep the old, stale state (hsm-facts.md §10).
+        let opened = (|| {
+            let slot = find_slot(&ctx, &cfg.token_label)
+                .map_err(ck(Operation::FindToken))?
+                .ok_or_else(|| setup(format!("no token labelled '{}' found", cfg.token_label)))?;
+            let anchor = ctx
+                .open_rw_session(slot)
+                .map_err(ck(Operation::OpenSession))?;
+            let pin = AuthPin::new(cfg.pin.as_str().into());
+            error::ok_if_already_logged_in(anchor.login(UserType::User, Some(&pin)))
+                .map_err(ck(Operation::Login))?;
+            let handles =
+                HandleCache::warm(epoch, &anchor).map_err(ck(Operation::WarmHandleCache))?;
+            let caps = Caps::probe(&ctx, slot, &anchor);
+            ensure_canary(hsm, &anchor, &handles)?;
+            Ok((slot, anchor, handles, caps))
+        })();
+        match opened {
+            Ok((slot, anchor, handles, caps)) => Ok(Instance {
+                ctx,
+                slot,
+                handles,
+                caps,
+                anchor: Mutex::new(Some(anchor)),
+            }),
+            Err(e) => {
+                // The anchor, if any, was closed when the closure returned.
+                let _ = ctx.finalize();
+                Err(e)
+            }
+        }
     }
 
     /// The login epoch of this instance.
