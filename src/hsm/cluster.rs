@@ -1,12 +1,20 @@
 //! The cluster of ≥ 2 HSMs ([`HsmCluster`]) and the API the rest of the service calls:
-//! start-up (open every HSM, start its workers and monitor, enroll the cluster wrapping
-//! key), HSM selection (healthy first, then fewest calls in flight), per-request failover
-//! to another HSM when a failure is retryable, and one method per operation, each a thin
-//! call into the module of its key family (`aes`, `keypair`, `hmac`) or into `replication`.
+//! start-up (open every HSM, start its workers, probe thread and monitor, enroll the cluster
+//! wrapping key), HSM selection (healthy first, then fewest calls in flight), per-request
+//! failover to another HSM when a failure is retryable, and one method per operation, each a
+//! thin call into the module of its key family (`aes`, `keypair`, `hmac`) or into
+//! `replication`.
+//!
+//! Key pair generation (`CreateKey` of an asymmetric key, `GenerateDataKeyPair`) runs in
+//! each HSM's key generation lane (`worker`), with its own threads, queue and deadline: a
+//! full lane sends the generation to the next HSM, and when every lane is full the caller
+//! gets [`HsmError::KeygenBusy`] (retryable; the domain answers
+//! `DependencyTimeoutException`). AES and HMAC key creation is one `C_GenerateKey` of a few
+//! milliseconds and stays in the crypto lane.
 
 use super::aes;
 use super::enrollment;
-use super::error::HsmError;
+use super::error::{Fault, HsmError};
 use super::handles::ObjectKind;
 use super::health;
 use super::hmac;
@@ -27,13 +35,21 @@ use zeroize::Zeroizing;
 /// Tunables of a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Worker threads (one session each) per HSM.
+    /// Crypto worker threads (one session each) per HSM.
     pub workers_per_hsm: usize,
-    /// Jobs that may wait per HSM before new ones are refused (and sent elsewhere).
+    /// Jobs that may wait per HSM for a crypto worker before new ones are refused (and
+    /// sent elsewhere).
     pub queue_depth: usize,
-    /// Deadline of one cryptographic call.
+    /// Key generation worker threads (one session each) per HSM: the most key pair
+    /// generations that run inside one HSM's module at once.
+    pub keygen_workers_per_hsm: usize,
+    /// Key pair generations that may wait per HSM for a key generation worker; past that,
+    /// the generation goes to another HSM, or is refused with [`HsmError::KeygenBusy`].
+    pub keygen_queue_depth: usize,
+    /// Deadline of one cryptographic call, and of one health probe.
     pub call_timeout: Duration,
-    /// Deadline of key generation, replication and enrollment steps.
+    /// Deadline of one key generation (queueing included), and of replication and
+    /// enrollment steps.
     pub keygen_timeout: Duration,
     /// Health probe period.
     pub probe_interval: Duration,
@@ -51,6 +67,8 @@ impl Default for ClusterOptions {
         Self {
             workers_per_hsm: 2,
             queue_depth: 1024,
+            keygen_workers_per_hsm: 2,
+            keygen_queue_depth: 4,
             call_timeout: Duration::from_millis(2000),
             keygen_timeout: Duration::from_secs(60),
             probe_interval: Duration::from_millis(1000),
@@ -89,6 +107,9 @@ impl HsmCluster {
         let nopts = NodeOptions {
             workers: opts.workers_per_hsm,
             queue_depth: opts.queue_depth,
+            keygen_workers: opts.keygen_workers_per_hsm,
+            keygen_queue_depth: opts.keygen_queue_depth,
+            keygen_timeout: opts.keygen_timeout,
             probe_interval: opts.probe_interval,
             probe_timeout: opts.call_timeout,
             iv: opts
@@ -99,8 +120,11 @@ impl HsmCluster {
         for cfg in cfgs {
             let started = Node::open(cfg, nopts.clone())
                 .map(Arc::new)
-                .and_then(Pool::start)
-                .and_then(|pool| health::watch(&pool).map(|()| pool));
+                .and_then(|node| {
+                    Pool::start(node.clone())
+                        .and_then(|pool| health::watch(&pool).map(|()| pool))
+                        .inspect_err(|_| node.shutdown())
+                });
             match started {
                 Ok(pool) => hsms.push(pool),
                 Err(e) => {
@@ -152,7 +176,7 @@ impl HsmCluster {
         let f1 = f.clone();
         match pool.call(timeout, move |ctx| f1(ctx)).await {
             Ok(v) => Ok(v),
-            Err(e) if e.retryable() => {
+            Err(e) if e.retryable() && e.fault() != Fault::Capacity => {
                 pool.node().suspect(&e);
                 let Some((_, second)) = self.pick(Some(first)) else {
                     return Err(e);
@@ -162,6 +186,40 @@ impl HsmCluster {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Run the key generation `f` in the key generation lane of one HSM (see
+    /// [`health::keygen_order`]). A full lane sends it to the next HSM; a retryable failure
+    /// other than capacity makes that HSM suspect and is retried once on another HSM, like
+    /// [`HsmCluster::run`]. A deadline is answered at once (the caller has waited the whole
+    /// key generation deadline already). Neither a full lane nor a deadline makes an HSM
+    /// suspect.
+    async fn run_keygen<T, F>(&self, f: F) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let mut failed_over = false;
+        let mut last = None;
+        for pool in health::keygen_order(&self.hsms) {
+            let g = f.clone();
+            match pool.keygen(move |ctx| g(ctx)).await {
+                Ok(v) => return Ok(v),
+                Err(e @ HsmError::KeygenBusy { .. }) => last = Some(e),
+                Err(e) if e.retryable() && e.fault() != Fault::Capacity && !failed_over => {
+                    pool.node().suspect(&e);
+                    tracing::warn!(failed = %pool.node().name(), error = %e, "key generation failing over");
+                    failed_over = true;
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(HsmError::NotEnoughHsms {
+            healthy: 0,
+            needed: 1,
+        }))
     }
 
     /// The HSM named `hsm`.
@@ -400,10 +458,8 @@ impl HsmCluster {
     /// A data key pair generated inside an HSM (session objects, destroyed at once):
     /// (PKCS#8 DER private key, SPKI DER public key).
     pub async fn generate_data_key_pair(&self, spec: PairSpec) -> Result<DataKeyPair, HsmError> {
-        self.run(self.opts.keygen_timeout, move |ctx| {
-            keypair::data_key_pair(ctx, spec)
-        })
-        .await
+        self.run_keygen(move |ctx| keypair::data_key_pair(ctx, spec))
+            .await
     }
 
     /// State of every HSM.
@@ -495,11 +551,21 @@ impl HsmCluster {
         .await
     }
 
-    /// Test hook: make every call on `hsm` hang for `d` before touching the token.
+    /// Test hook: make every call into `hsm`'s module (worker jobs and health probes) hang
+    /// for `d` inside the call gate before touching the token: a hung module.
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn inject_stall(&self, hsm: &str, d: Duration) -> Result<(), HsmError> {
         self.by_name(hsm)?.node().set_stall(d);
+        Ok(())
+    }
+
+    /// Test hook: make every worker job on `hsm` (not its health probes) take `d` longer,
+    /// inside the call gate: slow operations queued on its workers.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn inject_job_stall(&self, hsm: &str, d: Duration) -> Result<(), HsmError> {
+        self.by_name(hsm)?.node().set_job_stall(d);
         Ok(())
     }
 

@@ -1,22 +1,79 @@
-//! Health of each HSM: the monitor thread that probes it (token info plus a real GCM round
-//! trip with the canary key, run on a worker like any job), marks it down when a probe
-//! fails, and re-initializes it in the background (`C_Finalize` + `C_Initialize` of this
-//! HSM's module instance only) until it answers again; a refused PIN is never retried. Also
-//! which HSMs are usable, healthiest first.
+//! Health of each HSM: a probe thread and a monitor thread per HSM, and which HSMs are
+//! usable, healthiest first.
+//!
+//! * The **probe thread** (`hsm-<name>-probe`, [`Prober`]) owns its own session, opened from
+//!   the current instance, and runs nothing but probes (token info plus a real GCM round
+//!   trip with the canary key). Probes are never queued behind the workers' jobs (a 4-second
+//!   RSA-4096 generation used to make a 2-second probe time out and the HSM be marked down).
+//! * The **monitor thread** (`hsm-<name>-mon`) asks for a probe every `probe_interval` (or
+//!   at once when a call marks the HSM suspect) and waits at most `probe_timeout` for it:
+//!   that deadline measures only the probe. A probe that fails or does not answer in time
+//!   marks the HSM down at once, even if the probe stays stuck inside the module. The
+//!   monitor then re-initializes the HSM in the background (`C_Finalize` + `C_Initialize`
+//!   of this HSM's module instance only), waiting first until every call inside the module
+//!   has returned ([`Node::close_instance`]), until it answers again; a refused PIN is never
+//!   retried.
+//!
+//! [`Node::close_instance`]: super::node::Node::close_instance
 
 use super::aes;
 use super::error::{HsmError, Operation};
 use super::handles::CANARY_ID;
+use super::instance::Instance;
 use super::job::WorkerCtx;
-use super::node::NodeState;
-use super::worker::Pool;
+use super::node::{Node, NodeState};
+use super::worker::{OwnSession, Pool};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Start the monitor thread of the HSM served by `pool`.
+/// Where a probe's outcome goes (one answer per request).
+type ProbeReply = crossbeam_channel::Sender<Result<(), HsmError>>;
+
+/// The probe thread of one HSM and the sending side of its one-slot request queue.
+struct Prober {
+    node: Arc<Node>,
+    tx: crossbeam_channel::Sender<ProbeReply>,
+}
+
+impl Prober {
+    /// Start the probe thread of `node`.
+    fn start(node: Arc<Node>) -> Result<Prober, HsmError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let n = node.clone();
+        std::thread::Builder::new()
+            .name(format!("hsm-{}-probe", node.name()))
+            .spawn(move || probe_loop(n, rx))
+            .map_err(|e| HsmError::Internal(format!("spawn probe thread: {e}")))?;
+        Ok(Prober { node, tx })
+    }
+
+    /// Probe the HSM now, waiting at most `timeout`. A probe still stuck inside the module
+    /// from an earlier request fails this one at once.
+    fn probe(&self, timeout: Duration) -> Result<(), HsmError> {
+        let hsm = || self.node.name().to_string();
+        let timed_out = || HsmError::Timeout {
+            hsm: hsm(),
+            ms: timeout.as_millis() as u64,
+        };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.tx.try_send(reply).map_err(|_| timed_out())?;
+        match answer.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(timed_out()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(HsmError::NodeDown { hsm: hsm() })
+            }
+        }
+    }
+}
+
+/// Start the probe and monitor threads of the HSM served by `pool`.
 pub(super) fn watch(pool: &Pool) -> Result<(), HsmError> {
-    let p = pool.clone();
+    let node = pool.node().clone();
+    let prober = Prober::start(node.clone())?;
     std::thread::Builder::new()
-        .name(format!("hsm-{}-mon", pool.node().name()))
-        .spawn(move || monitor_loop(p))
+        .name(format!("hsm-{}-mon", node.name()))
+        .spawn(move || monitor_loop(node, prober))
         .map_err(|e| HsmError::Internal(format!("spawn monitor: {e}")))?;
     Ok(())
 }
@@ -25,6 +82,17 @@ pub(super) fn watch(pool: &Pool) -> Result<(), HsmError> {
 pub(super) fn usable(hsms: &[Pool]) -> Vec<&Pool> {
     let mut v: Vec<&Pool> = hsms.iter().filter(|p| p.node().usable()).collect();
     v.sort_by_key(|p| p.node().state() != NodeState::Healthy);
+    v
+}
+
+/// The usable HSMs in the order a key generation tries their key generation lanes: healthy
+/// before suspect, then fewest generations in flight (otherwise configuration order).
+pub(super) fn keygen_order(hsms: &[Pool]) -> Vec<&Pool> {
+    let mut v = usable(hsms);
+    v.sort_by_key(|p| {
+        let n = p.node();
+        (n.state() != NodeState::Healthy, n.keygen_inflight())
+    });
     v
 }
 
@@ -45,8 +113,48 @@ fn probe(ctx: &mut WorkerCtx<'_>) -> Result<(), HsmError> {
     Ok(())
 }
 
-fn monitor_loop(pool: Pool) {
-    let node = pool.node().clone();
+/// The probe thread: one probe per request, on its own session, inside the call gate.
+fn probe_loop(node: Arc<Node>, rx: crossbeam_channel::Receiver<ProbeReply>) {
+    let mut session = OwnSession::default();
+    loop {
+        let reply = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if node.shutting_down() {
+                    break;
+                }
+                continue;
+            }
+            Err(_) => break,
+        };
+        let outcome = {
+            let _gate = node.call_gate();
+            match node.current() {
+                Some(inst) => {
+                    node.stall_probe();
+                    probe_on(&node, &inst, &mut session)
+                }
+                None => Err(HsmError::NodeDown {
+                    hsm: node.name().to_string(),
+                }),
+            }
+        };
+        let _ = reply.try_send(outcome);
+    }
+}
+
+/// One probe on the probe thread's own session of `inst`.
+fn probe_on(node: &Node, inst: &Instance, session: &mut OwnSession) -> Result<(), HsmError> {
+    let s = session.on(node, inst)?;
+    let mut ctx = WorkerCtx::new(node, inst, s);
+    let r = probe(&mut ctx);
+    if ctx.session_faulted() {
+        session.discard();
+    }
+    r
+}
+
+fn monitor_loop(node: Arc<Node>, prober: Prober) {
     loop {
         node.wait_for_wake(node.opts.probe_interval);
         if node.shutting_down() {
@@ -54,7 +162,7 @@ fn monitor_loop(pool: Pool) {
         }
         match node.state() {
             NodeState::Healthy | NodeState::Suspect => {
-                match pool.call_blocking(node.opts.probe_timeout, probe) {
+                match prober.probe(node.opts.probe_timeout) {
                     Ok(()) => {
                         if node.state() == NodeState::Suspect {
                             node.clear_error();
@@ -65,22 +173,25 @@ fn monitor_loop(pool: Pool) {
                         tracing::error!(hsm = %node.name(), error = %e, "HSM probe failed; marking down");
                         node.record_error(&e);
                         node.set_state(NodeState::Down);
-                        try_reinit(&pool);
+                        try_reinit(&node, &prober);
                     }
                 }
             }
-            NodeState::Down => try_reinit(&pool),
+            NodeState::Down => try_reinit(&node, &prober),
             NodeState::Failed | NodeState::NotEnrolled => {}
         }
     }
 }
 
-/// `C_Finalize` + `C_Initialize` of this HSM's instance only, re-login, re-warm, probe.
-fn try_reinit(pool: &Pool) {
-    let node = pool.node();
+/// `C_Finalize` (once no call is inside the module) + `C_Initialize` of this HSM's instance
+/// only, re-login, re-warm, probe.
+fn try_reinit(node: &Node, prober: &Prober) {
     node.close_instance();
+    if node.shutting_down() {
+        return;
+    }
     match node.open_next_instance() {
-        Ok(epoch) => match pool.call_blocking(node.opts.probe_timeout, probe) {
+        Ok(epoch) => match prober.probe(node.opts.probe_timeout) {
             Ok(()) => {
                 node.count_reinit();
                 node.clear_error();

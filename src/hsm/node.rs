@@ -1,8 +1,14 @@
-//! One HSM's shared state, held (as `Arc<Node>`) by its workers, its health monitor and the
-//! cluster: configuration, health state ([`NodeState`]) and last error, the current module
-//! instance (swapped on re-initialization behind a call gate, so that no call runs on a
-//! finalized instance), the monitor's wake-up, and the counters of the health report
-//! ([`HsmHealth`]). Nothing here starts threads or calls PKCS#11 operations.
+//! One HSM's shared state, held (as `Arc<Node>`) by its workers, its probe thread, its
+//! health monitor and the cluster: configuration, health state ([`NodeState`]) and last
+//! error, the current module instance, the monitor's wake-up, and the counters of the health
+//! report ([`HsmHealth`]). Nothing here starts threads or calls PKCS#11 operations.
+//!
+//! The module instance is swapped on re-initialization behind a call gate: every thread
+//! that calls into the module (crypto and key generation workers, the probe thread) holds
+//! the gate for reading for the whole of its call, and [`Node::close_instance`] takes it for
+//! writing before `C_Finalize`, so a module is never finalized while a call is inside it
+//! (that was a use-after-free in `libsofthsm2.so`). The monitor thread may wait there as
+//! long as the longest call in flight; the request path never takes the gate for writing.
 
 use super::error::HsmError;
 use super::handles::ObjectKind;
@@ -50,8 +56,10 @@ pub struct HsmHealth {
     pub name: String,
     /// Its health state.
     pub state: NodeState,
-    /// Calls submitted to its workers and not yet answered.
+    /// Calls submitted to its crypto workers and not yet answered.
     pub in_flight: usize,
+    /// Key generations submitted to its key generation lane and not yet answered.
+    pub keygen_in_flight: usize,
     /// Login epoch of the current module instance; `None` while it is being re-initialized.
     pub login_epoch: Option<u64>,
     /// Object handles in the current instance's handle cache.
@@ -70,21 +78,32 @@ pub struct HsmHealth {
 /// Options shared by every node of a cluster.
 #[derive(Debug, Clone)]
 pub(super) struct NodeOptions {
+    /// Crypto worker threads (one session each).
     pub(super) workers: usize,
+    /// Jobs that may wait for a crypto worker.
     pub(super) queue_depth: usize,
+    /// Key generation worker threads (one session each): at most this many key pair
+    /// generations run inside the module at once.
+    pub(super) keygen_workers: usize,
+    /// Key generations that may wait for a key generation worker.
+    pub(super) keygen_queue_depth: usize,
+    /// Deadline of one key generation, queueing included.
+    pub(super) keygen_timeout: Duration,
     pub(super) probe_interval: Duration,
+    /// Deadline of one probe on the probe thread (only the probe itself: that thread runs
+    /// nothing else).
     pub(super) probe_timeout: Duration,
     /// Deterministic GCM IVs shared by every HSM of the cluster; `None`: IVs from
     /// `C_GenerateRandom` (only where no durable fixed field exists, e.g. HSM-level tests).
     pub(super) iv: Option<Arc<IvSource>>,
 }
 
-/// A call in flight on one HSM (see [`Node::begin_call`]).
-pub(super) struct InFlight<'a>(&'a Node);
+/// A call in flight on one HSM (see [`Node::begin_call`] and [`Node::begin_keygen`]).
+pub(super) struct InFlight<'a>(&'a AtomicUsize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -94,6 +113,7 @@ pub(super) struct Node {
     pub(super) opts: NodeOptions,
     state: AtomicU8,
     inflight: AtomicUsize,
+    keygen_inflight: AtomicUsize,
     instance: RwLock<Option<Arc<Instance>>>,
     next_epoch: AtomicU64,
     call_gate: RwLock<()>,
@@ -103,6 +123,8 @@ pub(super) struct Node {
     protections: Mutex<Option<Protections>>,
     #[cfg(feature = "test-hooks")]
     stall_ms: AtomicU64,
+    #[cfg(feature = "test-hooks")]
+    job_stall_ms: AtomicU64,
     reinits: AtomicU64,
     finds: AtomicU64,
 }
@@ -116,6 +138,7 @@ impl Node {
             opts,
             state: AtomicU8::new(NodeState::Healthy as u8),
             inflight: AtomicUsize::new(0),
+            keygen_inflight: AtomicUsize::new(0),
             instance: RwLock::new(Some(Arc::new(inst))),
             next_epoch: AtomicU64::new(2),
             call_gate: RwLock::new(()),
@@ -125,6 +148,8 @@ impl Node {
             protections: Mutex::new(None),
             #[cfg(feature = "test-hooks")]
             stall_ms: AtomicU64::new(0),
+            #[cfg(feature = "test-hooks")]
+            job_stall_ms: AtomicU64::new(0),
             reinits: AtomicU64::new(0),
             finds: AtomicU64::new(0),
         })
@@ -190,27 +215,39 @@ impl Node {
         self.instance.read().clone()
     }
 
-    /// Held by a worker for the whole of a job: re-initialization waits for it.
+    /// Held (for reading) by every thread for the whole of its calls into the module:
+    /// [`Node::close_instance`] waits for it before `C_Finalize`.
     pub(super) fn call_gate(&self) -> RwLockReadGuard<'_, ()> {
         self.call_gate.read()
     }
 
-    /// Take the current instance away and finalize it, after waiting (bounded) for calls
-    /// in flight on it to return.
+    /// Take the current instance away (new calls then find none and answer `NodeDown`),
+    /// wait until every call inside the module has returned, and finalize it. Blocks as long
+    /// as the longest call in flight (a key generation may take its whole deadline; a hung
+    /// module, until it answers): only the monitor thread calls this, after marking the HSM
+    /// down, so nothing on the request path waits for it.
     pub(super) fn close_instance(&self) {
         let old = self.instance.write().take();
         if let Some(old) = old {
-            let gate = self.call_gate.try_write_for(self.opts.probe_timeout);
+            let _no_call_inside = self.call_gate.write();
             old.finalize();
-            drop(gate);
         }
     }
 
-    /// Open a new instance (next login epoch) and make it current; returns its epoch.
+    /// Open a new instance (next login epoch) and make it current; returns its epoch. An
+    /// instance opened while the HSM shuts down is finalized at once instead.
     pub(super) fn open_next_instance(&self) -> Result<u64, HsmError> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::AcqRel);
         let inst = Instance::open(&self.cfg, epoch)?;
-        *self.instance.write() = Some(Arc::new(inst));
+        let mut current = self.instance.write();
+        if self.shutting_down() {
+            drop(current);
+            inst.finalize();
+            return Err(HsmError::NodeDown {
+                hsm: self.name().to_string(),
+            });
+        }
+        *current = Some(Arc::new(inst));
         Ok(epoch)
     }
 
@@ -219,7 +256,18 @@ impl Node {
     /// this count, so it must never leak.
     pub(super) fn begin_call(&self) -> InFlight<'_> {
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        InFlight(&self.inflight)
+    }
+
+    /// Count a key generation in flight until the returned guard is dropped; counted apart
+    /// from [`Node::begin_call`] so that long generations do not steer crypto calls away.
+    pub(super) fn begin_keygen(&self) -> InFlight<'_> {
+        self.keygen_inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.keygen_inflight)
+    }
+
+    pub(super) fn keygen_inflight(&self) -> usize {
+        self.keygen_inflight.load(Ordering::Relaxed)
     }
 
     /// Forget the last error (the HSM has recovered).
@@ -247,6 +295,7 @@ impl Node {
             name: self.name().to_string(),
             state: self.state(),
             in_flight: self.inflight(),
+            keygen_in_flight: self.keygen_inflight(),
             login_epoch: inst.as_ref().map(|i| i.epoch()),
             cached_handles: inst.as_ref().map(|i| i.handles.len()).unwrap_or(0),
             request_finds: self.finds.load(Ordering::Relaxed),
@@ -286,22 +335,60 @@ impl Node {
             .is_some_and(|i| i.caps.ed25519_keys)
     }
 
-    /// Stop the threads (they see the flag) and finalize the module (clean shutdown).
+    /// Stop the threads (they see the flag) and finalize the module (clean shutdown). Waits
+    /// at most `opts.keygen_timeout` (the longest legitimate call) for calls inside the
+    /// module to return; past that the instance is left initialized rather than finalized
+    /// under a running call (the process is ending; a later `C_Initialize` in this process
+    /// would then find the module already initialized, with its old state).
     pub(super) fn shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
         self.wake_monitor();
-        self.close_instance();
+        let old = self.instance.write().take();
+        if let Some(old) = old {
+            match self.call_gate.try_write_for(self.opts.keygen_timeout) {
+                Some(_no_call_inside) => old.finalize(),
+                None => tracing::error!(
+                    hsm = %self.name(),
+                    "a call is still inside the module at shutdown; instance left unfinalized"
+                ),
+            }
+        }
     }
 
-    /// Test hook: every job waits this long before its PKCS#11 calls (a simulated hung HSM).
+    /// Test hook: every call into the module (worker jobs and probes) waits this long inside
+    /// the call gate before its PKCS#11 calls: a call hung inside the module.
     #[cfg(feature = "test-hooks")]
     pub(super) fn set_stall(&self, d: Duration) {
         self.stall_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
-    /// Test hook: the stall set by [`Node::set_stall`].
+    /// Test hook: every worker job (not probes) waits this long inside the call gate before
+    /// its PKCS#11 calls: a slow operation (or a backlog of them) on the workers.
     #[cfg(feature = "test-hooks")]
-    pub(super) fn stall(&self) -> Duration {
-        Duration::from_millis(self.stall_ms.load(Ordering::Relaxed))
+    pub(super) fn set_job_stall(&self, d: Duration) {
+        self.job_stall_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Test hook: a worker job waits the stalls set by [`Node::set_stall`] and
+    /// [`Node::set_job_stall`]. Call with the call gate held.
+    pub(super) fn stall_job(&self) {
+        #[cfg(feature = "test-hooks")]
+        sleep_ms(self.stall_ms.load(Ordering::Relaxed) + self.job_stall_ms.load(Ordering::Relaxed));
+    }
+
+    /// Test hook: a probe waits the stall set by [`Node::set_stall`]. Call with the call
+    /// gate held.
+    pub(super) fn stall_probe(&self) {
+        #[cfg(feature = "test-hooks")]
+        sleep_ms(self.stall_ms.load(Ordering::Relaxed));
+    }
+}
+
+/// Sleep `ms` milliseconds (test hooks).
+#[cfg(feature = "test-hooks")]
+fn sleep_ms(ms: u64) {
+    if ms > 0 {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }

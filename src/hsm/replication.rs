@@ -1,8 +1,10 @@
 //! Replication of keys across the cluster, one path for every key family: generate on the
-//! healthiest HSM, export (wrap under the cluster wrapping key, plus a proof), install on
-//! every other usable HSM (unwrap, then reproduce the proof), and on any failure destroy
-//! every copy made. Also the re-sync of keys that an HSM lacks (it was down or new when
-//! they were created). The per-family steps live in `aes`, `keypair` and `hmac`.
+//! healthiest HSM (key pairs: in the key generation lane of the healthy HSM with the fewest
+//! generations in flight, the next one if that lane is full), export (wrap under the cluster
+//! wrapping key, plus a proof), install on every other usable HSM (unwrap, then reproduce
+//! the proof), and on any failure destroy every copy made. Also the re-sync of keys that an
+//! HSM lacks (it was down or new when they were created). The per-family steps live in
+//! `aes`, `keypair` and `hmac`.
 
 use super::aes::{self, AesTransfer};
 use super::error::HsmError;
@@ -65,7 +67,7 @@ impl Replicator<'_> {
         id: &[u8],
         label: &str,
         kind: KeyKind,
-        generate: impl FnOnce(&mut WorkerCtx<'_>) -> Result<(), HsmError> + Send + 'static,
+        generate: impl Fn(&mut WorkerCtx<'_>) -> Result<(), HsmError> + Send + Sync + 'static,
     ) -> Result<Arc<Transfer>, HsmError> {
         let targets = health::usable(self.hsms);
         let needed = self.min_copies.max(2);
@@ -75,17 +77,24 @@ impl Replicator<'_> {
                 needed,
             });
         }
-        let Some((&primary, others)) = targets.split_first() else {
-            return Err(HsmError::NotEnoughHsms { healthy: 0, needed });
-        };
         let (id, label) = (id.to_vec(), label.to_string());
         let i2 = id.clone();
-        let made = primary
-            .call(self.timeout, move |ctx| {
-                generate(ctx)?;
-                export(ctx, &i2, kind)
-            })
-            .await;
+        let make = Arc::new(move |ctx: &mut WorkerCtx<'_>| {
+            generate(ctx)?;
+            export(ctx, &i2, kind)
+        });
+        let (primary, made) = match kind {
+            KeyKind::Pair(..) => self.generate_in_keygen_lane(make).await?,
+            KeyKind::Aes | KeyKind::Hmac(_) => {
+                let Some(&primary) = targets.first() else {
+                    return Err(HsmError::NotEnoughHsms { healthy: 0, needed });
+                };
+                (
+                    primary,
+                    primary.call(self.timeout, move |ctx| make(ctx)).await,
+                )
+            }
+        };
         let transfer = match made {
             Ok(p) => Arc::new(p),
             Err(e) => {
@@ -94,6 +103,9 @@ impl Replicator<'_> {
             }
         };
         let mut holders = vec![primary];
+        let others = targets
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p.node(), primary.node()));
         for &pool in others {
             holders.push(pool);
             if let Err(e) = self
@@ -106,6 +118,29 @@ impl Replicator<'_> {
             }
         }
         Ok(transfer)
+    }
+
+    /// Run `make` (generate and export a key pair) in the key generation lane of the first
+    /// HSM of [`health::keygen_order`] whose lane takes it; returns that HSM and the
+    /// outcome. Every lane full: [`HsmError::KeygenBusy`], with nothing generated anywhere.
+    async fn generate_in_keygen_lane(
+        &self,
+        make: Arc<
+            impl Fn(&mut WorkerCtx<'_>) -> Result<Transfer, HsmError> + Send + Sync + 'static,
+        >,
+    ) -> Result<(&Pool, Result<Transfer, HsmError>), HsmError> {
+        let mut busy = None;
+        for pool in health::keygen_order(self.hsms) {
+            let m = make.clone();
+            match pool.keygen(move |ctx| m(ctx)).await {
+                Err(e @ HsmError::KeygenBusy { .. }) => busy = Some(e),
+                made => return Ok((pool, made)),
+            }
+        }
+        Err(busy.unwrap_or(HsmError::NotEnoughHsms {
+            healthy: 0,
+            needed: self.min_copies.max(2),
+        }))
     }
 
     /// Install a copy of the key (`transfer`) on the HSM served by `pool`.
