@@ -1,7 +1,9 @@
 //! The HSM layer: a cluster of ≥ 2 PKCS#11 tokens that each hold a copy of every key.
-//! The only module that names cryptoki. Every PKCS#11 call runs on an HSM worker thread
-//! that owns its session (never on a tokio worker), with a deadline; object handles come
-//! from a cache warmed at start (no `C_FindObjects` or `C_Login` on the request path).
+//! The only module that names cryptoki. Every PKCS#11 call runs on an HSM thread that owns
+//! its session (a crypto or key generation worker, or the probe thread; never a tokio
+//! worker), with a deadline, and no module is finalized while a call is inside it; object
+//! handles come from a cache warmed at start (no `C_FindObjects` or `C_Login` on the request
+//! path).
 //!
 //! Host-side encodings (SPKI, PKCS#8, ECDSA signatures, OAEP decoding) are not HSM code:
 //! they live in `crate::pkix`.
@@ -18,11 +20,11 @@
 //! | `templates` | pure builders of attribute templates |
 //! | `capabilities` | [`Caps`]: what a token offers, probed at connect |
 //! | `instance` | [`NodeConfig`]; one initialization of an HSM's module (login, warm-up) |
-//! | `node` | one HSM's shared state: [`NodeState`], current instance, counters |
+//! | `node` | one HSM's shared state: [`NodeState`], current instance, call gate, counters |
 //! | `job` | what a job sees on a worker: session, handles, error recording |
-//! | `worker` | worker threads, bounded queue, deadlines, quarantine, span propagation |
+//! | `worker` | the crypto and key generation lanes: threads, bounded queues, deadlines, quarantine, span propagation |
 //! | `aes`, `hmac`, `keypair` | operations per key family, and how each is copied |
-//! | `health` | monitor thread: probes, background re-initialization |
+//! | `health` | probe thread (own session) and monitor thread: probes, background re-initialization |
 //! | `custody` | which custody protections a token enforces (probed with the user PIN) |
 //! | `enrollment` | at connect: which HSMs are enrolled, the same-CWK proof, custody probe |
 //! | `replication` | generate → wrap → unwrap elsewhere → prove → destroy on failure; re-sync |
