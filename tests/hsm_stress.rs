@@ -105,8 +105,9 @@ async fn rsa_4096_generation_storm_while_encrypting() {
                         json!({"KeySpec": "RSA_4096", "KeyUsage": "ENCRYPT_DECRYPT"}),
                     ),
                 };
+                let start = Instant::now();
                 let r = c.call(op, body).await;
-                (op, r.status, r.error_type().to_string())
+                (op, r.status, r.error_type().to_string(), start.elapsed())
             })
         })
         .collect();
@@ -137,19 +138,30 @@ async fn rsa_4096_generation_storm_while_encrypting() {
             worst.len()
         )
     });
-    let succeeded = all.iter().filter(|(_, st, _)| *st == 200).count();
-    let retryable = all
+    let succeeded = all.iter().filter(|(_, st, _, _)| *st == 200).count();
+    let retryable: Vec<_> = all
         .iter()
-        .filter(|(_, st, t)| *st != 200 && RETRYABLE.contains(&t.as_str()))
+        .filter(|(_, st, t, _)| *st != 200 && RETRYABLE.contains(&t.as_str()))
+        .collect();
+    // A full key generation lane answers at once; a deadline only after the wait.
+    let refused_at_once = retryable
+        .iter()
+        .filter(|(_, _, _, took)| *took < Duration::from_secs(1))
         .count();
     let other: Vec<_> = all
         .iter()
-        .filter(|(_, st, t)| *st != 200 && !RETRYABLE.contains(&t.as_str()))
+        .filter(|(_, st, t, _)| *st != 200 && !RETRYABLE.contains(&t.as_str()))
         .collect();
+    let slowest_success = all
+        .iter()
+        .filter(|(_, st, _, _)| *st == 200)
+        .map(|(_, _, _, took)| *took)
+        .max()
+        .unwrap_or_default();
     let mut kinds: Vec<String> = all
         .iter()
-        .filter(|(_, st, _)| *st != 200)
-        .map(|(op, st, t)| format!("{op}: {st} {t}"))
+        .filter(|(_, st, _, _)| *st != 200)
+        .map(|(op, st, t, _)| format!("{op}: {st} {t}"))
         .collect();
     kinds.sort();
     kinds.dedup();
@@ -159,9 +171,11 @@ async fn rsa_4096_generation_storm_while_encrypting() {
         .count();
     let suspect_samples = worst.len() - down_samples;
     println!(
-        "stress: {keygen_secs:.1} s; key generations: {succeeded} succeeded, {retryable} \
-         retryable errors, {} other errors; encrypts: {encrypts} ok, {} failed; \
-         health samples not healthy: {suspect_samples} suspect, {down_samples} down/failed",
+        "stress: {keygen_secs:.1} s; key generations: {succeeded} succeeded (slowest \
+         {slowest_success:.1?}), {} retryable errors ({refused_at_once} refused at once), {} \
+         other errors; encrypts: {encrypts} ok, {} failed; health samples not healthy: \
+         {suspect_samples} suspect, {down_samples} down/failed",
+        retryable.len(),
         other.len(),
         encrypt_failures.len(),
     );
