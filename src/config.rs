@@ -61,6 +61,12 @@ pub struct Config {
     /// Deadline of key generation and replication, in milliseconds. Default 60000.
     #[serde(default = "default_keygen_timeout")]
     pub keygen_timeout_ms: u64,
+    /// Key generation threads (sessions) per HSM, apart from the crypto workers. Default 2.
+    #[serde(default = "default_keygen_workers")]
+    pub keygen_workers_per_hsm: usize,
+    /// Key generations that may wait per HSM before new ones are refused. Default 4.
+    #[serde(default = "default_keygen_queue")]
+    pub keygen_queue_depth: usize,
     /// Health probe period per HSM, in milliseconds. Default 1000.
     #[serde(default = "default_probe")]
     pub probe_interval_ms: u64,
@@ -126,6 +132,14 @@ fn default_workers() -> usize {
 fn default_call_timeout() -> u64 {
     2000
 }
+fn default_keygen_workers() -> usize {
+    2
+}
+
+fn default_keygen_queue() -> usize {
+    4
+}
+
 fn default_keygen_timeout() -> u64 {
     60_000
 }
@@ -188,9 +202,13 @@ impl Loaded {
         if config.account_id.len() != 12 || !config.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid("account_id must be 12 digits".into()));
         }
-        if config.workers_per_hsm == 0 || config.call_timeout_ms == 0 {
+        if config.workers_per_hsm == 0
+            || config.call_timeout_ms == 0
+            || config.keygen_workers_per_hsm == 0
+        {
             return Err(invalid(
-                "workers_per_hsm and call_timeout_ms must be positive".into(),
+                "workers_per_hsm, keygen_workers_per_hsm and call_timeout_ms must be positive"
+                    .into(),
             ));
         }
         for h in &config.hsm {
@@ -249,6 +267,8 @@ impl Loaded {
             workers_per_hsm: c.workers_per_hsm,
             call_timeout: Duration::from_millis(c.call_timeout_ms),
             keygen_timeout: Duration::from_millis(c.keygen_timeout_ms),
+            keygen_workers_per_hsm: c.keygen_workers_per_hsm,
+            keygen_queue_depth: c.keygen_queue_depth,
             probe_interval: Duration::from_millis(c.probe_interval_ms),
             ..ClusterOptions::default()
         }
@@ -266,6 +286,8 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # workers_per_hsm = 2\n\
          # call_timeout_ms = 2000\n\
          # keygen_timeout_ms = 60000\n\
+         # keygen_workers_per_hsm = 2\n\
+         # keygen_queue_depth = 4\n\
          # probe_interval_ms = 1000\n\
          # max_body_bytes = 65536\n\
          # maintenance_interval_ms = 10000\n\

@@ -167,6 +167,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Serve { config, listen } => {
             let loaded = load_config(config)?;
+            // Before the runtime starts any thread (see prepare_environment).
+            hsm_kms::hsm::prepare_environment(&loaded.nodes()?);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -265,6 +267,7 @@ fn hsm_enroll(
     yes: bool,
 ) -> Result<()> {
     let nodes = loaded.nodes()?;
+    hsm_kms::hsm::prepare_environment(&nodes);
     let Some(target) = nodes.iter().find(|n| n.name == name) else {
         bail!("no HSM named '{name}' in the config");
     };

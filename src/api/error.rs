@@ -71,7 +71,10 @@ impl ApiError {
 
 impl From<KmsError> for ApiError {
     fn from(e: KmsError) -> Self {
-        if matches!(e, KmsError::Internal(_) | KmsError::Unavailable(_)) {
+        if matches!(
+            e,
+            KmsError::Internal(_) | KmsError::Unavailable(_) | KmsError::TooFewHsms { .. }
+        ) {
             tracing::error!(error = %e, "request failed");
         }
         ApiError::new(e.aws_type(), e.client_message())

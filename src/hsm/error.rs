@@ -204,7 +204,7 @@ pub enum HsmError {
         object: String,
     },
     /// Fewer usable HSMs than the operation needs (e.g. `min_copies` for a new key).
-    #[error("only {healthy} HSM(s) healthy; {needed} needed")]
+    #[error("fewer than {needed} HSMs hold a healthy copy ({healthy} usable)")]
     NotEnoughHsms {
         /// Usable HSMs found.
         healthy: usize,

@@ -144,14 +144,39 @@ fn ensure_canary(hsm: &str, s: &Session, handles: &HandleCache) -> Result<(), Hs
     Ok(())
 }
 
+/// Create every environment variable the HSM modules read (e.g. `SOFTHSM2_CONF`), with its
+/// first value, while the process has no other thread: call it first thing in `main`.
+///
+/// A module reads its environment in `C_Initialize`, and per-HSM values of one variable
+/// must differ, so [`load_module`] still sets the value just before each initialization
+/// (under a lock). But after this call that only *replaces the value of an existing
+/// variable*, which glibc does by storing a new string pointer without freeing anything a
+/// concurrent `getenv` in another thread could be reading; only adding a variable grows
+/// (and may move) the environment array. Host processes (one per HSM, own environment)
+/// remove even that (issue 12).
+pub fn prepare_environment(nodes: &[NodeConfig]) {
+    for (k, v) in nodes.iter().flat_map(|n| n.env.iter()) {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
 /// Load a module and `C_Initialize` it with `env` set, under the process-wide load lock
-/// (SoftHSM2 reads `SOFTHSM2_CONF` in `C_Initialize`).
+/// (SoftHSM2 reads `SOFTHSM2_CONF` in `C_Initialize`; see [`prepare_environment`]).
 pub(super) fn load_module(
     module: &std::path::Path,
     env: &[(String, String)],
 ) -> Result<Pkcs11, CkError> {
     let _g = LOAD_LOCK.lock();
     for (k, v) in env {
+        if std::env::var_os(k).is_none() {
+            tracing::debug!(
+                variable = %k,
+                "a module's environment variable is created now (hsm::prepare_environment \
+                 did not create it before threads started)"
+            );
+        }
         std::env::set_var(k, v);
     }
     let ctx = Pkcs11::new(module)?;

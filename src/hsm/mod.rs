@@ -63,7 +63,7 @@ pub use capabilities::Caps;
 pub use cluster::{ClusterOptions, HsmCluster};
 pub use error::{classify, HsmError};
 pub use handles::CWK_ID;
-pub use instance::NodeConfig;
+pub use instance::{prepare_environment, NodeConfig};
 pub use kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, Protections, SignScheme};
 pub use mechanisms::IV_LEN;
 pub use node::{HsmHealth, NodeState};

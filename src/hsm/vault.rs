@@ -28,8 +28,10 @@ impl From<HsmError> for VaultError {
             | HsmError::NodeDown { .. }
             | HsmError::Busy { .. }
             | HsmError::KeygenBusy { .. }
-            | HsmError::KeygenTimeout { .. }
-            | HsmError::NotEnoughHsms { .. } => VaultError::Unavailable(e.to_string()),
+            | HsmError::KeygenTimeout { .. } => VaultError::Unavailable(e.to_string()),
+            HsmError::NotEnoughHsms { healthy, needed } => {
+                VaultError::TooFewCopies { healthy, needed }
+            }
             other => VaultError::Failed {
                 retryable: other.retryable(),
                 message: other.to_string(),

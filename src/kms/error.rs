@@ -76,6 +76,15 @@ pub enum KmsError {
     /// The HSMs could not serve the request in time; the client may retry.
     #[error("internal: {0}")]
     Unavailable(String),
+    /// Fewer HSMs than the operation needs hold a healthy copy (`DependencyTimeoutException`:
+    /// the client may retry once an HSM returns). The message says so.
+    #[error("Fewer than {needed} HSMs hold a healthy copy of the key material ({healthy} available); retry the request when an HSM returns.")]
+    TooFewHsms {
+        /// Usable HSMs.
+        healthy: usize,
+        /// HSMs needed.
+        needed: usize,
+    },
     /// A bug or storage failure; the cause is logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -105,7 +114,7 @@ impl KmsError {
             KmsError::InvalidMac(_) => "KMSInvalidMacException",
             KmsError::Conflict(_) => "ConflictException",
             KmsError::DryRun => "DryRunOperationException",
-            KmsError::Unavailable(_) => "DependencyTimeoutException",
+            KmsError::Unavailable(_) | KmsError::TooFewHsms { .. } => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",
         }
     }
@@ -158,6 +167,9 @@ impl From<VaultError> for KmsError {
                 "The HSMs of this key store do not offer {mechanism}."
             )),
             VaultError::Unavailable(m) => KmsError::Unavailable(m),
+            VaultError::TooFewCopies { healthy, needed } => {
+                KmsError::TooFewHsms { healthy, needed }
+            }
             other @ VaultError::Failed { .. } => KmsError::Internal(other.to_string()),
         }
     }

@@ -1822,9 +1822,15 @@ async fn create_key_with_fewer_than_two_hsms_up_leaves_nothing() {
         (KeySpec::EccNistP256, KeyUsage::SignVerify),
         (KeySpec::Hmac256, KeyUsage::GenerateVerifyMac),
     ] {
-        expect_err(
+        let e = expect_err(
             h.run(create_key(spec, usage)).await,
             "DependencyTimeoutException",
+        );
+        // The reason is the two-copy quorum, and the client is told so.
+        assert_eq!(
+            e.client_message(),
+            "Fewer than 2 HSMs hold a healthy copy of the key material (1 available); \
+             retry the request when an HSM returns."
         );
     }
     // Nor does first use of an AWS managed alias.

@@ -151,11 +151,10 @@ impl State {
         if up >= needed {
             return Ok(());
         }
-        Err(VaultError::Unavailable(if needed == 2 {
-            format!("fewer than 2 HSMs are up ({up} of {})", self.hsms.len())
-        } else {
-            format!("no HSM is up (0 of {})", self.hsms.len())
-        }))
+        Err(VaultError::TooFewCopies {
+            healthy: up,
+            needed,
+        })
     }
 }
 
@@ -1371,7 +1370,10 @@ mod tests {
         v.set_down(2, true);
         let id = oid("kms/a/1");
         let e = v.create_key(&id, "a", KeyKind::Aes).await.unwrap_err();
-        assert!(matches!(&e, VaultError::Unavailable(m) if m.contains("fewer than 2 HSMs")));
+        assert_eq!(
+            e.to_string(),
+            "fewer than 2 HSMs hold a healthy copy (1 usable)"
+        );
         assert!(e.retryable());
         assert_eq!(v.object_count(), 0);
 
@@ -1388,7 +1390,10 @@ mod tests {
         // A single HSM never holds a key alone.
         let one = FakeVault::new(1);
         let e = one.create_key(&id, "a", KeyKind::Aes).await.unwrap_err();
-        assert!(matches!(e, VaultError::Unavailable(_)));
+        assert!(matches!(
+            e,
+            VaultError::Unavailable(_) | VaultError::TooFewCopies { .. }
+        ));
     }
 
     #[tokio::test]
@@ -1419,16 +1424,19 @@ mod tests {
         // Nothing up: unavailable, for key operations and random alike.
         v.set_down(2, true);
         let e = v.decrypt(&id, iv, vec![], ct.clone()).await.unwrap_err();
-        assert!(matches!(e, VaultError::Unavailable(_)));
+        assert!(matches!(
+            e,
+            VaultError::Unavailable(_) | VaultError::TooFewCopies { .. }
+        ));
         assert!(matches!(
             v.random(8).await.unwrap_err(),
-            VaultError::Unavailable(_)
+            VaultError::Unavailable(_) | VaultError::TooFewCopies { .. }
         ));
         assert!(matches!(
             v.generate_data_key_pair(PairSpec::Ec(Curve::P256))
                 .await
                 .unwrap_err(),
-            VaultError::Unavailable(_)
+            VaultError::Unavailable(_) | VaultError::TooFewCopies { .. }
         ));
     }
 
@@ -1541,9 +1549,15 @@ mod tests {
         let id = oid("kms/a/1");
         v.fail_next(2, Fault::Unavailable);
         let e = v.create_key(&id, "a", KeyKind::Aes).await.unwrap_err();
-        assert!(matches!(e, VaultError::Unavailable(_)));
+        assert!(matches!(
+            e,
+            VaultError::Unavailable(_) | VaultError::TooFewCopies { .. }
+        ));
         let e = v.random(4).await.unwrap_err();
-        assert!(matches!(e, VaultError::Unavailable(_)));
+        assert!(matches!(
+            e,
+            VaultError::Unavailable(_) | VaultError::TooFewCopies { .. }
+        ));
         assert_eq!(v.object_count(), 0);
         v.create_key(&id, "a", KeyKind::Aes).await.unwrap();
 

@@ -131,9 +131,17 @@ pub enum VaultError {
         /// Where it was missing.
         detail: String,
     },
-    /// The HSMs did not answer in time, are down, busy, or too few hold the key: retry.
+    /// The HSMs did not answer in time, are down or busy: retry.
     #[error("{0}")]
     Unavailable(String),
+    /// Fewer HSMs than needed hold (or can take) a healthy copy: retry when one returns.
+    #[error("fewer than {needed} HSMs hold a healthy copy ({healthy} usable)")]
+    TooFewCopies {
+        /// Usable HSMs found.
+        healthy: usize,
+        /// HSMs the operation needs.
+        needed: usize,
+    },
     /// Anything else; `retryable` says whether another HSM or a later call may succeed.
     #[error("{message}")]
     Failed {
@@ -151,7 +159,7 @@ impl VaultError {
             VaultError::InvalidCiphertext
             | VaultError::InvalidInput(_)
             | VaultError::Unsupported { .. } => false,
-            VaultError::Unavailable(_) => true,
+            VaultError::Unavailable(_) | VaultError::TooFewCopies { .. } => true,
             VaultError::Failed { retryable, .. } => *retryable,
         }
     }
