@@ -272,3 +272,41 @@ fn refuses_to_start_with_one_hsm_a_wrong_pin_a_bad_label_or_module() {
     let c = HsmCluster::connect(vec![cfg(0), cfg(1)], fast_options()).unwrap();
     assert_eq!(c.health().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_written_object_is_skipped_and_reported_never_fatal() {
+    let t = tokens(&["a", "b"]);
+    let c = connect(&t, fast_options());
+    c.create_aes_key(&key_id(7), "k7").await.unwrap();
+    let (iv, ct) = c
+        .encrypt(&key_id(7), vec![], Zeroizing::new(b"kept".to_vec()))
+        .await
+        .unwrap();
+    drop(c);
+    // What an interrupted C_GenerateKey leaves (hsm-facts §10): an object file holding only
+    // the first 32 bytes of a real one, beside the real objects of token a.
+    let token = std::fs::read_dir(&t.hsms[0].token_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let object = std::fs::read_dir(&token)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "object")
+                && p.file_name().is_some_and(|n| n != "token.object")
+        })
+        .unwrap();
+    let bytes = std::fs::read(&object).unwrap();
+    let half = token.join("0badf00d-0000-4000-8000-000000000001.object");
+    std::fs::write(&half, &bytes[..32]).unwrap();
+    std::fs::write(token.join("0badf00d-0000-4000-8000-000000000001.lock"), b"").unwrap();
+    // Before: warm-up aborted on CKR_ATTRIBUTE_VALUE_INVALID and the cluster refused to start.
+    let c = connect(&t, fast_options());
+    let a = c.health().into_iter().find(|h| h.name == "a").unwrap();
+    assert_eq!(a.state, NodeState::Healthy, "{a:?}");
+    assert_eq!(a.unreadable_objects, 1, "{a:?}");
+    let pt = c.decrypt_on("a", &key_id(7), iv, vec![], ct).await.unwrap();
+    assert_eq!(pt.as_slice(), b"kept");
+}

@@ -409,6 +409,22 @@ pub(super) fn ok_if_already_initialized(r: Result<(), CkError>) -> Result<(), Ck
     }
 }
 
+/// Whether an attribute read failed because of that one object (a half-written or damaged
+/// object file: SoftHSM2 answers `CKR_ATTRIBUTE_VALUE_INVALID` for the class of a truncated
+/// one), not because of the token: such an object is skipped and reported, never fatal.
+pub(super) fn is_unreadable_object(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::AttributeValueInvalid
+                | RvError::AttributeTypeInvalid
+                | RvError::ObjectHandleInvalid
+                | RvError::DataInvalid,
+            _
+        )
+    )
+}
+
 /// `C_Login`'s outcome: already logged in (another session of this login) counts as success.
 pub(super) fn ok_if_already_logged_in(r: Result<(), CkError>) -> Result<(), CkError> {
     match r {

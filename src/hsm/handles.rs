@@ -61,6 +61,8 @@ type ObjKey = (ObjectKind, Vec<u8>);
 pub(super) struct HandleCache {
     epoch: u64,
     map: RwLock<HashMap<ObjKey, ObjectHandle>>,
+    /// Objects skipped at warm-up because they could not be read.
+    unreadable: usize,
 }
 
 impl HandleCache {
@@ -71,8 +73,20 @@ impl HandleCache {
         session: &Session,
     ) -> Result<HandleCache, cryptoki::error::Error> {
         let mut map = HashMap::new();
+        let mut unreadable = 0;
         for h in session.find_objects(&[])? {
-            let attrs = session.get_attributes(h, &[AttributeType::Class, AttributeType::Id])?;
+            let attrs = match session.get_attributes(h, &[AttributeType::Class, AttributeType::Id])
+            {
+                Ok(a) => a,
+                Err(e) if super::error::is_unreadable_object(&e) => {
+                    // One damaged object (e.g. left half-written by an interrupted key
+                    // generation) must not keep the whole HSM down.
+                    tracing::warn!(handle = %h, error = %e, "skipping an unreadable object of the token");
+                    unreadable += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut kind = None;
             let mut id = None;
             for a in attrs {
@@ -89,7 +103,13 @@ impl HandleCache {
         Ok(HandleCache {
             epoch,
             map: RwLock::new(map),
+            unreadable,
         })
+    }
+
+    /// Objects of the token that could not be read at warm-up (skipped).
+    pub(super) fn unreadable(&self) -> usize {
+        self.unreadable
     }
 
     /// The login epoch these handles belong to.

@@ -70,6 +70,9 @@ pub struct HsmHealth {
     pub reinitializations: u64,
     /// The last error recorded against this HSM, if any.
     pub last_error: Option<String>,
+    /// Objects of its token that could not be read when the current instance opened
+    /// (skipped, never fatal; e.g. a half-written object file).
+    pub unreadable_objects: usize,
     /// The custody protections its token enforced when probed at connect (`None`: not
     /// probed, e.g. not enrolled).
     pub protections: Option<Protections>,
@@ -302,6 +305,7 @@ impl Node {
             reinitializations: self.reinits.load(Ordering::Relaxed),
             last_error: self.last_error.lock().clone(),
             protections: *self.protections.lock(),
+            unreadable_objects: inst.as_ref().map(|i| i.handles.unreadable()).unwrap_or(0),
         }
     }
 

@@ -170,6 +170,13 @@ impl From<VaultError> for KmsError {
             VaultError::TooFewCopies { healthy, needed } => {
                 KmsError::TooFewHsms { healthy, needed }
             }
+            // A device fault that another HSM or a later call may not meet (the HSM failed
+            // while the request was in flight, and failover did not save it): the client
+            // may retry, so it is `DependencyTimeoutException`, never a 500 internal error.
+            VaultError::Failed {
+                message,
+                retryable: true,
+            } => KmsError::Unavailable(message),
             other @ VaultError::Failed { .. } => KmsError::Internal(other.to_string()),
         }
     }

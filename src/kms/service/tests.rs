@@ -2300,7 +2300,8 @@ async fn committed_metadata_survives_a_restart_and_failures_leave_none() {
         h.run(key_op(Operation::RotateKeyOnDemand, &k)).await,
         "DependencyTimeoutException",
     );
-    // A failed creation commits nothing.
+    // A failed creation commits nothing; an HSM failing while it is in flight is a
+    // retryable DependencyTimeoutException, not a 500 internal error (issue 12).
     h.fake.fail_next_op("create_key", 1, Fault::Retryable);
     expect_err(
         h.run(create_key(
@@ -2308,7 +2309,7 @@ async fn committed_metadata_survives_a_restart_and_failures_leave_none() {
             KeyUsage::EncryptDecrypt,
         ))
         .await,
-        "KMSInternalException",
+        "DependencyTimeoutException",
     );
     let md = h.describe(&k).await.unwrap();
 
