@@ -19,6 +19,7 @@ use super::handles::ObjectKind;
 use super::health;
 use super::hmac;
 use super::instance::NodeConfig;
+use super::integrity::{self, Expected, CHECK_LEN};
 use super::job::WorkerCtx;
 use super::keypair;
 use super::kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, SignScheme};
@@ -83,6 +84,8 @@ pub struct HsmCluster {
     hsms: Vec<Pool>,
     opts: ClusterOptions,
     rr: AtomicUsize,
+    /// Recorded check values of the keys, shared with every HSM's workers.
+    checks: Arc<Expected>,
 }
 
 impl HsmCluster {
@@ -104,6 +107,7 @@ impl HsmCluster {
                 });
             }
         }
+        let checks = Arc::new(Expected::default());
         let nopts = NodeOptions {
             workers: opts.workers_per_hsm,
             queue_depth: opts.queue_depth,
@@ -115,6 +119,7 @@ impl HsmCluster {
             iv: opts
                 .iv_fixed_field
                 .map(|f| Arc::new(super::iv::IvSource::new(f))),
+            checks: checks.clone(),
         };
         let mut hsms: Vec<Pool> = Vec::new();
         for cfg in cfgs {
@@ -137,6 +142,7 @@ impl HsmCluster {
             hsms,
             opts,
             rr: AtomicUsize::new(0),
+            checks,
         };
         if let Err(e) = enrollment::check(&cluster.hsms, cluster.opts.keygen_timeout) {
             cluster.shutdown();
@@ -228,6 +234,53 @@ impl HsmCluster {
             .iter()
             .find(|p| p.node().name() == hsm)
             .ok_or_else(|| HsmError::Internal(format!("no HSM named {hsm}")))
+    }
+
+    /// Record the check values of keys (object id, value), as the domain recorded them when
+    /// the copies agreed: every copy is then verified against them the first time it is
+    /// used in a module instance, and quarantined if it disagrees.
+    pub fn expect_check_values(&self, values: Vec<(Vec<u8>, [u8; CHECK_LEN])>) {
+        self.checks.extend(values);
+    }
+
+    /// The check value of key `id` (of kind `kind`), computed in every usable HSM that holds
+    /// it: `None` when no HSM holds it or the kind has none; an error naming each HSM's
+    /// value when the copies disagree (the caller has no recorded value to decide by).
+    pub async fn check_value(
+        &self,
+        id: &[u8],
+        kind: KeyKind,
+    ) -> Result<Option<[u8; CHECK_LEN]>, HsmError> {
+        let mut seen: Vec<(String, [u8; CHECK_LEN])> = Vec::new();
+        for pool in health::usable(&self.hsms) {
+            if !pool.node().has_object(ObjectKind::Secret, id) {
+                continue;
+            }
+            let id2 = id.to_vec();
+            let v = pool
+                .call(self.opts.call_timeout, move |ctx| {
+                    let h = ctx.find_handle(ObjectKind::Secret, &id2)?;
+                    integrity::compute(ctx, h, kind)
+                })
+                .await?;
+            if let Some(v) = v {
+                seen.push((pool.node().name().to_string(), v));
+            }
+        }
+        let Some((_, first)) = seen.first() else {
+            return Ok(None);
+        };
+        if seen.iter().all(|(_, v)| v == first) {
+            return Ok(Some(*first));
+        }
+        Err(HsmError::Internal(format!(
+            "the copies of {} disagree and no check value was recorded: {}",
+            hex::encode(id),
+            seen.iter()
+                .map(|(h, v)| format!("{h}={}", hex::encode(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
     }
 
     /// Replication over this cluster's HSMs.

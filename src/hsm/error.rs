@@ -75,6 +75,8 @@ pub enum Operation {
     SoLogin,
     /// Checking which custody protections a token enforces (refused wraps and unwraps).
     CustodyProbe,
+    /// Computing a key copy's check value (AES-ECB of a zero block, or an HMAC).
+    CheckValue,
 }
 
 impl std::fmt::Display for Operation {
@@ -108,6 +110,7 @@ impl std::fmt::Display for Operation {
             Operation::InitToken => "token initialization",
             Operation::SoLogin => "SO login",
             Operation::CustodyProbe => "custody probe",
+            Operation::CheckValue => "check value",
         })
     }
 }

@@ -63,6 +63,8 @@ pub(super) struct HandleCache {
     map: RwLock<HashMap<ObjKey, ObjectHandle>>,
     /// Objects skipped at warm-up because they could not be read.
     unreadable: usize,
+    /// Secret keys whose copy in this instance matched its recorded check value.
+    verified: RwLock<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl HandleCache {
@@ -104,7 +106,18 @@ impl HandleCache {
             epoch,
             map: RwLock::new(map),
             unreadable,
+            verified: RwLock::default(),
         })
+    }
+
+    /// Whether secret key `id`'s copy was verified in this instance.
+    pub(super) fn is_verified(&self, id: &[u8]) -> bool {
+        self.verified.read().contains(id)
+    }
+
+    /// Record that secret key `id`'s copy matched its check value in this instance.
+    pub(super) fn set_verified(&self, id: &[u8]) {
+        self.verified.write().insert(id.to_vec());
     }
 
     /// Objects of the token that could not be read at warm-up (skipped).

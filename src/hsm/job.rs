@@ -9,6 +9,7 @@ use super::capabilities::Caps;
 use super::error::{self, Fault, HsmError, Operation};
 use super::handles::ObjectKind;
 use super::instance::Instance;
+use super::integrity;
 use super::mechanisms::IV_LEN;
 use super::node::Node;
 use cryptoki::error::Error as CkError;
@@ -69,7 +70,27 @@ impl<'a> WorkerCtx<'a> {
     }
 
     /// The cached handle of an object; on a miss, one find by `CKA_ID` fills the cache.
+    /// A secret key's copy is verified against its recorded check value the first time it
+    /// is used in this instance ([`integrity::verify_once`]).
     pub(super) fn handle(&mut self, kind: ObjectKind, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+        let h = self.find_handle(kind, id)?;
+        if kind == ObjectKind::Secret {
+            integrity::verify_once(self, id, h)?;
+        }
+        Ok(h)
+    }
+
+    /// The recorded check value of object `id`, if any.
+    pub(super) fn expected_check(&self, id: &[u8]) -> Option<[u8; integrity::CHECK_LEN]> {
+        self.node.opts.checks.get(id)
+    }
+
+    /// The cached handle of an object, or one find by `CKA_ID` (no verification).
+    pub(super) fn find_handle(
+        &mut self,
+        kind: ObjectKind,
+        id: &[u8],
+    ) -> Result<ObjectHandle, HsmError> {
         if let Some(h) = self.inst.handles.get(kind, id) {
             return Ok(h);
         }

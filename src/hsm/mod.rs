@@ -27,6 +27,7 @@
 //! | `health` | probe thread (own session) and monitor thread: probes, background re-initialization |
 //! | `custody` | which custody protections a token enforces (probed with the user PIN) |
 //! | `enrollment` | at connect: which HSMs are enrolled, the same-CWK proof, custody probe |
+//! | `integrity` | check values of key copies; verify on first use per instance, quarantine |
 //! | `replication` | generate → wrap → unwrap elsewhere → prove → destroy on failure; re-sync |
 //! | `cluster` | [`HsmCluster`]: start-up, selection, failover, the public API |
 //! | `vault` | `HsmCluster` as the domain's `KeyVault` port (`crate::kms::vault`) |
@@ -41,6 +42,7 @@ mod handles;
 mod health;
 mod hmac;
 mod instance;
+mod integrity;
 mod iv;
 mod job;
 mod keypair;
@@ -64,6 +66,7 @@ pub use cluster::{ClusterOptions, HsmCluster};
 pub use error::{classify, HsmError};
 pub use handles::CWK_ID;
 pub use instance::{prepare_environment, NodeConfig};
+pub use integrity::CHECK_LEN;
 pub use kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, Protections, SignScheme};
 pub use mechanisms::IV_LEN;
 pub use node::{HsmHealth, NodeState};

@@ -13,6 +13,7 @@
 use super::error::HsmError;
 use super::handles::ObjectKind;
 use super::instance::{Instance, NodeConfig};
+use super::integrity::Expected;
 use super::iv::IvSource;
 use super::kinds::Protections;
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
@@ -99,6 +100,8 @@ pub(super) struct NodeOptions {
     /// Deterministic GCM IVs shared by every HSM of the cluster; `None`: IVs from
     /// `C_GenerateRandom` (only where no durable fixed field exists, e.g. HSM-level tests).
     pub(super) iv: Option<Arc<IvSource>>,
+    /// The recorded check values of the cluster's keys (shared by every HSM).
+    pub(super) checks: Arc<Expected>,
 }
 
 /// A call in flight on one HSM (see [`Node::begin_call`] and [`Node::begin_keygen`]).

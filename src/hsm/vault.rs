@@ -8,7 +8,7 @@ use super::error::HsmError;
 use super::{NodeState, IV_LEN};
 use crate::kms::vault::{
     DataKeyPair, HsmStatus, KeyKind, KeyVault, ObjectId, PairSpec, Sealed, SealedDataKey,
-    SignScheme, VaultError,
+    SignScheme, VaultError, CHECK_LEN,
 };
 use crate::pkix::{Curve, Hash};
 use zeroize::Zeroizing;
@@ -75,6 +75,24 @@ impl KeyVault for HsmCluster {
             .map(|(id, label, k)| (id.as_bytes().to_vec(), label.clone(), *k))
             .collect();
         Ok(self.replicate_missing_kinds(&all).await?)
+    }
+
+    async fn check_value(
+        &self,
+        id: &ObjectId,
+        kind: KeyKind,
+    ) -> Result<Option<[u8; CHECK_LEN]>, VaultError> {
+        Ok(HsmCluster::check_value(self, id.as_bytes(), kind).await?)
+    }
+
+    fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>) {
+        HsmCluster::expect_check_values(
+            self,
+            values
+                .into_iter()
+                .map(|(id, v)| (id.as_bytes().to_vec(), v))
+                .collect(),
+        );
     }
 
     async fn encrypt(

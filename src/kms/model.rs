@@ -103,6 +103,11 @@ pub struct BackingKey {
     /// rotation that made it (its `created` is the rotation date).
     #[serde(default)]
     pub rotation: Option<RotationType>,
+    /// The check value of this material's copies (hex; see `KeyVault::check_value`),
+    /// recorded once every copy agreed; each copy is verified against it after every
+    /// (re)connect. `None` until recorded (or for key pairs, which have none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_value: Option<String>,
 }
 
 /// How a rotation was started (`RotationType`).

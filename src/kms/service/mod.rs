@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 
 mod asymmetric;
 mod dispatch;
+mod integrity;
 mod lifecycle;
 mod rotation;
 #[cfg(test)]
@@ -87,6 +88,8 @@ impl Kms {
                 }),
             );
         }
+        // Every copy is verified against its recorded check value after each (re)connect.
+        vault.expect_check_values(integrity::recorded(keys.values().map(|e| &e.doc)));
         let aliases = store
             .all_aliases()?
             .into_iter()
@@ -181,9 +184,11 @@ impl Kms {
     /// `app` runs it every `maintenance_interval_ms`, tests call it after moving the clock.
     pub async fn maintenance(&self) -> Result<(), KmsError> {
         let destroyed = self.destroy_due_keys().await;
+        let checked = self.record_check_values().await;
         let resync = self.resync_hsms().await;
         self.rotate_due_keys().await;
         destroyed?;
+        checked?;
         resync.map(|_| ())
     }
 
@@ -471,6 +476,7 @@ impl Kms {
                 object_id: obj.clone(),
                 created: now,
                 rotation: None,
+                check_value: None,
             }],
             current_backing: 1,
             tags: dedup_tags(input.tags),

@@ -537,6 +537,7 @@ impl Kms {
                     object_id: obj,
                     created: now,
                     rotation: Some(kind),
+                    check_value: None,
                 });
                 d.current_backing = version;
                 if kind == RotationType::Automatic {
@@ -622,6 +623,7 @@ mod tests {
             object_id: ObjectId::new("kms/x/2/00"),
             created: at(400.0 * DAY),
             rotation: Some(RotationType::Automatic),
+            check_value: None,
         });
         assert_eq!(
             schedule_of(&doc).unwrap().next_rotation_date,
@@ -662,6 +664,7 @@ mod tests {
             object_id: ObjectId::new("kms/x/2/00000000"),
             created: at(2.0),
             rotation: Some(RotationType::OnDemand),
+            check_value: None,
         });
         d.current_backing = 2;
         d.rotation_schedule = Some(RotationSchedule {

@@ -29,7 +29,7 @@
 
 use super::{
     DataKeyPair, HsmStatus, KeyKind, KeyVault, ObjectId, PairSpec, PairUse, Sealed, SealedDataKey,
-    SignScheme, VaultError, IV_LEN,
+    SignScheme, VaultError, CHECK_LEN, IV_LEN,
 };
 use crate::pkix::{Curve, Hash};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -42,6 +42,7 @@ use rand::RngCore;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, Pkcs1v15Sign, Pss, RsaPrivateKey};
+use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -130,6 +131,9 @@ struct State {
     calls: HashMap<&'static str, usize>,
     destroyed: Vec<ObjectId>,
     ed25519: bool,
+    /// Check values handed over by the domain (recorded, not enforced: copies never drift
+    /// in the fake).
+    expected: Vec<(ObjectId, [u8; CHECK_LEN])>,
 }
 
 impl State {
@@ -200,6 +204,7 @@ impl FakeVault {
                 faults: Vec::new(),
                 calls: HashMap::new(),
                 destroyed: Vec::new(),
+                expected: Vec::new(),
                 ed25519: true,
             }),
         }
@@ -786,6 +791,41 @@ impl KeyVault for FakeVault {
             )
             .map_err(internal)?;
         Ok((plaintext, iv, ct))
+    }
+
+    async fn check_value(
+        &self,
+        id: &ObjectId,
+        kind: KeyKind,
+    ) -> Result<Option<[u8; CHECK_LEN]>, VaultError> {
+        self.begin("check_value")?;
+        let st = self.state.lock();
+        let mut seen = Vec::new();
+        for h in st.hsms.iter().filter(|h| h.up) {
+            if let Some(s) = h.objects.get(id) {
+                let bytes: &[u8] = match (&*s.material, kind) {
+                    (Material::Aes(k), KeyKind::Aes) => k.as_slice(),
+                    (Material::Hmac(k), KeyKind::Hmac(_)) => k.as_slice(),
+                    _ => return Ok(None),
+                };
+                let d = sha2::Sha256::digest(bytes);
+                let mut v = [0u8; CHECK_LEN];
+                v.iter_mut().zip(d.iter()).for_each(|(a, b)| *a = *b);
+                seen.push(v);
+            }
+        }
+        match seen.first() {
+            None => Ok(None),
+            Some(f) if seen.iter().all(|v| v == f) => Ok(Some(*f)),
+            Some(_) => Err(VaultError::Failed {
+                message: format!("copies of {id} disagree"),
+                retryable: false,
+            }),
+        }
+    }
+
+    fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>) {
+        self.state.lock().expected.extend(values);
     }
 
     async fn random(&self, n: usize) -> Result<Vec<u8>, VaultError> {

@@ -14,6 +14,9 @@ use zeroize::Zeroizing;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod fake;
 
+/// Length of a key copy's check value (see [`KeyVault::check_value`]).
+pub const CHECK_LEN: usize = 8;
+
 /// Length of the GCM IV the vault returns with each ciphertext.
 pub const IV_LEN: usize = 12;
 
@@ -216,6 +219,20 @@ pub trait KeyVault: Send + Sync {
 
     /// `n` random bytes from an HSM.
     async fn random(&self, n: usize) -> Result<Vec<u8>, VaultError>;
+
+    /// The check value of secret key `id` (AES or HMAC), computed inside every usable HSM
+    /// that holds a copy: `None` when none holds it or its kind has no check value; an
+    /// error when the copies disagree.
+    async fn check_value(
+        &self,
+        id: &ObjectId,
+        kind: KeyKind,
+    ) -> Result<Option<[u8; CHECK_LEN]>, VaultError>;
+
+    /// Hand the vault the check values recorded for keys: every copy is verified against
+    /// them the first time it is used after each (re)connect, and a copy that disagrees is
+    /// quarantined and replaced by re-sync.
+    fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>);
 
     /// Sign `input` (a digest, or the message for pure Ed25519) with private key `id`.
     async fn sign(

@@ -1,0 +1,221 @@
+//! Key-copy integrity, played as the fault hsm-facts.md §10 measured: one HSM silently
+//! holds a different value for a key (SoftHSM2 keeps key values AES-CBC encrypted with no
+//! MAC, so a flipped bit is a different, valid key). Before: GenerateMac through that HSM
+//! answered wrong MACs with HTTP 200, and Decrypt through it failed blobs the other copy
+//! made. Now every copy is checked against the value recorded when the copies agreed, the
+//! first time it is used after the restart: the bad copy is quarantined (kept as evidence,
+//! never used), every answer is right, and re-sync puts a good copy back.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use hsm_kms::hsm::softhsm::LocalHsm;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Replace, in `hsm`'s token, every KMS secret key by a different key with the same
+/// attributes (what a flipped bit in the stored value amounts to). Returns how many.
+fn corrupt_secret_keys(hsm: &LocalHsm) -> usize {
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let ctx = Pkcs11::new(&hsm.module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
+        .unwrap();
+    let s = ctx.open_rw_session(slot).unwrap();
+    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
+    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+        .unwrap();
+    let mut n = 0;
+    for h in s
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .unwrap()
+    {
+        let attrs = s
+            .get_attributes(
+                h,
+                &[
+                    AttributeType::Id,
+                    AttributeType::Label,
+                    AttributeType::KeyType,
+                ],
+            )
+            .unwrap();
+        let (Attribute::Id(id), Attribute::Label(label), Attribute::KeyType(kt)) =
+            (&attrs[0], &attrs[1], &attrs[2])
+        else {
+            panic!("{attrs:?}")
+        };
+        if !id.starts_with(b"kms/") {
+            continue;
+        }
+        // AES-256 and HMAC_256 keys are both 32 bytes.
+        let len = 32;
+        let mut t = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(*kt),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(true),
+            Attribute::WrapWithTrusted(true),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label.clone()),
+            Attribute::Value(vec![0x5A; len]),
+        ];
+        if *kt == KeyType::AES {
+            t.extend([Attribute::Encrypt(true), Attribute::Decrypt(true)]);
+        } else {
+            t.extend([Attribute::Sign(true), Attribute::Verify(true)]);
+        }
+        s.destroy_object(h).unwrap();
+        s.create_object(&t).unwrap();
+        n += 1;
+    }
+    drop(s);
+    ctx.finalize().unwrap();
+    n
+}
+
+/// The `CKA_ID`s of quarantined objects in `hsm`'s token.
+fn quarantined(hsm: &LocalHsm) -> usize {
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let ctx = Pkcs11::new(&hsm.module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
+        .unwrap();
+    let s = ctx.open_ro_session(slot).unwrap();
+    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
+    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+        .unwrap();
+    let n = s
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .unwrap()
+        .into_iter()
+        .filter(|h| {
+            matches!(
+                s.get_attributes(*h, &[AttributeType::Id]).unwrap().pop(),
+                Some(Attribute::Id(id)) if id.starts_with(b"hsm-kms/quarantine/kms/")
+            )
+        })
+        .count();
+    drop(s);
+    ctx.finalize().unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_copy_is_never_used_and_is_replaced() {
+    let svc = service().await;
+    let c = &svc.client;
+    let mac_key = c
+        .ok(
+            "CreateKey",
+            json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
+        )
+        .await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let aes_key = c.ok("CreateKey", json!({})).await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut macs = Vec::new();
+    let mut blobs = Vec::new();
+    for i in 0..4 {
+        let msg = b64(format!("message {i}").as_bytes());
+        let r = c
+            .ok(
+                "GenerateMac",
+                json!({"KeyId": mac_key, "Message": msg, "MacAlgorithm": "HMAC_SHA_256"}),
+            )
+            .await;
+        macs.push((msg.clone(), r["Mac"].clone()));
+        let r = c
+            .ok("Encrypt", json!({"KeyId": aes_key, "Plaintext": msg}))
+            .await;
+        blobs.push((msg, r["CiphertextBlob"].clone()));
+    }
+    // The background pass records each key's check value once the copies agree.
+    let recorded = svc.running.kms.record_check_values().await.unwrap();
+    assert_eq!(recorded, 2);
+    let Service {
+        tokens, running, ..
+    } = svc;
+    running.stop().await;
+    assert_eq!(corrupt_secret_keys(&tokens.hsms[0]), 2);
+
+    let (running, c) = start_on(&tokens, Arc::new(hsm_kms::clock::SystemClock)).await;
+    let (mut wrong, mut failed, mut total) = (0, 0, 0);
+    for _ in 0..25 {
+        for (msg, mac) in &macs {
+            total += 1;
+            let r = c
+                .call(
+                    "GenerateMac",
+                    json!({"KeyId": mac_key, "Message": msg, "MacAlgorithm": "HMAC_SHA_256"}),
+                )
+                .await;
+            match r.status {
+                200 if r.body["Mac"] == *mac => {}
+                200 => wrong += 1,
+                _ => failed += 1,
+            }
+        }
+        for (msg, blob) in &blobs {
+            total += 1;
+            let r = c.call("Decrypt", json!({"CiphertextBlob": blob})).await;
+            match r.status {
+                200 if r.body["Plaintext"] == Value::String(msg.clone()) => {}
+                200 => wrong += 1,
+                _ => failed += 1,
+            }
+        }
+    }
+    println!("after the drift: {total} requests, {wrong} wrong, {failed} failed");
+    assert_eq!((wrong, failed), (0, 0));
+    // HSM a's two copies are quarantined: the cluster no longer counts them…
+    let mac_obj = format!("kms/{mac_key}/1").into_bytes();
+    let aes_obj = format!("kms/{aes_key}/1").into_bytes();
+    let cl = running.cluster.clone();
+    assert!(!cl.hsm_holds("a", &mac_obj) && !cl.hsm_holds("a", &aes_obj));
+    // …and re-sync copies good ones back from b.
+    assert!(running.kms.resync_hsms().await.unwrap() >= 2);
+    assert!(cl.hsm_holds("a", &mac_obj) && cl.hsm_holds("a", &aes_obj));
+    running.stop().await;
+    drop(cl);
+    assert_eq!(quarantined(&tokens.hsms[0]), 2, "kept as evidence");
+    // After another restart every request is served right, by either HSM.
+    let (running, c) = start_on(&tokens, Arc::new(hsm_kms::clock::SystemClock)).await;
+    for (msg, mac) in &macs {
+        for _ in 0..4 {
+            let r = c
+                .ok(
+                    "GenerateMac",
+                    json!({"KeyId": mac_key, "Message": msg, "MacAlgorithm": "HMAC_SHA_256"}),
+                )
+                .await;
+            assert_eq!(r["Mac"], *mac);
+        }
+    }
+    running.stop().await;
+}
