@@ -273,7 +273,7 @@ impl HsmCluster {
         if seen.iter().all(|(_, v)| v == first) {
             return Ok(Some(*first));
         }
-        Err(HsmError::Internal(format!(
+        Err(HsmError::CopiesDisagree(format!(
             "the copies of {} disagree and no check value was recorded: {}",
             hex::encode(id),
             seen.iter()
@@ -315,10 +315,51 @@ impl HsmCluster {
         ciphertext: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
+        let key = id.clone();
+        let (first, pool) = self.pick(None).ok_or(HsmError::NotEnoughHsms {
+            healthy: 0,
+            needed: 1,
+        })?;
+        let decrypt = Arc::new(move |ctx: &mut WorkerCtx<'_>| {
             aes::gcm_decrypt(ctx, &id, &iv, &aad, &ciphertext)
-        })
-        .await
+        });
+        let d1 = decrypt.clone();
+        let e = match pool.call(self.opts.call_timeout, move |ctx| d1(ctx)).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !matches!(e, HsmError::InvalidCiphertext) {
+            // Device faults fail over as every operation does.
+            if !e.retryable() || e.fault() == Fault::Capacity {
+                return Err(e);
+            }
+            pool.node().suspect(&e);
+        }
+        // A tag failure is retried once on another HSM before it is answered: if this copy
+        // drifted, the other one opens the blob (and this copy is re-verified below).
+        let Some((_, second)) = self.pick(Some(first)) else {
+            return Err(e);
+        };
+        let v = second
+            .call(self.opts.call_timeout, move |ctx| decrypt(ctx))
+            .await?;
+        if matches!(e, HsmError::InvalidCiphertext) {
+            tracing::warn!(
+                target: "hsm_kms::audit",
+                failed = %pool.node().name(),
+                opened = %second.node().name(),
+                object = %hex::encode(&key),
+                "a ciphertext failed authentication on one HSM and opened on another; \
+                 re-verifying the first copy"
+            );
+            let _ = pool
+                .call(self.opts.call_timeout, move |ctx| {
+                    ctx.instance().handles.clear_verified(&key);
+                    ctx.handle(ObjectKind::Secret, &key).map(|_| ())
+                })
+                .await;
+        }
+        Ok(v)
     }
 
     /// A data key: `n` random bytes from the HSM and their encryption under key `id`, in

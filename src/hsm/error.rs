@@ -222,6 +222,10 @@ pub enum HsmError {
     /// of the curve): the request is bad, not the HSM.
     #[error("{0}")]
     InvalidInput(String),
+    /// The HSMs' copies of a key disagree and no recorded check value tells which is right
+    /// (a drift finding for an operator; retrying does not help).
+    #[error("{0}")]
+    CopiesDisagree(String),
     /// The token does not offer a mechanism the operation needs.
     #[error("{hsm}: mechanism {mechanism} is not offered by the token")]
     Unsupported {
@@ -262,7 +266,8 @@ impl HsmError {
             }
             HsmError::InvalidCiphertext
             | HsmError::InvalidInput(_)
-            | HsmError::Unsupported { .. } => Fault::Request,
+            | HsmError::Unsupported { .. }
+            | HsmError::CopiesDisagree(_) => Fault::Request,
         }
     }
 

@@ -115,6 +115,11 @@ impl HandleCache {
         self.verified.read().contains(id)
     }
 
+    /// Forget that secret key `id`'s copy was verified (it is checked again at its next use).
+    pub(super) fn clear_verified(&self, id: &[u8]) {
+        self.verified.write().remove(id);
+    }
+
     /// Record that secret key `id`'s copy matched its check value in this instance.
     pub(super) fn set_verified(&self, id: &[u8]) {
         self.verified.write().insert(id.to_vec());
