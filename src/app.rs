@@ -162,6 +162,19 @@ pub async fn copy_keys(
     Ok(core.kms.resync_hsms_with_progress(progress).await?)
 }
 
+/// Reconcile the metadata with every HSM's objects (`hsm-kms reconcile`): the report, and
+/// with `fix` missing material copied and orphaned objects destroyed after `grace`. Opens
+/// the store and the cluster like [`start`], without listening.
+pub async fn reconcile(
+    cfg: ServiceConfig,
+    fix: bool,
+    grace: Duration,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<crate::kms::ReconcileReport, StartError> {
+    let core = open_core(cfg.database, cfg.nodes, cfg.cluster, cfg.clock, &cfg.region).await?;
+    Ok(core.kms.reconcile(fix, grace, progress).await?)
+}
+
 /// Connect, load and serve (in a background task); returns once listening.
 pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     let Core {

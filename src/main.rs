@@ -62,6 +62,21 @@ enum Cmd {
         #[arg(long)]
         so_pin_file: Option<PathBuf>,
     },
+    /// Compare the metadata with every HSM's objects and print a report: missing copies,
+    /// orphaned key material (left by interrupted operations), quarantined copies, unknown
+    /// objects. With --fix, copy missing material and destroy orphaned objects that stay
+    /// unreferenced for --grace-secs (never a referenced one; unknown objects are never
+    /// touched).
+    Reconcile {
+        /// Config file (default: <state dir>/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        fix: bool,
+        /// How long an orphaned object must stay unreferenced before --fix destroys it.
+        #[arg(long, default_value_t = 120)]
+        grace_secs: u64,
+    },
     /// Operator commands for the HSMs of the config.
     Hsm {
         #[command(subcommand)]
@@ -135,6 +150,11 @@ fn run(cli: Cli) -> Result<()> {
             state_dir,
             so_pin_file,
         } => setup_local(&state_dir, so_pin_file.as_deref()),
+        Cmd::Reconcile {
+            config,
+            fix,
+            grace_secs,
+        } => reconcile(&load_config(config)?, fix, grace_secs),
         Cmd::Hsm {
             cmd:
                 HsmCmd::Enroll {
@@ -247,6 +267,41 @@ fn setup_local(state_dir: &Path, so_pin_file: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The service configuration of a command that opens the store and the cluster without
+/// serving.
+fn offline_config(loaded: &Loaded, nodes: Vec<hsm_kms::hsm::NodeConfig>) -> ServiceConfig {
+    let c = &loaded.config;
+    ServiceConfig {
+        nodes,
+        cluster: loaded.cluster_options(),
+        database: loaded.state_dir.join("metadata.sqlite"),
+        listen: String::new(),
+        region: c.region.clone(),
+        account_id: c.account_id.clone(),
+        max_body_bytes: c.max_body_bytes,
+        clock: Arc::new(SystemClock),
+        maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
+    }
+}
+
+fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
+    let nodes = loaded.nodes()?;
+    hsm_kms::hsm::prepare_environment(&nodes);
+    let cfg = offline_config(loaded, nodes);
+    let mut progress = |step: &str| println!("reconcile: {step}");
+    let report = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(app::reconcile(
+            cfg,
+            fix,
+            std::time::Duration::from_secs(grace_secs),
+            &mut progress,
+        ))?;
+    print!("{}", report.table());
+    Ok(())
+}
+
 /// An SO PIN from `file`, or asked on the terminal.
 fn so_pin(file: Option<&Path>, whose: &str) -> Result<SoPin> {
     if let Some(f) = file {
@@ -318,18 +373,7 @@ fn hsm_enroll(
         println!("{enrolled} HSM enrolled; enroll at least one more before serving");
         return Ok(());
     }
-    let c = &loaded.config;
-    let cfg = ServiceConfig {
-        nodes,
-        cluster: loaded.cluster_options(),
-        database: loaded.state_dir.join("metadata.sqlite"),
-        listen: String::new(),
-        region: c.region.clone(),
-        account_id: c.account_id.clone(),
-        max_body_bytes: c.max_body_bytes,
-        clock: Arc::new(SystemClock),
-        maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
-    };
+    let cfg = offline_config(loaded, nodes);
     let started = std::time::Instant::now();
     let mut progress = |done: usize, all: usize| {
         println!("copying keys: {done}/{all}");

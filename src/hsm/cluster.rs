@@ -283,6 +283,19 @@ impl HsmCluster {
         )))
     }
 
+    /// What each HSM holds, by `CKA_ID` (from its handle cache, warmed with one find over
+    /// the token when its instance opened): (HSM name, usable now, object ids).
+    pub fn inventory(&self) -> Vec<(String, bool, Vec<Vec<u8>>)> {
+        self.hsms
+            .iter()
+            .map(|p| {
+                let node = p.node();
+                let ids = node.current().map(|i| i.handles.ids()).unwrap_or_default();
+                (node.name().to_string(), node.usable(), ids)
+            })
+            .collect()
+    }
+
     /// Replication over this cluster's HSMs.
     fn replicator(&self) -> Replicator<'_> {
         Replicator {

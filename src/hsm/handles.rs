@@ -125,6 +125,14 @@ impl HandleCache {
         self.verified.write().insert(id.to_vec());
     }
 
+    /// The `CKA_ID` of every object known in this instance (each once, whatever its class).
+    pub(super) fn ids(&self) -> Vec<Vec<u8>> {
+        let mut ids: Vec<Vec<u8>> = self.map.read().keys().map(|(_, id)| id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Objects of the token that could not be read at warm-up (skipped).
     pub(super) fn unreadable(&self) -> usize {
         self.unreadable

@@ -185,6 +185,19 @@ impl KeyVault for HsmCluster {
         HsmCluster::can_hold_ed25519_keys(self)
     }
 
+    fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)> {
+        HsmCluster::inventory(self)
+            .into_iter()
+            .map(|(hsm, usable, ids)| {
+                let ids = ids
+                    .into_iter()
+                    .map(|id| ObjectId::new(String::from_utf8_lossy(&id).into_owned()))
+                    .collect();
+                (hsm, usable, ids)
+            })
+            .collect()
+    }
+
     fn health(&self) -> Vec<HsmStatus> {
         HsmCluster::health(self)
             .into_iter()

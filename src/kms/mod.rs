@@ -18,4 +18,7 @@ pub use service::{
     DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
     VerifyMacOutput, VerifyOutput,
 };
-pub use service::{Kms, Output, Reply, Resolved, ON_DEMAND_ROTATION_LIMIT};
+pub use service::{
+    Kms, Output, ReconcileReport, ReconcileRow, Reply, Resolved, ON_DEMAND_ROTATION_LIMIT,
+    ORPHAN_GRACE,
+};

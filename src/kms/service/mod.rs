@@ -29,6 +29,8 @@ use zeroize::Zeroizing;
 mod asymmetric;
 mod dispatch;
 mod integrity;
+mod reconcile;
+pub use reconcile::{ReconcileReport, ReconcileRow, ORPHAN_GRACE};
 mod lifecycle;
 mod rotation;
 #[cfg(test)]
@@ -61,6 +63,8 @@ pub struct Kms {
     /// Serializes first-use creation of AWS managed keys (`alias/aws/…`).
     aws_managed: tokio::sync::Mutex<()>,
     rotation: rotation::Rotations,
+    /// Orphaned objects seen by the background reconciliation, and when first seen.
+    orphans_seen: parking_lot::Mutex<HashMap<String, time::OffsetDateTime>>,
 }
 
 fn object_id(key: &KeyId, version: u32) -> ObjectId {
@@ -105,6 +109,7 @@ impl Kms {
             writes: tokio::sync::Mutex::new(()),
             aws_managed: tokio::sync::Mutex::new(()),
             rotation: rotation::Rotations::default(),
+            orphans_seen: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -186,9 +191,11 @@ impl Kms {
         let destroyed = self.destroy_due_keys().await;
         let checked = self.record_check_values().await;
         let resync = self.resync_hsms().await;
+        let reconciled = self.reconcile_background(self.now()).await;
         self.rotate_due_keys().await;
         destroyed?;
         checked?;
+        reconciled?;
         resync.map(|_| ())
     }
 

@@ -2378,3 +2378,44 @@ async fn a_concurrent_enable_or_disable_cannot_undo_a_scheduled_deletion() {
         expect_err(h.describe(&k).await, "NotFoundException");
     }
 }
+
+#[tokio::test]
+async fn background_reconciliation_destroys_an_orphan_only_after_the_grace_period() {
+    let h = Harness::new();
+    let kept = h.sym().await;
+    let orphan = ObjectId::new("kms/00000000-0000-4000-8000-000000000000/1");
+    // What an interrupted creation leaves: material no metadata refers to.
+    crate::kms::vault::KeyVault::create_key(
+        h.fake.as_ref(),
+        &orphan,
+        "left behind",
+        crate::kms::vault::KeyKind::Aes,
+    )
+    .await
+    .unwrap();
+    let report = h.kms.reconcile_report();
+    assert!(report
+        .rows
+        .iter()
+        .all(|r| r.orphaned == vec![orphan.to_string()]));
+    h.kms.maintenance().await.unwrap();
+    assert!(h.fake.holds(0, &orphan), "not before the grace period");
+    h.clock
+        .advance(super::ORPHAN_GRACE - Duration::from_secs(1));
+    h.kms.maintenance().await.unwrap();
+    assert!(h.fake.holds(0, &orphan));
+    h.clock.advance(Duration::from_secs(1));
+    h.kms.maintenance().await.unwrap();
+    assert!(
+        (0..3).all(|i| !h.fake.holds(i, &orphan)),
+        "destroyed everywhere"
+    );
+    // Referenced material is never touched.
+    h.ok(encrypt(&kept, b"still here")).await;
+    assert!(h
+        .kms
+        .reconcile_report()
+        .rows
+        .iter()
+        .all(|r| r.orphaned.is_empty()));
+}

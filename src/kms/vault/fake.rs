@@ -824,6 +824,15 @@ impl KeyVault for FakeVault {
         }
     }
 
+    fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)> {
+        self.state
+            .lock()
+            .hsms
+            .iter()
+            .map(|h| (h.name.clone(), h.up, h.objects.keys().cloned().collect()))
+            .collect()
+    }
+
     fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>) {
         self.state.lock().expected.extend(values);
     }

@@ -280,4 +280,7 @@ pub trait KeyVault: Send + Sync {
 
     /// One line per HSM.
     fn health(&self) -> Vec<HsmStatus>;
+
+    /// What each HSM holds: (HSM name, usable now, the ids of its objects).
+    fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)>;
 }

@@ -1,0 +1,125 @@
+//! Reconciliation against real tokens: an orphaned key object (what an interrupted creation
+//! leaves), another application's object and a missing copy are each reported; `--fix`
+//! copies the missing material and destroys the orphan, never the unknown object.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use hsm_kms::hsm::softhsm::LocalHsm;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Run `f` in a user session on `hsm`'s token (the service must be stopped).
+fn with_token(hsm: &LocalHsm, f: impl FnOnce(&Session)) {
+    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+    let ctx = Pkcs11::new(&hsm.module).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
+        .unwrap();
+    let s = ctx.open_rw_session(slot).unwrap();
+    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
+    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+        .unwrap();
+    f(&s);
+    drop(s);
+    ctx.finalize().unwrap();
+}
+
+fn aes_token_key(s: &Session, id: &str) {
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::ValueLen(32.into()),
+            Attribute::Encrypt(true),
+            Attribute::Id(id.as_bytes().to_vec()),
+        ],
+    )
+    .unwrap();
+}
+
+const ORPHAN: &str = "kms/00000000-0000-4000-8000-000000000000/1";
+const UNKNOWN: &str = "another-application/key";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reports_and_fixes_only_what_is_ours() {
+    let svc = service().await;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let r = svc.client.ok("CreateKey", json!({})).await;
+        keys.push(r["KeyMetadata"]["KeyId"].as_str().unwrap().to_string());
+    }
+    let lost = format!("kms/{}/1", keys[1]);
+    let Service {
+        tokens, running, ..
+    } = svc;
+    running.stop().await;
+    with_token(&tokens.hsms[0], |s| aes_token_key(s, ORPHAN));
+    with_token(&tokens.hsms[1], |s| {
+        aes_token_key(s, UNKNOWN);
+        for h in s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Id(lost.as_bytes().to_vec()),
+            ])
+            .unwrap()
+        {
+            s.destroy_object(h).unwrap();
+        }
+    });
+
+    let (running, _c) = start_on(&tokens, Arc::new(hsm_kms::clock::SystemClock)).await;
+    let kms = running.kms.clone();
+    let mut quiet = |_: &str| {};
+    let report = kms
+        .reconcile(false, Duration::ZERO, &mut quiet)
+        .await
+        .unwrap();
+    println!("{}", report.table());
+    let (a, b) = (&report.rows[0], &report.rows[1]);
+    assert_eq!(a.orphaned, vec![ORPHAN.to_string()]);
+    assert!(a.missing.is_empty() && a.unknown.is_empty());
+    assert_eq!(b.missing, vec![lost.clone()]);
+    assert_eq!(b.unknown, vec![UNKNOWN.to_string()]);
+    assert!(b.orphaned.is_empty());
+
+    let fixed = kms
+        .reconcile(true, Duration::ZERO, &mut quiet)
+        .await
+        .unwrap();
+    assert_eq!(fixed.copied, 1);
+    assert_eq!(fixed.destroyed, vec![ORPHAN.to_string()]);
+    let after = kms
+        .reconcile(false, Duration::ZERO, &mut quiet)
+        .await
+        .unwrap();
+    println!("{}", after.table());
+    for r in &after.rows {
+        assert!(r.missing.is_empty() && r.orphaned.is_empty(), "{r:?}");
+    }
+    assert_eq!(
+        after.rows[1].unknown,
+        vec![UNKNOWN.to_string()],
+        "never touched"
+    );
+    assert!(running.cluster.hsm_holds("b", lost.as_bytes()));
+    running.stop().await;
+}
