@@ -67,6 +67,10 @@ pub struct Config {
     /// Key generations that may wait per HSM before new ones are refused. Default 4.
     #[serde(default = "default_keygen_queue")]
     pub keygen_queue_depth: usize,
+    /// Paranoid mode: a second HSM confirms every Encrypt, GenerateDataKey, GenerateMac and
+    /// Sign answer before it is sent. Default false.
+    #[serde(default)]
+    pub paranoid_checks: bool,
     /// Health probe period per HSM, in milliseconds. Default 1000.
     #[serde(default = "default_probe")]
     pub probe_interval_ms: u64,
@@ -269,6 +273,7 @@ impl Loaded {
             keygen_timeout: Duration::from_millis(c.keygen_timeout_ms),
             keygen_workers_per_hsm: c.keygen_workers_per_hsm,
             keygen_queue_depth: c.keygen_queue_depth,
+            paranoid: c.paranoid_checks,
             probe_interval: Duration::from_millis(c.probe_interval_ms),
             ..ClusterOptions::default()
         }
@@ -288,6 +293,7 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # keygen_timeout_ms = 60000\n\
          # keygen_workers_per_hsm = 2\n\
          # keygen_queue_depth = 4\n\
+         # paranoid_checks = false\n\
          # probe_interval_ms = 1000\n\
          # max_body_bytes = 65536\n\
          # maintenance_interval_ms = 10000\n\

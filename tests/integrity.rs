@@ -269,3 +269,60 @@ async fn a_tag_failure_on_one_hsm_is_retried_on_another() {
     assert_eq!(running.kms.record_check_values().await.unwrap(), 0);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paranoid_mode_never_sends_an_answer_another_hsm_does_not_confirm() {
+    let svc = service().await;
+    let c = &svc.client;
+    let mac_key = c
+        .ok(
+            "CreateKey",
+            json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
+        )
+        .await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let msg = b64(b"paranoid");
+    let reference = c
+        .ok(
+            "GenerateMac",
+            json!({"KeyId": mac_key, "Message": msg, "MacAlgorithm": "HMAC_SHA_256"}),
+        )
+        .await["Mac"]
+        .clone();
+    // No check value recorded: first-use verification cannot catch the drift; only the
+    // second HSM's confirmation can.
+    let Service {
+        tokens, running, ..
+    } = svc;
+    running.stop().await;
+    corrupt_secret_keys(&tokens.hsms[0]);
+    let paranoid = hsm_kms::hsm::ClusterOptions {
+        paranoid: true,
+        ..fast_options()
+    };
+    let (running, c) =
+        start_on_with(&tokens, Arc::new(hsm_kms::clock::SystemClock), paranoid).await;
+    let (mut right, mut refused, mut wrong) = (0, 0, 0);
+    for _ in 0..40 {
+        let r = c
+            .call(
+                "GenerateMac",
+                json!({"KeyId": mac_key, "Message": msg, "MacAlgorithm": "HMAC_SHA_256"}),
+            )
+            .await;
+        match r.status {
+            200 if r.body["Mac"] == reference => right += 1,
+            200 => wrong += 1,
+            _ => {
+                assert_eq!(r.error_type(), "DependencyTimeoutException", "{:?}", r.body);
+                refused += 1;
+            }
+        }
+    }
+    println!("paranoid: {right} right, {refused} refused (retryable), {wrong} wrong");
+    assert_eq!(wrong, 0);
+    assert!(refused > 0, "the drifted copy answered and was refuted");
+    running.stop().await;
+}

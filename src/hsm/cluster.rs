@@ -56,6 +56,9 @@ pub struct ClusterOptions {
     pub probe_interval: Duration,
     /// HSMs that must hold a new key before it is acknowledged (at least 2).
     pub min_copies: usize,
+    /// Paranoid mode: every Encrypt, GenerateDataKey, GenerateMac and Sign answer is
+    /// confirmed by a second HSM before it leaves (about twice the HSM work per call).
+    pub paranoid: bool,
     /// The fixed field of this process start's deterministic GCM IVs (SP 800-38D §8.2.1),
     /// allocated durably so that no other start or node ever uses it (`app` takes it from
     /// the metadata store). `None`: random IVs from `C_GenerateRandom`, which bound each key
@@ -74,6 +77,7 @@ impl Default for ClusterOptions {
             keygen_timeout: Duration::from_secs(60),
             probe_interval: Duration::from_millis(1000),
             min_copies: 2,
+            paranoid: false,
             iv_fixed_field: None,
         }
     }
@@ -174,6 +178,15 @@ impl HsmCluster {
         T: Send + 'static,
         F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
     {
+        self.run_indexed(timeout, f).await.map(|(_, v)| v)
+    }
+
+    /// [`HsmCluster::run`], also naming (by index) the HSM that answered.
+    async fn run_indexed<T, F>(&self, timeout: Duration, f: F) -> Result<(usize, T), HsmError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
+    {
         let f = Arc::new(f);
         let (first, pool) = self.pick(None).ok_or(HsmError::NotEnoughHsms {
             healthy: 0,
@@ -181,17 +194,72 @@ impl HsmCluster {
         })?;
         let f1 = f.clone();
         match pool.call(timeout, move |ctx| f1(ctx)).await {
-            Ok(v) => Ok(v),
+            Ok(v) => Ok((first, v)),
             Err(e) if e.retryable() && e.fault() != Fault::Capacity => {
                 pool.node().suspect(&e);
-                let Some((_, second)) = self.pick(Some(first)) else {
+                let Some((i, second)) = self.pick(Some(first)) else {
                     return Err(e);
                 };
                 tracing::warn!(failed = %pool.node().name(), retry = %second.node().name(), error = %e, "failing over");
-                second.call(timeout, move |ctx| f(ctx)).await
+                second
+                    .call(timeout, move |ctx| f(ctx))
+                    .await
+                    .map(|v| (i, v))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Run `f` on one HSM like [`HsmCluster::run`]; in paranoid mode, also have another
+    /// HSM confirm the answer with `confirm` (decrypt what was encrypted, compute the same
+    /// MAC, verify the signature) before it leaves. An answer another HSM does not confirm
+    /// is never sent: the first HSM's copy of key `id` is re-verified (and quarantined if
+    /// it disagrees with its recorded check value) and the caller gets a retryable error.
+    async fn run_confirmed<T, F, C>(&self, id: &[u8], f: F, confirm: C) -> Result<T, HsmError>
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
+        C: Fn(&mut WorkerCtx<'_>, &T) -> Result<bool, HsmError> + Send + Sync + 'static,
+    {
+        let timeout = self.opts.call_timeout;
+        if !self.opts.paranoid {
+            return self.run(timeout, f).await;
+        }
+        let (first, v) = self.run_indexed(timeout, f).await?;
+        let Some((_, other)) = self.pick(Some(first)) else {
+            // One usable HSM: nothing to confirm with (the copy was verified at first use).
+            return Ok(v);
+        };
+        let v = Arc::new(v);
+        let v2 = v.clone();
+        let confirmed = other.call(timeout, move |ctx| confirm(ctx, &v2)).await?;
+        if confirmed {
+            return Arc::try_unwrap(v)
+                .map_err(|_| HsmError::Internal("paranoid check kept the answer".into()));
+        }
+        let Some(pool) = self.hsms.get(first) else {
+            return Err(HsmError::Internal("no HSM at the answering index".into()));
+        };
+        tracing::error!(
+            target: "hsm_kms::audit",
+            answered = %pool.node().name(),
+            refuted = %other.node().name(),
+            object = %hex::encode(id),
+            "paranoid check: an answer was not confirmed by another HSM and was not sent"
+        );
+        let key = id.to_vec();
+        let _ = pool
+            .call(timeout, move |ctx| {
+                ctx.instance().handles.clear_verified(&key);
+                ctx.handle(ObjectKind::Secret, &key).map(|_| ())
+            })
+            .await;
+        Err(HsmError::Unconfirmed(format!(
+            "{}'s answer for {} was not confirmed by {}",
+            pool.node().name(),
+            hex::encode(id),
+            other.node().name()
+        )))
     }
 
     /// Run the key generation `f` in the key generation lane of one HSM (see
@@ -312,10 +380,16 @@ impl HsmCluster {
         aad: Vec<u8>,
         plaintext: Zeroizing<Vec<u8>>,
     ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
+        let (key, aad2, pt2) = (id.to_vec(), aad.clone(), plaintext.clone());
         let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
-            aes::gcm_encrypt(ctx, &id, &aad, &plaintext)
-        })
+        self.run_confirmed(
+            &key.clone(),
+            move |ctx| aes::gcm_encrypt(ctx, &id, &aad, &plaintext),
+            move |ctx, (iv, ct)| {
+                let back = aes::gcm_decrypt(ctx, &key, iv, &aad2, ct);
+                Ok(matches!(back, Ok(b) if b.as_slice() == pt2.as_slice()))
+            },
+        )
         .await
     }
 
@@ -384,12 +458,20 @@ impl HsmCluster {
         n: usize,
         aad: Vec<u8>,
     ) -> Result<(Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>), HsmError> {
+        let (key, aad2) = (id.to_vec(), aad.clone());
         let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
-            let dk = Zeroizing::new(ctx.random(n)?);
-            let (iv, ct) = aes::gcm_encrypt(ctx, &id, &aad, &dk)?;
-            Ok((dk, iv, ct))
-        })
+        self.run_confirmed(
+            &key.clone(),
+            move |ctx| {
+                let dk = Zeroizing::new(ctx.random(n)?);
+                let (iv, ct) = aes::gcm_encrypt(ctx, &id, &aad, &dk)?;
+                Ok((dk, iv, ct))
+            },
+            move |ctx, (dk, iv, ct)| {
+                let back = aes::gcm_decrypt(ctx, &key, iv, &aad2, ct);
+                Ok(matches!(back, Ok(b) if b.as_slice() == dk.as_slice()))
+            },
+        )
         .await
     }
 
@@ -502,10 +584,13 @@ impl HsmCluster {
         scheme: SignScheme,
         digest: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
+        let (key, digest2) = (id.to_vec(), digest.clone());
         let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
-            keypair::sign(ctx, &id, scheme, &digest)
-        })
+        self.run_confirmed(
+            &key.clone(),
+            move |ctx| keypair::sign(ctx, &id, scheme, &digest),
+            move |ctx, sig| keypair::verify(ctx, &key, scheme, &digest2, sig),
+        )
         .await
     }
 
@@ -526,10 +611,13 @@ impl HsmCluster {
 
     /// HMAC of `msg` under HMAC key `id`.
     pub async fn hmac(&self, id: &[u8], h: Hash, msg: Vec<u8>) -> Result<Vec<u8>, HsmError> {
+        let (key, msg2) = (id.to_vec(), msg.clone());
         let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
-            hmac::hmac(ctx, &id, h, &msg)
-        })
+        self.run_confirmed(
+            &key.clone(),
+            move |ctx| hmac::hmac(ctx, &id, h, &msg),
+            move |ctx, mac| Ok(hmac::hmac(ctx, &key, h, &msg2)? == *mac),
+        )
         .await
     }
 

@@ -222,6 +222,10 @@ pub enum HsmError {
     /// of the curve): the request is bad, not the HSM.
     #[error("{0}")]
     InvalidInput(String),
+    /// Paranoid mode: another HSM did not confirm an answer, which was therefore not sent
+    /// (retryable: the copy at fault is re-verified and quarantined if it drifted).
+    #[error("{0}")]
+    Unconfirmed(String),
     /// The HSMs' copies of a key disagree and no recorded check value tells which is right
     /// (a drift finding for an operator; retrying does not help).
     #[error("{0}")]
@@ -267,7 +271,8 @@ impl HsmError {
             HsmError::InvalidCiphertext
             | HsmError::InvalidInput(_)
             | HsmError::Unsupported { .. }
-            | HsmError::CopiesDisagree(_) => Fault::Request,
+            | HsmError::CopiesDisagree(_)
+            | HsmError::Unconfirmed(_) => Fault::Request,
         }
     }
 

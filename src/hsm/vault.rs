@@ -28,7 +28,8 @@ impl From<HsmError> for VaultError {
             | HsmError::NodeDown { .. }
             | HsmError::Busy { .. }
             | HsmError::KeygenBusy { .. }
-            | HsmError::KeygenTimeout { .. } => VaultError::Unavailable(e.to_string()),
+            | HsmError::KeygenTimeout { .. }
+            | HsmError::Unconfirmed(_) => VaultError::Unavailable(e.to_string()),
             HsmError::NotEnoughHsms { healthy, needed } => {
                 VaultError::TooFewCopies { healthy, needed }
             }

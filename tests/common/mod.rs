@@ -99,13 +99,22 @@ pub(crate) async fn start_on(
     tokens: &Tokens,
     clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
 ) -> (Running, Client) {
+    start_on_with(tokens, clock, fast_options()).await
+}
+
+/// [`start_on`] with these cluster options.
+pub(crate) async fn start_on_with(
+    tokens: &Tokens,
+    clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
+    cluster: ClusterOptions,
+) -> (Running, Client) {
     let running = app::start(ServiceConfig {
         nodes: tokens
             .hsms
             .iter()
             .map(|h| h.node_config().unwrap())
             .collect(),
-        cluster: fast_options(),
+        cluster,
         database: tokens.dir.path().join("metadata.sqlite"),
         listen: "127.0.0.1:0".into(),
         region: "us-east-1".into(),
