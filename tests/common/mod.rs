@@ -99,20 +99,30 @@ pub(crate) async fn start_on(
     tokens: &Tokens,
     clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
 ) -> (Running, Client) {
+    start_tuned(tokens, clock, fast_options(), Duration::from_secs(3600)).await
+}
+
+/// [`start_on`] with these cluster options and background maintenance (HSM re-sync…) period.
+pub(crate) async fn start_tuned(
+    tokens: &Tokens,
+    clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
+    cluster: ClusterOptions,
+    maintenance_interval: Duration,
+) -> (Running, Client) {
     let running = app::start(ServiceConfig {
         nodes: tokens
             .hsms
             .iter()
             .map(|h| h.node_config().unwrap())
             .collect(),
-        cluster: fast_options(),
+        cluster,
         database: tokens.dir.path().join("metadata.sqlite"),
         listen: "127.0.0.1:0".into(),
         region: "us-east-1".into(),
         account_id: "111122223333".into(),
         max_body_bytes: 64 * 1024,
         clock: clock.clone(),
-        maintenance_interval: Duration::from_secs(3600),
+        maintenance_interval,
     })
     .await
     .expect("service starts");
