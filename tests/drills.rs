@@ -571,3 +571,67 @@ async fn drill_4_one_hsm_of_three_lost_while_keys_are_created() {
     };
     judge(&row, &tally);
 }
+
+/// The service restarted while one HSM's token folder is away: it starts and serves the
+/// existing keys from the other HSM, reports the missing one, refuses new key material with
+/// the retryable quorum error, and takes the HSM back (proven) once its folder returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_5_a_restart_with_one_hsm_away() {
+    let _serial = SERIAL.lock().await;
+    let s = start(&["a", "b"], Duration::from_secs(3600)).await;
+    let keys = make_keys(&s.client).await;
+    let Started {
+        tokens,
+        running,
+        client: _,
+    } = s;
+    running.stop().await;
+    let dir = tokens.hsms[1].token_dir.clone();
+    let away = dir.with_extension("away");
+    std::fs::rename(&dir, &away).unwrap();
+    let (running, c) = start_tuned(
+        &tokens,
+        Arc::new(hsm_kms::clock::SystemClock),
+        fast_options(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let s = Started {
+        tokens,
+        running,
+        client: c.clone(),
+    };
+    let b = s.running.cluster.health()[1].clone();
+    assert_eq!(b.state, NodeState::Down, "{b:?}");
+    assert!(b.last_error.is_some(), "the reason must be reported: {b:?}");
+    for (blob, pt) in &keys.old {
+        let d = c.ok("Decrypt", json!({"CiphertextBlob": b64(blob)})).await;
+        assert_eq!(&unb64(&d["Plaintext"]), pt);
+    }
+    let r = c.call("CreateKey", json!({})).await;
+    assert_eq!(r.error_type(), "DependencyTimeoutException", "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Fewer than 2 HSMs hold a healthy copy"),
+        "{}",
+        r.body
+    );
+    std::fs::rename(&away, &dir).unwrap();
+    let recovered = recovers(&s, "b")
+        .await
+        .unwrap_or_else(|| panic!("b never came back: {:?}", s.running.cluster.health()));
+    assert!(s.running.cluster.health()[1].protections.is_some());
+    let k = key_id(&c.ok("CreateKey", json!({})).await);
+    let o = format!("kms/{k}/1").into_bytes();
+    assert!(s.running.cluster.hsm_holds("a", &o) && s.running.cluster.hsm_holds("b", &o));
+    println!(
+        "DRILL | restart with one HSM's token folder away, then back | served from the other; CreateKey refused (DependencyTimeoutException) until it returned | healthy {:.2} s after the repair",
+        recovered.as_secs_f64()
+    );
+    assert!(
+        recovered <= RECOVERY,
+        "healthy {recovered:?} after the repair"
+    );
+}
