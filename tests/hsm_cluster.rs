@@ -1,6 +1,7 @@
 //! The HSM cluster over real SoftHSM2 tokens (a copy of libsofthsm2.so per token):
 //! replication, failover when a token disappears, recovery without restart, deadlines,
-//! the handle cache with a full token, enrollment of a new HSM, and start-up refusals.
+//! the handle cache with a full token, enrollment of a new HSM, and starting with the HSMs
+//! that are healthy (the others reported, retried and proven when they come back).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -246,31 +247,164 @@ async fn restart_reuses_keys_and_a_new_hsm_is_enrolled_and_resynced() {
     assert_eq!(pt.as_slice(), b"kept");
 }
 
-#[test]
-fn refuses_to_start_with_one_hsm_a_wrong_pin_a_bad_label_or_module() {
+/// The state and last error of HSM `name`.
+fn state_of(c: &HsmCluster, name: &str) -> (NodeState, Option<String>) {
+    let h = c.health().into_iter().find(|h| h.name == name).unwrap();
+    (h.state, h.last_error)
+}
+
+/// Start with what is healthy: fewer than two HSMs configured is refused, but one HSM of two
+/// that cannot be opened (refused PIN, no such token label, no such module) no longer stops
+/// the start: it is reported with its error (a refused PIN `Failed`, never retried; the
+/// others `Down`, retried) and the other HSM serves the keys. With no enrolled HSM that
+/// opens, the start is refused and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_with_the_healthy_hsm_and_reports_a_wrong_pin_a_bad_label_or_module() {
     let t = tokens(&["a", "b"]);
     let cfg = |i: usize| t.hsms[i].node_config().unwrap();
-    let err = |cfgs| match HsmCluster::connect(cfgs, fast_options()) {
+    let both = HsmCluster::connect(vec![cfg(0), cfg(1)], fast_options()).unwrap();
+    both.create_aes_key(&key_id(8), "k8").await.unwrap();
+    let (iv, ct) = both
+        .encrypt(&key_id(8), vec![], Zeroizing::new(b"kept".to_vec()))
+        .await
+        .unwrap();
+    drop(both);
+    let refused = |cfgs| match HsmCluster::connect(cfgs, fast_options()) {
         Ok(_) => panic!("must refuse"),
         Err(e) => e.to_string(),
     };
-    assert!(err(vec![cfg(0)]).contains("at least two HSMs"));
-    let mut bad = cfg(1);
-    bad.pin = Zeroizing::new("00000000".into());
-    let m = err(vec![cfg(0), bad]);
-    assert!(
-        m.starts_with("b: the token refused the user PIN (CKR_PIN_INCORRECT)"),
-        "{m}"
-    );
-    let mut bad = cfg(1);
-    bad.token_label = "nope".into();
-    assert!(err(vec![cfg(0), bad]).contains("b: no token labelled 'nope'"));
-    let mut bad = cfg(1);
-    bad.module = "/nonexistent/lib.so".into();
-    assert!(err(vec![cfg(0), bad]).contains("b: PKCS#11 module /nonexistent/lib.so does not exist"));
-    // The right PIN still works afterwards: the wrong one was tried once, not in a loop.
+    assert!(refused(vec![cfg(0)]).contains("at least two HSMs"));
+    let mut wrong_pin = cfg(1);
+    wrong_pin.pin = Zeroizing::new("00000000".into());
+    let mut bad_label = cfg(1);
+    bad_label.token_label = "nope".into();
+    let mut bad_module = cfg(1);
+    bad_module.module = "/nonexistent/lib.so".into();
+    let cases = [
+        (
+            wrong_pin.clone(),
+            NodeState::Failed,
+            "b: the token refused the user PIN (CKR_PIN_INCORRECT)",
+        ),
+        (bad_label, NodeState::Down, "b: no token labelled 'nope'"),
+        (
+            bad_module.clone(),
+            NodeState::Down,
+            "b: PKCS#11 module /nonexistent/lib.so does not exist",
+        ),
+    ];
+    for (bad, state, message) in cases {
+        let c = HsmCluster::connect(vec![cfg(0), bad], fast_options())
+            .unwrap_or_else(|e| panic!("{message}: the start must go on with a: {e}"));
+        let (s, error) = state_of(&c, "b");
+        assert_eq!(s, state, "{message}");
+        assert!(
+            error.as_deref().is_some_and(|e| e.starts_with(message)),
+            "{message}: {error:?}"
+        );
+        assert_eq!(state_of(&c, "a").0, NodeState::Healthy);
+        // The healthy HSM serves the existing key; creating a key needs two HSMs.
+        let pt = c.decrypt(&key_id(8), iv, vec![], ct.clone()).await.unwrap();
+        assert_eq!(pt.as_slice(), b"kept");
+        assert!(c.create_aes_key(&key_id(9), "k9").await.is_err());
+        // Retried in the background (a refused PIN never): still reported, never used.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let b = c.health().into_iter().find(|h| h.name == "b").unwrap();
+        assert_eq!(b.state, state, "{message}: {b:?}");
+        assert_eq!(b.reinitializations, 0);
+        assert!(b.protections.is_none());
+    }
+    // No enrolled HSM opens: refused, naming each reason.
+    let m = refused(vec![bad_module.clone(), {
+        let mut c = wrong_pin.clone();
+        c.name = "c".into();
+        c
+    }]);
+    assert!(m.contains("0 of 2 HSMs are enrolled"), "{m}");
+    assert!(m.contains("b: PKCS#11 module /nonexistent/lib.so"), "{m}");
+    assert!(m.contains("c: the token refused the user PIN"), "{m}");
+    // The right PIN still works afterwards: the wrong one was tried once each, not in a loop.
     let c = HsmCluster::connect(vec![cfg(0), cfg(1)], fast_options()).unwrap();
     assert_eq!(c.health().len(), 2);
+    assert!(c.health().iter().all(|h| h.state == NodeState::Healthy));
+}
+
+/// An HSM whose token folder is missing at start is started down; when the folder is put
+/// back it is proven (same cluster wrapping key, custody probed) and used, without a
+/// restart. One whose token lacks the cluster wrapping key becomes `NotEnrolled`, one
+/// holding another cluster's wrapping key `Failed`: neither is ever used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hsm_unreachable_at_start_is_proven_when_it_comes_back() {
+    let t = tokens(&["a", "b"]);
+    let stranger = common::unenrolled_tokens(&["c"]);
+    let other_cluster = tokens(&["d"]);
+    let away = |h: &softhsm::LocalHsm| {
+        let moved = h.token_dir.with_extension("away");
+        std::fs::rename(&h.token_dir, &moved).unwrap();
+        move |h: &softhsm::LocalHsm| std::fs::rename(&moved, &h.token_dir).unwrap()
+    };
+    let back_b = away(&t.hsms[1]);
+    let back_c = away(&stranger.hsms[0]);
+    let back_d = away(&other_cluster.hsms[0]);
+    let cfgs = vec![
+        t.hsms[0].node_config().unwrap(),
+        t.hsms[1].node_config().unwrap(),
+        stranger.hsms[0].node_config().unwrap(),
+        other_cluster.hsms[0].node_config().unwrap(),
+    ];
+    let c = HsmCluster::connect(cfgs, fast_options()).expect("starts with a alone");
+    for name in ["b", "c", "d"] {
+        let (s, e) = state_of(&c, name);
+        assert_eq!(s, NodeState::Down, "{name}");
+        assert!(e.is_some(), "{name}: the reason must be reported");
+    }
+    assert!(
+        c.create_aes_key(&key_id(10), "k10").await.is_err(),
+        "one HSM cannot hold two copies"
+    );
+    back_b(&t.hsms[1]);
+    back_c(&stranger.hsms[0]);
+    back_d(&other_cluster.hsms[0]);
+    assert!(
+        eventually(5, || state_of(&c, "b").0 == NodeState::Healthy).await,
+        "{:?}",
+        c.health()
+    );
+    let b = c.health().into_iter().find(|h| h.name == "b").unwrap();
+    assert!(
+        b.protections.is_some(),
+        "custody probed when admitted: {b:?}"
+    );
+    assert_eq!(b.last_error, None);
+    assert!(
+        eventually(5, || state_of(&c, "c").0 == NodeState::NotEnrolled).await,
+        "{:?}",
+        c.health()
+    );
+    assert!(
+        eventually(5, || state_of(&c, "d").0 == NodeState::Failed).await,
+        "{:?}",
+        c.health()
+    );
+    let (_, e) = state_of(&c, "d");
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("different cluster wrapping key")),
+        "{e:?}"
+    );
+    // Two proven HSMs now: keys can be created, and land on a and b only.
+    c.create_aes_key(&key_id(10), "k10").await.unwrap();
+    assert!(c.hsm_holds("a", &key_id(10)) && c.hsm_holds("b", &key_id(10)));
+    assert!(!c.hsm_holds("c", &key_id(10)) && !c.hsm_holds("d", &key_id(10)));
+    let (iv, ct) = c
+        .encrypt_on("b", &key_id(10), vec![], b"via b".to_vec())
+        .await
+        .unwrap();
+    let pt = c
+        .decrypt_on("a", &key_id(10), iv, vec![], ct)
+        .await
+        .unwrap();
+    assert_eq!(pt.as_slice(), b"via b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,8 +93,11 @@ pub struct HsmCluster {
 }
 
 impl HsmCluster {
-    /// Open every HSM (blocking), then make sure each holds the same cluster wrapping key.
-    /// Refuses to start with fewer than two HSMs or if any HSM cannot be opened.
+    /// Open every HSM (blocking), then make sure the enrolled ones hold the same cluster
+    /// wrapping key. Refuses to start with fewer than two HSMs configured, or when no
+    /// enrolled HSM can be opened; an HSM that cannot be opened is started down (a refused
+    /// PIN: failed), reported in [`HsmCluster::health`], retried in the background and
+    /// proven (`enrollment::admit`) before it is used.
     pub fn connect(cfgs: Vec<NodeConfig>, opts: ClusterOptions) -> Result<HsmCluster, HsmError> {
         if cfgs.len() < 2 {
             return Err(HsmError::Setup {
@@ -125,18 +128,16 @@ impl HsmCluster {
                 .map(|f| Arc::new(super::iv::IvSource::new(f))),
             checks: checks.clone(),
         };
+        // Every HSM that can be opened is; one that cannot (module missing, token folder
+        // missing or unreadable, no token with its label…) is started `Down` (a refused PIN
+        // `Failed`) with its error in the health report, and its monitor keeps trying.
         let mut hsms: Vec<Pool> = Vec::new();
         for cfg in cfgs {
-            let started = Node::open(cfg, nopts.clone())
-                .map(Arc::new)
-                .and_then(|node| {
-                    Pool::start(node.clone())
-                        .and_then(|pool| health::watch(&pool).map(|()| pool))
-                        .inspect_err(|_| node.shutdown())
-                });
-            match started {
+            let node = Arc::new(Node::open(cfg, nopts.clone()));
+            match Pool::start(node.clone()) {
                 Ok(pool) => hsms.push(pool),
                 Err(e) => {
+                    node.shutdown();
                     hsms.iter().for_each(|p| p.node().shutdown());
                     return Err(e);
                 }
@@ -148,9 +149,15 @@ impl HsmCluster {
             rr: AtomicUsize::new(0),
             checks,
         };
-        if let Err(e) = enrollment::check(&cluster.hsms, cluster.opts.keygen_timeout) {
-            cluster.shutdown();
-            return Err(e);
+        let t = cluster.opts.keygen_timeout;
+        // Dropping the cluster on an error shuts every HSM down.
+        enrollment::check(&cluster.hsms, t)?;
+        for (i, pool) in cluster.hsms.iter().enumerate() {
+            let peers = (cluster.hsms.iter().enumerate())
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| p.clone())
+                .collect();
+            health::watch(pool, enrollment::admitter(peers, t))?;
         }
         Ok(cluster)
     }

@@ -4,11 +4,18 @@
 //! enrolled HSMs then prove they hold the same key (a throw-away key wrapped on one
 //! unwraps and decrypts on every other), and each is probed for the custody protections it
 //! enforces ([`super::custody`]).
+//!
+//! An HSM that could not be opened at start (down, or failed) is neither enrolled nor not
+//! enrolled: the start goes on with the others (at least one enrolled HSM is needed to
+//! start, two to create keys), and when it answers again [`admit`] decides, on its monitor
+//! thread: lacking the CWK it is not enrolled; holding it, it must prove it is the same
+//! key as a proven HSM's (and is probed for custody) before it is used.
 
 use super::aes::{self, PROOF_AAD};
 use super::custody;
 use super::error::{HsmError, Operation};
 use super::handles::{ObjectKind, CWK_ID};
+use super::health::{self, Admission};
 use super::mechanisms;
 use super::node::NodeState;
 use super::templates;
@@ -20,12 +27,18 @@ use std::time::Duration;
 /// `CKA_ID` of the throw-away key of the enrollment proof.
 const PROOF_ID: &[u8] = b"hsm-kms/cwk-proof";
 
-/// Mark the HSMs lacking the cluster wrapping key as not enrolled, prove the others hold the
-/// same key and probe their custody protections (blocking; each step has deadline `t`).
-/// At least two HSMs must be enrolled.
+/// Among the HSMs opened at start, mark those lacking the cluster wrapping key as not
+/// enrolled, prove the others hold the same key and probe their custody protections
+/// (blocking; each step has deadline `t`); they are then [proven](super::node::Node::proven).
+/// HSMs that could not be opened (down or failed) are left to [`admit`]. At least one
+/// enrolled HSM must have opened: it serves the keys it holds (creating a key needs
+/// `min_copies` of them).
 pub(super) fn check(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
-    let (enrolled, strangers): (Vec<&Pool>, Vec<&Pool>) = hsms
+    let (opened, unopened): (Vec<&Pool>, Vec<&Pool>) = hsms
         .iter()
+        .partition(|p| p.node().state() == NodeState::Healthy);
+    let (enrolled, strangers): (Vec<&Pool>, Vec<&Pool>) = opened
+        .into_iter()
         .partition(|p| p.node().has_object(ObjectKind::Secret, CWK_ID));
     for p in &strangers {
         p.node().set_state(NodeState::NotEnrolled);
@@ -36,35 +49,115 @@ pub(super) fn check(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
             p.node().name()
         );
     }
-    if enrolled.len() < 2 {
+    if enrolled.is_empty() {
+        let reasons: Vec<String> = unopened
+            .iter()
+            .map(|p| match p.node().report().last_error {
+                Some(e) => e,
+                None => format!("{}: cannot be opened", p.node().name()),
+            })
+            .collect();
         return Err(HsmError::Setup {
             hsm: "cluster".into(),
             message: format!(
-                "{} of {} HSMs are enrolled (hold the cluster wrapping key); at least two are \
-                 needed: run `hsm-kms hsm enroll NAME` for each (`hsm-kms setup-local` enrolls \
-                 local lab tokens)",
-                enrolled.len(),
-                hsms.len()
+                "0 of {} HSMs are enrolled (hold the cluster wrapping key) and could be opened; \
+                 at least one is needed to start, two to create keys: run `hsm-kms hsm enroll \
+                 NAME` for each (`hsm-kms setup-local` enrolls local lab tokens){}",
+                hsms.len(),
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!("; could not be opened: {}", reasons.join("; "))
+                }
             ),
         });
     }
-    prove(&enrolled, t)?;
+    prove(&enrolled, PROOF_ID, t)?;
     for p in &enrolled {
         let found = p.call_blocking(t, custody::probe)?;
-        let missing = found.missing();
-        if missing.is_empty() {
-            tracing::info!(hsm = %p.node().name(), "custody protections enforced by the token");
-        } else {
-            tracing::warn!(
-                hsm = %p.node().name(),
-                missing = %missing.join(", "),
-                "this token does not enforce every custody protection: key material may be \
-                 exportable with its user PIN"
-            );
-        }
-        p.node().set_protections(found);
+        report_protections(p, found);
+        p.node().set_proven();
+    }
+    if enrolled.len() < 2 {
+        tracing::warn!(
+            enrolled = enrolled.len(),
+            configured = hsms.len(),
+            "starting with a single usable HSM: it serves the keys it holds; creating keys \
+             needs two until another HSM is back"
+        );
     }
     Ok(())
+}
+
+/// Log and record the custody protections `found` on the HSM of `p`.
+fn report_protections(p: &Pool, found: super::kinds::Protections) {
+    let missing = found.missing();
+    if missing.is_empty() {
+        tracing::info!(hsm = %p.node().name(), "custody protections enforced by the token");
+    } else {
+        tracing::warn!(
+            hsm = %p.node().name(),
+            missing = %missing.join(", "),
+            "this token does not enforce every custody protection: key material may be \
+             exportable with its user PIN"
+        );
+    }
+    p.node().set_protections(found);
+}
+
+/// The admission check of an HSM that answers again (see [`health::Admit`]), comparing it
+/// with `peers` (the other HSMs of the cluster); each step has deadline `t`.
+pub(super) fn admitter(peers: Vec<Pool>, t: Duration) -> health::Admit {
+    Box::new(move |pool| admit(pool, &peers, t))
+}
+
+/// Decide whether the HSM of `pool`, whose new module instance answers probes, may be used:
+///
+/// * proven before (in this process): if its token still shows the cluster wrapping key
+///   (a token restored only in part may not, yet: it is tried again);
+/// * never proven (it could not be opened at start): without the cluster wrapping key it is
+///   not enrolled; with it, a throw-away key wrapped on a proven usable HSM must unwrap and
+///   decrypt there (else it holds a different key: refused), and its custody protections
+///   are probed. With no proven usable HSM to compare with, it waits.
+pub(super) fn admit(pool: &Pool, peers: &[Pool], t: Duration) -> Admission {
+    let node = pool.node();
+    let has_cwk = node.has_object(ObjectKind::Secret, CWK_ID);
+    if node.proven() {
+        return if has_cwk {
+            Admission::Admitted
+        } else {
+            Admission::Later(HsmError::Setup {
+                hsm: node.name().to_string(),
+                message: "the token answers but does not show the cluster wrapping key".into(),
+            })
+        };
+    }
+    if !has_cwk {
+        return Admission::NotEnrolled;
+    }
+    let Some(peer) = peers
+        .iter()
+        .find(|p| p.node().proven() && p.node().usable())
+    else {
+        return Admission::Later(HsmError::Setup {
+            hsm: node.name().to_string(),
+            message: "no proven HSM is usable to prove the cluster wrapping key against".into(),
+        });
+    };
+    // A proof key of its own: admissions of two HSMs may use the same peer at once.
+    let proof_id = [PROOF_ID, b"/", node.name().as_bytes()].concat();
+    match prove(&[peer, pool], &proof_id, t) {
+        Ok(()) => {}
+        Err(e @ HsmError::Setup { .. }) => return Admission::Refused(e),
+        Err(e) => return Admission::Later(e),
+    }
+    match pool.call_blocking(t, custody::probe) {
+        Ok(found) => report_protections(pool, found),
+        Err(e) => return Admission::Later(e),
+    }
+    node.set_proven();
+    tracing::info!(hsm = %node.name(), "HSM proven: it holds the cluster wrapping key");
+    Admission::Admitted
 }
 
 /// Enrollment of an empty list of HSMs (the cluster refuses to start with fewer than two).
@@ -72,32 +165,32 @@ fn no_hsms() -> HsmError {
     HsmError::Internal("cluster wrapping key enrollment: no HSMs".into())
 }
 
-/// Proof: a throw-away key wrapped on HSM 0 unwraps and decrypts on every other HSM.
-fn prove(hsms: &[&Pool], t: Duration) -> Result<(), HsmError> {
+/// Proof: a throw-away session key (`CKA_ID` `proof_id`) wrapped on HSM 0 unwraps and
+/// decrypts on every other HSM.
+fn prove(hsms: &[&Pool], proof_id: &[u8], t: Duration) -> Result<(), HsmError> {
     let Some((first, others)) = hsms.split_first() else {
         return Err(no_hsms());
     };
-    let proof = first.call_blocking(t, |ctx| {
+    let id = proof_id.to_vec();
+    let proof = first.call_blocking(t, move |ctx| {
         let h = ctx
             .session()
-            .generate_key(
-                &Mechanism::AesKeyGen,
-                &templates::session_aes(PROOF_ID, true),
-            )
+            .generate_key(&Mechanism::AesKeyGen, &templates::session_aes(&id, true))
             .map_err(|e| ctx.err(Operation::GenerateKey, e))?;
-        ctx.remember(ObjectKind::Secret, PROOF_ID, h);
+        ctx.remember(ObjectKind::Secret, &id, h);
         let r = (|| {
-            let wrapped = aes::wrap_secret(ctx, CWK_ID, PROOF_ID)?;
+            let wrapped = aes::wrap_secret(ctx, CWK_ID, &id)?;
             let pt = ctx.random(32)?;
-            let (iv, ct) = aes::gcm_encrypt(ctx, PROOF_ID, PROOF_AAD, &pt)?;
+            let (iv, ct) = aes::gcm_encrypt(ctx, &id, PROOF_AAD, &pt)?;
             Ok((wrapped, iv, pt, ct))
         })();
-        let _ = ctx.destroy(ObjectKind::Secret, PROOF_ID);
+        let _ = ctx.destroy(ObjectKind::Secret, &id);
         r
     })?;
     let proof = Arc::new(proof);
     for pool in others {
         let p = proof.clone();
+        let id = proof_id.to_vec();
         let hsm = pool.node().name().to_string();
         pool.call_blocking(t, move |ctx| {
             let (wrapped, iv, pt, ct) = &*p;
@@ -106,7 +199,7 @@ fn prove(hsms: &[&Pool], t: Duration) -> Result<(), HsmError> {
                     &mechanisms::key_wrap(),
                     w,
                     wrapped,
-                    &templates::session_aes(PROOF_ID, false),
+                    &templates::session_aes(&id, false),
                 )
             });
             let different = |hsm: String| HsmError::Setup {
@@ -114,9 +207,9 @@ fn prove(hsms: &[&Pool], t: Duration) -> Result<(), HsmError> {
                 message: "holds a different cluster wrapping key than the other HSMs".into(),
             };
             let h = h.map_err(|_| different(hsm.clone()))?;
-            ctx.remember(ObjectKind::Secret, PROOF_ID, h);
-            let back = aes::gcm_decrypt(ctx, PROOF_ID, iv, PROOF_AAD, ct);
-            let _ = ctx.destroy(ObjectKind::Secret, PROOF_ID);
+            ctx.remember(ObjectKind::Secret, &id, h);
+            let back = aes::gcm_decrypt(ctx, &id, iv, PROOF_AAD, ct);
+            let _ = ctx.destroy(ObjectKind::Secret, &id);
             match back {
                 Ok(b) if b.as_slice() == pt.as_slice() => Ok(()),
                 _ => Err(different(hsm)),

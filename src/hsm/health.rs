@@ -11,8 +11,12 @@
 //!   marks the HSM down at once, even if the probe stays stuck inside the module. The
 //!   monitor then re-initializes the HSM in the background (`C_Finalize` + `C_Initialize`
 //!   of this HSM's module instance only), waiting first until every call inside the module
-//!   has returned ([`Node::close_instance`]), until it answers again; a refused PIN is never
-//!   retried.
+//!   has returned ([`Node::close_instance`]), until it answers again, with a back-off
+//!   (from `probe_interval`, doubling, up to [`REINIT_BACKOFF_MAX`] so that a repaired HSM
+//!   is back within about a second); a refused PIN is never retried. An HSM that answers
+//!   again is used only once the cluster's [`Admit`] check accepts it (for one that could
+//!   not be opened at start: the same cluster wrapping key as the others, see
+//!   `enrollment::admit`).
 //!
 //! [`Node::close_instance`]: super::node::Node::close_instance
 
@@ -25,6 +29,29 @@ use super::node::{Node, NodeState};
 use super::worker::{OwnSession, Pool};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The longest wait between two re-initialization attempts of a down HSM (unless
+/// `probe_interval` is longer): a repaired HSM is back within about this long.
+pub(super) const REINIT_BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+/// What the cluster decides about an HSM whose module instance answers again.
+#[derive(Debug)]
+pub(super) enum Admission {
+    /// It may be used.
+    Admitted,
+    /// Its token does not hold the cluster wrapping key: never used (`NotEnrolled`).
+    NotEnrolled,
+    /// Its token holds a different cluster wrapping key than the others: never used again
+    /// (`Failed`).
+    Refused(HsmError),
+    /// Undecided for now (no proven HSM to compare with, a call failed…): it stays down and
+    /// is tried again.
+    Later(HsmError),
+}
+
+/// The cluster's check of an HSM that answers again (run on its monitor thread, blocking),
+/// given that HSM's pool.
+pub(super) type Admit = Box<dyn Fn(&Pool) -> Admission + Send>;
 
 /// Where a probe's outcome goes (one answer per request).
 type ProbeReply = crossbeam_channel::Sender<Result<(), HsmError>>;
@@ -67,13 +94,15 @@ impl Prober {
     }
 }
 
-/// Start the probe and monitor threads of the HSM served by `pool`.
-pub(super) fn watch(pool: &Pool) -> Result<(), HsmError> {
+/// Start the probe and monitor threads of the HSM served by `pool`; `admit` decides whether
+/// it may be used each time it answers again after being down.
+pub(super) fn watch(pool: &Pool, admit: Admit) -> Result<(), HsmError> {
     let node = pool.node().clone();
     let prober = Prober::start(node.clone())?;
+    let pool = pool.clone();
     std::thread::Builder::new()
         .name(format!("hsm-{}-mon", node.name()))
-        .spawn(move || monitor_loop(node, prober))
+        .spawn(move || monitor_loop(pool, prober, admit))
         .map_err(|e| HsmError::Internal(format!("spawn monitor: {e}")))?;
     Ok(())
 }
@@ -154,14 +183,19 @@ fn probe_on(node: &Node, inst: &Instance, session: &mut OwnSession) -> Result<()
     r
 }
 
-fn monitor_loop(node: Arc<Node>, prober: Prober) {
+fn monitor_loop(pool: Pool, prober: Prober, admit: Admit) {
+    let node = pool.node().clone();
+    let interval = node.opts.probe_interval;
+    let mut backoff = interval;
     loop {
-        node.wait_for_wake(node.opts.probe_interval);
+        let down = node.state() == NodeState::Down;
+        node.wait_for_wake(if down { backoff } else { interval });
         if node.shutting_down() {
             break;
         }
         match node.state() {
             NodeState::Healthy | NodeState::Suspect => {
+                backoff = interval;
                 match prober.probe(node.opts.probe_timeout) {
                     Ok(()) => {
                         if node.state() == NodeState::Suspect {
@@ -173,31 +207,57 @@ fn monitor_loop(node: Arc<Node>, prober: Prober) {
                         tracing::error!(hsm = %node.name(), error = %e, "HSM probe failed; marking down");
                         node.record_error(&e);
                         node.set_state(NodeState::Down);
-                        try_reinit(&node, &prober);
+                        try_reinit(&pool, &prober, &admit);
                     }
                 }
             }
-            NodeState::Down => try_reinit(&node, &prober),
+            NodeState::Down => {
+                try_reinit(&pool, &prober, &admit);
+                backoff = backoff
+                    .saturating_mul(2)
+                    .min(interval.max(REINIT_BACKOFF_MAX));
+            }
             NodeState::Failed | NodeState::NotEnrolled => {}
         }
     }
 }
 
 /// `C_Finalize` (once no call is inside the module) + `C_Initialize` of this HSM's instance
-/// only, re-login, re-warm, probe.
-fn try_reinit(node: &Node, prober: &Prober) {
+/// only, re-login, re-warm, probe, then the cluster's admission check.
+fn try_reinit(pool: &Pool, prober: &Prober, admit: &Admit) {
+    let node = pool.node();
     node.close_instance();
     if node.shutting_down() {
         return;
     }
     match node.open_next_instance() {
         Ok(epoch) => match prober.probe(node.opts.probe_timeout) {
-            Ok(()) => {
-                node.count_reinit();
-                node.clear_error();
-                node.set_state(NodeState::Healthy);
-                tracing::info!(hsm = %node.name(), epoch, "HSM re-initialized and healthy");
-            }
+            Ok(()) => match admit(pool) {
+                Admission::Admitted => {
+                    node.count_reinit();
+                    node.clear_error();
+                    node.set_state(NodeState::Healthy);
+                    tracing::info!(hsm = %node.name(), epoch, "HSM re-initialized and healthy");
+                }
+                Admission::NotEnrolled => {
+                    node.set_state(NodeState::NotEnrolled);
+                    tracing::warn!(
+                        hsm = %node.name(),
+                        "this token answers but does not hold the cluster wrapping key, so it \
+                         is not used; enroll it with `hsm-kms hsm enroll {}`",
+                        node.name()
+                    );
+                }
+                Admission::Refused(e) => {
+                    tracing::error!(hsm = %node.name(), error = %e, "HSM refused; left failed");
+                    node.record_error(&e);
+                    node.set_state(NodeState::Failed);
+                }
+                Admission::Later(e) => {
+                    tracing::debug!(hsm = %node.name(), error = %e, "HSM answers but is not admitted yet; will retry");
+                    node.record_error(&e);
+                }
+            },
             Err(e) => node.record_error(&e),
         },
         Err(e) => {

@@ -148,7 +148,7 @@ fn ensure_canary(hsm: &str, s: &Session, handles: &HandleCache) -> Result<(), Hs
 /// first value, while the process has no other thread: call it first thing in `main`.
 ///
 /// A module reads its environment in `C_Initialize`, and per-HSM values of one variable
-/// must differ, so [`load_module`] still sets the value just before each initialization
+/// must differ, so `load_module` still sets the value just before each initialization
 /// (under a lock). But after this call that only *replaces the value of an existing
 /// variable*, which glibc does by storing a new string pointer without freeing anything a
 /// concurrent `getenv` in another thread could be reading; only adding a variable grows

@@ -29,9 +29,12 @@ pub enum NodeState {
     Healthy = 0,
     /// A call failed or overran; a probe is under way. Still used if nothing better exists.
     Suspect = 1,
-    /// Not used; re-initialized in the background until it answers again.
+    /// Not used; re-initialized in the background until it answers again. Also an HSM that
+    /// could not be opened at start: when it answers, it is proven (same cluster wrapping
+    /// key) before it is used.
     Down = 2,
-    /// Not retried (e.g. the token refused the PIN): needs an operator.
+    /// Not retried (the token refused the PIN, or holds a different cluster wrapping key
+    /// than the other HSMs): needs an operator.
     Failed = 3,
     /// The token does not hold the cluster wrapping key: never used until an operator
     /// enrolls it (`hsm-kms hsm enroll`) and restarts the service.
@@ -118,6 +121,8 @@ pub(super) struct Node {
     pub(super) cfg: NodeConfig,
     pub(super) opts: NodeOptions,
     state: AtomicU8,
+    /// See [`Node::proven`].
+    proven: AtomicBool,
     inflight: AtomicUsize,
     keygen_inflight: AtomicUsize,
     instance: RwLock<Option<Arc<Instance>>>,
@@ -136,21 +141,37 @@ pub(super) struct Node {
 }
 
 impl Node {
-    /// Open the HSM's first instance (blocking); no threads yet.
-    pub(super) fn open(cfg: NodeConfig, opts: NodeOptions) -> Result<Node, HsmError> {
-        let inst = Instance::open(&cfg, 1)?;
-        Ok(Node {
+    /// Open the HSM's first instance (blocking); no threads yet. Never fails the start: an
+    /// HSM that cannot be opened (module missing, token folder missing or unreadable, no
+    /// token with its label…) is returned `Down` with its error recorded, for its monitor to
+    /// retry, and one whose token refused the PIN is returned `Failed` (never retried). Either
+    /// way it is not [proven](Node::proven) until it has opened and shown the cluster
+    /// wrapping key.
+    pub(super) fn open(cfg: NodeConfig, opts: NodeOptions) -> Node {
+        let (state, inst, error) = match Instance::open(&cfg, 1) {
+            Ok(inst) => (NodeState::Healthy, Some(Arc::new(inst)), None),
+            Err(e) => {
+                let state = match e {
+                    HsmError::LoginRefused { .. } => NodeState::Failed,
+                    _ => NodeState::Down,
+                };
+                tracing::error!(hsm = %cfg.name, error = %e, ?state, "HSM cannot be opened at start");
+                (state, None, Some(e.to_string()))
+            }
+        };
+        Node {
             cfg,
             opts,
-            state: AtomicU8::new(NodeState::Healthy as u8),
+            state: AtomicU8::new(state as u8),
+            proven: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             keygen_inflight: AtomicUsize::new(0),
-            instance: RwLock::new(Some(Arc::new(inst))),
+            instance: RwLock::new(inst),
             next_epoch: AtomicU64::new(2),
             call_gate: RwLock::new(()),
             wake: (Mutex::new(false), Condvar::new()),
             shutdown: AtomicBool::new(false),
-            last_error: Mutex::new(None),
+            last_error: Mutex::new(error),
             protections: Mutex::new(None),
             #[cfg(feature = "test-hooks")]
             stall_ms: AtomicU64::new(0),
@@ -158,7 +179,19 @@ impl Node {
             job_stall_ms: AtomicU64::new(0),
             reinits: AtomicU64::new(0),
             finds: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// Whether this HSM has shown, in this process, that it holds the cluster wrapping key
+    /// the other HSMs hold (at connect, or when it first came back after being unreachable
+    /// at start): until then it is never used.
+    pub(super) fn proven(&self) -> bool {
+        self.proven.load(Ordering::Acquire)
+    }
+
+    /// Record that this HSM holds the cluster's wrapping key (see [`Node::proven`]).
+    pub(super) fn set_proven(&self) {
+        self.proven.store(true, Ordering::Release);
     }
 
     pub(super) fn name(&self) -> &str {

@@ -99,7 +99,7 @@ pub(crate) async fn start_on(
     tokens: &Tokens,
     clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
 ) -> (Running, Client) {
-    start_on_with(tokens, clock, fast_options()).await
+    start_tuned(tokens, clock, fast_options(), Duration::from_secs(3600)).await
 }
 
 /// [`start_on`] with these cluster options.
@@ -107,6 +107,16 @@ pub(crate) async fn start_on_with(
     tokens: &Tokens,
     clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
     cluster: ClusterOptions,
+) -> (Running, Client) {
+    start_tuned(tokens, clock, cluster, Duration::from_secs(3600)).await
+}
+
+/// [`start_on`] with these cluster options and background maintenance (HSM re-sync…) period.
+pub(crate) async fn start_tuned(
+    tokens: &Tokens,
+    clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
+    cluster: ClusterOptions,
+    maintenance_interval: Duration,
 ) -> (Running, Client) {
     let running = app::start(ServiceConfig {
         nodes: tokens
@@ -121,7 +131,7 @@ pub(crate) async fn start_on_with(
         account_id: "111122223333".into(),
         max_body_bytes: 64 * 1024,
         clock: clock.clone(),
-        maintenance_interval: Duration::from_secs(3600),
+        maintenance_interval,
     })
     .await
     .expect("service starts");
