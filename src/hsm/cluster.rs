@@ -318,6 +318,16 @@ impl HsmCluster {
         self.checks.extend(values);
     }
 
+    /// Have every copy verified again at its next use (the periodic check: a token that
+    /// does not reload its objects can still drift).
+    pub fn reverify_copies(&self) {
+        for p in &self.hsms {
+            if let Some(i) = p.node().current() {
+                i.handles.clear_all_verified();
+            }
+        }
+    }
+
     /// The check value of key `id` (of kind `kind`), computed in every usable HSM that holds
     /// it: `None` when no HSM holds it or the kind has none; an error naming each HSM's
     /// value when the copies disagree (the caller has no recorded value to decide by).

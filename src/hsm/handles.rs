@@ -115,6 +115,11 @@ impl HandleCache {
         self.verified.read().contains(id)
     }
 
+    /// Forget every verification (each copy is checked again at its next use).
+    pub(super) fn clear_all_verified(&self) {
+        self.verified.write().clear();
+    }
+
     /// Forget that secret key `id`'s copy was verified (it is checked again at its next use).
     pub(super) fn clear_verified(&self, id: &[u8]) {
         self.verified.write().remove(id);

@@ -86,6 +86,10 @@ impl KeyVault for HsmCluster {
         Ok(HsmCluster::check_value(self, id.as_bytes(), kind).await?)
     }
 
+    fn reverify_copies(&self) {
+        HsmCluster::reverify_copies(self);
+    }
+
     fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>) {
         HsmCluster::expect_check_values(
             self,

@@ -189,6 +189,8 @@ impl Kms {
     /// `app` runs it every `maintenance_interval_ms`, tests call it after moving the clock.
     pub async fn maintenance(&self) -> Result<(), KmsError> {
         let destroyed = self.destroy_due_keys().await;
+        // Copies are verified at first use after each (re)connect and again after every pass.
+        self.vault.reverify_copies();
         let checked = self.record_check_values().await;
         let resync = self.resync_hsms().await;
         let reconciled = self.reconcile_background(self.now()).await;

@@ -833,6 +833,10 @@ impl KeyVault for FakeVault {
             .collect()
     }
 
+    fn reverify_copies(&self) {
+        self.count("reverify_copies");
+    }
+
     fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>) {
         self.state.lock().expected.extend(values);
     }

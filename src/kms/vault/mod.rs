@@ -234,6 +234,9 @@ pub trait KeyVault: Send + Sync {
     /// quarantined and replaced by re-sync.
     fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>);
 
+    /// Have every copy verified again at its next use (the periodic check).
+    fn reverify_copies(&self);
+
     /// Sign `input` (a digest, or the message for pure Ed25519) with private key `id`.
     async fn sign(
         &self,
