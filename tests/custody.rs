@@ -12,12 +12,10 @@
 
 mod common;
 use common::*;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use hsm_kms::hsm::softhsm::LocalHsm;
 use hsm_kms::hsm::CWK_ID;
 use serde_json::json;
@@ -29,26 +27,6 @@ fn refused<T>(what: &str, hsm: &str, r: Result<T, Error>) -> RvError {
         Err(e) => panic!("{hsm}: {what}: unexpected error {e}"),
         Ok(_) => panic!("{hsm}: {what}: the token allowed it"),
     }
-}
-
-/// A user session on `hsm`'s token, in a module instance of this test's own (the service
-/// is stopped, so its instance is finalized).
-fn user_session(hsm: &LocalHsm) -> (Pkcs11, Session) {
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let ctx = Pkcs11::new(&hsm.module).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("the service's module instance is finalized");
-    let slot = ctx
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
-        .unwrap();
-    let s = ctx.open_rw_session(slot).unwrap();
-    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
-    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-        .unwrap();
-    (ctx, s)
 }
 
 fn id_of(s: &Session, h: ObjectHandle) -> Vec<u8> {
@@ -74,8 +52,9 @@ fn kms_keys(s: &Session) -> Vec<(ObjectHandle, ObjectClass)> {
 
 fn attack(hsm: &LocalHsm) -> usize {
     let name = hsm.name.as_str();
-    let (ctx, s) = user_session(hsm);
-    let keys = kms_keys(&s);
+    let token = UserToken::open(hsm);
+    let s = token.session();
+    let keys = kms_keys(s);
     assert!(
         keys.len() >= 4,
         "{name}: every key family is present: {keys:?}"
@@ -190,8 +169,6 @@ fn attack(hsm: &LocalHsm) -> usize {
     assert_eq!(rv, RvError::AttributeReadOnly, "{name}");
 
     let _ = s.destroy_object(own);
-    drop(s);
-    ctx.finalize().unwrap();
     keys.len()
 }
 

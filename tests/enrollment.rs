@@ -13,10 +13,7 @@
 mod common;
 use common::real_binary::{self, Guard};
 use common::Client;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use hsm_kms::hsm::ceremony::{self, CwkState, SoPin};
 use hsm_kms::hsm::softhsm::{self, LocalHsm};
 use hsm_kms::kms::credentials::SEALING_KEY_ID;
@@ -44,20 +41,8 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 /// except the credential-sealing key, which every HSM needs),
 /// read with the user PIN in a module instance of this test's own.
 fn kms_key_ids(hsm: &LocalHsm) -> BTreeSet<Vec<u8>> {
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let ctx = Pkcs11::new(&hsm.module).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    let slot = ctx
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
-        .unwrap();
-    let s = ctx.open_ro_session(slot).unwrap();
-    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
-    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-        .unwrap();
+    let token = common::UserToken::open(hsm);
+    let s = token.session();
     let mut ids = BTreeSet::new();
     for class in [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY] {
         for h in s.find_objects(&[Attribute::Class(class)]).unwrap() {
@@ -70,8 +55,6 @@ fn kms_key_ids(hsm: &LocalHsm) -> BTreeSet<Vec<u8>> {
             }
         }
     }
-    drop(s);
-    ctx.finalize().unwrap();
     ids
 }
 

@@ -14,10 +14,7 @@
 
 mod common;
 use common::*;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use hsm_kms::hsm::softhsm::LocalHsm;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -25,20 +22,8 @@ use std::sync::Arc;
 /// Replace, in `hsm`'s token, every KMS secret key by a different key with the same
 /// attributes (what a flipped bit in the stored value amounts to). Returns how many.
 fn corrupt_secret_keys(hsm: &LocalHsm) -> usize {
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let ctx = Pkcs11::new(&hsm.module).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    let slot = ctx
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
-        .unwrap();
-    let s = ctx.open_rw_session(slot).unwrap();
-    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
-    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-        .unwrap();
+    let token = UserToken::open(hsm);
+    let s = token.session();
     let mut n = 0;
     for h in s
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
@@ -85,27 +70,13 @@ fn corrupt_secret_keys(hsm: &LocalHsm) -> usize {
         s.create_object(&t).unwrap();
         n += 1;
     }
-    drop(s);
-    ctx.finalize().unwrap();
     n
 }
 
 /// The `CKA_ID`s of quarantined objects in `hsm`'s token.
 fn quarantined(hsm: &LocalHsm) -> usize {
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let ctx = Pkcs11::new(&hsm.module).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    let slot = ctx
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
-        .unwrap();
-    let s = ctx.open_ro_session(slot).unwrap();
-    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
-    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-        .unwrap();
+    let token = UserToken::open(hsm);
+    let s = token.session();
     let n = s
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
         .unwrap()
@@ -117,8 +88,7 @@ fn quarantined(hsm: &LocalHsm) -> usize {
             )
         })
         .count();
-    drop(s);
-    ctx.finalize().unwrap();
+    drop(token);
     n
 }
 

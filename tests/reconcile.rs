@@ -10,11 +10,9 @@
 
 mod common;
 use common::*;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use hsm_kms::hsm::softhsm::LocalHsm;
 use serde_json::json;
 use std::sync::Arc;
@@ -22,23 +20,7 @@ use std::time::Duration;
 
 /// Run `f` in a user session on `hsm`'s token (the service must be stopped).
 fn with_token(hsm: &LocalHsm, f: impl FnOnce(&Session)) {
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let ctx = Pkcs11::new(&hsm.module).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    let slot = ctx
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
-        .unwrap();
-    let s = ctx.open_rw_session(slot).unwrap();
-    let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
-    s.login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-        .unwrap();
-    f(&s);
-    drop(s);
-    ctx.finalize().unwrap();
+    f(UserToken::open(hsm).session());
 }
 
 fn aes_token_key(s: &Session, id: &str) {

@@ -490,3 +490,49 @@ pub(crate) mod real_binary {
         }
     }
 }
+
+/// A token opened the way an insider with the user PIN would: a module instance of this
+/// process's own (the service must be stopped: its instance is finalized), a read-write
+/// session logged in as the user. Finalized on drop.
+pub(crate) struct UserToken {
+    pub ctx: cryptoki::context::Pkcs11,
+    session: Option<cryptoki::session::Session>,
+}
+
+impl UserToken {
+    pub(crate) fn open(hsm: &LocalHsm) -> UserToken {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
+        let ctx = Pkcs11::new(&hsm.module).unwrap();
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("the service's module instance is finalized");
+        let slot = ctx
+            .get_slots_with_initialized_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == hsm.label)
+            .unwrap();
+        let s = ctx.open_rw_session(slot).unwrap();
+        let pin = std::fs::read_to_string(&hsm.pin_file).unwrap();
+        s.login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::new(pin.trim().into())),
+        )
+        .unwrap();
+        UserToken {
+            ctx,
+            session: Some(s),
+        }
+    }
+
+    pub(crate) fn session(&self) -> &cryptoki::session::Session {
+        self.session.as_ref().unwrap()
+    }
+}
+
+impl Drop for UserToken {
+    fn drop(&mut self) {
+        self.session.take();
+        let _ = self.ctx.clone().finalize();
+    }
+}
