@@ -16,7 +16,6 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::RequestParts;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -56,19 +55,7 @@ pub(super) async fn health(State(app): State<Arc<AppState>>, req: Request) -> Re
         )
         .into_response_with(&request_id);
     };
-    let verified = crate::auth::verify(
-        &RequestParts {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            headers: &parts.headers,
-            body: &body,
-        },
-        app.credentials.as_ref(),
-        app.clock.now(),
-        app.kms.region().as_str(),
-        "kms",
-    );
+    let verified = super::pipeline::verify_signature(&app, &parts, &body);
     match verified {
         Err(e) => ApiError::from(e).into_response_with(&request_id),
         Ok(principal) => {

@@ -127,19 +127,7 @@ async fn authenticate(
     // Before the signature, as AWS does: without its protocol a request has no operation.
     protocol_content_type(&parts.headers)?;
     let op = target.ok_or_else(ApiError::unknown_operation)?;
-    let principal = crate::auth::verify(
-        &RequestParts {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            headers: &parts.headers,
-            body: &body,
-        },
-        app.credentials.as_ref(),
-        app.clock.now(),
-        app.kms.region().as_str(),
-        "kms",
-    )?;
+    let principal = verify_signature(app, &parts, &body)?;
     Ok((op, principal, body))
 }
 
@@ -204,6 +192,28 @@ fn record(app: &AppState, target: Option<Operation>, out: &Outcome, started: Ins
             "call failed"
         ),
     }
+}
+
+/// SigV4 verification of a request (service `kms`, this service's region, clock and
+/// credentials): the one way every endpoint authenticates.
+pub(super) fn verify_signature(
+    app: &AppState,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+) -> Result<crate::auth::Principal, crate::auth::AuthError> {
+    crate::auth::verify(
+        &RequestParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            body,
+        },
+        app.credentials.as_ref(),
+        app.clock.now(),
+        app.kms.region().as_str(),
+        "kms",
+    )
 }
 
 #[cfg(test)]
