@@ -345,7 +345,8 @@ impl HsmCluster {
             let v = pool
                 .call(self.opts.call_timeout, move |ctx| {
                     let h = ctx.find_handle(ObjectKind::Secret, &id2)?;
-                    integrity::compute(ctx, h, kind)
+                    integrity::compute(ctx.session(), h, kind)
+                        .map_err(|e| ctx.err(super::error::Operation::CheckValue, e))
                 })
                 .await?;
             if let Some(v) = v {

@@ -75,9 +75,47 @@ impl<'a> WorkerCtx<'a> {
     pub(super) fn handle(&mut self, kind: ObjectKind, id: &[u8]) -> Result<ObjectHandle, HsmError> {
         let h = self.find_handle(kind, id)?;
         if kind == ObjectKind::Secret {
-            integrity::verify_once(self, id, h)?;
+            self.verify_once(id, h)?;
         }
         Ok(h)
+    }
+
+    /// Verify the copy `h` of secret key `id` against its recorded check value, once per
+    /// module instance. A copy that disagrees is quarantined (its `CKA_ID` renamed, kept as
+    /// evidence), logged as a drift finding, and answered as missing on this HSM (so the
+    /// call fails over and re-sync replaces it).
+    fn verify_once(&mut self, id: &[u8], h: ObjectHandle) -> Result<(), HsmError> {
+        let Some(expected) = self.expected_check(id) else {
+            return Ok(());
+        };
+        if self.inst.handles.is_verified(id) {
+            return Ok(());
+        }
+        let found = integrity::secret_kind(self.session, h)
+            .and_then(|kind| integrity::compute(self.session, h, kind))
+            .map_err(|e| self.err(Operation::CheckValue, e))?;
+        if found == Some(expected) {
+            self.inst.handles.set_verified(id);
+            return Ok(());
+        }
+        let renamed = self
+            .session
+            .update_attributes(h, &[Attribute::Id(integrity::quarantined_id(id))])
+            .is_ok();
+        self.forget(ObjectKind::Secret, id);
+        tracing::error!(
+            target: "hsm_kms::audit",
+            hsm = %self.hsm(),
+            object = %hex::encode(id),
+            renamed,
+            "drift finding: this HSM's copy of a key disagrees with the check value recorded \
+             when the key was made; the copy is quarantined (never used again) and will be \
+             replaced from a copy that agrees"
+        );
+        Err(HsmError::KeyMissing {
+            hsm: self.hsm().to_string(),
+            object: hex::encode(id),
+        })
     }
 
     /// The recorded check value of object `id`, if any.
