@@ -296,3 +296,76 @@ async fn paranoid_mode_never_sends_an_answer_another_hsm_does_not_confirm() {
     assert!(refused > 0, "the drifted copy answered and was refuted");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_refused_by_one_hsm_is_checked_on_another() {
+    use cryptoki::mechanism::Mechanism;
+    let svc = service().await;
+    let c = &svc.client;
+    let key = c
+        .ok(
+            "CreateKey",
+            json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}),
+        )
+        .await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let msg = b64(b"signed");
+    let sig = c
+        .ok(
+            "Sign",
+            json!({"KeyId": key, "Message": msg, "SigningAlgorithm": "ECDSA_SHA_256"}),
+        )
+        .await["Signature"]
+        .clone();
+    let Service {
+        tokens, running, ..
+    } = svc;
+    running.stop().await;
+    // HSM a's copy of the public key becomes another key's (a drifted public object).
+    {
+        let token = UserToken::open(&tokens.hsms[0]);
+        let s = token.session();
+        let id = format!("kms/{key}/1").into_bytes();
+        for h in s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Id(id.clone()),
+            ])
+            .unwrap()
+        {
+            s.destroy_object(h).unwrap();
+        }
+        let p256 = hsm_kms::pkix::Curve::P256.params_der().to_vec();
+        s.generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::EcParams(p256),
+                Attribute::Id(id),
+            ],
+            &[Attribute::Token(false), Attribute::Sign(true)],
+        )
+        .unwrap();
+    }
+    let (running, c) = start_on(&tokens, Arc::new(hsm_kms::clock::SystemClock)).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let r = c
+            .call(
+                "Verify",
+                json!({"KeyId": key, "Message": msg, "Signature": sig,
+                       "SigningAlgorithm": "ECDSA_SHA_256"}),
+            )
+            .await;
+        if r.status != 200 || r.body["SignatureValid"] != json!(true) {
+            refused += 1;
+        }
+    }
+    println!("verify with a drifted public copy: 20 calls, {refused} refused");
+    assert_eq!(refused, 0);
+    running.stop().await;
+}

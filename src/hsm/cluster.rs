@@ -620,11 +620,37 @@ impl HsmCluster {
         digest: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<bool, HsmError> {
+        let key = id.to_vec();
         let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
+        let verify = Arc::new(move |ctx: &mut WorkerCtx<'_>| {
             keypair::verify(ctx, &id, scheme, &digest, &signature)
-        })
-        .await
+        });
+        let v1 = verify.clone();
+        let (first, valid) = self
+            .run_indexed(self.opts.call_timeout, move |ctx| v1(ctx))
+            .await?;
+        if valid {
+            return Ok(true);
+        }
+        // A signature refused by one HSM's copy of the public key is checked once on
+        // another before it is answered invalid: a drifted copy must not refuse good ones.
+        let Some((_, other)) = self.pick(Some(first)) else {
+            return Ok(false);
+        };
+        let valid = other
+            .call(self.opts.call_timeout, move |ctx| verify(ctx))
+            .await?;
+        if valid {
+            let failed = self.hsms.get(first).map(|p| p.node().name().to_string());
+            tracing::error!(
+                target: "hsm_kms::audit",
+                failed = ?failed,
+                verified = %other.node().name(),
+                object = %hex::encode(&key),
+                "drift finding: a signature one HSM's copy of a public key refused verified on another"
+            );
+        }
+        Ok(valid)
     }
 
     /// HMAC of `msg` under HMAC key `id`.
