@@ -188,6 +188,18 @@ impl HsmCluster {
         self.run_indexed(timeout, f).await.map(|(_, v)| v)
     }
 
+    /// Have `pool`'s copy of secret key `id` verified again now (quarantined if it disagrees
+    /// with its recorded check value); the outcome is logged, not returned.
+    async fn reverify(&self, pool: &Pool, id: &[u8]) {
+        let id = id.to_vec();
+        let _ = pool
+            .call(self.opts.call_timeout, move |ctx| {
+                ctx.instance().handles.clear_verified(&id);
+                ctx.handle(ObjectKind::Secret, &id).map(|_| ())
+            })
+            .await;
+    }
+
     /// [`HsmCluster::run`], also naming (by index) the HSM that answered.
     async fn run_indexed<T, F>(&self, timeout: Duration, f: F) -> Result<(usize, T), HsmError>
     where
@@ -217,21 +229,27 @@ impl HsmCluster {
         }
     }
 
-    /// Run `f` on one HSM like [`HsmCluster::run`]; in paranoid mode, also have another
-    /// HSM confirm the answer with `confirm` (decrypt what was encrypted, compute the same
-    /// MAC, verify the signature) before it leaves. An answer another HSM does not confirm
-    /// is never sent: the first HSM's copy of key `id` is re-verified (and quarantined if
-    /// it disagrees with its recorded check value) and the caller gets a retryable error.
-    async fn run_confirmed<T, F, C>(&self, id: &[u8], f: F, confirm: C) -> Result<T, HsmError>
+    /// Run `f` on one HSM like [`HsmCluster::run`]; with a `confirm` (paranoid mode: the
+    /// callers build it, and copy what it needs, only then), also have another HSM confirm
+    /// the answer (decrypt what was encrypted, compute the same MAC, verify the signature)
+    /// before it leaves. An answer another HSM does not confirm is never sent: the first
+    /// HSM's copy of key `id` is re-verified (and quarantined if it disagrees with its
+    /// recorded check value) and the caller gets a retryable error.
+    async fn run_confirmed<T, F, C>(
+        &self,
+        id: &[u8],
+        f: F,
+        confirm: Option<C>,
+    ) -> Result<T, HsmError>
     where
         T: Send + Sync + 'static,
         F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
         C: Fn(&mut WorkerCtx<'_>, &T) -> Result<bool, HsmError> + Send + Sync + 'static,
     {
         let timeout = self.opts.call_timeout;
-        if !self.opts.paranoid {
+        let Some(confirm) = confirm else {
             return self.run(timeout, f).await;
-        }
+        };
         let (first, v) = self.run_indexed(timeout, f).await?;
         let Some((_, other)) = self.pick(Some(first)) else {
             // One usable HSM: nothing to confirm with (the copy was verified at first use).
@@ -254,13 +272,7 @@ impl HsmCluster {
             object = %hex::encode(id),
             "paranoid check: an answer was not confirmed by another HSM and was not sent"
         );
-        let key = id.to_vec();
-        let _ = pool
-            .call(timeout, move |ctx| {
-                ctx.instance().handles.clear_verified(&key);
-                ctx.handle(ObjectKind::Secret, &key).map(|_| ())
-            })
-            .await;
+        self.reverify(pool, id).await;
         Err(HsmError::Unconfirmed(format!(
             "{}'s answer for {} was not confirmed by {}",
             pool.node().name(),
@@ -398,15 +410,18 @@ impl HsmCluster {
         aad: Vec<u8>,
         plaintext: Zeroizing<Vec<u8>>,
     ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
-        let (key, aad2, pt2) = (id.to_vec(), aad.clone(), plaintext.clone());
-        let id = id.to_vec();
+        let confirm = self.opts.paranoid.then(|| {
+            let (key, aad, pt) = (id.to_vec(), aad.clone(), plaintext.clone());
+            move |ctx: &mut WorkerCtx<'_>, (iv, ct): &([u8; IV_LEN], Vec<u8>)| {
+                let back = aes::gcm_decrypt(ctx, &key, iv, &aad, ct);
+                Ok(matches!(back, Ok(b) if b.as_slice() == pt.as_slice()))
+            }
+        });
+        let key = id.to_vec();
         self.run_confirmed(
-            &key.clone(),
-            move |ctx| aes::gcm_encrypt(ctx, &id, &aad, &plaintext),
-            move |ctx, (iv, ct)| {
-                let back = aes::gcm_decrypt(ctx, &key, iv, &aad2, ct);
-                Ok(matches!(back, Ok(b) if b.as_slice() == pt2.as_slice()))
-            },
+            id,
+            move |ctx| aes::gcm_encrypt(ctx, &key, &aad, &plaintext),
+            confirm,
         )
         .await
     }
@@ -457,12 +472,7 @@ impl HsmCluster {
                 "a ciphertext failed authentication on one HSM and opened on another; \
                  re-verifying the first copy"
             );
-            let _ = pool
-                .call(self.opts.call_timeout, move |ctx| {
-                    ctx.instance().handles.clear_verified(&key);
-                    ctx.handle(ObjectKind::Secret, &key).map(|_| ())
-                })
-                .await;
+            self.reverify(pool, &key).await;
         }
         Ok(v)
     }
@@ -476,19 +486,23 @@ impl HsmCluster {
         n: usize,
         aad: Vec<u8>,
     ) -> Result<(Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>), HsmError> {
-        let (key, aad2) = (id.to_vec(), aad.clone());
-        let id = id.to_vec();
+        type DataKey = (Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>);
+        let confirm = self.opts.paranoid.then(|| {
+            let (key, aad) = (id.to_vec(), aad.clone());
+            move |ctx: &mut WorkerCtx<'_>, (dk, iv, ct): &DataKey| {
+                let back = aes::gcm_decrypt(ctx, &key, iv, &aad, ct);
+                Ok(matches!(back, Ok(b) if b.as_slice() == dk.as_slice()))
+            }
+        });
+        let key = id.to_vec();
         self.run_confirmed(
-            &key.clone(),
+            id,
             move |ctx| {
                 let dk = Zeroizing::new(ctx.random(n)?);
-                let (iv, ct) = aes::gcm_encrypt(ctx, &id, &aad, &dk)?;
+                let (iv, ct) = aes::gcm_encrypt(ctx, &key, &aad, &dk)?;
                 Ok((dk, iv, ct))
             },
-            move |ctx, (dk, iv, ct)| {
-                let back = aes::gcm_decrypt(ctx, &key, iv, &aad2, ct);
-                Ok(matches!(back, Ok(b) if b.as_slice() == dk.as_slice()))
-            },
+            confirm,
         )
         .await
     }
@@ -602,12 +616,17 @@ impl HsmCluster {
         scheme: SignScheme,
         digest: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
-        let (key, digest2) = (id.to_vec(), digest.clone());
-        let id = id.to_vec();
+        let confirm = self.opts.paranoid.then(|| {
+            let (key, digest) = (id.to_vec(), digest.clone());
+            move |ctx: &mut WorkerCtx<'_>, sig: &Vec<u8>| {
+                keypair::verify(ctx, &key, scheme, &digest, sig)
+            }
+        });
+        let key = id.to_vec();
         self.run_confirmed(
-            &key.clone(),
-            move |ctx| keypair::sign(ctx, &id, scheme, &digest),
-            move |ctx, sig| keypair::verify(ctx, &key, scheme, &digest2, sig),
+            id,
+            move |ctx| keypair::sign(ctx, &key, scheme, &digest),
+            confirm,
         )
         .await
     }
@@ -655,14 +674,16 @@ impl HsmCluster {
 
     /// HMAC of `msg` under HMAC key `id`.
     pub async fn hmac(&self, id: &[u8], h: Hash, msg: Vec<u8>) -> Result<Vec<u8>, HsmError> {
-        let (key, msg2) = (id.to_vec(), msg.clone());
-        let id = id.to_vec();
-        self.run_confirmed(
-            &key.clone(),
-            move |ctx| hmac::hmac(ctx, &id, h, &msg),
-            move |ctx, mac| Ok(hmac::hmac(ctx, &key, h, &msg2)? == *mac),
-        )
-        .await
+        let confirm =
+            self.opts.paranoid.then(|| {
+                let (key, msg) = (id.to_vec(), msg.clone());
+                move |ctx: &mut WorkerCtx<'_>, mac: &Vec<u8>| {
+                    Ok(hmac::hmac(ctx, &key, h, &msg)? == *mac)
+                }
+            });
+        let key = id.to_vec();
+        self.run_confirmed(id, move |ctx| hmac::hmac(ctx, &key, h, &msg), confirm)
+            .await
     }
 
     /// RSA-OAEP decryption with private key `id` whose modulus is `k` bytes.

@@ -41,7 +41,7 @@ pub(super) fn probe(ctx: &mut WorkerCtx<'_>) -> Result<Protections, HsmError> {
         .generate_key(&Mechanism::AesKeyGen, &templates::probe_protected_key())
         .map_err(|e| ctx.err(Operation::CustodyProbe, e))?;
     let s = ctx.session();
-    let own = s.generate_key(&Mechanism::AesKeyGen, &templates::untrusted_wrapping_key());
+    let own = s.generate_key(&Mechanism::AesKeyGen, &templates::probe_wrapping_key());
     let wrap_with_trusted = match own {
         Ok(own) => {
             let refused = s.wrap_key(&mechanisms::key_wrap(), own, protected).is_err();

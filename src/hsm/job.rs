@@ -85,12 +85,13 @@ impl<'a> WorkerCtx<'a> {
     /// evidence), logged as a drift finding, and answered as missing on this HSM (so the
     /// call fails over and re-sync replaces it).
     fn verify_once(&mut self, id: &[u8], h: ObjectHandle) -> Result<(), HsmError> {
-        let Some(expected) = self.expected_check(id) else {
-            return Ok(());
-        };
+        // The common case (already verified in this instance) costs one lookup.
         if self.inst.handles.is_verified(id) {
             return Ok(());
         }
+        let Some(expected) = self.expected_check(id) else {
+            return Ok(());
+        };
         let found = integrity::secret_kind(self.session, h)
             .and_then(|kind| integrity::compute(self.session, h, kind))
             .map_err(|e| self.err(Operation::CheckValue, e))?;

@@ -373,18 +373,6 @@ pub(super) fn trusted_transport_public(modulus: &[u8], exponent: &[u8]) -> Vec<A
     ]
 }
 
-/// Custody probe: a user-made session AES key that wraps (never trusted).
-pub(super) fn untrusted_wrapping_key() -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::ValueLen(32.into()),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-    ]
-}
-
 /// Custody probe: a session key that asks, at unwrap, to be readable (not sensitive):
 /// the CWK's unwrap template must make the token refuse it.
 pub(super) fn weak_unwrap() -> Vec<Attribute> {
@@ -420,7 +408,7 @@ pub(super) fn probe_rsa_pair() -> (Vec<Attribute>, Vec<Attribute>) {
     )
 }
 
-/// Capability probe: a session AES wrapping key.
+/// Capability and custody probes: a user-made session AES wrapping key (never trusted).
 pub(super) fn probe_wrapping_key() -> Vec<Attribute> {
     vec![
         Attribute::Token(false),
