@@ -326,20 +326,23 @@ fn hsm_enroll(
     let Some(target) = nodes.iter().find(|n| n.name == name) else {
         bail!("no HSM named '{name}' in the config");
     };
-    let mut source = None;
-    for n in nodes.iter().filter(|n| n.name != name) {
-        match ceremony::cwk_state(n) {
-            Ok(ceremony::CwkState::Trusted) => {
-                source = Some(n);
-                break;
+    // The other HSMs that hold the trusted cluster wrapping key, read once: the first is
+    // the source, and with the target they are the enrolled HSMs afterwards.
+    let enrolled_others: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.name != name)
+        .filter(|n| match ceremony::cwk_state(n) {
+            Ok(state) => state == ceremony::CwkState::Trusted,
+            Err(e) => {
+                eprintln!(
+                    "hsm-kms: {} cannot be read ({e}); not used as the source",
+                    n.name
+                );
+                false
             }
-            Ok(_) => {}
-            Err(e) => eprintln!(
-                "hsm-kms: {} cannot be read ({e}); not used as the source",
-                n.name
-            ),
-        }
-    }
+        })
+        .collect();
+    let source = enrolled_others.first().copied();
     let target_so = so_pin(so_pin_file, name)?;
     let source_so = match source {
         Some(s) => Some(so_pin(source_so_pin_file.or(so_pin_file), &s.name)?),
@@ -365,10 +368,7 @@ fn hsm_enroll(
             println!("{name}: received the cluster wrapping key from {from}")
         }
     }
-    let enrolled = nodes
-        .iter()
-        .filter(|n| matches!(ceremony::cwk_state(n), Ok(ceremony::CwkState::Trusted)))
-        .count();
+    let enrolled = enrolled_others.len() + 1;
     if enrolled < 2 {
         println!("{enrolled} HSM enrolled; enroll at least one more before serving");
         return Ok(());

@@ -97,18 +97,9 @@ async fn a_drifted_copy_is_never_used_and_is_replaced() {
     let svc = service().await;
     let c = &svc.client;
     let mac_key = c
-        .ok(
-            "CreateKey",
-            json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
-        )
-        .await["KeyMetadata"]["KeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let aes_key = c.ok("CreateKey", json!({})).await["KeyMetadata"]["KeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_key(json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}))
+        .await;
+    let aes_key = c.create_key(json!({})).await;
     let mut macs = Vec::new();
     let mut blobs = Vec::new();
     for i in 0..4 {
@@ -194,10 +185,7 @@ async fn a_drifted_copy_is_never_used_and_is_replaced() {
 async fn a_tag_failure_on_one_hsm_is_retried_on_another() {
     let svc = service().await;
     let c = &svc.client;
-    let key = c.ok("CreateKey", json!({})).await["KeyMetadata"]["KeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = c.create_key(json!({})).await;
     let mut blobs = Vec::new();
     for i in 0..4 {
         let msg = b64(format!("message {i}").as_bytes());
@@ -245,14 +233,8 @@ async fn paranoid_mode_never_sends_an_answer_another_hsm_does_not_confirm() {
     let svc = service().await;
     let c = &svc.client;
     let mac_key = c
-        .ok(
-            "CreateKey",
-            json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
-        )
-        .await["KeyMetadata"]["KeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_key(json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}))
+        .await;
     let msg = b64(b"paranoid");
     let reference = c
         .ok(
@@ -303,14 +285,8 @@ async fn a_signature_refused_by_one_hsm_is_checked_on_another() {
     let svc = service().await;
     let c = &svc.client;
     let key = c
-        .ok(
-            "CreateKey",
-            json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}),
-        )
-        .await["KeyMetadata"]["KeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .create_key(json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}))
+        .await;
     let msg = b64(b"signed");
     let sig = c
         .ok(

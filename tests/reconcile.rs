@@ -46,8 +46,7 @@ async fn reconcile_reports_and_fixes_only_what_is_ours() {
     let svc = service().await;
     let mut keys = Vec::new();
     for _ in 0..2 {
-        let r = svc.client.ok("CreateKey", json!({})).await;
-        keys.push(r["KeyMetadata"]["KeyId"].as_str().unwrap().to_string());
+        keys.push(svc.client.create_key(json!({})).await);
     }
     let lost = format!("kms/{}/1", keys[1]);
     let Service {

@@ -195,7 +195,13 @@ impl Client {
 
     /// POST `body` with `h` (the host header is reqwest's own) and read the reply.
     async fn post(&self, h: &http::HeaderMap, body: Vec<u8>) -> Reply {
-        let mut req = self.http.post(format!("{}/", self.url)).body(body);
+        let req = self.http.post(format!("{}/", self.url)).body(body);
+        self.exchange(req, h).await
+    }
+
+    /// Send `req` with the headers `h` (but `host`, which is reqwest's own) and read the
+    /// reply.
+    async fn exchange(&self, mut req: reqwest::RequestBuilder, h: &http::HeaderMap) -> Reply {
         for (k, v) in h.iter() {
             if k != "host" {
                 req = req.header(k.as_str(), v.to_str().unwrap());
@@ -279,29 +285,16 @@ impl Client {
                 time::OffsetDateTime::now_utc(),
             );
         }
-        let mut req = self.http.get(format!("{}/health", self.url));
-        for (k, v) in h.iter() {
-            if k != "host" {
-                req = req.header(k.as_str(), v.to_str().unwrap());
-            }
-        }
-        let r = req.send().await.expect("http");
-        let status = r.status().as_u16();
-        let request_id = r
-            .headers()
-            .get("x-amzn-requestid")
-            .map(|v| v.to_str().unwrap().to_string());
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_string());
-        let bytes = r.bytes().await.unwrap();
-        Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            request_id,
-            content_type,
-        }
+        let req = self.http.get(format!("{}/health", self.url));
+        self.exchange(req, &h).await
+    }
+
+    /// CreateKey with these parameters; the new key's id.
+    pub(crate) async fn create_key(&self, params: Value) -> String {
+        self.ok("CreateKey", params).await["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub(crate) async fn call(&self, op: &str, body: Value) -> Reply {
