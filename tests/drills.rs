@@ -318,6 +318,18 @@ struct Row {
 }
 
 impl Row {
+    /// The line of a drill whose load was counted in `tally`.
+    fn of(fault: &'static str, tally: &Tally, recovered: Duration, extra: String) -> Row {
+        Row {
+            fault,
+            requests: tally.requests.load(Ordering::Relaxed),
+            failed: tally.retryable.load(Ordering::Relaxed),
+            wrong: tally.wrong.load(Ordering::Relaxed),
+            recovered,
+            extra,
+        }
+    }
+
     fn print(&self) {
         println!(
             "DRILL | {} | {} requests | {} failed (DependencyTimeoutException) | {} wrong | healthy {:.2} s after the repair{}",
@@ -422,14 +434,12 @@ async fn drill_on_a(
         )
     });
     let n = all_made_decrypt(&s.client, &tally).await;
-    let row = Row {
+    let row = Row::of(
         fault,
-        requests: tally.requests.load(Ordering::Relaxed),
-        failed: tally.retryable.load(Ordering::Relaxed),
-        wrong: tally.wrong.load(Ordering::Relaxed),
+        &tally,
         recovered,
-        extra: format!(" | {n} blobs made during the drill all decrypt"),
-    };
+        format!(" | {n} blobs made during the drill all decrypt"),
+    );
     judge(&row, &tally);
     assert_eq!(
         s.running.cluster.health()[1].reinitializations,
@@ -557,18 +567,11 @@ async fn drill_4_one_hsm_of_three_lost_while_keys_are_created() {
     assert!(resynced, "keys created while a was lost never reached it");
     let recovered = recovered.unwrap_or_else(|| panic!("hsm a never recovered: {:?}", cl.health()));
     let n = all_made_decrypt(&s.client, &tally).await;
-    let row = Row {
-        fault,
-        requests: tally.requests.load(Ordering::Relaxed),
-        failed: tally.retryable.load(Ordering::Relaxed),
-        wrong: tally.wrong.load(Ordering::Relaxed),
-        recovered,
-        extra: format!(
+    let row = Row::of(fault, &tally, recovered, format!(
             " | {} keys created meanwhile, on a {:.2} s after the repair | {n} blobs made during the drill all decrypt",
             created.len(),
             resync_time.as_secs_f64()
-        ),
-    };
+        ));
     judge(&row, &tally);
 }
 
