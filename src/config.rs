@@ -74,6 +74,14 @@ pub struct Config {
     /// Health probe period per HSM, in milliseconds. Default 1000.
     #[serde(default = "default_probe")]
     pub probe_interval_ms: u64,
+    /// Where each HSM's PKCS#11 module runs: `"process"` (default), in a supervised host
+    /// process of its own (`hsm-kms hsm-host`), restarted when it crashes or hangs; or
+    /// `"in-process"`, inside the service.
+    #[serde(default)]
+    pub hsm_isolation: Isolation,
+    /// The program started as each HSM's host process. Default: the running `hsm-kms`.
+    #[serde(default)]
+    pub hsm_host_program: Option<PathBuf>,
     /// Largest accepted request body, in bytes. Default 65536.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
@@ -86,6 +94,17 @@ pub struct Config {
     /// The HSMs (at least two).
     #[serde(default)]
     pub hsm: Vec<HsmEntry>,
+}
+
+/// Where each HSM's PKCS#11 module runs (`hsm_isolation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A supervised host process per HSM.
+    #[default]
+    Process,
+    /// Inside the service process.
+    InProcess,
 }
 
 /// One `[[hsm]]` table.
@@ -264,10 +283,21 @@ impl Loaded {
             .collect()
     }
 
-    /// Cluster tunables.
-    pub fn cluster_options(&self) -> ClusterOptions {
+    /// Cluster tunables. With process isolation, the host program is the configured one,
+    /// else the running executable.
+    pub fn cluster_options(&self) -> Result<ClusterOptions, ConfigError> {
         let c = &self.config;
-        ClusterOptions {
+        let host_program = match c.hsm_isolation {
+            Isolation::InProcess => None,
+            Isolation::Process => Some(match &c.hsm_host_program {
+                Some(p) => self.base.join(p),
+                None => std::env::current_exe().map_err(|e| ConfigError::Invalid {
+                    path: "hsm_host_program".into(),
+                    message: format!("cannot find the running executable: {e}"),
+                })?,
+            }),
+        };
+        Ok(ClusterOptions {
             workers_per_hsm: c.workers_per_hsm,
             call_timeout: Duration::from_millis(c.call_timeout_ms),
             keygen_timeout: Duration::from_millis(c.keygen_timeout_ms),
@@ -275,8 +305,14 @@ impl Loaded {
             keygen_queue_depth: c.keygen_queue_depth,
             paranoid: c.paranoid_checks,
             probe_interval: Duration::from_millis(c.probe_interval_ms),
+            host_program,
             ..ClusterOptions::default()
-        }
+        })
+    }
+
+    /// Whether each HSM runs in a host process of its own.
+    pub fn hosted(&self) -> bool {
+        self.config.hsm_isolation == Isolation::Process
     }
 }
 
@@ -295,6 +331,8 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # keygen_queue_depth = 4\n\
          # paranoid_checks = false\n\
          # probe_interval_ms = 1000\n\
+         # hsm_isolation = \"process\"     # or \"in-process\"\n\
+         # hsm_host_program = \"/usr/local/bin/hsm-kms\"   # default: this hsm-kms\n\
          # max_body_bytes = 65536\n\
          # maintenance_interval_ms = 10000\n\
          # on_demand_rotation_limit = 25\n",

@@ -91,6 +91,15 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Serve one HSM for the service that started this process (internal: the service
+    /// starts one per HSM when `hsm.isolation = "process"`). Reads its configuration and
+    /// jobs on stdin, answers on stdout, logs on stderr; ends when stdin closes.
+    #[command(hide = true)]
+    HsmHost {
+        /// The HSM's name (shown in process listings; the configuration comes on stdin).
+        #[arg(long)]
+        hsm: String,
+    },
     /// Benchmark: raw PKCS#11 AES-GCM against the same operation through the HSM layer,
     /// on fresh local SoftHSM2 tokens, in one run.
     BenchHsm {
@@ -185,10 +194,17 @@ fn run(cli: Cli) -> Result<()> {
             println!("{report}");
             Ok(())
         }
+        Cmd::HsmHost { hsm: _ } => {
+            hsm_kms::hsm::serve_host(std::io::stdin().lock(), std::io::stdout())?;
+            Ok(())
+        }
         Cmd::Serve { config, listen } => {
             let loaded = load_config(config)?;
-            // Before the runtime starts any thread (see prepare_environment).
-            hsm_kms::hsm::prepare_environment(&loaded.nodes()?);
+            // Before the runtime starts any thread (see prepare_environment); hosted HSMs
+            // get their environment on their own process instead.
+            if !loaded.hosted() {
+                hsm_kms::hsm::prepare_environment(&loaded.nodes()?);
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -269,11 +285,11 @@ fn setup_local(state_dir: &Path, so_pin_file: Option<&Path>) -> Result<()> {
 
 /// The service configuration of a command that opens the store and the cluster without
 /// serving.
-fn offline_config(loaded: &Loaded, nodes: Vec<hsm_kms::hsm::NodeConfig>) -> ServiceConfig {
+fn offline_config(loaded: &Loaded, nodes: Vec<hsm_kms::hsm::NodeConfig>) -> Result<ServiceConfig> {
     let c = &loaded.config;
-    ServiceConfig {
+    Ok(ServiceConfig {
         nodes,
-        cluster: loaded.cluster_options(),
+        cluster: loaded.cluster_options()?,
         database: loaded.state_dir.join("metadata.sqlite"),
         listen: String::new(),
         region: c.region.clone(),
@@ -281,13 +297,13 @@ fn offline_config(loaded: &Loaded, nodes: Vec<hsm_kms::hsm::NodeConfig>) -> Serv
         max_body_bytes: c.max_body_bytes,
         clock: Arc::new(SystemClock),
         maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
-    }
+    })
 }
 
 fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
     let nodes = loaded.nodes()?;
     hsm_kms::hsm::prepare_environment(&nodes);
-    let cfg = offline_config(loaded, nodes);
+    let cfg = offline_config(loaded, nodes)?;
     let mut progress = |step: &str| println!("reconcile: {step}");
     let report = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -373,7 +389,7 @@ fn hsm_enroll(
         println!("{enrolled} HSM enrolled; enroll at least one more before serving");
         return Ok(());
     }
-    let cfg = offline_config(loaded, nodes);
+    let cfg = offline_config(loaded, nodes)?;
     let started = std::time::Instant::now();
     let mut progress = |done: usize, all: usize| {
         println!("copying keys: {done}/{all}");
@@ -393,7 +409,7 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
     let c = &loaded.config;
     let running = app::start(ServiceConfig {
         nodes: loaded.nodes()?,
-        cluster: loaded.cluster_options(),
+        cluster: loaded.cluster_options()?,
         database: loaded.state_dir.join("metadata.sqlite"),
         listen: listen.unwrap_or_else(|| c.listen.clone()),
         region: c.region.clone(),

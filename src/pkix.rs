@@ -33,7 +33,7 @@ const SECP256K1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.10")
 const MAX_DER_LEN: usize = 4 + 0xFFFF;
 
 /// Curves the service uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Curve {
     /// NIST P-256 (secp256r1): KMS `ECC_NIST_P256`.
     P256,
@@ -275,7 +275,7 @@ pub fn ecdsa_der_to_raw(der: &[u8], n: usize) -> Option<Vec<u8>> {
 }
 
 /// Hash functions of the signing, MAC and OAEP algorithms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Hash {
     /// SHA-1 (OAEP only: KMS `RSAES_OAEP_SHA_1`).
     Sha1,

@@ -6,6 +6,7 @@
 use super::error::{HsmError, Operation};
 use super::handles::{ObjectKind, CWK_ID};
 use super::job::WorkerCtx;
+use super::kinds::Secret;
 use super::mechanisms::{self, IV_LEN};
 use super::templates;
 use cryptoki::mechanism::Mechanism;
@@ -23,11 +24,22 @@ pub(super) fn gcm_encrypt(
     plaintext: &[u8],
 ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
     let iv = ctx.next_iv()?;
-    let ct = ctx.with_key(Operation::AesGcmEncrypt, ObjectKind::Secret, key, |s, h| {
+    let ct = gcm_encrypt_with(ctx, key, iv, aad, plaintext)?;
+    Ok((iv, ct))
+}
+
+/// AES-256-GCM encrypt with the given IV (drawn by the cluster); returns ciphertext ‖ tag.
+pub(super) fn gcm_encrypt_with(
+    ctx: &mut WorkerCtx<'_>,
+    key: &[u8],
+    iv: [u8; IV_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, HsmError> {
+    ctx.with_key(Operation::AesGcmEncrypt, ObjectKind::Secret, key, |s, h| {
         let mut iv2 = iv;
         s.encrypt(&mechanisms::gcm(&mut iv2, aad)?, h, plaintext)
-    })?;
-    Ok((iv, ct))
+    })
 }
 
 /// AES-256-GCM decrypt; a failed tag or malformed input is `InvalidCiphertext`.
@@ -92,14 +104,14 @@ pub(super) fn unwrap_secret(
 
 /// An AES key in transit: wrapped under the cluster wrapping key, plus a GCM proof
 /// (IV, plaintext, ciphertext) that the copy must decrypt.
-pub(super) type AesTransfer = (Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>, Vec<u8>);
+pub(super) type AesTransfer = (Secret, [u8; IV_LEN], Vec<u8>, Vec<u8>);
 
 /// Source side of a copy: wrap the key and encrypt a random proof with it.
 pub(super) fn export(ctx: &mut WorkerCtx<'_>, id: &[u8]) -> Result<AesTransfer, HsmError> {
     let wrapped = wrap_secret(ctx, CWK_ID, id)?;
     let pt = ctx.random(32)?;
     let (iv, ct) = gcm_encrypt(ctx, id, PROOF_AAD, &pt)?;
-    Ok((wrapped, iv, pt, ct))
+    Ok((wrapped.into(), iv, pt, ct))
 }
 
 /// Receiving side: unwrap the key and decrypt the proof with the copy.

@@ -12,22 +12,22 @@
 //! `DependencyTimeoutException`). AES and HMAC key creation is one `C_GenerateKey` of a few
 //! milliseconds and stays in the crypto lane.
 
-use super::aes;
+use super::command::{Command, Control, FromReply, Reply, Transfer};
 use super::enrollment;
 use super::error::{Fault, HsmError};
 use super::handles::ObjectKind;
 use super::health;
-use super::hmac;
+use super::host::HostLink;
 use super::instance::NodeConfig;
-use super::integrity::{self, Expected, CHECK_LEN};
-use super::job::WorkerCtx;
-use super::keypair;
-use super::kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, SignScheme};
+use super::integrity::{Expected, CHECK_LEN};
+use super::iv::IvSource;
+use super::kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, Secret, SignScheme};
 use super::mechanisms::IV_LEN;
 use super::node::{HsmHealth, Node, NodeOptions, NodeState};
-use super::replication::{Replicator, Transfer};
+use super::replication::Replicator;
 use super::worker::Pool;
 use crate::pkix::{Curve, Hash};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +64,11 @@ pub struct ClusterOptions {
     /// the metadata store). `None`: random IVs from `C_GenerateRandom`, which bound each key
     /// to 2^32 encryptions; only for HSM-level tests and benchmarks.
     pub iv_fixed_field: Option<u32>,
+    /// Where each HSM is served: `None` in this process (its module loaded here, its
+    /// environment set around `C_Initialize`); `Some(program)`: in a host process of its
+    /// own, `program hsm-host` (the `hsm-kms` binary), supervised and restarted by the
+    /// service (see `host`).
+    pub host_program: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -79,6 +84,7 @@ impl Default for ClusterOptions {
             min_copies: 2,
             paranoid: false,
             iv_fixed_field: None,
+            host_program: None,
         }
     }
 }
@@ -88,16 +94,28 @@ pub struct HsmCluster {
     hsms: Vec<Pool>,
     opts: ClusterOptions,
     rr: AtomicUsize,
-    /// Recorded check values of the keys, shared with every HSM's workers.
+    /// Recorded check values of the keys, shared with every in-process HSM's workers (and
+    /// sent to every host process).
     checks: Arc<Expected>,
+    /// Deterministic GCM IVs of this process start (`None`: drawn in the HSMs).
+    iv: Option<Arc<IvSource>>,
 }
+
+/// The confirmation of an answer by a second HSM (paranoid mode): the command it runs, and
+/// what its outcome must be.
+type Confirmation = (
+    Command,
+    Box<dyn FnOnce(Result<Reply, HsmError>) -> Result<bool, HsmError> + Send>,
+);
 
 impl HsmCluster {
     /// Open every HSM (blocking), then make sure the enrolled ones hold the same cluster
     /// wrapping key. Refuses to start with fewer than two HSMs configured, or when no
     /// enrolled HSM can be opened; an HSM that cannot be opened is started down (a refused
     /// PIN: failed), reported in [`HsmCluster::health`], retried in the background and
-    /// proven (`enrollment::admit`) before it is used.
+    /// proven (`enrollment::admit`) before it is used. With `opts.host_program`, each HSM is
+    /// opened by a host process of its own, all of them at once, each within the key
+    /// generation deadline (a hung module then delays the start by at most that).
     pub fn connect(cfgs: Vec<NodeConfig>, opts: ClusterOptions) -> Result<HsmCluster, HsmError> {
         if cfgs.len() < 2 {
             return Err(HsmError::Setup {
@@ -115,6 +133,7 @@ impl HsmCluster {
             }
         }
         let checks = Arc::new(Expected::default());
+        let iv = opts.iv_fixed_field.map(|f| Arc::new(IvSource::new(f)));
         let nopts = NodeOptions {
             workers: opts.workers_per_hsm,
             queue_depth: opts.queue_depth,
@@ -123,31 +142,22 @@ impl HsmCluster {
             keygen_timeout: opts.keygen_timeout,
             probe_interval: opts.probe_interval,
             probe_timeout: opts.call_timeout,
-            iv: opts
-                .iv_fixed_field
-                .map(|f| Arc::new(super::iv::IvSource::new(f))),
+            iv: iv.clone(),
             checks: checks.clone(),
         };
         // Every HSM that can be opened is; one that cannot (module missing, token folder
         // missing or unreadable, no token with its label…) is started `Down` (a refused PIN
         // `Failed`) with its error in the health report, and its monitor keeps trying.
-        let mut hsms: Vec<Pool> = Vec::new();
-        for cfg in cfgs {
-            let node = Arc::new(Node::open(cfg, nopts.clone()));
-            match Pool::start(node.clone()) {
-                Ok(pool) => hsms.push(pool),
-                Err(e) => {
-                    node.shutdown();
-                    hsms.iter().for_each(|p| p.node().shutdown());
-                    return Err(e);
-                }
-            }
-        }
+        let hsms = match &opts.host_program {
+            None => open_in_process(cfgs, &nopts)?,
+            Some(program) => open_hosted(cfgs, &nopts, program, &checks, opts.keygen_timeout),
+        };
         let cluster = HsmCluster {
             hsms,
             opts,
             rr: AtomicUsize::new(0),
             checks,
+            iv,
         };
         let t = cluster.opts.keygen_timeout;
         // Dropping the cluster on an error shuts every HSM down.
@@ -179,40 +189,45 @@ impl HsmCluster {
             })
     }
 
-    /// Run `f` on one HSM; a retryable failure is retried once on another HSM.
-    async fn run<T, F>(&self, timeout: Duration, f: F) -> Result<T, HsmError>
-    where
-        T: Send + 'static,
-        F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
-    {
-        self.run_indexed(timeout, f).await.map(|(_, v)| v)
+    /// The IV of the next request-path GCM encryption, from this start's deterministic
+    /// source (`None`: the HSM draws one).
+    fn next_iv(&self) -> Result<Option<[u8; IV_LEN]>, HsmError> {
+        match &self.iv {
+            None => Ok(None),
+            Some(source) => source.next().map(Some).ok_or_else(|| {
+                HsmError::Internal("the GCM IV counter of this process start is exhausted".into())
+            }),
+        }
+    }
+
+    /// Run the command `make` builds on one HSM; a retryable failure is retried once, with
+    /// a command built afresh, on another HSM.
+    async fn run<T: FromReply>(
+        &self,
+        timeout: Duration,
+        make: impl Fn() -> Result<Command, HsmError>,
+    ) -> Result<T, HsmError> {
+        self.run_indexed(timeout, make).await.map(|(_, v)| v)
     }
 
     /// Have `pool`'s copy of secret key `id` verified again now (quarantined if it disagrees
     /// with its recorded check value); the outcome is logged, not returned.
     async fn reverify(&self, pool: &Pool, id: &[u8]) {
-        let id = id.to_vec();
-        let _ = pool
-            .call(self.opts.call_timeout, move |ctx| {
-                ctx.instance().handles.clear_verified(&id);
-                ctx.handle(ObjectKind::Secret, &id).map(|_| ())
-            })
-            .await;
+        let cmd = Command::Reverify { id: id.to_vec() };
+        let _ = pool.call::<()>(self.opts.call_timeout, cmd).await;
     }
 
     /// [`HsmCluster::run`], also naming (by index) the HSM that answered.
-    async fn run_indexed<T, F>(&self, timeout: Duration, f: F) -> Result<(usize, T), HsmError>
-    where
-        T: Send + 'static,
-        F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
-    {
-        let f = Arc::new(f);
+    async fn run_indexed<T: FromReply>(
+        &self,
+        timeout: Duration,
+        make: impl Fn() -> Result<Command, HsmError>,
+    ) -> Result<(usize, T), HsmError> {
         let (first, pool) = self.pick(None).ok_or(HsmError::NotEnoughHsms {
             healthy: 0,
             needed: 1,
         })?;
-        let f1 = f.clone();
-        match pool.call(timeout, move |ctx| f1(ctx)).await {
+        match pool.call(timeout, make()?).await {
             Ok(v) => Ok((first, v)),
             Err(e) if e.retryable() && e.fault() != Fault::Capacity => {
                 pool.node().suspect(&e);
@@ -220,47 +235,36 @@ impl HsmCluster {
                     return Err(e);
                 };
                 tracing::warn!(failed = %pool.node().name(), retry = %second.node().name(), error = %e, "failing over");
-                second
-                    .call(timeout, move |ctx| f(ctx))
-                    .await
-                    .map(|v| (i, v))
+                second.call(timeout, make()?).await.map(|v| (i, v))
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Run `f` on one HSM like [`HsmCluster::run`]; with a `confirm` (paranoid mode: the
-    /// callers build it, and copy what it needs, only then), also have another HSM confirm
-    /// the answer (decrypt what was encrypted, compute the same MAC, verify the signature)
-    /// before it leaves. An answer another HSM does not confirm is never sent: the first
-    /// HSM's copy of key `id` is re-verified (and quarantined if it disagrees with its
-    /// recorded check value) and the caller gets a retryable error.
-    async fn run_confirmed<T, F, C>(
+    /// Run the command `make` builds on one HSM like [`HsmCluster::run`]; with a `confirm`
+    /// (paranoid mode: the callers build it, and copy what it needs, only then), also have
+    /// another HSM confirm the answer (decrypt what was encrypted, compute the same MAC,
+    /// verify the signature) before it leaves. An answer another HSM does not confirm is
+    /// never sent: the first HSM's copy of key `id` is re-verified (and quarantined if it
+    /// disagrees with its recorded check value) and the caller gets a retryable error.
+    async fn run_confirmed<T: FromReply>(
         &self,
         id: &[u8],
-        f: F,
-        confirm: Option<C>,
-    ) -> Result<T, HsmError>
-    where
-        T: Send + Sync + 'static,
-        F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
-        C: Fn(&mut WorkerCtx<'_>, &T) -> Result<bool, HsmError> + Send + Sync + 'static,
-    {
+        make: impl Fn() -> Result<Command, HsmError>,
+        confirm: Option<impl FnOnce(&T) -> Confirmation>,
+    ) -> Result<T, HsmError> {
         let timeout = self.opts.call_timeout;
         let Some(confirm) = confirm else {
-            return self.run(timeout, f).await;
+            return self.run(timeout, make).await;
         };
-        let (first, v) = self.run_indexed(timeout, f).await?;
+        let (first, v) = self.run_indexed(timeout, make).await?;
         let Some((_, other)) = self.pick(Some(first)) else {
             // One usable HSM: nothing to confirm with (the copy was verified at first use).
             return Ok(v);
         };
-        let v = Arc::new(v);
-        let v2 = v.clone();
-        let confirmed = other.call(timeout, move |ctx| confirm(ctx, &v2)).await?;
-        if confirmed {
-            return Arc::try_unwrap(v)
-                .map_err(|_| HsmError::Internal("paranoid check kept the answer".into()));
+        let (cmd, check) = confirm(&v);
+        if check(other.call::<Reply>(timeout, cmd).await)? {
+            return Ok(v);
         }
         let Some(pool) = self.hsms.get(first) else {
             return Err(HsmError::Internal("no HSM at the answering index".into()));
@@ -281,23 +285,17 @@ impl HsmCluster {
         )))
     }
 
-    /// Run the key generation `f` in the key generation lane of one HSM (see
+    /// Run the key generation `make` builds in the key generation lane of one HSM (see
     /// [`health::keygen_order`]). A full lane sends it to the next HSM; a retryable failure
     /// other than capacity makes that HSM suspect and is retried once on another HSM, like
     /// [`HsmCluster::run`]. A deadline is answered at once (the caller has waited the whole
     /// key generation deadline already). Neither a full lane nor a deadline makes an HSM
     /// suspect.
-    async fn run_keygen<T, F>(&self, f: F) -> Result<T, HsmError>
-    where
-        T: Send + 'static,
-        F: Fn(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + Sync + 'static,
-    {
-        let f = Arc::new(f);
+    async fn run_keygen<T: FromReply>(&self, make: impl Fn() -> Command) -> Result<T, HsmError> {
         let mut failed_over = false;
         let mut last = None;
         for pool in health::keygen_order(&self.hsms) {
-            let g = f.clone();
-            match pool.keygen(move |ctx| g(ctx)).await {
+            match pool.keygen(make()).await {
                 Ok(v) => return Ok(v),
                 Err(e @ HsmError::KeygenBusy { .. }) => last = Some(e),
                 Err(e) if e.retryable() && e.fault() != Fault::Capacity && !failed_over => {
@@ -327,16 +325,17 @@ impl HsmCluster {
     /// the copies agreed: every copy is then verified against them the first time it is
     /// used in a module instance, and quarantined if it disagrees.
     pub fn expect_check_values(&self, values: Vec<(Vec<u8>, [u8; CHECK_LEN])>) {
-        self.checks.extend(values);
+        self.checks.extend(values.iter().cloned());
+        for p in self.hsms.iter().filter(|p| p.is_hosted()) {
+            p.control(Control::ExpectChecks(values.clone()));
+        }
     }
 
     /// Have every copy verified again at its next use (the periodic check: a token that
     /// does not reload its objects can still drift).
     pub fn reverify_copies(&self) {
         for p in &self.hsms {
-            if let Some(i) = p.node().current() {
-                i.handles.clear_all_verified();
-            }
+            p.control(Control::ForgetVerified);
         }
     }
 
@@ -348,20 +347,21 @@ impl HsmCluster {
         id: &[u8],
         kind: KeyKind,
     ) -> Result<Option<[u8; CHECK_LEN]>, HsmError> {
+        let t = self.opts.call_timeout;
         let mut seen: Vec<(String, [u8; CHECK_LEN])> = Vec::new();
         for pool in health::usable(&self.hsms) {
-            if !pool.node().has_object(ObjectKind::Secret, id) {
+            let holds = Command::Holds {
+                kind: ObjectKind::Secret,
+                id: id.to_vec(),
+            };
+            if !pool.call::<bool>(t, holds).await? {
                 continue;
             }
-            let id2 = id.to_vec();
-            let v = pool
-                .call(self.opts.call_timeout, move |ctx| {
-                    let h = ctx.find_handle(ObjectKind::Secret, &id2)?;
-                    integrity::compute(ctx.session(), h, kind)
-                        .map_err(|e| ctx.err(super::error::Operation::CheckValue, e))
-                })
-                .await?;
-            if let Some(v) = v {
+            let cmd = Command::CheckValue {
+                id: id.to_vec(),
+                kind,
+            };
+            if let Some(v) = pool.call::<Option<[u8; CHECK_LEN]>>(t, cmd).await? {
                 seen.push((pool.node().name().to_string(), v));
             }
         }
@@ -382,16 +382,19 @@ impl HsmCluster {
     }
 
     /// What each HSM holds, by `CKA_ID` (from its handle cache, warmed with one find over
-    /// the token when its instance opened): (HSM name, usable now, object ids).
-    pub fn inventory(&self) -> Vec<(String, bool, Vec<Vec<u8>>)> {
-        self.hsms
-            .iter()
-            .map(|p| {
-                let node = p.node();
-                let ids = node.current().map(|i| i.handles.ids()).unwrap_or_default();
-                (node.name().to_string(), node.usable(), ids)
-            })
-            .collect()
+    /// the token when its instance opened): (HSM name, usable now, object ids). An HSM that
+    /// does not answer shows none.
+    pub async fn inventory(&self) -> Vec<(String, bool, Vec<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for p in &self.hsms {
+            let node = p.node();
+            let ids = p
+                .call::<Vec<Vec<u8>>>(self.opts.call_timeout, Command::Inventory)
+                .await
+                .unwrap_or_default();
+            out.push((node.name().to_string(), node.usable(), ids));
+        }
+        out
     }
 
     /// Replication over this cluster's HSMs.
@@ -403,24 +406,39 @@ impl HsmCluster {
         }
     }
 
-    /// AES-256-GCM encrypt under key `id` with an IV from the HSM: (IV, ciphertext ‖ tag).
+    /// AES-256-GCM encrypt under key `id`: (IV, ciphertext ‖ tag).
     pub async fn encrypt(
         &self,
         id: &[u8],
         aad: Vec<u8>,
         plaintext: Zeroizing<Vec<u8>>,
     ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
+        let plaintext = Secret(plaintext);
         let confirm = self.opts.paranoid.then(|| {
             let (key, aad, pt) = (id.to_vec(), aad.clone(), plaintext.clone());
-            move |ctx: &mut WorkerCtx<'_>, (iv, ct): &([u8; IV_LEN], Vec<u8>)| {
-                let back = aes::gcm_decrypt(ctx, &key, iv, &aad, ct);
-                Ok(matches!(back, Ok(b) if b.as_slice() == pt.as_slice()))
+            move |(iv, ct): &([u8; IV_LEN], Vec<u8>)| -> Confirmation {
+                let cmd = Command::Decrypt {
+                    key,
+                    iv: *iv,
+                    aad,
+                    ciphertext: ct.clone(),
+                };
+                let check = move |r: Result<Reply, HsmError>| {
+                    Ok(matches!(r, Ok(Reply::Secret(b)) if b.as_slice() == pt.as_slice()))
+                };
+                (cmd, Box::new(check))
             }
         });
-        let key = id.to_vec();
         self.run_confirmed(
             id,
-            move |ctx| aes::gcm_encrypt(ctx, &key, &aad, &plaintext),
+            || {
+                Ok(Command::Encrypt {
+                    key: id.to_vec(),
+                    iv: self.next_iv()?,
+                    aad: aad.clone(),
+                    plaintext: plaintext.clone(),
+                })
+            },
             confirm,
         )
         .await
@@ -434,17 +452,17 @@ impl HsmCluster {
         aad: Vec<u8>,
         ciphertext: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let id = id.to_vec();
-        let key = id.clone();
         let (first, pool) = self.pick(None).ok_or(HsmError::NotEnoughHsms {
             healthy: 0,
             needed: 1,
         })?;
-        let decrypt = Arc::new(move |ctx: &mut WorkerCtx<'_>| {
-            aes::gcm_decrypt(ctx, &id, &iv, &aad, &ciphertext)
-        });
-        let d1 = decrypt.clone();
-        let e = match pool.call(self.opts.call_timeout, move |ctx| d1(ctx)).await {
+        let decrypt = || Command::Decrypt {
+            key: id.to_vec(),
+            iv,
+            aad: aad.clone(),
+            ciphertext: ciphertext.clone(),
+        };
+        let e = match pool.call(self.opts.call_timeout, decrypt()).await {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
@@ -460,19 +478,17 @@ impl HsmCluster {
         let Some((_, second)) = self.pick(Some(first)) else {
             return Err(e);
         };
-        let v = second
-            .call(self.opts.call_timeout, move |ctx| decrypt(ctx))
-            .await?;
+        let v = second.call(self.opts.call_timeout, decrypt()).await?;
         if matches!(e, HsmError::InvalidCiphertext) {
             tracing::warn!(
                 target: "hsm_kms::audit",
                 failed = %pool.node().name(),
                 opened = %second.node().name(),
-                object = %hex::encode(&key),
+                object = %hex::encode(id),
                 "a ciphertext failed authentication on one HSM and opened on another; \
                  re-verifying the first copy"
             );
-            self.reverify(pool, &key).await;
+            self.reverify(pool, id).await;
         }
         Ok(v)
     }
@@ -489,18 +505,29 @@ impl HsmCluster {
         type DataKey = (Zeroizing<Vec<u8>>, [u8; IV_LEN], Vec<u8>);
         let confirm = self.opts.paranoid.then(|| {
             let (key, aad) = (id.to_vec(), aad.clone());
-            move |ctx: &mut WorkerCtx<'_>, (dk, iv, ct): &DataKey| {
-                let back = aes::gcm_decrypt(ctx, &key, iv, &aad, ct);
-                Ok(matches!(back, Ok(b) if b.as_slice() == dk.as_slice()))
+            move |(dk, iv, ct): &DataKey| -> Confirmation {
+                let cmd = Command::Decrypt {
+                    key,
+                    iv: *iv,
+                    aad,
+                    ciphertext: ct.clone(),
+                };
+                let dk = Secret(dk.clone());
+                let check = move |r: Result<Reply, HsmError>| {
+                    Ok(matches!(r, Ok(Reply::Secret(b)) if b.as_slice() == dk.as_slice()))
+                };
+                (cmd, Box::new(check))
             }
         });
-        let key = id.to_vec();
         self.run_confirmed(
             id,
-            move |ctx| {
-                let dk = Zeroizing::new(ctx.random(n)?);
-                let (iv, ct) = aes::gcm_encrypt(ctx, &key, &aad, &dk)?;
-                Ok((dk, iv, ct))
+            || {
+                Ok(Command::DataKey {
+                    key: id.to_vec(),
+                    n,
+                    iv: self.next_iv()?,
+                    aad: aad.clone(),
+                })
             },
             confirm,
         )
@@ -509,7 +536,7 @@ impl HsmCluster {
 
     /// Random bytes from an HSM.
     pub async fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
-        self.run(self.opts.call_timeout, move |ctx| ctx.random(n))
+        self.run(self.opts.call_timeout, || Ok(Command::Random { n }))
             .await
     }
 
@@ -518,11 +545,8 @@ impl HsmCluster {
     /// At least `min_copies` HSMs must end up holding it; on any failure every copy made is
     /// destroyed.
     pub async fn create_aes_key(&self, id: &[u8], label: &str) -> Result<(), HsmError> {
-        let (i2, l2) = (id.to_vec(), label.to_string());
         self.replicator()
-            .create(id, label, KeyKind::Aes, move |ctx| {
-                aes::generate(ctx, &i2, &l2).map(|_| ())
-            })
+            .create(id, label, KeyKind::Aes)
             .await
             .map(|_| ())
     }
@@ -538,12 +562,9 @@ impl HsmCluster {
         spec: PairSpec,
         usage: PairUse,
     ) -> Result<Vec<u8>, HsmError> {
-        let (i2, l2) = (id.to_vec(), label.to_string());
         let transfer = self
             .replicator()
-            .create(id, label, KeyKind::Pair(spec, usage), move |ctx| {
-                keypair::generate(ctx, &i2, &l2, spec, usage)
-            })
+            .create(id, label, KeyKind::Pair(spec, usage))
             .await?;
         match &*transfer {
             Transfer::Pair(tr) => tr.public().spki(),
@@ -559,11 +580,8 @@ impl HsmCluster {
         label: &str,
         len: usize,
     ) -> Result<(), HsmError> {
-        let (i2, l2) = (id.to_vec(), label.to_string());
         self.replicator()
-            .create(id, label, KeyKind::Hmac(len), move |ctx| {
-                hmac::generate(ctx, &i2, &l2, len)
-            })
+            .create(id, label, KeyKind::Hmac(len))
             .await
             .map(|_| ())
     }
@@ -598,11 +616,8 @@ impl HsmCluster {
     pub async fn destroy_key_objects(&self, id: &[u8]) -> Result<(), HsmError> {
         let mut first_err = None;
         for pool in &self.hsms {
-            let id = id.to_vec();
-            if let Err(e) = pool
-                .call(self.opts.keygen_timeout, move |ctx| ctx.destroy_all(&id))
-                .await
-            {
+            let cmd = Command::DestroyAll { id: id.to_vec() };
+            if let Err(e) = pool.call::<bool>(self.opts.keygen_timeout, cmd).await {
                 first_err.get_or_insert(e);
             }
         }
@@ -618,14 +633,25 @@ impl HsmCluster {
     ) -> Result<Vec<u8>, HsmError> {
         let confirm = self.opts.paranoid.then(|| {
             let (key, digest) = (id.to_vec(), digest.clone());
-            move |ctx: &mut WorkerCtx<'_>, sig: &Vec<u8>| {
-                keypair::verify(ctx, &key, scheme, &digest, sig)
+            move |sig: &Vec<u8>| -> Confirmation {
+                let cmd = Command::Verify {
+                    key,
+                    scheme,
+                    digest,
+                    signature: sig.clone(),
+                };
+                (cmd, Box::new(super::command::expect::<bool>))
             }
         });
-        let key = id.to_vec();
         self.run_confirmed(
             id,
-            move |ctx| keypair::sign(ctx, &key, scheme, &digest),
+            || {
+                Ok(Command::Sign {
+                    key: id.to_vec(),
+                    scheme,
+                    digest: digest.clone(),
+                })
+            },
             confirm,
         )
         .await
@@ -639,14 +665,14 @@ impl HsmCluster {
         digest: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<bool, HsmError> {
-        let key = id.to_vec();
-        let id = id.to_vec();
-        let verify = Arc::new(move |ctx: &mut WorkerCtx<'_>| {
-            keypair::verify(ctx, &id, scheme, &digest, &signature)
-        });
-        let v1 = verify.clone();
+        let verify = || Command::Verify {
+            key: id.to_vec(),
+            scheme,
+            digest: digest.clone(),
+            signature: signature.clone(),
+        };
         let (first, valid) = self
-            .run_indexed(self.opts.call_timeout, move |ctx| v1(ctx))
+            .run_indexed(self.opts.call_timeout, || Ok(verify()))
             .await?;
         if valid {
             return Ok(true);
@@ -656,16 +682,14 @@ impl HsmCluster {
         let Some((_, other)) = self.pick(Some(first)) else {
             return Ok(false);
         };
-        let valid = other
-            .call(self.opts.call_timeout, move |ctx| verify(ctx))
-            .await?;
+        let valid = other.call(self.opts.call_timeout, verify()).await?;
         if valid {
             let failed = self.hsms.get(first).map(|p| p.node().name().to_string());
             tracing::error!(
                 target: "hsm_kms::audit",
                 failed = ?failed,
                 verified = %other.node().name(),
-                object = %hex::encode(&key),
+                object = %hex::encode(id),
                 "drift finding: a signature one HSM's copy of a public key refused verified on another"
             );
         }
@@ -674,16 +698,27 @@ impl HsmCluster {
 
     /// HMAC of `msg` under HMAC key `id`.
     pub async fn hmac(&self, id: &[u8], h: Hash, msg: Vec<u8>) -> Result<Vec<u8>, HsmError> {
-        let confirm =
-            self.opts.paranoid.then(|| {
-                let (key, msg) = (id.to_vec(), msg.clone());
-                move |ctx: &mut WorkerCtx<'_>, mac: &Vec<u8>| {
-                    Ok(hmac::hmac(ctx, &key, h, &msg)? == *mac)
-                }
-            });
-        let key = id.to_vec();
-        self.run_confirmed(id, move |ctx| hmac::hmac(ctx, &key, h, &msg), confirm)
-            .await
+        let confirm = self.opts.paranoid.then(|| {
+            let (key, msg) = (id.to_vec(), msg.clone());
+            move |mac: &Vec<u8>| -> Confirmation {
+                let cmd = Command::Hmac { key, hash: h, msg };
+                let mac = mac.clone();
+                let check = move |r| Ok(super::command::expect::<Vec<u8>>(r)? == mac);
+                (cmd, Box::new(check))
+            }
+        });
+        self.run_confirmed(
+            id,
+            || {
+                Ok(Command::Hmac {
+                    key: id.to_vec(),
+                    hash: h,
+                    msg: msg.clone(),
+                })
+            },
+            confirm,
+        )
+        .await
     }
 
     /// RSA-OAEP decryption with private key `id` whose modulus is `k` bytes.
@@ -694,9 +729,13 @@ impl HsmCluster {
         k: usize,
         ct: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
-            keypair::oaep_decrypt(ctx, &id, h, k, &ct)
+        self.run(self.opts.call_timeout, || {
+            Ok(Command::OaepDecrypt {
+                key: id.to_vec(),
+                hash: h,
+                k,
+                ct: ct.clone(),
+            })
         })
         .await
     }
@@ -708,9 +747,12 @@ impl HsmCluster {
         curve: Curve,
         peer_point: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let id = id.to_vec();
-        self.run(self.opts.call_timeout, move |ctx| {
-            keypair::ecdh(ctx, &id, curve, &peer_point)
+        self.run(self.opts.call_timeout, || {
+            Ok(Command::Ecdh {
+                key: id.to_vec(),
+                curve,
+                peer: peer_point.clone(),
+            })
         })
         .await
     }
@@ -718,13 +760,12 @@ impl HsmCluster {
     /// A data key pair generated inside an HSM (session objects, destroyed at once):
     /// (PKCS#8 DER private key, SPKI DER public key).
     pub async fn generate_data_key_pair(&self, spec: PairSpec) -> Result<DataKeyPair, HsmError> {
-        self.run_keygen(move |ctx| keypair::data_key_pair(ctx, spec))
-            .await
+        self.run_keygen(|| Command::DataKeyPair { spec }).await
     }
 
     /// State of every HSM.
     pub fn health(&self) -> Vec<HsmHealth> {
-        self.hsms.iter().map(|p| p.node().report()).collect()
+        self.hsms.iter().map(Pool::report).collect()
     }
 
     /// Names of the HSMs, in configuration order.
@@ -735,31 +776,54 @@ impl HsmCluster {
             .collect()
     }
 
-    /// True if the HSM's handle cache knows a secret key with this `CKA_ID`.
-    pub fn hsm_holds(&self, hsm: &str, id: &[u8]) -> bool {
-        self.hsms
-            .iter()
-            .any(|p| p.node().name() == hsm && p.node().has_object(ObjectKind::Secret, id))
+    /// True if the HSM's handle cache knows an object of this kind with this `CKA_ID`
+    /// (blocking, for tests and operator checks; false if it does not answer).
+    fn hsm_holds_kind(&self, hsm: &str, kind: ObjectKind, id: &[u8]) -> bool {
+        let Ok(p) = self.by_name(hsm) else {
+            return false;
+        };
+        let cmd = Command::Holds {
+            kind,
+            id: id.to_vec(),
+        };
+        p.call_blocking(self.opts.call_timeout, cmd)
+            .unwrap_or(false)
     }
 
-    /// True if the HSM's handle cache knows a private key with this `CKA_ID`.
+    /// True if the HSM's handle cache knows a secret key with this `CKA_ID` (blocking, for
+    /// tests and operator checks).
+    pub fn hsm_holds(&self, hsm: &str, id: &[u8]) -> bool {
+        self.hsm_holds_kind(hsm, ObjectKind::Secret, id)
+    }
+
+    /// True if the HSM's handle cache knows a private key with this `CKA_ID` (blocking, for
+    /// tests and operator checks).
     pub fn hsm_holds_private(&self, hsm: &str, id: &[u8]) -> bool {
-        self.hsms
-            .iter()
-            .any(|p| p.node().name() == hsm && p.node().has_object(ObjectKind::Private, id))
+        self.hsm_holds_kind(hsm, ObjectKind::Private, id)
     }
 
     /// Whether every HSM can hold (generate, use and replicate) Ed25519 keys.
     pub fn can_hold_ed25519_keys(&self) -> bool {
-        self.hsms.iter().all(|p| p.node().ed25519_keys())
+        self.hsms
+            .iter()
+            .all(|p| p.facts().is_some_and(|f| f.ed25519_keys))
     }
 
     /// The capabilities found at connect on each HSM.
     pub fn capabilities(&self) -> Vec<(String, bool)> {
         self.hsms
             .iter()
-            .map(|p| (p.node().name().to_string(), p.node().oaep_sha256()))
+            .map(|p| {
+                let oaep = p.facts().is_some_and(|f| f.oaep_sha256);
+                (p.node().name().to_string(), oaep)
+            })
             .collect()
+    }
+
+    /// The PID of `hsm`'s host process (`None` in process or while none runs): for drills.
+    #[doc(hidden)]
+    pub fn host_pid(&self, hsm: &str) -> Option<u32> {
+        self.by_name(hsm).ok().and_then(Pool::host_pid)
     }
 
     /// Run an operation on one named HSM (no failover): for tests and operator checks.
@@ -770,12 +834,13 @@ impl HsmCluster {
         aad: Vec<u8>,
         plaintext: Vec<u8>,
     ) -> Result<([u8; IV_LEN], Vec<u8>), HsmError> {
-        let pool = self.by_name(hsm)?;
-        let id = id.to_vec();
-        pool.call(self.opts.call_timeout, move |ctx| {
-            aes::gcm_encrypt(ctx, &id, &aad, &plaintext)
-        })
-        .await
+        let cmd = Command::Encrypt {
+            key: id.to_vec(),
+            iv: self.next_iv()?,
+            aad,
+            plaintext: Secret::new(plaintext),
+        };
+        self.by_name(hsm)?.call(self.opts.call_timeout, cmd).await
     }
 
     /// Decrypt on one named HSM (no failover): for tests and operator checks.
@@ -787,12 +852,13 @@ impl HsmCluster {
         aad: Vec<u8>,
         ciphertext: Vec<u8>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let pool = self.by_name(hsm)?;
-        let id = id.to_vec();
-        pool.call(self.opts.call_timeout, move |ctx| {
-            aes::gcm_decrypt(ctx, &id, &iv, &aad, &ciphertext)
-        })
-        .await
+        let cmd = Command::Decrypt {
+            key: id.to_vec(),
+            iv,
+            aad,
+            ciphertext,
+        };
+        self.by_name(hsm)?.call(self.opts.call_timeout, cmd).await
     }
 
     /// Sign on one named HSM (no failover): for tests and operator checks.
@@ -803,12 +869,12 @@ impl HsmCluster {
         scheme: SignScheme,
         digest: Vec<u8>,
     ) -> Result<Vec<u8>, HsmError> {
-        let pool = self.by_name(hsm)?;
-        let id = id.to_vec();
-        pool.call(self.opts.call_timeout, move |ctx| {
-            keypair::sign(ctx, &id, scheme, &digest)
-        })
-        .await
+        let cmd = Command::Sign {
+            key: id.to_vec(),
+            scheme,
+            digest,
+        };
+        self.by_name(hsm)?.call(self.opts.call_timeout, cmd).await
     }
 
     /// Test hook: make every call into `hsm`'s module (worker jobs and health probes) hang
@@ -816,7 +882,10 @@ impl HsmCluster {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn inject_stall(&self, hsm: &str, d: Duration) -> Result<(), HsmError> {
-        self.by_name(hsm)?.node().set_stall(d);
+        self.by_name(hsm)?.control(Control::Stall {
+            all_ms: Some(d.as_millis() as u64),
+            job_ms: None,
+        });
         Ok(())
     }
 
@@ -825,14 +894,17 @@ impl HsmCluster {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn inject_job_stall(&self, hsm: &str, d: Duration) -> Result<(), HsmError> {
-        self.by_name(hsm)?.node().set_job_stall(d);
+        self.by_name(hsm)?.control(Control::Stall {
+            all_ms: None,
+            job_ms: Some(d.as_millis() as u64),
+        });
         Ok(())
     }
 
-    /// Stop worker threads and finalize every module instance.
+    /// Stop worker threads and finalize every module instance (end every host process).
     pub fn shutdown(&self) {
         for p in &self.hsms {
-            p.node().shutdown();
+            p.shutdown();
         }
     }
 }
@@ -841,4 +913,67 @@ impl Drop for HsmCluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Open every HSM in this process, one after the other, and start its workers.
+fn open_in_process(cfgs: Vec<NodeConfig>, nopts: &NodeOptions) -> Result<Vec<Pool>, HsmError> {
+    let mut hsms: Vec<Pool> = Vec::new();
+    for cfg in cfgs {
+        let (node, _) = Node::open(cfg, nopts.clone());
+        let node = Arc::new(node);
+        match Pool::start(node.clone()) {
+            Ok(pool) => hsms.push(pool),
+            Err(e) => {
+                node.shutdown();
+                hsms.iter().for_each(Pool::shutdown);
+                return Err(e);
+            }
+        }
+    }
+    Ok(hsms)
+}
+
+/// Start a host process for every HSM, all at once, each within `start_timeout`. A host that
+/// cannot open its HSM leaves it down (a refused PIN: failed) with the error recorded, for
+/// its monitor to retry with a new host.
+fn open_hosted(
+    cfgs: Vec<NodeConfig>,
+    nopts: &NodeOptions,
+    program: &std::path::Path,
+    checks: &Arc<Expected>,
+    start_timeout: Duration,
+) -> Vec<Pool> {
+    let pools: Vec<Pool> = cfgs
+        .into_iter()
+        .map(|cfg| {
+            let node = Arc::new(Node::hosted(cfg, nopts.clone()));
+            let link = HostLink::new(
+                node.clone(),
+                program.to_path_buf(),
+                checks.clone(),
+                start_timeout,
+            );
+            Pool::hosted(node, Arc::new(link))
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for pool in &pools {
+            s.spawn(move || {
+                let node = pool.node();
+                match pool.reinit() {
+                    Ok(_) => node.set_state(NodeState::Healthy),
+                    Err(e) => {
+                        let state = match e {
+                            HsmError::LoginRefused { .. } => NodeState::Failed,
+                            _ => NodeState::Down,
+                        };
+                        tracing::error!(hsm = %node.name(), error = %e, ?state, "HSM cannot be opened at start");
+                        node.record_error(&e);
+                        node.set_state(state);
+                    }
+                }
+            });
+        }
+    });
+    pools
 }

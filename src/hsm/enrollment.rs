@@ -11,17 +11,13 @@
 //! thread: lacking the CWK it is not enrolled; holding it, it must prove it is the same
 //! key as a proven HSM's (and is probed for custody) before it is used.
 
-use super::aes::{self, PROOF_AAD};
-use super::custody;
-use super::error::{HsmError, Operation};
+use super::aes::AesTransfer;
+use super::command::Command;
+use super::error::HsmError;
 use super::handles::{ObjectKind, CWK_ID};
 use super::health::{self, Admission};
-use super::mechanisms;
 use super::node::NodeState;
-use super::templates;
 use super::worker::Pool;
-use cryptoki::mechanism::Mechanism;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// `CKA_ID` of the throw-away key of the enrollment proof.
@@ -37,9 +33,15 @@ pub(super) fn check(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
     let (opened, unopened): (Vec<&Pool>, Vec<&Pool>) = hsms
         .iter()
         .partition(|p| p.node().state() == NodeState::Healthy);
-    let (enrolled, strangers): (Vec<&Pool>, Vec<&Pool>) = opened
-        .into_iter()
-        .partition(|p| p.node().has_object(ObjectKind::Secret, CWK_ID));
+    let mut enrolled = Vec::new();
+    let mut strangers = Vec::new();
+    for p in opened {
+        if has_cwk(p, t)? {
+            enrolled.push(p);
+        } else {
+            strangers.push(p);
+        }
+    }
     for p in &strangers {
         p.node().set_state(NodeState::NotEnrolled);
         tracing::warn!(
@@ -52,7 +54,7 @@ pub(super) fn check(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
     if enrolled.is_empty() {
         let reasons: Vec<String> = unopened
             .iter()
-            .map(|p| match p.node().report().last_error {
+            .map(|p| match p.report().last_error {
                 Some(e) => e,
                 None => format!("{}: cannot be opened", p.node().name()),
             })
@@ -74,7 +76,7 @@ pub(super) fn check(hsms: &[Pool], t: Duration) -> Result<(), HsmError> {
     }
     prove(&enrolled, PROOF_ID, t)?;
     for p in &enrolled {
-        let found = p.call_blocking(t, custody::probe)?;
+        let found = p.call_blocking(t, Command::CustodyProbe)?;
         report_protections(p, found);
         p.node().set_proven();
     }
@@ -121,7 +123,10 @@ pub(super) fn admitter(peers: Vec<Pool>, t: Duration) -> health::Admit {
 ///   are probed. With no proven usable HSM to compare with, it waits.
 pub(super) fn admit(pool: &Pool, peers: &[Pool], t: Duration) -> Admission {
     let node = pool.node();
-    let has_cwk = node.has_object(ObjectKind::Secret, CWK_ID);
+    let has_cwk = match has_cwk(pool, t) {
+        Ok(b) => b,
+        Err(e) => return Admission::Later(e),
+    };
     if node.proven() {
         return if has_cwk {
             Admission::Admitted
@@ -151,7 +156,7 @@ pub(super) fn admit(pool: &Pool, peers: &[Pool], t: Duration) -> Admission {
         Err(e @ HsmError::Setup { .. }) => return Admission::Refused(e),
         Err(e) => return Admission::Later(e),
     }
-    match pool.call_blocking(t, custody::probe) {
+    match pool.call_blocking(t, Command::CustodyProbe) {
         Ok(found) => report_protections(pool, found),
         Err(e) => return Admission::Later(e),
     }
@@ -165,56 +170,37 @@ fn no_hsms() -> HsmError {
     HsmError::Internal("cluster wrapping key enrollment: no HSMs".into())
 }
 
+/// Whether the token of `p` holds the cluster wrapping key (its handle cache knows it).
+fn has_cwk(p: &Pool, t: Duration) -> Result<bool, HsmError> {
+    p.call_blocking(
+        t,
+        Command::Holds {
+            kind: ObjectKind::Secret,
+            id: CWK_ID.to_vec(),
+        },
+    )
+}
+
 /// Proof: a throw-away session key (`CKA_ID` `proof_id`) wrapped on HSM 0 unwraps and
 /// decrypts on every other HSM.
 fn prove(hsms: &[&Pool], proof_id: &[u8], t: Duration) -> Result<(), HsmError> {
     let Some((first, others)) = hsms.split_first() else {
         return Err(no_hsms());
     };
-    let id = proof_id.to_vec();
-    let proof = first.call_blocking(t, move |ctx| {
-        let h = ctx
-            .session()
-            .generate_key(&Mechanism::AesKeyGen, &templates::session_aes(&id, true))
-            .map_err(|e| ctx.err(Operation::GenerateKey, e))?;
-        ctx.remember(ObjectKind::Secret, &id, h);
-        let r = (|| {
-            let wrapped = aes::wrap_secret(ctx, CWK_ID, &id)?;
-            let pt = ctx.random(32)?;
-            let (iv, ct) = aes::gcm_encrypt(ctx, &id, PROOF_AAD, &pt)?;
-            Ok((wrapped, iv, pt, ct))
-        })();
-        let _ = ctx.destroy(ObjectKind::Secret, &id);
-        r
-    })?;
-    let proof = Arc::new(proof);
+    let proof: AesTransfer = first.call_blocking(
+        t,
+        Command::ProofMake {
+            id: proof_id.to_vec(),
+        },
+    )?;
     for pool in others {
-        let p = proof.clone();
-        let id = proof_id.to_vec();
-        let hsm = pool.node().name().to_string();
-        pool.call_blocking(t, move |ctx| {
-            let (wrapped, iv, pt, ct) = &*p;
-            let h = ctx.with_key(Operation::UnwrapKey, ObjectKind::Secret, CWK_ID, |s, w| {
-                s.unwrap_key(
-                    &mechanisms::key_wrap(),
-                    w,
-                    wrapped,
-                    &templates::session_aes(&id, false),
-                )
-            });
-            let different = |hsm: String| HsmError::Setup {
-                hsm,
-                message: "holds a different cluster wrapping key than the other HSMs".into(),
-            };
-            let h = h.map_err(|_| different(hsm.clone()))?;
-            ctx.remember(ObjectKind::Secret, &id, h);
-            let back = aes::gcm_decrypt(ctx, &id, iv, PROOF_AAD, ct);
-            let _ = ctx.destroy(ObjectKind::Secret, &id);
-            match back {
-                Ok(b) if b.as_slice() == pt.as_slice() => Ok(()),
-                _ => Err(different(hsm)),
-            }
-        })?;
+        let () = pool.call_blocking(
+            t,
+            Command::ProofCheck {
+                id: proof_id.to_vec(),
+                proof: proof.clone(),
+            },
+        )?;
     }
     Ok(())
 }

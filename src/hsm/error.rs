@@ -15,7 +15,7 @@ use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, Rv, RvError};
 
 /// What the HSM layer was attempting when a PKCS#11 call failed; named in every error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Operation {
     /// Loading the PKCS#11 module and `C_Initialize`.
     LoadModule,
@@ -134,7 +134,7 @@ pub(super) enum Fault {
 
 /// Errors of the HSM layer. Messages name the HSM, the failing PKCS#11 function, its return
 /// value and the operation, but never key material or PINs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum HsmError {
     /// A PKCS#11 call failed with a return value that has no more specific meaning here.
     #[error("{hsm}: {function} failed with {name} (0x{rv:X}) during {operation}")]

@@ -18,7 +18,7 @@ pub const CWK_ID: &[u8] = b"hsm-kms/cluster-wrapping-key";
 pub(super) const CANARY_ID: &[u8] = b"hsm-kms/canary";
 
 /// The object classes the layer keeps, by `CKA_CLASS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(super) enum ObjectKind {
     /// `CKO_SECRET_KEY`: AES and HMAC keys.
     Secret,

@@ -6,11 +6,11 @@ use super::aes;
 use super::error::{HsmError, Operation};
 use super::handles::{ObjectKind, CWK_ID};
 use super::job::WorkerCtx;
+use super::kinds::Secret;
 use super::mechanisms;
 use super::templates;
 use crate::pkix::Hash;
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use zeroize::Zeroizing;
 
 /// Generate an HMAC token key of `len` bytes.
 pub(super) fn generate(
@@ -60,7 +60,7 @@ fn hmac_for_len(len: usize) -> Hash {
 }
 
 /// Wrapped HMAC key, a random message and its MAC (the copy must reproduce it).
-pub(super) type HmacTransfer = (Zeroizing<Vec<u8>>, Vec<u8>, Vec<u8>);
+pub(super) type HmacTransfer = (Secret, Vec<u8>, Vec<u8>);
 
 /// Source side of a copy: wrap the key and MAC a random message with it.
 pub(super) fn export(
@@ -71,7 +71,7 @@ pub(super) fn export(
     let wrapped = aes::wrap_secret(ctx, CWK_ID, id)?;
     let msg = ctx.random(32)?;
     let mac = hmac(ctx, id, hmac_for_len(len), &msg)?;
-    Ok((wrapped, msg, mac))
+    Ok((wrapped.into(), msg, mac))
 }
 
 /// Receiving side: unwrap the key and reproduce the MAC with the copy.

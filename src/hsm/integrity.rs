@@ -46,6 +46,15 @@ impl Expected {
     pub(super) fn get(&self, id: &[u8]) -> Option<[u8; CHECK_LEN]> {
         self.values.read().get(id).copied()
     }
+
+    /// Every recorded value (what a new HSM host process is sent when it starts).
+    pub(super) fn all(&self) -> Vec<(Vec<u8>, [u8; CHECK_LEN])> {
+        self.values
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }
 
 /// The check value of the copy `h` (of kind `kind`) through session `s`; `None` for kinds

@@ -9,7 +9,7 @@
 use super::error::{self, HsmError, Operation};
 use super::handles::{ObjectKind, CWK_ID};
 use super::job::WorkerCtx;
-use super::kinds::{DataKeyPair, PairSpec, PairUse, PublicKey, SignScheme};
+use super::kinds::{DataKeyPair, PairSpec, PairUse, PublicKey, Secret, SignScheme};
 use super::mechanisms;
 use super::templates;
 use crate::pkix::{self, Curve, Hash};
@@ -345,10 +345,11 @@ fn prove(
 
 /// A key pair in transit: the private half wrapped under the cluster wrapping key, the
 /// public half, and the proof the copy must reproduce.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct PairTransfer {
-    wrapped: Zeroizing<Vec<u8>>,
+    wrapped: Secret,
     public: PublicKey,
-    expected: Option<Zeroizing<Vec<u8>>>,
+    expected: Option<Secret>,
 }
 
 impl PairTransfer {
@@ -376,9 +377,9 @@ pub(super) fn export(
         })
         .map(Zeroizing::new)?;
     Ok(PairTransfer {
-        wrapped,
+        wrapped: wrapped.into(),
         public,
-        expected,
+        expected: expected.map(Secret::from),
     })
 }
 

@@ -4,6 +4,7 @@
 
 use super::error::HsmError;
 use crate::pkix::{self, Curve};
+use zeroize::Zeroizing;
 
 // The kinds of keys and the signature schemes are the domain port's own vocabulary (one
 // definition, no translation in the adapter): a `KeyKind::Pair(PairSpec::Rsa(bits), PairUse::Sign)`
@@ -14,7 +15,7 @@ use crate::pkix::{self, Curve};
 pub use crate::kms::vault::{DataKeyPair, KeyKind, PairSpec, PairUse, SignScheme};
 
 /// A public key as read from the token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) enum PublicKey {
     Rsa { n: Vec<u8>, e: Vec<u8> },
     Ec { curve: Curve, point: Vec<u8> },
@@ -44,7 +45,7 @@ impl PublicKey {
 }
 
 /// The custody protections one token enforced when probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Protections {
     /// Wrapping a wrap-with-trusted key under a user-made key was refused.
     pub wrap_with_trusted: bool,
@@ -80,5 +81,68 @@ impl Protections {
         .filter(|(held, _)| !held)
         .map(|(_, name)| name)
         .collect()
+    }
+}
+
+/// Secret bytes that cross between HSM threads or processes (a plaintext, a data key, a
+/// proof message): zeroized on drop, serialized as plain bytes in a host frame
+/// (`super::host`), which is itself zeroized after use.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(super) struct Secret(pub(super) Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub(super) fn new(v: Vec<u8>) -> Secret {
+        Secret(Zeroizing::new(v))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = Zeroizing<Vec<u8>>;
+    fn deref(&self) -> &Zeroizing<Vec<u8>> {
+        &self.0
+    }
+}
+
+impl From<Zeroizing<Vec<u8>>> for Secret {
+    fn from(v: Zeroizing<Vec<u8>>) -> Secret {
+        Secret(v)
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Secret, A::Error> {
+                let mut v = Zeroizing::new(Vec::with_capacity(a.size_hint().unwrap_or(0)));
+                while let Some(b) = a.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(Secret(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
     }
 }

@@ -22,10 +22,13 @@
 //! | `instance` | [`NodeConfig`]; one initialization of an HSM's module (login, warm-up) |
 //! | `node` | one HSM's shared state: [`NodeState`], current instance, call gate, counters |
 //! | `job` | what a job sees on a worker: session, handles, error recording |
-//! | `worker` | the crypto and key generation lanes: threads, bounded queues, deadlines, quarantine, span propagation |
 //! | `aes`, `hmac`, `keypair` | operations per key family, and how each is copied |
-//! | `health` | probe thread (own session) and monitor thread: probes, background re-initialization |
 //! | `custody` | which custody protections a token enforces (probed with the user PIN) |
+//! | `command` | the jobs as data (`Command`, replies, controls) and the one mapping onto the families; the health probe |
+//! | `host` | an HSM served by a host process: the frames, the service's link, supervision |
+//! | `worker` | the crypto, key generation and probe lanes: threads, bounded queues, deadlines, quarantine, span propagation; or the host link |
+//! | `hosted` | the host process (`hsm-kms hsm-host`): one HSM served over stdin/stdout |
+//! | `health` | monitor thread: probes, background re-initialization (a new host process for a hosted HSM) |
 //! | `enrollment` | at connect: which HSMs are enrolled, the same-CWK proof, custody probe |
 //! | `integrity` | check values of key copies; verify on first use per instance, quarantine |
 //! | `replication` | generate → wrap → unwrap elsewhere → prove → destroy on failure; re-sync |
@@ -36,11 +39,14 @@
 
 mod aes;
 mod capabilities;
+mod command;
 mod custody;
 mod enrollment;
 mod handles;
 mod health;
 mod hmac;
+mod host;
+mod hosted;
 mod instance;
 mod integrity;
 mod iv;
@@ -65,6 +71,7 @@ pub use capabilities::Caps;
 pub use cluster::{ClusterOptions, HsmCluster};
 pub use error::{classify, HsmError};
 pub use handles::CWK_ID;
+pub use hosted::serve as serve_host;
 pub use instance::{prepare_environment, NodeConfig};
 pub use integrity::CHECK_LEN;
 pub use kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, Protections, SignScheme};

@@ -11,7 +11,6 @@
 //! long as the longest call in flight; the request path never takes the gate for writing.
 
 use super::error::HsmError;
-use super::handles::ObjectKind;
 use super::instance::{Instance, NodeConfig};
 use super::integrity::Expected;
 use super::iv::IvSource;
@@ -22,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Health of one HSM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum NodeState {
     /// Answering probes and requests.
@@ -80,6 +79,13 @@ pub struct HsmHealth {
     /// The custody protections its token enforced when probed at connect (`None`: not
     /// probed, e.g. not enrolled).
     pub protections: Option<Protections>,
+    /// The PID of its host process (`None`: served in the service's process, or no host
+    /// runs now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_pid: Option<u32>,
+    /// Host processes started after the first (`None`: served in process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_restarts: Option<u64>,
 }
 
 /// Options shared by every node of a cluster.
@@ -147,18 +153,36 @@ impl Node {
     /// retry, and one whose token refused the PIN is returned `Failed` (never retried). Either
     /// way it is not [proven](Node::proven) until it has opened and shown the cluster
     /// wrapping key.
-    pub(super) fn open(cfg: NodeConfig, opts: NodeOptions) -> Node {
-        let (state, inst, error) = match Instance::open(&cfg, 1) {
-            Ok(inst) => (NodeState::Healthy, Some(Arc::new(inst)), None),
+    pub(super) fn open(cfg: NodeConfig, opts: NodeOptions) -> (Node, Option<HsmError>) {
+        match Instance::open(&cfg, 1) {
+            Ok(inst) => (
+                Node::new(cfg, opts, NodeState::Healthy, Some(Arc::new(inst)), None),
+                None,
+            ),
             Err(e) => {
                 let state = match e {
                     HsmError::LoginRefused { .. } => NodeState::Failed,
                     _ => NodeState::Down,
                 };
                 tracing::error!(hsm = %cfg.name, error = %e, ?state, "HSM cannot be opened at start");
-                (state, None, Some(e.to_string()))
+                let msg = e.to_string();
+                (Node::new(cfg, opts, state, None, Some(msg)), Some(e))
             }
-        };
+        }
+    }
+
+    /// An HSM served by a host process: never opened here; down until its host answers.
+    pub(super) fn hosted(cfg: NodeConfig, opts: NodeOptions) -> Node {
+        Node::new(cfg, opts, NodeState::Down, None, None)
+    }
+
+    fn new(
+        cfg: NodeConfig,
+        opts: NodeOptions,
+        state: NodeState,
+        inst: Option<Arc<Instance>>,
+        error: Option<String>,
+    ) -> Node {
         Node {
             cfg,
             opts,
@@ -342,37 +366,14 @@ impl Node {
             last_error: self.last_error.lock().clone(),
             protections: *self.protections.lock(),
             unreadable_objects: inst.as_ref().map(|i| i.handles.unreadable()).unwrap_or(0),
+            host_pid: None,
+            host_restarts: None,
         }
     }
 
     /// Record what the custody probe found on this token.
     pub(super) fn set_protections(&self, p: Protections) {
         *self.protections.lock() = Some(p);
-    }
-
-    /// Whether the handle cache knows an object of this kind and `CKA_ID`.
-    pub(super) fn has_object(&self, kind: ObjectKind, id: &[u8]) -> bool {
-        self.instance
-            .read()
-            .as_ref()
-            .map(|i| i.handles.contains(kind, id))
-            .unwrap_or(false)
-    }
-
-    /// Whether this HSM's token does RSA-OAEP with SHA-256 itself (probed at connect).
-    pub(super) fn oaep_sha256(&self) -> bool {
-        self.instance
-            .read()
-            .as_ref()
-            .is_some_and(|i| i.caps.oaep_sha256)
-    }
-
-    /// Whether this HSM's token can generate, use and wrap Ed25519 keys (probed at connect).
-    pub(super) fn ed25519_keys(&self) -> bool {
-        self.instance
-            .read()
-            .as_ref()
-            .is_some_and(|i| i.caps.ed25519_keys)
     }
 
     /// Stop the threads (they see the flag) and finalize the module (clean shutdown). Waits
@@ -395,29 +396,31 @@ impl Node {
         }
     }
 
-    /// Test hook: every call into the module (worker jobs and probes) waits this long inside
-    /// the call gate before its PKCS#11 calls: a call hung inside the module.
-    #[cfg(feature = "test-hooks")]
-    pub(super) fn set_stall(&self, d: Duration) {
-        self.stall_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    /// Test hook: every call into the module (worker jobs and probes) waits `all_ms` inside
+    /// the call gate before its PKCS#11 calls (a call hung inside the module), and every
+    /// worker job (not probes) `job_ms` more (slow operations); `None` keeps a stall as it
+    /// is. A no-op without the `test-hooks` feature.
+    pub(super) fn set_stalls(&self, all_ms: Option<u64>, job_ms: Option<u64>) {
+        #[cfg(feature = "test-hooks")]
+        {
+            if let Some(ms) = all_ms {
+                self.stall_ms.store(ms, Ordering::SeqCst);
+            }
+            if let Some(ms) = job_ms {
+                self.job_stall_ms.store(ms, Ordering::SeqCst);
+            }
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = (all_ms, job_ms);
     }
 
-    /// Test hook: every worker job (not probes) waits this long inside the call gate before
-    /// its PKCS#11 calls: a slow operation (or a backlog of them) on the workers.
-    #[cfg(feature = "test-hooks")]
-    pub(super) fn set_job_stall(&self, d: Duration) {
-        self.job_stall_ms
-            .store(d.as_millis() as u64, Ordering::SeqCst);
-    }
-
-    /// Test hook: a worker job waits the stalls set by [`Node::set_stall`] and
-    /// [`Node::set_job_stall`]. Call with the call gate held.
+    /// Test hook: a worker job waits the stalls set by [`Node::set_stalls`]. Call with the call gate held.
     pub(super) fn stall_job(&self) {
         #[cfg(feature = "test-hooks")]
         sleep_ms(self.stall_ms.load(Ordering::Relaxed) + self.job_stall_ms.load(Ordering::Relaxed));
     }
 
-    /// Test hook: a probe waits the stall set by [`Node::set_stall`]. Call with the call
+    /// Test hook: a probe waits the stall set by [`Node::set_stalls`]. Call with the call
     /// gate held.
     pub(super) fn stall_probe(&self) {
         #[cfg(feature = "test-hooks")]

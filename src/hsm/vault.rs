@@ -190,8 +190,9 @@ impl KeyVault for HsmCluster {
         HsmCluster::can_hold_ed25519_keys(self)
     }
 
-    fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)> {
+    async fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)> {
         HsmCluster::inventory(self)
+            .await
             .into_iter()
             .map(|(hsm, usable, ids)| {
                 let ids = ids

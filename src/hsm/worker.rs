@@ -29,9 +29,20 @@
 //!   async side serves several requests (key generations are answered one by one);
 //! * every job runs inside the tracing span that was current when it was submitted, so log
 //!   lines from HSM jobs carry the caller's span fields.
+//!
+//! A third lane, **probe**, has one thread and a one-slot queue and runs nothing but health
+//! probes, on its own session: probes are never queued behind the workers' jobs (a
+//! 4-second RSA-4096 generation used to make a 2-second probe time out).
+//!
+//! Jobs are [`Command`]s (data, not closures). A [`Pool`] either runs them on these threads
+//! in the service process (in-process HSM) or sends them to the HSM's host process
+//! (`host`), where a pool of the same kind runs them: the caller's side (in-flight counts,
+//! deadlines, suspicion on overrun) is the same for both.
 
+use super::command::{self, Command, Control, Done, Facts, FromReply, Lane, Reply};
 use super::error::HsmError;
 use super::error::Operation;
+use super::host::HostLink;
 use super::instance::Instance;
 use super::job::WorkerCtx;
 use super::node::Node;
@@ -39,52 +50,27 @@ use cryptoki::session::Session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What a job leaves to do after its PKCS#11 work: hand the result to the caller.
-type Completion = Box<dyn FnOnce() + Send>;
-type JobFn = Box<dyn FnOnce(&mut WorkerCtx<'_>) -> Completion + Send>;
-
-/// A job that runs `f` on a worker and hands its result to `reply` as a completion (run
-/// by the worker after the job, in its batch of completions).
-fn job<T: Send + 'static>(
-    f: impl FnOnce(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + 'static,
-    reply: impl FnOnce(Result<T, HsmError>) + Send + 'static,
-) -> JobFn {
-    Box::new(move |ctx| {
-        let r = f(ctx);
-        Box::new(move || reply(r))
-    })
-}
-
 /// Results are handed back in small batches (when the queue runs dry or this many have
 /// built up): one wake-up of the async side then serves several requests, which halves
 /// the context switches per operation under load.
 const COMPLETION_BATCH: usize = 8;
 
-/// One of an HSM's worker lanes (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lane {
-    /// Short cryptographic calls.
-    Crypto,
-    /// Key pair generation.
-    Keygen,
+/// The thread name tag of a lane: `hsm-<name>-w<i>` (crypto), `hsm-<name>-g<i>` (key
+/// generation), `hsm-<name>-p0` (probe).
+fn lane_tag(lane: Lane) -> &'static str {
+    match lane {
+        Lane::Crypto => "w",
+        Lane::Keygen => "g",
+        Lane::Probe => "p",
+    }
 }
 
-impl Lane {
-    /// The thread name tag: `hsm-<name>-w<i>` (crypto), `hsm-<name>-g<i>` (key generation).
-    fn tag(self) -> &'static str {
-        match self {
-            Lane::Crypto => "w",
-            Lane::Keygen => "g",
-        }
-    }
-
-    /// Results handed back per batch: key generations one by one (a finished generation
-    /// must not wait for the next one, seconds long, to be answered).
-    fn completion_batch(self) -> usize {
-        match self {
-            Lane::Crypto => COMPLETION_BATCH,
-            Lane::Keygen => 1,
-        }
+/// Results handed back per batch: key generations and probes one by one (a finished
+/// generation must not wait for the next one, seconds long, to be answered).
+fn completion_batch(lane: Lane) -> usize {
+    match lane {
+        Lane::Crypto => COMPLETION_BATCH,
+        Lane::Keygen | Lane::Probe => 1,
     }
 }
 
@@ -92,15 +78,32 @@ struct Job {
     deadline: Instant,
     /// The submitter's span, entered on the worker thread while the job runs.
     span: tracing::Span,
-    run: JobFn,
+    cmd: Command,
+    done: Done,
 }
 
-/// The worker threads of one HSM (both lanes) and the sending sides of their queues.
+/// The lanes of an HSM served in this process: the sending sides of their queues.
+struct Lanes {
+    crypto: crossbeam_channel::Sender<Job>,
+    keygen: crossbeam_channel::Sender<Job>,
+    probe: crossbeam_channel::Sender<Job>,
+}
+
+/// Where an HSM's jobs run.
+#[derive(Clone)]
+enum Backend {
+    /// On worker threads of this process.
+    Local(Arc<Lanes>),
+    /// In the HSM's host process.
+    Host(Arc<HostLink>),
+}
+
+/// One HSM's workers as the cluster sees them: its lanes in this process, or its host
+/// process.
 #[derive(Clone)]
 pub(super) struct Pool {
     node: Arc<Node>,
-    tx: crossbeam_channel::Sender<Job>,
-    keygen_tx: crossbeam_channel::Sender<Job>,
+    backend: Backend,
 }
 
 /// Start `workers` threads (at least one) of `lane` behind a queue of `depth` jobs.
@@ -114,25 +117,36 @@ fn start_lane(
     for i in 0..workers.max(1) {
         let (n, rx) = (node.clone(), rx.clone());
         std::thread::Builder::new()
-            .name(format!("hsm-{}-{}{i}", n.name(), lane.tag()))
-            .spawn(move || worker_loop(n, rx, lane.completion_batch()))
+            .name(format!("hsm-{}-{}{i}", n.name(), lane_tag(lane)))
+            .spawn(move || worker_loop(n, rx, lane))
             .map_err(|e| HsmError::Internal(format!("spawn worker: {e}")))?;
     }
     Ok(tx)
 }
 
 impl Pool {
-    /// Start the crypto lane (`node.opts.workers` threads) and the key generation lane
-    /// (`node.opts.keygen_workers` threads), each with at least one thread.
+    /// Serve `node` in this process: start the crypto lane (`node.opts.workers` threads),
+    /// the key generation lane (`node.opts.keygen_workers` threads), each with at least one
+    /// thread, and the probe lane.
     pub(super) fn start(node: Arc<Node>) -> Result<Pool, HsmError> {
         let o = &node.opts;
-        let tx = start_lane(&node, Lane::Crypto, o.workers, o.queue_depth)?;
-        let keygen_tx = start_lane(&node, Lane::Keygen, o.keygen_workers, o.keygen_queue_depth)?;
+        let lanes = Lanes {
+            crypto: start_lane(&node, Lane::Crypto, o.workers, o.queue_depth)?,
+            keygen: start_lane(&node, Lane::Keygen, o.keygen_workers, o.keygen_queue_depth)?,
+            probe: start_lane(&node, Lane::Probe, 1, 1)?,
+        };
         Ok(Pool {
             node,
-            tx,
-            keygen_tx,
+            backend: Backend::Local(Arc::new(lanes)),
         })
+    }
+
+    /// Serve `node` through its host process (`link`).
+    pub(super) fn hosted(node: Arc<Node>, link: Arc<HostLink>) -> Pool {
+        Pool {
+            node,
+            backend: Backend::Host(link),
+        }
     }
 
     /// The HSM these workers serve.
@@ -140,60 +154,81 @@ impl Pool {
         &self.node
     }
 
-    fn submit(&self, lane: Lane, deadline: Instant, run: JobFn) -> Result<(), HsmError> {
-        let job = Job {
-            deadline,
-            span: tracing::Span::current(),
-            run,
-        };
-        let hsm = || self.node.name().to_string();
-        match lane {
-            Lane::Crypto => self
-                .tx
-                .try_send(job)
-                .map_err(|_| HsmError::Busy { hsm: hsm() }),
-            Lane::Keygen => self
-                .keygen_tx
-                .try_send(job)
-                .map_err(|_| HsmError::KeygenBusy { hsm: hsm() }),
-        }
+    /// Whether the HSM is served by a host process.
+    pub(super) fn is_hosted(&self) -> bool {
+        matches!(self.backend, Backend::Host(_))
     }
 
-    /// Queue `f` in `lane` with `deadline` (a down HSM takes no job); the receiver gets its
-    /// result.
-    fn submit_async<T: Send + 'static>(
+    /// Queue `cmd` in `lane` with `deadline`; `done` gets its outcome. A full queue answers
+    /// at once (`Busy`, `KeygenBusy`, or a timeout for a probe still stuck).
+    pub(super) fn submit(
         &self,
         lane: Lane,
         deadline: Instant,
-        f: impl FnOnce(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + 'static,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<T, HsmError>>, HsmError> {
+        cmd: Command,
+        done: Done,
+    ) -> Result<(), HsmError> {
+        let hsm = || self.node.name().to_string();
+        let lanes = match &self.backend {
+            Backend::Local(l) => l,
+            Backend::Host(link) => return link.submit(lane, deadline, cmd, done),
+        };
+        let job = Job {
+            deadline,
+            span: tracing::Span::current(),
+            cmd,
+            done,
+        };
+        // Answered by the error returned here: the job never reached a worker.
+        let full = |j: crossbeam_channel::TrySendError<Job>| j.into_inner().done.cancel();
+        match lane {
+            Lane::Crypto => lanes.crypto.try_send(job).map_err(|j| {
+                full(j);
+                HsmError::Busy { hsm: hsm() }
+            }),
+            Lane::Keygen => lanes.keygen.try_send(job).map_err(|j| {
+                full(j);
+                HsmError::KeygenBusy { hsm: hsm() }
+            }),
+            Lane::Probe => lanes.probe.try_send(job).map_err(|j| {
+                full(j);
+                HsmError::Timeout { hsm: hsm(), ms: 0 }
+            }),
+        }
+    }
+
+    /// Queue `cmd` in `lane` with `deadline` (a down HSM takes no job); the receiver gets
+    /// its outcome.
+    fn submit_async(
+        &self,
+        lane: Lane,
+        deadline: Instant,
+        cmd: Command,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Reply, HsmError>>, HsmError> {
         if !self.node.usable() {
             return Err(self.down());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(
-            lane,
-            deadline,
-            job(f, move |r| {
-                let _ = tx.send(r);
-            }),
-        )?;
+        let done = Done::new(self.node.name(), move |r| {
+            let _ = tx.send(r);
+        });
+        self.submit(lane, deadline, cmd, done)?;
         Ok(rx)
     }
 
-    /// Run `f` in this HSM's crypto lane, waiting at most `timeout`; an overrun makes the
+    /// Run `cmd` in this HSM's crypto lane, waiting at most `timeout`; an overrun makes the
     /// HSM suspect.
-    pub(super) async fn call<T: Send + 'static>(
+    pub(super) async fn call<T: FromReply>(
         &self,
         timeout: Duration,
-        f: impl FnOnce(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + 'static,
+        cmd: Command,
     ) -> Result<T, HsmError> {
-        let rx = self.submit_async(Lane::Crypto, Instant::now() + timeout, f)?;
+        let rx = self.submit_async(Lane::Crypto, Instant::now() + timeout, cmd)?;
         let in_flight = self.node.begin_call();
         let r = tokio::time::timeout(timeout, rx).await;
         drop(in_flight);
         match r {
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => command::expect(r),
             Ok(Err(_)) => Err(self.down()),
             Err(_) => {
                 let e = self.timeout_err(timeout);
@@ -203,17 +238,14 @@ impl Pool {
         }
     }
 
-    /// Run the key generation `f` in this HSM's key generation lane, waiting at most the
+    /// Run the key generation `cmd` in this HSM's key generation lane, waiting at most the
     /// key generation deadline (queueing included). A full lane answers
     /// [`HsmError::KeygenBusy`] at once and an overrun [`HsmError::KeygenTimeout`]; neither
     /// makes the HSM suspect.
-    pub(super) async fn keygen<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + 'static,
-    ) -> Result<T, HsmError> {
+    pub(super) async fn keygen<T: FromReply>(&self, cmd: Command) -> Result<T, HsmError> {
         let timeout = self.node.opts.keygen_timeout;
         let deadline = Instant::now() + timeout;
-        let rx = self.submit_async(Lane::Keygen, deadline, f)?;
+        let rx = self.submit_async(Lane::Keygen, deadline, cmd)?;
         let in_flight = self.node.begin_keygen();
         let r = tokio::time::timeout(timeout, rx).await;
         drop(in_flight);
@@ -222,32 +254,118 @@ impl Pool {
             ms: timeout.as_millis() as u64,
         };
         match r {
-            Ok(Ok(r)) => r,
             // The worker drops a job whose deadline passed while it waited in the queue.
-            Ok(Err(_)) if Instant::now() >= deadline => Err(overran()),
+            Ok(Ok(Err(HsmError::NodeDown { .. }))) if Instant::now() >= deadline => Err(overran()),
+            Ok(Ok(r)) => command::expect(r),
             Ok(Err(_)) => Err(self.down()),
             Err(_) => Err(overran()),
         }
     }
 
-    /// Blocking twin of [`Pool::call`] for HSM-side threads (start-up).
-    pub(super) fn call_blocking<T: Send + 'static>(
+    /// Blocking twin of [`Pool::call`] for HSM-side threads (start-up, admission, tests'
+    /// inspection); runs whatever the HSM's state.
+    pub(super) fn call_blocking<T: FromReply>(
         &self,
         timeout: Duration,
-        f: impl FnOnce(&mut WorkerCtx<'_>) -> Result<T, HsmError> + Send + 'static,
+        cmd: Command,
     ) -> Result<T, HsmError> {
+        command::expect(self.blocking(Lane::Crypto, timeout, cmd))
+    }
+
+    fn blocking(&self, lane: Lane, timeout: Duration, cmd: Command) -> Result<Reply, HsmError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(
-            Lane::Crypto,
-            Instant::now() + timeout,
-            job(f, move |r| {
-                let _ = tx.send(r);
-            }),
-        )?;
+        let done = Done::new(self.node.name(), move |r| {
+            let _ = tx.send(r);
+        });
+        self.submit(lane, Instant::now() + timeout, cmd, done)?;
         match rx.recv_timeout(timeout) {
             Ok(r) => r,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(self.timeout_err(timeout)),
             Err(_) => Err(self.down()),
+        }
+    }
+
+    /// Probe the HSM now on its probe lane, waiting at most `timeout` (blocking: the
+    /// monitor thread). A probe still stuck from an earlier request fails this one at once.
+    pub(super) fn probe(&self, timeout: Duration) -> Result<Facts, HsmError> {
+        let facts =
+            command::expect(self.blocking(Lane::Probe, timeout, Command::Probe)).map_err(|e| {
+                match e {
+                    HsmError::Timeout { hsm, .. } => HsmError::Timeout {
+                        hsm,
+                        ms: timeout.as_millis() as u64,
+                    },
+                    e => e,
+                }
+            })?;
+        if let Backend::Host(link) = &self.backend {
+            link.set_facts(facts);
+        }
+        Ok(facts)
+    }
+
+    /// Re-initialize the HSM from nothing (blocking: the monitor thread). In this process:
+    /// `C_Finalize` once no call is inside the module, then `C_Initialize`, login and
+    /// warm-up; a hosted HSM: its host process is killed and a new one started. Returns the
+    /// new login epoch.
+    pub(super) fn reinit(&self) -> Result<u64, HsmError> {
+        match &self.backend {
+            Backend::Local(_) => {
+                self.node.close_instance();
+                if self.node.shutting_down() {
+                    return Err(self.down());
+                }
+                self.node.open_next_instance()
+            }
+            Backend::Host(link) => link.restart(),
+        }
+    }
+
+    /// Apply a setting to the HSM (in order with the jobs that follow it).
+    pub(super) fn control(&self, c: Control) {
+        match &self.backend {
+            Backend::Local(_) => c.apply(&self.node),
+            Backend::Host(link) => link.control(c),
+        }
+    }
+
+    /// What the HSM's current module instance knows of itself (a hosted HSM: as of its last
+    /// probe); `None` while it is down.
+    pub(super) fn facts(&self) -> Option<Facts> {
+        match &self.backend {
+            Backend::Local(_) => self.node.current().map(|i| command::facts_of(&i)),
+            Backend::Host(link) => link.facts(),
+        }
+    }
+
+    /// The PID of the HSM's host process (`None` in process, or while none runs).
+    pub(super) fn host_pid(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Host(link) => link.pid(),
+        }
+    }
+
+    /// This HSM's line of the health report.
+    pub(super) fn report(&self) -> super::node::HsmHealth {
+        let mut r = self.node.report();
+        if let Backend::Host(link) = &self.backend {
+            let f = link.facts();
+            r.login_epoch = f.map(|f| f.epoch);
+            r.cached_handles = f.map(|f| f.cached_handles).unwrap_or(0);
+            r.unreadable_objects = f.map(|f| f.unreadable).unwrap_or(0);
+            r.host_pid = link.pid();
+            r.host_restarts = Some(link.restarts());
+        }
+        r
+    }
+
+    /// Stop the HSM: its threads, and its module instance finalized (in process) or its
+    /// host process ended.
+    pub(super) fn shutdown(&self) {
+        self.node.shutdown();
+        if let Backend::Host(link) = &self.backend {
+            link.shutdown();
         }
     }
 
@@ -305,12 +423,13 @@ impl Drop for OwnSession {
     }
 }
 
-fn worker_loop(node: Arc<Node>, rx: crossbeam_channel::Receiver<Job>, batch: usize) {
+fn worker_loop(node: Arc<Node>, rx: crossbeam_channel::Receiver<Job>, lane: Lane) {
+    let batch = completion_batch(lane);
     let mut session = OwnSession::default();
-    let mut done: Vec<Completion> = Vec::with_capacity(batch);
+    let mut done: Vec<(Done, Result<Reply, HsmError>)> = Vec::with_capacity(batch);
     loop {
         if !done.is_empty() && (rx.is_empty() || done.len() >= batch) {
-            done.drain(..).for_each(|c| c());
+            done.drain(..).for_each(|(d, r)| d.send(r));
         }
         let job = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(j) => j,
@@ -325,7 +444,8 @@ fn worker_loop(node: Arc<Node>, rx: crossbeam_channel::Receiver<Job>, batch: usi
         let Job {
             deadline,
             span,
-            run,
+            cmd,
+            done: reply,
         } = job;
         let _entered = span.enter();
         let _gate = node.call_gate(); // may wait while the module is re-initialized
@@ -335,7 +455,10 @@ fn worker_loop(node: Arc<Node>, rx: crossbeam_channel::Receiver<Job>, batch: usi
         let Some(inst) = node.current() else {
             continue; // HSM down: dropping the job answers NodeDown
         };
-        node.stall_job();
+        match lane {
+            Lane::Probe => node.stall_probe(),
+            Lane::Crypto | Lane::Keygen => node.stall_job(),
+        }
         let s = match session.on(&node, &inst) {
             Ok(s) => s,
             Err(e) => {
@@ -344,7 +467,7 @@ fn worker_loop(node: Arc<Node>, rx: crossbeam_channel::Receiver<Job>, batch: usi
             }
         };
         let mut ctx = WorkerCtx::new(&node, &inst, s);
-        done.push(run(&mut ctx));
+        done.push((reply, cmd.run(&mut ctx)));
         let faulted = ctx.session_faulted();
         let overran = Instant::now() > deadline;
         if faulted || overran {

@@ -113,7 +113,7 @@ impl Kms {
     }
 
     /// Compare the metadata with every HSM's objects.
-    pub fn reconcile_report(&self) -> ReconcileReport {
+    pub async fn reconcile_report(&self) -> ReconcileReport {
         let referenced = self.referenced();
         let needed: BTreeSet<ObjectId> = self
             .resync_list()
@@ -123,6 +123,7 @@ impl Kms {
         let rows = self
             .vault
             .inventory()
+            .await
             .into_iter()
             .map(|(hsm, usable, ids)| {
                 let held: BTreeSet<&ObjectId> = ids.iter().collect();
@@ -170,7 +171,7 @@ impl Kms {
         grace: Duration,
         progress: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ReconcileReport, KmsError> {
-        let mut report = self.reconcile_report();
+        let mut report = self.reconcile_report().await;
         if !fix {
             return Ok(report);
         }
@@ -206,7 +207,7 @@ impl Kms {
     /// The background pass: log findings when first seen, and destroy orphaned objects that
     /// stayed unreferenced for [`ORPHAN_GRACE`].
     pub(super) async fn reconcile_background(&self, now: OffsetDateTime) -> Result<(), KmsError> {
-        let report = self.reconcile_report();
+        let report = self.reconcile_report().await;
         let orphans: BTreeSet<String> = report
             .rows
             .iter()

@@ -2393,7 +2393,7 @@ async fn background_reconciliation_destroys_an_orphan_only_after_the_grace_perio
     )
     .await
     .unwrap();
-    let report = h.kms.reconcile_report();
+    let report = h.kms.reconcile_report().await;
     assert!(report
         .rows
         .iter()
@@ -2415,6 +2415,7 @@ async fn background_reconciliation_destroys_an_orphan_only_after_the_grace_perio
     assert!(h
         .kms
         .reconcile_report()
+        .await
         .rows
         .iter()
         .all(|r| r.orphaned.is_empty()));

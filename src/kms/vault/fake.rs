@@ -824,7 +824,7 @@ impl KeyVault for FakeVault {
         }
     }
 
-    fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)> {
+    async fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)> {
         self.state
             .lock()
             .hsms

@@ -49,7 +49,7 @@ impl std::fmt::Display for ObjectId {
 }
 
 /// The kind of a key pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PairSpec {
     /// RSA with a modulus of this many bits.
     Rsa(u32),
@@ -60,7 +60,7 @@ pub enum PairSpec {
 }
 
 /// What the private half of a key pair may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PairUse {
     /// Sign (and the public half verify).
     Sign,
@@ -71,7 +71,7 @@ pub enum PairUse {
 }
 
 /// The kind of a backing key the vault creates and replicates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyKind {
     /// An AES-256 key for AES-256-GCM.
     Aes,
@@ -82,7 +82,7 @@ pub enum KeyKind {
 }
 
 /// A signature scheme over a digest (or over the message for pure Ed25519).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SignScheme {
     /// ECDSA; signatures are DER `ECDSA-Sig-Value`.
     Ecdsa(Curve),
@@ -285,5 +285,5 @@ pub trait KeyVault: Send + Sync {
     fn health(&self) -> Vec<HsmStatus>;
 
     /// What each HSM holds: (HSM name, usable now, the ids of its objects).
-    fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)>;
+    async fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)>;
 }

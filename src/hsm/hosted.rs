@@ -1,0 +1,98 @@
+//! The HSM host process (`hsm-kms hsm-host`): serves one HSM for the service that started
+//! it. It reads its configuration from the first frame on stdin (the PIN never appears in
+//! its arguments or environment), opens the HSM exactly as an in-process HSM is opened
+//! (`Node`), runs each job frame on a [`Pool`] of its own (the same lanes, sessions, call
+//! gate and deadlines), and writes one answer frame per job on stdout; logs go to stderr.
+//! It ends when its stdin closes (the service ended it, or died), finalizing the module.
+
+use super::command::Done;
+use super::error::HsmError;
+use super::host::{self, FromHost, HostInit, ToHost};
+use super::instance::NodeConfig;
+use super::integrity::Expected;
+use super::node::{Node, NodeOptions};
+use super::worker::Pool;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// Serve the HSM described by the first frame of `input`, answering on `output`, until
+/// `input` ends.
+pub fn serve(mut input: impl Read, output: impl Write + Send + 'static) -> Result<(), HsmError> {
+    let bad = |m: String| HsmError::Internal(format!("HSM host: {m}"));
+    let init: HostInit = match host::read_frame(&mut input) {
+        Ok(Some(ToHost::Init(init))) => init,
+        Ok(_) => return Err(bad("the first frame is not its configuration".into())),
+        Err(e) => return Err(bad(format!("reading its configuration: {e}"))),
+    };
+    let pin = String::from_utf8(init.pin.to_vec()).map_err(|_| bad("PIN is not UTF-8".into()))?;
+    let cfg = NodeConfig {
+        name: init.name.clone(),
+        module: init.module,
+        token_label: init.token_label,
+        pin: Zeroizing::new(pin),
+        // The service set this HSM's environment on this process.
+        env: Vec::new(),
+    };
+    let opts = NodeOptions {
+        workers: init.workers,
+        queue_depth: init.queue_depth,
+        keygen_workers: init.keygen_workers,
+        keygen_queue_depth: init.keygen_queue_depth,
+        keygen_timeout: Duration::from_millis(init.keygen_timeout_ms),
+        probe_interval: Duration::from_secs(1),
+        probe_timeout: Duration::from_millis(init.probe_timeout_ms),
+        // IVs of the request path come with each job, drawn by the service's source.
+        iv: None,
+        checks: Arc::new(Expected::default()),
+    };
+    let (node, error) = Node::open(cfg, opts);
+    let node = Arc::new(node);
+    let pool = Pool::start(node.clone())?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let writer = std::thread::Builder::new()
+        .name(format!("hsm-{}-out", init.name))
+        .spawn(move || host::write_loop(rx, output))
+        .map_err(|e| bad(format!("spawn writer: {e}")))?;
+    let send = {
+        let tx = tx.clone();
+        move |msg: FromHost| match host::encode(&msg) {
+            Ok(frame) => {
+                let _ = tx.send(frame);
+            }
+            Err(e) => tracing::error!(error = %e, "HSM host: answer not encodable"),
+        }
+    };
+    send(FromHost::Hello {
+        state: node.state(),
+        error,
+        facts: pool.facts(),
+    });
+    let send = Arc::new(send);
+    loop {
+        match host::read_frame::<ToHost>(&mut input) {
+            Ok(Some(ToHost::Job { id, lane, ms, cmd })) => {
+                let s = send.clone();
+                let done = Done::new(node.name(), move |result| s(FromHost::Done { id, result }));
+                let deadline = Instant::now() + Duration::from_millis(ms);
+                if let Err(e) = pool.submit(lane, deadline, cmd, done) {
+                    send(FromHost::Done { id, result: Err(e) });
+                }
+            }
+            Ok(Some(ToHost::Control(c))) => c.apply(&node),
+            Ok(Some(ToHost::Init(_))) => {
+                tracing::warn!("HSM host: configuration sent twice; ignored")
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "HSM host: unreadable input; ending");
+                break;
+            }
+        }
+    }
+    // The process ends next: answers still queued are of no use to anyone.
+    pool.shutdown();
+    drop(writer);
+    Ok(())
+}
