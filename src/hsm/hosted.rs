@@ -2,7 +2,8 @@
 //! it. It reads its configuration from the first frame on stdin (the PIN never appears in
 //! its arguments or environment), opens the HSM exactly as an in-process HSM is opened
 //! (`Node`), runs each job frame on a [`Pool`] of its own (the same lanes, sessions, call
-//! gate and deadlines), and writes one answer frame per job on stdout; logs go to stderr.
+//! gate and deadlines), and writes one answer frame per job on stdout, from the worker
+//! that ran it; logs go to stderr.
 //! It ends when its stdin closes (the service ended it, or died), finalizing the module.
 
 use super::command::Done;
@@ -13,6 +14,7 @@ use super::integrity::Expected;
 use super::node::{Node, NodeOptions};
 use super::worker::Pool;
 use std::io::{Read, Write};
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -50,19 +52,17 @@ pub fn serve(mut input: impl Read, output: impl Write + Send + 'static) -> Resul
     let (node, error) = Node::open(cfg, opts);
     let node = Arc::new(node);
     let pool = Pool::start(node.clone())?;
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let writer = std::thread::Builder::new()
-        .name(format!("hsm-{}-out", init.name))
-        .spawn(move || host::write_loop(rx, output))
-        .map_err(|e| bad(format!("spawn writer: {e}")))?;
-    let send = {
-        let tx = tx.clone();
-        move |msg: FromHost| match host::encode(&msg) {
-            Ok(frame) => {
-                let _ = tx.send(frame);
+    // Answers are written by the thread that has them (a worker, after its job), one
+    // write per answer under a lock: no hand-off to a writer thread.
+    let output = Mutex::new(output);
+    let send = move |msg: FromHost| match host::encode(&msg) {
+        Ok(frame) => {
+            let mut out = output.lock();
+            if out.write_all(&frame).and_then(|()| out.flush()).is_err() {
+                tracing::debug!("HSM host: the service no longer reads its answers");
             }
-            Err(e) => tracing::error!(error = %e, "HSM host: answer not encodable"),
         }
+        Err(e) => tracing::error!(error = %e, "HSM host: answer not encodable"),
     };
     send(FromHost::Hello {
         state: node.state(),
@@ -93,6 +93,5 @@ pub fn serve(mut input: impl Read, output: impl Write + Send + 'static) -> Resul
     }
     // The process ends next: answers still queued are of no use to anyone.
     pool.shutdown();
-    drop(writer);
     Ok(())
 }
