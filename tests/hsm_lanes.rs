@@ -29,11 +29,12 @@ fn key_id(n: u32) -> Vec<u8> {
 /// moves past 1 while the call is inside), and the generation completes on the instance it
 /// started on. (With a bounded wait followed by C_Finalize, new instances were opened under
 /// the running call, which then used a stale session on another instance or a finalized
-/// module, or crashed the process.)
+/// module, or crashed the process.) In process only: a hosted HSM is re-initialized by
+/// killing its host process, which no call survives (see `tests/drills.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reinitialization_waits_for_the_call_inside_the_module() {
     let t = tokens(&["a", "b"]);
-    let mut opts = fast_options();
+    let mut opts = in_process_options();
     opts.call_timeout = Duration::from_millis(300);
     opts.probe_interval = Duration::from_millis(100);
     opts.keygen_timeout = Duration::from_secs(20);

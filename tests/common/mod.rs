@@ -38,11 +38,27 @@ pub(crate) fn unenrolled_tokens(names: &[&str]) -> Tokens {
     Tokens { dir, hsms, so }
 }
 
+/// Short deadlines and probe period; each HSM in a host process of its own, as the
+/// service runs by default (`hsm_isolation = "process"`).
 pub(crate) fn fast_options() -> ClusterOptions {
     ClusterOptions {
         call_timeout: Duration::from_millis(1500),
         probe_interval: Duration::from_millis(200),
+        host_program: Some(host_program()),
         ..ClusterOptions::default()
+    }
+}
+
+/// The `hsm-kms` binary this test run built: each HSM's host process.
+pub(crate) fn host_program() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_hsm-kms"))
+}
+
+/// [`fast_options`] with every HSM inside the service process (`hsm_isolation = "in-process"`).
+pub(crate) fn in_process_options() -> ClusterOptions {
+    ClusterOptions {
+        host_program: None,
+        ..fast_options()
     }
 }
 
