@@ -66,6 +66,8 @@ struct Tally {
     notes: Mutex<Vec<String>>,
     /// (ciphertext blob, plaintext) of every Encrypt that succeeded during the drill.
     made: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// The longest any one request of the load took.
+    slowest: Mutex<Duration>,
 }
 
 impl Tally {
@@ -159,6 +161,16 @@ async fn make_keys(c: &Client) -> Keys {
     }
 }
 
+/// One request of the load, its time counted in [`Tally::slowest`].
+async fn timed(c: &Client, tally: &Tally, op: &str, body: Value) -> common::Reply {
+    let start = Instant::now();
+    let r = c.call(op, body).await;
+    let took = start.elapsed();
+    let mut slowest = tally.slowest.lock().unwrap();
+    *slowest = (*slowest).max(took);
+    r
+}
+
 /// One client of the load: the four request kinds in turn until `stop`.
 async fn client_loop(
     c: Client,
@@ -172,15 +184,23 @@ async fn client_loop(
         match i % 4 {
             0 => {
                 let pt = format!("client {n} message {i}").into_bytes();
-                let r = c
-                    .call("Encrypt", json!({"KeyId": keys.sym, "Plaintext": b64(&pt)}))
-                    .await;
+                let r = timed(
+                    &c,
+                    &tally,
+                    "Encrypt",
+                    json!({"KeyId": keys.sym, "Plaintext": b64(&pt)}),
+                )
+                .await;
                 if let Some(b) = tally.reply("Encrypt", r) {
                     let blob = unb64(&b["CiphertextBlob"]);
                     tally.made.lock().unwrap().push((blob.clone(), pt.clone()));
-                    let r = c
-                        .call("Decrypt", json!({"CiphertextBlob": b64(&blob)}))
-                        .await;
+                    let r = timed(
+                        &c,
+                        &tally,
+                        "Decrypt",
+                        json!({"CiphertextBlob": b64(&blob)}),
+                    )
+                    .await;
                     if let Some(d) = tally.reply("Decrypt", r) {
                         if unb64(&d["Plaintext"]) != pt {
                             tally.wrong(format!("Decrypt of a fresh blob gave {d}"));
@@ -190,9 +210,7 @@ async fn client_loop(
             }
             1 => {
                 let (blob, pt) = &keys.old[i % keys.old.len()];
-                let r = c
-                    .call("Decrypt", json!({"CiphertextBlob": b64(blob)}))
-                    .await;
+                let r = timed(&c, &tally, "Decrypt", json!({"CiphertextBlob": b64(blob)})).await;
                 if let Some(d) = tally.reply("Decrypt", r) {
                     if &unb64(&d["Plaintext"]) != pt {
                         tally.wrong(format!("Decrypt of an old blob gave {d}"));
@@ -201,13 +219,14 @@ async fn client_loop(
             }
             2 => {
                 let msg = format!("client {n} sign {i}").into_bytes();
-                let r = c
-                    .call(
-                        "Sign",
-                        json!({"KeyId": keys.sign, "Message": b64(&msg),
-                               "SigningAlgorithm": "ECDSA_SHA_256", "MessageType": "RAW"}),
-                    )
-                    .await;
+                let r = timed(
+                    &c,
+                    &tally,
+                    "Sign",
+                    json!({"KeyId": keys.sign, "Message": b64(&msg),
+                           "SigningAlgorithm": "ECDSA_SHA_256", "MessageType": "RAW"}),
+                )
+                .await;
                 if let Some(s) = tally.reply("Sign", r) {
                     if !ecdsa_ok(&keys.spki, &msg, &unb64(&s["Signature"])) {
                         tally.wrong(format!("Sign gave a signature that does not verify: {s}"));
@@ -216,12 +235,13 @@ async fn client_loop(
             }
             _ => {
                 let (msg, mac) = &keys.mac_refs[i % keys.mac_refs.len()];
-                let r = c
-                    .call(
-                        "GenerateMac",
-                        json!({"KeyId": keys.mac, "Message": b64(msg), "MacAlgorithm": "HMAC_SHA_256"}),
-                    )
-                    .await;
+                let r = timed(
+                    &c,
+                    &tally,
+                    "GenerateMac",
+                    json!({"KeyId": keys.mac, "Message": b64(msg), "MacAlgorithm": "HMAC_SHA_256"}),
+                )
+                .await;
                 if let Some(m) = tally.reply("GenerateMac", r) {
                     if &unb64(&m["Mac"]) != mac {
                         tally.wrong(format!("GenerateMac gave another MAC: {m}"));
@@ -310,6 +330,8 @@ async fn start(names: &[&str], maintenance: Duration) -> Started {
 /// One row of the availability table.
 struct Row {
     fault: &'static str,
+    /// What the recovery time is counted from.
+    since: &'static str,
     requests: u64,
     failed: u64,
     wrong: u64,
@@ -322,6 +344,7 @@ impl Row {
     fn of(fault: &'static str, tally: &Tally, recovered: Duration, extra: String) -> Row {
         Row {
             fault,
+            since: "the repair",
             requests: tally.requests.load(Ordering::Relaxed),
             failed: tally.retryable.load(Ordering::Relaxed),
             wrong: tally.wrong.load(Ordering::Relaxed),
@@ -332,12 +355,13 @@ impl Row {
 
     fn print(&self) {
         println!(
-            "DRILL | {} | {} requests | {} failed (DependencyTimeoutException) | {} wrong | healthy {:.2} s after the repair{}",
+            "DRILL | {} | {} requests | {} failed (DependencyTimeoutException) | {} wrong | healthy {:.2} s after {}{}",
             self.fault,
             self.requests,
             self.failed,
             self.wrong,
             self.recovered.as_secs_f64(),
+            self.since,
             self.extra
         );
     }
@@ -412,10 +436,19 @@ async fn drill_on_a(
 ) -> Row {
     let _serial = SERIAL.lock().await;
     let s = start(&["a", "b"], Duration::from_secs(3600)).await;
+    drill_on_started(s, fault, |s| inject(&s.tokens.hsms[0].token_dir)).await
+}
+
+/// [`drill_on_a`] on a service already started; `inject` sees the service.
+async fn drill_on_started(
+    s: Started,
+    fault: &'static str,
+    inject: impl FnOnce(&Started) -> Box<dyn FnOnce() + Send>,
+) -> Row {
     let keys = Arc::new(make_keys(&s.client).await);
     let load = Load::start(&s.client, &keys);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let repair = inject(&s.tokens.hsms[0].token_dir);
+    let repair = inject(&s);
     let injected = Instant::now();
     let down = goes_down(&s, "a", FAULT).await;
     tokio::time::sleep(FAULT.saturating_sub(injected.elapsed())).await;
@@ -447,6 +480,166 @@ async fn drill_on_a(
         "hsm b must not be touched"
     );
     row
+}
+
+/// How a drill ends HSM a's host process.
+#[derive(Clone, Copy, PartialEq)]
+enum HostFault {
+    /// `kill -9`.
+    Kill,
+    /// SIGSTOP for [`FAULT`], then SIGCONT (if the service has not replaced it already).
+    Stop,
+    /// Its module segfaults on every `C_Encrypt` for [`FAULT`] (see `tests/support`).
+    Segv,
+}
+
+/// Send `signal` (e.g. `-KILL`) to `pid`, a host process this test's service started.
+fn signal(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Build `tests/support/segv_module.c` into `dir`: a module forwarding to `real` that
+/// segfaults in `C_Encrypt` while `trigger` exists.
+fn segv_module(dir: &Path, real: &Path, trigger: &Path) -> PathBuf {
+    let out = dir.join("libsegv-pkcs11.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/segv_module.c");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&out)
+        .arg(format!("-DREAL=\"{}\"", real.display()))
+        .arg(format!("-DTRIGGER=\"{}\"", trigger.display()))
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("cc (gcc) builds the drills' segfaulting module");
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
+
+/// A drill on HSM a's host process under the load: `how` ends it; the service must fail
+/// the jobs it had in flight over to b, kill and replace it, and take a back as soon as it
+/// answers (for [`HostFault::Kill`] at once; otherwise once the fault is repaired).
+async fn drill_on_host(fault: &'static str, how: HostFault) -> Row {
+    let _serial = SERIAL.lock().await;
+    let mut tokens = tokens(&["a", "b"]);
+    let trigger = tokens.dir.path().join("segv-trigger");
+    if how == HostFault::Segv {
+        let real = tokens.hsms[0].module.clone();
+        tokens.hsms[0].module = segv_module(tokens.dir.path(), &real, &trigger);
+    }
+    let opts = fast_options();
+    let deadline = opts.call_timeout;
+    let (running, client) = start_tuned(
+        &tokens,
+        Arc::new(hsm_kms::clock::SystemClock),
+        opts,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let s = Started {
+        tokens,
+        running,
+        client,
+    };
+    let cl = s.running.cluster.clone();
+    let pid = cl.host_pid("a").expect("hsm a runs in a host process");
+    let keys = Arc::new(make_keys(&s.client).await);
+    let load = Load::start(&s.client, &keys);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let injected = Instant::now();
+    match how {
+        HostFault::Kill => assert!(signal(pid, "-KILL")),
+        HostFault::Stop => assert!(signal(pid, "-STOP")),
+        HostFault::Segv => std::fs::write(&trigger, b"").unwrap(),
+    }
+    let down = goes_down(&s, "a", FAULT).await;
+    // A killed or stopped host needs no repair: the service replaces it by itself, so the
+    // time counts from the fault. A segfaulting module keeps its new hosts crashing (with
+    // back-off) until it is repaired.
+    let recovered = if how == HostFault::Segv {
+        tokio::time::sleep(FAULT.saturating_sub(injected.elapsed())).await;
+        std::fs::remove_file(&trigger).unwrap();
+        recovers(&s, "a").await
+    } else {
+        let r = recovers(&s, "a").await.map(|_| injected.elapsed());
+        tokio::time::sleep(FAULT.saturating_sub(injected.elapsed())).await;
+        // Only if the service has not killed it yet (it has: that PID is no longer ours).
+        if how == HostFault::Stop && cl.host_pid("a") == Some(pid) {
+            signal(pid, "-CONT");
+        }
+        r
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = load.finish().await;
+    assert!(down, "{fault}: hsm a never left Healthy: the drill proves nothing");
+    let recovered = recovered
+        .unwrap_or_else(|| panic!("{fault}: hsm a never recovered: {:?}", cl.health()));
+    let a = cl.health().into_iter().find(|h| h.name == "a").unwrap();
+    let new_pid = a.host_pid.expect("a host process again");
+    assert_ne!(new_pid, pid, "{fault}: the host process was not replaced");
+    let restarts = a.host_restarts.unwrap_or(0);
+    let exit = a.host_last_exit.clone().unwrap_or_default();
+    match how {
+        HostFault::Kill => assert!(exit.contains("signal 9"), "{exit:?}"),
+        HostFault::Segv => {
+            assert!(exit.contains("signal 11"), "the module did not segfault: {exit:?}");
+            assert!(restarts >= 2, "hosts that crashed while the fault lasted: {restarts}");
+            // With the monitor's back-off (a crash-looping host is not restarted at once).
+            assert!(restarts <= 12, "{restarts} host restarts in {FAULT:?}: no back-off");
+        }
+        HostFault::Stop => {}
+    }
+    let slowest = *tally.slowest.lock().unwrap();
+    // A hung host costs a request at most one call deadline (then b answers it).
+    assert!(
+        slowest <= deadline + Duration::from_millis(1000),
+        "{fault}: a request took {slowest:?} (call deadline {deadline:?})"
+    );
+    let n = all_made_decrypt(&s.client, &tally).await;
+    let mut row = Row::of(
+        fault,
+        &tally,
+        recovered,
+        format!(
+            " | slowest request {} ms | {restarts} host restarts | {n} blobs made during the drill all decrypt",
+            slowest.as_millis()
+        ),
+    );
+    if how != HostFault::Segv {
+        row.since = "the fault (no repair needed)";
+    }
+    judge(&row, &tally);
+    assert_eq!(cl.health()[1].reinitializations, 0, "hsm b must not be touched");
+    assert_eq!(cl.health()[1].host_restarts, Some(0), "hsm b must not be touched");
+    row
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_6_host_process_killed() {
+    drill_on_host("HSM host process killed (kill -9)", HostFault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_7_host_process_stopped_then_continued() {
+    drill_on_host(
+        "HSM host process stopped (SIGSTOP 3 s, then SIGCONT)",
+        HostFault::Stop,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_8_module_segfaults() {
+    drill_on_host(
+        "PKCS#11 module segfaults on every C_Encrypt for 3 s",
+        HostFault::Segv,
+    )
+    .await;
 }
 
 /// The one token folder (named by its serial) inside a SoftHSM2 token directory.

@@ -177,6 +177,8 @@ pub(super) struct HostLink {
     conn: RwLock<Option<Arc<Conn>>>,
     facts: Mutex<Option<Facts>>,
     restarts: AtomicU64,
+    /// How the last host that ended on its own ended (e.g. `killed by signal 11`).
+    last_exit: Arc<Mutex<Option<String>>>,
 }
 
 impl HostLink {
@@ -198,6 +200,7 @@ impl HostLink {
             conn: RwLock::new(None),
             facts: Mutex::new(None),
             restarts: AtomicU64::new(0),
+            last_exit: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -270,6 +273,11 @@ impl HostLink {
     /// Host processes started after the first.
     pub(super) fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// How the last host that ended on its own (not ended by the service) ended.
+    pub(super) fn last_exit(&self) -> Option<String> {
+        self.last_exit.lock().clone()
     }
 
     /// End the current host process, if any (SIGKILL), and start a new one: it loads the
@@ -389,10 +397,14 @@ impl HostLink {
         )
         .and_then(|()| {
             let (hello_tx, hello_rx) = std::sync::mpsc::sync_channel(1);
-            let (c, node) = (conn.clone(), self.node.clone());
+            let (c, node, exit) = (conn.clone(), self.node.clone(), self.last_exit.clone());
             spawn(
                 format!("hsm-{hsm}-rx"),
-                Box::new(move || read_loop(&c, &node, &mut stdout, hello_tx)),
+                Box::new(move || {
+                    if let Some(status) = read_loop(&c, &node, &mut stdout, hello_tx) {
+                        *exit.lock() = Some(status);
+                    }
+                }),
             )
             .map(|()| hello_rx)
         });
@@ -429,13 +441,14 @@ impl HostLink {
 
 /// The reader thread of one host: the hello, then every answer to its waiting job; at the
 /// end of the host's stdout, every job still pending fails (`NodeDown`) and, unless the
-/// service ended the host itself, the HSM becomes suspect.
+/// service ended the host itself, the HSM becomes suspect and how the host ended is
+/// returned.
 fn read_loop(
     conn: &Conn,
     node: &Node,
     out: &mut impl Read,
     hello: std::sync::mpsc::SyncSender<(NodeState, Option<HsmError>, Option<Facts>)>,
-) {
+) -> Option<String> {
     let mut out = std::io::BufReader::with_capacity(64 << 10, out);
     let why = loop {
         match read_frame::<FromHost>(&mut out) {
@@ -461,7 +474,7 @@ fn read_loop(
     let in_flight = failed.len();
     drop(failed); // each answers NodeDown
     if conn.ended.load(Ordering::Acquire) || node.shutting_down() {
-        return;
+        return None;
     }
     let status = exit_status(conn);
     tracing::error!(
@@ -471,9 +484,11 @@ fn read_loop(
         in_flight,
         "HSM host process ended ({why}); its jobs in flight fail over"
     );
-    node.suspect(&HsmError::NodeDown {
+    node.suspect(&HsmError::Setup {
         hsm: node.name().to_string(),
+        message: format!("its host process {} ended: {status}", conn.pid),
     });
+    Some(status)
 }
 
 /// How the host exited, waiting briefly for it to be reapable.

@@ -86,6 +86,9 @@ pub struct HsmHealth {
     /// Host processes started after the first (`None`: served in process).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_restarts: Option<u64>,
+    /// How the last host process that ended on its own ended (e.g. `killed by signal 11`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_last_exit: Option<String>,
 }
 
 /// Options shared by every node of a cluster.
@@ -236,6 +239,9 @@ impl Node {
     }
 
     /// Mark the HSM suspect after a device fault and wake its monitor to probe now.
+    /// An HSM that is not usable (down, failed) is left to its monitor's back-off: waking
+    /// the monitor for each failure of a crash-looping host would restart it at once, in
+    /// a loop.
     pub(super) fn suspect(&self, e: &HsmError) {
         let _ = self.state.compare_exchange(
             NodeState::Healthy as u8,
@@ -243,9 +249,11 @@ impl Node {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        tracing::warn!(hsm = %self.cfg.name, error = %e, "HSM suspect");
         self.record_error(e);
-        self.wake_monitor();
+        if self.usable() {
+            tracing::warn!(hsm = %self.cfg.name, error = %e, "HSM suspect");
+            self.wake_monitor();
+        }
     }
 
     /// Keep `e` as the last error of the health report.
@@ -368,6 +376,7 @@ impl Node {
             unreadable_objects: inst.as_ref().map(|i| i.handles.unreadable()).unwrap_or(0),
             host_pid: None,
             host_restarts: None,
+            host_last_exit: None,
         }
     }
 

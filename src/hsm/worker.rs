@@ -356,6 +356,7 @@ impl Pool {
             r.unreadable_objects = f.map(|f| f.unreadable).unwrap_or(0);
             r.host_pid = link.pid();
             r.host_restarts = Some(link.restarts());
+            r.host_last_exit = link.last_exit();
         }
         r
     }
