@@ -196,7 +196,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::HsmHost { hsm: _ } => {
             // Frames go to fd 1 unbuffered (`Stdout` would split them at newlines).
-            let out = std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?);
+            let out = std::fs::File::from(
+                std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?,
+            );
             hsm_kms::hsm::serve_host(std::io::stdin().lock(), out)?;
             Ok(())
         }

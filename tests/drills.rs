@@ -194,13 +194,8 @@ async fn client_loop(
                 if let Some(b) = tally.reply("Encrypt", r) {
                     let blob = unb64(&b["CiphertextBlob"]);
                     tally.made.lock().unwrap().push((blob.clone(), pt.clone()));
-                    let r = timed(
-                        &c,
-                        &tally,
-                        "Decrypt",
-                        json!({"CiphertextBlob": b64(&blob)}),
-                    )
-                    .await;
+                    let r =
+                        timed(&c, &tally, "Decrypt", json!({"CiphertextBlob": b64(&blob)})).await;
                     if let Some(d) = tally.reply("Decrypt", r) {
                         if unb64(&d["Plaintext"]) != pt {
                             tally.wrong(format!("Decrypt of a fresh blob gave {d}"));
@@ -576,9 +571,12 @@ async fn drill_on_host(fault: &'static str, how: HostFault) -> Row {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let tally = load.finish().await;
-    assert!(down, "{fault}: hsm a never left Healthy: the drill proves nothing");
-    let recovered = recovered
-        .unwrap_or_else(|| panic!("{fault}: hsm a never recovered: {:?}", cl.health()));
+    assert!(
+        down,
+        "{fault}: hsm a never left Healthy: the drill proves nothing"
+    );
+    let recovered =
+        recovered.unwrap_or_else(|| panic!("{fault}: hsm a never recovered: {:?}", cl.health()));
     let a = cl.health().into_iter().find(|h| h.name == "a").unwrap();
     let new_pid = a.host_pid.expect("a host process again");
     assert_ne!(new_pid, pid, "{fault}: the host process was not replaced");
@@ -587,10 +585,19 @@ async fn drill_on_host(fault: &'static str, how: HostFault) -> Row {
     match how {
         HostFault::Kill => assert!(exit.contains("signal 9"), "{exit:?}"),
         HostFault::Segv => {
-            assert!(exit.contains("signal 11"), "the module did not segfault: {exit:?}");
-            assert!(restarts >= 2, "hosts that crashed while the fault lasted: {restarts}");
+            assert!(
+                exit.contains("signal 11"),
+                "the module did not segfault: {exit:?}"
+            );
+            assert!(
+                restarts >= 2,
+                "hosts that crashed while the fault lasted: {restarts}"
+            );
             // With the monitor's back-off (a crash-looping host is not restarted at once).
-            assert!(restarts <= 12, "{restarts} host restarts in {FAULT:?}: no back-off");
+            assert!(
+                restarts <= 12,
+                "{restarts} host restarts in {FAULT:?}: no back-off"
+            );
         }
         HostFault::Stop => {}
     }
@@ -614,8 +621,16 @@ async fn drill_on_host(fault: &'static str, how: HostFault) -> Row {
         row.since = "the fault (no repair needed)";
     }
     judge(&row, &tally);
-    assert_eq!(cl.health()[1].reinitializations, 0, "hsm b must not be touched");
-    assert_eq!(cl.health()[1].host_restarts, Some(0), "hsm b must not be touched");
+    assert_eq!(
+        cl.health()[1].reinitializations,
+        0,
+        "hsm b must not be touched"
+    );
+    assert_eq!(
+        cl.health()[1].host_restarts,
+        Some(0),
+        "hsm b must not be touched"
+    );
     row
 }
 

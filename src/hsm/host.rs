@@ -35,9 +35,15 @@ use zeroize::Zeroizing;
 /// The largest frame either side accepts (a frame is one job or one answer: far below).
 const MAX_FRAME: usize = 64 << 20;
 
+/// The version of the frames: a host of another version (an `hsm-kms` binary replaced
+/// under a running service) is refused at its hello instead of misreading jobs.
+pub(super) const PROTOCOL: u32 = 1;
+
 /// What a new host process is told first: which HSM it serves and how.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct HostInit {
+    /// [`PROTOCOL`] of the service.
+    pub(super) protocol: u32,
     pub(super) name: String,
     pub(super) module: PathBuf,
     pub(super) token_label: String,
@@ -71,6 +77,8 @@ pub(super) enum ToHost {
 pub(super) enum FromHost {
     /// The first frame: the HSM's state once the host has opened it.
     Hello {
+        /// [`PROTOCOL`] of the host.
+        protocol: u32,
         state: NodeState,
         error: Option<HsmError>,
         facts: Option<Facts>,
@@ -361,6 +369,7 @@ impl HostLink {
         };
         let o = &self.node.opts;
         let init = ToHost::Init(HostInit {
+            protocol: PROTOCOL,
             name: hsm.clone(),
             module: self.cfg.module.clone(),
             token_label: self.cfg.token_label.clone(),
@@ -459,11 +468,24 @@ fn read_loop(
                 }
             }
             Ok(Some(FromHost::Hello {
+                protocol,
                 state,
                 error,
                 facts,
             })) => {
-                let _ = hello.try_send((state, error, facts));
+                let hello_of = if protocol == PROTOCOL {
+                    (state, error, facts)
+                } else {
+                    let e = HsmError::Setup {
+                        hsm: node.name().to_string(),
+                        message: format!(
+                            "its host process speaks protocol {protocol}, this service {PROTOCOL}: \
+                             is hsm_host_program another version of hsm-kms?"
+                        ),
+                    };
+                    (NodeState::Failed, Some(e), None)
+                };
+                let _ = hello.try_send(hello_of);
             }
             Ok(None) => break "its output ended".to_string(),
             Err(e) => break format!("unreadable output: {e}"),
@@ -507,4 +529,88 @@ fn exit_status(conn: &Conn) -> String {
         }
     }
     "still running".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(m: &T) -> T {
+        let frame = encode(m).unwrap_or_default();
+        read_frame::<T>(&mut frame.as_slice())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| unreachable!("a frame of {m:?} reads back"))
+    }
+
+    #[test]
+    fn frames_read_back_what_was_written() {
+        let job = ToHost::Job {
+            id: 7,
+            lane: Lane::Crypto,
+            ms: 1500,
+            cmd: Command::Encrypt {
+                key: b"kms/k/1".to_vec(),
+                iv: Some([1; 12]),
+                aad: b"ctx".to_vec(),
+                plaintext: Secret::new(b"hello".to_vec()),
+            },
+        };
+        let back = roundtrip(&job);
+        assert_eq!(format!("{back:?}"), format!("{job:?}"));
+        let done = FromHost::Done {
+            id: 7,
+            result: Err(HsmError::InvalidCiphertext),
+        };
+        assert!(matches!(
+            roundtrip(&done),
+            FromHost::Done {
+                id: 7,
+                result: Err(HsmError::InvalidCiphertext)
+            }
+        ));
+        // Several frames in one stream, then a clean end.
+        let mut stream = Vec::new();
+        for id in 0..3u64 {
+            let f = encode(&FromHost::Done {
+                id,
+                result: Ok(Reply::Bool(true)),
+            })
+            .unwrap_or_default();
+            stream.extend_from_slice(&f);
+        }
+        let mut r = stream.as_slice();
+        for id in 0..3u64 {
+            assert!(matches!(
+                read_frame::<FromHost>(&mut r),
+                Ok(Some(FromHost::Done { id: i, .. })) if i == id
+            ));
+        }
+        assert!(matches!(read_frame::<FromHost>(&mut r), Ok(None)));
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_limit_is_refused_before_it_is_read() {
+        let huge = u32::try_from(MAX_FRAME + 1)
+            .unwrap_or(u32::MAX)
+            .to_le_bytes();
+        assert!(read_frame::<ToHost>(&mut huge.as_slice()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Whatever a host (or a service) sends, reading it never panics: a frame is read
+        /// or refused.
+        #[test]
+        fn reading_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = read_frame::<ToHost>(&mut bytes.as_slice());
+            let _ = read_frame::<FromHost>(&mut bytes.as_slice());
+            // With a valid length prefix too, so that the body decoder sees the bytes.
+            let mut framed = (bytes.len() as u32).to_le_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = read_frame::<ToHost>(&mut framed.as_slice());
+            let _ = read_frame::<FromHost>(&mut framed.as_slice());
+        }
+    }
 }

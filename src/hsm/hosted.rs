@@ -13,8 +13,8 @@ use super::instance::NodeConfig;
 use super::integrity::Expected;
 use super::node::{Node, NodeOptions};
 use super::worker::Pool;
-use std::io::{Read, Write};
 use parking_lot::Mutex;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -24,7 +24,14 @@ use zeroize::Zeroizing;
 pub fn serve(mut input: impl Read, output: impl Write + Send + 'static) -> Result<(), HsmError> {
     let bad = |m: String| HsmError::Internal(format!("HSM host: {m}"));
     let init: HostInit = match host::read_frame(&mut input) {
-        Ok(Some(ToHost::Init(init))) => init,
+        Ok(Some(ToHost::Init(init))) if init.protocol == host::PROTOCOL => init,
+        Ok(Some(ToHost::Init(init))) => {
+            return Err(bad(format!(
+                "the service speaks protocol {}, this host {}",
+                init.protocol,
+                host::PROTOCOL
+            )))
+        }
         Ok(_) => return Err(bad("the first frame is not its configuration".into())),
         Err(e) => return Err(bad(format!("reading its configuration: {e}"))),
     };
@@ -65,6 +72,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send + 'static) -> Resul
         Err(e) => tracing::error!(error = %e, "HSM host: answer not encodable"),
     };
     send(FromHost::Hello {
+        protocol: host::PROTOCOL,
         state: node.state(),
         error,
         facts: pool.facts(),

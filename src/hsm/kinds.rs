@@ -136,7 +136,8 @@ impl<'de> serde::Deserialize<'de> for Secret {
                 Ok(Secret::new(v))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Secret, A::Error> {
-                let mut v = Zeroizing::new(Vec::with_capacity(a.size_hint().unwrap_or(0)));
+                let mut v =
+                    Zeroizing::new(Vec::with_capacity(a.size_hint().unwrap_or(0).min(4096)));
                 while let Some(b) = a.next_element::<u8>()? {
                     v.push(b);
                 }
