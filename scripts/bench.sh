@@ -13,6 +13,10 @@
 #    ../shared/bench/kms-load.sh (wrk): Encrypt 32 B and GenerateDataKey at c=1,8,64,
 #    Sign ECDSA P-256 and RSA-2048 PSS at c=64, beside raw PKCS#11 sign (p11-limit)
 #    (KMS_BENCH_DURATION seconds per point, default 10). See hsm-facts.md §6–§8.
+# 3. With --isolation: the HSM isolation modes side by side, alternated over 2 rounds:
+#    Encrypt 32 B and Sign ECDSA P-256 at c=64 with each HSM in a host process of its own
+#    (hsm_isolation = "process", the default) and inside the service ("in-process");
+#    prints the process/in-process ratios (targets: Encrypt >= 0.80, Sign >= 0.90).
 #
 # Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it started.
 set -euo pipefail
@@ -22,6 +26,7 @@ LOG_TAG=bench.sh
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"   # kms_bin resolves a relative one against $REPO
 SIZE=32 THREADS=2 SECS=1 REPS=5 FILLER=0
 HTTP=${KMS_BENCH_HTTP:-0}
+ISOLATION=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
@@ -30,6 +35,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift 2 ;;
     --filler-keys) FILLER=$2; shift 2 ;;
     --http) HTTP=1; shift ;;
+    --isolation) ISOLATION=1; shift ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
@@ -68,8 +74,8 @@ else
 fi
 
 # --- HTTP benchmarks (issue 4) ---
-if [ "$HTTP" != 1 ]; then
-  echo "(HTTP benchmarks skipped: pass --http or set KMS_BENCH_HTTP=1)"
+if [ "$HTTP" != 1 ] && [ "$ISOLATION" != 1 ]; then
+  echo "(HTTP benchmarks skipped: pass --http, --isolation, or set KMS_BENCH_HTTP=1)"
   exit 0
 fi
 if ! command -v wrk >/dev/null; then
@@ -84,6 +90,72 @@ if ! command -v aws >/dev/null; then
   warn "the aws CLI is missing (pip install awscli); HTTP benchmarks skipped"
   exit 0
 fi
+LOAD="$REPO/../shared/bench/kms-load.sh"
+DUR=${KMS_BENCH_DURATION:-10}
+
+# Start the service on a fresh state folder with `hsm_isolation = $2`; sets SERVER_PID and
+# KMS_ENDPOINT and sources its credentials.
+start_server() { # state-dir isolation
+  local st=$1 iso=$2
+  mkdir -p "$st"
+  "$BIN" setup-local --state-dir "$st" >/dev/null 2>&1
+  sed -i "1i hsm_isolation = \"$iso\"" "$st/config.toml"
+  KMS_LOG=warn KMS_LISTEN=127.0.0.1:0 KMS_STATE_DIR="$st" "$BIN" serve --config "$st/config.toml" \
+    >"$st/serve.out" 2>"$st/serve.err" &
+  SERVER_PID=$!
+  PORT=
+  for _ in $(seq 1 300); do
+    PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$st/serve.out" | head -n1)
+    [ -n "$PORT" ] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$PORT" ] || { cat "$st/serve.out" "$st/serve.err" >&2; die "the server did not start"; }
+  set -a
+  # shellcheck disable=SC1091
+  . "$st/credentials.env"
+  set +a
+  export KMS_ENDPOINT="http://127.0.0.1:$PORT"
+  export AWS_REGION=${AWS_REGION:-us-east-1}
+  export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-$AWS_REGION}
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+if [ "$ISOLATION" = 1 ]; then
+  [ -f "$LOAD" ] || die "$LOAD not found (hsm-facts.md §7 describes the script)"
+  : >"$TMP/isolation.txt"
+  for round in 1 2; do
+    for iso in in-process process; do
+      start_server "$TMP/iso-$round-$iso" "$iso"
+      key=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
+      ec=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --key-spec ECC_NIST_P256 \
+        --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
+      bash "$LOAD" -k "$key" -o Encrypt -s 32 -c 64 -d "$DUR" 2>/dev/null | grep '^RESULT' \
+        | sed "s/^/$iso /" | tee -a "$TMP/isolation.txt"
+      bash "$LOAD" -k "$ec" -o Sign --sign-alg ECDSA_SHA_256 -c 64 -d "$DUR" 2>/dev/null \
+        | grep '^RESULT' | sed "s/^/$iso /" | tee -a "$TMP/isolation.txt"
+      stop_server
+    done
+  done
+  echo
+  echo "================================================================"
+  for op in Encrypt Sign; do
+    awk -v op="$op" '$3 == "op=" op { split($0, a, "rps="); split(a[2], b, " ");
+        sum[$1] += b[1]; n[$1]++ }
+      END { p = sum["process"] / n["process"]; i = sum["in-process"] / n["in-process"];
+        printf " %-7s c=64: process %.0f rps, in-process %.0f rps: ratio %.2f\n", op, p, i, p / i }' \
+      "$TMP/isolation.txt"
+  done
+  echo " (targets: Encrypt >= 0.80, Sign ECDSA P-256 >= 0.90; same run, alternated)"
+  echo "================================================================"
+  [ "$HTTP" = 1 ] || exit 0
+fi
+
 STATE="$TMP/http"
 mkdir -p "$STATE"
 log "hsm-kms setup-local --state-dir $STATE"
@@ -112,8 +184,6 @@ export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-$AWS_REGION}
 log "server pid $SERVER_PID on $KMS_ENDPOINT"
 KEY_ID=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
 log "key $KEY_ID"
-LOAD="$REPO/../shared/bench/kms-load.sh"
-DUR=${KMS_BENCH_DURATION:-10}
 if [ -f "$LOAD" ]; then
   bash "$LOAD" -k "$KEY_ID" -o Encrypt -s 32 -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (Encrypt)"
   bash "$LOAD" -k "$KEY_ID" -o GenerateDataKey -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (GenerateDataKey)"

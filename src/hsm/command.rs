@@ -48,11 +48,11 @@ pub(super) struct Done {
 
 impl Done {
     pub(super) fn new(
-        hsm: &str,
+        hsm: Arc<str>,
         reply: impl FnOnce(Result<Reply, HsmError>) + Send + 'static,
     ) -> Done {
         Done {
-            hsm: Arc::from(hsm),
+            hsm,
             reply: Some(Box::new(reply)),
         }
     }

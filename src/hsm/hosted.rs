@@ -82,7 +82,9 @@ pub fn serve(mut input: impl Read, output: impl Write + Send + 'static) -> Resul
         match host::read_frame::<ToHost>(&mut input) {
             Ok(Some(ToHost::Job { id, lane, ms, cmd })) => {
                 let s = send.clone();
-                let done = Done::new(node.name(), move |result| s(FromHost::Done { id, result }));
+                let done = Done::new(node.shared_name(), move |result| {
+                    s(FromHost::Done { id, result })
+                });
                 let deadline = Instant::now() + Duration::from_millis(ms);
                 if let Err(e) = pool.submit(lane, deadline, cmd, done) {
                     send(FromHost::Done { id, result: Err(e) });

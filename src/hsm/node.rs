@@ -128,6 +128,7 @@ impl Drop for InFlight<'_> {
 /// One HSM of the cluster.
 pub(super) struct Node {
     pub(super) cfg: NodeConfig,
+    shared_name: Arc<str>,
     pub(super) opts: NodeOptions,
     state: AtomicU8,
     /// See [`Node::proven`].
@@ -187,6 +188,7 @@ impl Node {
         error: Option<String>,
     ) -> Node {
         Node {
+            shared_name: Arc::from(cfg.name.as_str()),
             cfg,
             opts,
             state: AtomicU8::new(state as u8),
@@ -223,6 +225,11 @@ impl Node {
 
     pub(super) fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// The name, shared (what each job's [`Done`](super::command::Done) carries).
+    pub(super) fn shared_name(&self) -> Arc<str> {
+        self.shared_name.clone()
     }
 
     pub(super) fn state(&self) -> NodeState {

@@ -209,7 +209,7 @@ impl Pool {
             return Err(self.down());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let done = Done::new(self.node.name(), move |r| {
+        let done = Done::new(self.node.shared_name(), move |r| {
             let _ = tx.send(r);
         });
         self.submit(lane, deadline, cmd, done)?;
@@ -274,7 +274,7 @@ impl Pool {
 
     fn blocking(&self, lane: Lane, timeout: Duration, cmd: Command) -> Result<Reply, HsmError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let done = Done::new(self.node.name(), move |r| {
+        let done = Done::new(self.node.shared_name(), move |r| {
             let _ = tx.send(r);
         });
         self.submit(lane, Instant::now() + timeout, cmd, done)?;
