@@ -345,3 +345,90 @@ async fn a_signature_refused_by_one_hsm_is_checked_on_another() {
     assert_eq!(refused, 0);
     running.stop().await;
 }
+
+/// Replace, in `hsm`'s token, the private half of key pair `object` by another P-256 private
+/// key with the same `CKA_ID` (what a flipped bit in its stored value amounts to), keeping
+/// the public half.
+fn corrupt_private_key(hsm: &LocalHsm, object: &[u8]) {
+    use cryptoki::mechanism::Mechanism;
+    let token = UserToken::open(hsm);
+    let s = token.session();
+    let old = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(object.to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(old.len(), 1, "one private copy");
+    s.destroy_object(old[0]).unwrap();
+    // P-256: OID 1.2.840.10045.3.1.7.
+    let p256 = vec![0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+    s.generate_key_pair(
+        &Mechanism::EccKeyPairGen,
+        &[
+            Attribute::Token(false),
+            Attribute::EcParams(p256),
+            Attribute::Verify(true),
+        ],
+        &[
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Sign(true),
+            Attribute::Id(object.to_vec()),
+        ],
+    )
+    .unwrap();
+}
+
+/// The same as [`a_drifted_copy_is_never_used_and_is_replaced`] for a key pair: one HSM's
+/// private half is another key. Before key pairs had check values, half of the Sign answers
+/// (those served by that HSM) were signatures that do not verify under the key's public key,
+/// with HTTP 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_key_pair_copy_is_never_used() {
+    use p256::ecdsa::signature::Verifier;
+    use p256::pkcs8::DecodePublicKey;
+    let svc = service().await;
+    let c = &svc.client;
+    let key = c
+        .create_key(json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}))
+        .await;
+    let spki = c.ok("GetPublicKey", json!({"KeyId": key})).await["PublicKey"].clone();
+    let public = p256::ecdsa::VerifyingKey::from_public_key_der(&unb64(&spki)).unwrap();
+    assert_eq!(svc.running.kms.record_check_values().await.unwrap(), 1);
+    let Service {
+        tokens, running, ..
+    } = svc;
+    running.stop().await;
+    let object = format!("kms/{key}/1").into_bytes();
+    corrupt_private_key(&tokens.hsms[0], &object);
+
+    let (running, c) = start_on(&tokens, Arc::new(hsm_kms::clock::SystemClock)).await;
+    let (mut wrong, mut failed) = (0, 0);
+    for i in 0..100 {
+        let msg = format!("message {i}").into_bytes();
+        let r = c
+            .call(
+                "Sign",
+                json!({"KeyId": key, "Message": b64(&msg), "SigningAlgorithm": "ECDSA_SHA_256"}),
+            )
+            .await;
+        if r.status != 200 {
+            failed += 1;
+            continue;
+        }
+        let sig = p256::ecdsa::Signature::from_der(&unb64(&r.body["Signature"])).unwrap();
+        if public.verify(&msg, &sig).is_err() {
+            wrong += 1;
+        }
+    }
+    println!("after the drift: 100 Sign requests, {wrong} wrong, {failed} failed");
+    assert_eq!((wrong, failed), (0, 0));
+    // HSM a's copy is quarantined (kept as evidence, never used), and re-sync replaces it.
+    let cl = running.cluster.clone();
+    assert!(!cl.hsm_holds_private("a", &object));
+    assert!(running.kms.resync_hsms().await.unwrap() >= 1);
+    assert!(cl.hsm_holds_private("a", &object));
+    running.stop().await;
+}

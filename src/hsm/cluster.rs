@@ -324,7 +324,7 @@ impl HsmCluster {
     /// Record the check values of keys (object id, value), as the domain recorded them when
     /// the copies agreed: every copy is then verified against them the first time it is
     /// used in a module instance, and quarantined if it disagrees.
-    pub fn expect_check_values(&self, values: Vec<(Vec<u8>, [u8; CHECK_LEN])>) {
+    pub fn expect_check_values(&self, values: Vec<(Vec<u8>, KeyKind, [u8; CHECK_LEN])>) {
         self.checks.extend(values.iter().cloned());
         for p in self.hsms.iter().filter(|p| p.is_hosted()) {
             p.control(Control::ExpectChecks(values.clone()));
@@ -349,9 +349,13 @@ impl HsmCluster {
     ) -> Result<Option<[u8; CHECK_LEN]>, HsmError> {
         let t = self.opts.call_timeout;
         let mut seen: Vec<(String, [u8; CHECK_LEN])> = Vec::new();
+        let object = match kind {
+            KeyKind::Pair(..) => ObjectKind::Private,
+            KeyKind::Aes | KeyKind::Hmac(_) => ObjectKind::Secret,
+        };
         for pool in health::usable(&self.hsms) {
             let holds = Command::Holds {
-                kind: ObjectKind::Secret,
+                kind: object,
                 id: id.to_vec(),
             };
             if !pool.call::<bool>(t, holds).await? {

@@ -12,7 +12,7 @@ use super::custody;
 use super::error::{HsmError, Operation};
 use super::handles::{ObjectKind, CANARY_ID, CWK_ID};
 use super::hmac::{self, HmacTransfer};
-use super::integrity::{self, CHECK_LEN};
+use super::integrity::{self, Recorded, CHECK_LEN};
 use super::job::WorkerCtx;
 use super::keypair::{self, PairTransfer};
 use super::kinds::{DataKeyPair, KeyKind, PairSpec, Protections, Secret, SignScheme};
@@ -187,7 +187,7 @@ pub(super) enum Command {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum Control {
     /// Record (or replace) the check values copies are verified against.
-    ExpectChecks(Vec<(Vec<u8>, [u8; CHECK_LEN])>),
+    ExpectChecks(Vec<Recorded>),
     /// Verify every copy again at its next use.
     ForgetVerified,
     /// Test hook: stall every call (jobs and probes), or every job, by these many ms.
@@ -327,18 +327,26 @@ impl Command {
                 key,
                 scheme,
                 digest,
-            } => keypair::sign(ctx, &key, scheme, &digest).map(Reply::Bytes),
+            } => {
+                keypair::verify_once(ctx, &key)?;
+                keypair::sign(ctx, &key, scheme, &digest).map(Reply::Bytes)
+            }
             Command::Verify {
                 key,
                 scheme,
                 digest,
                 signature,
-            } => keypair::verify(ctx, &key, scheme, &digest, &signature).map(Reply::Bool),
+            } => {
+                keypair::verify_once(ctx, &key)?;
+                keypair::verify(ctx, &key, scheme, &digest, &signature).map(Reply::Bool)
+            }
             Command::Hmac { key, hash, msg } => hmac::hmac(ctx, &key, hash, &msg).map(Reply::Bytes),
             Command::OaepDecrypt { key, hash, k, ct } => {
+                keypair::verify_once(ctx, &key)?;
                 keypair::oaep_decrypt(ctx, &key, hash, k, &ct).map(|p| Reply::Secret(p.into()))
             }
             Command::Ecdh { key, curve, peer } => {
+                keypair::verify_once(ctx, &key)?;
                 keypair::ecdh(ctx, &key, curve, &peer).map(|z| Reply::Secret(z.into()))
             }
             Command::DataKeyPair { spec } => {
@@ -364,6 +372,10 @@ impl Command {
                 ctx.instance().handles.clear_verified(&id);
                 ctx.handle(ObjectKind::Secret, &id).map(|_| Reply::Unit)
             }
+            Command::CheckValue {
+                id,
+                kind: KeyKind::Pair(spec, usage),
+            } => keypair::check_value(ctx, &id, spec, usage).map(|v| Reply::Check(Some(v))),
             Command::CheckValue { id, kind } => {
                 let h = ctx.find_handle(ObjectKind::Secret, &id)?;
                 integrity::compute(ctx.session(), h, kind)

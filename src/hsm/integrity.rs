@@ -33,26 +33,35 @@ const QUARANTINE_PREFIX: &[u8] = b"hsm-kms/quarantine/";
 /// The recorded check values of the cluster's keys, shared by every HSM.
 #[derive(Debug, Default)]
 pub(super) struct Expected {
-    values: RwLock<HashMap<Vec<u8>, [u8; CHECK_LEN]>>,
+    values: RwLock<HashMap<Vec<u8>, Check>>,
 }
+
+/// A key's kind and the check value recorded for one of its objects.
+type Check = (KeyKind, [u8; CHECK_LEN]);
+
+/// A recorded check value: object id, its key's kind, the value.
+pub(super) type Recorded = (Vec<u8>, KeyKind, [u8; CHECK_LEN]);
 
 impl Expected {
     /// Record (or replace) the expected values of these objects.
-    pub(super) fn extend(&self, values: impl IntoIterator<Item = (Vec<u8>, [u8; CHECK_LEN])>) {
-        self.values.write().extend(values);
+    pub(super) fn extend(&self, values: impl IntoIterator<Item = Recorded>) {
+        let mut map = self.values.write();
+        for (id, kind, v) in values {
+            map.insert(id, (kind, v));
+        }
     }
 
-    /// The expected value of object `id`, if one was recorded.
-    pub(super) fn get(&self, id: &[u8]) -> Option<[u8; CHECK_LEN]> {
+    /// The kind and expected value of object `id`, if one was recorded.
+    pub(super) fn get(&self, id: &[u8]) -> Option<Check> {
         self.values.read().get(id).copied()
     }
 
     /// Every recorded value (what a new HSM host process is sent when it starts).
-    pub(super) fn all(&self) -> Vec<(Vec<u8>, [u8; CHECK_LEN])> {
+    pub(super) fn all(&self) -> Vec<Recorded> {
         self.values
             .read()
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(id, (kind, v))| (id.clone(), *kind, *v))
             .collect()
     }
 }

@@ -121,6 +121,14 @@ impl<'a> WorkerCtx<'a> {
 
     /// The recorded check value of object `id`, if any.
     pub(super) fn expected_check(&self, id: &[u8]) -> Option<[u8; integrity::CHECK_LEN]> {
+        self.node.opts.checks.get(id).map(|(_, v)| v)
+    }
+
+    /// The recorded kind and check value of object `id`, if any.
+    pub(super) fn expected_kind_and_check(
+        &self,
+        id: &[u8],
+    ) -> Option<(super::kinds::KeyKind, [u8; integrity::CHECK_LEN])> {
         self.node.opts.checks.get(id)
     }
 

@@ -8,8 +8,9 @@
 
 use super::error::{self, HsmError, Operation};
 use super::handles::{ObjectKind, CWK_ID};
+use super::integrity;
 use super::job::WorkerCtx;
-use super::kinds::{DataKeyPair, PairSpec, PairUse, PublicKey, Secret, SignScheme};
+use super::kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, PublicKey, Secret, SignScheme};
 use super::mechanisms;
 use super::templates;
 use crate::pkix::{self, Curve, Hash};
@@ -414,4 +415,73 @@ pub(super) fn install(
         )));
     }
     Ok(())
+}
+
+/// The check value of this HSM's copy of key pair `id`: the first bytes of SHA-256 over its
+/// public half (SPKI) and what its private half reproduces (ECDH keys: the secret with the
+/// key's own point), once the private half has been shown to match the public one (a sign
+/// and verify, or an OAEP round trip, inside the token). A pair whose halves do not match
+/// fails with [`HsmError::Internal`].
+pub(super) fn check_value(
+    ctx: &mut WorkerCtx<'_>,
+    id: &[u8],
+    spec: PairSpec,
+    usage: PairUse,
+) -> Result<[u8; integrity::CHECK_LEN], HsmError> {
+    use sha2::Digest;
+    let pubh = ctx.find_handle(ObjectKind::Public, id)?;
+    let public = read_public(ctx, spec, pubh)?;
+    let reproduced = prove(ctx, id, spec, usage, &public)?;
+    let mut h = sha2::Sha256::new();
+    h.update(public.spki()?);
+    if let Some(r) = &reproduced {
+        h.update(r.as_slice());
+    }
+    let digest = h.finalize();
+    let mut v = [0u8; integrity::CHECK_LEN];
+    v.iter_mut().zip(digest.iter()).for_each(|(a, b)| *a = *b);
+    Ok(v)
+}
+
+/// Verify this HSM's copy of key pair `id` against its recorded check value, once per module
+/// instance (before its first use there). A copy that disagrees, or whose halves do not
+/// match, is quarantined (both objects' `CKA_ID` renamed, kept as evidence), logged as a
+/// drift finding, and answered as missing on this HSM (so the call fails over and re-sync
+/// replaces it). A failure of the token itself is passed on and the copy verified later.
+pub(super) fn verify_once(ctx: &mut WorkerCtx<'_>, id: &[u8]) -> Result<(), HsmError> {
+    if ctx.instance().handles.is_verified(id) {
+        return Ok(());
+    }
+    let Some((KeyKind::Pair(spec, usage), expected)) = ctx.expected_kind_and_check(id) else {
+        return Ok(());
+    };
+    match check_value(ctx, id, spec, usage) {
+        Ok(v) if v == expected => {
+            ctx.instance().handles.set_verified(id);
+            return Ok(());
+        }
+        Ok(_) | Err(HsmError::Internal(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let mut renamed = 0;
+    for kind in [ObjectKind::Private, ObjectKind::Public] {
+        if let Ok(h) = ctx.find_handle(kind, id) {
+            let new_id = Attribute::Id(integrity::quarantined_id(id));
+            renamed += usize::from(ctx.session().update_attributes(h, &[new_id]).is_ok());
+            ctx.forget(kind, id);
+        }
+    }
+    tracing::error!(
+        target: "hsm_kms::audit",
+        hsm = %ctx.hsm(),
+        object = %hex::encode(id),
+        renamed,
+        "drift finding: this HSM's copy of a key pair disagrees with the check value recorded \
+         when the key was made; the copy is quarantined (never used again) and will be \
+         replaced from a copy that agrees"
+    );
+    Err(HsmError::KeyMissing {
+        hsm: ctx.hsm().to_string(),
+        object: hex::encode(id),
+    })
 }

@@ -90,12 +90,12 @@ impl KeyVault for HsmCluster {
         HsmCluster::reverify_copies(self);
     }
 
-    fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>) {
+    fn expect_check_values(&self, values: Vec<(ObjectId, KeyKind, [u8; CHECK_LEN])>) {
         HsmCluster::expect_check_values(
             self,
             values
                 .into_iter()
-                .map(|(id, v)| (id.as_bytes().to_vec(), v))
+                .map(|(id, kind, v)| (id.as_bytes().to_vec(), kind, v))
                 .collect(),
         );
     }

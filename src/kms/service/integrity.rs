@@ -11,25 +11,29 @@ use crate::kms::model::KeyDoc;
 use crate::kms::types::{KeySpec, KeyState, KeyUsage};
 use crate::kms::vault::{KeyKind, ObjectId, CHECK_LEN};
 
-/// The kind of a key's material as far as check values go (AES or HMAC; key pairs: none).
+/// The kind of a key's material as far as check values go (every kind has one: AES and
+/// HMAC keys a value computed with the key, key pairs one of their public half and of what
+/// the private half reproduces).
 fn checked_kind(spec: KeySpec, usage: KeyUsage) -> Option<KeyKind> {
     if spec == KeySpec::SymmetricDefault {
         return Some(KeyKind::Aes);
     }
-    match key_kind(spec, usage)? {
-        k @ KeyKind::Hmac(_) => Some(k),
-        _ => None,
-    }
+    key_kind(spec, usage)
 }
 
-/// The recorded check values of these keys' materials.
+/// The recorded check values of these keys' materials, with each key's kind.
 pub(super) fn recorded<'a>(
     docs: impl Iterator<Item = &'a KeyDoc>,
-) -> Vec<(ObjectId, [u8; CHECK_LEN])> {
-    docs.flat_map(|d| d.backing.iter())
-        .filter_map(|b| {
+) -> Vec<(ObjectId, KeyKind, [u8; CHECK_LEN])> {
+    docs.filter_map(|d| Some((d, checked_kind(d.key_spec, d.key_usage)?)))
+        .flat_map(|(d, kind)| d.backing.iter().map(move |b| (b, kind)))
+        .filter_map(|(b, kind)| {
             let v = hex::decode(b.check_value.as_deref()?).ok()?;
-            Some((b.object_id.clone(), <[u8; CHECK_LEN]>::try_from(v).ok()?))
+            Some((
+                b.object_id.clone(),
+                kind,
+                <[u8; CHECK_LEN]>::try_from(v).ok()?,
+            ))
         })
         .collect()
 }
@@ -84,7 +88,7 @@ impl Kms {
                     Ok(())
                 })
                 .await?;
-                self.vault.expect_check_values(vec![(object, value)]);
+                self.vault.expect_check_values(vec![(object, kind, value)]);
                 recorded += 1;
             }
         }

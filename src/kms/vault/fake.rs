@@ -133,7 +133,7 @@ struct State {
     ed25519: bool,
     /// Check values handed over by the domain (recorded, not enforced: copies never drift
     /// in the fake).
-    expected: Vec<(ObjectId, [u8; CHECK_LEN])>,
+    expected: Vec<(ObjectId, KeyKind, [u8; CHECK_LEN])>,
 }
 
 impl State {
@@ -837,7 +837,7 @@ impl KeyVault for FakeVault {
         self.count("reverify_copies");
     }
 
-    fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>) {
+    fn expect_check_values(&self, values: Vec<(ObjectId, KeyKind, [u8; CHECK_LEN])>) {
         self.state.lock().expected.extend(values);
     }
 

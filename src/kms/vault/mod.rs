@@ -229,10 +229,10 @@ pub trait KeyVault: Send + Sync {
         kind: KeyKind,
     ) -> Result<Option<[u8; CHECK_LEN]>, VaultError>;
 
-    /// Hand the vault the check values recorded for keys: every copy is verified against
-    /// them the first time it is used after each (re)connect, and a copy that disagrees is
-    /// quarantined and replaced by re-sync.
-    fn expect_check_values(&self, values: Vec<(ObjectId, [u8; CHECK_LEN])>);
+    /// Hand the vault the check values recorded for keys (of each key's kind): every copy is
+    /// verified against them the first time it is used after each (re)connect, and a copy
+    /// that disagrees is quarantined and replaced by re-sync.
+    fn expect_check_values(&self, values: Vec<(ObjectId, KeyKind, [u8; CHECK_LEN])>);
 
     /// Have every copy verified again at its next use (the periodic check).
     fn reverify_copies(&self);
