@@ -444,3 +444,27 @@ async fn a_half_written_object_is_skipped_and_reported_never_fatal() {
     let pt = c.decrypt_on("a", &key_id(7), iv, vec![], ct).await.unwrap();
     assert_eq!(pt.as_slice(), b"kept");
 }
+
+/// One module file for two HSMs: refused in process (they would share one module
+/// instance), served with host processes (each loads its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_module_file_for_two_hsms_needs_host_processes() {
+    let t = tokens(&["a", "b"]);
+    let shared = || {
+        t.hsms
+            .iter()
+            .map(|h| {
+                let mut c = h.node_config().unwrap();
+                c.module = t.hsms[0].module.clone();
+                c
+            })
+            .collect::<Vec<_>>()
+    };
+    let e = HsmCluster::connect(shared(), in_process_options())
+        .err()
+        .expect("refused in process");
+    assert!(e.to_string().contains("its own copy"), "{e}");
+    let c = HsmCluster::connect(shared(), fast_options()).expect("hosted");
+    c.create_aes_key(&key_id(20), "k20").await.unwrap();
+    assert!(c.hsm_holds("a", &key_id(20)) && c.hsm_holds("b", &key_id(20)));
+}

@@ -132,6 +132,25 @@ impl HsmCluster {
                 });
             }
         }
+        if opts.host_program.is_none() {
+            // In one process, two HSMs loading the same module file would share one module
+            // instance (and SoftHSM2 one configuration): each needs its own copy.
+            let mut modules = std::collections::HashMap::new();
+            for c in &cfgs {
+                let m = std::fs::canonicalize(&c.module).unwrap_or_else(|_| c.module.clone());
+                if let Some(other) = modules.insert(m, c.name.clone()) {
+                    return Err(HsmError::Setup {
+                        hsm: c.name.clone(),
+                        message: format!(
+                            "uses the same module file as {other} ({}): in process each HSM \
+                             needs its own copy of the module; copy it, or run each HSM in a \
+                             process of its own (hsm_isolation = \"process\")",
+                            c.module.display()
+                        ),
+                    });
+                }
+            }
+        }
         let checks = Arc::new(Expected::default());
         let iv = opts.iv_fixed_field.map(|f| Arc::new(IvSource::new(f)));
         let nopts = NodeOptions {
