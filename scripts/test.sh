@@ -57,8 +57,13 @@ cargo deny --log-level error check licenses bans sources
 step "cargo machete (unused dependencies)"
 cargo machete
 
-step "cargo test --release --features test-hooks"
-RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release --features test-hooks "$@"
+step "cargo test --release --features test-hooks (all but the availability drills)"
+RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release --features test-hooks "$@" -- --skip drill_
+
+step "availability drills (tests/drills.rs, one line per drill)"
+RUST_BACKTRACE="${RUST_BACKTRACE:-1}" cargo test --release --features test-hooks --test drills \
+  -- --nocapture --test-threads 1 2>&1 | tee "${TMPDIR:-/tmp}/hsm-kms-drills.txt" | grep -E '^DRILL|^test |test result|panicked' || true
+grep -q 'test result: ok' "${TMPDIR:-/tmp}/hsm-kms-drills.txt" || { cat "${TMPDIR:-/tmp}/hsm-kms-drills.txt"; exit 1; }
 
 step "interop (tests/interop/run.sh)"
 bash tests/interop/run.sh
