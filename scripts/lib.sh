@@ -8,7 +8,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages the service and its local HSMs need.
 # softhsm2 brings /usr/lib/softhsm/libsofthsm2.so; opensc (pkcs11-tool) and
 # p11-kit/p11-kit-modules are tooling for inspecting tokens and fault tests.
-KMS_DEBIAN_PACKAGES=(softhsm2 opensc p11-kit p11-kit-modules)
+KMS_DEBIAN_PACKAGES=(softhsm2 opensc p11-kit p11-kit-modules gcc libc6-dev)
 
 # Python packages the interop tests need: "import-name=pip-name".
 KMS_PYTHON_PACKAGES=(awscli=awscli boto3=boto3 botocore=botocore cryptography=cryptography)
