@@ -228,6 +228,15 @@ pub fn enroll_local(hsms: &[LocalHsm], so: &SoPin) -> Result<(), HsmError> {
     Ok(())
 }
 
+/// Load and initialize `hsm`'s module in this process (its environment set under the
+/// process-wide load lock, as every module load here), for tools and tests that inspect a
+/// token directly. The caller finalizes it.
+pub fn open_module(hsm: &LocalHsm) -> Result<cryptoki::context::Pkcs11, HsmError> {
+    let node = hsm.node_config()?;
+    load_module(&hsm.module, &node.env)
+        .map_err(|e| HsmError::from_ck(&hsm.name, Operation::LoadModule, e))
+}
+
 /// Fill a local token with `n` extra AES token keys (benchmarks and tests of the handle
 /// cache with a full token). Run it before the cluster opens the token.
 pub fn add_filler_keys(hsm: &LocalHsm, n: usize) -> Result<(), HsmError> {

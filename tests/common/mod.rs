@@ -510,11 +510,9 @@ pub(crate) struct UserToken {
 
 impl UserToken {
     pub(crate) fn open(hsm: &LocalHsm) -> UserToken {
-        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-        std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-        let ctx = Pkcs11::new(&hsm.module).unwrap();
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .expect("the service's module instance is finalized");
+        // Under the library's load lock: other tests of this binary load modules (with
+        // their own SOFTHSM2_CONF) at the same time.
+        let ctx = softhsm::open_module(hsm).expect("the token's module loads");
         let slot = ctx
             .get_slots_with_initialized_token()
             .unwrap()
