@@ -3,7 +3,7 @@
 //! the service through [`start`].
 
 use crate::api::{router, AppState};
-use crate::auth::{Credential, StaticCredentials};
+use crate::auth::{Credential, LiveCredentials};
 use crate::clock::Clock;
 use crate::hsm::{ClusterOptions, HsmCluster, HsmError, NodeConfig};
 use crate::kms::types::Region;
@@ -99,6 +99,36 @@ impl Running {
             let _ = tx.send(());
         }
     }
+}
+
+/// How often a running service looks for credentials created or removed meanwhile.
+const CREDENTIAL_REFRESH: Duration = Duration::from_millis(500);
+
+/// Create an account (`hsm-kms account create`): a credential for its root user, sealed
+/// under the HSMs' credential-sealing key and stored; a running service sharing the store
+/// accepts it within a second. Opens the store and the cluster like [`start`].
+pub async fn create_account(
+    cfg: ServiceConfig,
+    account_id: &str,
+) -> Result<Credential, StartError> {
+    let core = open_core(
+        cfg.database,
+        cfg.nodes,
+        cfg.cluster,
+        cfg.clock.clone(),
+        &cfg.region,
+    )
+    .await?;
+    let vault: Arc<dyn KeyVault> = core.cluster.clone();
+    let c = crate::kms::credentials::create_account(
+        vault.as_ref(),
+        &core.store,
+        account_id,
+        cfg.clock.now(),
+    )
+    .await?;
+    core.cluster.shutdown();
+    Ok(c)
 }
 
 /// The store counter that allocates each process start's GCM IV fixed field.
@@ -206,10 +236,26 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             }
         }
     });
-    let lookup: StaticCredentials = credentials.iter().cloned().collect();
+    let lookup = Arc::new(LiveCredentials::new(credentials.iter().cloned().collect()));
+    // Credentials created while the service runs (`hsm-kms account create`, another node)
+    // are accepted within CREDENTIAL_REFRESH; removed ones stop being accepted as fast.
+    let (live, v2, s2) = (Arc::downgrade(&lookup), vault.clone(), store.clone());
+    tokio::spawn(async move {
+        let mut refused = std::collections::HashSet::new();
+        loop {
+            tokio::time::sleep(CREDENTIAL_REFRESH).await;
+            let Some(live) = live.upgrade() else { break };
+            let known = live.snapshot();
+            match crate::kms::credentials::refresh(v2.as_ref(), &s2, &known, &mut refused).await {
+                Ok(Some(next)) => live.replace(next),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "credential refresh failed; will retry"),
+            }
+        }
+    });
     let state = Arc::new(AppState {
         kms: kms.clone(),
-        credentials: Arc::new(lookup),
+        credentials: lookup,
         clock: cfg.clock.clone(),
         max_body_bytes: cfg.max_body_bytes,
     });

@@ -50,6 +50,19 @@ enum HsmCmd {
 }
 
 #[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account and print its root user's credential as `export` lines. Works
+    /// while the service runs: it accepts the credential within a second.
+    Create {
+        /// The 12-digit account id.
+        account_id: String,
+        /// Config file (default: <state dir>/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Create two local SoftHSM2 tokens, enroll them (the SO ceremony, non-interactive) and
     /// write a config under the state folder (idempotent). The SO PIN never stays in the
@@ -76,6 +89,11 @@ enum Cmd {
         /// How long an orphaned object must stay unreferenced before --fix destroys it.
         #[arg(long, default_value_t = 120)]
         grace_secs: u64,
+    },
+    /// Accounts of this deployment.
+    Account {
+        #[command(subcommand)]
+        cmd: AccountCmd,
     },
     /// Operator commands for the HSMs of the config.
     Hsm {
@@ -164,6 +182,9 @@ fn run(cli: Cli) -> Result<()> {
             fix,
             grace_secs,
         } => reconcile(&load_config(config)?, fix, grace_secs),
+        Cmd::Account {
+            cmd: AccountCmd::Create { account_id, config },
+        } => account_create(&load_config(config)?, &account_id),
         Cmd::Hsm {
             cmd:
                 HsmCmd::Enroll {
@@ -306,7 +327,9 @@ fn offline_config(loaded: &Loaded, nodes: Vec<hsm_kms::hsm::NodeConfig>) -> Resu
 
 fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
     let nodes = loaded.nodes()?;
-    hsm_kms::hsm::prepare_environment(&nodes);
+    if !loaded.hosted() {
+        hsm_kms::hsm::prepare_environment(&nodes);
+    }
     let cfg = offline_config(loaded, nodes)?;
     let mut progress = |step: &str| println!("reconcile: {step}");
     let report = tokio::runtime::Builder::new_multi_thread()
@@ -319,6 +342,28 @@ fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
             &mut progress,
         ))?;
     print!("{}", report.table());
+    Ok(())
+}
+
+fn account_create(loaded: &Loaded, account_id: &str) -> Result<()> {
+    let nodes = loaded.nodes()?;
+    if !loaded.hosted() {
+        hsm_kms::hsm::prepare_environment(&nodes);
+    }
+    let cfg = offline_config(loaded, nodes)?;
+    let c = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(app::create_account(cfg, account_id))?;
+    eprintln!(
+        "account {account_id} created; its root user's credential ({}) follows",
+        c.principal_arn
+    );
+    println!("export AWS_ACCESS_KEY_ID={}", c.access_key_id);
+    println!(
+        "export AWS_SECRET_ACCESS_KEY={}",
+        c.secret_access_key.as_str()
+    );
     Ok(())
 }
 

@@ -1,9 +1,42 @@
-//! An in-memory [`CredentialLookup`]: a fixed map from access key id to [`Credential`], for
-//! credentials loaded from configuration and for tests.
+//! In-memory [`CredentialLookup`]s: a fixed map from access key id to [`Credential`]
+//! ([`StaticCredentials`], for tests), and the running service's set that a background task
+//! replaces as credentials are created or removed ([`LiveCredentials`]).
 
 use super::{Credential, CredentialLookup};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The credentials a running service accepts, replaced as a whole when the stored set
+/// changes (an account created by `hsm-kms account create` while the service runs).
+#[derive(Debug, Default)]
+pub struct LiveCredentials {
+    current: parking_lot::RwLock<Arc<StaticCredentials>>,
+}
+
+impl LiveCredentials {
+    /// A live set starting with `initial`.
+    pub fn new(initial: StaticCredentials) -> Self {
+        Self {
+            current: parking_lot::RwLock::new(Arc::new(initial)),
+        }
+    }
+
+    /// The set now.
+    pub fn snapshot(&self) -> Arc<StaticCredentials> {
+        self.current.read().clone()
+    }
+
+    /// Replace the whole set.
+    pub fn replace(&self, next: StaticCredentials) {
+        *self.current.write() = Arc::new(next);
+    }
+}
+
+impl CredentialLookup for LiveCredentials {
+    fn lookup(&self, access_key_id: &str) -> Option<Arc<Credential>> {
+        self.current.read().lookup(access_key_id)
+    }
+}
 
 /// A fixed set of credentials keyed by access key id.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +64,17 @@ impl StaticCredentials {
     /// Whether no credentials are held.
     pub fn is_empty(&self) -> bool {
         self.by_access_key.is_empty()
+    }
+
+    /// The credential with this access key id, shared.
+    pub fn get(&self, access_key_id: &str) -> Option<&Arc<Credential>> {
+        self.by_access_key.get(access_key_id)
+    }
+
+    /// Adds a shared credential under its access key id.
+    pub fn insert_shared(&mut self, credential: Arc<Credential>) {
+        self.by_access_key
+            .insert(credential.access_key_id.clone(), credential);
     }
 }
 

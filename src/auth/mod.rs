@@ -9,7 +9,7 @@
 pub mod credentials;
 pub mod sigv4;
 
-pub use credentials::StaticCredentials;
+pub use credentials::{LiveCredentials, StaticCredentials};
 pub use sigv4::{verify, AuthError, RequestParts};
 
 use std::fmt;

@@ -174,6 +174,88 @@ fn credential(row: CredentialRow, secret: &[u8]) -> Result<Credential, KmsError>
     ))
 }
 
+/// The ARN of an account's root user.
+pub fn root_arn(account_id: &str) -> String {
+    format!("arn:aws:iam::{account_id}:root")
+}
+
+/// Create an account: a credential for its root user (`hsm-kms account create`). Refused
+/// when the account has a credential already.
+pub async fn create_account(
+    vault: &dyn KeyVault,
+    store: &Arc<dyn MetadataStore>,
+    account_id: &str,
+    now: time::OffsetDateTime,
+) -> Result<Credential, KmsError> {
+    if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(KmsError::Validation(format!(
+            "an account id is 12 digits, not '{account_id}'"
+        )));
+    }
+    if store
+        .credentials()?
+        .iter()
+        .any(|r| r.account_id == account_id)
+    {
+        return Err(KmsError::AlreadyExists(format!(
+            "account {account_id} exists already"
+        )));
+    }
+    create(vault, store, account_id, &root_arn(account_id), now).await
+}
+
+/// The stored credentials as they are now, reusing the already open ones of `known` (by
+/// access key id and unchanged row) and unsealing only new rows: `None` when nothing
+/// changed. Rows that do not open are left out, logged once and remembered in `refused`.
+pub async fn refresh(
+    vault: &dyn KeyVault,
+    store: &Arc<dyn MetadataStore>,
+    known: &crate::auth::StaticCredentials,
+    refused: &mut std::collections::HashSet<String>,
+) -> Result<Option<crate::auth::StaticCredentials>, KmsError> {
+    let mut rows = store.credentials()?;
+    rows.retain(|r| !refused.contains(&r.access_key_id));
+    let same = rows.len() == known.len()
+        && rows.iter().all(|r| {
+            known
+                .get(&r.access_key_id)
+                .is_some_and(|c| c.account_id == r.account_id && c.principal_arn == r.principal_arn)
+        });
+    if same {
+        return Ok(None);
+    }
+    let mut next = crate::auth::StaticCredentials::new();
+    for row in rows {
+        if let Some(c) = known.get(&row.access_key_id) {
+            if c.account_id == row.account_id && c.principal_arn == row.principal_arn {
+                next.insert_shared(c.clone());
+                continue;
+            }
+        }
+        match open(vault, &row, false).await? {
+            Some((secret, _)) => {
+                tracing::info!(
+                    target: "hsm_kms::audit",
+                    access_key_id = %row.access_key_id,
+                    account_id = %row.account_id,
+                    principal = %row.principal_arn,
+                    "credential loaded"
+                );
+                next.insert(credential(row, &secret)?);
+            }
+            None => {
+                tracing::error!(
+                    access_key_id = %row.access_key_id,
+                    "credential not loaded: its sealed secret does not open for this access \
+                     key, account and principal (the row was altered)"
+                );
+                refused.insert(row.access_key_id);
+            }
+        }
+    }
+    Ok(Some(next))
+}
+
 /// Create, seal (v2) and store a new credential for `principal_arn` in `account_id`.
 pub async fn create(
     vault: &dyn KeyVault,
@@ -224,7 +306,7 @@ pub async fn load_or_create(
     ensure_sealing_key(vault, store).await?;
     let rows = store.credentials()?;
     if rows.is_empty() {
-        let principal_arn = format!("arn:aws:iam::{account_id}:user/hsm-kms-admin");
+        let principal_arn = root_arn(account_id);
         let c = create(vault, store, account_id, &principal_arn, now).await?;
         store.put_setting(FORMAT_SETTING, FORMAT_V2)?;
         return Ok((vec![c.clone()], Some(c)));
