@@ -109,10 +109,7 @@ async fn an_account_created_while_the_service_runs_is_served_within_a_second() {
     let r = b
         .call("Encrypt", json!({"KeyId": a_key, "Plaintext": b64(b"x")}))
         .await;
-    assert_eq!(
-        (r.status, r.error_type()),
-        (400, "NotFoundException".into())
-    );
+    assert_eq!((r.status, r.error_type()), (400, "NotFoundException"));
     let ct = b
         .ok(
             "Encrypt",

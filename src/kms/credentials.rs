@@ -426,10 +426,7 @@ mod tests {
             .unwrap();
         let new = new.unwrap();
         assert_eq!(loaded(&all), loaded(std::slice::from_ref(&new)));
-        assert_eq!(
-            new.principal_arn,
-            "arn:aws:iam::111122223333:user/hsm-kms-admin"
-        );
+        assert_eq!(new.principal_arn, "arn:aws:iam::111122223333:root");
         let row = &store.credentials().unwrap()[0];
         assert!(row.sealed_secret.starts_with(V2_PREFIX));
         assert!(!row
@@ -584,5 +581,43 @@ mod tests {
             aad_v2("AKIA", "12345", "arn")
         );
         assert_ne!(aad_v2("a", "b", "c"), aad_v2("a", "", "bc"));
+    }
+
+    #[tokio::test]
+    async fn refresh_picks_up_new_accounts_and_reuses_open_credentials() {
+        let (vault, store) = setup();
+        let (first, _) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        let known: crate::auth::StaticCredentials = first.into_iter().collect();
+        let mut refused = std::collections::HashSet::new();
+        assert!(refresh(vault.as_ref(), &store, &known, &mut refused)
+            .await
+            .unwrap()
+            .is_none());
+        let bob = create_account(vault.as_ref(), &store, BOB.0, now())
+            .await
+            .unwrap();
+        assert_eq!(bob.principal_arn, "arn:aws:iam::444455556666:root");
+        let next = refresh(vault.as_ref(), &store, &known, &mut refused)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.len(), 2);
+        assert_eq!(
+            next.get(&bob.access_key_id)
+                .unwrap()
+                .secret_access_key
+                .as_str(),
+            bob.secret_access_key.as_str()
+        );
+        assert!(matches!(
+            create_account(vault.as_ref(), &store, BOB.0, now()).await,
+            Err(KmsError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            create_account(vault.as_ref(), &store, "12345", now()).await,
+            Err(KmsError::Validation(_))
+        ));
     }
 }
