@@ -22,7 +22,8 @@ impl Request {
     /// A request by `caller` for `action` (`kms:Encrypt`) on `resource` (the key's ARN),
     /// with the caller's global condition keys already set: `aws:PrincipalArn` (for a role
     /// session, the role's ARN), `aws:PrincipalAccount`, `aws:PrincipalType`,
-    /// `kms:CallerAccount`, and `aws:username` / `aws:userid` when the caller has them.
+    /// `kms:CallerAccount`, and `aws:username` / `aws:userid` when the caller has them (the
+    /// root user's `aws:userid` is its account).
     /// Add the request's own keys (encryption context, `kms:ViaService`, `aws:SourceIp`,
     /// `aws:CurrentTime`, `aws:SecureTransport`, …) with [`Request::with`].
     pub fn new(action: &str, resource: &str, caller: Caller) -> Request {
@@ -39,7 +40,12 @@ impl Request {
         if let Some(name) = caller.username() {
             context.insert("aws:username", [name]);
         }
-        if let Some(id) = caller.userid() {
+        // The root user's id is its account.
+        let userid = match caller.kind() {
+            CallerKind::Root => caller.userid().or(Some(caller.account_id())),
+            _ => caller.userid(),
+        };
+        if let Some(id) = userid {
             context.insert("aws:userid", [id]);
         }
         Request {
@@ -619,6 +625,12 @@ mod tests {
         assert_eq!(r.resource(), KEY);
         assert_eq!(r.caller().arn(), ALICE);
         assert_eq!(r.context().get("aws:userid"), None);
+        let root = req(ROOT, "kms:Encrypt");
+        assert_eq!(root.context().get("aws:userid").unwrap(), ["111122223333"]);
+        assert_eq!(
+            root.context().get("aws:PrincipalType").unwrap(),
+            ["Account"]
+        );
     }
 
     #[test]

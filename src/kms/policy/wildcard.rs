@@ -48,7 +48,11 @@ pub(super) struct Glob {
     len: usize,
     star: Vec<u64>,
     any: Vec<u64>,
-    lits: BTreeMap<char, Vec<u64>>,
+    /// Where each literal character stands: a mask for characters that occur at least
+    /// once per word of state (at most 64 of them), a position list for the others; so
+    /// memory stays linear in the pattern and each text character costs O(words).
+    dense: BTreeMap<char, Vec<u64>>,
+    sparse: BTreeMap<char, Vec<usize>>,
 }
 
 fn set(bits: &mut [u64], i: usize) {
@@ -107,14 +111,26 @@ impl Glob {
         let words = len / 64 + 1;
         let mut star = vec![0u64; words];
         let mut any = vec![0u64; words];
-        let mut lits: BTreeMap<char, Vec<u64>> = BTreeMap::new();
+        let mut positions: BTreeMap<char, Vec<usize>> = BTreeMap::new();
         if literal.is_none() {
             for (i, t) in norm.iter().enumerate() {
                 match t {
                     Tok::Star => set(&mut star, i),
                     Tok::Any => set(&mut any, i),
-                    Tok::Lit(c) => set(lits.entry(*c).or_insert_with(|| vec![0u64; words]), i),
+                    Tok::Lit(c) => positions.entry(*c).or_default().push(i),
                 }
+            }
+        }
+        let (mut dense, mut sparse) = (BTreeMap::new(), BTreeMap::new());
+        for (c, at) in positions {
+            if at.len() >= words {
+                let mut mask = vec![0u64; words];
+                for i in at {
+                    set(&mut mask, i);
+                }
+                dense.insert(c, mask);
+            } else {
+                sparse.insert(c, at);
             }
         }
         Glob {
@@ -123,7 +139,8 @@ impl Glob {
             len,
             star,
             any,
-            lits,
+            dense,
+            sparse,
         }
     }
 
@@ -152,14 +169,23 @@ impl Glob {
         set(&mut d, 0);
         self.close(&mut d);
         let mut next = vec![0u64; words];
+        let mut consumes = vec![0u64; words];
         for c in text.chars() {
             let c = self.norm(c);
-            let lit = self.lits.get(&c);
-            // Positions whose token consumes `c` advance by one...
-            for (i, n) in next.iter_mut().enumerate() {
-                let a = self.any.get(i).copied().unwrap_or(0)
-                    | lit.and_then(|l| l.get(i)).copied().unwrap_or(0);
-                *n = d.get(i).copied().unwrap_or(0) & a;
+            // The positions whose token consumes `c`...
+            consumes.copy_from_slice(&self.any);
+            if let Some(mask) = self.dense.get(&c) {
+                for (a, m) in consumes.iter_mut().zip(mask) {
+                    *a |= m;
+                }
+            } else if let Some(at) = self.sparse.get(&c) {
+                for &i in at {
+                    set(&mut consumes, i);
+                }
+            }
+            // ...advance by one...
+            for ((n, a), s) in next.iter_mut().zip(&consumes).zip(&d) {
+                *n = s & a;
             }
             shl1(&mut next);
             // ...and stars stay where they are.
@@ -278,6 +304,15 @@ mod tests {
         let t = format!("{}xyz{}", "a".repeat(70), "b".repeat(70));
         assert!(matches(&p, &t, false));
         assert!(!matches(&p, &t[1..], false));
+    }
+
+    #[test]
+    fn many_distinct_characters() {
+        // 4,097 distinct characters, each once: position lists, not masks.
+        let t: String = ('\u{4e00}'..='\u{5000}').collect();
+        let p = format!("*{t}?");
+        assert!(matches(&p, &format!("x{t}y"), false));
+        assert!(!matches(&p, &t, false));
     }
 
     #[test]
