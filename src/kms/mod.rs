@@ -7,6 +7,7 @@ pub mod error;
 pub mod marker;
 pub mod model;
 pub mod operation;
+pub mod policy;
 pub mod requests;
 pub mod service;
 pub mod types;
