@@ -96,11 +96,14 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 
 /// One frame: little-endian `u32` length, then the postcard encoding of `msg`.
 pub(super) fn encode(msg: &impl serde::Serialize) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    let body = Zeroizing::new(postcard::to_stdvec(msg).map_err(io_err)?);
-    let len = u32::try_from(body.len()).map_err(io_err)?;
-    let mut frame = Zeroizing::new(Vec::with_capacity(4 + body.len()));
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&body);
+    // One buffer: a length placeholder, the body serialized after it, then the length.
+    let mut frame = Vec::with_capacity(128);
+    frame.extend_from_slice(&[0u8; 4]);
+    let mut frame = Zeroizing::new(postcard::to_extend(msg, frame).map_err(io_err)?);
+    let len = u32::try_from(frame.len().saturating_sub(4)).map_err(io_err)?;
+    if let Some(prefix) = frame.get_mut(..4) {
+        prefix.copy_from_slice(&len.to_le_bytes());
+    }
     Ok(frame)
 }
 
