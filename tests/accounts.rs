@@ -1,7 +1,8 @@
 //! Several accounts in one deployment (issue 13, part 1): `hsm-kms account create` run while
 //! the real `hsm-kms serve` runs prints the new account root's credential as `export`
 //! lines; the running service accepts it within a second; each account sees and uses only
-//! its own keys (a bare key id never reaches another account's key).
+//! its own keys (a bare key id never reaches another account's key); STS
+//! GetCallerIdentity names the new account's root.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -122,6 +123,29 @@ async fn an_account_created_while_the_service_runs_is_served_within_a_second() {
     assert_eq!(
         unb64(&b.ok("Decrypt", json!({"CiphertextBlob": ct})).await["Plaintext"]),
         b"for b"
+    );
+
+    // STS (Query protocol) names the new account's root, as the aws CLI reads it.
+    let id = Command::new("aws")
+        .args(["sts", "get-caller-identity", "--endpoint-url", &url])
+        .args(["--query", "[Account,Arn,UserId]", "--output", "text"])
+        .env("AWS_ACCESS_KEY_ID", export(&out, "AWS_ACCESS_KEY_ID"))
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            export(&out, "AWS_SECRET_ACCESS_KEY"),
+        )
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .expect("the aws CLI (scripts/test.sh installs it)");
+    let id = String::from_utf8_lossy(&id.stdout);
+    assert_eq!(
+        id.split_whitespace().collect::<Vec<_>>(),
+        [
+            "444455556666",
+            "arn:aws:iam::444455556666:root",
+            "444455556666"
+        ],
+        "{id}"
     );
 
     // An account is created once; an account id is 12 digits.

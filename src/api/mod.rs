@@ -8,6 +8,7 @@ mod health;
 mod input;
 mod parse;
 mod pipeline;
+mod query;
 
 use crate::auth::CredentialLookup;
 use crate::clock::Clock;
@@ -49,5 +50,8 @@ pub(crate) fn set_headers(r: &mut Response, request_id: &str) {
 }
 
 async fn kms_request(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    if query::is_query(req.headers()) {
+        return query::handle(&app, req).await;
+    }
     pipeline::handle(&app, req).await
 }

@@ -201,6 +201,17 @@ pub(super) fn verify_signature(
     parts: &axum::http::request::Parts,
     body: &[u8],
 ) -> Result<crate::auth::Principal, crate::auth::AuthError> {
+    verify_signature_for(app, parts, body, "kms")
+}
+
+/// [`verify_signature`] for the SigV4 service `service` (`sts`, `iam` for the Query
+/// protocol).
+pub(super) fn verify_signature_for(
+    app: &AppState,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    service: &str,
+) -> Result<crate::auth::Principal, crate::auth::AuthError> {
     crate::auth::verify(
         &RequestParts {
             method: parts.method.as_str(),
@@ -212,7 +223,7 @@ pub(super) fn verify_signature(
         app.credentials.as_ref(),
         app.clock.now(),
         app.kms.region().as_str(),
-        "kms",
+        service,
     )
 }
 

@@ -375,6 +375,21 @@ t_cli_unknown_key() {
         aws_kms describe-key --key-id 00000000-0000-0000-0000-000000000000
 }
 
+t_sts_get_caller_identity() {
+    "${AWS_CLI[@]}" sts get-caller-identity --endpoint-url "$KMS_ENDPOINT" \
+        --query '[Account,Arn,UserId]' --output text >"$W/identity"
+    cat "$W/identity"
+    read -r account arn userid <"$W/identity"
+    [ "$account" = 111122223333 ] || fail "Account $account"
+    [ "$arn" = "arn:aws:iam::111122223333:root" ] || fail "Arn $arn (the quick-start credential is the account root)"
+    [ "$userid" = 111122223333 ] || fail "UserId $userid (a root's is its account id)"
+}
+
+t_sts_wrong_secret() {
+    AWS_SECRET_ACCESS_KEY=not-the-secret expect_error SignatureDoesNotMatch \
+        "${AWS_CLI[@]}" sts get-caller-identity --endpoint-url "$KMS_ENDPOINT"
+}
+
 # -- after a restart ---------------------------------------------------------------
 
 # run after stop_server in the main shell (a check runs in a subshell).
@@ -469,6 +484,8 @@ check "cli: generate-data-key AES_256 + decrypt" t_cli_generate_data_key
 check "cli: generate-random 64 bytes" t_cli_generate_random
 check "cli: list-keys contains the key" t_cli_list_keys
 check "cli: describe-key unknown -> NotFoundException" t_cli_unknown_key
+check "cli: sts get-caller-identity (Query protocol, XML) names the account root" t_sts_get_caller_identity
+check "cli: sts get-caller-identity with a wrong secret -> SignatureDoesNotMatch" t_sts_wrong_secret
 
 log "boto3 suite"
 run_boto3
