@@ -499,7 +499,8 @@ fn signal(pid: u32, signal: &str) -> bool {
 }
 
 /// Build `tests/support/segv_module.c` into `dir`: a module forwarding to `real` that
-/// segfaults in `C_Encrypt` while `trigger` exists.
+/// segfaults in `C_Encrypt` while `trigger` exists, and hangs in `C_Initialize` while
+/// `trigger` with the extension `hang` exists.
 fn segv_module(dir: &Path, real: &Path, trigger: &Path) -> PathBuf {
     let out = dir.join("libsegv-pkcs11.so");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/segv_module.c");
@@ -508,6 +509,10 @@ fn segv_module(dir: &Path, real: &Path, trigger: &Path) -> PathBuf {
         .arg(&out)
         .arg(format!("-DREAL=\"{}\"", real.display()))
         .arg(format!("-DTRIGGER=\"{}\"", trigger.display()))
+        .arg(format!(
+            "-DHANG=\"{}\"",
+            trigger.with_extension("hang").display()
+        ))
         .arg(&src)
         .arg("-ldl")
         .status()
@@ -632,6 +637,75 @@ async fn drill_on_host(fault: &'static str, how: HostFault) -> Row {
         "hsm b must not be touched"
     );
     row
+}
+
+/// A module that hangs in `C_Initialize` when the service starts: the start waits for it at
+/// most its deadline (the key generation deadline, 3 s here), then serves with the other
+/// HSM (existing keys; new key material refused with the retryable quorum error) while a
+/// new host is tried in the background; once the module answers again the HSM is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_9_a_module_hung_at_start() {
+    let _serial = SERIAL.lock().await;
+    let mut tokens = tokens(&["a", "b"]);
+    let trigger = tokens.dir.path().join("segv-trigger");
+    let hang = trigger.with_extension("hang");
+    let real = tokens.hsms[0].module.clone();
+    tokens.hsms[0].module = segv_module(tokens.dir.path(), &real, &trigger);
+    let mut opts = fast_options();
+    opts.keygen_timeout = Duration::from_secs(3);
+    let clock = Arc::new(hsm_kms::clock::SystemClock);
+    let (running, c) = start_tuned(
+        &tokens,
+        clock.clone(),
+        opts.clone(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let key = c.create_key(json!({})).await;
+    let blob = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"before")}),
+        )
+        .await["CiphertextBlob"]
+        .clone();
+    running.stop().await;
+
+    std::fs::write(&hang, b"").unwrap();
+    let started = Instant::now();
+    let (running, c) = start_tuned(&tokens, clock, opts, Duration::from_secs(3600)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "the start waited {took:?} for a hung module"
+    );
+    let s = Started {
+        tokens,
+        running,
+        client: c,
+    };
+    assert_ne!(state(&s, "a"), NodeState::Healthy);
+    let d = s
+        .client
+        .ok("Decrypt", json!({"CiphertextBlob": blob}))
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"before");
+    let r = s.client.call("CreateKey", json!({})).await;
+    assert_eq!(r.error_type(), "DependencyTimeoutException", "{}", r.body);
+    std::fs::remove_file(&hang).unwrap();
+    let repaired = Instant::now();
+    let back = recovers(&s, "a").await.expect("a answers again");
+    // At most one start attempt (3 s) was under way when the module was repaired.
+    assert!(
+        back <= Duration::from_secs(3) + RECOVERY,
+        "healthy {back:?} after the repair"
+    );
+    s.client.create_key(json!({})).await;
+    println!(
+        "DRILL | PKCS#11 module hung in C_Initialize at start | start took {:.2} s (deadline 3 s), served by the other HSM | healthy {:.2} s after the repair",
+        took.as_secs_f64(),
+        repaired.elapsed().min(back).as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
