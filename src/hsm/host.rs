@@ -412,11 +412,7 @@ impl HostLink {
             let (c, node, exit) = (conn.clone(), self.node.clone(), self.last_exit.clone());
             spawn(
                 format!("hsm-{hsm}-rx"),
-                Box::new(move || {
-                    if let Some(status) = read_loop(&c, &node, &mut stdout, hello_tx) {
-                        *exit.lock() = Some(status);
-                    }
-                }),
+                Box::new(move || read_loop(&c, &node, &mut stdout, hello_tx, &exit)),
             )
             .map(|()| hello_rx)
         });
@@ -453,14 +449,15 @@ impl HostLink {
 
 /// The reader thread of one host: the hello, then every answer to its waiting job; at the
 /// end of the host's stdout, every job still pending fails (`NodeDown`) and, unless the
-/// service ended the host itself, the HSM becomes suspect and how the host ended is
-/// returned.
+/// service had ended the host itself before, how the host ended is kept in `last_exit` and
+/// the HSM becomes suspect.
 fn read_loop(
     conn: &Conn,
     node: &Node,
     out: &mut impl Read,
     hello: std::sync::mpsc::SyncSender<(NodeState, Option<HsmError>, Option<Facts>)>,
-) -> Option<String> {
+    last_exit: &Mutex<Option<String>>,
+) {
     let mut out = std::io::BufReader::with_capacity(64 << 10, out);
     let why = loop {
         match read_frame::<FromHost>(&mut out) {
@@ -494,14 +491,18 @@ fn read_loop(
             Err(e) => break format!("unreadable output: {e}"),
         }
     };
+    // Read before anything else: a restart that kills this (already dead) host afterwards
+    // does not make its crash intentional.
+    let ended_by_service = conn.ended.load(Ordering::Acquire);
     conn.dead.store(true, Ordering::Release);
     let failed: Vec<Done> = conn.pending.lock().drain().map(|(_, d)| d).collect();
     let in_flight = failed.len();
     drop(failed); // each answers NodeDown
-    if conn.ended.load(Ordering::Acquire) || node.shutting_down() {
-        return None;
+    if ended_by_service || node.shutting_down() {
+        return;
     }
     let status = exit_status(conn);
+    *last_exit.lock() = Some(status.clone());
     tracing::error!(
         hsm = %node.name(),
         pid = conn.pid,
@@ -513,7 +514,6 @@ fn read_loop(
         hsm: node.name().to_string(),
         message: format!("its host process {} ended: {status}", conn.pid),
     });
-    Some(status)
 }
 
 /// How the host exited, waiting briefly for it to be reapable.
