@@ -225,11 +225,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Serve { config, listen } => {
             let loaded = load_config(config)?;
-            // Before the runtime starts any thread (see prepare_environment); hosted HSMs
-            // get their environment on their own process instead.
-            if !loaded.hosted() {
-                hsm_kms::hsm::prepare_environment(&loaded.nodes()?);
-            }
+            prepare_environment(&loaded, &loaded.nodes()?);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -325,11 +321,18 @@ fn offline_config(loaded: &Loaded, nodes: Vec<hsm_kms::hsm::NodeConfig>) -> Resu
     })
 }
 
+/// Before the runtime starts any thread (see `hsm::prepare_environment`): the modules'
+/// environment, for HSMs served in this process; hosted HSMs get theirs on their own
+/// process.
+fn prepare_environment(loaded: &Loaded, nodes: &[hsm_kms::hsm::NodeConfig]) {
+    if !loaded.hosted() {
+        hsm_kms::hsm::prepare_environment(nodes);
+    }
+}
+
 fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
     let nodes = loaded.nodes()?;
-    if !loaded.hosted() {
-        hsm_kms::hsm::prepare_environment(&nodes);
-    }
+    prepare_environment(loaded, &nodes);
     let cfg = offline_config(loaded, nodes)?;
     let mut progress = |step: &str| println!("reconcile: {step}");
     let report = tokio::runtime::Builder::new_multi_thread()
@@ -347,9 +350,7 @@ fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
 
 fn account_create(loaded: &Loaded, account_id: &str) -> Result<()> {
     let nodes = loaded.nodes()?;
-    if !loaded.hosted() {
-        hsm_kms::hsm::prepare_environment(&nodes);
-    }
+    prepare_environment(loaded, &nodes);
     let cfg = offline_config(loaded, nodes)?;
     let c = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -21,9 +21,9 @@ use super::host::HostLink;
 use super::instance::NodeConfig;
 use super::integrity::{Expected, CHECK_LEN};
 use super::iv::IvSource;
-use super::kinds::{DataKeyPair, KeyKind, PairSpec, PairUse, Secret, SignScheme};
+use super::kinds::{holding_object, DataKeyPair, KeyKind, PairSpec, PairUse, Secret, SignScheme};
 use super::mechanisms::IV_LEN;
-use super::node::{HsmHealth, Node, NodeOptions, NodeState};
+use super::node::{state_after_failed_open, HsmHealth, Node, NodeOptions, NodeState};
 use super::replication::Replicator;
 use super::worker::Pool;
 use crate::pkix::{Curve, Hash};
@@ -368,10 +368,7 @@ impl HsmCluster {
     ) -> Result<Option<[u8; CHECK_LEN]>, HsmError> {
         let t = self.opts.call_timeout;
         let mut seen: Vec<(String, [u8; CHECK_LEN])> = Vec::new();
-        let object = match kind {
-            KeyKind::Pair(..) => ObjectKind::Private,
-            KeyKind::Aes | KeyKind::Hmac(_) => ObjectKind::Secret,
-        };
+        let object = holding_object(kind);
         for pool in health::usable(&self.hsms) {
             let holds = Command::Holds {
                 kind: object,
@@ -986,10 +983,7 @@ fn open_hosted(
                 match pool.reinit() {
                     Ok(_) => node.set_state(NodeState::Healthy),
                     Err(e) => {
-                        let state = match e {
-                            HsmError::LoginRefused { .. } => NodeState::Failed,
-                            _ => NodeState::Down,
-                        };
+                        let state = state_after_failed_open(&e);
                         tracing::error!(hsm = %node.name(), error = %e, ?state, "HSM cannot be opened at start");
                         node.record_error(&e);
                         node.set_state(state);

@@ -22,7 +22,7 @@
 //! [`Pool::reinit`]: super::worker::Pool::reinit
 
 use super::error::HsmError;
-use super::node::NodeState;
+use super::node::{state_after_failed_open, NodeState};
 use super::worker::Pool;
 use std::time::Duration;
 
@@ -157,7 +157,7 @@ fn try_reinit(pool: &Pool, admit: &Admit) {
         },
         Err(e) => {
             node.record_error(&e);
-            if matches!(e, HsmError::LoginRefused { .. }) {
+            if state_after_failed_open(&e) == NodeState::Failed {
                 // Never retry a refused PIN in a loop: tokens lock users out.
                 tracing::error!(hsm = %node.name(), error = %e, "login refused; HSM left failed");
                 node.set_state(NodeState::Failed);

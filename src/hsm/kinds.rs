@@ -3,6 +3,7 @@
 //! with its SubjectPublicKeyInfo encoding.
 
 use super::error::HsmError;
+use super::handles::ObjectKind;
 use crate::pkix::{self, Curve};
 use zeroize::Zeroizing;
 
@@ -13,6 +14,15 @@ use zeroize::Zeroizing;
 // with MGF1 of the same hash and salt = digest length, `Ecdsa` is `CKM_ECDSA` on a digest
 // (signatures re-encoded as DER), `Ed25519`/`Ed25519ph` are `CKM_EDDSA`.
 pub use crate::kms::vault::{DataKeyPair, KeyKind, PairSpec, PairUse, SignScheme};
+
+/// The object whose presence on a token means it holds a key of `kind`: the private half
+/// of a key pair, else the secret key.
+pub(super) fn holding_object(kind: KeyKind) -> ObjectKind {
+    match kind {
+        KeyKind::Pair(..) => ObjectKind::Private,
+        KeyKind::Aes | KeyKind::Hmac(_) => ObjectKind::Secret,
+    }
+}
 
 /// A public key as read from the token.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -52,6 +52,15 @@ impl NodeState {
     }
 }
 
+/// The state of an HSM whose module instance could not be opened: `Failed` when the token
+/// refused the PIN (never retried: tokens lock users out), else `Down` (retried).
+pub(super) fn state_after_failed_open(e: &HsmError) -> NodeState {
+    match e {
+        HsmError::LoginRefused { .. } => NodeState::Failed,
+        _ => NodeState::Down,
+    }
+}
+
 /// A health report line for one HSM.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HsmHealth {
@@ -164,10 +173,7 @@ impl Node {
                 None,
             ),
             Err(e) => {
-                let state = match e {
-                    HsmError::LoginRefused { .. } => NodeState::Failed,
-                    _ => NodeState::Down,
-                };
+                let state = state_after_failed_open(&e);
                 tracing::error!(hsm = %cfg.name, error = %e, ?state, "HSM cannot be opened at start");
                 let msg = e.to_string();
                 (Node::new(cfg, opts, state, None, Some(msg)), Some(e))

@@ -8,9 +8,8 @@
 
 use super::command::{Command, Transfer};
 use super::error::HsmError;
-use super::handles::ObjectKind;
 use super::health;
-use super::kinds::KeyKind;
+use super::kinds::{holding_object, KeyKind};
 use super::worker::Pool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,10 +126,7 @@ impl Replicator<'_> {
     ) -> Result<usize, HsmError> {
         let mut copies = 0;
         for (id, label, kind) in keys {
-            let object = match kind {
-                KeyKind::Pair(..) => ObjectKind::Private,
-                KeyKind::Aes | KeyKind::Hmac(_) => ObjectKind::Secret,
-            };
+            let object = holding_object(*kind);
             let mut holders = Vec::new();
             let mut lacking = Vec::new();
             for pool in health::usable(self.hsms) {

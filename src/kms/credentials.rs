@@ -213,7 +213,11 @@ pub async fn refresh(
     known: &crate::auth::StaticCredentials,
     refused: &mut std::collections::HashSet<String>,
 ) -> Result<Option<crate::auth::StaticCredentials>, KmsError> {
-    let mut rows = store.credentials()?;
+    // A periodic read on the runtime: off its worker threads, as every store call.
+    let s2 = store.clone();
+    let mut rows = tokio::task::spawn_blocking(move || s2.credentials())
+        .await
+        .map_err(|e| KmsError::Internal(format!("credential refresh: {e}")))??;
     rows.retain(|r| !refused.contains(&r.access_key_id));
     let same = rows.len() == known.len()
         && rows.iter().all(|r| {
