@@ -4,6 +4,7 @@ pub mod ciphertext;
 pub mod context;
 pub mod credentials;
 pub mod error;
+pub mod iam;
 pub mod marker;
 pub mod model;
 pub mod operation;

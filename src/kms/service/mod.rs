@@ -63,6 +63,8 @@ pub struct Kms {
     /// Serializes first-use creation of AWS managed keys (`alias/aws/…`).
     aws_managed: tokio::sync::Mutex<()>,
     rotation: rotation::Rotations,
+    /// IAM identities: who a principal is, and its identity policies.
+    iam: super::iam::Identities,
     /// Orphaned objects seen by the background reconciliation, and when first seen.
     orphans_seen: parking_lot::Mutex<HashMap<String, time::OffsetDateTime>>,
 }
@@ -99,6 +101,7 @@ impl Kms {
             .into_iter()
             .map(|a| ((a.account_id.clone(), a.alias_name.clone()), a))
             .collect();
+        let iam = super::iam::Identities::load(&store)?;
         Ok(Kms {
             vault,
             store,
@@ -109,8 +112,14 @@ impl Kms {
             writes: tokio::sync::Mutex::new(()),
             aws_managed: tokio::sync::Mutex::new(()),
             rotation: rotation::Rotations::default(),
+            iam,
             orphans_seen: parking_lot::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The IAM identities.
+    pub fn iam(&self) -> &super::iam::Identities {
+        &self.iam
     }
 
     /// The HSMs, through the domain's port.
