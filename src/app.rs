@@ -264,11 +264,14 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(state);
     let server = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await;
+        let r = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        })
+        .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "server stopped");
         }

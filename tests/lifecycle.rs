@@ -772,51 +772,55 @@ async fn aws_managed_keys_are_created_on_first_use_and_cannot_be_managed() {
         )
         .await;
     assert_eq!(again["KeyMetadata"]["KeyId"], s3.as_str());
-    // Usable for crypto.
+    // Its fixed policy allows cryptography only through its service (`kms:ViaService`),
+    // which no direct caller is: a direct Encrypt is refused, as in AWS.
     let e = c
-        .ok(
+        .call(
             "Encrypt",
             json!({"KeyId": "alias/aws/s3", "Plaintext": b64(b"managed")}),
         )
         .await;
-    assert_eq!(e["KeyId"], arn(&s3));
-    let d = c
-        .ok("Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"]}))
-        .await;
-    assert_eq!(unb64(&d["Plaintext"]), b"managed");
-    // Encrypt / GenerateDataKey also create on first use.
-    let dk = c
-        .ok(
+    expect(&e, "AccessDeniedException", "direct Encrypt");
+    assert!(
+        e.body["message"].as_str().unwrap().contains(&arn(&s3)),
+        "{}",
+        e.body
+    );
+    let p = c.ok("GetKeyPolicy", json!({"KeyId": s3})).await;
+    assert!(
+        p["Policy"]
+            .as_str()
+            .unwrap()
+            .contains("s3.us-east-1.amazonaws.com"),
+        "{p}"
+    );
+    // Encrypt / GenerateDataKey also create on first use (and are then refused).
+    expect(
+        &c.call(
             "GenerateDataKey",
             json!({"KeyId": "alias/aws/ebs", "KeySpec": "AES_256"}),
         )
-        .await;
-    let ebs = dk["KeyId"]
+        .await,
+        "AccessDeniedException",
+        "direct GenerateDataKey",
+    );
+    let ebs = c.ok("DescribeKey", json!({"KeyId": "alias/aws/ebs"})).await["KeyMetadata"]["KeyId"]
         .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
         .unwrap()
         .to_string();
     assert_ne!(ebs, s3);
-    let back = c
-        .ok("Decrypt", json!({"CiphertextBlob": dk["CiphertextBlob"]}))
-        .await;
-    assert_eq!(back["Plaintext"], dk["Plaintext"]);
-    let e2 = c
-        .ok(
+    expect(
+        &c.call(
             "Encrypt",
             json!({"KeyId": "alias/aws/lambda", "Plaintext": b64(b"x")}),
         )
+        .await,
+        "AccessDeniedException",
+        "direct Encrypt",
+    );
+    let md = c
+        .ok("DescribeKey", json!({"KeyId": "alias/aws/lambda"}))
         .await;
-    let lambda = e2["KeyId"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let md = c.ok("DescribeKey", json!({"KeyId": lambda})).await;
     assert_eq!(md["KeyMetadata"]["KeyManager"], "AWS");
     // Listed with their aliases.
     let l = c.ok("ListAliases", json!({})).await;
@@ -889,11 +893,7 @@ async fn aws_managed_keys_are_created_on_first_use_and_cannot_be_managed() {
     for _ in 0..8 {
         let c = c.clone();
         tasks.spawn(async move {
-            c.ok(
-                "Encrypt",
-                json!({"KeyId": "alias/aws/sqs", "Plaintext": b64(b"q")}),
-            )
-            .await["KeyId"]
+            c.ok("DescribeKey", json!({"KeyId": "alias/aws/sqs"})).await["KeyMetadata"]["KeyId"]
                 .as_str()
                 .unwrap()
                 .to_string()

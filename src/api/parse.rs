@@ -261,6 +261,36 @@ pub(crate) fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
                 include_all_material: all,
             })
         }
+        O::GetKeyPolicy => Request::GetKeyPolicy(rq::GetKeyPolicy {
+            key: key(i, "KeyId")?,
+            name: policy_name(i)?,
+        }),
+        O::PutKeyPolicy => {
+            let key = key(i, "KeyId")?;
+            let name = policy_name(i)?;
+            let policy = i
+                .string_len("Policy", 1, 131072)?
+                .ok_or_else(|| Input::missing("Policy"))?
+                .to_string();
+            Request::PutKeyPolicy(rq::PutKeyPolicy {
+                key,
+                name,
+                policy,
+                bypass_policy_lockout_safety_check: i.bool("BypassPolicyLockoutSafetyCheck")?,
+            })
+        }
+        O::ListKeyPolicies => {
+            let key = key(i, "KeyId")?;
+            let limit = i.int("Limit", 1, 1000)?.unwrap_or(100) as usize;
+            Request::ListKeyPolicies(rq::KeyPage {
+                key,
+                page: Page {
+                    limit,
+                    marker: marker(i)?,
+                },
+                include_all_material: false,
+            })
+        }
         other => {
             debug_assert!(!other.is_built());
             return Err(ApiError::unknown_operation());
@@ -276,9 +306,9 @@ fn create_key(i: &Input<'_>) -> Result<rq::CreateKey, ApiError> {
         Some(s) => Some(s),
         None => i.parse("CustomerMasterKeySpec", KeySpec::parse)?,
     };
-    i.string_len("Policy", 1, 131072)?;
-    i.bool("BypassPolicyLockoutSafetyCheck")?;
     Ok(rq::CreateKey {
+        policy: i.string_len("Policy", 1, 131072)?.map(str::to_string),
+        bypass_policy_lockout_safety_check: i.bool("BypassPolicyLockoutSafetyCheck")?,
         description: i.string_len("Description", 0, 8192)?.map(str::to_string),
         key_usage: i.parse("KeyUsage", KeyUsage::parse)?,
         key_spec,
@@ -286,6 +316,19 @@ fn create_key(i: &Input<'_>) -> Result<rq::CreateKey, ApiError> {
         tags: tags(i)?,
         multi_region: i.bool("MultiRegion")?,
     })
+}
+
+/// `PolicyName` (optional; `[\w]+`, 1–128 characters).
+fn policy_name(i: &Input<'_>) -> Result<Option<String>, ApiError> {
+    let name = i.string_len("PolicyName", 1, 128)?;
+    if let Some(n) = name {
+        if !n.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{n}' at 'policyName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w]+"
+            )));
+        }
+    }
+    Ok(name.map(str::to_string))
 }
 
 /// A required key reference member.

@@ -83,6 +83,7 @@ async fn steps(
     target: Option<Operation>,
     out: &mut Outcome,
 ) -> Result<Response, ApiError> {
+    let env = call_env(&req);
     // 1. authenticate
     let (op, principal, body) = authenticate(app, req, target).await?;
     let principal = &*out.principal.insert(principal);
@@ -94,7 +95,7 @@ async fn steps(
         .keys
         .insert(app.kms.resolve(principal, op, &request).await?);
     // 4. authorize
-    app.kms.authorize(principal, op, keys)?;
+    app.kms.authorize(principal, op, &request, keys, &env)?;
     // 5. execute
     let reply = app.kms.execute(principal, request, keys).await?;
     // 7. respond (6. record runs in `handle`, for every outcome)
@@ -105,6 +106,18 @@ async fn steps(
     let mut r = bytes.into_response();
     r.headers_mut().insert("content-type", content_type());
     Ok(r)
+}
+
+/// What policies may test about the connection (`aws:SourceIp`, `aws:SecureTransport`).
+pub(super) fn call_env(req: &Request) -> crate::kms::CallEnv {
+    crate::kms::CallEnv {
+        source_ip: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+        secure_transport: false,
+        via_service: None,
+    }
 }
 
 async fn authenticate(

@@ -49,6 +49,10 @@ pub enum KmsError {
     /// `LimitExceededException`: the request would exceed a quota.
     LimitExceeded(String),
     #[error("{0}")]
+    /// `MalformedPolicyDocumentException`: a key policy is not valid, or would lock its
+    /// author out.
+    MalformedPolicyDocument(String),
+    #[error("{0}")]
     /// `TagException`: a tag is not valid, reserved, or over the limit.
     Tag(String),
     #[error("{0}")]
@@ -106,6 +110,7 @@ impl KmsError {
             KmsError::InvalidMarker(_) => "InvalidMarkerException",
             KmsError::InvalidArn(_) => "InvalidArnException",
             KmsError::LimitExceeded(_) => "LimitExceededException",
+            KmsError::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
             KmsError::Tag(_) => "TagException",
             KmsError::Unsupported(_) => "UnsupportedOperationException",
             KmsError::NotAuthorized(_) => "NotAuthorizedException",

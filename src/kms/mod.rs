@@ -17,10 +17,10 @@ pub mod vault;
 pub use error::KmsError;
 pub use requests::{DataKeySize, Request};
 pub use service::{
-    DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
-    VerifyMacOutput, VerifyOutput,
+    CallEnv, Kms, Output, ReconcileReport, ReconcileRow, Reply, Resolved, ON_DEMAND_ROTATION_LIMIT,
+    ORPHAN_GRACE,
 };
 pub use service::{
-    Kms, Output, ReconcileReport, ReconcileRow, Reply, Resolved, ON_DEMAND_ROTATION_LIMIT,
-    ORPHAN_GRACE,
+    DataKeyPairOutput, DeriveSharedSecretOutput, GenerateMacOutput, GetPublicKeyOutput, SignOutput,
+    VerifyMacOutput, VerifyOutput,
 };

@@ -172,6 +172,11 @@ pub struct KeyDoc {
     /// Automatic rotation schedule (EnableKeyRotation); `None` when disabled.
     #[serde(default)]
     pub rotation_schedule: Option<RotationSchedule>,
+    /// The key policy's text, as given (`CreateKey`, `PutKeyPolicy`) or as AWS writes the
+    /// default; `None` in documents written before key policies existed, which have the
+    /// default policy of their kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 impl KeyDoc {

@@ -113,19 +113,19 @@ operations! {
     GenerateMac: Asymmetric, read_only = true, grant_tokens = true, dry_run = true, built = true;
     GenerateRandom: Core, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetKeyLastUsage: Audit, read_only = true, grant_tokens = false, dry_run = false, built = false;
-    GetKeyPolicy: Policy, read_only = true, grant_tokens = false, dry_run = false, built = false;
+    GetKeyPolicy: Policy, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetKeyRotationStatus: Rotation, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetParametersForImport: Import, read_only = true, grant_tokens = false, dry_run = false, built = false;
     GetPublicKey: Asymmetric, read_only = true, grant_tokens = true, dry_run = false, built = true;
     ImportKeyMaterial: Import, read_only = false, grant_tokens = false, dry_run = false, built = false;
     ListAliases: Alias, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListGrants: Grant, read_only = true, grant_tokens = false, dry_run = false, built = false;
-    ListKeyPolicies: Policy, read_only = true, grant_tokens = false, dry_run = false, built = false;
+    ListKeyPolicies: Policy, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListKeyRotations: Rotation, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListKeys: Core, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListResourceTags: Lifecycle, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListRetirableGrants: Grant, read_only = true, grant_tokens = false, dry_run = false, built = false;
-    PutKeyPolicy: Policy, read_only = false, grant_tokens = false, dry_run = false, built = false;
+    PutKeyPolicy: Policy, read_only = false, grant_tokens = false, dry_run = false, built = true;
     ReEncrypt: Core, read_only = true, grant_tokens = true, dry_run = true, built = true;
     ReplicateKey: MultiRegion, read_only = false, grant_tokens = false, dry_run = false, built = false;
     RetireGrant: Grant, read_only = false, grant_tokens = false, dry_run = true, built = false;
@@ -173,7 +173,7 @@ mod tests {
             );
             assert_eq!(op.action(), format!("kms:{}", op.name()));
         }
-        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 34);
+        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 37);
         assert_eq!(Operation::from_target("Encrypt"), None);
         assert_eq!(Operation::from_target("TrentService.NoSuchOperation"), None);
     }

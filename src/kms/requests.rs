@@ -44,6 +44,32 @@ pub struct CreateKey {
     pub tags: Vec<Tag>,
     /// `MultiRegion`.
     pub multi_region: bool,
+    /// `Policy`: the key policy's text (the default policy when absent).
+    pub policy: Option<String>,
+    /// `BypassPolicyLockoutSafetyCheck`.
+    pub bypass_policy_lockout_safety_check: bool,
+}
+
+/// GetKeyPolicy.
+#[derive(Debug)]
+pub struct GetKeyPolicy {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `PolicyName` (only `default` exists).
+    pub name: Option<String>,
+}
+
+/// PutKeyPolicy.
+#[derive(Debug)]
+pub struct PutKeyPolicy {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `PolicyName` (only `default` exists).
+    pub name: Option<String>,
+    /// `Policy`: the new key policy's text.
+    pub policy: String,
+    /// `BypassPolicyLockoutSafetyCheck`.
+    pub bypass_policy_lockout_safety_check: bool,
 }
 
 /// Encrypt.
@@ -296,4 +322,10 @@ pub enum Request {
     EnableKeyRotation(EnableKeyRotation),
     /// ListKeyRotations.
     ListKeyRotations(KeyPage),
+    /// GetKeyPolicy.
+    GetKeyPolicy(GetKeyPolicy),
+    /// PutKeyPolicy.
+    PutKeyPolicy(PutKeyPolicy),
+    /// ListKeyPolicies.
+    ListKeyPolicies(KeyPage),
 }

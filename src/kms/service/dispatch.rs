@@ -10,7 +10,7 @@ use crate::kms::ciphertext::Blob;
 use crate::kms::error::KmsError;
 use crate::kms::operation::Operation;
 use crate::kms::requests::Request;
-use crate::kms::types::{KeyManager, KeyRef, KeyState};
+use crate::kms::types::{KeyRef, KeyState};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -24,6 +24,9 @@ pub struct Resolved {
     /// A symmetric ciphertext's parsed blob (Decrypt, ReEncrypt's source); `None` with a
     /// `key` means an asymmetric (RSA) ciphertext.
     pub(super) blob: Option<Blob>,
+    /// The key an alias points at before the call (UpdateAlias, DeleteAlias), which the
+    /// caller must be allowed to act on too.
+    pub(super) alias_key: Option<Arc<Entry>>,
 }
 
 impl Resolved {
@@ -42,7 +45,10 @@ impl Resolved {
     }
 
     fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
-        self.key.iter().chain(self.destination.iter())
+        self.key
+            .iter()
+            .chain(self.destination.iter())
+            .chain(self.alias_key.iter())
     }
 }
 
@@ -96,6 +102,7 @@ impl Kms {
             key,
             ..Resolved::default()
         };
+        let cross = super::authz::cross_account(op);
         Ok(match request {
             Request::CreateKey(_) | Request::ListKeys(_) | Request::GenerateRandom(_) => {
                 Resolved::default()
@@ -103,44 +110,45 @@ impl Kms {
             Request::Key(op, r) => {
                 let aliases = matches!(op, Operation::DescribeKey | Operation::GetPublicKey);
                 self.first_use(p, *op, r).await?;
-                one(Some(self.resolve_ref(p, r, aliases)?))
+                one(Some(self.resolve_ref(p, r, aliases, cross)?))
             }
             Request::Encrypt(r) => {
                 self.first_use(p, op, &r.key).await?;
-                one(Some(self.resolve_ref(p, &r.key, true)?))
+                one(Some(self.resolve_ref(p, &r.key, true, cross)?))
             }
             Request::GenerateDataKey(r) => {
                 self.first_use(p, op, &r.key).await?;
-                one(Some(self.resolve_ref(p, &r.key, true)?))
+                one(Some(self.resolve_ref(p, &r.key, true, cross)?))
             }
-            Request::Sign(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
-            Request::Mac(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
-            Request::DeriveSharedSecret(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
-            Request::GenerateDataKeyPair(r) => one(Some(self.resolve_ref(p, &r.key, true)?)),
+            Request::Sign(r) => one(Some(self.resolve_ref(p, &r.key, true, cross)?)),
+            Request::Mac(r) => one(Some(self.resolve_ref(p, &r.key, true, cross)?)),
+            Request::DeriveSharedSecret(r) => one(Some(self.resolve_ref(p, &r.key, true, cross)?)),
+            Request::GenerateDataKeyPair(r) => one(Some(self.resolve_ref(p, &r.key, true, cross)?)),
             Request::Decrypt(r) => {
                 let (key, blob) = self.ciphertext_key(p, &r.ciphertext, r.key.as_ref())?;
                 Resolved {
                     key: Some(key),
                     blob,
-                    destination: None,
+                    ..Resolved::default()
                 }
             }
             Request::ReEncrypt(r) => {
                 self.first_use(p, op, &r.destination_key).await?;
                 let rsa = |k: Option<&KeyRef>| {
-                    k.and_then(|k| self.resolve_ref(p, k, true).ok())
+                    k.and_then(|k| self.resolve_ref(p, k, true, cross).ok())
                         .is_some_and(|e| super::asymmetric::is_rsa(&e))
                 };
                 // With an RSA key on either side the destination is checked first, so
                 // that nothing is decrypted for a request that fails.
                 if rsa(r.source_key.as_ref()) || rsa(Some(&r.destination_key)) {
-                    let destination = Some(self.resolve_ref(p, &r.destination_key, true)?);
+                    let destination = Some(self.resolve_ref(p, &r.destination_key, true, cross)?);
                     let (key, blob) =
                         self.ciphertext_key(p, &r.ciphertext, r.source_key.as_ref())?;
                     Resolved {
                         key: Some(key),
                         blob,
                         destination,
+                        alias_key: None,
                     }
                 } else {
                     let (key, blob) =
@@ -148,30 +156,51 @@ impl Kms {
                     Resolved {
                         key: Some(key),
                         blob,
-                        destination: Some(self.resolve_ref(p, &r.destination_key, true)?),
+                        destination: Some(self.resolve_ref(p, &r.destination_key, true, cross)?),
+                        alias_key: None,
                     }
                 }
             }
-            Request::CreateAlias(r) | Request::UpdateAlias(r) => {
+            Request::CreateAlias(r) => {
                 self.user_alias(&r.alias)?;
                 one(Some(self.alias_target(p, &r.target)?))
             }
+            Request::UpdateAlias(r) => {
+                self.user_alias(&r.alias)?;
+                let key = Some(self.alias_target(p, &r.target)?);
+                let alias_key = self.alias_key(p, &r.alias)?;
+                Resolved {
+                    key,
+                    alias_key,
+                    ..Resolved::default()
+                }
+            }
             Request::DeleteAlias(alias) => {
                 self.user_alias(alias)?;
-                Resolved::default()
+                Resolved {
+                    alias_key: self.alias_key(p, alias)?,
+                    ..Resolved::default()
+                }
             }
+            Request::GetKeyPolicy(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::PutKeyPolicy(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::ListKeyPolicies(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
             Request::ListAliases(r) => match &r.key {
-                Some(k) => one(Some(self.resolve_ref(p, k, false)?)),
+                Some(k) => one(Some(self.resolve_ref(p, k, false, cross)?)),
                 None => Resolved::default(),
             },
-            Request::UpdateKeyDescription(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
-            Request::ScheduleKeyDeletion(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
-            Request::TagResource(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
-            Request::UntagResource(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
-            Request::ListResourceTags(r) | Request::ListKeyRotations(r) => {
-                one(Some(self.resolve_ref(p, &r.key, false)?))
+            Request::UpdateKeyDescription(r) => {
+                one(Some(self.resolve_ref(p, &r.key, false, cross)?))
             }
-            Request::EnableKeyRotation(r) => one(Some(self.resolve_ref(p, &r.key, false)?)),
+            Request::ScheduleKeyDeletion(r) => {
+                one(Some(self.resolve_ref(p, &r.key, false, cross)?))
+            }
+            Request::TagResource(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::UntagResource(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::ListResourceTags(r) | Request::ListKeyRotations(r) => {
+                one(Some(self.resolve_ref(p, &r.key, false, cross)?))
+            }
+            Request::EnableKeyRotation(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
         })
     }
 
@@ -181,31 +210,6 @@ impl Kms {
             self.ensure_aws_managed_key(p, r).await?;
         }
         Ok(())
-    }
-
-    /// May `p` perform `op`'s IAM action on the resolved keys? Today's rule: a principal
-    /// may use and manage every key of its own account, except that an AWS managed key's
-    /// fixed policy allows no management action. Key policies, IAM policies and grants
-    /// plug in here.
-    pub fn authorize(&self, p: &Principal, op: Operation, keys: &Resolved) -> Result<(), KmsError> {
-        for e in keys.entries() {
-            let arn = self.arn(&e.doc);
-            if e.doc.account_id.as_str() != p.account_id {
-                return Err(self.denied(p, op, &arn, "no resource-based policy allows"));
-            }
-            if e.doc.key_manager == KeyManager::Aws && is_management(op) {
-                return Err(self.denied(p, op, &arn, "no resource-based policy allows"));
-            }
-        }
-        Ok(())
-    }
-
-    fn denied(&self, p: &Principal, op: Operation, arn: &str, why: &str) -> KmsError {
-        let action = op.action();
-        KmsError::AccessDenied(format!(
-            "User: {} is not authorized to perform: {action} on resource: {arn} because {why} the {action} action",
-            p.arn
-        ))
     }
 
     /// Run `request` on its resolved keys.
@@ -288,6 +292,20 @@ impl Kms {
             Request::EnableKeyRotation(r) => {
                 reply(self.enable_key_rotation(keys, r.period_days).await?)
             }
+            Request::GetKeyPolicy(r) => reply(self.get_key_policy(keys, r.name.as_deref())?),
+            Request::PutKeyPolicy(r) => reply(
+                self.put_key_policy(
+                    p,
+                    keys,
+                    r.name.as_deref(),
+                    r.policy,
+                    r.bypass_policy_lockout_safety_check,
+                )
+                .await?,
+            ),
+            Request::ListKeyPolicies(r) => {
+                reply(self.list_key_policies(keys, r.page.limit, r.page.marker.as_deref())?)
+            }
             Request::ListKeyRotations(r) => reply(self.list_key_rotations(
                 keys,
                 r.include_all_material,
@@ -306,7 +324,7 @@ impl Kms {
         given: Option<&KeyRef>,
     ) -> Result<(Arc<Entry>, Option<Blob>), KmsError> {
         if let Some(k) = given {
-            if let Ok(e) = self.resolve_ref(p, k, true) {
+            if let Ok(e) = self.resolve_ref(p, k, true, true) {
                 if super::asymmetric::is_rsa(&e) {
                     return Ok((e, None));
                 }
@@ -315,18 +333,4 @@ impl Kms {
         let (blob, owner) = self.open_blob(p, ciphertext, given)?;
         Ok((owner, Some(blob)))
     }
-}
-
-/// Management operations, which an AWS managed key's policy never allows.
-fn is_management(op: Operation) -> bool {
-    matches!(
-        op,
-        Operation::EnableKey
-            | Operation::DisableKey
-            | Operation::UpdateKeyDescription
-            | Operation::ScheduleKeyDeletion
-            | Operation::CancelKeyDeletion
-            | Operation::TagResource
-            | Operation::UntagResource
-    )
 }

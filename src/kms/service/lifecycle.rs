@@ -433,8 +433,14 @@ impl Kms {
             .await?;
         let id = KeyId::parse(&created.key_metadata.key_id)
             .map_err(|e| KmsError::Internal(e.to_string()))?;
+        let policy = crate::kms::policy::aws_managed_key_policy(
+            account.as_str(),
+            &service,
+            self.region.as_str(),
+        );
         self.update_doc(&id, |d| {
             d.key_manager = KeyManager::Aws;
+            d.policy = Some(policy);
             Ok(())
         })
         .await?;
@@ -453,4 +459,25 @@ impl Kms {
         tracing::info!(alias = %name.as_str(), key = %id, "created AWS managed key");
         Ok(())
     }
+}
+
+/// The fixed policy of an AWS managed key written before key policies were kept: found
+/// through its `alias/aws/<service>` alias (`None` when it has none).
+pub(super) fn aws_managed_policy_of(
+    doc: &crate::kms::model::KeyDoc,
+    aliases: &[crate::store::AliasRow],
+    region: &crate::kms::types::Region,
+) -> Option<String> {
+    let id = doc.key_id.to_string();
+    aliases
+        .iter()
+        .filter(|a| a.key_id == id && a.account_id == doc.account_id.as_str())
+        .find_map(|a| a.alias_name.strip_prefix(AliasName::AWS_RESERVED_PREFIX))
+        .map(|service| {
+            crate::kms::policy::aws_managed_key_policy(
+                doc.account_id.as_str(),
+                service,
+                region.as_str(),
+            )
+        })
 }

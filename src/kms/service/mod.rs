@@ -27,6 +27,8 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 mod asymmetric;
+mod authz;
+pub use authz::{CallEnv, GetKeyPolicyOutput, ListKeyPoliciesOutput};
 mod dispatch;
 mod integrity;
 mod reconcile;
@@ -43,12 +45,28 @@ pub use asymmetric::{
     VerifyMacOutput, VerifyOutput,
 };
 
-/// A key as cached: its document and the store version it was read at (for the
-/// optimistic updates of key-state changes).
+/// A key as cached: its document, the store version it was read at (for the optimistic
+/// updates of key-state changes) and its key policy, parsed once per policy text.
 #[derive(Debug, Clone)]
 struct Entry {
     doc: KeyDoc,
     version: i64,
+    policy: Arc<super::policy::PolicyDocument>,
+}
+
+impl Entry {
+    /// The entry of `doc`, reusing `previous`'s parsed policy when the text is unchanged.
+    fn new(doc: KeyDoc, version: i64, previous: Option<&Entry>) -> Result<Entry, KmsError> {
+        let policy = match previous {
+            Some(p) if p.doc.policy == doc.policy => p.policy.clone(),
+            _ => authz::parse_key_policy(&doc)?,
+        };
+        Ok(Entry {
+            doc,
+            version,
+            policy,
+        })
+    }
 }
 
 /// The KMS domain service.
@@ -81,23 +99,22 @@ impl Kms {
         clock: Arc<dyn Clock>,
         region: Region,
     ) -> Result<Kms, KmsError> {
+        let all_aliases = store.all_aliases()?;
         let mut keys = HashMap::new();
         for row in store.all_keys()? {
-            let doc: KeyDoc = serde_json::from_value(row.doc).map_err(|e| {
+            let mut doc: KeyDoc = serde_json::from_value(row.doc).map_err(|e| {
                 KmsError::Internal(format!("key {}: bad document: {e}", row.key_id))
             })?;
-            keys.insert(
-                doc.key_id,
-                Arc::new(Entry {
-                    doc,
-                    version: row.version,
-                }),
-            );
+            if doc.policy.is_none() && doc.key_manager == KeyManager::Aws {
+                // Written before key policies: AWS's fixed policy for its service.
+                doc.policy = lifecycle::aws_managed_policy_of(&doc, &all_aliases, &region);
+            }
+            let version = row.version;
+            keys.insert(doc.key_id, Arc::new(Entry::new(doc, version, None)?));
         }
         // Every copy is verified against its recorded check value after each (re)connect.
         vault.expect_check_values(integrity::recorded(keys.values().map(|e| &e.doc)));
-        let aliases = store
-            .all_aliases()?
+        let aliases = all_aliases
             .into_iter()
             .map(|a| ((a.account_id.clone(), a.alias_name.clone()), a))
             .collect();
@@ -242,37 +259,42 @@ impl Kms {
     }
 
     /// Resolve a `KeyId` member: key id, key ARN, and (where `aliases`) alias name or ARN.
+    /// Only an ARN reaches another account's key, and only where `cross` (the operation
+    /// allows cross-account use); whether the caller may use it is authorization's call.
     fn resolve_ref(
         &self,
         p: &Principal,
         r: &KeyRef,
         aliases: bool,
+        cross: bool,
     ) -> Result<Arc<Entry>, KmsError> {
         let account = self.account(p)?;
         let invalid = || KmsError::NotFound(format!("Invalid keyId '{r}'"));
+        let arn_account = |region: &Region, owner: &AccountId| {
+            if *region != self.region || (*owner != account && !cross) {
+                return Err(KmsError::NotFound(format!(
+                    "Invalid arn {}",
+                    region.as_str()
+                )));
+            }
+            Ok(owner.clone())
+        };
         match r {
             KeyRef::Id(id) => self.entry(&account, id),
-            KeyRef::KeyArn(a) => {
-                if a.region != self.region || a.account != account {
-                    return Err(KmsError::NotFound(format!(
-                        "Invalid arn {}",
-                        a.region.as_str()
-                    )));
-                }
-                self.entry(&account, &a.key_id)
-            }
+            KeyRef::KeyArn(a) => self.entry(&arn_account(&a.region, &a.account)?, &a.key_id),
             KeyRef::AliasName(name) if aliases => self.by_alias(&account, name),
             KeyRef::AliasArn(a) if aliases => {
-                if a.region != self.region || a.account != account {
-                    return Err(KmsError::NotFound(format!(
-                        "Invalid arn {}",
-                        a.region.as_str()
-                    )));
-                }
-                self.by_alias(&account, &a.alias)
+                self.by_alias(&arn_account(&a.region, &a.account)?, &a.alias)
             }
             _ => Err(invalid()),
         }
+    }
+
+    /// The key an alias of the caller's account points at now (`None` when the alias does
+    /// not exist: the operation reports that).
+    fn alias_key(&self, p: &Principal, name: &AliasName) -> Result<Option<Arc<Entry>>, KmsError> {
+        let account = self.account(p)?;
+        Ok(self.by_alias(&account, name).ok())
     }
 
     fn by_alias(&self, account: &AccountId, name: &AliasName) -> Result<Arc<Entry>, KmsError> {
@@ -407,13 +429,8 @@ impl Kms {
         let version = self
             .blocking(move |s| s.update_key(&id, expected, &value))
             .await?;
-        self.keys.write().insert(
-            *key_id,
-            Arc::new(Entry {
-                doc: doc.clone(),
-                version,
-            }),
-        );
+        let entry = Entry::new(doc.clone(), version, Some(&current))?;
+        self.keys.write().insert(*key_id, Arc::new(entry));
         Ok(doc)
     }
 
@@ -475,6 +492,17 @@ impl Kms {
         }
         check_tags(&input.tags)?;
         let key_id = KeyId::new_random();
+        let policy = match input.policy {
+            Some(text) => {
+                let parsed = authz::parse_given_policy(&text)?;
+                if !input.bypass_policy_lockout_safety_check {
+                    let arn = KeyArn::new(self.region.clone(), account.clone(), key_id);
+                    self.lockout_check(p, &parsed, &arn.to_string())?;
+                }
+                text
+            }
+            None => super::policy::default_key_policy(account.as_str()),
+        };
         let now = self.now();
         let obj = object_id(&key_id, 1);
         let mut doc = KeyDoc {
@@ -500,6 +528,7 @@ impl Kms {
             tags: dedup_tags(input.tags),
             public_key: None,
             rotation_schedule: None,
+            policy: Some(policy),
         };
         if spec == KeySpec::SymmetricDefault {
             self.vault
@@ -522,9 +551,8 @@ impl Kms {
             return Err(e);
         }
         let meta = self.metadata(&doc);
-        self.keys
-            .write()
-            .insert(key_id, Arc::new(Entry { doc, version: 1 }));
+        let entry = Entry::new(doc, 1, None)?;
+        self.keys.write().insert(key_id, Arc::new(entry));
         Ok(KeyMetadataOutput { key_metadata: meta })
     }
 
@@ -605,12 +633,16 @@ impl Kms {
         key: Option<&KeyRef>,
     ) -> Result<(Blob, Arc<Entry>), KmsError> {
         let blob = Blob::decode(blob).map_err(|_| KmsError::InvalidCiphertext(String::new()))?;
-        let account = self.account(p)?;
+        // A ciphertext names its key by id; it may be another account's key (Decrypt and
+        // ReEncrypt are cross-account operations): authorization decides.
         let owner = self
-            .entry(&account, &blob.header.key_id)
-            .map_err(|_| KmsError::InvalidCiphertext(String::new()))?;
+            .keys
+            .read()
+            .get(&blob.header.key_id)
+            .cloned()
+            .ok_or_else(|| KmsError::InvalidCiphertext(String::new()))?;
         if let Some(k) = key {
-            let given = self.resolve_ref(p, k, true)?;
+            let given = self.resolve_ref(p, k, true, true)?;
             if given.doc.key_id != owner.doc.key_id {
                 return Err(KmsError::IncorrectKey(
                     "The key ID in the request does not identify a CMK that can perform this operation."
@@ -796,7 +828,7 @@ impl Kms {
     /// An alias target: a customer key named by id or ARN, not pending deletion.
     fn alias_target(&self, p: &Principal, target: &KeyRef) -> Result<Arc<Entry>, KmsError> {
         let e = self
-            .resolve_ref(p, target, false)
+            .resolve_ref(p, target, false, false)
             .map_err(|err| match target {
                 KeyRef::AliasName(_) | KeyRef::AliasArn(_) => {
                     KmsError::Validation("Aliases must refer to keys. Not aliases".into())

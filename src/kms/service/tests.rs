@@ -36,7 +36,7 @@ fn principal() -> Principal {
     Principal {
         access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
         account_id: ACCOUNT.into(),
-        arn: format!("arn:aws:iam::{ACCOUNT}:user/test"),
+        arn: format!("arn:aws:iam::{ACCOUNT}:root"),
     }
 }
 
@@ -72,6 +72,9 @@ fn expect_err(r: Result<Value, KmsError>, ty: &str) -> KmsError {
 }
 
 struct Harness {
+    /// The AWS service endpoint calls come through (`kms:ViaService`), as when an AWS
+    /// service uses its AWS managed key; `None`: a direct call.
+    via: parking_lot::Mutex<Option<String>>,
     kms: Kms,
     fake: Arc<FakeVault>,
     clock: ManualClock,
@@ -97,6 +100,7 @@ impl Harness {
         )
         .unwrap();
         Harness {
+            via: parking_lot::Mutex::new(None),
             kms,
             fake,
             clock,
@@ -123,9 +127,18 @@ impl Harness {
     async fn call(&self, op: Operation, req: Request) -> Result<Value, KmsError> {
         let p = principal();
         let resolved = self.kms.resolve(&p, op, &req).await?;
-        self.kms.authorize(&p, op, &resolved)?;
+        let env = crate::kms::CallEnv {
+            via_service: self.via.lock().clone(),
+            ..Default::default()
+        };
+        self.kms.authorize(&p, op, &req, &resolved, &env)?;
         let reply = self.kms.execute(&p, req, &resolved).await?;
         Ok(serde_json::from_slice(&reply.to_json().unwrap()).unwrap())
+    }
+
+    /// Later calls come through the AWS service `prefix` (`ec2`, `s3`), in this region.
+    fn through(&self, prefix: &str) {
+        *self.via.lock() = Some(format!("{prefix}.{REGION}.amazonaws.com"));
     }
 
     async fn run(&self, (op, req): (Operation, Request)) -> Result<Value, KmsError> {
@@ -1213,6 +1226,20 @@ async fn aws_managed_key_is_created_once_on_first_use_and_cannot_be_managed() {
     assert_eq!(h.fake.calls("create_key"), creates);
 
     // First use by Encrypt creates it; DescribeKey and a second Encrypt find the same key.
+    // Used directly (not through EBS), its policy refuses the Encrypt, as in AWS; through
+    // EBS (`kms:ViaService` ec2.REGION.amazonaws.com) it encrypts.
+    let e = expect_err(
+        h.run(encrypt("alias/aws/ebs", b"managed")).await,
+        "AccessDeniedException",
+    );
+    assert!(e.to_string().contains("kms:Encrypt"), "{e}");
+    assert_eq!(h.fake.calls("create_key"), creates + 1);
+    h.through("s3");
+    expect_err(
+        h.run(encrypt("alias/aws/ebs", b"managed")).await,
+        "AccessDeniedException",
+    );
+    h.through("ec2");
     let e = h.ok(encrypt("alias/aws/ebs", b"managed")).await;
     assert_eq!(h.fake.calls("create_key"), creates + 1);
     let md = h.describe("alias/aws/ebs").await.unwrap();
@@ -1246,6 +1273,7 @@ async fn aws_managed_key_is_created_once_on_first_use_and_cannot_be_managed() {
         .unwrap()
         .to_string();
     assert_ne!(s3, ebs);
+    h.through("sqs");
     let (x, y, z) = tokio::join!(
         h.run(encrypt("alias/aws/sqs", b"1")),
         h.run(encrypt("alias/aws/sqs", b"2")),
@@ -1271,10 +1299,7 @@ async fn aws_managed_key_is_created_once_on_first_use_and_cannot_be_managed() {
         let e = expect_err(h.run(r).await, "AccessDeniedException");
         let m = e.to_string();
         assert!(m.contains(op.action()) && m.contains(&arn(&ebs)), "{m}");
-        assert!(
-            m.contains(&format!("arn:aws:iam::{ACCOUNT}:user/test")),
-            "{m}"
-        );
+        assert!(m.contains(&format!("arn:aws:iam::{ACCOUNT}:root")), "{m}");
     }
     let md = h.describe(&ebs).await.unwrap();
     assert_eq!(md["KeyState"], "Enabled");
@@ -1482,6 +1507,7 @@ async fn automatic_rotation_after_the_period() {
 #[tokio::test]
 async fn aws_managed_keys_rotate_yearly_by_themselves() {
     let h = Harness::new();
+    h.through("ec2");
     let blob = b64(&h.ok(encrypt("alias/aws/ebs", b"managed")).await["CiphertextBlob"]);
     let id = h.describe("alias/aws/ebs").await.unwrap()["KeyId"]
         .as_str()
@@ -1526,7 +1552,9 @@ async fn rotation_is_refused_for_asymmetric_hmac_and_aws_managed_keys() {
             assert!(e.to_string().contains(&arn(k)), "{op}: {e}");
         }
     }
-    // AWS managed: the status reads, but it cannot be changed.
+    // AWS managed: the status reads (directly: its policy allows `kms:Get*` to the
+    // account), but it cannot be changed.
+    h.through("s3");
     h.ok(encrypt("alias/aws/s3", b"x")).await;
     let creates = creates + 1;
     let s3 = h.describe("alias/aws/s3").await.unwrap()["KeyId"]
@@ -1539,7 +1567,8 @@ async fn rotation_is_refused_for_asymmetric_hmac_and_aws_managed_keys() {
         key_op(Operation::DisableKeyRotation, &s3),
         key_op(Operation::RotateKeyOnDemand, &s3),
     ] {
-        expect_err(h.run(r).await, "UnsupportedOperationException");
+        // Its fixed policy allows no rotation action, not even through the service.
+        expect_err(h.run(r).await, "AccessDeniedException");
     }
     assert_eq!(h.fake.calls("create_key"), creates, "no material made");
 }
