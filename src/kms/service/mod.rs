@@ -139,6 +139,17 @@ impl Kms {
         &self.iam
     }
 
+    /// Create an account while the service runs: its root user's credential, sealed and
+    /// stored (what `hsm-kms account create` does from outside); the running service
+    /// accepts it at its next credential refresh.
+    pub async fn create_account(
+        &self,
+        account_id: &str,
+    ) -> Result<crate::auth::Credential, KmsError> {
+        super::credentials::create_account(self.vault.as_ref(), &self.store, account_id, self.now())
+            .await
+    }
+
     /// The HSMs, through the domain's port.
     pub fn vault(&self) -> &Arc<dyn KeyVault> {
         &self.vault
