@@ -38,8 +38,7 @@ fn key_arn(account: &str, id: &str) -> String {
 
 /// The default policy plus `extra` statements.
 fn policy_with(extra: Vec<Value>) -> String {
-    let mut p: Value =
-        serde_json::from_str(&hsm_kms::kms::policy::default_key_policy(A)).unwrap();
+    let mut p: Value = serde_json::from_str(&hsm_kms::kms::policy::default_key_policy(A)).unwrap();
     p["Statement"].as_array_mut().unwrap().extend(extra);
     p.to_string()
 }
@@ -86,10 +85,7 @@ async fn key_policies_read_write_validate_and_decide() {
     assert_eq!(got["PolicyName"], "default");
     let parsed: Value = serde_json::from_str(got["Policy"].as_str().unwrap()).unwrap();
     assert_eq!(parsed["Id"], "key-default-1");
-    assert_eq!(
-        parsed["Statement"][0]["Sid"],
-        "Enable IAM User Permissions"
-    );
+    assert_eq!(parsed["Statement"][0]["Sid"], "Enable IAM User Permissions");
     assert_eq!(
         c.ok("GetKeyPolicy", json!({"KeyId": k, "PolicyName": "default"}))
             .await["Policy"],
@@ -137,7 +133,11 @@ async fn key_policies_read_write_validate_and_decide() {
         .unwrap()
         .len();
     for (doc, says) in &bad {
-        let m = expect(&put(c, &k, doc).await, 400, "MalformedPolicyDocumentException");
+        let m = expect(
+            &put(c, &k, doc).await,
+            400,
+            "MalformedPolicyDocumentException",
+        );
         assert!(m.contains(says), "{says}: {m}");
         let m = expect(
             &c.call("CreateKey", json!({"Policy": doc})).await,
@@ -188,9 +188,7 @@ async fn key_policies_read_write_validate_and_decide() {
         200
     );
     // DryRun answers whether the call would be authorized.
-    let dry = |ctx: Value| {
-        json!({"KeyId": k, "Plaintext": b64(b"x"), "EncryptionContext": ctx, "DryRun": true})
-    };
+    let dry = |ctx: Value| json!({"KeyId": k, "Plaintext": b64(b"x"), "EncryptionContext": ctx, "DryRun": true});
     expect(
         &c.call("Encrypt", dry(json!({"purpose": "other"}))).await,
         412,
@@ -227,24 +225,78 @@ async fn key_policies_read_write_validate_and_decide() {
             "Condition": {"NotIpAddress": {"aws:SourceIp": cidr}}})])
     };
     let blob = encrypt(c, &k, json!({})).await.body["CiphertextBlob"].clone();
-    c.ok("PutKeyPolicy", json!({"KeyId": k, "Policy": from("10.0.0.0/8")}))
-        .await;
+    c.ok(
+        "PutKeyPolicy",
+        json!({"KeyId": k, "Policy": from("10.0.0.0/8")}),
+    )
+    .await;
     expect(
         &c.call("Decrypt", json!({"CiphertextBlob": blob})).await,
         400,
         "AccessDeniedException",
     );
-    c.ok("PutKeyPolicy", json!({"KeyId": k, "Policy": from("127.0.0.0/8")}))
+    c.ok(
+        "PutKeyPolicy",
+        json!({"KeyId": k, "Policy": from("127.0.0.0/8")}),
+    )
+    .await;
+    assert_eq!(
+        c.call("Decrypt", json!({"CiphertextBlob": blob}))
+            .await
+            .status,
+        200
+    );
+
+    // kms:RequestAlias (the alias the request names) and kms:ResourceAliases (the aliases
+    // the key has, whatever the request names).
+    let by_alias = policy_with(vec![
+        json!({"Sid": "Not through this alias", "Effect": "Deny", "Principal": {"AWS": "*"},
+            "Action": "kms:Encrypt", "Resource": "*",
+            "Condition": {"StringEquals": {"kms:RequestAlias": "alias/blocked"}}}),
+        json!({"Sid": "Quarantined keys", "Effect": "Deny", "Principal": {"AWS": "*"},
+            "Action": "kms:Decrypt", "Resource": "*",
+            "Condition": {"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/quarantine-*"}}}),
+    ]);
+    c.ok("PutKeyPolicy", json!({"KeyId": k, "Policy": by_alias}))
+        .await;
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/blocked", "TargetKeyId": k}),
+    )
+    .await;
+    expect(
+        &encrypt(c, "alias/blocked", json!({})).await,
+        400,
+        "AccessDeniedException",
+    );
+    assert_eq!(encrypt(c, &k, json!({})).await.status, 200);
+    assert_eq!(
+        c.call("Decrypt", json!({"CiphertextBlob": blob}))
+            .await
+            .status,
+        200
+    );
+    c.ok(
+        "CreateAlias",
+        json!({"AliasName": "alias/quarantine-1", "TargetKeyId": k}),
+    )
+    .await;
+    expect(
+        &c.call("Decrypt", json!({"CiphertextBlob": blob})).await,
+        400,
+        "AccessDeniedException",
+    );
+    c.ok("DeleteAlias", json!({"AliasName": "alias/quarantine-1"}))
         .await;
     assert_eq!(
-        c.call("Decrypt", json!({"CiphertextBlob": blob})).await.status,
+        c.call("Decrypt", json!({"CiphertextBlob": blob}))
+            .await
+            .status,
         200
     );
 
     // CreateKey with a policy; the lockout check bypassed locks the account out, as in AWS.
-    let custom = c
-        .ok("CreateKey", json!({"Policy": no_delete}))
-        .await["KeyMetadata"]["KeyId"]
+    let custom = c.ok("CreateKey", json!({"Policy": no_delete})).await["KeyMetadata"]["KeyId"]
         .as_str()
         .unwrap()
         .to_string();
@@ -273,7 +325,8 @@ async fn key_policies_read_write_validate_and_decide() {
         no_delete.as_str()
     );
     expect(
-        &c.call("ScheduleKeyDeletion", json!({"KeyId": custom})).await,
+        &c.call("ScheduleKeyDeletion", json!({"KeyId": custom}))
+            .await,
         400,
         "AccessDeniedException",
     );
@@ -302,7 +355,11 @@ async fn a_key_shared_with_another_account_is_used_by_arn_only_and_unshared_at_o
 
     // Not shared yet: B is refused by the key policy (by ARN), and never reaches A's key by
     // bare id or alias name (those name B's own account).
-    let m = expect(&encrypt(&b, &arn, json!({})).await, 400, "AccessDeniedException");
+    let m = expect(
+        &encrypt(&b, &arn, json!({})).await,
+        400,
+        "AccessDeniedException",
+    );
     assert_eq!(
         m,
         format!(
@@ -315,7 +372,8 @@ async fn a_key_shared_with_another_account_is_used_by_arn_only_and_unshared_at_o
         "NotFoundException",
     );
     expect(
-        &b.call("DescribeKey", json!({"KeyId": "alias/shared"})).await,
+        &b.call("DescribeKey", json!({"KeyId": "alias/shared"}))
+            .await,
         400,
         "NotFoundException",
     );
@@ -373,11 +431,7 @@ async fn a_key_shared_with_another_account_is_used_by_arn_only_and_unshared_at_o
     )
     .await;
     // Still never by bare id or alias name; never in B's ListKeys; not B's to manage.
-    expect(
-        &encrypt(&b, &k, json!({})).await,
-        400,
-        "NotFoundException",
-    );
+    expect(&encrypt(&b, &k, json!({})).await, 400, "NotFoundException");
     expect(
         &encrypt(&b, "alias/shared", json!({})).await,
         400,
@@ -413,11 +467,18 @@ async fn a_key_shared_with_another_account_is_used_by_arn_only_and_unshared_at_o
     )
     .await;
     expect(
-        &b.call("Decrypt", json!({"CiphertextBlob": snap, "EncryptionContext": {"snapshot": "snap-1"}}))
-            .await,
+        &b.call(
+            "Decrypt",
+            json!({"CiphertextBlob": snap, "EncryptionContext": {"snapshot": "snap-1"}}),
+        )
+        .await,
         400,
         "AccessDeniedException",
     );
-    expect(&encrypt(&b, &alias_arn, json!({})).await, 400, "AccessDeniedException");
+    expect(
+        &encrypt(&b, &alias_arn, json!({})).await,
+        400,
+        "AccessDeniedException",
+    );
     s.running.stop().await;
 }

@@ -523,6 +523,11 @@ impl Condition {
         Ok(Condition(entries))
     }
 
+    /// Whether an entry tests `key` (case-insensitively).
+    pub(super) fn tests_key(&self, key: &str) -> bool {
+        self.0.iter().any(|e| e.key.eq_ignore_ascii_case(key))
+    }
+
     /// Whether every entry holds for the request's `ctx`.
     pub(super) fn holds(&self, ctx: &ConditionContext) -> bool {
         self.0.iter().all(|e| e.holds(ctx))

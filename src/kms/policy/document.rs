@@ -191,6 +191,13 @@ impl PolicyDocument {
         self.id.as_deref()
     }
 
+    /// Whether a `Condition` of the policy tests the condition key `key` (compared
+    /// case-insensitively), so that a caller may skip computing a costly key no policy
+    /// reads.
+    pub fn tests_condition_key(&self, key: &str) -> bool {
+        self.statements.iter().any(|s| s.condition.tests_key(key))
+    }
+
     /// The user, role and role-session ARNs the policy names as `AWS` principals (in
     /// `Principal` or `NotPrincipal`), each once: AWS refuses a key policy naming one that
     /// does not exist, with [`INVALID_PRINCIPALS`]; that check needs the identity store.

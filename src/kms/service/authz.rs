@@ -150,6 +150,14 @@ impl Kms {
             request_keys(req.context_mut(), request, check.destination);
             if let Some(e) = check.key {
                 self.key_keys(req.context_mut(), &e.doc);
+                // The key's aliases cost a scan: only when a policy tests them.
+                const ALIASES: &str = "kms:ResourceAliases";
+                if std::iter::once(&e.policy)
+                    .chain(identity.iter())
+                    .any(|p| p.tests_condition_key(ALIASES))
+                {
+                    self.resource_aliases(req.context_mut(), &e.doc);
+                }
             }
             let grant = || {
                 check.key.is_some_and(|e| {
@@ -267,6 +275,13 @@ impl Kms {
         ctx.insert("kms:CustomerMasterKeyUsage", [doc.key_usage.as_str()]);
         ctx.insert("kms:KeyOrigin", [doc.origin.as_str()]);
         ctx.insert("kms:MultiRegion", ["false"]);
+        for t in &doc.tags {
+            ctx.insert(&format!("aws:ResourceTag/{}", t.key()), [t.value()]);
+        }
+    }
+
+    /// `kms:ResourceAliases`: the aliases of the key.
+    fn resource_aliases(&self, ctx: &mut ConditionContext, doc: &KeyDoc) {
         let id = doc.key_id.to_string();
         let aliases: Vec<String> = self
             .aliases
@@ -277,9 +292,6 @@ impl Kms {
             .collect();
         if !aliases.is_empty() {
             ctx.insert("kms:ResourceAliases", aliases);
-        }
-        for t in &doc.tags {
-            ctx.insert(&format!("aws:ResourceTag/{}", t.key()), [t.value()]);
         }
     }
 
