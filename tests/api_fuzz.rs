@@ -64,7 +64,44 @@ const MEMBERS: &[&str] = &[
     "Recipient",
     "CustomKeyStoreId",
     "Policy",
+    "PolicyName",
+    "BypassPolicyLockoutSafetyCheck",
 ];
+
+/// Key policies a fuzzed `Policy` may be: valid ones (with every kind of condition and
+/// hostile values) and near-misses.
+fn policies() -> Vec<String> {
+    let stmt = |extra: Value| {
+        let mut s = json!({"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:*",
+            "Resource": "*"});
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+             "Action": "kms:*", "Resource": "*"}, s]})
+        .to_string()
+    };
+    vec![
+        hsm_kms::kms::policy::default_key_policy("111122223333"),
+        stmt(json!({"Condition": {"StringLike": {"kms:EncryptionContext:a": "*?*?*?*?*"}}})),
+        stmt(json!({"Condition": {"NumericGreaterThan": {"kms:RotationPeriodInDays": "1e999"}}})),
+        stmt(json!({"Condition": {"DateLessThan": {"aws:CurrentTime": "9999-99-99"}}})),
+        stmt(json!({"Condition": {"IpAddress": {"aws:SourceIp": "::/0"}}})),
+        stmt(
+            json!({"Condition": {"ForAllValues:StringEquals": {"kms:EncryptionContextKeys": []}}}),
+        ),
+        stmt(json!({"Condition": {"Null": {"kms:RequestAlias": "maybe"}}})),
+        stmt(
+            json!({"NotAction": "kms:*", "Condition": {"ArnLike": {"aws:PrincipalArn": "arn:*:*"}}}),
+        ),
+        stmt(json!({"Principal": {"AWS": "arn:aws:iam::1:user/x"}})),
+        stmt(json!({"Principal": {"AWS": ["*", 7]}})),
+        stmt(
+            json!({"Condition": {"StringEquals": {"kms:EncryptionContext:${aws:username}": "${"}}}),
+        ),
+    ]
+}
 
 fn leaf(real_key: String) -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -86,6 +123,8 @@ fn leaf(real_key: String) -> impl Strategy<Value = Value> {
         Just(json!("DIGEST")),
         Just(json!({"a": "b"})),
         Just(json!([{"TagKey": "k", "TagValue": "v"}])),
+        proptest::sample::select(policies()).prop_map(Value::String),
+        Just(json!("default")),
     ]
 }
 
