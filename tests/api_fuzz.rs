@@ -64,6 +64,13 @@ const MEMBERS: &[&str] = &[
     "Recipient",
     "CustomKeyStoreId",
     "Policy",
+    "GranteePrincipal",
+    "RetiringPrincipal",
+    "Operations",
+    "Constraints",
+    "Name",
+    "GrantId",
+    "GrantToken",
 ];
 
 fn leaf(real_key: String) -> impl Strategy<Value = Value> {
@@ -86,6 +93,10 @@ fn leaf(real_key: String) -> impl Strategy<Value = Value> {
         Just(json!("DIGEST")),
         Just(json!({"a": "b"})),
         Just(json!([{"TagKey": "k", "TagValue": "v"}])),
+        Just(json!("arn:aws:iam::111122223333:user/fuzz")),
+        Just(json!(["Encrypt", "DescribeKey"])),
+        Just(json!({"EncryptionContextSubset": {"a": "b"}})),
+        Just(json!("a".repeat(64))),
     ]
 }
 

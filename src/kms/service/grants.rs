@@ -807,7 +807,7 @@ mod tests {
 
     fn kms() -> Kms {
         Kms::open(
-            Arc::new(FakeVault::new(1)),
+            Arc::new(FakeVault::new(2)),
             Arc::new(SqliteStore::open_in_memory().unwrap()),
             Arc::new(ManualClock::new(
                 OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
