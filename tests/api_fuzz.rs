@@ -66,6 +66,13 @@ const MEMBERS: &[&str] = &[
     "Policy",
     "PolicyName",
     "BypassPolicyLockoutSafetyCheck",
+    "GranteePrincipal",
+    "RetiringPrincipal",
+    "Operations",
+    "Constraints",
+    "Name",
+    "GrantId",
+    "GrantToken",
 ];
 
 /// Key policies a fuzzed `Policy` may be: valid ones (with every kind of condition and
@@ -125,6 +132,10 @@ fn leaf(real_key: String) -> impl Strategy<Value = Value> {
         Just(json!([{"TagKey": "k", "TagValue": "v"}])),
         proptest::sample::select(policies()).prop_map(Value::String),
         Just(json!("default")),
+        Just(json!("arn:aws:iam::111122223333:user/fuzz")),
+        Just(json!(["Encrypt", "DescribeKey"])),
+        Just(json!({"EncryptionContextSubset": {"a": "b"}})),
+        Just(json!("a".repeat(64))),
     ]
 }
 

@@ -4,12 +4,13 @@
 
 use super::error::ApiError;
 use super::input::Input;
-use crate::kms::context::EncryptionContext;
+use crate::kms::context::{EncryptionContext, GrantConstraints};
 use crate::kms::operation::Operation;
 use crate::kms::requests::{self as rq, DataKeySize, Page, Request};
 use crate::kms::types::{
-    AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeyRef,
-    KeySpec, KeyUsage, MacAlgorithm, MessageType, Origin, Plaintext, SigningAlgorithm, Tag,
+    is_grant_principal, AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm,
+    GrantOperation, KeyAgreementAlgorithm, KeyRef, KeySpec, KeyUsage, MacAlgorithm, MessageType,
+    Origin, Plaintext, SigningAlgorithm, Tag,
 };
 
 /// Largest ciphertext, signature or MAC blob AWS accepts (`CiphertextType`).
@@ -21,9 +22,7 @@ fn unsupported(message: &str) -> ApiError {
 
 /// Parse the members of `op` into its typed request.
 pub(crate) fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
-    if op.takes_grant_tokens() {
-        grant_tokens(i)?;
-    }
+    grant_tokens(op, i)?;
     use Operation as O;
     Ok(match op {
         O::CreateKey => Request::CreateKey(create_key(i)?),
@@ -291,6 +290,50 @@ pub(crate) fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
                 include_all_material: false,
             })
         }
+        O::CreateGrant => Request::CreateGrant(create_grant(i)?),
+        O::ListGrants => {
+            let key = key(i, "KeyId")?;
+            Request::ListGrants(rq::ListGrants {
+                key,
+                grant_id: i.string_len("GrantId", 1, 128)?.map(str::to_string),
+                grantee: opt_principal(i, "GranteePrincipal")?,
+                page: grant_page(i)?,
+            })
+        }
+        O::ListRetirableGrants => Request::ListRetirableGrants(rq::ListRetirableGrants {
+            retiring: required(opt_principal(i, "RetiringPrincipal")?, "RetiringPrincipal")?,
+            page: grant_page(i)?,
+        }),
+        O::RetireGrant => {
+            let token = i.string_len("GrantToken", 1, 8192)?;
+            let key = opt_key(i, "KeyId")?;
+            let grant_id = i.string_len("GrantId", 1, 128)?;
+            let grant = match (token, key, grant_id) {
+                (Some(t), _, _) => rq::GrantRef::Token(t.to_string()),
+                (None, Some(key), Some(id)) => rq::GrantRef::Id {
+                    key,
+                    grant_id: id.to_string(),
+                },
+                _ => {
+                    return Err(ApiError::validation(
+                        "Grant token OR (grant ID, key ID) must be specified",
+                    ))
+                }
+            };
+            Request::RetireGrant(rq::RetireGrant {
+                grant,
+                dry_run: i.bool("DryRun")?,
+            })
+        }
+        O::RevokeGrant => {
+            let key = key(i, "KeyId")?;
+            let grant_id = required(i.string_len("GrantId", 1, 128)?, "GrantId")?;
+            Request::RevokeGrant(rq::RevokeGrant {
+                key,
+                grant_id: grant_id.to_string(),
+                dry_run: i.bool("DryRun")?,
+            })
+        }
         other => {
             debug_assert!(!other.is_built());
             return Err(ApiError::unknown_operation());
@@ -373,14 +416,144 @@ fn context(i: &Input<'_>, member: &str) -> Result<EncryptionContext, ApiError> {
     EncryptionContext::from_json(i.raw(member)).map_err(ApiError::from)
 }
 
-fn grant_tokens(i: &Input<'_>) -> Result<(), ApiError> {
+/// The `GrantTokens` of an operation that takes them (none for the others): at most 10,
+/// each a string of 1 to 8192 characters. Whether each is a token this service issued is
+/// the domain's check ([`crate::kms::Kms::check_grant_tokens`]). Never echoes a token.
+pub(crate) fn grant_tokens(op: Operation, i: &Input<'_>) -> Result<Vec<String>, ApiError> {
+    if !op.takes_grant_tokens() {
+        return Ok(Vec::new());
+    }
     let list = i.list("GrantTokens")?;
     if list.len() > 10 {
         return Err(ApiError::validation(
             "1 validation error detected: Value at 'grantTokens' failed to satisfy constraint: Member must have length less than or equal to 10",
         ));
     }
-    Ok(())
+    list.iter()
+        .enumerate()
+        .map(|(n, t)| {
+            let t = t.as_str().ok_or_else(|| {
+                ApiError::serialization(
+                    "Unexpected value type for member 'GrantTokens': expected a list of strings",
+                )
+            })?;
+            let len = t.chars().count();
+            if !(1..=8192).contains(&len) {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value at 'grantTokens.{}.member' failed to satisfy constraint: Member must have length {}",
+                    n + 1,
+                    if len < 1 { "greater than or equal to 1" } else { "less than or equal to 8192" }
+                )));
+            }
+            Ok(t.to_string())
+        })
+        .collect()
+}
+
+/// `Limit` (1–100, default 50) and `Marker` of the grant listings.
+fn grant_page(i: &Input<'_>) -> Result<Page, ApiError> {
+    Ok(Page {
+        limit: i.int("Limit", 1, 100)?.unwrap_or(50) as usize,
+        marker: marker(i)?,
+    })
+}
+
+/// An optional principal member (`GranteePrincipal`, `RetiringPrincipal`): 1–256 characters
+/// of `[\w+=,.@:/-]` (the model's `PrincipalIdType`) naming a principal a grant may name.
+fn opt_principal(i: &Input<'_>, member: &str) -> Result<Option<String>, ApiError> {
+    let Some(p) = i.string_len(member, 1, 256)? else {
+        return Ok(None);
+    };
+    let at = lower_first(member);
+    if !p
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '_' || "+=,.@:/-".contains(c))
+    {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{p}' at '{at}' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[\\w+=,.@:/-]+$"
+        )));
+    }
+    if !is_grant_principal(p) {
+        return Err(ApiError::validation(format!("Invalid {member}: '{p}'")));
+    }
+    Ok(Some(p.to_string()))
+}
+
+fn lower_first(m: &str) -> String {
+    let mut c = m.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// CreateGrant's members.
+fn create_grant(i: &Input<'_>) -> Result<rq::CreateGrant, ApiError> {
+    let key = key(i, "KeyId")?;
+    let grantee = required(opt_principal(i, "GranteePrincipal")?, "GranteePrincipal")?;
+    if i.raw("Operations").is_none() {
+        return Err(Input::missing("Operations"));
+    }
+    let mut operations = Vec::new();
+    for (n, o) in i.list("Operations")?.iter().enumerate() {
+        let o = o.as_str().ok_or_else(|| {
+            ApiError::serialization(
+                "Unexpected value type for member 'Operations': expected a list of strings",
+            )
+        })?;
+        let o = GrantOperation::parse(o).map_err(|e| {
+            ApiError::validation(e.at(format!("operations.{}.member", n + 1)).to_string())
+        })?;
+        if !operations.contains(&o) {
+            operations.push(o);
+        }
+    }
+    if operations.is_empty() {
+        return Err(ApiError::validation(
+            "1 validation error detected: Value '[]' at 'operations' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ));
+    }
+    let retiring = opt_principal(i, "RetiringPrincipal")?;
+    let constraints = match i.raw("Constraints") {
+        None => None,
+        Some(v) => {
+            let obj = v.as_object().ok_or_else(|| {
+                ApiError::serialization(
+                    "Unexpected value type for member 'Constraints': expected a structure",
+                )
+            })?;
+            let ci = Input::new(obj);
+            let subset = ci
+                .raw("EncryptionContextSubset")
+                .map(|_| context(&ci, "EncryptionContextSubset"))
+                .transpose()?;
+            let equals = ci
+                .raw("EncryptionContextEquals")
+                .map(|_| context(&ci, "EncryptionContextEquals"))
+                .transpose()?;
+            GrantConstraints::new(subset, equals)?
+        }
+    };
+    let name = i.string_len("Name", 1, 256)?;
+    if let Some(n) = name {
+        if !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":/_-".contains(&b))
+        {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{n}' at 'name' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"
+            )));
+        }
+    }
+    Ok(rq::CreateGrant {
+        key,
+        grantee,
+        retiring,
+        operations,
+        constraints,
+        name: name.map(str::to_string),
+        dry_run: i.bool("DryRun")?,
+    })
 }
 
 fn page(i: &Input<'_>) -> Result<Page, ApiError> {

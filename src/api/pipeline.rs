@@ -89,7 +89,11 @@ async fn steps(
     let principal = &*out.principal.insert(principal);
     // 2. parse
     let json = json_body(&body)?;
-    let request = parse::parse(op, &Input::new(&json))?;
+    let input = Input::new(&json);
+    let request = parse::parse(op, &input)?;
+    // Grant tokens are shapes (parse) and then tokens this service issued (the domain).
+    app.kms
+        .check_grant_tokens(&parse::grant_tokens(op, &input)?)?;
     // 3. resolve
     let keys = out
         .keys

@@ -122,6 +122,87 @@ impl EncryptionContext {
     }
 }
 
+/// A grant's constraints (`GrantConstraints`): the encryption context a request must have
+/// for the grant to allow it. Either member may be absent; an empty map counts as absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantConstraints {
+    /// `EncryptionContextSubset`: every pair must be in the request's context.
+    #[serde(
+        rename = "EncryptionContextSubset",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subset: Option<EncryptionContext>,
+    /// `EncryptionContextEquals`: the request's context must be exactly this one.
+    #[serde(
+        rename = "EncryptionContextEquals",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub equals: Option<EncryptionContext>,
+}
+
+impl GrantConstraints {
+    /// Most pairs in one constraint (AWS's limit).
+    pub const MAX_PAIRS: usize = 8;
+    /// Longest value of a pair, in characters (AWS's limit).
+    pub const MAX_VALUE_CHARS: usize = 384;
+
+    /// The constraints, or `None` when both members are absent or empty (no constraint).
+    pub fn new(
+        subset: Option<EncryptionContext>,
+        equals: Option<EncryptionContext>,
+    ) -> Result<Option<GrantConstraints>, ValidationError> {
+        let subset = subset.filter(|c| !c.is_empty());
+        let equals = equals.filter(|c| !c.is_empty());
+        for c in subset.iter().chain(equals.iter()) {
+            if c.len() > Self::MAX_PAIRS {
+                return Err(ValidationError::new(format!(
+                    "A grant constraint can have at most {} encryption context pairs",
+                    Self::MAX_PAIRS
+                )));
+            }
+            if c.iter()
+                .any(|(_, v)| v.chars().count() > Self::MAX_VALUE_CHARS)
+            {
+                return Err(ValidationError::new(format!(
+                    "An encryption context value in a grant constraint cannot exceed {} characters",
+                    Self::MAX_VALUE_CHARS
+                )));
+            }
+        }
+        Ok((subset.is_some() || equals.is_some()).then_some(GrantConstraints { subset, equals }))
+    }
+
+    /// Whether a request with encryption context `ctx` meets the constraints.
+    pub fn hold_for(&self, ctx: &EncryptionContext) -> bool {
+        self.equals.as_ref().is_none_or(|e| e == ctx)
+            && self
+                .subset
+                .as_ref()
+                .is_none_or(|s| s.iter().all(|(k, v)| ctx.get(k) == Some(v)))
+    }
+
+    /// Whether `child` is at least as strict as `self`: every context `child` allows, `self`
+    /// allows too (AWS's rule for a grant created under a grant's CreateGrant permission).
+    pub fn at_least_as_strict(&self, child: Option<&GrantConstraints>) -> bool {
+        let Some(child) = child else {
+            return false;
+        };
+        let equals_ok = self
+            .equals
+            .as_ref()
+            .is_none_or(|e| child.equals.as_ref() == Some(e));
+        let subset_ok = self.subset.as_ref().is_none_or(|s| {
+            [child.subset.as_ref(), child.equals.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|c| s.iter().all(|(k, v)| c.get(k) == Some(v)))
+        });
+        equals_ok && subset_ok
+    }
+}
+
 impl Serialize for EncryptionContext {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)

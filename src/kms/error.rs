@@ -74,6 +74,12 @@ pub enum KmsError {
     #[error("{0}")]
     /// `ConflictException`: the request conflicts with the resource's current state.
     Conflict(String),
+    #[error("{0}")]
+    /// `InvalidGrantTokenException`: a grant token is not one this service issued.
+    InvalidGrantToken(String),
+    #[error("{0}")]
+    /// `InvalidGrantIdException`: a `GrantId` is not a well-formed grant id.
+    InvalidGrantId(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     /// `DryRunOperationException`: the request would have succeeded but set `DryRun`.
     DryRun,
@@ -118,6 +124,8 @@ impl KmsError {
             KmsError::InvalidSignature(_) => "KMSInvalidSignatureException",
             KmsError::InvalidMac(_) => "KMSInvalidMacException",
             KmsError::Conflict(_) => "ConflictException",
+            KmsError::InvalidGrantToken(_) => "InvalidGrantTokenException",
+            KmsError::InvalidGrantId(_) => "InvalidGrantIdException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) | KmsError::TooFewHsms { .. } => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",

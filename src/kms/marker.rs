@@ -1,5 +1,5 @@
 //! Opaque pagination markers: one token format for every paginated listing (ListKeys,
-//! ListAliases, ListResourceTags, ListKeyRotations).
+//! ListAliases, ListResourceTags, ListKeyRotations, ListGrants, ListRetirableGrants).
 //!
 //! A marker is the URL-safe base64 (no padding) of
 //!
@@ -22,7 +22,9 @@
 //!   Unix nanoseconds, then the key id as UTF-8;
 //! - [`Aliases`]: the last listed alias name, UTF-8;
 //! - [`ResourceTags`]: the last listed tag key, UTF-8;
-//! - [`KeyRotations`]: the first backing version of the next page, big-endian u32.
+//! - [`KeyRotations`]: the first backing version of the next page, big-endian u32;
+//! - [`Grants`] and [`RetirableGrants`]: the last listed grant's `(created_at, grant_id)`,
+//!   encoded as for [`Keys`].
 
 use crate::store::KeyPosition;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -69,6 +71,40 @@ pub struct ResourceTags;
 /// ListKeyRotations: from a backing version on.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRotations;
+
+/// ListGrants: after the grant at a `(created_at, grant_id)` position.
+#[derive(Debug, Clone, Copy)]
+pub struct Grants;
+
+/// ListRetirableGrants: after the grant at a `(created_at, grant_id)` position.
+#[derive(Debug, Clone, Copy)]
+pub struct RetirableGrants;
+
+impl Listing for Grants {
+    const TAG: u8 = b'G';
+    type Position = KeyPosition;
+
+    fn write(p: &KeyPosition, out: &mut Vec<u8>) {
+        Keys::write(p, out)
+    }
+
+    fn read(bytes: &[u8]) -> Option<KeyPosition> {
+        Keys::read(bytes)
+    }
+}
+
+impl Listing for RetirableGrants {
+    const TAG: u8 = b'g';
+    type Position = KeyPosition;
+
+    fn write(p: &KeyPosition, out: &mut Vec<u8>) {
+        Keys::write(p, out)
+    }
+
+    fn read(bytes: &[u8]) -> Option<KeyPosition> {
+        Keys::read(bytes)
+    }
+}
 
 impl Listing for Keys {
     const TAG: u8 = b'K';

@@ -21,7 +21,7 @@ pub enum Family {
     Rotation,
     /// Key policies (not built yet).
     Policy,
-    /// Grants (not built yet).
+    /// Grants.
     Grant,
     /// Imported key material (not built yet).
     Import,
@@ -91,7 +91,7 @@ operations! {
     ConnectCustomKeyStore: CustomKeyStore, read_only = false, grant_tokens = false, dry_run = false, built = false;
     CreateAlias: Alias, read_only = false, grant_tokens = false, dry_run = false, built = true;
     CreateCustomKeyStore: CustomKeyStore, read_only = false, grant_tokens = false, dry_run = false, built = false;
-    CreateGrant: Grant, read_only = false, grant_tokens = true, dry_run = true, built = false;
+    CreateGrant: Grant, read_only = false, grant_tokens = true, dry_run = true, built = true;
     CreateKey: Core, read_only = false, grant_tokens = false, dry_run = false, built = true;
     Decrypt: Core, read_only = true, grant_tokens = true, dry_run = true, built = true;
     DeleteAlias: Alias, read_only = false, grant_tokens = false, dry_run = false, built = true;
@@ -119,17 +119,17 @@ operations! {
     GetPublicKey: Asymmetric, read_only = true, grant_tokens = true, dry_run = false, built = true;
     ImportKeyMaterial: Import, read_only = false, grant_tokens = false, dry_run = false, built = false;
     ListAliases: Alias, read_only = true, grant_tokens = false, dry_run = false, built = true;
-    ListGrants: Grant, read_only = true, grant_tokens = false, dry_run = false, built = false;
+    ListGrants: Grant, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListKeyPolicies: Policy, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListKeyRotations: Rotation, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListKeys: Core, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListResourceTags: Lifecycle, read_only = true, grant_tokens = false, dry_run = false, built = true;
-    ListRetirableGrants: Grant, read_only = true, grant_tokens = false, dry_run = false, built = false;
+    ListRetirableGrants: Grant, read_only = true, grant_tokens = false, dry_run = false, built = true;
     PutKeyPolicy: Policy, read_only = false, grant_tokens = false, dry_run = false, built = true;
     ReEncrypt: Core, read_only = true, grant_tokens = true, dry_run = true, built = true;
     ReplicateKey: MultiRegion, read_only = false, grant_tokens = false, dry_run = false, built = false;
-    RetireGrant: Grant, read_only = false, grant_tokens = false, dry_run = true, built = false;
-    RevokeGrant: Grant, read_only = false, grant_tokens = false, dry_run = true, built = false;
+    RetireGrant: Grant, read_only = false, grant_tokens = false, dry_run = true, built = true;
+    RevokeGrant: Grant, read_only = false, grant_tokens = false, dry_run = true, built = true;
     RotateKeyOnDemand: Rotation, read_only = false, grant_tokens = false, dry_run = false, built = true;
     ScheduleKeyDeletion: Lifecycle, read_only = false, grant_tokens = false, dry_run = false, built = true;
     Sign: Asymmetric, read_only = true, grant_tokens = true, dry_run = true, built = true;
@@ -173,7 +173,7 @@ mod tests {
             );
             assert_eq!(op.action(), format!("kms:{}", op.name()));
         }
-        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 37);
+        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 42);
         assert_eq!(Operation::from_target("Encrypt"), None);
         assert_eq!(Operation::from_target("TrentService.NoSuchOperation"), None);
     }

@@ -4,11 +4,12 @@
 //! at the edge; the domain applies the rules that need state (does the key exist, is it
 //! enabled, may its usage do this).
 
-use super::context::EncryptionContext;
+use super::context::{EncryptionContext, GrantConstraints};
 use super::operation::Operation;
 use super::types::{
-    AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeyRef,
-    KeySpec, KeyUsage, MacAlgorithm, MessageType, Origin, Plaintext, SigningAlgorithm, Tag,
+    AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, GrantOperation,
+    KeyAgreementAlgorithm, KeyRef, KeySpec, KeyUsage, MacAlgorithm, MessageType, Origin, Plaintext,
+    SigningAlgorithm, Tag,
 };
 
 /// What GenerateDataKey asks for: exactly one of a spec or a byte count.
@@ -272,6 +273,93 @@ pub struct EnableKeyRotation {
     pub period_days: Option<u32>,
 }
 
+/// CreateGrant.
+#[derive(Debug)]
+pub struct CreateGrant {
+    /// `KeyId` (key id or key ARN).
+    pub key: KeyRef,
+    /// `GranteePrincipal`.
+    pub grantee: String,
+    /// `RetiringPrincipal`.
+    pub retiring: Option<String>,
+    /// `Operations`, without repeats, in the order first given.
+    pub operations: Vec<GrantOperation>,
+    /// `Constraints` (`None` when absent or empty).
+    pub constraints: Option<GrantConstraints>,
+    /// `Name`.
+    pub name: Option<String>,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// ListGrants.
+#[derive(Debug)]
+pub struct ListGrants {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `GrantId`: only this grant.
+    pub grant_id: Option<String>,
+    /// `GranteePrincipal`: only grants to this principal.
+    pub grantee: Option<String>,
+    /// `Limit` (1–100, default 50) / `Marker`.
+    pub page: Page,
+}
+
+/// ListRetirableGrants.
+#[derive(Debug)]
+pub struct ListRetirableGrants {
+    /// `RetiringPrincipal`.
+    pub retiring: String,
+    /// `Limit` (1–100, default 50) / `Marker`.
+    pub page: Page,
+}
+
+/// Which grant RetireGrant names.
+pub enum GrantRef {
+    /// `GrantToken`. Never printed.
+    Token(String),
+    /// `KeyId` and `GrantId`.
+    Id {
+        /// `KeyId` (key id or key ARN).
+        key: KeyRef,
+        /// `GrantId`.
+        grant_id: String,
+    },
+}
+
+impl std::fmt::Debug for GrantRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrantRef::Token(_) => f.write_str("Token(<redacted>)"),
+            GrantRef::Id { key, grant_id } => f
+                .debug_struct("Id")
+                .field("key", key)
+                .field("grant_id", grant_id)
+                .finish(),
+        }
+    }
+}
+
+/// RetireGrant.
+#[derive(Debug)]
+pub struct RetireGrant {
+    /// The grant.
+    pub grant: GrantRef,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
+/// RevokeGrant.
+#[derive(Debug)]
+pub struct RevokeGrant {
+    /// `KeyId`.
+    pub key: KeyRef,
+    /// `GrantId`.
+    pub grant_id: String,
+    /// `DryRun`.
+    pub dry_run: bool,
+}
+
 /// A parsed request of any built operation.
 #[derive(Debug)]
 pub enum Request {
@@ -328,4 +416,14 @@ pub enum Request {
     PutKeyPolicy(PutKeyPolicy),
     /// ListKeyPolicies.
     ListKeyPolicies(KeyPage),
+    /// CreateGrant.
+    CreateGrant(CreateGrant),
+    /// ListGrants.
+    ListGrants(ListGrants),
+    /// ListRetirableGrants.
+    ListRetirableGrants(ListRetirableGrants),
+    /// RetireGrant.
+    RetireGrant(RetireGrant),
+    /// RevokeGrant.
+    RevokeGrant(RevokeGrant),
 }

@@ -577,6 +577,66 @@ impl fmt::Display for KeyRef {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Grant principals
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `s` names a principal a grant may name as its grantee or retiring principal: an
+/// account (`111122223333`, `arn:aws:iam::111122223333:root`), an IAM user or role, an
+/// assumed-role session or federated user (`arn:aws:sts::…`), or an AWS service principal
+/// (`logs.us-east-1.amazonaws.com`). Partitions `aws`, `aws-cn`, `aws-us-gov`.
+pub fn is_grant_principal(s: &str) -> bool {
+    let account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+    let name = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 128
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    };
+    let path_name = |p: &str| p.len() <= 512 && p.split('/').all(name);
+    if account(s) {
+        return true;
+    }
+    if let Some(service) = s
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| s.strip_suffix(".amazonaws.com.cn"))
+    {
+        return !service.is_empty()
+            && service.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+    }
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    let [prefix, partition, service, region, acct, resource] = parts.as_slice() else {
+        return false;
+    };
+    if *prefix != "arn"
+        || !["aws", "aws-cn", "aws-us-gov"].contains(partition)
+        || !region.is_empty()
+        || !account(acct)
+    {
+        return false;
+    }
+    match *service {
+        "iam" => {
+            *resource == "root"
+                || resource.strip_prefix("user/").is_some_and(path_name)
+                || resource.strip_prefix("role/").is_some_and(path_name)
+        }
+        "sts" => {
+            if let Some(rest) = resource.strip_prefix("assumed-role/") {
+                rest.split_once('/')
+                    .is_some_and(|(role, session)| name(role) && name(session))
+            } else {
+                resource.strip_prefix("federated-user/").is_some_and(name)
+            }
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Wire enums
 // ---------------------------------------------------------------------------------------------
 
@@ -774,6 +834,29 @@ wire_enum! {
         EccSecgP256k1 = "ECC_SECG_P256K1",
         Sm2 = "SM2",
         EccNistEdwards25519 = "ECC_NIST_EDWARDS25519",
+    }
+}
+
+wire_enum! {
+    /// An operation a grant may allow (`GrantOperation`).
+    GrantOperation at "operations" {
+        Decrypt = "Decrypt",
+        Encrypt = "Encrypt",
+        GenerateDataKey = "GenerateDataKey",
+        GenerateDataKeyWithoutPlaintext = "GenerateDataKeyWithoutPlaintext",
+        ReEncryptFrom = "ReEncryptFrom",
+        ReEncryptTo = "ReEncryptTo",
+        Sign = "Sign",
+        Verify = "Verify",
+        GetPublicKey = "GetPublicKey",
+        CreateGrant = "CreateGrant",
+        RetireGrant = "RetireGrant",
+        DescribeKey = "DescribeKey",
+        GenerateDataKeyPair = "GenerateDataKeyPair",
+        GenerateDataKeyPairWithoutPlaintext = "GenerateDataKeyPairWithoutPlaintext",
+        GenerateMac = "GenerateMac",
+        VerifyMac = "VerifyMac",
+        DeriveSharedSecret = "DeriveSharedSecret",
     }
 }
 

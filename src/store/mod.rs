@@ -1,5 +1,6 @@
 //! Metadata store: the durable, synchronous home of everything hsm-kms keeps locally —
-//! key metadata documents, aliases, sealed API credentials and service-wide settings.
+//! key metadata documents, aliases, grants, sealed API credentials and service-wide
+//! settings.
 //!
 //! It never holds key material, plain or wrapped: keys live only inside the HSMs. The
 //! public API here is storage-agnostic (no SQL type appears in it); [`SqliteStore`] is the
@@ -84,6 +85,32 @@ pub struct CredentialRow {
     pub created_at: OffsetDateTime,
 }
 
+/// A KMS grant on one key. The store keeps its fields as given; their meaning (principal
+/// forms, operation names, constraint shapes) is the domain's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRow {
+    /// The grant's id (primary key), unique across keys and accounts.
+    pub grant_id: String,
+    /// The key the grant is on; the grant goes when the key is deleted.
+    pub key_id: String,
+    /// The account that owns the key.
+    pub account_id: String,
+    /// The grant's optional friendly name.
+    pub name: Option<String>,
+    /// Who gets the grant's permissions.
+    pub grantee_principal: String,
+    /// Who may retire the grant, if anyone besides the defaults.
+    pub retiring_principal: Option<String>,
+    /// The operations the grant allows, by wire name.
+    pub operations: Vec<String>,
+    /// The grant's constraints as a JSON document, if any.
+    pub constraints: Option<serde_json::Value>,
+    /// The account the grant was created in.
+    pub issuing_account: String,
+    /// When the grant was created.
+    pub created_at: OffsetDateTime,
+}
+
 /// A place in the `(created_at, key_id)` order of [`MetadataStore::list_keys`]. The key
 /// there need not exist (any more): a page resumes after the position, not after a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +157,8 @@ pub trait MetadataStore: Send + Sync {
         expected_version: i64,
         doc: &serde_json::Value,
     ) -> StoreResult<i64>;
-    /// Deletes a key and, atomically with it, every alias pointing at it. `NotFound` if absent.
+    /// Deletes a key and, atomically with it, every alias pointing at it and every grant on
+    /// it. `NotFound` if absent.
     fn delete_key(&self, key_id: &str) -> StoreResult<()>;
     /// One page of an account's keys in stable `(created_at, key_id)` order, starting
     /// after `after` (from the first key when `None`).
@@ -169,6 +197,14 @@ pub trait MetadataStore: Send + Sync {
     ) -> StoreResult<Page<AliasRow>>;
     /// Every alias of every account, ordered by `(account_id, alias_name)`.
     fn all_aliases(&self) -> StoreResult<Vec<AliasRow>>;
+    // ---- grants. Every write is durable once it returns.
+    /// Inserts a grant. `AlreadyExists` if `grant_id` is taken, `NotFound` if its key does
+    /// not exist.
+    fn insert_grant(&self, row: &GrantRow) -> StoreResult<()>;
+    /// Deletes a grant (retired or revoked). `NotFound` if absent.
+    fn delete_grant(&self, grant_id: &str) -> StoreResult<()>;
+    /// Every grant of every key, in `(key_id, created_at, grant_id)` order (cache warm-up).
+    fn all_grants(&self) -> StoreResult<Vec<GrantRow>>;
     /// Stores a credential. `AlreadyExists` if `access_key_id` is taken.
     fn put_credential(&self, row: &CredentialRow) -> StoreResult<()>;
     /// Every credential, ordered by `access_key_id`.

@@ -18,18 +18,30 @@ use rusqlite::{ffi, params, Connection, OptionalExtension, Row, TransactionBehav
 use time::OffsetDateTime;
 
 use super::{
-    AliasRow, CredentialRow, KeyPosition, KeyRow, MetadataStore, Page, StoreError, StoreResult,
+    AliasRow, CredentialRow, GrantRow, KeyPosition, KeyRow, MetadataStore, Page, StoreError,
+    StoreResult,
 };
 
-/// Schema migrations, applied in order; after migration `i` (0-based) the database's
-/// `user_version` is `i + 1`. Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+/// Schema migrations by number, in increasing order; after migration `n` the database's
+/// `user_version` is `n`. Numbers need not be contiguous (branches number their migrations
+/// ahead of merging), but never edit a released entry or renumber it: append a new one.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (3, include_str!("migrations/0003_grants.sql")),
+];
+
+/// The schema version after every migration.
+fn latest_schema() -> i64 {
+    MIGRATIONS.last().map_or(0, |(n, _)| *n)
+}
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KEY_COLUMNS: &str = "key_id, account_id, created_at, version, doc";
 const ALIAS_COLUMNS: &str = "account_id, alias_name, key_id, created_at, updated_at";
+const GRANT_COLUMNS: &str = "grant_id, key_id, account_id, name, grantee_principal, \
+     retiring_principal, operations, constraints, issuing_account, created_at";
 const CREDENTIAL_COLUMNS: &str =
     "access_key_id, account_id, principal_arn, sealed_secret, created_at";
 
@@ -132,21 +144,20 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let current: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(sql_err)?;
-    let latest = MIGRATIONS.len() as i64;
+    let latest = latest_schema();
     if current > latest {
         return Err(StoreError::Backend(format!(
             "database schema version {current} is newer than this binary supports ({latest})"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (n, sql) in MIGRATIONS.iter().filter(|(n, _)| *n > current) {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)
             .map_err(sql_err)?;
         tx.execute_batch(sql).map_err(sql_err)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)
-            .map_err(sql_err)?;
+        tx.pragma_update(None, "user_version", n).map_err(sql_err)?;
         tx.commit().map_err(sql_err)?;
-        tracing::info!(schema_version = i + 1, "metadata store migrated");
+        tracing::info!(schema_version = n, "metadata store migrated");
     }
     Ok(())
 }
@@ -224,6 +235,40 @@ fn alias_row(r: &Row<'_>) -> rusqlite::Result<AliasRow> {
         created_at: time_col(r, 3)?,
         updated_at: time_col(r, 4)?,
     })
+}
+
+/// Columns of a `grants` row before its JSON columns are parsed.
+type RawGrant = (GrantRow, String, Option<String>);
+
+fn raw_grant(r: &Row<'_>) -> rusqlite::Result<RawGrant> {
+    Ok((
+        GrantRow {
+            grant_id: r.get(0)?,
+            key_id: r.get(1)?,
+            account_id: r.get(2)?,
+            name: r.get(3)?,
+            grantee_principal: r.get(4)?,
+            retiring_principal: r.get(5)?,
+            operations: Vec::new(),
+            constraints: None,
+            issuing_account: r.get(8)?,
+            created_at: time_col(r, 9)?,
+        },
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn grant_row((mut row, operations, constraints): RawGrant) -> StoreResult<GrantRow> {
+    let bad = |e: serde_json::Error| {
+        StoreError::Backend(format!("grant {}: bad stored JSON: {e}", row.grant_id))
+    };
+    row.operations = serde_json::from_str(&operations).map_err(bad)?;
+    row.constraints = constraints
+        .map(|c| serde_json::from_str(&c))
+        .transpose()
+        .map_err(bad)?;
+    Ok(row)
 }
 
 fn credential_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
@@ -314,6 +359,9 @@ impl MetadataStore for SqliteStore {
             // Explicit as well as ON DELETE CASCADE, so the aliases go even if the schema's
             // foreign keys were somehow not enforced.
             tx.prepare_cached("DELETE FROM aliases WHERE key_id = ?1")
+                .and_then(|mut s| s.execute([key_id]))
+                .map_err(sql_err)?;
+            tx.prepare_cached("DELETE FROM grants WHERE key_id = ?1")
                 .and_then(|mut s| s.execute([key_id]))
                 .map_err(sql_err)?;
             let n = tx
@@ -478,6 +526,61 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(sql_err)
         })
+    }
+
+    fn insert_grant(&self, row: &GrantRow) -> StoreResult<()> {
+        let operations = serde_json::to_string(&row.operations)
+            .map_err(|e| StoreError::Backend(format!("encoding operations: {e}")))?;
+        let constraints = row.constraints.as_ref().map(doc_text).transpose()?;
+        self.write(|tx| {
+            tx.prepare_cached(&format!(
+                "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.grant_id,
+                    row.key_id,
+                    row.account_id,
+                    row.name,
+                    row.grantee_principal,
+                    row.retiring_principal,
+                    operations,
+                    constraints,
+                    row.issuing_account,
+                    to_real(row.created_at),
+                ])
+            })
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn delete_grant(&self, grant_id: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM grants WHERE grant_id = ?1")
+                .and_then(|mut s| s.execute([grant_id]))
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn all_grants(&self) -> StoreResult<Vec<GrantRow>> {
+        let raw = self.read(|c| {
+            select(
+                c,
+                &format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants ORDER BY key_id, created_at, grant_id"
+                ),
+                [],
+                raw_grant,
+            )
+            .map_err(sql_err)
+        })?;
+        raw.into_iter().map(grant_row).collect()
     }
 
     fn put_credential(&self, row: &CredentialRow) -> StoreResult<()> {
@@ -773,6 +876,49 @@ mod tests {
         // The freed alias names can be reused.
         s.create_alias(&alias("acct", "alias/a", "k2", 2.0))
             .unwrap();
+    }
+
+    fn grant(id: &str, key_id: &str, secs: f64) -> GrantRow {
+        GrantRow {
+            grant_id: id.to_owned(),
+            key_id: key_id.to_owned(),
+            account_id: "acct".to_owned(),
+            name: Some("n".to_owned()),
+            grantee_principal: "arn:aws:iam::111122223333:user/u".to_owned(),
+            retiring_principal: None,
+            operations: vec!["Encrypt".to_owned(), "Decrypt".to_owned()],
+            constraints: Some(json!({"EncryptionContextSubset": {"a": "b"}})),
+            issuing_account: "arn:aws:iam::111122223333:root".to_owned(),
+            created_at: t(secs),
+        }
+    }
+
+    #[test]
+    fn grants_round_trip_and_go_with_their_key() {
+        let s = mem();
+        s.insert_key(&key("k1", "acct", 1.0)).unwrap();
+        s.insert_key(&key("k2", "acct", 2.0)).unwrap();
+        let g1 = grant("g1", "k1", 3.5);
+        let mut g2 = grant("g2", "k2", 4.0);
+        g2.name = None;
+        g2.constraints = None;
+        g2.retiring_principal = Some("111122223333".to_owned());
+        s.insert_grant(&g1).unwrap();
+        s.insert_grant(&g2).unwrap();
+        assert!(matches!(
+            s.insert_grant(&g1),
+            Err(StoreError::AlreadyExists)
+        ));
+        assert!(matches!(
+            s.insert_grant(&grant("g3", "ghost", 1.0)),
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(s.all_grants().unwrap(), vec![g1.clone(), g2.clone()]);
+        s.delete_grant("g2").unwrap();
+        assert!(matches!(s.delete_grant("g2"), Err(StoreError::NotFound)));
+        s.insert_grant(&g2).unwrap();
+        s.delete_key("k1").unwrap();
+        assert_eq!(s.all_grants().unwrap(), vec![g2]);
     }
 
     #[test]
@@ -1202,7 +1348,7 @@ mod tests {
             .lock()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, latest_schema());
     }
 
     #[test]
@@ -1212,7 +1358,7 @@ mod tests {
         drop(SqliteStore::open(&path).unwrap());
         {
             let c = Connection::open(&path).unwrap();
-            c.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
+            c.pragma_update(None, "user_version", latest_schema() + 1)
                 .unwrap();
         }
         match SqliteStore::open(&path) {

@@ -143,6 +143,19 @@ impl Kms {
             return Ok(());
         }
         let caller = self.iam.caller(p)?;
+        if let Request::ListRetirableGrants(r) = request {
+            // Only principals of the caller's own account (AWS: "You must specify a
+            // principal in your AWS account").
+            let account = r.retiring.split(':').nth(4).unwrap_or(&r.retiring);
+            if account != caller.account_id() {
+                return Err(denied(
+                    &caller,
+                    op.action(),
+                    &r.retiring,
+                    Refusal::NoResource,
+                ));
+            }
+        }
         let identity = self.iam.policies_for(p);
         for check in self.checks(op, request, keys)? {
             let mut req = policy::Request::new(check.action, &check.resource, caller.clone());
@@ -295,17 +308,36 @@ impl Kms {
         }
     }
 
-    /// Whether a grant on `e` lets `caller` do `op` here. Grants never allow operations on
-    /// AWS managed keys' policy (they are given by AWS services) — they do here as in AWS.
+    /// Whether a grant on `e` lets `caller` do `op` with this request's parameters
+    /// (ReEncrypt: `ReEncryptFrom` on the source, `ReEncryptTo` on the destination, each
+    /// with its own encryption context; CreateGrant: only a grant at least as wide as the
+    /// new one, AWS's rule for grants made through a grant).
     fn grant_allows_entry(
         &self,
-        _e: &Entry,
-        _caller: &Caller,
-        _op: Operation,
-        _request: &Request,
-        _destination: bool,
+        e: &Entry,
+        caller: &Caller,
+        op: Operation,
+        request: &Request,
+        destination: bool,
     ) -> bool {
-        false
+        use crate::kms::types::GrantOperation as G;
+        let doc = &e.doc;
+        match request {
+            Request::ReEncrypt(r) if destination => {
+                self.grant_allows_op(doc, caller, G::ReEncryptTo, Some(&r.destination_context))
+            }
+            Request::ReEncrypt(r) => {
+                self.grant_allows_op(doc, caller, G::ReEncryptFrom, Some(&r.source_context))
+            }
+            Request::CreateGrant(r) => {
+                self.grant_permits_child(doc, caller, &r.operations, r.constraints.as_ref())
+            }
+            Request::Encrypt(r) => self.grant_allows(doc, caller, op, Some(&r.context)),
+            Request::Decrypt(r) => self.grant_allows(doc, caller, op, Some(&r.context)),
+            Request::GenerateDataKey(r) => self.grant_allows(doc, caller, op, Some(&r.context)),
+            Request::GenerateDataKeyPair(r) => self.grant_allows(doc, caller, op, Some(&r.context)),
+            _ => self.grant_allows(doc, caller, op, None),
+        }
     }
 
     // ---------------------------------------------------------- key policy operations
@@ -592,6 +624,30 @@ fn request_keys(ctx: &mut ConditionContext, request: &Request, destination: bool
         Request::EnableKeyRotation(r) => {
             let days = r.period_days.unwrap_or(365);
             ctx.insert("kms:RotationPeriodInDays", [days.to_string()]);
+        }
+        Request::CreateGrant(r) => {
+            ctx.insert(
+                "kms:GrantOperations",
+                r.operations.iter().map(|o| o.as_str()),
+            );
+            ctx.insert("kms:GranteePrincipal", [r.grantee.as_str()]);
+            if let Some(retiring) = &r.retiring {
+                ctx.insert("kms:RetiringPrincipal", [retiring.as_str()]);
+            }
+            ctx.insert("kms:GrantIsForAWSResource", ["false"]);
+            if let Some(c) = &r.constraints {
+                let mut types = Vec::new();
+                if c.equals.is_some() {
+                    types.push("EncryptionContextEquals");
+                }
+                if c.subset.is_some() {
+                    types.push("EncryptionContextSubset");
+                }
+                ctx.insert("kms:GrantConstraintType", types);
+                for ec in [&c.equals, &c.subset].into_iter().flatten() {
+                    context_keys(ctx, ec);
+                }
+            }
         }
         Request::PutKeyPolicy(r) => {
             ctx.insert(

@@ -201,6 +201,18 @@ impl Kms {
                 one(Some(self.resolve_ref(p, &r.key, false, cross)?))
             }
             Request::EnableKeyRotation(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::CreateGrant(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::ListGrants(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::ListRetirableGrants(_) => Resolved::default(),
+            // A token names its grant, hence its key (a token this service did not issue
+            // is `InvalidGrantTokenException` here, before anything else).
+            Request::RetireGrant(r) => match &r.grant {
+                crate::kms::requests::GrantRef::Token(t) => one(Some(self.grant_token_key(t)?)),
+                crate::kms::requests::GrantRef::Id { key, .. } => {
+                    one(Some(self.resolve_ref(p, key, false, cross)?))
+                }
+            },
+            Request::RevokeGrant(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
         })
     }
 
@@ -312,6 +324,11 @@ impl Kms {
                 r.page.limit,
                 r.page.marker.as_deref(),
             )?),
+            Request::CreateGrant(r) => reply(self.create_grant(p, keys, r).await?),
+            Request::ListGrants(r) => reply(self.list_grants(keys, r)?),
+            Request::ListRetirableGrants(r) => reply(self.list_retirable_grants(r)?),
+            Request::RetireGrant(r) => reply(self.retire_grant(p, keys, r).await?),
+            Request::RevokeGrant(r) => reply(self.revoke_grant(keys, r).await?),
         }
     }
 

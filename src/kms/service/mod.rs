@@ -30,6 +30,7 @@ mod asymmetric;
 mod authz;
 pub use authz::{CallEnv, GetKeyPolicyOutput, ListKeyPoliciesOutput};
 mod dispatch;
+mod grants;
 mod integrity;
 mod reconcile;
 pub use reconcile::{ReconcileReport, ReconcileRow, ORPHAN_GRACE};
@@ -38,6 +39,9 @@ mod rotation;
 #[cfg(test)]
 mod tests;
 pub use dispatch::{Output, Reply, Resolved};
+pub use grants::{
+    grant_operation, CreateGrantOutput, GrantListEntry, ListGrantsOutput, MAX_GRANTS_PER_KEY,
+};
 pub use rotation::DEFAULT_ON_DEMAND_ROTATION_LIMIT as ON_DEMAND_ROTATION_LIMIT;
 
 pub use asymmetric::{
@@ -83,6 +87,8 @@ pub struct Kms {
     rotation: rotation::Rotations,
     /// IAM identities: who a principal is, and its identity policies.
     iam: super::iam::Identities,
+    /// Every key's grants, and the grant-token MAC key.
+    grants: grants::Grants,
     /// Orphaned objects seen by the background reconciliation, and when first seen.
     orphans_seen: parking_lot::Mutex<HashMap<String, time::OffsetDateTime>>,
 }
@@ -119,6 +125,7 @@ impl Kms {
             .map(|a| ((a.account_id.clone(), a.alias_name.clone()), a))
             .collect();
         let iam = super::iam::Identities::load(&store)?;
+        let grants = grants::Grants::load(store.as_ref())?;
         Ok(Kms {
             vault,
             store,
@@ -130,6 +137,7 @@ impl Kms {
             aws_managed: tokio::sync::Mutex::new(()),
             rotation: rotation::Rotations::default(),
             iam,
+            grants,
             orphans_seen: parking_lot::Mutex::new(HashMap::new()),
         })
     }
@@ -445,12 +453,14 @@ impl Kms {
         Ok(doc)
     }
 
-    /// Remove a key's metadata (and its aliases) once its material is gone from every HSM.
+    /// Remove a key's metadata (and its aliases and grants) once its material is gone from
+    /// every HSM.
     pub(crate) async fn forget_key(&self, key_id: &KeyId) -> Result<(), KmsError> {
         let _w = self.writes.lock().await;
         let id = key_id.to_string();
         self.blocking(move |s| s.delete_key(&id)).await?;
         self.keys.write().remove(key_id);
+        self.grants.forget_key(key_id);
         let id = key_id.to_string();
         self.aliases.write().retain(|_, a| a.key_id != id);
         Ok(())
