@@ -482,3 +482,119 @@ async fn a_key_shared_with_another_account_is_used_by_arn_only_and_unshared_at_o
     );
     s.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_give_another_account_constrained_use_and_only_as_wide_as_their_parent() {
+    let s = service().await;
+    let a = &s.client;
+    let b = second_account(&s).await;
+    let k = a.create_key(json!({})).await;
+    let arn = key_arn(A, &k);
+    let b_root = format!("arn:aws:iam::{B}:root");
+    let ctx = json!({"dept": "finance"});
+
+    // No policy statement for B: refused until a grant says otherwise.
+    expect(
+        &encrypt(&b, &arn, ctx.clone()).await,
+        400,
+        "AccessDeniedException",
+    );
+    let g = a
+        .ok(
+            "CreateGrant",
+            json!({"KeyId": k, "GranteePrincipal": b_root,
+                   "Operations": ["Encrypt", "Decrypt", "CreateGrant"],
+                   "Constraints": {"EncryptionContextSubset": ctx}}),
+        )
+        .await;
+    let token = g["GrantToken"].as_str().unwrap().to_string();
+    // Usable at once with its token, within its constraint only.
+    let e = b
+        .call(
+            "Encrypt",
+            json!({"KeyId": arn, "Plaintext": b64(b"g"), "EncryptionContext": {"dept": "finance", "x": "1"},
+                   "GrantTokens": [token]}),
+        )
+        .await;
+    assert_eq!(e.status, 200, "{}", e.body);
+    let blob = e.body["CiphertextBlob"].clone();
+    expect(
+        &encrypt(&b, &arn, json!({"dept": "hr"})).await,
+        400,
+        "AccessDeniedException",
+    );
+    expect(
+        &encrypt(&b, &arn, json!({})).await,
+        400,
+        "AccessDeniedException",
+    );
+    let d = b
+        .ok(
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": {"dept": "finance", "x": "1"}}),
+        )
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"g");
+    // Operations the grant does not name are refused.
+    expect(
+        &b.call(
+            "GenerateDataKey",
+            json!({"KeyId": arn, "KeySpec": "AES_256", "EncryptionContext": ctx}),
+        )
+        .await,
+        400,
+        "AccessDeniedException",
+    );
+    // Through its CreateGrant, B may pass on no more than it has.
+    let wider = b
+        .call(
+            "CreateGrant",
+            json!({"KeyId": arn, "GranteePrincipal": b_root, "Operations": ["Encrypt", "GenerateDataKey"],
+                   "Constraints": {"EncryptionContextSubset": ctx}}),
+        )
+        .await;
+    expect(&wider, 400, "AccessDeniedException");
+    let looser = b
+        .call(
+            "CreateGrant",
+            json!({"KeyId": arn, "GranteePrincipal": b_root, "Operations": ["Decrypt"]}),
+        )
+        .await;
+    expect(&looser, 400, "AccessDeniedException");
+    let child = b
+        .call(
+            "CreateGrant",
+            json!({"KeyId": arn, "GranteePrincipal": b_root, "Operations": ["Decrypt"],
+                   "Constraints": {"EncryptionContextEquals": {"dept": "finance", "x": "1"}}}),
+        )
+        .await;
+    assert_eq!(child.status, 200, "{}", child.body);
+    // Revoked by A: B is refused on its next call (the child grant still allows its Decrypt).
+    a.ok("RevokeGrant", json!({"KeyId": k, "GrantId": g["GrantId"]}))
+        .await;
+    expect(
+        &encrypt(&b, &arn, json!({"dept": "finance"})).await,
+        400,
+        "AccessDeniedException",
+    );
+    assert_eq!(
+        b.call(
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": {"dept": "finance", "x": "1"}}),
+        )
+        .await
+        .status,
+        200
+    );
+    // ListRetirableGrants is for principals of the caller's own account.
+    expect(
+        &b.call(
+            "ListRetirableGrants",
+            json!({"RetiringPrincipal": format!("arn:aws:iam::{A}:root")}),
+        )
+        .await,
+        400,
+        "AccessDeniedException",
+    );
+    s.running.stop().await;
+}
