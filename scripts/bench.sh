@@ -2,6 +2,7 @@
 # Benchmarks of hsm-kms (not a test; prints numbers, asserts nothing).
 #
 #   scripts/bench.sh [--size N] [--threads N] [--secs S] [--reps N] [--filler-keys N] [--http]
+#                    [--isolation] [--policy]
 #
 # 1. Builds the release binary and runs `hsm-kms bench-hsm`: raw PKCS#11 AES-256-GCM
 #    encrypt side by side with the same operation through the HSM layer, in one process
@@ -17,6 +18,10 @@
 #    Encrypt 32 B and Sign ECDSA P-256 at c=64 with each HSM in a host process of its own
 #    (hsm_isolation = "process", the default) and inside the service ("in-process");
 #    prints the process/in-process ratios (targets: Encrypt >= 0.80, Sign >= 0.90).
+# 4. With --policy: authorization's cost (issue 13), alternated over 2 rounds: Encrypt 32 B
+#    at c=64 by the account root on a key with the default policy, and by an IAM user with
+#    5 identity policies on a key with a 20-statement key policy with conditions; prints
+#    the user/root ratio (target >= 0.90).
 #
 # Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it started.
 set -euo pipefail
@@ -27,6 +32,7 @@ TARGET="${CARGO_TARGET_DIR:-$REPO/target}"   # kms_bin resolves a relative one a
 SIZE=32 THREADS=2 SECS=1 REPS=5 FILLER=0
 HTTP=${KMS_BENCH_HTTP:-0}
 ISOLATION=0
+POLICY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
@@ -36,7 +42,8 @@ while [ $# -gt 0 ]; do
     --filler-keys) FILLER=$2; shift 2 ;;
     --http) HTTP=1; shift ;;
     --isolation) ISOLATION=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --policy) POLICY=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -74,8 +81,8 @@ else
 fi
 
 # --- HTTP benchmarks (issue 4) ---
-if [ "$HTTP" != 1 ] && [ "$ISOLATION" != 1 ]; then
-  echo "(HTTP benchmarks skipped: pass --http, --isolation, or set KMS_BENCH_HTTP=1)"
+if [ "$HTTP" != 1 ] && [ "$ISOLATION" != 1 ] && [ "$POLICY" != 1 ]; then
+  echo "(HTTP benchmarks skipped: pass --http, --isolation, --policy, or set KMS_BENCH_HTTP=1)"
   exit 0
 fi
 if ! command -v wrk >/dev/null; then
@@ -152,6 +159,80 @@ if [ "$ISOLATION" = 1 ]; then
       "$TMP/isolation.txt"
   done
   echo " (targets: Encrypt >= 0.80, Sign ECDSA P-256 >= 0.90; same run, alternated)"
+  echo "================================================================"
+  [ "$HTTP" = 1 ] || exit 0
+fi
+
+if [ "$POLICY" = 1 ]; then
+  [ -f "$LOAD" ] || die "$LOAD not found (hsm-facts.md §7 describes the script)"
+  start_server "$TMP/policy" process
+  ROOT_ID=$AWS_ACCESS_KEY_ID ROOT_SECRET=$AWS_SECRET_ACCESS_KEY
+  ACCOUNT=$(aws sts get-caller-identity --endpoint-url "$KMS_ENDPOINT" --query Account --output text)
+  # A 20-statement key policy with conditions: the account delegation, 18 statements that
+  # do not apply to this request (other principals, denies with conditions that do not
+  # hold), and the one that lets the user encrypt with its context.
+  python3 - "$ACCOUNT" >"$TMP/key-policy.json" <<'PY'
+import json, sys
+a = sys.argv[1]
+s = [{"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+      "Principal": {"AWS": f"arn:aws:iam::{a}:root"}, "Action": "kms:*", "Resource": "*"}]
+for i in range(9):
+    s.append({"Sid": f"DenyCtx{i}", "Effect": "Deny", "Principal": {"AWS": "*"},
+              "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
+              "Condition": {"StringEquals": {f"kms:EncryptionContext:tier{i}": ["secret", "top"]},
+                            "Bool": {"aws:SecureTransport": "true"}}})
+for i in range(9):
+    s.append({"Sid": f"OtherUser{i}", "Effect": "Allow",
+              "Principal": {"AWS": f"arn:aws:iam::{a}:user/other{i}"},
+              "Action": ["kms:Encrypt", "kms:ReEncrypt*"], "Resource": "*",
+              "Condition": {"StringLike": {"kms:EncryptionContext:app": f"svc-{i}-*"},
+                            "IpAddress": {"aws:SourceIp": ["10.0.0.0/8", "192.168.0.0/16"]}}})
+s.append({"Sid": "BenchUser", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{a}:user/bench"},
+          "Action": "kms:Encrypt", "Resource": "*",
+          "Condition": {"StringEquals": {"kms:EncryptionContext:app": "bench"},
+                        "DateLessThan": {"aws:CurrentTime": "2100-01-01T00:00:00Z"}}})
+print(json.dumps({"Version": "2012-10-17", "Id": "bench-20", "Statement": s}))
+PY
+  aws iam create-user --user-name bench --endpoint-url "$KMS_ENDPOINT" >/dev/null
+  for i in 1 2 3 4 5; do
+    python3 - "$i" >"$TMP/identity-$i.json" <<'PY'
+import json, sys
+i = int(sys.argv[1])
+s = [{"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
+      "Condition": {"StringEqualsIfExists": {"kms:EncryptionContext:app": "bench"},
+                    "NotIpAddress": {"aws:SourceIp": f"203.0.{i}.0/24"}}},
+     {"Effect": "Deny", "Action": "kms:*", "Resource": "*",
+      "Condition": {"StringEquals": {"kms:EncryptionContext:blocked": f"yes-{i}"}}},
+     {"Effect": "Deny", "NotAction": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey", "kms:List*"],
+      "Resource": f"arn:aws:kms:*:*:key/never-{i}"}]
+print(json.dumps({"Version": "2012-10-17", "Statement": s}))
+PY
+    aws iam put-user-policy --user-name bench --policy-name "p$i" \
+      --policy-document "file://$TMP/identity-$i.json" --endpoint-url "$KMS_ENDPOINT"
+  done
+  read -r USER_ID USER_SECRET < <(aws iam create-access-key --user-name bench --endpoint-url "$KMS_ENDPOINT" \
+    --query 'AccessKey.[AccessKeyId,SecretAccessKey]' --output text)
+  plain=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
+  custom=$(aws kms create-key --policy "file://$TMP/key-policy.json" --endpoint-url "$KMS_ENDPOINT" \
+    --query KeyMetadata.KeyId --output text)
+  : >"$TMP/policy.txt"
+  for round in 1 2; do
+    AWS_ACCESS_KEY_ID=$ROOT_ID AWS_SECRET_ACCESS_KEY=$ROOT_SECRET \
+      bash "$LOAD" -k "$plain" -o Encrypt -s 32 -c 64 -d "$DUR" --context app=bench 2>/dev/null \
+      | grep '^RESULT' | sed "s/^/root-default /" | tee -a "$TMP/policy.txt"
+    sleep 1   # a new access key is served within 0.5 s; the wait also settles the machine
+    AWS_ACCESS_KEY_ID=$USER_ID AWS_SECRET_ACCESS_KEY=$USER_SECRET \
+      bash "$LOAD" -k "$custom" -o Encrypt -s 32 -c 64 -d "$DUR" --context app=bench 2>/dev/null \
+      | grep '^RESULT' | sed "s/^/user-policies /" | tee -a "$TMP/policy.txt"
+  done
+  stop_server
+  echo
+  echo "================================================================"
+  awk '{ split($0, a, "rps="); split(a[2], b, " "); sum[$1] += b[1]; n[$1]++ }
+    END { r = sum["root-default"] / n["root-default"]; u = sum["user-policies"] / n["user-policies"];
+      printf " Encrypt c=64: root + default policy %.0f rps; user + 5 identity policies + 20-statement key policy %.0f rps: ratio %.2f\n", r, u, u / r }' \
+    "$TMP/policy.txt"
+  echo " (target: >= 0.90; same run, alternated)"
   echo "================================================================"
   [ "$HTTP" = 1 ] || exit 0
 fi
