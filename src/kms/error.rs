@@ -70,6 +70,10 @@ pub enum KmsError {
     #[error("{0}")]
     /// `ConflictException`: the request conflicts with the resource's current state.
     Conflict(String),
+    #[error("{0}")]
+    /// `MalformedPolicyDocumentException` (IAM: `MalformedPolicyDocument`): a policy is
+    /// not valid; the message says why.
+    MalformedPolicyDocument(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     /// `DryRunOperationException`: the request would have succeeded but set `DryRun`.
     DryRun,
@@ -113,6 +117,7 @@ impl KmsError {
             KmsError::InvalidSignature(_) => "KMSInvalidSignatureException",
             KmsError::InvalidMac(_) => "KMSInvalidMacException",
             KmsError::Conflict(_) => "ConflictException",
+            KmsError::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) | KmsError::TooFewHsms { .. } => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",

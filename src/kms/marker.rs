@@ -22,7 +22,8 @@
 //!   Unix nanoseconds, then the key id as UTF-8;
 //! - [`Aliases`]: the last listed alias name, UTF-8;
 //! - [`ResourceTags`]: the last listed tag key, UTF-8;
-//! - [`KeyRotations`]: the first backing version of the next page, big-endian u32.
+//! - [`KeyRotations`]: the first backing version of the next page, big-endian u32;
+//! - [`IamUsers`]: the last listed IAM user name, lower-cased, UTF-8.
 
 use crate::store::KeyPosition;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -69,6 +70,23 @@ pub struct ResourceTags;
 /// ListKeyRotations: from a backing version on.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRotations;
+
+/// IAM ListUsers: after a user name (lower-cased, the listing's order).
+#[derive(Debug, Clone, Copy)]
+pub struct IamUsers;
+
+impl Listing for IamUsers {
+    const TAG: u8 = b'U';
+    type Position = String;
+
+    fn write(name: &String, out: &mut Vec<u8>) {
+        out.extend_from_slice(name.as_bytes());
+    }
+
+    fn read(bytes: &[u8]) -> Option<String> {
+        read_text(bytes)
+    }
+}
 
 impl Listing for Keys {
     const TAG: u8 = b'K';
