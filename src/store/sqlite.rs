@@ -1289,7 +1289,8 @@ mod tests {
             .execute_batch(
                 "INSERT INTO keys VALUES ('old', 'acct', 1700000000.123, 1, '{}');
                  INSERT INTO aliases VALUES ('acct', 'alias/old', 'old', 1700000000.5, 1700000001.25);
-                 INSERT INTO credentials VALUES ('AKID', 'acct', 'arn', x'00', 1700000002.001);",
+                 INSERT INTO credentials (access_key_id, account_id, principal_arn, sealed_secret, created_at)
+                 VALUES ('AKID', 'acct', 'arn', x'00', 1700000002.001);",
             )
             .unwrap();
         let at = |ms: i128| OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap();
@@ -1511,6 +1512,112 @@ mod tests {
             },
             a
         );
+    }
+
+    fn iam_user(name: &str) -> IamUserRow {
+        IamUserRow {
+            account_id: "111122223333".into(),
+            user_name: name.into(),
+            user_id: format!("AIDA{}", name.to_uppercase()),
+            path: "/".into(),
+            created_at: t(1_700_000_000.0),
+        }
+    }
+
+    fn iam_policy(kind: IamPrincipalKind, owner: &str, name: &str) -> IamPolicyRow {
+        IamPolicyRow {
+            account_id: "111122223333".into(),
+            principal_kind: kind,
+            principal_name: owner.into(),
+            policy_name: name.into(),
+            document: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn iam_users_keys_and_policies_with_their_conflicts() {
+        let s = mem();
+        s.create_iam_user(&iam_user("alice"), &[], &[]).unwrap();
+        // Names are unique without regard to case.
+        assert!(matches!(
+            s.create_iam_user(&iam_user("ALICE"), &[], &[]),
+            Err(StoreError::AlreadyExists)
+        ));
+        let mut key = cred("AKIAALICE1", b"s");
+        key.user_name = Some("alice".into());
+        s.put_access_key(&key, 2).unwrap();
+        s.put_access_key(&cred_for("AKIAALICE2", "alice"), 2).unwrap();
+        assert!(matches!(
+            s.put_access_key(&cred_for("AKIAALICE3", "alice"), 2),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.put_access_key(&cred_for("AKIANOBODY", "nobody"), 2),
+            Err(StoreError::NotFound)
+        ));
+        s.put_iam_policy(&iam_policy(IamPrincipalKind::User, "Alice", "p1"))
+            .unwrap();
+        assert!(matches!(
+            s.put_iam_policy(&iam_policy(IamPrincipalKind::User, "bob", "p1")),
+            Err(StoreError::NotFound)
+        ));
+        // DeleteUser: keys first, then policies.
+        assert!(matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "access keys"));
+        s.set_credential_status("AKIAALICE1", false).unwrap();
+        let rows = s.credentials().unwrap();
+        assert!(!rows.iter().find(|r| r.access_key_id == "AKIAALICE1").unwrap().active);
+        assert!(rows.iter().find(|r| r.access_key_id == "AKIAALICE2").unwrap().active);
+        s.delete_credential("AKIAALICE1").unwrap();
+        s.delete_credential("AKIAALICE2").unwrap();
+        assert!(matches!(s.delete_credential("AKIAALICE2"), Err(StoreError::NotFound)));
+        assert!(matches!(s.set_credential_status("AKIAALICE2", true), Err(StoreError::NotFound)));
+        assert!(matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "policies"));
+        s.delete_iam_policy("111122223333", IamPrincipalKind::User, "alice", "p1")
+            .unwrap();
+        assert!(matches!(
+            s.delete_iam_policy("111122223333", IamPrincipalKind::User, "alice", "p1"),
+            Err(StoreError::NotFound)
+        ));
+        s.delete_iam_user("111122223333", "alice").unwrap();
+        assert!(s.iam_users().unwrap().is_empty());
+        // Roles: policies block deletion; rows read back as written.
+        let role = IamRoleRow {
+            account_id: "111122223333".into(),
+            role_name: "app".into(),
+            role_id: "AROAAPP".into(),
+            path: "/svc/".into(),
+            trust_policy: "{\"Statement\":[]}".into(),
+            max_session_duration: 7200,
+            description: Some("d".into()),
+            created_at: t(1_700_000_000.5),
+        };
+        s.create_iam_role(&role).unwrap();
+        assert_eq!(s.iam_roles().unwrap(), vec![role.clone()]);
+        s.put_iam_policy(&iam_policy(IamPrincipalKind::Role, "app", "r1"))
+            .unwrap();
+        assert!(matches!(s.delete_iam_role("111122223333", "app"), Err(StoreError::Conflict(_))));
+        s.delete_iam_policy("111122223333", IamPrincipalKind::Role, "app", "r1")
+            .unwrap();
+        s.delete_iam_role("111122223333", "app").unwrap();
+        assert!(matches!(s.delete_iam_role("111122223333", "app"), Err(StoreError::NotFound)));
+        // A session credential round-trips.
+        let mut session = cred("ASIASESSION", b"x");
+        session.session = Some(SessionRow {
+            token_sha256: [7; 32],
+            role_arn: "arn:aws:iam::111122223333:role/svc/app".into(),
+            role_id: "AROAAPP".into(),
+            session_name: "s".into(),
+            expires_at: t(1_700_003_600.25),
+        });
+        s.put_credential(&session).unwrap();
+        assert_eq!(s.credentials().unwrap(), vec![session]);
+    }
+
+    fn cred_for(id: &str, user: &str) -> CredentialRow {
+        CredentialRow {
+            user_name: Some(user.into()),
+            ..cred(id, b"s")
+        }
     }
 
     #[test]
