@@ -19,8 +19,8 @@ use super::error::KmsError;
 use super::vault::{KeyKind, KeyVault, ObjectId, VaultError, IV_LEN};
 use crate::auth::{Credential, Session, SessionCredential};
 use crate::store::{CredentialRow, MetadataStore, SessionRow, StoreError};
-use sha2::Digest;
 use rand::Rng;
+use sha2::Digest;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -203,12 +203,7 @@ async fn open(
 fn credential(row: CredentialRow, secret: &[u8]) -> Result<Credential, KmsError> {
     let secret = std::str::from_utf8(secret)
         .map_err(|_| KmsError::Internal("credential secret is not UTF-8".into()))?;
-    let mut c = Credential::new(
-        row.access_key_id,
-        secret,
-        row.account_id,
-        row.principal_arn,
-    );
+    let mut c = Credential::new(row.access_key_id, secret, row.account_id, row.principal_arn);
     c.active = row.active;
     c.session = row.session.map(|s| SessionCredential {
         token_sha256: s.token_sha256,
@@ -228,7 +223,10 @@ fn same_identity(c: &Credential, row: &CredentialRow) -> bool {
     c.account_id == row.account_id
         && c.principal_arn == row.principal_arn
         && c.session.as_ref().map(|s| (&s.token_sha256, s.expires_at))
-            == row.session.as_ref().map(|s| (&s.token_sha256, s.expires_at))
+            == row
+                .session
+                .as_ref()
+                .map(|s| (&s.token_sha256, s.expires_at))
 }
 
 /// How long after its expiry a role session's credential row is deleted (until then a
@@ -357,7 +355,10 @@ pub(crate) async fn random_id(
     len: usize,
 ) -> Result<String, KmsError> {
     let seed = vault.random(32).await?;
-    Ok(format!("{prefix}{}", random_string(ID_ALPHABET, len, &seed)?))
+    Ok(format!(
+        "{prefix}{}",
+        random_string(ID_ALPHABET, len, &seed)?
+    ))
 }
 
 /// A fresh access key id with `prefix` (`AKIA`/`ASIA`) and a secret access key.
@@ -438,9 +439,9 @@ pub async fn create_access_key(
         .await
         .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
         .map_err(|e| match e {
-            StoreError::Conflict(_) => {
-                KmsError::LimitExceeded(format!("Cannot exceed quota for AccessKeysPerUser: {limit}"))
-            }
+            StoreError::Conflict(_) => KmsError::LimitExceeded(format!(
+                "Cannot exceed quota for AccessKeysPerUser: {limit}"
+            )),
             StoreError::NotFound => KmsError::NotFound(format!(
                 "The user with name {} cannot be found.",
                 user_name.unwrap_or_default()
@@ -501,7 +502,8 @@ pub async fn create_session(
         user_name: None,
         session: Some(session_row.clone()),
     };
-    row.sealed_secret = seal_with(vault, aad_session(&row, &session_row), secret.as_bytes()).await?;
+    row.sealed_secret =
+        seal_with(vault, aad_session(&row, &session_row), secret.as_bytes()).await?;
     let s2 = store.clone();
     let stored = row.clone();
     tokio::task::spawn_blocking(move || s2.put_credential(&stored))

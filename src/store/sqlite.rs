@@ -371,7 +371,11 @@ fn upsert_policy(tx: &rusqlite::Transaction<'_>, p: &IamPolicyRow) -> StoreResul
 }
 
 /// Whether a query counting rows finds any.
-fn any_row(tx: &rusqlite::Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> StoreResult<bool> {
+fn any_row(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> StoreResult<bool> {
     tx.prepare_cached(sql)
         .and_then(|mut s| s.query_row(p, |r| r.get::<_, i64>(0)))
         .map(|n| n > 0)
@@ -699,9 +703,7 @@ impl MetadataStore for SqliteStore {
         self.read(|c| {
             select(
                 c,
-                &format!(
-                    "SELECT {IAM_USER_COLUMNS} FROM iam_users ORDER BY account_id, user_name"
-                ),
+                &format!("SELECT {IAM_USER_COLUMNS} FROM iam_users ORDER BY account_id, user_name"),
                 [],
                 iam_user_row,
             )
@@ -713,9 +715,7 @@ impl MetadataStore for SqliteStore {
         self.read(|c| {
             select(
                 c,
-                &format!(
-                    "SELECT {IAM_ROLE_COLUMNS} FROM iam_roles ORDER BY account_id, role_name"
-                ),
+                &format!("SELECT {IAM_ROLE_COLUMNS} FROM iam_roles ORDER BY account_id, role_name"),
                 [],
                 iam_role_row,
             )
@@ -763,7 +763,9 @@ impl MetadataStore for SqliteStore {
             }
             for akid in access_keys {
                 let n = tx
-                    .prepare_cached("UPDATE credentials SET user_name = ?2 WHERE access_key_id = ?1")
+                    .prepare_cached(
+                        "UPDATE credentials SET user_name = ?2 WHERE access_key_id = ?1",
+                    )
                     .and_then(|mut s| s.execute(params![akid, row.user_name]))
                     .map_err(sql_err)?;
                 if n == 0 {
@@ -883,7 +885,12 @@ impl MetadataStore for SqliteStore {
                      AND principal_name = ?3 AND policy_name = ?4",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![account_id, kind_text(kind), principal_name, policy_name])
+                    s.execute(params![
+                        account_id,
+                        kind_text(kind),
+                        principal_name,
+                        policy_name
+                    ])
                 })
                 .map_err(sql_err)?;
             if n == 0 {
@@ -1546,7 +1553,8 @@ mod tests {
         let mut key = cred("AKIAALICE1", b"s");
         key.user_name = Some("alice".into());
         s.put_access_key(&key, 2).unwrap();
-        s.put_access_key(&cred_for("AKIAALICE2", "alice"), 2).unwrap();
+        s.put_access_key(&cred_for("AKIAALICE2", "alice"), 2)
+            .unwrap();
         assert!(matches!(
             s.put_access_key(&cred_for("AKIAALICE3", "alice"), 2),
             Err(StoreError::Conflict(_))
@@ -1562,16 +1570,37 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         // DeleteUser: keys first, then policies.
-        assert!(matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "access keys"));
+        assert!(
+            matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "access keys")
+        );
         s.set_credential_status("AKIAALICE1", false).unwrap();
         let rows = s.credentials().unwrap();
-        assert!(!rows.iter().find(|r| r.access_key_id == "AKIAALICE1").unwrap().active);
-        assert!(rows.iter().find(|r| r.access_key_id == "AKIAALICE2").unwrap().active);
+        assert!(
+            !rows
+                .iter()
+                .find(|r| r.access_key_id == "AKIAALICE1")
+                .unwrap()
+                .active
+        );
+        assert!(
+            rows.iter()
+                .find(|r| r.access_key_id == "AKIAALICE2")
+                .unwrap()
+                .active
+        );
         s.delete_credential("AKIAALICE1").unwrap();
         s.delete_credential("AKIAALICE2").unwrap();
-        assert!(matches!(s.delete_credential("AKIAALICE2"), Err(StoreError::NotFound)));
-        assert!(matches!(s.set_credential_status("AKIAALICE2", true), Err(StoreError::NotFound)));
-        assert!(matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "policies"));
+        assert!(matches!(
+            s.delete_credential("AKIAALICE2"),
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.set_credential_status("AKIAALICE2", true),
+            Err(StoreError::NotFound)
+        ));
+        assert!(
+            matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "policies")
+        );
         s.delete_iam_policy("111122223333", IamPrincipalKind::User, "alice", "p1")
             .unwrap();
         assert!(matches!(
@@ -1595,11 +1624,17 @@ mod tests {
         assert_eq!(s.iam_roles().unwrap(), vec![role.clone()]);
         s.put_iam_policy(&iam_policy(IamPrincipalKind::Role, "app", "r1"))
             .unwrap();
-        assert!(matches!(s.delete_iam_role("111122223333", "app"), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.delete_iam_role("111122223333", "app"),
+            Err(StoreError::Conflict(_))
+        ));
         s.delete_iam_policy("111122223333", IamPrincipalKind::Role, "app", "r1")
             .unwrap();
         s.delete_iam_role("111122223333", "app").unwrap();
-        assert!(matches!(s.delete_iam_role("111122223333", "app"), Err(StoreError::NotFound)));
+        assert!(matches!(
+            s.delete_iam_role("111122223333", "app"),
+            Err(StoreError::NotFound)
+        ));
         // A session credential round-trips.
         let mut session = cred("ASIASESSION", b"x");
         session.session = Some(SessionRow {

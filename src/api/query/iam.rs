@@ -49,7 +49,9 @@ fn user_xml(u: &UserView, indent: &str) -> String {
 }
 
 fn member_user_xml(u: &UserView) -> String {
-    user_xml(u, "      ").replace("<User>", "<member>").replace("</User>", "</member>")
+    user_xml(u, "      ")
+        .replace("<User>", "<member>")
+        .replace("</User>", "</member>")
 }
 
 fn role_xml(r: &RoleView) -> String {
@@ -121,9 +123,7 @@ pub(super) async fn execute(
     let policy = || params.req("PolicyName", "policyName");
     let result = match action {
         "CreateUser" => {
-            let u = iam
-                .create_user(&ctx, user()?, params.opt("Path"))
-                .await?;
+            let u = iam.create_user(&ctx, user()?, params.opt("Path")).await?;
             Some(user_xml(&u, "    "))
         }
         "GetUser" => {
@@ -144,7 +144,14 @@ pub(super) async fn execute(
             s.push_str("    </Users>\n");
             s.push_str(&format!(
                 "    {}\n",
-                el("IsTruncated", if page.marker.is_some() { "true" } else { "false" })
+                el(
+                    "IsTruncated",
+                    if page.marker.is_some() {
+                        "true"
+                    } else {
+                        "false"
+                    }
+                )
             ));
             if let Some(m) = &page.marker {
                 s.push_str(&format!("    {}\n", el("Marker", m)));
@@ -156,9 +163,7 @@ pub(super) async fn execute(
             None
         }
         "CreateAccessKey" => {
-            let (view, credential) = iam
-                .create_access_key(&ctx, params.opt("UserName"))
-                .await?;
+            let (view, credential) = iam.create_access_key(&ctx, params.opt("UserName")).await?;
             app.credentials.upsert(credential);
             Some(key_xml(&view, "AccessKey"))
         }

@@ -341,7 +341,8 @@ fn decode(raw: &[u8]) -> String {
         .into_owned()
 }
 
-/// `s` with the five XML special characters escaped.
+/// `s` as XML element text: `&`, `<` and `>` escaped (quotes stay as they are, as AWS
+/// writes them; every value is element text, never an attribute).
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -349,8 +350,6 @@ fn xml_escape(s: &str) -> String {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
             c => out.push(c),
         }
     }
@@ -389,7 +388,7 @@ mod tests {
 
     #[test]
     fn xml_values_are_escaped_and_policies_url_encoded() {
-        assert_eq!(xml_escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
+        assert_eq!(xml_escape("a<b>&\"c'"), "a&lt;b&gt;&amp;\"c'");
         assert_eq!(
             url_encode(r#"{"A": "b/c*"}"#),
             "%7B%22A%22%3A%20%22b%2Fc%2A%22%7D"

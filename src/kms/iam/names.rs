@@ -94,13 +94,11 @@ pub(crate) fn check_path(value: &str) -> Result<(), KmsError> {
         || (value.len() > 2
             && value.starts_with('/')
             && value.ends_with('/')
-            && value
-                .get(1..value.len() - 1)
-                .is_some_and(|inner| {
-                    inner
-                        .split('/')
-                        .all(|seg| !seg.is_empty() && seg.bytes().all(is_name_char))
-                }));
+            && value.get(1..value.len() - 1).is_some_and(|inner| {
+                inner
+                    .split('/')
+                    .all(|seg| !seg.is_empty() && seg.bytes().all(is_name_char))
+            }));
     if !ok {
         return Err(invalid(
             field,
@@ -136,9 +134,9 @@ pub(crate) fn check_description(value: &str) -> Result<(), KmsError> {
             "Member must have length less than or equal to 1000",
         ));
     }
-    let ok = value.chars().all(|c| {
-        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{a1}'..='\u{ff}')
-    });
+    let ok = value
+        .chars()
+        .all(|c| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{a1}'..='\u{ff}'));
     if !ok {
         return Err(invalid(
             "description",

@@ -57,9 +57,7 @@ fn no_such_role(name: &str) -> KmsError {
 }
 
 fn no_such_policy(name: &str) -> KmsError {
-    KmsError::NotFound(format!(
-        "The role policy with name {name} cannot be found."
-    ))
+    KmsError::NotFound(format!("The role policy with name {name} cannot be found."))
 }
 
 impl Identities {
@@ -107,12 +105,13 @@ impl Identities {
             i64::from(DEFAULT_MAX_SESSION),
             MAX_SESSION_CEILING,
         )?;
-        let trust = PolicyDocument::parse(trust_policy, PolicyKind::Trust).map_err(|e| match e {
-            PolicyError::TooLarge { .. } => {
-                KmsError::LimitExceeded("Cannot exceed quota for ACLSizePerRole: 2048".into())
-            }
-            other => policy_error(other),
-        })?;
+        let trust =
+            PolicyDocument::parse(trust_policy, PolicyKind::Trust).map_err(|e| match e {
+                PolicyError::TooLarge { .. } => {
+                    KmsError::LimitExceeded("Cannot exceed quota for ACLSizePerRole: 2048".into())
+                }
+                other => policy_error(other),
+            })?;
         self.authorize(
             p,
             "iam:CreateRole",
@@ -168,7 +167,9 @@ impl Identities {
             }
             Err(e) => return Err(e.into()),
         }
-        self.state.write().remove_role(&row.account_id, &row.role_name);
+        self.state
+            .write()
+            .remove_role(&row.account_id, &row.role_name);
         Ok(())
     }
 

@@ -100,7 +100,10 @@ async fn users_policies_and_role_sessions_reach_the_engine() {
         vault: &vault,
         now: now(),
     };
-    let alice = iam.create_user(&ctx, "alice", Some("/team/")).await.unwrap();
+    let alice = iam
+        .create_user(&ctx, "alice", Some("/team/"))
+        .await
+        .unwrap();
     assert_eq!(alice.arn, format!("arn:aws:iam::{ACCT}:user/team/alice"));
     let p = principal(&alice.arn);
     assert!(!allows(&iam, &p, "kms:Encrypt"));

@@ -308,9 +308,7 @@ impl Identities {
         let mut items: Vec<(String, UserView)> = state
             .users_of(&p.account_id)
             .into_iter()
-            .filter(|(n, u)| {
-                u.row.path.starts_with(prefix) && after.as_ref().is_none_or(|a| n > a)
-            })
+            .filter(|(n, u)| u.row.path.starts_with(prefix) && after.as_ref().is_none_or(|a| n > a))
             .take(usize::try_from(limit).unwrap_or(100) + 1)
             .map(|(n, u)| (n, UserView::of(&u.row)))
             .collect();
@@ -343,7 +341,9 @@ impl Identities {
             }
             Err(e) => return Err(e.into()),
         }
-        self.state.write().remove_user(&row.account_id, &row.user_name);
+        self.state
+            .write()
+            .remove_user(&row.account_id, &row.user_name);
         Ok(())
     }
 
