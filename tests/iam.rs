@@ -946,7 +946,7 @@ async fn the_legacy_admin_credential_gets_its_iam_user() {
         .await;
     assert_eq!(
         xml_values(&r.body, "AccessKeyId"),
-        [legacy.access_key_id.clone()]
+        vec![legacy.access_key_id.clone()]
     );
     // The admin: who it is, and full access.
     let admin = root.with_credentials(legacy, None);
