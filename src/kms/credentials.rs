@@ -811,6 +811,69 @@ mod tests {
         assert_ne!(aad_v2("a", "b", "c"), aad_v2("a", "", "bc"));
     }
 
+    /// Another node made a key Inactive (or deleted it, or a session expired long ago):
+    /// the refresh here follows the store without unsealing again.
+    #[tokio::test]
+    async fn refresh_follows_status_deletion_and_old_sessions() {
+        let (vault, store) = setup();
+        let alice = create(vault.as_ref(), &store, ALICE.0, ALICE.1, now())
+            .await
+            .unwrap();
+        let session = create_session(
+            vault.as_ref(),
+            &store,
+            ALICE.0,
+            "arn:aws:sts::111122223333:assumed-role/r/s",
+            Session {
+                role_arn: "arn:aws:iam::111122223333:role/r".into(),
+                role_id: "AROAEXAMPLE".into(),
+                session_name: "s".into(),
+            },
+            now() + time::Duration::hours(1),
+            now(),
+        )
+        .await
+        .unwrap();
+        let (all, _) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2, "the session reloads from the store");
+        let known: crate::auth::StaticCredentials = all.into_iter().collect();
+        let mut refused = std::collections::HashSet::new();
+        store
+            .set_credential_status(&alice.access_key_id, false)
+            .unwrap();
+        let decrypts = vault.calls("decrypt");
+        let next = refresh(vault.as_ref(), &store, &known, &mut refused, now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!next.get(&alice.access_key_id).unwrap().active);
+        assert_eq!(vault.calls("decrypt"), decrypts, "no unseal for a status");
+        let s = next.get(&session.credential.access_key_id).unwrap();
+        assert_eq!(
+            s.session.as_ref().unwrap().token_sha256,
+            <[u8; 32]>::from(sha2::Sha256::digest(session.session_token.as_bytes()))
+        );
+        // A day after its expiry the session row is deleted.
+        let later = now()
+            + time::Duration::hours(1)
+            + EXPIRED_SESSION_RETENTION
+            + time::Duration::seconds(1);
+        let next = refresh(vault.as_ref(), &store, &next, &mut refused, later)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(next.get(&session.credential.access_key_id).is_none());
+        assert_eq!(store.credentials().unwrap().len(), 1);
+        store.delete_credential(&alice.access_key_id).unwrap();
+        let next = refresh(vault.as_ref(), &store, &next, &mut refused, later)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(next.is_empty());
+    }
+
     #[tokio::test]
     async fn refresh_picks_up_new_accounts_and_reuses_open_credentials() {
         let (vault, store) = setup();
