@@ -1,3 +1,5 @@
+//! Unit tests of the identity registry: the legacy migration, users, policies and role
+//! sessions as the policy engine sees them, stored policies that no longer parse.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
