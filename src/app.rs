@@ -239,15 +239,27 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     let lookup = Arc::new(LiveCredentials::new(credentials.iter().cloned().collect()));
     // Credentials created while the service runs (`hsm-kms account create`, another node)
     // are accepted within CREDENTIAL_REFRESH; removed ones stop being accepted as fast.
-    let (live, v2, s2) = (Arc::downgrade(&lookup), vault.clone(), store.clone());
+    let (live, v2, s2, clock) = (
+        Arc::downgrade(&lookup),
+        vault.clone(),
+        store.clone(),
+        cfg.clock.clone(),
+    );
     tokio::spawn(async move {
         let mut refused = std::collections::HashSet::new();
         loop {
             tokio::time::sleep(CREDENTIAL_REFRESH).await;
             let Some(live) = live.upgrade() else { break };
             let known = live.snapshot();
-            match crate::kms::credentials::refresh(v2.as_ref(), &s2, &known, &mut refused).await {
-                Ok(Some(next)) => live.replace(next),
+            let now = clock.now();
+            match crate::kms::credentials::refresh(v2.as_ref(), &s2, &known, &mut refused, now)
+                .await
+            {
+                // A change made meanwhile by this node (a new access key or session, a
+                // status) is kept: the next pass sees it in the store.
+                Ok(Some(next)) => {
+                    live.replace_if(&known, next);
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "credential refresh failed; will retry"),
             }

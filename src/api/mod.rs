@@ -10,7 +10,7 @@ mod parse;
 mod pipeline;
 mod query;
 
-use crate::auth::CredentialLookup;
+use crate::auth::LiveCredentials;
 use crate::clock::Clock;
 use crate::kms::Kms;
 use axum::extract::{Request, State};
@@ -24,8 +24,9 @@ use std::sync::Arc;
 pub struct AppState {
     /// The KMS domain that resolves, authorizes and executes each operation.
     pub kms: Arc<Kms>,
-    /// Where SigV4 verification looks up the secret of a request's access key id.
-    pub credentials: Arc<dyn CredentialLookup>,
+    /// Where SigV4 verification looks up the secret of a request's access key id; IAM and
+    /// STS actions change it at once (new keys and sessions, status, deletion).
+    pub credentials: Arc<LiveCredentials>,
     /// The time SigV4 checks `X-Amz-Date` against (request skew window).
     pub clock: Arc<dyn Clock>,
     /// Largest request body read; larger bodies get `RequestEntityTooLargeException`.

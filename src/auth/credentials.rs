@@ -30,6 +30,51 @@ impl LiveCredentials {
     pub fn replace(&self, next: StaticCredentials) {
         *self.current.write() = Arc::new(next);
     }
+
+    /// Replace the whole set with `next` only if it is still `based_on` (the snapshot
+    /// `next` was computed from); `false`, and nothing changed, when a change was made
+    /// meanwhile ([`LiveCredentials::upsert`], …), so that a periodic reload never undoes
+    /// a change it did not see.
+    pub fn replace_if(&self, based_on: &Arc<StaticCredentials>, next: StaticCredentials) -> bool {
+        let mut current = self.current.write();
+        if !Arc::ptr_eq(&current, based_on) {
+            return false;
+        }
+        *current = Arc::new(next);
+        true
+    }
+
+    /// Add (or replace) one credential, at once.
+    pub fn upsert(&self, credential: Credential) {
+        let mut current = self.current.write();
+        let mut next = StaticCredentials::clone(&current);
+        next.insert(credential);
+        *current = Arc::new(next);
+    }
+
+    /// Make one credential active or inactive, at once (nothing if unknown).
+    pub fn set_active(&self, access_key_id: &str, active: bool) {
+        let mut current = self.current.write();
+        let Some(c) = current.get(access_key_id) else {
+            return;
+        };
+        let mut changed = Credential::clone(c);
+        changed.active = active;
+        let mut next = StaticCredentials::clone(&current);
+        next.insert(changed);
+        *current = Arc::new(next);
+    }
+
+    /// Forget one credential, at once.
+    pub fn remove(&self, access_key_id: &str) {
+        let mut current = self.current.write();
+        if current.get(access_key_id).is_none() {
+            return;
+        }
+        let mut next = StaticCredentials::clone(&current);
+        next.by_access_key.remove(access_key_id);
+        *current = Arc::new(next);
+    }
 }
 
 impl CredentialLookup for LiveCredentials {

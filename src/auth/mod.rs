@@ -26,6 +26,33 @@ pub struct Credential {
     pub account_id: String,
     /// The IAM ARN of the user or role the credential authenticates as.
     pub principal_arn: String,
+    /// `false` for an access key made `Inactive`: refused like an unknown key.
+    pub active: bool,
+    /// For temporary credentials (`ASIA…`) of a role session, the session they belong to.
+    pub session: Option<SessionCredential>,
+}
+
+/// What a temporary credential adds to a long-term one: the session token every request
+/// must carry (held as its SHA-256), its expiry, and the role session it acts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCredential {
+    /// SHA-256 of the session token (`X-Amz-Security-Token`).
+    pub token_sha256: [u8; 32],
+    /// When the credential stops being accepted (`ExpiredToken` from then on).
+    pub expires_at: time::OffsetDateTime,
+    /// The session as the authenticated principal shows it.
+    pub session: Session,
+}
+
+/// A role session: which role, which session name, the role's unique id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The assumed role's IAM ARN, with its path.
+    pub role_arn: String,
+    /// The role's unique id (`AROA…`).
+    pub role_id: String,
+    /// The session name.
+    pub session_name: String,
 }
 
 impl Credential {
@@ -41,6 +68,8 @@ impl Credential {
             secret_access_key: zeroize::Zeroizing::new(secret_access_key.into()),
             account_id: account_id.into(),
             principal_arn: principal_arn.into(),
+            active: true,
+            session: None,
         }
     }
 
@@ -50,6 +79,7 @@ impl Credential {
             access_key_id: self.access_key_id.clone(),
             account_id: self.account_id.clone(),
             arn: self.principal_arn.clone(),
+            session: self.session.as_ref().map(|s| s.session.clone()),
         }
     }
 }
@@ -61,6 +91,8 @@ impl fmt::Debug for Credential {
             .field("secret_access_key", &"<redacted>")
             .field("account_id", &self.account_id)
             .field("principal_arn", &self.principal_arn)
+            .field("active", &self.active)
+            .field("session", &self.session)
             .finish()
     }
 }
@@ -72,8 +104,11 @@ pub struct Principal {
     pub access_key_id: String,
     /// The 12-digit AWS account of the signer.
     pub account_id: String,
-    /// The IAM ARN of the signer, as recorded for each call.
+    /// The IAM ARN of the signer, as recorded for each call (for a role session, the
+    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION` ARN).
     pub arn: String,
+    /// For temporary credentials, the role session the signer acts as.
+    pub session: Option<Session>,
 }
 
 /// Resolves an access key id to the credential that owns it.
@@ -104,6 +139,7 @@ mod tests {
                 access_key_id: "AKIDEXAMPLE".into(),
                 account_id: "111122223333".into(),
                 arn: "arn:aws:iam::111122223333:user/alice".into(),
+                session: None,
             }
         );
     }

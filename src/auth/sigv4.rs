@@ -117,6 +117,9 @@ pub enum AuthError {
     /// The signature does not match the one computed from the request and secret.
     #[error("{}", MSG_SIGNATURE_MISMATCH)]
     SignatureMismatch,
+    /// The temporary credential (role session) has expired.
+    #[error("The security token included in the request is expired")]
+    ExpiredToken,
 }
 
 impl AuthError {
@@ -132,6 +135,7 @@ impl AuthError {
             | AuthError::SignatureNotYetCurrent { .. }
             | AuthError::PayloadHashMismatch
             | AuthError::SignatureMismatch => "InvalidSignatureException",
+            AuthError::ExpiredToken => "ExpiredTokenException",
         }
     }
 
@@ -146,8 +150,10 @@ impl AuthError {
     }
 }
 
-/// Headers that must be among the `SignedHeaders` whenever the request carries them.
-const MUST_SIGN_WHEN_PRESENT: &[&str] = &["x-amz-target", "x-amz-date", "x-amz-security-token"];
+/// Headers that must be among the `SignedHeaders` whenever the request carries them. The
+/// session token need not be (SigV4 lets a client add it after signing): it must equal the
+/// one token of its access key anyway, so it cannot be swapped for another.
+const MUST_SIGN_WHEN_PRESENT: &[&str] = &["x-amz-target", "x-amz-date"];
 
 /// Verifies a SigV4-signed request and returns who signed it.
 ///
@@ -260,10 +266,20 @@ pub fn verify(
 
     let credential = creds
         .lookup(access_key_id)
+        .filter(|c| c.active)
         .ok_or(AuthError::UnrecognizedClient)?;
-    // Service credentials are long-term keys: AWS rejects a session token sent with one.
-    if req.headers.contains_key(X_AMZ_SECURITY_TOKEN) {
+    // A long-term key takes no session token (AWS rejects one); a temporary key needs its
+    // own, compared in constant time by hash. Anything else is an unknown key.
+    let tokens = req.headers.get_all(X_AMZ_SECURITY_TOKEN);
+    let mut tokens = tokens.iter();
+    let token = tokens.next();
+    if tokens.next().is_some() {
         return Err(AuthError::UnrecognizedClient);
+    }
+    match (&credential.session, token) {
+        (None, None) => {}
+        (Some(s), Some(t)) if bool::from(Sha256::digest(t.as_bytes()).ct_eq(&s.token_sha256)) => {}
+        _ => return Err(AuthError::UnrecognizedClient),
     }
 
     let payload_hash = hex::encode(Sha256::digest(req.body));
@@ -316,6 +332,13 @@ pub fn verify(
             "sigv4 signature mismatch"
         );
         return Err(AuthError::SignatureMismatch);
+    }
+    if credential
+        .session
+        .as_ref()
+        .is_some_and(|s| now >= s.expires_at)
+    {
+        return Err(AuthError::ExpiredToken);
     }
     Ok(credential.principal())
 }
@@ -1119,6 +1142,7 @@ mod tests {
                 access_key_id: BOTO_AKID.into(),
                 account_id: "444455556666".into(),
                 arn: "arn:aws:iam::444455556666:user/boto".into(),
+                session: None,
             }
         );
     }
@@ -1158,6 +1182,106 @@ mod tests {
         // though the signature itself is right.
         assert_eq!(
             verify_boto(&h, BOTO_BODY, BOTO_TIME),
+            Err(AuthError::UnrecognizedClient)
+        );
+    }
+
+    /// The same request verified against a store where the access key is a role
+    /// session's temporary key with `token`, expiring at `expires`.
+    fn verify_session(
+        h: &HeaderMap,
+        token: &str,
+        expires: &str,
+        now: &str,
+    ) -> Result<Principal, AuthError> {
+        let session = crate::auth::Session {
+            role_arn: "arn:aws:iam::444455556666:role/app/r".into(),
+            role_id: "AROAEXAMPLEEXAMPLE12".into(),
+            session_name: "s".into(),
+        };
+        let mut c = Credential::new(
+            BOTO_AKID,
+            BOTO_SECRET,
+            "444455556666",
+            "arn:aws:sts::444455556666:assumed-role/r/s",
+        );
+        c.session = Some(crate::auth::SessionCredential {
+            token_sha256: Sha256::digest(token.as_bytes()).into(),
+            expires_at: at(expires),
+            session: session.clone(),
+        });
+        let store: StaticCredentials = [c].into_iter().collect();
+        verify(
+            &parts("POST", "/", "", h, BOTO_BODY),
+            &store,
+            at(now),
+            "us-east-1",
+            "kms",
+        )
+    }
+
+    #[test]
+    fn a_session_key_needs_its_own_token_signed_or_not_and_expires() {
+        let base = hm(&[
+            ("x-amz-target", "TrentService.Encrypt"),
+            ("content-type", "application/x-amz-json-1.1"),
+            ("host", "localhost:8080"),
+        ]);
+        let signer = AwsSigner {
+            session_token: Some(BOTO_TOKEN),
+            ..BOTO_SIGNER
+        };
+        let mut signed = base.clone();
+        signer.sign("POST", "/", "", &mut signed, BOTO_BODY);
+        let later = "20261126T130000Z";
+        let p = verify_session(&signed, BOTO_TOKEN, later, BOTO_TIME).unwrap();
+        assert_eq!(p.arn, "arn:aws:sts::444455556666:assumed-role/r/s");
+        assert_eq!(p.session.unwrap().role_id, "AROAEXAMPLEEXAMPLE12");
+        // Another token, or none: an unknown key.
+        assert_eq!(
+            verify_session(&signed, "another-token", later, BOTO_TIME),
+            Err(AuthError::UnrecognizedClient)
+        );
+        let mut none = signed.clone();
+        none.remove(X_AMZ_SECURITY_TOKEN);
+        assert_eq!(
+            verify_session(&none, BOTO_TOKEN, later, BOTO_TIME),
+            Err(AuthError::UnrecognizedClient)
+        );
+        // Signed without the token, the token added afterwards: accepted.
+        let mut unsigned = base.clone();
+        BOTO_SIGNER.sign("POST", "/", "", &mut unsigned, BOTO_BODY);
+        unsigned.insert(X_AMZ_SECURITY_TOKEN, HeaderValue::from_static(BOTO_TOKEN));
+        verify_session(&unsigned, BOTO_TOKEN, later, BOTO_TIME).unwrap();
+        let mut no_token = unsigned.clone();
+        no_token.remove(X_AMZ_SECURITY_TOKEN);
+        assert_eq!(
+            verify_session(&no_token, BOTO_TOKEN, later, BOTO_TIME),
+            Err(AuthError::UnrecognizedClient)
+        );
+        // At the expiry, refused as expired (with its AWS type).
+        let e = verify_session(&signed, BOTO_TOKEN, BOTO_TIME, BOTO_TIME).unwrap_err();
+        assert_eq!(e, AuthError::ExpiredToken);
+        assert_eq!(e.aws_type(), "ExpiredTokenException");
+        assert_eq!(
+            e.message(),
+            "The security token included in the request is expired"
+        );
+    }
+
+    #[test]
+    fn an_inactive_key_is_an_unknown_key() {
+        let mut c = Credential::new(BOTO_AKID, BOTO_SECRET, "444455556666", "arn");
+        c.active = false;
+        let store: StaticCredentials = [c].into_iter().collect();
+        assert_eq!(
+            verify(
+                &parts("POST", "/", "", &boto_wire_headers(), BOTO_BODY),
+                &store,
+                at(BOTO_TIME),
+                "us-east-1",
+                "kms",
+            ),
             Err(AuthError::UnrecognizedClient)
         );
     }
@@ -1218,23 +1342,19 @@ mod tests {
                 "'x-amz-date' must be a 'SignedHeader' in the AWS Authorization.".into()
             ))
         );
-        // So are an X-Amz-Target (a re-targeted request) and a session token.
-        for (name, value) in [
-            ("x-amz-target", "TrentService.DisableKey"),
-            ("x-amz-security-token", "token"),
-        ] {
-            let mut more = h.clone();
-            more.insert(
-                http::HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-            assert_eq!(
-                verify_boto(&more, b"{}", BOTO_TIME),
-                Err(AuthError::IncompleteSignature(format!(
-                    "'{name}' must be a 'SignedHeader' in the AWS Authorization."
-                )))
-            );
-        }
+        // So is an X-Amz-Target (a re-targeted request). A session token need not be
+        // (see the session tests).
+        let mut more = h.clone();
+        more.insert(
+            http::HeaderName::from_static("x-amz-target"),
+            HeaderValue::from_static("TrentService.DisableKey"),
+        );
+        assert_eq!(
+            verify_boto(&more, b"{}", BOTO_TIME),
+            Err(AuthError::IncompleteSignature(
+                "'x-amz-target' must be a 'SignedHeader' in the AWS Authorization.".into()
+            ))
+        );
     }
 
     #[test]

@@ -17,9 +17,10 @@
 
 use super::error::KmsError;
 use super::vault::{KeyKind, KeyVault, ObjectId, VaultError, IV_LEN};
-use crate::auth::Credential;
-use crate::store::{CredentialRow, MetadataStore};
+use crate::auth::{Credential, Session, SessionCredential};
+use crate::store::{CredentialRow, MetadataStore, SessionRow, StoreError};
 use rand::Rng;
+use sha2::Digest;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -54,6 +55,37 @@ fn aad_v2(access_key_id: &str, account_id: &str, principal_arn: &str) -> Vec<u8>
         aad.extend_from_slice(field.as_bytes());
     }
     aad
+}
+
+/// The AAD of a role session's sealed secret: [`aad_v2`]'s fields under another label,
+/// then the session token's hash, the role ARN and id, the session name and the expiry
+/// (Unix milliseconds), so that nobody who can write the database extends a session or
+/// moves it to another role.
+fn aad_session(row: &CredentialRow, s: &SessionRow) -> Vec<u8> {
+    let mut aad = b"hsm-kms session credential v1".to_vec();
+    let expires = (s.expires_at.unix_timestamp_nanos() / 1_000_000).to_string();
+    for field in [
+        row.access_key_id.as_bytes(),
+        row.account_id.as_bytes(),
+        row.principal_arn.as_bytes(),
+        &s.token_sha256,
+        s.role_arn.as_bytes(),
+        s.role_id.as_bytes(),
+        s.session_name.as_bytes(),
+        expires.as_bytes(),
+    ] {
+        aad.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        aad.extend_from_slice(field);
+    }
+    aad
+}
+
+/// The AAD a v2 row is sealed under: [`aad_session`] for a role session, else [`aad_v2`].
+fn aad_of(row: &CredentialRow) -> Vec<u8> {
+    match &row.session {
+        Some(s) => aad_session(row, s),
+        None => aad_v2(&row.access_key_id, &row.account_id, &row.principal_arn),
+    }
 }
 
 async fn ensure_sealing_key(
@@ -99,12 +131,18 @@ async fn seal(
     principal_arn: &str,
     secret: &[u8],
 ) -> Result<Vec<u8>, KmsError> {
+    seal_with(
+        vault,
+        aad_v2(access_key_id, account_id, principal_arn),
+        secret,
+    )
+    .await
+}
+
+/// Seal `secret` (v2 layout) under `aad`.
+async fn seal_with(vault: &dyn KeyVault, aad: Vec<u8>, secret: &[u8]) -> Result<Vec<u8>, KmsError> {
     let (iv, ct) = vault
-        .encrypt(
-            &sealing_key(),
-            aad_v2(access_key_id, account_id, principal_arn),
-            Zeroizing::new(secret.to_vec()),
-        )
+        .encrypt(&sealing_key(), aad, Zeroizing::new(secret.to_vec()))
         .await?;
     let mut sealed = Vec::with_capacity(V2_PREFIX.len() + IV_LEN + ct.len());
     sealed.extend_from_slice(V2_PREFIX);
@@ -148,12 +186,11 @@ async fn open(
     legacy: bool,
 ) -> Result<Option<(Zeroizing<Vec<u8>>, Format)>, KmsError> {
     if let Some(rest) = row.sealed_secret.strip_prefix(V2_PREFIX) {
-        let aad = aad_v2(&row.access_key_id, &row.account_id, &row.principal_arn);
-        if let Some(secret) = unseal(vault, rest, aad).await? {
+        if let Some(secret) = unseal(vault, rest, aad_of(row)).await? {
             return Ok(Some((secret, Format::V2)));
         }
     }
-    if legacy {
+    if legacy && row.session.is_none() {
         // A v1 secret whose random IV happens to start with the v2 prefix lands here too.
         let aad = row.access_key_id.as_bytes().to_vec();
         if let Some(secret) = unseal(vault, &row.sealed_secret, aad).await? {
@@ -166,13 +203,35 @@ async fn open(
 fn credential(row: CredentialRow, secret: &[u8]) -> Result<Credential, KmsError> {
     let secret = std::str::from_utf8(secret)
         .map_err(|_| KmsError::Internal("credential secret is not UTF-8".into()))?;
-    Ok(Credential::new(
-        row.access_key_id,
-        secret,
-        row.account_id,
-        row.principal_arn,
-    ))
+    let mut c = Credential::new(row.access_key_id, secret, row.account_id, row.principal_arn);
+    c.active = row.active;
+    c.session = row.session.map(|s| SessionCredential {
+        token_sha256: s.token_sha256,
+        expires_at: s.expires_at,
+        session: Session {
+            role_arn: s.role_arn,
+            role_id: s.role_id,
+            session_name: s.session_name,
+        },
+    });
+    Ok(c)
 }
+
+/// Whether the open credential `c` is what `row` says (but for the secret): then a reload
+/// reuses it instead of unsealing the row again.
+fn same_identity(c: &Credential, row: &CredentialRow) -> bool {
+    c.account_id == row.account_id
+        && c.principal_arn == row.principal_arn
+        && c.session.as_ref().map(|s| (&s.token_sha256, s.expires_at))
+            == row
+                .session
+                .as_ref()
+                .map(|s| (&s.token_sha256, s.expires_at))
+}
+
+/// How long after its expiry a role session's credential row is deleted (until then a
+/// request with it gets `ExpiredToken` rather than an unknown-key error).
+pub const EXPIRED_SESSION_RETENTION: time::Duration = time::Duration::days(1);
 
 /// The ARN of an account's root user.
 pub fn root_arn(account_id: &str) -> String {
@@ -207,23 +266,42 @@ pub async fn create_account(
 /// The stored credentials as they are now, reusing the already open ones of `known` (by
 /// access key id and unchanged row) and unsealing only new rows: `None` when nothing
 /// changed. Rows that do not open are left out, logged once and remembered in `refused`.
+///
+/// Role session credentials expired for longer than [`EXPIRED_SESSION_RETENTION`] at `now`
+/// are deleted from the store.
 pub async fn refresh(
     vault: &dyn KeyVault,
     store: &Arc<dyn MetadataStore>,
     known: &crate::auth::StaticCredentials,
     refused: &mut std::collections::HashSet<String>,
+    now: time::OffsetDateTime,
 ) -> Result<Option<crate::auth::StaticCredentials>, KmsError> {
     // A periodic read on the runtime: off its worker threads, as every store call.
     let s2 = store.clone();
-    let mut rows = tokio::task::spawn_blocking(move || s2.credentials())
-        .await
-        .map_err(|e| KmsError::Internal(format!("credential refresh: {e}")))??;
+    let mut rows = tokio::task::spawn_blocking(move || {
+        let rows = s2.credentials()?;
+        let mut kept = Vec::with_capacity(rows.len());
+        for r in rows {
+            match &r.session {
+                Some(s) if s.expires_at + EXPIRED_SESSION_RETENTION < now => {
+                    match s2.delete_credential(&r.access_key_id) {
+                        Ok(()) | Err(StoreError::NotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => kept.push(r),
+            }
+        }
+        Ok::<_, StoreError>(kept)
+    })
+    .await
+    .map_err(|e| KmsError::Internal(format!("credential refresh: {e}")))??;
     rows.retain(|r| !refused.contains(&r.access_key_id));
     let same = rows.len() == known.len()
         && rows.iter().all(|r| {
             known
                 .get(&r.access_key_id)
-                .is_some_and(|c| c.account_id == r.account_id && c.principal_arn == r.principal_arn)
+                .is_some_and(|c| same_identity(c, r) && c.active == r.active)
         });
     if same {
         return Ok(None);
@@ -231,8 +309,14 @@ pub async fn refresh(
     let mut next = crate::auth::StaticCredentials::new();
     for row in rows {
         if let Some(c) = known.get(&row.access_key_id) {
-            if c.account_id == row.account_id && c.principal_arn == row.principal_arn {
-                next.insert_shared(c.clone());
+            if same_identity(c, &row) {
+                if c.active == row.active {
+                    next.insert_shared(c.clone());
+                } else {
+                    let mut changed = Credential::clone(c);
+                    changed.active = row.active;
+                    next.insert(changed);
+                }
                 continue;
             }
         }
@@ -260,6 +344,41 @@ pub async fn refresh(
     Ok(Some(next))
 }
 
+/// The upper-case base32 alphabet of AWS's ids (`AKIA…`, `AIDA…`, `AROA…`).
+pub(crate) const ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// `prefix` followed by `len` characters of [`ID_ALPHABET`], drawn as every credential is
+/// (HSM randomness mixed with the OS generator).
+pub(crate) async fn random_id(
+    vault: &dyn KeyVault,
+    prefix: &str,
+    len: usize,
+) -> Result<String, KmsError> {
+    let seed = vault.random(32).await?;
+    Ok(format!(
+        "{prefix}{}",
+        random_string(ID_ALPHABET, len, &seed)?
+    ))
+}
+
+/// A fresh access key id with `prefix` (`AKIA`/`ASIA`) and a secret access key.
+async fn new_key_pair(
+    vault: &dyn KeyVault,
+    prefix: &str,
+) -> Result<(String, Zeroizing<String>), KmsError> {
+    let seed = vault.random(64).await?;
+    let (akid_seed, secret_seed) = seed
+        .split_at_checked(32)
+        .ok_or_else(|| KmsError::Internal("the HSM returned too little randomness".into()))?;
+    let akid = format!("{prefix}{}", random_string(ID_ALPHABET, 16, akid_seed)?);
+    let secret = Zeroizing::new(random_string(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        40,
+        secret_seed,
+    )?);
+    Ok((akid, secret))
+}
+
 /// Create, seal (v2) and store a new credential for `principal_arn` in `account_id`.
 pub async fn create(
     vault: &dyn KeyVault,
@@ -269,19 +388,7 @@ pub async fn create(
     now: time::OffsetDateTime,
 ) -> Result<Credential, KmsError> {
     ensure_sealing_key(vault, store).await?;
-    let seed = vault.random(64).await?;
-    let (akid_seed, secret_seed) = seed
-        .split_at_checked(32)
-        .ok_or_else(|| KmsError::Internal("the HSM returned too little randomness".into()))?;
-    let akid = format!(
-        "AKIA{}",
-        random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16, akid_seed)?
-    );
-    let secret = Zeroizing::new(random_string(
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-        40,
-        secret_seed,
-    )?);
+    let (akid, secret) = new_key_pair(vault, "AKIA").await?;
     let sealed = seal(vault, &akid, account_id, principal_arn, secret.as_bytes()).await?;
     store.put_credential(&CredentialRow {
         access_key_id: akid.clone(),
@@ -289,6 +396,9 @@ pub async fn create(
         principal_arn: principal_arn.to_string(),
         sealed_secret: sealed,
         created_at: now,
+        active: true,
+        user_name: None,
+        session: None,
     })?;
     Ok(Credential::new(
         akid,
@@ -296,6 +406,114 @@ pub async fn create(
         account_id,
         principal_arn,
     ))
+}
+
+/// A new long-term access key (`AKIA…`) of the IAM user `user_name` (`None`: the account's
+/// root, `principal_arn` its ARN), sealed (v2) and stored if that principal has fewer than
+/// `limit` keys (the store checks it: `StoreError::Conflict` at the limit). Blocking store
+/// work runs off the runtime's workers.
+pub async fn create_access_key(
+    vault: &dyn KeyVault,
+    store: &Arc<dyn MetadataStore>,
+    account_id: &str,
+    principal_arn: &str,
+    user_name: Option<&str>,
+    limit: usize,
+    now: time::OffsetDateTime,
+) -> Result<(Credential, time::OffsetDateTime), KmsError> {
+    ensure_sealing_key(vault, store).await?;
+    let (akid, secret) = new_key_pair(vault, "AKIA").await?;
+    let sealed = seal(vault, &akid, account_id, principal_arn, secret.as_bytes()).await?;
+    let row = CredentialRow {
+        access_key_id: akid.clone(),
+        account_id: account_id.to_string(),
+        principal_arn: principal_arn.to_string(),
+        sealed_secret: sealed,
+        created_at: now,
+        active: true,
+        user_name: user_name.map(str::to_string),
+        session: None,
+    };
+    let s2 = store.clone();
+    tokio::task::spawn_blocking(move || s2.put_access_key(&row, limit))
+        .await
+        .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => KmsError::LimitExceeded(format!(
+                "Cannot exceed quota for AccessKeysPerUser: {limit}"
+            )),
+            StoreError::NotFound => KmsError::NotFound(format!(
+                "The user with name {} cannot be found.",
+                user_name.unwrap_or_default()
+            )),
+            other => other.into(),
+        })?;
+    Ok((
+        Credential::new(akid, secret.as_str(), account_id, principal_arn),
+        now,
+    ))
+}
+
+/// A role session's temporary credential: an `ASIA…` key, its secret and session token.
+pub struct SessionKeys {
+    /// The credential as the live set holds it (the token as its hash).
+    pub credential: Credential,
+    /// The session token, shown once.
+    pub session_token: Zeroizing<String>,
+}
+
+/// Issue temporary credentials for `session` (assumed-role ARN `principal_arn`) until
+/// `expires_at`: sealed under the session AAD (which binds the token's hash, the role and
+/// the expiry) and stored, so they survive a restart until they expire.
+pub async fn create_session(
+    vault: &dyn KeyVault,
+    store: &Arc<dyn MetadataStore>,
+    account_id: &str,
+    principal_arn: &str,
+    session: Session,
+    expires_at: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Result<SessionKeys, KmsError> {
+    ensure_sealing_key(vault, store).await?;
+    let (akid, secret) = new_key_pair(vault, "ASIA").await?;
+    let token_seed = vault.random(96).await?;
+    let mut token = Zeroizing::new(String::from("IQoJb3JpZ2luX2VjE"));
+    token.push_str(&random_string(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        192,
+        &token_seed,
+    )?);
+    let token_sha256: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    let session_row = SessionRow {
+        token_sha256,
+        role_arn: session.role_arn.clone(),
+        role_id: session.role_id.clone(),
+        session_name: session.session_name.clone(),
+        // Stored with millisecond precision: seal what will be read back.
+        expires_at: crate::kms::model::epoch_seconds::truncate(expires_at),
+    };
+    let mut row = CredentialRow {
+        access_key_id: akid.clone(),
+        account_id: account_id.to_string(),
+        principal_arn: principal_arn.to_string(),
+        sealed_secret: Vec::new(),
+        created_at: now,
+        active: true,
+        user_name: None,
+        session: Some(session_row.clone()),
+    };
+    row.sealed_secret =
+        seal_with(vault, aad_session(&row, &session_row), secret.as_bytes()).await?;
+    let s2 = store.clone();
+    let stored = row.clone();
+    tokio::task::spawn_blocking(move || s2.put_credential(&stored))
+        .await
+        .map_err(|e| KmsError::Internal(format!("store task: {e}")))??;
+    let credential = credential(row, secret.as_bytes())?;
+    Ok(SessionKeys {
+        credential,
+        session_token: token,
+    })
 }
 
 /// Unseal every stored credential (re-sealing v1 rows as v2); on first start create one for
@@ -403,6 +621,9 @@ mod tests {
                 principal_arn: arn.into(),
                 sealed_secret: sealed.clone(),
                 created_at: now(),
+                active: true,
+                user_name: None,
+                session: None,
             })
             .unwrap();
         sealed
@@ -555,6 +776,9 @@ mod tests {
                     principal_arn: ALICE.1.into(),
                     sealed_secret: sealed,
                     created_at: now(),
+                    active: true,
+                    user_name: None,
+                    session: None,
                 })
                 .unwrap();
         }
@@ -587,6 +811,69 @@ mod tests {
         assert_ne!(aad_v2("a", "b", "c"), aad_v2("a", "", "bc"));
     }
 
+    /// Another node made a key Inactive (or deleted it, or a session expired long ago):
+    /// the refresh here follows the store without unsealing again.
+    #[tokio::test]
+    async fn refresh_follows_status_deletion_and_old_sessions() {
+        let (vault, store) = setup();
+        let alice = create(vault.as_ref(), &store, ALICE.0, ALICE.1, now())
+            .await
+            .unwrap();
+        let session = create_session(
+            vault.as_ref(),
+            &store,
+            ALICE.0,
+            "arn:aws:sts::111122223333:assumed-role/r/s",
+            Session {
+                role_arn: "arn:aws:iam::111122223333:role/r".into(),
+                role_id: "AROAEXAMPLE".into(),
+                session_name: "s".into(),
+            },
+            now() + time::Duration::hours(1),
+            now(),
+        )
+        .await
+        .unwrap();
+        let (all, _) = load_or_create(vault.as_ref(), &store, ALICE.0, now())
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2, "the session reloads from the store");
+        let known: crate::auth::StaticCredentials = all.into_iter().collect();
+        let mut refused = std::collections::HashSet::new();
+        store
+            .set_credential_status(&alice.access_key_id, false)
+            .unwrap();
+        let decrypts = vault.calls("decrypt");
+        let next = refresh(vault.as_ref(), &store, &known, &mut refused, now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!next.get(&alice.access_key_id).unwrap().active);
+        assert_eq!(vault.calls("decrypt"), decrypts, "no unseal for a status");
+        let s = next.get(&session.credential.access_key_id).unwrap();
+        assert_eq!(
+            s.session.as_ref().unwrap().token_sha256,
+            <[u8; 32]>::from(sha2::Sha256::digest(session.session_token.as_bytes()))
+        );
+        // A day after its expiry the session row is deleted.
+        let later = now()
+            + time::Duration::hours(1)
+            + EXPIRED_SESSION_RETENTION
+            + time::Duration::seconds(1);
+        let next = refresh(vault.as_ref(), &store, &next, &mut refused, later)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(next.get(&session.credential.access_key_id).is_none());
+        assert_eq!(store.credentials().unwrap().len(), 1);
+        store.delete_credential(&alice.access_key_id).unwrap();
+        let next = refresh(vault.as_ref(), &store, &next, &mut refused, later)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(next.is_empty());
+    }
+
     #[tokio::test]
     async fn refresh_picks_up_new_accounts_and_reuses_open_credentials() {
         let (vault, store) = setup();
@@ -595,7 +882,7 @@ mod tests {
             .unwrap();
         let known: crate::auth::StaticCredentials = first.into_iter().collect();
         let mut refused = std::collections::HashSet::new();
-        assert!(refresh(vault.as_ref(), &store, &known, &mut refused)
+        assert!(refresh(vault.as_ref(), &store, &known, &mut refused, now())
             .await
             .unwrap()
             .is_none());
@@ -603,7 +890,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bob.principal_arn, "arn:aws:iam::444455556666:root");
-        let next = refresh(vault.as_ref(), &store, &known, &mut refused)
+        let next = refresh(vault.as_ref(), &store, &known, &mut refused, now())
             .await
             .unwrap()
             .unwrap();

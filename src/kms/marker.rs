@@ -25,6 +25,7 @@
 //! - [`KeyRotations`]: the first backing version of the next page, big-endian u32;
 //! - [`Grants`] and [`RetirableGrants`]: the last listed grant's `(created_at, grant_id)`,
 //!   encoded as for [`Keys`].
+//! - [`IamUsers`]: the last listed IAM user name, lower-cased, UTF-8.
 
 use crate::store::KeyPosition;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -103,6 +104,23 @@ impl Listing for RetirableGrants {
 
     fn read(bytes: &[u8]) -> Option<KeyPosition> {
         Keys::read(bytes)
+    }
+}
+
+/// IAM ListUsers: after a user name (lower-cased, the listing's order).
+#[derive(Debug, Clone, Copy)]
+pub struct IamUsers;
+
+impl Listing for IamUsers {
+    const TAG: u8 = b'U';
+    type Position = String;
+
+    fn write(name: &String, out: &mut Vec<u8>) {
+        out.extend_from_slice(name.as_bytes());
+    }
+
+    fn read(bytes: &[u8]) -> Option<String> {
+        read_text(bytes)
     }
 }
 

@@ -83,6 +83,88 @@ pub struct CredentialRow {
     pub sealed_secret: Vec<u8>,
     /// When the credential was created.
     pub created_at: OffsetDateTime,
+    /// `Active` (true) or `Inactive` (false, refused as an unknown key).
+    pub active: bool,
+    /// The IAM user the access key belongs to; `None` for an account's root user and for
+    /// role sessions.
+    pub user_name: Option<String>,
+    /// For temporary credentials of a role session (STS `AssumeRole`), the session.
+    pub session: Option<SessionRow>,
+}
+
+/// What a role session's temporary credential carries besides its secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    /// SHA-256 of the session token (the token itself is never stored).
+    pub token_sha256: [u8; 32],
+    /// The assumed role's ARN (with its path).
+    pub role_arn: String,
+    /// The role's unique id (`AROA…`) when the session began.
+    pub role_id: String,
+    /// The session name (`RoleSessionName`).
+    pub session_name: String,
+    /// When the credential stops being accepted.
+    pub expires_at: OffsetDateTime,
+}
+
+/// An IAM user. Names are unique per account without regard to case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IamUserRow {
+    /// The account the user belongs to.
+    pub account_id: String,
+    /// The user's name.
+    pub user_name: String,
+    /// The user's unique id (`AIDA…`).
+    pub user_id: String,
+    /// The user's path (`/` or `/a/b/`).
+    pub path: String,
+    /// When the user was created.
+    pub created_at: OffsetDateTime,
+}
+
+/// An IAM role. Names are unique per account without regard to case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IamRoleRow {
+    /// The account the role belongs to.
+    pub account_id: String,
+    /// The role's name.
+    pub role_name: String,
+    /// The role's unique id (`AROA…`).
+    pub role_id: String,
+    /// The role's path (`/` or `/a/b/`).
+    pub path: String,
+    /// The trust policy (`AssumeRolePolicyDocument`), verbatim.
+    pub trust_policy: String,
+    /// The longest session, in seconds (3600 to 43200).
+    pub max_session_duration: u32,
+    /// The role's description, if any.
+    pub description: Option<String>,
+    /// When the role was created.
+    pub created_at: OffsetDateTime,
+}
+
+/// Whether an inline policy belongs to a user or a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IamPrincipalKind {
+    /// An IAM user.
+    User,
+    /// An IAM role.
+    Role,
+}
+
+/// An inline policy of an IAM user or role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IamPolicyRow {
+    /// The account of the user or role.
+    pub account_id: String,
+    /// User or role.
+    pub principal_kind: IamPrincipalKind,
+    /// The user's or role's name.
+    pub principal_name: String,
+    /// The policy's name, unique per user or role.
+    pub policy_name: String,
+    /// The policy document, verbatim.
+    pub document: String,
 }
 
 /// A KMS grant on one key. The store keeps its fields as given; their meaning (principal
@@ -222,6 +304,57 @@ pub trait MetadataStore: Send + Sync {
     fn get_setting(&self, name: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Writes (inserts or replaces) a service-wide setting.
     fn put_setting(&self, name: &str, value: &[u8]) -> StoreResult<()>;
+
+    // ---- IAM identities (users, roles, inline policies, access key states) ----
+
+    /// Every IAM user of every account, ordered by `(account_id, user_name)`.
+    fn iam_users(&self) -> StoreResult<Vec<IamUserRow>>;
+    /// Every IAM role of every account, ordered by `(account_id, role_name)`.
+    fn iam_roles(&self) -> StoreResult<Vec<IamRoleRow>>;
+    /// Every inline policy, ordered by account, kind, principal name and policy name.
+    fn iam_policies(&self) -> StoreResult<Vec<IamPolicyRow>>;
+    /// Creates a user together with its first inline `policies`, making it the owner of
+    /// the existing credentials `access_keys` (their `user_name`), all or nothing.
+    /// `AlreadyExists` if the account has a user of that name (any case) or the user id is
+    /// taken; `NotFound` if one of `access_keys` does not exist. Durable once it returns.
+    fn create_iam_user(
+        &self,
+        row: &IamUserRow,
+        policies: &[IamPolicyRow],
+        access_keys: &[&str],
+    ) -> StoreResult<()>;
+    /// Deletes a user. `NotFound` if absent; `Conflict("access keys")` while it has access
+    /// keys, `Conflict("policies")` while it has inline policies (checked in the same
+    /// transaction). Durable once it returns.
+    fn delete_iam_user(&self, account_id: &str, user_name: &str) -> StoreResult<()>;
+    /// Creates a role. `AlreadyExists` if the account has a role of that name (any case).
+    /// Durable once it returns.
+    fn create_iam_role(&self, row: &IamRoleRow) -> StoreResult<()>;
+    /// Deletes a role. `NotFound` if absent; `Conflict("policies")` while it has inline
+    /// policies. Durable once it returns.
+    fn delete_iam_role(&self, account_id: &str, role_name: &str) -> StoreResult<()>;
+    /// Writes (creates or replaces) an inline policy. `NotFound` if its user or role does
+    /// not exist (checked in the same transaction). Durable once it returns.
+    fn put_iam_policy(&self, row: &IamPolicyRow) -> StoreResult<()>;
+    /// Deletes an inline policy. `NotFound` if absent. Durable once it returns.
+    fn delete_iam_policy(
+        &self,
+        account_id: &str,
+        kind: IamPrincipalKind,
+        principal_name: &str,
+        policy_name: &str,
+    ) -> StoreResult<()>;
+    /// Stores a long-term access key of `row.user_name` (`None`: the account's root) if
+    /// that principal has fewer than `limit` keys: `Conflict` at the limit, `NotFound` if
+    /// the user does not exist, `AlreadyExists` if the access key id is taken; all checked
+    /// in the same transaction. Durable once it returns.
+    fn put_access_key(&self, row: &CredentialRow, limit: usize) -> StoreResult<()>;
+    /// Sets a credential's status (`Active` when `active`). `NotFound` if absent. Durable
+    /// once it returns.
+    fn set_credential_status(&self, access_key_id: &str, active: bool) -> StoreResult<()>;
+    /// Deletes a credential. `NotFound` if absent. Durable once it returns.
+    fn delete_credential(&self, access_key_id: &str) -> StoreResult<()>;
+
     /// Increments the counter `name` (starting at 1) and returns its new value. Durable and
     /// atomic: once this returns, no caller (of this or any process sharing the store) ever
     /// gets the same value again, even after a crash.

@@ -18,8 +18,8 @@ use rusqlite::{ffi, params, Connection, OptionalExtension, Row, TransactionBehav
 use time::OffsetDateTime;
 
 use super::{
-    AliasRow, CredentialRow, GrantRow, KeyPosition, KeyRow, MetadataStore, Page, StoreError,
-    StoreResult,
+    AliasRow, CredentialRow, GrantRow, IamPolicyRow, IamPrincipalKind, IamRoleRow, IamUserRow,
+    KeyPosition, KeyRow, MetadataStore, Page, SessionRow, StoreError, StoreResult,
 };
 
 /// Schema migrations by number, in increasing order; after migration `n` the database's
@@ -28,6 +28,7 @@ use super::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (3, include_str!("migrations/0003_grants.sql")),
+    (4, include_str!("migrations/0004_iam.sql")),
 ];
 
 /// The schema version after every migration.
@@ -43,7 +44,13 @@ const ALIAS_COLUMNS: &str = "account_id, alias_name, key_id, created_at, updated
 const GRANT_COLUMNS: &str = "grant_id, key_id, account_id, name, grantee_principal, \
      retiring_principal, operations, constraints, issuing_account, created_at";
 const CREDENTIAL_COLUMNS: &str =
-    "access_key_id, account_id, principal_arn, sealed_secret, created_at";
+    "access_key_id, account_id, principal_arn, sealed_secret, created_at, status, user_name, \
+     session_token_sha256, role_arn, role_id, session_name, expires_at";
+const IAM_USER_COLUMNS: &str = "account_id, user_name, user_id, path, created_at";
+const IAM_ROLE_COLUMNS: &str = "account_id, role_name, role_id, path, trust_policy, \
+     max_session_duration, description, created_at";
+const IAM_POLICY_COLUMNS: &str =
+    "account_id, principal_kind, principal_name, policy_name, document";
 
 /// A [`MetadataStore`] backed by one SQLite database file.
 pub struct SqliteStore {
@@ -272,13 +279,149 @@ fn grant_row((mut row, operations, constraints): RawGrant) -> StoreResult<GrantR
 }
 
 fn credential_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
+    let status: String = r.get(5)?;
+    let token: Option<Vec<u8>> = r.get(7)?;
+    let session = match token {
+        None => None,
+        Some(t) => {
+            let token_sha256: [u8; 32] = t.as_slice().try_into().map_err(|_| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    7,
+                    rusqlite::types::Type::Blob,
+                    "session token hash is not 32 bytes".into(),
+                )
+            })?;
+            let expires: Option<f64> = r.get(11)?;
+            let expires_at = expires.and_then(from_real).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    11,
+                    rusqlite::types::Type::Real,
+                    "session without a readable expiry".into(),
+                )
+            })?;
+            Some(SessionRow {
+                token_sha256,
+                role_arn: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                role_id: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                session_name: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                expires_at,
+            })
+        }
+    };
     Ok(CredentialRow {
         access_key_id: r.get(0)?,
         account_id: r.get(1)?,
         principal_arn: r.get(2)?,
         sealed_secret: r.get(3)?,
         created_at: time_col(r, 4)?,
+        active: status == "Active",
+        user_name: r.get(6)?,
+        session,
     })
+}
+
+fn iam_user_row(r: &Row<'_>) -> rusqlite::Result<IamUserRow> {
+    Ok(IamUserRow {
+        account_id: r.get(0)?,
+        user_name: r.get(1)?,
+        user_id: r.get(2)?,
+        path: r.get(3)?,
+        created_at: time_col(r, 4)?,
+    })
+}
+
+fn iam_role_row(r: &Row<'_>) -> rusqlite::Result<IamRoleRow> {
+    Ok(IamRoleRow {
+        account_id: r.get(0)?,
+        role_name: r.get(1)?,
+        role_id: r.get(2)?,
+        path: r.get(3)?,
+        trust_policy: r.get(4)?,
+        max_session_duration: r.get(5)?,
+        description: r.get(6)?,
+        created_at: time_col(r, 7)?,
+    })
+}
+
+fn kind_text(k: IamPrincipalKind) -> &'static str {
+    match k {
+        IamPrincipalKind::User => "user",
+        IamPrincipalKind::Role => "role",
+    }
+}
+
+fn iam_policy_row(r: &Row<'_>) -> rusqlite::Result<IamPolicyRow> {
+    let kind: String = r.get(1)?;
+    Ok(IamPolicyRow {
+        account_id: r.get(0)?,
+        principal_kind: if kind == "role" {
+            IamPrincipalKind::Role
+        } else {
+            IamPrincipalKind::User
+        },
+        principal_name: r.get(2)?,
+        policy_name: r.get(3)?,
+        document: r.get(4)?,
+    })
+}
+
+/// Inserts a credential row (every column) inside `tx`.
+fn insert_credential(tx: &rusqlite::Transaction<'_>, row: &CredentialRow) -> StoreResult<()> {
+    let s = row.session.as_ref();
+    tx.prepare_cached(&format!(
+        "INSERT INTO credentials ({CREDENTIAL_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
+            row.access_key_id,
+            row.account_id,
+            row.principal_arn,
+            row.sealed_secret,
+            to_real(row.created_at),
+            if row.active { "Active" } else { "Inactive" },
+            row.user_name,
+            s.map(|s| s.token_sha256.to_vec()),
+            s.map(|s| s.role_arn.as_str()),
+            s.map(|s| s.role_id.as_str()),
+            s.map(|s| s.session_name.as_str()),
+            s.map(|s| to_real(s.expires_at)),
+        ])
+    })
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// Writes (creates or replaces) an inline policy inside `tx`.
+fn upsert_policy(tx: &rusqlite::Transaction<'_>, p: &IamPolicyRow) -> StoreResult<()> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO iam_policies ({IAM_POLICY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (account_id, principal_kind, principal_name, policy_name)
+         DO UPDATE SET document = excluded.document"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            p.account_id,
+            kind_text(p.principal_kind),
+            p.principal_name,
+            p.policy_name,
+            p.document
+        ])
+    })
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// Whether a query counting rows finds any.
+fn any_row(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> StoreResult<bool> {
+    tx.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(p, |r| r.get::<_, i64>(0)))
+        .map(|n| n > 0)
+        .map_err(sql_err)
 }
 
 /// Turns `limit + 1` fetched rows into a page of at most `limit` items.
@@ -584,22 +727,7 @@ impl MetadataStore for SqliteStore {
     }
 
     fn put_credential(&self, row: &CredentialRow) -> StoreResult<()> {
-        self.write(|tx| {
-            tx.prepare_cached(&format!(
-                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    row.access_key_id,
-                    row.account_id,
-                    row.principal_arn,
-                    row.sealed_secret,
-                    to_real(row.created_at)
-                ])
-            })
-            .map_err(sql_err)?;
-            Ok(())
-        })
+        self.write(|tx| insert_credential(tx, row))
     }
 
     fn credentials(&self) -> StoreResult<Vec<CredentialRow>> {
@@ -671,6 +799,273 @@ impl MetadataStore for SqliteStore {
         })
     }
 
+    fn iam_users(&self) -> StoreResult<Vec<IamUserRow>> {
+        self.read(|c| {
+            select(
+                c,
+                &format!("SELECT {IAM_USER_COLUMNS} FROM iam_users ORDER BY account_id, user_name"),
+                [],
+                iam_user_row,
+            )
+            .map_err(sql_err)
+        })
+    }
+
+    fn iam_roles(&self) -> StoreResult<Vec<IamRoleRow>> {
+        self.read(|c| {
+            select(
+                c,
+                &format!("SELECT {IAM_ROLE_COLUMNS} FROM iam_roles ORDER BY account_id, role_name"),
+                [],
+                iam_role_row,
+            )
+            .map_err(sql_err)
+        })
+    }
+
+    fn iam_policies(&self) -> StoreResult<Vec<IamPolicyRow>> {
+        self.read(|c| {
+            select(
+                c,
+                &format!(
+                    "SELECT {IAM_POLICY_COLUMNS} FROM iam_policies
+                     ORDER BY account_id, principal_kind, principal_name, policy_name"
+                ),
+                [],
+                iam_policy_row,
+            )
+            .map_err(sql_err)
+        })
+    }
+
+    fn create_iam_user(
+        &self,
+        row: &IamUserRow,
+        policies: &[IamPolicyRow],
+        access_keys: &[&str],
+    ) -> StoreResult<()> {
+        self.write(|tx| {
+            tx.prepare_cached(&format!(
+                "INSERT INTO iam_users ({IAM_USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.account_id,
+                    row.user_name,
+                    row.user_id,
+                    row.path,
+                    to_real(row.created_at)
+                ])
+            })
+            .map_err(sql_err)?;
+            for p in policies {
+                upsert_policy(tx, p)?;
+            }
+            for akid in access_keys {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE credentials SET user_name = ?2 WHERE access_key_id = ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![akid, row.user_name]))
+                    .map_err(sql_err)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_iam_user(&self, account_id: &str, user_name: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            if !any_row(
+                tx,
+                "SELECT count(*) FROM iam_users WHERE account_id = ?1 AND user_name = ?2",
+                params![account_id, user_name],
+            )? {
+                return Err(StoreError::NotFound);
+            }
+            if any_row(
+                tx,
+                "SELECT count(*) FROM credentials
+                 WHERE account_id = ?1 AND user_name = ?2 COLLATE NOCASE",
+                params![account_id, user_name],
+            )? {
+                return Err(StoreError::Conflict("access keys".into()));
+            }
+            if any_row(
+                tx,
+                "SELECT count(*) FROM iam_policies
+                 WHERE account_id = ?1 AND principal_kind = 'user' AND principal_name = ?2",
+                params![account_id, user_name],
+            )? {
+                return Err(StoreError::Conflict("policies".into()));
+            }
+            tx.prepare_cached("DELETE FROM iam_users WHERE account_id = ?1 AND user_name = ?2")
+                .and_then(|mut s| s.execute(params![account_id, user_name]))
+                .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn create_iam_role(&self, row: &IamRoleRow) -> StoreResult<()> {
+        self.write(|tx| {
+            tx.prepare_cached(&format!(
+                "INSERT INTO iam_roles ({IAM_ROLE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.account_id,
+                    row.role_name,
+                    row.role_id,
+                    row.path,
+                    row.trust_policy,
+                    row.max_session_duration,
+                    row.description,
+                    to_real(row.created_at)
+                ])
+            })
+            .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn delete_iam_role(&self, account_id: &str, role_name: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            if !any_row(
+                tx,
+                "SELECT count(*) FROM iam_roles WHERE account_id = ?1 AND role_name = ?2",
+                params![account_id, role_name],
+            )? {
+                return Err(StoreError::NotFound);
+            }
+            if any_row(
+                tx,
+                "SELECT count(*) FROM iam_policies
+                 WHERE account_id = ?1 AND principal_kind = 'role' AND principal_name = ?2",
+                params![account_id, role_name],
+            )? {
+                return Err(StoreError::Conflict("policies".into()));
+            }
+            tx.prepare_cached("DELETE FROM iam_roles WHERE account_id = ?1 AND role_name = ?2")
+                .and_then(|mut s| s.execute(params![account_id, role_name]))
+                .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn put_iam_policy(&self, row: &IamPolicyRow) -> StoreResult<()> {
+        self.write(|tx| {
+            let owner = match row.principal_kind {
+                IamPrincipalKind::User => {
+                    "SELECT count(*) FROM iam_users WHERE account_id = ?1 AND user_name = ?2"
+                }
+                IamPrincipalKind::Role => {
+                    "SELECT count(*) FROM iam_roles WHERE account_id = ?1 AND role_name = ?2"
+                }
+            };
+            if !any_row(tx, owner, params![row.account_id, row.principal_name])? {
+                return Err(StoreError::NotFound);
+            }
+            upsert_policy(tx, row)
+        })
+    }
+
+    fn delete_iam_policy(
+        &self,
+        account_id: &str,
+        kind: IamPrincipalKind,
+        principal_name: &str,
+        policy_name: &str,
+    ) -> StoreResult<()> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM iam_policies WHERE account_id = ?1 AND principal_kind = ?2
+                     AND principal_name = ?3 AND policy_name = ?4",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        account_id,
+                        kind_text(kind),
+                        principal_name,
+                        policy_name
+                    ])
+                })
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn put_access_key(&self, row: &CredentialRow, limit: usize) -> StoreResult<()> {
+        self.write(|tx| {
+            let count: i64 = match &row.user_name {
+                Some(user) => {
+                    if !any_row(
+                        tx,
+                        "SELECT count(*) FROM iam_users WHERE account_id = ?1 AND user_name = ?2",
+                        params![row.account_id, user],
+                    )? {
+                        return Err(StoreError::NotFound);
+                    }
+                    tx.prepare_cached(
+                        "SELECT count(*) FROM credentials
+                         WHERE account_id = ?1 AND user_name = ?2 COLLATE NOCASE",
+                    )
+                    .and_then(|mut s| s.query_row(params![row.account_id, user], |r| r.get(0)))
+                    .map_err(sql_err)?
+                }
+                None => tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM credentials
+                         WHERE account_id = ?1 AND principal_arn = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![row.account_id, row.principal_arn], |r| r.get(0))
+                    })
+                    .map_err(sql_err)?,
+            };
+            if usize::try_from(count).unwrap_or(usize::MAX) >= limit {
+                return Err(StoreError::Conflict("access key limit".into()));
+            }
+            insert_credential(tx, row)
+        })
+    }
+
+    fn set_credential_status(&self, access_key_id: &str, active: bool) -> StoreResult<()> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("UPDATE credentials SET status = ?2 WHERE access_key_id = ?1")
+                .and_then(|mut s| {
+                    s.execute(params![
+                        access_key_id,
+                        if active { "Active" } else { "Inactive" }
+                    ])
+                })
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_credential(&self, access_key_id: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM credentials WHERE access_key_id = ?1")
+                .and_then(|mut s| s.execute([access_key_id]))
+                .map_err(sql_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
     fn put_setting(&self, name: &str, value: &[u8]) -> StoreResult<()> {
         self.write(|tx| {
             tx.prepare_cached(
@@ -724,6 +1119,9 @@ mod tests {
             principal_arn: format!("arn:aws:iam::111122223333:user/{id}"),
             sealed_secret: secret.to_vec(),
             created_at: t(1_700_000_000.5),
+            active: true,
+            user_name: None,
+            session: None,
         }
     }
 
@@ -1041,7 +1439,8 @@ mod tests {
             .execute_batch(
                 "INSERT INTO keys VALUES ('old', 'acct', 1700000000.123, 1, '{}');
                  INSERT INTO aliases VALUES ('acct', 'alias/old', 'old', 1700000000.5, 1700000001.25);
-                 INSERT INTO credentials VALUES ('AKID', 'acct', 'arn', x'00', 1700000002.001);",
+                 INSERT INTO credentials (access_key_id, account_id, principal_arn, sealed_secret, created_at)
+                 VALUES ('AKID', 'acct', 'arn', x'00', 1700000002.001);",
             )
             .unwrap();
         let at = |ms: i128| OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap();
@@ -1263,6 +1662,140 @@ mod tests {
             },
             a
         );
+    }
+
+    fn iam_user(name: &str) -> IamUserRow {
+        IamUserRow {
+            account_id: "111122223333".into(),
+            user_name: name.into(),
+            user_id: format!("AIDA{}", name.to_uppercase()),
+            path: "/".into(),
+            created_at: t(1_700_000_000.0),
+        }
+    }
+
+    fn iam_policy(kind: IamPrincipalKind, owner: &str, name: &str) -> IamPolicyRow {
+        IamPolicyRow {
+            account_id: "111122223333".into(),
+            principal_kind: kind,
+            principal_name: owner.into(),
+            policy_name: name.into(),
+            document: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn iam_users_keys_and_policies_with_their_conflicts() {
+        let s = mem();
+        s.create_iam_user(&iam_user("alice"), &[], &[]).unwrap();
+        // Names are unique without regard to case.
+        assert!(matches!(
+            s.create_iam_user(&iam_user("ALICE"), &[], &[]),
+            Err(StoreError::AlreadyExists)
+        ));
+        let mut key = cred("AKIAALICE1", b"s");
+        key.user_name = Some("alice".into());
+        s.put_access_key(&key, 2).unwrap();
+        s.put_access_key(&cred_for("AKIAALICE2", "alice"), 2)
+            .unwrap();
+        assert!(matches!(
+            s.put_access_key(&cred_for("AKIAALICE3", "alice"), 2),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.put_access_key(&cred_for("AKIANOBODY", "nobody"), 2),
+            Err(StoreError::NotFound)
+        ));
+        s.put_iam_policy(&iam_policy(IamPrincipalKind::User, "Alice", "p1"))
+            .unwrap();
+        assert!(matches!(
+            s.put_iam_policy(&iam_policy(IamPrincipalKind::User, "bob", "p1")),
+            Err(StoreError::NotFound)
+        ));
+        // DeleteUser: keys first, then policies.
+        assert!(
+            matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "access keys")
+        );
+        s.set_credential_status("AKIAALICE1", false).unwrap();
+        let rows = s.credentials().unwrap();
+        assert!(
+            !rows
+                .iter()
+                .find(|r| r.access_key_id == "AKIAALICE1")
+                .unwrap()
+                .active
+        );
+        assert!(
+            rows.iter()
+                .find(|r| r.access_key_id == "AKIAALICE2")
+                .unwrap()
+                .active
+        );
+        s.delete_credential("AKIAALICE1").unwrap();
+        s.delete_credential("AKIAALICE2").unwrap();
+        assert!(matches!(
+            s.delete_credential("AKIAALICE2"),
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.set_credential_status("AKIAALICE2", true),
+            Err(StoreError::NotFound)
+        ));
+        assert!(
+            matches!(s.delete_iam_user("111122223333", "alice"), Err(StoreError::Conflict(w)) if w == "policies")
+        );
+        s.delete_iam_policy("111122223333", IamPrincipalKind::User, "alice", "p1")
+            .unwrap();
+        assert!(matches!(
+            s.delete_iam_policy("111122223333", IamPrincipalKind::User, "alice", "p1"),
+            Err(StoreError::NotFound)
+        ));
+        s.delete_iam_user("111122223333", "alice").unwrap();
+        assert!(s.iam_users().unwrap().is_empty());
+        // Roles: policies block deletion; rows read back as written.
+        let role = IamRoleRow {
+            account_id: "111122223333".into(),
+            role_name: "app".into(),
+            role_id: "AROAAPP".into(),
+            path: "/svc/".into(),
+            trust_policy: "{\"Statement\":[]}".into(),
+            max_session_duration: 7200,
+            description: Some("d".into()),
+            created_at: t(1_700_000_000.5),
+        };
+        s.create_iam_role(&role).unwrap();
+        assert_eq!(s.iam_roles().unwrap(), vec![role.clone()]);
+        s.put_iam_policy(&iam_policy(IamPrincipalKind::Role, "app", "r1"))
+            .unwrap();
+        assert!(matches!(
+            s.delete_iam_role("111122223333", "app"),
+            Err(StoreError::Conflict(_))
+        ));
+        s.delete_iam_policy("111122223333", IamPrincipalKind::Role, "app", "r1")
+            .unwrap();
+        s.delete_iam_role("111122223333", "app").unwrap();
+        assert!(matches!(
+            s.delete_iam_role("111122223333", "app"),
+            Err(StoreError::NotFound)
+        ));
+        // A session credential round-trips.
+        let mut session = cred("ASIASESSION", b"x");
+        session.session = Some(SessionRow {
+            token_sha256: [7; 32],
+            role_arn: "arn:aws:iam::111122223333:role/svc/app".into(),
+            role_id: "AROAAPP".into(),
+            session_name: "s".into(),
+            expires_at: t(1_700_003_600.25),
+        });
+        s.put_credential(&session).unwrap();
+        assert_eq!(s.credentials().unwrap(), vec![session]);
+    }
+
+    fn cred_for(id: &str, user: &str) -> CredentialRow {
+        CredentialRow {
+            user_name: Some(user.into()),
+            ..cred(id, b"s")
+        }
     }
 
     #[test]

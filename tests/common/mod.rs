@@ -168,7 +168,54 @@ pub(crate) struct Client {
     pub cred: Credential,
     /// Signing time source (default: the system clock).
     pub clock: Option<std::sync::Arc<dyn hsm_kms::clock::Clock>>,
+    /// The session token of temporary credentials (sent, and signed, with every request).
+    pub session_token: Option<String>,
     http: reqwest::Client,
+}
+
+/// A Query protocol (IAM, STS) reply: status and raw XML.
+pub(crate) struct QueryReply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl QueryReply {
+    /// The text of the first `<tag>` element, if any.
+    pub(crate) fn get(&self, tag: &str) -> Option<String> {
+        xml_values(&self.body, tag).into_iter().next()
+    }
+
+    /// The text of the first `<tag>`, required.
+    pub(crate) fn value(&self, tag: &str) -> String {
+        self.get(tag)
+            .unwrap_or_else(|| panic!("no <{tag}> in {}", self.body))
+    }
+
+    /// The error `<Code>`, or "" for a success.
+    pub(crate) fn code(&self) -> String {
+        self.get("Code").unwrap_or_default()
+    }
+}
+
+/// The texts of every `<tag>…</tag>` of `xml`, XML entities decoded.
+pub(crate) fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(
+            after[..j]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &after[j + close.len()..];
+    }
+    out
 }
 
 pub(crate) struct Reply {
@@ -190,8 +237,96 @@ impl Client {
             url,
             cred,
             clock: None,
+            session_token: None,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client of the same service with other credentials (and session token).
+    pub(crate) fn with_credentials(
+        &self,
+        cred: Credential,
+        session_token: Option<String>,
+    ) -> Client {
+        Client {
+            url: self.url.clone(),
+            cred,
+            clock: self.clock.clone(),
+            session_token,
+            http: self.http.clone(),
+        }
+    }
+
+    /// A Query protocol call for SigV4 service `service` (`iam`, `sts`): `Action`,
+    /// `Version` (IAM's or STS's by service) and `params`, form-encoded as botocore does,
+    /// signed with this client's credentials (and session token).
+    pub(crate) async fn query(
+        &self,
+        service: &str,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> QueryReply {
+        let version = if service == "iam" {
+            "2010-05-08"
+        } else {
+            "2011-06-15"
+        };
+        let enc = |v: &str| {
+            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut body = format!("Action={action}&Version={version}");
+        for (k, v) in params {
+            body.push_str(&format!("&{}={}", enc(k), enc(v)));
+        }
+        let host = self.url.trim_start_matches("http://").to_string();
+        let mut h = http::HeaderMap::new();
+        h.insert("host", host.parse().unwrap());
+        h.insert(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8"
+                .parse()
+                .unwrap(),
+        );
+        let now = self
+            .clock
+            .as_ref()
+            .map(|c| c.now())
+            .unwrap_or_else(time::OffsetDateTime::now_utc);
+        sign_service(
+            service,
+            "POST",
+            "/",
+            &mut h,
+            body.as_bytes(),
+            &self.cred.access_key_id,
+            &self.cred.secret_access_key,
+            self.session_token.as_deref(),
+            now,
+        );
+        let mut req = self.http.post(format!("{}/", self.url)).body(body);
+        for (k, v) in h.iter() {
+            if k != "host" {
+                req = req.header(k.as_str(), v.to_str().unwrap());
+            }
+        }
+        let r = req.send().await.expect("http");
+        let status = r.status().as_u16();
+        QueryReply {
+            status,
+            body: r.text().await.unwrap(),
+        }
+    }
+
+    /// [`Client::query`] that must succeed.
+    pub(crate) async fn query_ok(
+        &self,
+        service: &str,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> QueryReply {
+        let r = self.query(service, action, params).await;
+        assert_eq!(r.status, 200, "{action} failed: {}", r.body);
+        r
     }
 
     /// The headers of a KMS JSON request: host, content type, and `X-Amz-Target` if given.
@@ -254,7 +389,17 @@ impl Client {
     ) -> Reply {
         let mut h = self.headers(target);
         if sign {
-            sign_kms(&mut h, &body, &self.cred.access_key_id, secret, time);
+            sign_service(
+                "kms",
+                "POST",
+                "/",
+                &mut h,
+                &body,
+                &self.cred.access_key_id,
+                secret,
+                self.session_token.as_deref(),
+                time,
+            );
         }
         self.post(&h, body).await
     }
@@ -382,14 +527,47 @@ fn sign_http(
     secret: &str,
     time: time::OffsetDateTime,
 ) {
+    sign_service(
+        "kms",
+        method,
+        path_and_query,
+        headers,
+        body,
+        access_key_id,
+        secret,
+        None,
+        time,
+    );
+}
+
+/// Signs `method path_and_query` for the SigV4 service `service` in us-east-1 with AWS's
+/// own signer; a session token is added as `x-amz-security-token` (and signed), as the
+/// SDKs do.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sign_service(
+    service: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &mut http::HeaderMap,
+    body: &[u8],
+    access_key_id: &str,
+    secret: &str,
+    session_token: Option<&str>,
+    time: time::OffsetDateTime,
+) {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let identity =
-        aws_credential_types::Credentials::new(access_key_id, secret, None, None, "hsm-kms-tests")
-            .into();
+    let identity = aws_credential_types::Credentials::new(
+        access_key_id,
+        secret,
+        session_token.map(str::to_string),
+        None,
+        "hsm-kms-tests",
+    )
+    .into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region("us-east-1")
-        .name("kms")
+        .name(service)
         .time(time.into())
         .settings(SigningSettings::default())
         .build()

@@ -410,24 +410,26 @@ t_restart_keeps_keys() {
 
 # -- boto3 ----------------------------------------------------------------------------
 
+# run_boto3 SCRIPT TAG : run a boto3 script whose closing line is
+# "TAG: N passed, M failed" and add its counts.
 run_boto3() {
-    local out="$W/boto3.out" rc=0 line n m
-    "$PY" "$HERE/boto3_e2e.py" 2>&1 | tee "$out" || rc=$?
-    line="$(grep -E '^boto3: [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1 || true)"
+    local script="$1" tag="$2" out="$W/$2.out" rc=0 line n m
+    "$PY" "$HERE/$script" 2>&1 | tee "$out" || rc=$?
+    line="$(grep -E "^$tag: [0-9]+ passed, [0-9]+ failed\$" "$out" | tail -n 1 || true)"
     if [ -z "$line" ]; then
         FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("boto3 (no summary line, exit $rc)")
+        FAILED_NAMES+=("$tag (no summary line, exit $rc)")
         return 0
     fi
-    n="$(sed -E 's/^boto3: ([0-9]+) passed.*/\1/' <<<"$line")"
+    n="$(sed -E "s/^$tag: ([0-9]+) passed.*/\\1/" <<<"$line")"
     m="$(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$line")"
     PASSED=$((PASSED + n))
     FAILED=$((FAILED + m))
     if [ "$m" -gt 0 ]; then
-        FAILED_NAMES+=("boto3 ($m failed)")
+        FAILED_NAMES+=("$tag ($m failed)")
     elif [ "$rc" -ne 0 ]; then
         FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("boto3 (exit $rc)")
+        FAILED_NAMES+=("$tag (exit $rc)")
     fi
 }
 
@@ -488,7 +490,9 @@ check "cli: sts get-caller-identity (Query protocol, XML) names the account root
 check "cli: sts get-caller-identity with a wrong secret -> SignatureDoesNotMatch" t_sts_wrong_secret
 
 log "boto3 suite"
-run_boto3
+run_boto3 boto3_e2e.py boto3
+log "boto3 IAM and STS suite"
+run_boto3 boto3_iam.py boto3-iam
 
 # shellcheck source=tests/interop/openssl.sh
 . "$HERE/openssl.sh"

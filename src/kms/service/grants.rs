@@ -800,6 +800,7 @@ mod tests {
             access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
             account_id: ACCOUNT.into(),
             arn: format!("arn:aws:iam::{ACCOUNT}:root"),
+            session: None,
         }
     }
 

@@ -37,6 +37,7 @@ fn principal() -> Principal {
         access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
         account_id: ACCOUNT.into(),
         arn: format!("arn:aws:iam::{ACCOUNT}:root"),
+        session: None,
     }
 }
 

@@ -1,0 +1,264 @@
+//! IAM actions: users, access keys, inline policies, roles. Parameters are read here; the
+//! domain (`kms::iam`) validates, authorizes and acts; the answers are IAM's XML shapes
+//! (policy documents URL-encoded, as IAM sends them).
+
+use super::{answer, el, iso8601, url_encode, Params, QueryError, IAM_XMLNS};
+use crate::api::AppState;
+use crate::auth::Principal;
+use crate::kms::iam::{AccessKeyView, Ctx, RoleView, UserView};
+use axum::response::Response;
+
+/// The IAM actions served.
+pub(super) const ACTIONS: &[&str] = &[
+    "CreateUser",
+    "GetUser",
+    "ListUsers",
+    "DeleteUser",
+    "CreateAccessKey",
+    "ListAccessKeys",
+    "UpdateAccessKey",
+    "DeleteAccessKey",
+    "PutUserPolicy",
+    "GetUserPolicy",
+    "ListUserPolicies",
+    "DeleteUserPolicy",
+    "CreateRole",
+    "GetRole",
+    "DeleteRole",
+    "PutRolePolicy",
+    "GetRolePolicy",
+    "ListRolePolicies",
+    "DeleteRolePolicy",
+];
+
+fn user_xml(u: &UserView, indent: &str) -> String {
+    let mut s = format!("{indent}<User>\n");
+    if let Some(path) = &u.path {
+        s.push_str(&format!("{indent}  {}\n", el("Path", path)));
+    }
+    if let Some(name) = &u.name {
+        s.push_str(&format!("{indent}  {}\n", el("UserName", name)));
+    }
+    s.push_str(&format!(
+        "{indent}  {}\n{indent}  {}\n{indent}  {}\n{indent}</User>\n",
+        el("UserId", &u.id),
+        el("Arn", &u.arn),
+        el("CreateDate", &iso8601(u.created))
+    ));
+    s
+}
+
+fn member_user_xml(u: &UserView) -> String {
+    user_xml(u, "      ")
+        .replace("<User>", "<member>")
+        .replace("</User>", "</member>")
+}
+
+fn role_xml(r: &RoleView) -> String {
+    let mut s = format!(
+        "    <Role>\n      {}\n      {}\n      {}\n      {}\n      {}\n      {}\n",
+        el("Path", &r.path),
+        el("RoleName", &r.name),
+        el("RoleId", &r.id),
+        el("Arn", &r.arn),
+        el("CreateDate", &iso8601(r.created)),
+        el("AssumeRolePolicyDocument", &url_encode(&r.trust_policy)),
+    );
+    if let Some(d) = &r.description {
+        s.push_str(&format!("      {}\n", el("Description", d)));
+    }
+    s.push_str(&format!(
+        "      {}\n    </Role>\n",
+        el("MaxSessionDuration", &r.max_session_duration.to_string())
+    ));
+    s
+}
+
+fn key_xml(k: &AccessKeyView, tag: &str) -> String {
+    let mut s = format!("    <{tag}>\n");
+    if let Some(u) = &k.user_name {
+        s.push_str(&format!("      {}\n", el("UserName", u)));
+    }
+    s.push_str(&format!(
+        "      {}\n      {}\n",
+        el("AccessKeyId", &k.access_key_id),
+        el("Status", if k.active { "Active" } else { "Inactive" })
+    ));
+    if let Some(secret) = &k.secret {
+        s.push_str(&format!("      {}\n", el("SecretAccessKey", secret)));
+    }
+    s.push_str(&format!(
+        "      {}\n    </{tag}>\n",
+        el("CreateDate", &iso8601(k.created))
+    ));
+    s
+}
+
+fn names_xml(list: &str, names: &[String]) -> String {
+    let mut s = format!("    <{list}>\n");
+    for n in names {
+        s.push_str(&format!("      {}\n", el("member", n)));
+    }
+    s.push_str(&format!(
+        "    </{list}>\n    <IsTruncated>false</IsTruncated>\n"
+    ));
+    s
+}
+
+pub(super) async fn execute(
+    app: &AppState,
+    p: &Principal,
+    action: &str,
+    params: &Params,
+    request_id: &str,
+) -> Result<Response, QueryError> {
+    let ctx = Ctx {
+        principal: p,
+        vault: app.kms.vault().as_ref(),
+        now: app.clock.now(),
+    };
+    let iam = app.kms.iam();
+    let user = || params.req("UserName", "userName");
+    let role = || params.req("RoleName", "roleName");
+    let policy = || params.req("PolicyName", "policyName");
+    let result = match action {
+        "CreateUser" => {
+            let u = iam.create_user(&ctx, user()?, params.opt("Path")).await?;
+            Some(user_xml(&u, "    "))
+        }
+        "GetUser" => {
+            let u = iam.get_user(&ctx, params.opt("UserName")).await?;
+            Some(user_xml(&u, "    "))
+        }
+        "ListUsers" => {
+            let page = iam.list_users(
+                &ctx,
+                params.opt("PathPrefix"),
+                params.opt("Marker"),
+                params.int("MaxItems")?,
+            )?;
+            let mut s = String::from("    <Users>\n");
+            for u in &page.users {
+                s.push_str(&member_user_xml(u));
+            }
+            s.push_str("    </Users>\n");
+            s.push_str(&format!(
+                "    {}\n",
+                el(
+                    "IsTruncated",
+                    if page.marker.is_some() {
+                        "true"
+                    } else {
+                        "false"
+                    }
+                )
+            ));
+            if let Some(m) = &page.marker {
+                s.push_str(&format!("    {}\n", el("Marker", m)));
+            }
+            Some(s)
+        }
+        "DeleteUser" => {
+            iam.delete_user(&ctx, user()?).await?;
+            None
+        }
+        "CreateAccessKey" => {
+            let (view, credential) = iam.create_access_key(&ctx, params.opt("UserName")).await?;
+            app.credentials.upsert(credential);
+            Some(key_xml(&view, "AccessKey"))
+        }
+        "ListAccessKeys" => {
+            let keys = iam.list_access_keys(&ctx, params.opt("UserName")).await?;
+            let mut s = String::from("    <AccessKeyMetadata>\n");
+            for k in &keys {
+                s.push_str(
+                    &key_xml(k, "member")
+                        .lines()
+                        .map(|l| format!("  {l}\n"))
+                        .collect::<String>(),
+                );
+            }
+            s.push_str("    </AccessKeyMetadata>\n    <IsTruncated>false</IsTruncated>\n");
+            Some(s)
+        }
+        "UpdateAccessKey" => {
+            let akid = params.req("AccessKeyId", "accessKeyId")?;
+            let status = params.req("Status", "status")?;
+            let active = iam
+                .update_access_key(&ctx, params.opt("UserName"), akid, status)
+                .await?;
+            app.credentials.set_active(akid, active);
+            None
+        }
+        "DeleteAccessKey" => {
+            let akid = params.req("AccessKeyId", "accessKeyId")?;
+            iam.delete_access_key(&ctx, params.opt("UserName"), akid)
+                .await?;
+            app.credentials.remove(akid);
+            None
+        }
+        "PutUserPolicy" => {
+            let doc = params.req("PolicyDocument", "policyDocument")?;
+            iam.put_user_policy(&ctx, user()?, policy()?, doc).await?;
+            None
+        }
+        "GetUserPolicy" => {
+            let v = iam.get_user_policy(&ctx, user()?, policy()?)?;
+            Some(format!(
+                "    {}\n    {}\n    {}\n",
+                el("UserName", &v.principal_name),
+                el("PolicyName", &v.policy_name),
+                el("PolicyDocument", &url_encode(&v.document))
+            ))
+        }
+        "ListUserPolicies" => {
+            let names = iam.list_user_policies(&ctx, user()?)?;
+            Some(names_xml("PolicyNames", &names))
+        }
+        "DeleteUserPolicy" => {
+            iam.delete_user_policy(&ctx, user()?, policy()?).await?;
+            None
+        }
+        "CreateRole" => {
+            let r = iam
+                .create_role(
+                    &ctx,
+                    role()?,
+                    params.opt("Path"),
+                    params.req("AssumeRolePolicyDocument", "assumeRolePolicyDocument")?,
+                    params.opt("Description"),
+                    params.int("MaxSessionDuration")?,
+                )
+                .await?;
+            Some(role_xml(&r))
+        }
+        "GetRole" => Some(role_xml(&iam.get_role(&ctx, role()?)?)),
+        "DeleteRole" => {
+            iam.delete_role(&ctx, role()?).await?;
+            None
+        }
+        "PutRolePolicy" => {
+            let doc = params.req("PolicyDocument", "policyDocument")?;
+            iam.put_role_policy(&ctx, role()?, policy()?, doc).await?;
+            None
+        }
+        "GetRolePolicy" => {
+            let v = iam.get_role_policy(&ctx, role()?, policy()?)?;
+            Some(format!(
+                "    {}\n    {}\n    {}\n",
+                el("RoleName", &v.principal_name),
+                el("PolicyName", &v.policy_name),
+                el("PolicyDocument", &url_encode(&v.document))
+            ))
+        }
+        "ListRolePolicies" => {
+            let names = iam.list_role_policies(&ctx, role()?)?;
+            Some(names_xml("PolicyNames", &names))
+        }
+        _ => {
+            iam.delete_role_policy(&ctx, role()?, policy()?).await?;
+            None
+        }
+    };
+    Ok(answer(action, IAM_XMLNS, result, request_id))
+}
