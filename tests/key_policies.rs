@@ -15,7 +15,6 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const A: &str = "111122223333";
 const B: &str = "444455556666";
@@ -58,16 +57,7 @@ async fn encrypt(c: &Client, key: &str, ctx: Value) -> Reply {
 
 /// A second account's root client on the same service.
 async fn second_account(s: &Service) -> Client {
-    let cred = s.running.kms.create_account(B).await.unwrap();
-    let b = Client::new(s.client.url.clone(), cred);
-    // The running service honours a new credential at its next refresh (≤ 1 s).
-    for _ in 0..40 {
-        if b.call("ListKeys", json!({})).await.status == 200 {
-            return b;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("account {B} not served");
+    new_account(s, B).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,7 +84,7 @@ pub(crate) async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 use hsm_kms::app::{self, Running, ServiceConfig};
 use hsm_kms::auth::Credential;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A service over fresh tokens, on 127.0.0.1 port 0.
 pub(crate) struct Service {
@@ -171,6 +171,55 @@ pub(crate) struct Client {
     /// The session token of temporary credentials (sent, and signed, with every request).
     pub session_token: Option<String>,
     http: reqwest::Client,
+}
+
+/// A new account `id` on the running service, and a client signing as its root user (the
+/// service honours the new credential at its next refresh, within a second).
+#[allow(dead_code)]
+pub(crate) async fn new_account(s: &Service, id: &str) -> Client {
+    let cred = s.running.kms.create_account(id).await.unwrap();
+    let c = s.client.with_credentials(cred, None);
+    for _ in 0..40 {
+        if c.call("ListKeys", json!({})).await.status == 200 {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("account {id} not served");
+}
+
+/// A new IAM user `name` of `root`'s account with these inline identity policies, and a
+/// client signing as its new access key.
+#[allow(dead_code)]
+pub(crate) async fn new_user(root: &Client, name: &str, policies: &[&str]) -> Client {
+    root.query_ok("iam", "CreateUser", &[("UserName", name)])
+        .await;
+    for (i, p) in policies.iter().enumerate() {
+        let policy_name = format!("p{i}");
+        root.query_ok(
+            "iam",
+            "PutUserPolicy",
+            &[
+                ("UserName", name),
+                ("PolicyName", &policy_name),
+                ("PolicyDocument", p),
+            ],
+        )
+        .await;
+    }
+    let k = root
+        .query_ok("iam", "CreateAccessKey", &[("UserName", name)])
+        .await;
+    let account = root.cred.account_id.clone();
+    root.with_credentials(
+        Credential::new(
+            k.value("AccessKeyId"),
+            k.value("SecretAccessKey"),
+            account.clone(),
+            format!("arn:aws:iam::{account}:user/{name}"),
+        ),
+        None,
+    )
 }
 
 /// A Query protocol (IAM, STS) reply: status and raw XML.
