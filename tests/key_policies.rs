@@ -116,6 +116,12 @@ async fn key_policies_read_write_validate_and_decide() {
             hsm_kms::kms::policy::INVALID_PRINCIPALS,
         ),
         (huge, "32768"),
+        (
+            policy_with(vec![json!({"Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{A}:user/nobody")},
+                "Action": "kms:Encrypt", "Resource": "*"})]),
+            hsm_kms::kms::policy::INVALID_PRINCIPALS,
+        ),
         (lockout.clone(), hsm_kms::kms::policy::LOCKOUT),
     ];
     let keys_before = c.ok("ListKeys", json!({})).await["Keys"]
@@ -148,6 +154,13 @@ async fn key_policies_read_write_validate_and_decide() {
         c.ok("GetKeyPolicy", json!({"KeyId": k})).await["Policy"],
         got["Policy"]
     );
+    // Once the user exists, a policy naming it is accepted.
+    new_user(c, "nobody", &[]).await;
+    let names_nobody = policy_with(vec![json!({"Effect": "Allow",
+        "Principal": {"AWS": format!("arn:aws:iam::{A}:user/nobody")},
+        "Action": "kms:Encrypt", "Resource": "*"})]);
+    c.ok("PutKeyPolicy", json!({"KeyId": k, "Policy": names_nobody}))
+        .await;
 
     // An explicit deny with a condition on the encryption context wins over the allow.
     let deny_secret = policy_with(vec![json!({

@@ -118,6 +118,19 @@ impl Identities {
         }
     }
 
+    /// Whether an IAM user or role ARN names one that exists (its name, in its account;
+    /// the path is not compared); role-session ARNs are not checked, as AWS does not.
+    pub fn principal_exists(&self, arn: &str) -> bool {
+        let state = self.state.read();
+        if let Some((account, _, name)) = names::split_arn(arn, "user") {
+            return state.user(account, name).is_some();
+        }
+        if let Some((account, _, name)) = names::split_arn(arn, "role") {
+            return state.role(account, name).is_some();
+        }
+        arn.starts_with("arn:aws:sts::")
+    }
+
     /// Run blocking store work off the runtime's workers, in the caller's span.
     async fn blocking<T: Send + 'static>(
         &self,

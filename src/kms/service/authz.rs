@@ -66,9 +66,23 @@ pub(super) fn parse_key_policy(doc: &KeyDoc) -> Result<Arc<PolicyDocument>, KmsE
         .map_err(|e| KmsError::Internal(format!("key {}: stored policy: {e}", doc.key_id)))
 }
 
-/// A key policy given by a caller, parsed as AWS validates it.
-pub(super) fn parse_given_policy(text: &str) -> Result<PolicyDocument, KmsError> {
-    PolicyDocument::parse(text, PolicyKind::Key).map_err(malformed)
+impl Kms {
+    /// A key policy given by a caller, parsed as AWS validates it: valid JSON and grammar,
+    /// and every IAM user and role it names must exist ("The principals in the key policy
+    /// must exist and be visible to KMS").
+    pub(super) fn parse_given_policy(&self, text: &str) -> Result<PolicyDocument, KmsError> {
+        let parsed = PolicyDocument::parse(text, PolicyKind::Key).map_err(malformed)?;
+        if parsed
+            .named_principals()
+            .iter()
+            .any(|arn| !self.iam.principal_exists(arn))
+        {
+            return Err(KmsError::MalformedPolicyDocument(
+                policy::INVALID_PRINCIPALS.to_string(),
+            ));
+        }
+        Ok(parsed)
+    }
 }
 
 fn malformed(e: PolicyError) -> KmsError {
@@ -386,7 +400,7 @@ impl Kms {
     ) -> Result<crate::kms::model::Empty, KmsError> {
         check_policy_name(name)?;
         let e = keys.key()?;
-        let parsed = parse_given_policy(&text)?;
+        let parsed = self.parse_given_policy(&text)?;
         if !bypass {
             self.lockout_check(p, &parsed, &self.arn(&e.doc))?;
         }

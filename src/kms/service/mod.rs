@@ -515,7 +515,7 @@ impl Kms {
         let key_id = KeyId::new_random();
         let policy = match input.policy {
             Some(text) => {
-                let parsed = authz::parse_given_policy(&text)?;
+                let parsed = self.parse_given_policy(&text)?;
                 if !input.bypass_policy_lockout_safety_check {
                     let arn = KeyArn::new(self.region.clone(), account.clone(), key_id);
                     self.lockout_check(p, &parsed, &arn.to_string())?;
