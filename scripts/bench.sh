@@ -193,19 +193,21 @@ s.append({"Sid": "BenchUser", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:
                         "DateLessThan": {"aws:CurrentTime": "2100-01-01T00:00:00Z"}}})
 print(json.dumps({"Version": "2012-10-17", "Id": "bench-20", "Statement": s}))
 PY
-  aws iam create-user --user-name bench --endpoint-url "$KMS_ENDPOINT" >/dev/null
+  # Every user a key policy names must exist.
+  for u in bench other0 other1 other2 other3 other4 other5 other6 other7 other8; do
+    aws iam create-user --user-name "$u" --endpoint-url "$KMS_ENDPOINT" >/dev/null
+  done
   for i in 1 2 3 4 5; do
     python3 - "$i" >"$TMP/identity-$i.json" <<'PY'
 import json, sys
 i = int(sys.argv[1])
-s = [{"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
+# AWS limits a user's inline policies to 2,048 characters in all: ~400 each.
+s = [{"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*",
       "Condition": {"StringEqualsIfExists": {"kms:EncryptionContext:app": "bench"},
                     "NotIpAddress": {"aws:SourceIp": f"203.0.{i}.0/24"}}},
-     {"Effect": "Deny", "Action": "kms:*", "Resource": "*",
-      "Condition": {"StringEquals": {"kms:EncryptionContext:blocked": f"yes-{i}"}}},
-     {"Effect": "Deny", "NotAction": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey", "kms:List*"],
-      "Resource": f"arn:aws:kms:*:*:key/never-{i}"}]
-print(json.dumps({"Version": "2012-10-17", "Statement": s}))
+     {"Effect": "Deny", "NotAction": "kms:Describe*", "Resource": f"arn:aws:kms:*:*:key/x{i}",
+      "Condition": {"StringLike": {"kms:EncryptionContext:b": f"y{i}*"}}}]
+print(json.dumps({"Version": "2012-10-17", "Statement": s}, separators=(",", ":")))
 PY
     aws iam put-user-policy --user-name bench --policy-name "p$i" \
       --policy-document "file://$TMP/identity-$i.json" --endpoint-url "$KMS_ENDPOINT"

@@ -390,6 +390,70 @@ t_sts_wrong_secret() {
         "${AWS_CLI[@]}" sts get-caller-identity --endpoint-url "$KMS_ENDPOINT"
 }
 
+# -- key policies and a second account (README: the sharing walk-through) ------------
+
+share_policy() { # accounts allowed: A's root, and B's root for use
+    cat <<'JSON'
+{"Version":"2012-10-17","Statement":[
+ {"Sid":"Enable IAM User Permissions","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+ {"Sid":"Allow use of the key by account B","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::444455556666:root"},
+  "Action":["kms:Encrypt","kms:Decrypt","kms:ReEncrypt*","kms:GenerateDataKey*","kms:DescribeKey","kms:CreateGrant"],"Resource":"*"}]}
+JSON
+}
+
+t_cli_key_policy_default() {
+    need_key
+    aws_kms get-key-policy --key-id "$(key)" --policy-name default --query Policy --output text \
+        >"$W/policy.json"
+    cat "$W/policy.json"
+    grep -q '"Id" : "key-default-1"' "$W/policy.json" || fail "not AWS's default policy"
+    aws_kms list-key-policies --key-id "$(key)" --query PolicyNames --output text | grep -qx default ||
+        fail "list-key-policies does not answer default"
+}
+
+t_cli_key_policy_lockout() {
+    need_key
+    printf '%s' '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::444455556666:root"},"Action":"kms:*","Resource":"*"}]}' \
+        >"$W/lockout.json"
+    expect_error MalformedPolicyDocumentException \
+        aws_kms put-key-policy --key-id "$(key)" --policy "file://$W/lockout.json"
+}
+
+t_cli_share_with_account() {
+    "$BIN" account create 444455556666 --config "$STATE/config.toml" >"$W/b.env" 2>/dev/null ||
+        fail "account create failed"
+    local k arn
+    k="$(aws_kms create-key --description snapshots --query KeyMetadata.KeyId --output text)"
+    arn="$(aws_kms describe-key --key-id "$k" --query KeyMetadata.Arn --output text)"
+    share_policy >"$W/share.json"
+    aws_kms put-key-policy --key-id "$k" --policy "file://$W/share.json"
+    printf 'snapshot' >"$W/snap.txt"
+    aws_kms encrypt --key-id "$k" --plaintext "fileb://$W/snap.txt" --encryption-context snapshot=snap-1 \
+        --query CiphertextBlob --output text | base64 -d >"$W/snap.enc"
+    sleep 1 # the new account's credential is honoured within a second
+    (
+        # shellcheck disable=SC1091
+        . "$W/b.env"
+        mine="$(aws_kms create-key --query KeyMetadata.KeyId --output text)"
+        aws_kms decrypt --ciphertext-blob "fileb://$W/snap.enc" --encryption-context snapshot=snap-1 \
+            --query Plaintext --output text | base64 -d >"$W/snap.dec"
+        cmp "$W/snap.txt" "$W/snap.dec" || fail "B decrypted something else"
+        aws_kms re-encrypt --ciphertext-blob "fileb://$W/snap.enc" \
+            --source-encryption-context snapshot=snap-1 --destination-key-id "$mine" \
+            --query KeyId --output text | grep -q "444455556666:key/$mine" || fail "re-encrypt"
+        aws_kms describe-key --key-id "$arn" >/dev/null || fail "B: describe-key by ARN"
+        expect_error NotFoundException aws_kms describe-key --key-id "$k"
+    ) || exit 1
+    aws_kms put-key-policy --key-id "$k" --policy "$(aws_kms get-key-policy --key-id "$(key)" \
+        --query Policy --output text)"
+    (
+        # shellcheck disable=SC1091
+        . "$W/b.env"
+        expect_error AccessDeniedException aws_kms decrypt --ciphertext-blob "fileb://$W/snap.enc" \
+            --encryption-context snapshot=snap-1
+    ) || exit 1
+}
+
 # -- after a restart ---------------------------------------------------------------
 
 # run after stop_server in the main shell (a check runs in a subshell).
@@ -488,6 +552,9 @@ check "cli: list-keys contains the key" t_cli_list_keys
 check "cli: describe-key unknown -> NotFoundException" t_cli_unknown_key
 check "cli: sts get-caller-identity (Query protocol, XML) names the account root" t_sts_get_caller_identity
 check "cli: sts get-caller-identity with a wrong secret -> SignatureDoesNotMatch" t_sts_wrong_secret
+check "cli: get-key-policy is AWS's default policy; list-key-policies" t_cli_key_policy_default
+check "cli: put-key-policy that locks its author out -> MalformedPolicyDocumentException" t_cli_key_policy_lockout
+check "cli: a key shared with a second account (decrypt, re-encrypt, by ARN only), unshared" t_cli_share_with_account
 
 log "boto3 suite"
 run_boto3 boto3_e2e.py boto3

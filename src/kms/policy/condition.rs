@@ -20,7 +20,7 @@ use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
-use super::wildcard::{arn_matches, fold, Glob, Tok};
+use super::wildcard::{arn_matches, arn_matches_str, fold, tokens_match, Tok};
 use super::PolicyError;
 
 /// The condition keys of one request and their values (case-insensitive keys; a key may
@@ -61,6 +61,11 @@ impl ConditionContext {
     /// The values of `key`, if the request has it.
     pub fn get(&self, key: &str) -> Option<&[String]> {
         self.keys.get(&key.to_lowercase()).map(Vec::as_slice)
+    }
+
+    /// [`ConditionContext::get`] for a key already in lower case (no allocation).
+    fn get_lower(&self, key: &str) -> Option<&[String]> {
+        self.keys.get(key).map(Vec::as_slice)
     }
 }
 
@@ -412,6 +417,14 @@ fn expand_tokens(parts: &[Part], ctx: &ConditionContext) -> Option<Vec<Tok>> {
     Some(out)
 }
 
+/// The parts with variables substituted: borrowed when they are one text (no variable).
+fn expand_cow<'a>(parts: &'a [Part], ctx: &ConditionContext) -> Option<std::borrow::Cow<'a, str>> {
+    match parts {
+        [Part::Text(t)] => Some(std::borrow::Cow::Borrowed(t.as_str())),
+        _ => expand_string(parts, ctx).map(std::borrow::Cow::Owned),
+    }
+}
+
 /// The parts with variables substituted, as a plain string.
 fn expand_string(parts: &[Part], ctx: &ConditionContext) -> Option<String> {
     let mut out = String::new();
@@ -436,7 +449,10 @@ impl Pattern {
 
     /// Whether `arn` matches, IAM's way (component by component).
     pub(super) fn matches_arn(&self, arn: &str, ctx: &ConditionContext) -> bool {
-        expand_tokens(&self.0, ctx).is_some_and(|toks| arn_matches(&toks, arn))
+        match self.0.as_slice() {
+            [Part::Text(t)] => arn_matches_str(t, arn),
+            parts => expand_tokens(parts, ctx).is_some_and(|toks| arn_matches(&toks, arn)),
+        }
     }
 }
 
@@ -551,7 +567,7 @@ fn eq_ignore_case(a: &str, b: &str) -> bool {
 
 impl Entry {
     fn holds(&self, ctx: &ConditionContext) -> bool {
-        let present = ctx.get(&self.key).filter(|v| !v.is_empty());
+        let present = ctx.get_lower(&self.key).filter(|v| !v.is_empty());
         if self.op.base == Base::Null {
             let absent = present.is_none();
             return self.values.contains(&Value::Bool(absent));
@@ -579,17 +595,19 @@ impl Entry {
         let mut values = self.values.iter();
         Some(match self.op.base {
             Base::String(StrOp::Equals) => values
-                .filter_map(|p| text(p).and_then(|parts| expand_string(parts, ctx)))
+                .filter_map(|p| text(p).and_then(|parts| expand_cow(parts, ctx)))
                 .any(|p| p == v),
             Base::String(StrOp::EqualsIgnoreCase) => values
-                .filter_map(|p| text(p).and_then(|parts| expand_string(parts, ctx)))
+                .filter_map(|p| text(p).and_then(|parts| expand_cow(parts, ctx)))
                 .any(|p| eq_ignore_case(&p, v)),
-            Base::String(StrOp::Like) => values
-                .filter_map(|p| text(p).and_then(|parts| expand_tokens(parts, ctx)))
-                .any(|toks| Glob::from_tokens(&toks, false).matches(v)),
-            Base::Arn => values
-                .filter_map(|p| text(p).and_then(|parts| expand_tokens(parts, ctx)))
-                .any(|toks| arn_matches(&toks, v)),
+            Base::String(StrOp::Like) => values.filter_map(text).any(|parts| match parts {
+                [Part::Text(t)] => super::wildcard::matches(t, v, false),
+                parts => expand_tokens(parts, ctx).is_some_and(|toks| tokens_match(&toks, v)),
+            }),
+            Base::Arn => values.filter_map(text).any(|parts| match parts {
+                [Part::Text(t)] => arn_matches_str(t, v),
+                parts => expand_tokens(parts, ctx).is_some_and(|toks| arn_matches(&toks, v)),
+            }),
             Base::Numeric(cmp) => {
                 let n = parse_number(v)?;
                 values.any(|p| matches!(p, Value::Number(q) if cmp.holds(n, *q)))

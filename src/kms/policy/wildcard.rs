@@ -214,7 +214,75 @@ impl Glob {
 
 /// Whether `text` matches `pattern` (`*`, `?`).
 pub(super) fn matches(pattern: &str, text: &str, case_insensitive: bool) -> bool {
-    Glob::new(pattern, case_insensitive).matches(text)
+    simple(pattern, text, case_insensitive)
+        .unwrap_or_else(|| Glob::new(pattern, case_insensitive).matches(text))
+}
+
+/// Equality of two ASCII-or-exact strings: byte equality, or ASCII case folding.
+fn same(a: &str, b: &str, case_insensitive: bool) -> bool {
+    if case_insensitive {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+/// The shapes nearly every policy uses, decided without compiling an automaton or
+/// allocating: no wildcard (a comparison), `*` alone, and `prefix*`. `None` for any other
+/// shape, and for case-insensitive matching of non-ASCII text (whose folding the automaton
+/// does).
+fn simple(pattern: &str, text: &str, case_insensitive: bool) -> Option<bool> {
+    if case_insensitive && !(pattern.is_ascii() && text.is_ascii()) {
+        return None;
+    }
+    match pattern.find(['*', '?']) {
+        None => Some(same(pattern, text, case_insensitive)),
+        Some(i) if pattern.get(i..) == Some("*") => {
+            let prefix = pattern.get(..i)?;
+            Some(
+                text.get(..prefix.len())
+                    .is_some_and(|head| same(prefix, head, case_insensitive)),
+            )
+        }
+        Some(_) => None,
+    }
+}
+
+/// [`matches`] for a token sequence (literal `*`/`?` are `Tok::Lit`), case-sensitive: no
+/// automaton for a literal, `*` alone, or literals then one `*`.
+pub(super) fn tokens_match(toks: &[Tok], text: &str) -> bool {
+    let lits = toks.iter().take_while(|t| matches!(t, Tok::Lit(_))).count();
+    let rest = toks.get(lits..).unwrap_or_default();
+    let prefix = || {
+        toks.iter().take(lits).filter_map(|t| match t {
+            Tok::Lit(c) => Some(*c),
+            _ => None,
+        })
+    };
+    if rest.is_empty() {
+        return prefix().eq(text.chars());
+    }
+    if rest == [Tok::Star] {
+        let mut chars = text.chars();
+        return prefix().all(|c| chars.next() == Some(c));
+    }
+    Glob::from_tokens(toks, false).matches(text)
+}
+
+/// [`arn_matches`] for a pattern without policy variables (its colons are literal).
+pub(super) fn arn_matches_str(pattern: &str, text: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let (mut p, mut t) = (pattern.splitn(6, ':'), text.splitn(6, ':'));
+    let mut n = 0;
+    loop {
+        match (p.next(), t.next()) {
+            (Some(a), Some(b)) if matches(a, b, false) => n += 1,
+            (None, None) => return n == 6,
+            _ => return false,
+        }
+    }
 }
 
 /// ARN matching as IAM does it for `Resource` and `ArnLike`: each of the six
@@ -232,7 +300,7 @@ pub(super) fn arn_matches(pattern: &[Tok], text: &str) -> bool {
         && pat_parts
             .iter()
             .zip(text_parts.iter())
-            .all(|(p, t)| Glob::from_tokens(p, false).matches(t))
+            .all(|(p, t)| tokens_match(p, t))
 }
 
 /// A token sequence split like `str::splitn(6, ':')` on literal colons.
@@ -358,8 +426,27 @@ mod tests {
         #[test]
         fn agrees_with_reference_on_any_chars(p in "\\PC{0,6}", t in "\\PC{0,8}") {
             let pc: Vec<char> = p.chars().collect();
-            let tc: Vec<char> = t.chars().collect();
+            let tc: Vec<char>= t.chars().collect();
             prop_assert_eq!(matches(&p, &t, false), reference(&pc, &tc, false));
+        }
+
+        /// The allocation-free shapes (literal, `*`, `prefix*`) decide exactly as the
+        /// automaton, case-insensitively too (non-ASCII included: `K` folds to `k`).
+        #[test]
+        fn fast_paths_agree_with_the_automaton(
+            prefix in "[aAkK\u{212a}é:]{0,5}",
+            star in any::<bool>(),
+            t in "[aAkK\u{212a}é:]{0,7}",
+            ci in any::<bool>(),
+        ) {
+            let p = if star { format!("{prefix}*") } else { prefix.clone() };
+            prop_assert_eq!(matches(&p, &t, ci), Glob::new(&p, ci).matches(&t));
+            prop_assert_eq!(tokens_match(&tokens(&p), &t), Glob::new(&p, false).matches(&t));
+        }
+
+        #[test]
+        fn arn_fast_path_agrees(p in "[a:*?]{0,12}", t in "[a:b]{0,12}") {
+            prop_assert_eq!(arn_matches_str(&p, &t), arn_matches(&tokens(&p), &t));
         }
     }
 }
