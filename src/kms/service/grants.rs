@@ -426,18 +426,31 @@ impl Kms {
         op: GrantOperation,
         context: Option<&EncryptionContext>,
     ) -> bool {
+        self.any_grant_of(key, caller, op, |g| {
+            unconstrained(op)
+                || g.constraints
+                    .as_ref()
+                    .is_none_or(|c| context.is_some_and(|ctx| c.hold_for(ctx)))
+        })
+    }
+
+    /// Whether some grant on `key`, made in its account, names `caller` as its grantee,
+    /// allows `op`, and satisfies `also`. O(grants on the key), read lock only.
+    fn any_grant_of(
+        &self,
+        key: &crate::kms::model::KeyDoc,
+        caller: &Caller,
+        op: GrantOperation,
+        also: impl Fn(&Grant) -> bool,
+    ) -> bool {
         let cache = self.grants.cache.read();
-        let Some(list) = cache.by_key.get(&key.key_id) else {
-            return false;
-        };
-        list.iter().any(|g| {
-            g.account == key.account_id.as_str()
-                && g.operations.contains(&op)
-                && names(&g.grantee, caller)
-                && (unconstrained(op)
-                    || g.constraints
-                        .as_ref()
-                        .is_none_or(|c| context.is_some_and(|ctx| c.hold_for(ctx))))
+        cache.by_key.get(&key.key_id).is_some_and(|list| {
+            list.iter().any(|g| {
+                g.account == key.account_id.as_str()
+                    && g.operations.contains(&op)
+                    && names(&g.grantee, caller)
+                    && also(g)
+            })
         })
     }
 
@@ -451,15 +464,8 @@ impl Kms {
         operations: &[GrantOperation],
         constraints: Option<&GrantConstraints>,
     ) -> bool {
-        let cache = self.grants.cache.read();
-        let Some(list) = cache.by_key.get(&key.key_id) else {
-            return false;
-        };
-        list.iter().any(|g| {
-            g.account == key.account_id.as_str()
-                && g.operations.contains(&GrantOperation::CreateGrant)
-                && names(&g.grantee, caller)
-                && operations.iter().all(|o| g.operations.contains(o))
+        self.any_grant_of(key, caller, GrantOperation::CreateGrant, |g| {
+            operations.iter().all(|o| g.operations.contains(o))
                 && g.constraints
                     .as_ref()
                     .is_none_or(|c| c.at_least_as_strict(constraints))
