@@ -361,6 +361,9 @@ pub(crate) async fn random_id(
     ))
 }
 
+/// The alphabet of secret access keys and session tokens.
+const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
 /// A fresh access key id with `prefix` (`AKIA`/`ASIA`) and a secret access key.
 async fn new_key_pair(
     vault: &dyn KeyVault,
@@ -371,12 +374,56 @@ async fn new_key_pair(
         .split_at_checked(32)
         .ok_or_else(|| KmsError::Internal("the HSM returned too little randomness".into()))?;
     let akid = format!("{prefix}{}", random_string(ID_ALPHABET, 16, akid_seed)?);
-    let secret = Zeroizing::new(random_string(
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-        40,
-        secret_seed,
-    )?);
+    let secret = Zeroizing::new(random_string(SECRET_ALPHABET, 40, secret_seed)?);
     Ok((akid, secret))
+}
+
+/// A new credential row of `principal_arn` in `account_id` (of the IAM user `user_name`,
+/// if any), its access key id prefixed `prefix` (`AKIA`/`ASIA`), not sealed yet, and its
+/// secret; the sealing key is created first if there is none.
+async fn new_row(
+    vault: &dyn KeyVault,
+    store: &Arc<dyn MetadataStore>,
+    prefix: &str,
+    account_id: &str,
+    principal_arn: &str,
+    user_name: Option<&str>,
+    now: time::OffsetDateTime,
+) -> Result<(CredentialRow, Zeroizing<String>), KmsError> {
+    ensure_sealing_key(vault, store).await?;
+    let (akid, secret) = new_key_pair(vault, prefix).await?;
+    let row = CredentialRow {
+        access_key_id: akid,
+        account_id: account_id.to_string(),
+        principal_arn: principal_arn.to_string(),
+        sealed_secret: Vec::new(),
+        created_at: now,
+        active: true,
+        user_name: user_name.map(str::to_string),
+        session: None,
+    };
+    Ok((row, secret))
+}
+
+/// Seal `secret` into `row`, under the row's AAD ([`aad_of`]: v2, or the session's).
+async fn seal_row(
+    vault: &dyn KeyVault,
+    row: &mut CredentialRow,
+    secret: &Zeroizing<String>,
+) -> Result<(), KmsError> {
+    row.sealed_secret = seal_with(vault, aad_of(row), secret.as_bytes()).await?;
+    Ok(())
+}
+
+/// Run blocking store work off the runtime's workers.
+async fn off_runtime<T: Send + 'static>(
+    store: &Arc<dyn MetadataStore>,
+    f: impl FnOnce(&dyn MetadataStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Result<T, StoreError>, KmsError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| KmsError::Internal(format!("store task: {e}")))
 }
 
 /// Create, seal (v2) and store a new credential for `principal_arn` in `account_id`.
@@ -387,25 +434,11 @@ pub async fn create(
     principal_arn: &str,
     now: time::OffsetDateTime,
 ) -> Result<Credential, KmsError> {
-    ensure_sealing_key(vault, store).await?;
-    let (akid, secret) = new_key_pair(vault, "AKIA").await?;
-    let sealed = seal(vault, &akid, account_id, principal_arn, secret.as_bytes()).await?;
-    store.put_credential(&CredentialRow {
-        access_key_id: akid.clone(),
-        account_id: account_id.to_string(),
-        principal_arn: principal_arn.to_string(),
-        sealed_secret: sealed,
-        created_at: now,
-        active: true,
-        user_name: None,
-        session: None,
-    })?;
-    Ok(Credential::new(
-        akid,
-        secret.as_str(),
-        account_id,
-        principal_arn,
-    ))
+    let (mut row, secret) =
+        new_row(vault, store, "AKIA", account_id, principal_arn, None, now).await?;
+    seal_row(vault, &mut row, &secret).await?;
+    store.put_credential(&row)?;
+    credential(row, secret.as_bytes())
 }
 
 /// A new long-term access key (`AKIA…`) of the IAM user `user_name` (`None`: the account's
@@ -421,23 +454,20 @@ pub async fn create_access_key(
     limit: usize,
     now: time::OffsetDateTime,
 ) -> Result<(Credential, time::OffsetDateTime), KmsError> {
-    ensure_sealing_key(vault, store).await?;
-    let (akid, secret) = new_key_pair(vault, "AKIA").await?;
-    let sealed = seal(vault, &akid, account_id, principal_arn, secret.as_bytes()).await?;
-    let row = CredentialRow {
-        access_key_id: akid.clone(),
-        account_id: account_id.to_string(),
-        principal_arn: principal_arn.to_string(),
-        sealed_secret: sealed,
-        created_at: now,
-        active: true,
-        user_name: user_name.map(str::to_string),
-        session: None,
-    };
-    let s2 = store.clone();
-    tokio::task::spawn_blocking(move || s2.put_access_key(&row, limit))
-        .await
-        .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
+    let (mut row, secret) = new_row(
+        vault,
+        store,
+        "AKIA",
+        account_id,
+        principal_arn,
+        user_name,
+        now,
+    )
+    .await?;
+    seal_row(vault, &mut row, &secret).await?;
+    let stored = row.clone();
+    off_runtime(store, move |s| s.put_access_key(&stored, limit))
+        .await?
         .map_err(|e| match e {
             StoreError::Conflict(_) => KmsError::LimitExceeded(format!(
                 "Cannot exceed quota for AccessKeysPerUser: {limit}"
@@ -448,10 +478,7 @@ pub async fn create_access_key(
             )),
             other => other.into(),
         })?;
-    Ok((
-        Credential::new(akid, secret.as_str(), account_id, principal_arn),
-        now,
-    ))
+    Ok((credential(row, secret.as_bytes())?, now))
 }
 
 /// A role session's temporary credential: an `ASIA…` key, its secret and session token.
@@ -474,15 +501,11 @@ pub async fn create_session(
     expires_at: time::OffsetDateTime,
     now: time::OffsetDateTime,
 ) -> Result<SessionKeys, KmsError> {
-    ensure_sealing_key(vault, store).await?;
-    let (akid, secret) = new_key_pair(vault, "ASIA").await?;
+    let (mut row, secret) =
+        new_row(vault, store, "ASIA", account_id, principal_arn, None, now).await?;
     let token_seed = vault.random(96).await?;
     let mut token = Zeroizing::new(String::from("IQoJb3JpZ2luX2VjE"));
-    token.push_str(&random_string(
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-        192,
-        &token_seed,
-    )?);
+    token.push_str(&random_string(SECRET_ALPHABET, 192, &token_seed)?);
     let token_sha256: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
     let session_row = SessionRow {
         token_sha256,
@@ -492,23 +515,10 @@ pub async fn create_session(
         // Stored with millisecond precision: seal what will be read back.
         expires_at: crate::kms::model::epoch_seconds::truncate(expires_at),
     };
-    let mut row = CredentialRow {
-        access_key_id: akid.clone(),
-        account_id: account_id.to_string(),
-        principal_arn: principal_arn.to_string(),
-        sealed_secret: Vec::new(),
-        created_at: now,
-        active: true,
-        user_name: None,
-        session: Some(session_row.clone()),
-    };
-    row.sealed_secret =
-        seal_with(vault, aad_session(&row, &session_row), secret.as_bytes()).await?;
-    let s2 = store.clone();
+    row.session = Some(session_row);
+    seal_row(vault, &mut row, &secret).await?;
     let stored = row.clone();
-    tokio::task::spawn_blocking(move || s2.put_credential(&stored))
-        .await
-        .map_err(|e| KmsError::Internal(format!("store task: {e}")))??;
+    off_runtime(store, move |s| s.put_credential(&stored)).await??;
     let credential = credential(row, secret.as_bytes())?;
     Ok(SessionKeys {
         credential,

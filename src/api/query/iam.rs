@@ -2,11 +2,10 @@
 //! domain (`kms::iam`) validates, authorizes and acts; the answers are IAM's XML shapes
 //! (policy documents URL-encoded, as IAM sends them).
 
-use super::{answer, el, iso8601, url_encode, Params, QueryError, IAM_XMLNS};
+use super::{el, iso8601, url_encode, Params, QueryError};
 use crate::api::AppState;
-use crate::auth::Principal;
 use crate::kms::iam::{AccessKeyView, Ctx, RoleView, UserView};
-use axum::response::Response;
+use crate::store::IamPrincipalKind;
 
 /// The IAM actions served.
 pub(super) const ACTIONS: &[&str] = &[
@@ -105,34 +104,39 @@ fn names_xml(list: &str, names: &[String]) -> String {
     s
 }
 
+/// The IAM action `action` as `ctx.principal`: the answer's result, if it has one.
 pub(super) async fn execute(
     app: &AppState,
-    p: &Principal,
+    ctx: &Ctx<'_>,
     action: &str,
     params: &Params,
-    request_id: &str,
-) -> Result<Response, QueryError> {
-    let ctx = Ctx {
-        principal: p,
-        vault: app.kms.vault().as_ref(),
-        now: app.clock.now(),
-    };
+) -> Result<Option<String>, QueryError> {
     let iam = app.kms.iam();
     let user = || params.req("UserName", "userName");
     let role = || params.req("RoleName", "roleName");
     let policy = || params.req("PolicyName", "policyName");
+    // The user or role an inline policy action is about.
+    let kind = if action.contains("Role") {
+        IamPrincipalKind::Role
+    } else {
+        IamPrincipalKind::User
+    };
+    let holder = || match kind {
+        IamPrincipalKind::User => user(),
+        IamPrincipalKind::Role => role(),
+    };
     let result = match action {
         "CreateUser" => {
-            let u = iam.create_user(&ctx, user()?, params.opt("Path")).await?;
+            let u = iam.create_user(ctx, user()?, params.opt("Path")).await?;
             Some(user_xml(&u, "    "))
         }
         "GetUser" => {
-            let u = iam.get_user(&ctx, params.opt("UserName")).await?;
+            let u = iam.get_user(ctx, params.opt("UserName")).await?;
             Some(user_xml(&u, "    "))
         }
         "ListUsers" => {
             let page = iam.list_users(
-                &ctx,
+                ctx,
                 params.opt("PathPrefix"),
                 params.opt("Marker"),
                 params.int("MaxItems")?,
@@ -159,16 +163,16 @@ pub(super) async fn execute(
             Some(s)
         }
         "DeleteUser" => {
-            iam.delete_user(&ctx, user()?).await?;
+            iam.delete_user(ctx, user()?).await?;
             None
         }
         "CreateAccessKey" => {
-            let (view, credential) = iam.create_access_key(&ctx, params.opt("UserName")).await?;
+            let (view, credential) = iam.create_access_key(ctx, params.opt("UserName")).await?;
             app.credentials.upsert(credential);
             Some(key_xml(&view, "AccessKey"))
         }
         "ListAccessKeys" => {
-            let keys = iam.list_access_keys(&ctx, params.opt("UserName")).await?;
+            let keys = iam.list_access_keys(ctx, params.opt("UserName")).await?;
             let mut s = String::from("    <AccessKeyMetadata>\n");
             for k in &keys {
                 s.push_str(
@@ -185,44 +189,44 @@ pub(super) async fn execute(
             let akid = params.req("AccessKeyId", "accessKeyId")?;
             let status = params.req("Status", "status")?;
             let active = iam
-                .update_access_key(&ctx, params.opt("UserName"), akid, status)
+                .update_access_key(ctx, params.opt("UserName"), akid, status)
                 .await?;
             app.credentials.set_active(akid, active);
             None
         }
         "DeleteAccessKey" => {
             let akid = params.req("AccessKeyId", "accessKeyId")?;
-            iam.delete_access_key(&ctx, params.opt("UserName"), akid)
+            iam.delete_access_key(ctx, params.opt("UserName"), akid)
                 .await?;
             app.credentials.remove(akid);
             None
         }
-        "PutUserPolicy" => {
+        "PutUserPolicy" | "PutRolePolicy" => {
             let doc = params.req("PolicyDocument", "policyDocument")?;
-            iam.put_user_policy(&ctx, user()?, policy()?, doc).await?;
+            iam.put_policy(ctx, kind, holder()?, policy()?, doc).await?;
             None
         }
-        "GetUserPolicy" => {
-            let v = iam.get_user_policy(&ctx, user()?, policy()?)?;
+        "GetUserPolicy" | "GetRolePolicy" => {
+            let v = iam.get_policy(ctx, kind, holder()?, policy()?)?;
+            let holder_tag = match kind {
+                IamPrincipalKind::User => "UserName",
+                IamPrincipalKind::Role => "RoleName",
+            };
             Some(format!(
                 "    {}\n    {}\n    {}\n",
-                el("UserName", &v.principal_name),
+                el(holder_tag, &v.principal_name),
                 el("PolicyName", &v.policy_name),
                 el("PolicyDocument", &url_encode(&v.document))
             ))
         }
-        "ListUserPolicies" => {
-            let names = iam.list_user_policies(&ctx, user()?)?;
+        "ListUserPolicies" | "ListRolePolicies" => {
+            let names = iam.list_policies(ctx, kind, holder()?)?;
             Some(names_xml("PolicyNames", &names))
-        }
-        "DeleteUserPolicy" => {
-            iam.delete_user_policy(&ctx, user()?, policy()?).await?;
-            None
         }
         "CreateRole" => {
             let r = iam
                 .create_role(
-                    &ctx,
+                    ctx,
                     role()?,
                     params.opt("Path"),
                     params.req("AssumeRolePolicyDocument", "assumeRolePolicyDocument")?,
@@ -232,33 +236,16 @@ pub(super) async fn execute(
                 .await?;
             Some(role_xml(&r))
         }
-        "GetRole" => Some(role_xml(&iam.get_role(&ctx, role()?)?)),
+        "GetRole" => Some(role_xml(&iam.get_role(ctx, role()?)?)),
         "DeleteRole" => {
-            iam.delete_role(&ctx, role()?).await?;
+            iam.delete_role(ctx, role()?).await?;
             None
         }
-        "PutRolePolicy" => {
-            let doc = params.req("PolicyDocument", "policyDocument")?;
-            iam.put_role_policy(&ctx, role()?, policy()?, doc).await?;
-            None
-        }
-        "GetRolePolicy" => {
-            let v = iam.get_role_policy(&ctx, role()?, policy()?)?;
-            Some(format!(
-                "    {}\n    {}\n    {}\n",
-                el("RoleName", &v.principal_name),
-                el("PolicyName", &v.policy_name),
-                el("PolicyDocument", &url_encode(&v.document))
-            ))
-        }
-        "ListRolePolicies" => {
-            let names = iam.list_role_policies(&ctx, role()?)?;
-            Some(names_xml("PolicyNames", &names))
-        }
+        // DeleteUserPolicy, DeleteRolePolicy.
         _ => {
-            iam.delete_role_policy(&ctx, role()?, policy()?).await?;
+            iam.delete_policy(ctx, kind, holder()?, policy()?).await?;
             None
         }
     };
-    Ok(answer(action, IAM_XMLNS, result, request_id))
+    Ok(result)
 }

@@ -290,10 +290,16 @@ async fn run(app: &AppState, req: Request, request_id: &str) -> Result<Response,
     };
     let principal = super::pipeline::verify_signature_for(app, &parts, &body, service)
         .map_err(|e| fail(&action, xmlns, QueryError::auth(&e)))?;
-    let out = match service {
-        "sts" => sts::execute(app, &principal, &action, &params, request_id).await,
-        _ => iam::execute(app, &principal, &action, &params, request_id).await,
+    let ctx = crate::kms::iam::Ctx {
+        principal: &principal,
+        vault: app.kms.vault().as_ref(),
+        now: app.clock.now(),
     };
+    let out = match service {
+        "sts" => sts::execute(app, &ctx, &action, &params).await,
+        _ => iam::execute(app, &ctx, &action, &params).await,
+    }
+    .map(|result| answer(&action, xmlns, result, request_id));
     match out {
         Ok(r) => {
             tracing::debug!(target: "hsm_kms::audit", operation = %action, principal = %principal.arn, "call succeeded");

@@ -2,27 +2,25 @@
 //! is) and `AssumeRole` (temporary credentials of a role session, accepted by the very
 //! next request).
 
-use super::{answer, el, iso8601, Params, QueryError, STS_XMLNS};
+use super::{el, iso8601, Params, QueryError};
 use crate::api::AppState;
 use crate::auth::Principal;
 use crate::kms::iam::{AssumeRoleInput, Ctx};
-use axum::response::Response;
 
 /// The STS actions served.
 pub(super) const ACTIONS: &[&str] = &["GetCallerIdentity", "AssumeRole"];
 
+/// The STS action `action` as `ctx.principal`: the answer's result.
 pub(super) async fn execute(
     app: &AppState,
-    p: &Principal,
+    ctx: &Ctx<'_>,
     action: &str,
     params: &Params,
-    request_id: &str,
-) -> Result<Response, QueryError> {
-    let result = match action {
-        "GetCallerIdentity" => get_caller_identity(app, p)?,
-        _ => assume_role(app, p, params).await?,
-    };
-    Ok(answer(action, STS_XMLNS, Some(result), request_id))
+) -> Result<Option<String>, QueryError> {
+    Ok(Some(match action {
+        "GetCallerIdentity" => get_caller_identity(app, ctx.principal)?,
+        _ => assume_role(app, ctx, params).await?,
+    }))
 }
 
 /// `GetCallerIdentity`: the account, ARN and unique id of the caller (`AIDA…` for a
@@ -39,19 +37,14 @@ fn get_caller_identity(app: &AppState, p: &Principal) -> Result<String, QueryErr
 }
 
 /// `AssumeRole`: the new credential joins the live set before the answer leaves.
-async fn assume_role(app: &AppState, p: &Principal, params: &Params) -> Result<String, QueryError> {
+async fn assume_role(app: &AppState, ctx: &Ctx<'_>, params: &Params) -> Result<String, QueryError> {
     let input = AssumeRoleInput {
         role_arn: params.req("RoleArn", "roleArn")?,
         session_name: params.req("RoleSessionName", "roleSessionName")?,
         duration_seconds: params.int("DurationSeconds")?,
         session_policy: params.opt("Policy").is_some() || params.any_with_prefix("PolicyArns."),
     };
-    let ctx = Ctx {
-        principal: p,
-        vault: app.kms.vault().as_ref(),
-        now: app.clock.now(),
-    };
-    let r = app.kms.iam().assume_role(&ctx, &input).await?;
+    let r = app.kms.iam().assume_role(ctx, &input).await?;
     let out = format!(
         "    <AssumedRoleUser>\n      {}\n      {}\n    </AssumedRoleUser>\n    \
          <Credentials>\n      {}\n      {}\n      {}\n      {}\n    </Credentials>\n",

@@ -10,11 +10,13 @@
 //! | `registry.rs` | the in-memory copy: users, roles, parsed inline policies; loading |
 //! | `legacy.rs` | the start-time migration of credentials of users that have no IAM user |
 //! | `authz.rs` | who may call an IAM action: the root of the account, or an identity policy |
-//! | `users.rs` | users, their access keys and inline policies |
-//! | `roles.rs` | roles and their inline policies |
+//! | `inline.rs` | inline policies of users and roles: one implementation for both |
+//! | `users.rs` | users and their access keys; what users' inline policy actions differ in |
+//! | `roles.rs` | roles; what roles' inline policy actions differ in |
 //! | `sts.rs` | STS `AssumeRole` |
 
 mod authz;
+mod inline;
 mod legacy;
 mod names;
 mod registry;
@@ -22,12 +24,12 @@ mod roles;
 mod sts;
 mod users;
 
+pub use inline::PolicyView;
 pub use legacy::{LEGACY_POLICY, LEGACY_POLICY_NAME};
 pub use roles::{RoleView, DEFAULT_MAX_SESSION};
 pub use sts::{AssumeRoleInput, AssumedRole};
 pub use users::{
-    AccessKeyView, PolicyView, UserPage, UserView, ACCESS_KEYS_PER_USER, ROLE_POLICY_QUOTA,
-    USER_POLICY_QUOTA,
+    AccessKeyView, UserPage, UserView, ACCESS_KEYS_PER_USER, ROLE_POLICY_QUOTA, USER_POLICY_QUOTA,
 };
 
 use super::error::KmsError;
@@ -142,6 +144,23 @@ impl Identities {
             .instrument(tracing::Span::current())
             .await
             .map_err(|e| KmsError::Internal(format!("store task: {e}")))
+    }
+}
+
+/// A store deletion's outcome as IAM answers it: `not_found` for a missing user or role,
+/// `DeleteConflict` while it still has what must be deleted first.
+fn deleted(
+    r: Result<(), crate::store::StoreError>,
+    not_found: impl FnOnce() -> KmsError,
+) -> Result<(), KmsError> {
+    use crate::store::StoreError;
+    match r {
+        Ok(()) => Ok(()),
+        Err(StoreError::NotFound) => Err(not_found()),
+        Err(StoreError::Conflict(what)) => Err(KmsError::Conflict(format!(
+            "Cannot delete entity, must delete {what} first."
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

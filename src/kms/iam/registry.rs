@@ -191,6 +191,32 @@ impl State {
         self.roles.remove(&key(account, name));
     }
 
+    /// The inline policies of the user or role `principal`, if it exists.
+    pub(super) fn policies(
+        &self,
+        account: &str,
+        kind: IamPrincipalKind,
+        principal: &str,
+    ) -> Option<&Policies> {
+        match kind {
+            IamPrincipalKind::User => self.user(account, principal).map(|u| &u.policies),
+            IamPrincipalKind::Role => self.role(account, principal).map(|r| &r.policies),
+        }
+    }
+
+    fn policies_mut(
+        &mut self,
+        account: &str,
+        kind: IamPrincipalKind,
+        principal: &str,
+    ) -> Option<&mut Policies> {
+        let k = key(account, principal);
+        match kind {
+            IamPrincipalKind::User => self.users.get_mut(&k).map(|u| &mut u.policies),
+            IamPrincipalKind::Role => self.roles.get_mut(&k).map(|r| &mut r.policies),
+        }
+    }
+
     pub(super) fn put_policy(
         &mut self,
         account: &str,
@@ -199,12 +225,7 @@ impl State {
         policy_name: &str,
         doc: Arc<PolicyDocument>,
     ) {
-        let k = key(account, principal);
-        let policies = match kind {
-            IamPrincipalKind::User => self.users.get_mut(&k).map(|u| &mut u.policies),
-            IamPrincipalKind::Role => self.roles.get_mut(&k).map(|r| &mut r.policies),
-        };
-        if let Some(p) = policies {
+        if let Some(p) = self.policies_mut(account, kind, principal) {
             p.insert(policy_name.to_string(), doc);
         }
     }
@@ -216,12 +237,7 @@ impl State {
         principal: &str,
         policy_name: &str,
     ) {
-        let k = key(account, principal);
-        let policies = match kind {
-            IamPrincipalKind::User => self.users.get_mut(&k).map(|u| &mut u.policies),
-            IamPrincipalKind::Role => self.roles.get_mut(&k).map(|r| &mut r.policies),
-        };
-        if let Some(p) = policies {
+        if let Some(p) = self.policies_mut(account, kind, principal) {
             p.remove(policy_name);
         }
     }

@@ -1,14 +1,16 @@
-//! IAM roles and their inline policies: `CreateRole`, `GetRole`, `DeleteRole`,
-//! `PutRolePolicy`, `GetRolePolicy`, `ListRolePolicies`, `DeleteRolePolicy`.
+//! IAM roles: `CreateRole`, `GetRole`, `DeleteRole`; what their inline policy actions
+//! (`PutRolePolicy`, `GetRolePolicy`, `ListRolePolicies`, `DeleteRolePolicy`, served by
+//! `inline.rs`) name, count and answer for roles.
 
-use super::names::{self, check_name, MAX_NAME, MAX_POLICY_NAME};
-use super::users::{check_quota, policy_error, PolicyView, ROLE_POLICY_QUOTA};
+use super::inline::{policy_error, Holder};
+use super::names::{self, check_name, MAX_NAME};
+use super::users::ROLE_POLICY_QUOTA;
 use super::{Ctx, Identities};
 use crate::auth::Principal;
 use crate::kms::credentials;
 use crate::kms::policy::{PolicyDocument, PolicyError, PolicyKind};
 use crate::kms::KmsError;
-use crate::store::{IamPolicyRow, IamPrincipalKind, IamRoleRow, StoreError};
+use crate::store::{IamRoleRow, StoreError};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -56,9 +58,25 @@ fn no_such_role(name: &str) -> KmsError {
     KmsError::NotFound(format!("The role with name {name} cannot be found."))
 }
 
-fn no_such_policy(name: &str) -> KmsError {
-    KmsError::NotFound(format!("The role policy with name {name} cannot be found."))
-}
+/// Roles' inline policies.
+pub(super) const ROLES: Holder = Holder {
+    actions: [
+        "iam:PutRolePolicy",
+        "iam:GetRolePolicy",
+        "iam:ListRolePolicies",
+        "iam:DeleteRolePolicy",
+    ],
+    word: "role",
+    quota: ROLE_POLICY_QUOTA,
+    authorized: |ids, p, action, name| {
+        let row = ids.authorized_role(p, action, name)?;
+        Ok((row.account_id, row.role_name))
+    },
+    no_such_holder: no_such_role,
+    no_such_policy: |name| {
+        KmsError::NotFound(format!("The role policy with name {name} cannot be found."))
+    },
+};
 
 impl Identities {
     /// The role `name` of the caller's account after authorizing `action` on it.
@@ -154,136 +172,13 @@ impl Identities {
         let row = self.authorized_role(ctx.principal, "iam:DeleteRole", name)?;
         let _w = self.writes.lock().await;
         let (account, role) = (row.account_id.clone(), row.role_name.clone());
-        match self
+        let deleted = self
             .blocking(move |s| s.delete_iam_role(&account, &role))
-            .await?
-        {
-            Ok(()) => {}
-            Err(StoreError::NotFound) => return Err(no_such_role(name)),
-            Err(StoreError::Conflict(what)) => {
-                return Err(KmsError::Conflict(format!(
-                    "Cannot delete entity, must delete {what} first."
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
+            .await?;
+        super::deleted(deleted, || no_such_role(name))?;
         self.state
             .write()
             .remove_role(&row.account_id, &row.role_name);
-        Ok(())
-    }
-
-    /// IAM `PutRolePolicy`.
-    pub async fn put_role_policy(
-        &self,
-        ctx: &Ctx<'_>,
-        role: &str,
-        policy_name: &str,
-        document: &str,
-    ) -> Result<(), KmsError> {
-        check_name("policyName", policy_name, MAX_POLICY_NAME)?;
-        let doc = PolicyDocument::parse(document, PolicyKind::Identity).map_err(policy_error)?;
-        let row = self.authorized_role(ctx.principal, "iam:PutRolePolicy", role)?;
-        let _w = self.writes.lock().await;
-        {
-            let state = self.state.read();
-            let existing = state
-                .role(&row.account_id, &row.role_name)
-                .map(|r| r.policies.clone())
-                .unwrap_or_default();
-            check_quota(
-                &existing,
-                policy_name,
-                document,
-                ROLE_POLICY_QUOTA,
-                &format!("role {}", row.role_name),
-            )?;
-        }
-        let stored = IamPolicyRow {
-            account_id: row.account_id.clone(),
-            principal_kind: IamPrincipalKind::Role,
-            principal_name: row.role_name.clone(),
-            policy_name: policy_name.to_string(),
-            document: document.to_string(),
-        };
-        match self.blocking(move |s| s.put_iam_policy(&stored)).await? {
-            Ok(()) => {}
-            Err(StoreError::NotFound) => return Err(no_such_role(role)),
-            Err(e) => return Err(e.into()),
-        }
-        self.state.write().put_policy(
-            &row.account_id,
-            IamPrincipalKind::Role,
-            &row.role_name,
-            policy_name,
-            Arc::new(doc),
-        );
-        Ok(())
-    }
-
-    /// IAM `GetRolePolicy`.
-    pub fn get_role_policy(
-        &self,
-        ctx: &Ctx<'_>,
-        role: &str,
-        policy_name: &str,
-    ) -> Result<PolicyView, KmsError> {
-        check_name("policyName", policy_name, MAX_POLICY_NAME)?;
-        let row = self.authorized_role(ctx.principal, "iam:GetRolePolicy", role)?;
-        let state = self.state.read();
-        state
-            .role(&row.account_id, &row.role_name)
-            .and_then(|r| r.policies.get(policy_name))
-            .map(|d| PolicyView {
-                principal_name: row.role_name.clone(),
-                policy_name: policy_name.to_string(),
-                document: d.text().to_string(),
-            })
-            .ok_or_else(|| no_such_policy(policy_name))
-    }
-
-    /// IAM `ListRolePolicies`: the names of the role's inline policies.
-    pub fn list_role_policies(&self, ctx: &Ctx<'_>, role: &str) -> Result<Vec<String>, KmsError> {
-        let row = self.authorized_role(ctx.principal, "iam:ListRolePolicies", role)?;
-        Ok(self
-            .state
-            .read()
-            .role(&row.account_id, &row.role_name)
-            .map(|r| r.policies.keys().cloned().collect())
-            .unwrap_or_default())
-    }
-
-    /// IAM `DeleteRolePolicy`.
-    pub async fn delete_role_policy(
-        &self,
-        ctx: &Ctx<'_>,
-        role: &str,
-        policy_name: &str,
-    ) -> Result<(), KmsError> {
-        check_name("policyName", policy_name, MAX_POLICY_NAME)?;
-        let row = self.authorized_role(ctx.principal, "iam:DeleteRolePolicy", role)?;
-        let _w = self.writes.lock().await;
-        let (account, name, policy) = (
-            row.account_id.clone(),
-            row.role_name.clone(),
-            policy_name.to_string(),
-        );
-        match self
-            .blocking(move |s| {
-                s.delete_iam_policy(&account, IamPrincipalKind::Role, &name, &policy)
-            })
-            .await?
-        {
-            Ok(()) => {}
-            Err(StoreError::NotFound) => return Err(no_such_policy(policy_name)),
-            Err(e) => return Err(e.into()),
-        }
-        self.state.write().remove_policy(
-            &row.account_id,
-            IamPrincipalKind::Role,
-            &row.role_name,
-            policy_name,
-        );
         Ok(())
     }
 }

@@ -9,7 +9,7 @@
 use super::*;
 use crate::kms::policy;
 use crate::kms::vault::fake::FakeVault;
-use crate::store::{CredentialRow, SqliteStore};
+use crate::store::{CredentialRow, IamPrincipalKind, SqliteStore};
 
 const ACCT: &str = "111122223333";
 
@@ -109,8 +109,9 @@ async fn users_policies_and_role_sessions_reach_the_engine() {
     assert_eq!(alice.arn, format!("arn:aws:iam::{ACCT}:user/team/alice"));
     let p = principal(&alice.arn);
     assert!(!allows(&iam, &p, "kms:Encrypt"));
-    iam.put_user_policy(
+    iam.put_policy(
         &ctx,
+        IamPrincipalKind::User,
         "ALICE",
         "enc",
         r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*"}]}"#,
@@ -151,8 +152,9 @@ async fn users_policies_and_role_sessions_reach_the_engine() {
         )
         .await
         .unwrap();
-    iam.put_role_policy(
+    iam.put_policy(
         &ctx,
+        IamPrincipalKind::Role,
         "app",
         "dec",
         r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"}]}"#,
@@ -178,7 +180,9 @@ async fn users_policies_and_role_sessions_reach_the_engine() {
     assert!(allows(&iam, &sp, "kms:Decrypt"));
     assert!(!allows(&iam, &sp, "kms:Encrypt"));
     // Deleting the role (policies first) takes the session's permissions away.
-    iam.delete_role_policy(&ctx, "app", "dec").await.unwrap();
+    iam.delete_policy(&ctx, IamPrincipalKind::Role, "app", "dec")
+        .await
+        .unwrap();
     iam.delete_role(&ctx, "app").await.unwrap();
     assert!(iam.policies_for(&sp).is_empty());
     // A registry loaded again from the store agrees.

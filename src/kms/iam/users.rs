@@ -1,19 +1,19 @@
-//! IAM users, their access keys and their inline policies: `CreateUser`, `GetUser`,
-//! `ListUsers`, `DeleteUser`, `CreateAccessKey`, `ListAccessKeys`, `UpdateAccessKey`,
-//! `DeleteAccessKey`, `PutUserPolicy`, `GetUserPolicy`, `ListUserPolicies`,
-//! `DeleteUserPolicy`. Each validates its input, authorizes the caller on the user's ARN,
-//! commits to the store, then updates the registry.
+//! IAM users and their access keys: `CreateUser`, `GetUser`, `ListUsers`, `DeleteUser`,
+//! `CreateAccessKey`, `ListAccessKeys`, `UpdateAccessKey`, `DeleteAccessKey`; and what
+//! their inline policy actions (`PutUserPolicy`, `GetUserPolicy`, `ListUserPolicies`,
+//! `DeleteUserPolicy`, served by `inline.rs`) name, count and answer for users. Each
+//! validates its input, authorizes the caller on the user's ARN, commits to the store,
+//! then updates the registry.
 
-use super::names::{self, check_name, MAX_NAME, MAX_POLICY_NAME};
+use super::inline::Holder;
+use super::names::{self, check_name, MAX_NAME};
 use super::registry::Policies;
 use super::{Ctx, Identities};
 use crate::auth::{Credential, Principal};
 use crate::kms::credentials::{self, root_arn};
 use crate::kms::marker::{IamUsers, Marker};
-use crate::kms::policy::{PolicyDocument, PolicyError, PolicyKind};
 use crate::kms::KmsError;
-use crate::store::{CredentialRow, IamPolicyRow, IamPrincipalKind, IamUserRow, StoreError};
-use std::sync::Arc;
+use crate::store::{CredentialRow, IamUserRow, StoreError};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -76,64 +76,35 @@ pub struct AccessKeyView {
     pub secret: Option<Zeroizing<String>>,
 }
 
-/// An inline policy (`GetUserPolicy`, `GetRolePolicy`).
-#[derive(Debug, Clone)]
-pub struct PolicyView {
-    /// The user's or role's name.
-    pub principal_name: String,
-    /// The policy's name.
-    pub policy_name: String,
-    /// The document, verbatim.
-    pub document: String,
-}
-
 /// Whose access keys an action is about.
 enum Owner {
     Root,
     User(String),
 }
 
-/// A policy refused by the engine, as IAM answers it.
-pub(super) fn policy_error(e: PolicyError) -> KmsError {
-    match e {
-        PolicyError::Malformed(m) | PolicyError::InvalidCaller(m) => {
-            KmsError::MalformedPolicyDocument(m)
-        }
-        too_large @ PolicyError::TooLarge { .. } => KmsError::LimitExceeded(too_large.to_string()),
-    }
-}
-
-/// Characters of a policy that count against the inline policy quotas (whitespace is not
-/// counted, as in IAM).
-pub(super) fn quota_size(text: &str) -> usize {
-    text.chars().filter(|c| !c.is_whitespace()).count()
-}
-
-/// The new set of inline policies with `name` set to `doc` stays within `quota`.
-pub(super) fn check_quota(
-    existing: &Policies,
-    name: &str,
-    doc: &str,
-    quota: usize,
-    what: &str,
-) -> Result<(), KmsError> {
-    let total: usize = existing
-        .iter()
-        .filter(|(n, _)| n.as_str() != name)
-        .map(|(_, p)| quota_size(p.text()))
-        .sum::<usize>()
-        + quota_size(doc);
-    if total > quota {
-        return Err(KmsError::LimitExceeded(format!(
-            "Maximum policy size of {quota} bytes exceeded for {what}"
-        )));
-    }
-    Ok(())
-}
-
 fn no_such_user(name: &str) -> KmsError {
     KmsError::NotFound(format!("The user with name {name} cannot be found."))
 }
+
+/// Users' inline policies.
+pub(super) const USERS: Holder = Holder {
+    actions: [
+        "iam:PutUserPolicy",
+        "iam:GetUserPolicy",
+        "iam:ListUserPolicies",
+        "iam:DeleteUserPolicy",
+    ],
+    word: "user",
+    quota: USER_POLICY_QUOTA,
+    authorized: |ids, p, action, name| {
+        let row = ids.authorized_user(p, action, "userName", name)?;
+        Ok((row.account_id, row.user_name))
+    },
+    no_such_holder: no_such_user,
+    no_such_policy: |name| {
+        KmsError::NotFound(format!("The user policy with name {name} cannot be found."))
+    },
+};
 
 /// `GetUser`/`CreateAccessKey`… without `UserName` from a role session.
 fn needs_user_name() -> KmsError {
@@ -328,19 +299,10 @@ impl Identities {
         let row = self.authorized_user(p, "iam:DeleteUser", "userName", name)?;
         let _w = self.writes.lock().await;
         let (account, user) = (row.account_id.clone(), row.user_name.clone());
-        match self
+        let deleted = self
             .blocking(move |s| s.delete_iam_user(&account, &user))
-            .await?
-        {
-            Ok(()) => {}
-            Err(StoreError::NotFound) => return Err(no_such_user(name)),
-            Err(StoreError::Conflict(what)) => {
-                return Err(KmsError::Conflict(format!(
-                    "Cannot delete entity, must delete {what} first."
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
+            .await?;
+        super::deleted(deleted, || no_such_user(name))?;
         self.state
             .write()
             .remove_user(&row.account_id, &row.user_name);
@@ -486,128 +448,6 @@ impl Identities {
             target: "hsm_kms::audit",
             access_key_id = %row.access_key_id,
             "access key deleted"
-        );
-        Ok(())
-    }
-
-    /// IAM `PutUserPolicy` (creates or replaces the inline policy).
-    pub async fn put_user_policy(
-        &self,
-        ctx: &Ctx<'_>,
-        user: &str,
-        policy_name: &str,
-        document: &str,
-    ) -> Result<(), KmsError> {
-        check_name("policyName", policy_name, MAX_POLICY_NAME)?;
-        let doc = PolicyDocument::parse(document, PolicyKind::Identity).map_err(policy_error)?;
-        let row = self.authorized_user(ctx.principal, "iam:PutUserPolicy", "userName", user)?;
-        let _w = self.writes.lock().await;
-        {
-            let state = self.state.read();
-            let existing = state
-                .user(&row.account_id, &row.user_name)
-                .map(|u| u.policies.clone())
-                .unwrap_or_default();
-            check_quota(
-                &existing,
-                policy_name,
-                document,
-                USER_POLICY_QUOTA,
-                &format!("user {}", row.user_name),
-            )?;
-        }
-        let stored = IamPolicyRow {
-            account_id: row.account_id.clone(),
-            principal_kind: IamPrincipalKind::User,
-            principal_name: row.user_name.clone(),
-            policy_name: policy_name.to_string(),
-            document: document.to_string(),
-        };
-        match self.blocking(move |s| s.put_iam_policy(&stored)).await? {
-            Ok(()) => {}
-            Err(StoreError::NotFound) => return Err(no_such_user(user)),
-            Err(e) => return Err(e.into()),
-        }
-        self.state.write().put_policy(
-            &row.account_id,
-            IamPrincipalKind::User,
-            &row.user_name,
-            policy_name,
-            Arc::new(doc),
-        );
-        Ok(())
-    }
-
-    /// IAM `GetUserPolicy`.
-    pub fn get_user_policy(
-        &self,
-        ctx: &Ctx<'_>,
-        user: &str,
-        policy_name: &str,
-    ) -> Result<PolicyView, KmsError> {
-        check_name("policyName", policy_name, MAX_POLICY_NAME)?;
-        let row = self.authorized_user(ctx.principal, "iam:GetUserPolicy", "userName", user)?;
-        let state = self.state.read();
-        state
-            .user(&row.account_id, &row.user_name)
-            .and_then(|u| u.policies.get(policy_name))
-            .map(|d| PolicyView {
-                principal_name: row.user_name.clone(),
-                policy_name: policy_name.to_string(),
-                document: d.text().to_string(),
-            })
-            .ok_or_else(|| {
-                KmsError::NotFound(format!(
-                    "The user policy with name {policy_name} cannot be found."
-                ))
-            })
-    }
-
-    /// IAM `ListUserPolicies`: the names of the user's inline policies.
-    pub fn list_user_policies(&self, ctx: &Ctx<'_>, user: &str) -> Result<Vec<String>, KmsError> {
-        let row = self.authorized_user(ctx.principal, "iam:ListUserPolicies", "userName", user)?;
-        Ok(self
-            .state
-            .read()
-            .user(&row.account_id, &row.user_name)
-            .map(|u| u.policies.keys().cloned().collect())
-            .unwrap_or_default())
-    }
-
-    /// IAM `DeleteUserPolicy`.
-    pub async fn delete_user_policy(
-        &self,
-        ctx: &Ctx<'_>,
-        user: &str,
-        policy_name: &str,
-    ) -> Result<(), KmsError> {
-        check_name("policyName", policy_name, MAX_POLICY_NAME)?;
-        let row = self.authorized_user(ctx.principal, "iam:DeleteUserPolicy", "userName", user)?;
-        let _w = self.writes.lock().await;
-        let (account, name, policy) = (
-            row.account_id.clone(),
-            row.user_name.clone(),
-            policy_name.to_string(),
-        );
-        match self
-            .blocking(move |s| {
-                s.delete_iam_policy(&account, IamPrincipalKind::User, &name, &policy)
-            })
-            .await?
-        {
-            Ok(()) => {}
-            Err(StoreError::NotFound) => {
-                return Err(KmsError::NotFound(format!(
-                    "The user policy with name {policy_name} cannot be found."
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.state.write().remove_policy(
-            &row.account_id,
-            IamPrincipalKind::User,
-            &row.user_name,
-            policy_name,
         );
         Ok(())
     }
