@@ -23,6 +23,26 @@ const ACCT: &str = "111122223333";
 const ALLOW_ALL_IAM: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iam:*","Resource":"*"}]}"#;
 
+/// Assert a Query reply's HTTP status and IAM/STS error code.
+#[track_caller]
+fn expect_code(r: &QueryReply, status: u16, code: &str) {
+    assert_eq!((r.status, r.code().as_str()), (status, code), "{}", r.body);
+}
+
+/// IAM `PutUserPolicy` / `PutRolePolicy` (`kind` "User" or "Role"), which must succeed.
+async fn put_policy(c: &Client, kind: &str, name: &str, policy_name: &str, document: &str) {
+    c.query_ok(
+        "iam",
+        &format!("Put{kind}Policy"),
+        &[
+            (&format!("{kind}Name"), name),
+            ("PolicyName", policy_name),
+            ("PolicyDocument", document),
+        ],
+    )
+    .await;
+}
+
 fn user_arn(name: &str) -> String {
     format!("arn:aws:iam::{ACCT}:user/{name}")
 }
@@ -67,14 +87,14 @@ async fn users_access_keys_and_inline_policies() {
 
     // Unknown action or version; missing and invalid parameters.
     let r = root.query("iam", "ListGroups", &[]).await;
-    assert_eq!((r.status, r.code().as_str()), (400, "InvalidAction"));
+    expect_code(&r, 400, "InvalidAction");
     assert!(
         r.body.contains("https://iam.amazonaws.com/doc/2010-05-08/"),
         "{}",
         r.body
     );
     let r = root.query("iam", "CreateUser", &[]).await;
-    assert_eq!((r.status, r.code().as_str()), (400, "ValidationError"));
+    expect_code(&r, 400, "ValidationError");
     assert_eq!(
         r.value("Message"),
         "1 validation error detected: Value null at 'userName' failed to satisfy constraint: Member must not be null"
@@ -94,7 +114,7 @@ async fn users_access_keys_and_inline_policies() {
             &[("UserName", "x"), ("Path", "nopath")],
         )
         .await;
-    assert_eq!((r.status, r.code().as_str()), (400, "ValidationError"));
+    expect_code(&r, 400, "ValidationError");
 
     // CreateUser, its exact shape; names unique without regard to case.
     let r = root
@@ -123,7 +143,7 @@ async fn users_access_keys_and_inline_policies() {
     let r = root
         .query("iam", "CreateUser", &[("UserName", "ALICE")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (409, "EntityAlreadyExists"));
+    expect_code(&r, 409, "EntityAlreadyExists");
     assert_eq!(r.value("Message"), "User with name ALICE already exists.");
     for name in ["bob", "carol"] {
         root.query_ok("iam", "CreateUser", &[("UserName", name)])
@@ -138,7 +158,7 @@ async fn users_access_keys_and_inline_policies() {
     let r = root
         .query("iam", "GetUser", &[("UserName", "nobody")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchEntity"));
+    expect_code(&r, 404, "NoSuchEntity");
     assert_eq!(
         r.value("Message"),
         "The user with name nobody cannot be found."
@@ -172,9 +192,9 @@ async fn users_access_keys_and_inline_policies() {
     let r = root
         .query("iam", "ListUsers", &[("Marker", "forged")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (400, "InvalidInput"));
+    expect_code(&r, 400, "InvalidInput");
     let r = root.query("iam", "ListUsers", &[("MaxItems", "0")]).await;
-    assert_eq!((r.status, r.code().as_str()), (400, "ValidationError"));
+    expect_code(&r, 400, "ValidationError");
 
     // Access keys: two per user; the secret once; the key authenticates at once.
     let k1 = root
@@ -189,7 +209,7 @@ async fn users_access_keys_and_inline_policies() {
     let r = root
         .query("iam", "CreateAccessKey", &[("UserName", "alice")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (409, "LimitExceeded"));
+    expect_code(&r, 409, "LimitExceeded");
     assert_eq!(
         r.value("Message"),
         "Cannot exceed quota for AccessKeysPerUser: 2"
@@ -197,7 +217,7 @@ async fn users_access_keys_and_inline_policies() {
     let r = root
         .query("iam", "CreateAccessKey", &[("UserName", "nobody")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchEntity"));
+    expect_code(&r, 404, "NoSuchEntity");
     let alice = client_of(root, &k1, &alice_arn);
     let who = alice.query_ok("sts", "GetCallerIdentity", &[]).await;
     assert_eq!(who.value("Arn"), alice_arn);
@@ -216,7 +236,7 @@ async fn users_access_keys_and_inline_policies() {
     let r = alice
         .query("iam", "CreateUser", &[("UserName", "dave")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
+    expect_code(&r, 403, "AccessDenied");
     assert_eq!(
         r.value("Message"),
         format!(
@@ -237,20 +257,8 @@ async fn users_access_keys_and_inline_policies() {
             ],
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (400, "MalformedPolicyDocument")
-    );
-    root.query_ok(
-        "iam",
-        "PutUserPolicy",
-        &[
-            ("UserName", "alice"),
-            ("PolicyName", "iam-admin"),
-            ("PolicyDocument", ALLOW_ALL_IAM),
-        ],
-    )
-    .await;
+    expect_code(&r, 400, "MalformedPolicyDocument");
+    put_policy(root, "User", "alice", "iam-admin", ALLOW_ALL_IAM).await;
     let r = root
         .query_ok(
             "iam",
@@ -271,7 +279,7 @@ async fn users_access_keys_and_inline_policies() {
             &[("UserName", "alice"), ("PolicyName", "none")],
         )
         .await;
-    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchEntity"));
+    expect_code(&r, 404, "NoSuchEntity");
     let r = root
         .query_ok("iam", "ListUserPolicies", &[("UserName", "alice")])
         .await;
@@ -296,7 +304,7 @@ async fn users_access_keys_and_inline_policies() {
     let r = alice
         .query("iam", "DeleteUser", &[("UserName", "dave")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
+    expect_code(&r, 403, "AccessDenied");
     assert!(
         r.value("Message")
             .ends_with("with an explicit deny in an identity-based policy"),
@@ -314,7 +322,7 @@ async fn users_access_keys_and_inline_policies() {
         .await;
     // No one reaches another account: names resolve in the caller's own account only.
     let r = alice.query("iam", "GetUser", &[("UserName", "dave")]).await;
-    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchEntity"));
+    expect_code(&r, 404, "NoSuchEntity");
 
     // Access key lifecycle: Inactive is refused at once (IAM and KMS), Active works again.
     let akid = k1.value("AccessKeyId");
@@ -329,7 +337,7 @@ async fn users_access_keys_and_inline_policies() {
             ],
         )
         .await;
-    assert_eq!((r.status, r.code().as_str()), (400, "ValidationError"));
+    expect_code(&r, 400, "ValidationError");
     root.query_ok(
         "iam",
         "UpdateAccessKey",
@@ -341,7 +349,7 @@ async fn users_access_keys_and_inline_policies() {
     )
     .await;
     let r = alice.query("sts", "GetCallerIdentity", &[]).await;
-    assert_eq!((r.status, r.code().as_str()), (403, "InvalidClientTokenId"));
+    expect_code(&r, 403, "InvalidClientTokenId");
     let r = alice.call("ListKeys", json!({})).await;
     assert_eq!(
         (r.status, r.error_type()),
@@ -382,13 +390,13 @@ async fn users_access_keys_and_inline_policies() {
             &[("UserName", "bob"), ("AccessKeyId", &akid)],
         )
         .await;
-    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchEntity"));
+    expect_code(&r, 404, "NoSuchEntity");
 
     // DeleteUser: access keys first, then policies.
     let r = root
         .query("iam", "DeleteUser", &[("UserName", "alice")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (409, "DeleteConflict"));
+    expect_code(&r, 409, "DeleteConflict");
     assert_eq!(
         r.value("Message"),
         "Cannot delete entity, must delete access keys first."
@@ -503,10 +511,7 @@ async fn roles_and_assume_role_by_trust_policy() {
             &[("RoleName", "r"), ("AssumeRolePolicyDocument", "{}")],
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (400, "MalformedPolicyDocument")
-    );
+    expect_code(&r, 400, "MalformedPolicyDocument");
     // Roles: alice named directly; "acct" delegating to the account's identity policies.
     let r = root
         .query_ok(
@@ -534,7 +539,7 @@ async fn roles_and_assume_role_by_trust_policy() {
             &[("RoleName", "APP"), ("AssumeRolePolicyDocument", &t)],
         )
         .await;
-    assert_eq!((r.status, r.code().as_str()), (409, "EntityAlreadyExists"));
+    expect_code(&r, 409, "EntityAlreadyExists");
     let r = root
         .query_ok("iam", "GetRole", &[("RoleName", "app")])
         .await;
@@ -563,16 +568,7 @@ async fn roles_and_assume_role_by_trust_policy() {
 
     // Role inline policies.
     let kms_all = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
-    root.query_ok(
-        "iam",
-        "PutRolePolicy",
-        &[
-            ("RoleName", "app"),
-            ("PolicyName", "kms"),
-            ("PolicyDocument", kms_all),
-        ],
-    )
-    .await;
+    put_policy(root, "Role", "app", "kms", kms_all).await;
     let r = root
         .query_ok(
             "iam",
@@ -629,7 +625,7 @@ async fn roles_and_assume_role_by_trust_policy() {
         )
     );
     let r = call(&bob, &[], "s0").await;
-    assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
+    expect_code(&r, 403, "AccessDenied");
     assert_eq!(
         r.value("Message"),
         format!(
@@ -723,7 +719,7 @@ async fn roles_and_assume_role_by_trust_policy() {
             &[("RoleArn", &acct_arn), ("RoleSessionName", "s2")],
         )
         .await;
-    assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
+    expect_code(&r, 403, "AccessDenied");
     root.query_ok("iam", "PutUserPolicy", &[
         ("UserName", "alice"), ("PolicyName", "assume"),
         ("PolicyDocument", &format!(r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"sts:AssumeRole","Resource":"{acct_arn}"}}]}}"#)),
@@ -759,7 +755,7 @@ async fn roles_and_assume_role_by_trust_policy() {
         )
         .await;
     assert_eq!(r.code(), "AccessDenied");
-    root.query_ok("iam", "PutRolePolicy", &[("RoleName", "app"), ("PolicyName", "chain"), ("PolicyDocument", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRole","Resource":"*"}]}"#)]).await;
+    put_policy(root, "Role", "app", "chain", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRole","Resource":"*"}]}"#).await;
     let r = s1
         .query(
             "sts",
@@ -789,7 +785,7 @@ async fn roles_and_assume_role_by_trust_policy() {
     let r = root
         .query("iam", "DeleteRole", &[("RoleName", "app")])
         .await;
-    assert_eq!((r.status, r.code().as_str()), (409, "DeleteConflict"));
+    expect_code(&r, 409, "DeleteConflict");
     for p in ["kms", "chain"] {
         root.query_ok(
             "iam",
@@ -896,7 +892,7 @@ async fn sessions_survive_a_restart_and_expire_on_the_clock() {
         "The security token included in the request is expired"
     );
     let r = session.query("sts", "GetCallerIdentity", &[]).await;
-    assert_eq!((r.status, r.code().as_str()), (403, "ExpiredToken"));
+    expect_code(&r, 403, "ExpiredToken");
     // The long-term key is not affected.
     alice.query_ok("sts", "GetCallerIdentity", &[]).await;
     running.stop().await;

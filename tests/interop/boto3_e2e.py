@@ -9,7 +9,6 @@ the server's credentials.env. Prints one line per check and a closing line
 import os
 import re
 import sys
-import traceback
 import uuid
 
 import boto3
@@ -34,13 +33,7 @@ def make_client(validate=True):
     return boto3.client("kms", endpoint_url=os.environ["KMS_ENDPOINT"], config=config)
 
 
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
+from checks import Failure, check, run_suite  # noqa: E402 (tests/interop is on sys.path)
 
 
 def is_key_arn(value, key_id):
@@ -249,23 +242,7 @@ def main():
         "test_unknown_key",
         "test_rotation",
     ]
-    passed = failed = 0
-    for name in tests:
-        label = "boto3: " + name[len("test_"):].replace("_", " ")
-        try:
-            getattr(suite, name)()
-        except Exception as e:  # noqa: BLE001 - report every failure and go on
-            failed += 1
-            print(f"FAIL - {label}: {type(e).__name__}: {e}")
-            if not isinstance(e, Failure):
-                for line in traceback.format_exc().rstrip().splitlines():
-                    print("    | " + line)
-        else:
-            passed += 1
-            print(f"ok   - {label}")
-        sys.stdout.flush()
-    print(f"boto3: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return run_suite(suite, tests, "boto3")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import uuid
 
 import boto3
@@ -34,13 +33,7 @@ def client(service, **creds):
     return boto3.client(service, endpoint_url=os.environ["KMS_ENDPOINT"], config=CONFIG, **creds)
 
 
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
+from checks import Failure, check, run_suite  # noqa: E402 (tests/interop is on sys.path)
 
 
 def expect_error(code, status, fn, **kwargs):
@@ -180,23 +173,7 @@ def main():
         "test_assume_role",
         "test_cleanup_with_delete_conflicts",
     ]
-    passed = failed = 0
-    for name in tests:
-        label = "boto3-iam: " + name[len("test_"):].replace("_", " ")
-        try:
-            getattr(suite, name)()
-        except Exception as e:  # noqa: BLE001 - report every failure and go on
-            failed += 1
-            print(f"FAIL - {label}: {type(e).__name__}: {e}")
-            if not isinstance(e, Failure):
-                for line in traceback.format_exc().rstrip().splitlines():
-                    print("    | " + line)
-        else:
-            passed += 1
-            print(f"ok   - {label}")
-        sys.stdout.flush()
-    print(f"boto3-iam: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return run_suite(suite, tests, "boto3-iam")
 
 
 if __name__ == "__main__":
