@@ -151,11 +151,17 @@ pub(crate) async fn start_tuned(
     })
     .await
     .expect("service starts");
-    // A start whose every credential was refused still gets a client (that fails to sign in).
-    let cred =
-        running.credentials.first().cloned().unwrap_or_else(|| {
-            Credential::new("AKIANOCREDENTIAL0000", "none", "111122223333", "none")
-        });
+    // The configured account's root (after a restart the store also holds IAM users' and
+    // other accounts' keys, in access key id order); a start whose every credential was
+    // refused still gets a client (that fails to sign in).
+    let root = "arn:aws:iam::111122223333:root";
+    let cred = running
+        .credentials
+        .iter()
+        .find(|c| c.principal_arn == root)
+        .or(running.credentials.first())
+        .cloned()
+        .unwrap_or_else(|| Credential::new("AKIANOCREDENTIAL0000", "none", "111122223333", "none"));
     let mut client = Client::new(format!("http://{}", running.addr), cred);
     client.clock = Some(clock);
     (running, client)
