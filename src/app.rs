@@ -55,6 +55,30 @@ pub struct ServiceConfig {
     pub clock: Arc<dyn Clock>,
     /// Period of the background maintenance pass.
     pub maintenance_interval: Duration,
+    /// The audit trail.
+    pub audit: AuditOptions,
+}
+
+/// Where and how the audit trail is written.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// The trail's folder (created if absent).
+    pub dir: PathBuf,
+    /// Answer calls whose record cannot be made durable (default false: refuse them).
+    pub fail_open: bool,
+    /// Size at which a new trail file is started.
+    pub max_file_bytes: u64,
+}
+
+impl AuditOptions {
+    /// The trail in `dir`, fail-closed, default file size.
+    pub fn in_dir(dir: PathBuf) -> AuditOptions {
+        AuditOptions {
+            dir,
+            fail_open: false,
+            max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
+        }
+    }
 }
 
 /// A running service.
@@ -265,11 +289,19 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             }
         }
     });
+    let trail = crate::audit::FileTrail::open(&cfg.audit.dir, cfg.audit.max_file_bytes);
+    let audit = Arc::new(crate::kms::audit::Auditor::new(
+        Arc::new(trail),
+        cfg.audit.fail_open,
+        kms.region().as_str(),
+        &cfg.account_id,
+    ));
     let state = Arc::new(AppState {
         kms: kms.clone(),
         credentials: lookup,
         clock: cfg.clock.clone(),
         max_body_bytes: cfg.max_body_bytes,
+        audit,
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

@@ -91,6 +91,17 @@ pub struct Config {
     /// On-demand rotations allowed per key (RotateKeyOnDemand). Default 25, as AWS.
     #[serde(default = "default_on_demand_rotations")]
     pub on_demand_rotation_limit: u32,
+    /// Folder of the audit trail (JSON-lines files, hash-chained). Default:
+    /// `<state dir>/audit`.
+    #[serde(default)]
+    pub audit_dir: Option<PathBuf>,
+    /// Answer calls even when their audit record cannot be made durable (with an `error!`
+    /// log line). Default false: such calls are refused with `KMSInternalException`.
+    #[serde(default)]
+    pub audit_fail_open: bool,
+    /// Size at which a new audit trail file is started, in bytes. Default 64 MiB.
+    #[serde(default = "default_audit_file_bytes")]
+    pub audit_max_file_bytes: u64,
     /// The HSMs (at least two).
     #[serde(default)]
     pub hsm: Vec<HsmEntry>,
@@ -174,6 +185,9 @@ fn default_maintenance() -> u64 {
 }
 fn default_on_demand_rotations() -> u32 {
     crate::kms::ON_DEMAND_ROTATION_LIMIT
+}
+fn default_audit_file_bytes() -> u64 {
+    crate::audit::DEFAULT_MAX_FILE_BYTES
 }
 fn default_body() -> usize {
     64 * 1024
@@ -310,6 +324,20 @@ impl Loaded {
         })
     }
 
+    /// The audit trail's settings: `audit_dir` (resolved against the config's folder),
+    /// else `<state dir>/audit`.
+    pub fn audit(&self) -> crate::app::AuditOptions {
+        let c = &self.config;
+        crate::app::AuditOptions {
+            dir: match &c.audit_dir {
+                Some(d) => self.base.join(d),
+                None => self.state_dir.join("audit"),
+            },
+            fail_open: c.audit_fail_open,
+            max_file_bytes: c.audit_max_file_bytes,
+        }
+    }
+
     /// Whether each HSM runs in a host process of its own.
     pub fn hosted(&self) -> bool {
         self.config.hsm_isolation == Isolation::Process
@@ -335,7 +363,10 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # hsm_host_program = \"/usr/local/bin/hsm-kms\"   # default: this hsm-kms\n\
          # max_body_bytes = 65536\n\
          # maintenance_interval_ms = 10000\n\
-         # on_demand_rotation_limit = 25\n",
+         # on_demand_rotation_limit = 25\n\
+         # audit_dir = \"audit\"           # default: <state dir>/audit\n\
+         # audit_fail_open = false        # true: answer even when a record cannot be made durable\n\
+         # audit_max_file_bytes = 67108864\n",
     );
     for h in hsms {
         let rel = |p: &Path| {

@@ -5,13 +5,15 @@
 //! aws CLI / SDK ──HTTP, SigV4──► api (axum: X-Amz-Target dispatch, JSON, errors)
 //!                                  └─► kms (domain: key states, ciphertext format, aliases)
 //!                                        ├─► store (SQLite metadata only)
-//!                                        └─► hsm (cluster of ≥2 PKCS#11 tokens)
+//!                                        ├─► hsm (cluster of ≥2 PKCS#11 tokens)
+//!                                        └─► audit (the CloudTrail record of every call)
 //! ```
 //! Layers run one way: `api → kms → {hsm, store}`. Only `hsm` names cryptoki.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -803,6 +803,7 @@ async fn start_on(t: &Tokens) -> hsm_kms::app::Running {
         max_body_bytes: 64 * 1024,
         clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
         maintenance_interval: std::time::Duration::from_secs(3600),
+        audit: hsm_kms::app::AuditOptions::in_dir(t.dir.path().join("audit")),
     })
     .await
     .expect("service starts")

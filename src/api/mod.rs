@@ -31,6 +31,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Largest request body read; larger bodies get `RequestEntityTooLargeException`.
     pub max_body_bytes: usize,
+    /// The audit trail every call is recorded in (fail-closed unless configured open).
+    pub audit: Arc<crate::kms::audit::Auditor>,
 }
 
 /// The service's router.

@@ -6,8 +6,14 @@
 //! 3. **resolve** — the keys the request names (`Kms::resolve`);
 //! 4. **authorize** — may this principal perform this action on these keys (`Kms::authorize`);
 //! 5. **execute** — the domain method (`Kms::execute`);
-//! 6. **record** — one structured event per call, whatever its outcome;
+//! 6. **record** — the call's CloudTrail record(s), whatever its outcome, made durable in
+//!    the audit trail before anything is answered (`kms::audit`);
 //! 7. **respond** — JSON 1.1 body or the AWS error, with `x-amzn-RequestId`.
+//!
+//! Before step 1 the audit trail must be healthy: while it cannot take records, calls are
+//! refused with `KMSInternalException` and nothing is done (fail-closed); a call whose
+//! record then fails to become durable is answered `KMSInternalException` too (unless
+//! `audit_fail_open`).
 //!
 //! Every step runs inside one `request` span carrying the request id and the operation;
 //! the span follows the call into the HSM workers and the blocking store calls, so every
@@ -17,6 +23,7 @@ use super::error::{content_type, ApiError, JSON_1_1};
 use super::input::Input;
 use super::{parse, set_headers, AppState};
 use crate::auth::{Principal, RequestParts};
+use crate::kms::audit::{self, Call, CallFacts, Resource, Source};
 use crate::kms::operation::Operation;
 use crate::kms::Resolved;
 use axum::body::Body;
@@ -44,9 +51,36 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
         operation = %target.map_or("unknown", Operation::name)
     );
     let started = Instant::now();
+    let facts = call_facts(app, &req, &request_id);
+    let raw_target = match target {
+        Some(_) => None,
+        None => req
+            .headers()
+            .get("x-amz-target")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    };
     let outcome = async {
-        let outcome = run(app, req, target).await;
-        record(app, target, &outcome, started);
+        let mut outcome = match app.audit.admit() {
+            Ok(()) => run(app, req, target).await,
+            Err(e) => Outcome {
+                principal: None,
+                keys: None,
+                request_parameters: serde_json::Value::Null,
+                response_elements: serde_json::Value::Null,
+                result: Err(e.into()),
+            },
+        };
+        let events = record(
+            app,
+            target,
+            raw_target.as_deref(),
+            &outcome,
+            started,
+            &facts,
+        );
+        if let Err(e) = app.audit.commit(events).await {
+            outcome.result = Err(e.into());
+        }
         outcome
     }
     .instrument(span)
@@ -64,6 +98,10 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
 struct Outcome {
     principal: Option<Principal>,
     keys: Option<Resolved>,
+    /// CloudTrail's `requestParameters` (allow-listed members of the body).
+    request_parameters: serde_json::Value,
+    /// CloudTrail's `responseElements`.
+    response_elements: serde_json::Value,
     result: Result<Response, ApiError>,
 }
 
@@ -71,6 +109,8 @@ async fn run(app: &AppState, req: Request, target: Option<Operation>) -> Outcome
     let mut out = Outcome {
         principal: None,
         keys: None,
+        request_parameters: serde_json::Value::Null,
+        response_elements: serde_json::Value::Null,
         result: Err(ApiError::unknown_operation()),
     };
     out.result = steps(app, req, target, &mut out).await;
@@ -89,6 +129,7 @@ async fn steps(
     let principal = &*out.principal.insert(principal);
     // 2. parse
     let json = json_body(&body)?;
+    out.request_parameters = audit::kms_request_parameters(&json);
     let input = Input::new(&json);
     let request = parse::parse(op, &input)?;
     // Grant tokens are shapes (parse) and then tokens this service issued (the domain).
@@ -107,6 +148,7 @@ async fn steps(
         tracing::error!(error = %e, "response serialization failed");
         ApiError::new("KMSInternalException", "An internal error occurred.")
     })?;
+    out.response_elements = audit::kms_response_elements(op.name(), &bytes);
     let mut r = bytes.into_response();
     r.headers_mut().insert("content-type", content_type());
     Ok(r)
@@ -176,39 +218,107 @@ fn json_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, 
     }
 }
 
-/// Step 6, record: one structured event per call (target `hsm_kms::audit`), never with
-/// plaintext, ciphertext, key material or secrets. The audit trail fills this in.
-fn record(app: &AppState, target: Option<Operation>, out: &Outcome, started: Instant) {
-    let operation = target.map_or("unknown", Operation::name);
-    let principal = out.principal.as_ref().map_or("-", |p| p.arn.as_str());
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    // Key ARNs are formatted only for an event that is recorded.
-    let resources = || {
-        out.keys
-            .as_ref()
-            .map(|k| app.kms.resource_arns(k))
-            .unwrap_or_default()
-    };
-    match &out.result {
-        Ok(_) if !tracing::enabled!(target: "hsm_kms::audit", tracing::Level::DEBUG) => {}
-        Ok(_) => tracing::debug!(
-            target: "hsm_kms::audit",
-            %operation,
-            %principal,
-            resources = ?resources(),
-            elapsed_us,
-            "call succeeded"
-        ),
-        Err(e) => tracing::info!(
-            target: "hsm_kms::audit",
-            %operation,
-            %principal,
-            resources = ?resources(),
-            error = %e.aws_type,
-            elapsed_us,
-            "call failed"
-        ),
+/// The HTTP facts of a call: request id, TCP peer, `User-Agent`, time, and the access key
+/// id its `Authorization` header names (recorded for a call whose signature fails).
+pub(super) fn call_facts(app: &AppState, req: &Request, request_id: &str) -> CallFacts {
+    let headers = req.headers();
+    CallFacts {
+        request_id: request_id.to_string(),
+        source_ip: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+        user_agent: headers
+            .get(axum::http::header::USER_AGENT)
+            .map(|v| audit::user_agent(&String::from_utf8_lossy(v.as_bytes()))),
+        time: app.clock.now(),
+        claimed_access_key_id: claimed_access_key_id(headers),
     }
+}
+
+/// The access key id of `Authorization: AWS4-HMAC-SHA256 Credential=AKID/…` (or of the
+/// `X-Amz-Credential` query form's header twin), when it looks like one.
+fn claimed_access_key_id(headers: &HeaderMap) -> Option<String> {
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let cred = auth.split("Credential=").nth(1)?;
+    let id = cred.split('/').next()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| id.to_string())
+}
+
+/// The caller's unique id (`AIDA…`, `AROA…:session`, the account id for root).
+pub(super) fn principal_id(app: &AppState, p: &Principal) -> Option<String> {
+    app.kms
+        .iam()
+        .caller(p)
+        .ok()
+        .and_then(|c| c.userid().map(str::to_string))
+}
+
+/// Step 6, record: the call's CloudTrail record(s), which `handle` makes durable
+/// (fail-closed: when they cannot be, the call is answered `KMSInternalException`). A
+/// tracing line (target `hsm_kms::audit`) names failed calls, never with parameters.
+fn record(
+    app: &AppState,
+    target: Option<Operation>,
+    raw_target: Option<&str>,
+    out: &Outcome,
+    started: Instant,
+    facts: &CallFacts,
+) -> Vec<audit::Event> {
+    let unknown;
+    let event_name = match target {
+        Some(op) => op.name(),
+        None => {
+            unknown = audit::event_name(
+                raw_target
+                    .map(|t| t.strip_prefix("TrentService.").unwrap_or(t))
+                    .unwrap_or_default(),
+            );
+            unknown.as_str()
+        }
+    };
+    let resources: Vec<Resource> = out
+        .keys
+        .as_ref()
+        .map(|k| {
+            app.kms
+                .resource_arns(k)
+                .into_iter()
+                .map(Resource::key)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Err(e) = &out.result {
+        tracing::info!(
+            target: "hsm_kms::audit",
+            operation = %event_name,
+            principal = %out.principal.as_ref().map_or("-", |p| p.arn.as_str()),
+            error = %e.aws_type,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "call failed"
+        );
+    }
+    let error = out
+        .result
+        .as_ref()
+        .err()
+        .map(|e| (e.aws_type, e.message.as_str()));
+    let call = Call {
+        source: Source::Kms,
+        event_name,
+        principal: out.principal.as_ref(),
+        principal_id: out.principal.as_ref().and_then(|p| principal_id(app, p)),
+        read_only: target.is_none_or(Operation::read_only),
+        request_parameters: out.request_parameters.clone(),
+        response_elements: out.response_elements.clone(),
+        resources,
+        error,
+    };
+    app.audit.events(call, facts)
 }
 
 /// SigV4 verification of a request (service `kms`, this service's region, clock and

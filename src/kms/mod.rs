@@ -1,5 +1,6 @@
 //! The KMS domain layer: value types parsed at the API edge, the encryption context and the
 //! ciphertext blob format, the stored key documents, and `Kms` with one method per operation.
+pub mod audit;
 pub mod ciphertext;
 pub mod context;
 pub mod credentials;

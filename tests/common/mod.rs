@@ -148,6 +148,7 @@ pub(crate) async fn start_tuned(
         max_body_bytes: 64 * 1024,
         clock: clock.clone(),
         maintenance_interval,
+        audit: app::AuditOptions::in_dir(tokens.dir.path().join("audit")),
     })
     .await
     .expect("service starts");

@@ -10,13 +10,14 @@
 //!
 //! The request path is the KMS one, shortened: authenticate (read the body, find the
 //! action, verify SigV4 for its service) → execute (the domain validates, authorizes and
-//! acts) → record → respond.
+//! acts) → record (the CloudTrail record, durable before the answer) → respond.
 
 mod iam;
 mod sts;
 
 use super::AppState;
 use crate::auth::{AuthError, Principal};
+use crate::kms::audit::{Call, CallFacts, Source};
 use crate::kms::KmsError;
 use axum::body::Body;
 use axum::extract::Request;
@@ -207,68 +208,120 @@ fn iso8601(t: time::OffsetDateTime) -> String {
     )
 }
 
-/// Serve one Query protocol request.
+/// Serve one Query protocol request. As for KMS calls (`pipeline`), the audit trail must
+/// be healthy before anything is done, and the call's record durable before it is
+/// answered; a failure of either is `ServiceFailure` (500).
 pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("request", request_id = %request_id, protocol = "query");
     async {
-        match run(app, req, &request_id).await {
+        let facts = super::pipeline::call_facts(app, &req, &request_id);
+        let mut call = Attempt {
+            action: String::new(),
+            source: Source::Sts,
+            xmlns: STS_XMLNS,
+            principal: None,
+            request_parameters: serde_json::Value::Null,
+        };
+        let mut result = match app.audit.admit() {
+            Ok(()) => run(app, req, &request_id, &mut call).await,
+            Err(e) => Err(QueryError::from(e)),
+        };
+        let events = record(app, &call, &result, &facts);
+        if let Err(e) = app.audit.commit(events).await {
+            result = Err(QueryError::from(e));
+        }
+        match result {
             Ok(r) => r,
-            Err(f) => {
-                tracing::info!(
-                    target: "hsm_kms::audit",
-                    operation = %f.action,
-                    principal = %f.principal.as_ref().map_or("-", |p| p.arn.as_str()),
-                    error = %f.error.code,
-                    "call failed"
-                );
-                f.error.into_response(f.xmlns, &request_id)
-            }
+            Err(error) => error.into_response(call.xmlns, &request_id),
         }
     }
     .instrument(span)
     .await
 }
 
-/// A failed call: what is recorded and answered.
-struct Failure {
+/// What a call was, as far as it got: what is recorded.
+struct Attempt {
     action: String,
+    source: Source,
     xmlns: &'static str,
     principal: Option<Principal>,
-    error: QueryError,
+    request_parameters: serde_json::Value,
 }
 
-async fn run(app: &AppState, req: Request, request_id: &str) -> Result<Response, Failure> {
-    let fail = |action: &str, xmlns: &'static str, error: QueryError| Failure {
-        action: action.to_string(),
-        xmlns,
-        principal: None,
-        error,
-    };
+/// The call's CloudTrail record(s); a tracing line names failed calls.
+fn record(
+    app: &AppState,
+    call: &Attempt,
+    result: &Result<Response, QueryError>,
+    facts: &CallFacts,
+) -> Vec<crate::kms::audit::Event> {
+    let error = result.as_ref().err();
+    if let Some(e) = error {
+        tracing::info!(
+            target: "hsm_kms::audit",
+            operation = %call.action,
+            principal = %call.principal.as_ref().map_or("-", |p| p.arn.as_str()),
+            error = %e.code,
+            "call failed"
+        );
+    }
+    let name = crate::kms::audit::event_name(&call.action);
+    let read_only = call.action.starts_with("Get") || call.action.starts_with("List");
+    app.audit.events(
+        Call {
+            source: call.source,
+            event_name: &name,
+            principal: call.principal.as_ref(),
+            principal_id: call
+                .principal
+                .as_ref()
+                .and_then(|p| super::pipeline::principal_id(app, p)),
+            read_only,
+            request_parameters: call.request_parameters.clone(),
+            response_elements: serde_json::Value::Null,
+            resources: Vec::new(),
+            error: error.map(|e| (e.code, e.message.as_str())),
+        },
+        facts,
+    )
+}
+
+async fn run(
+    app: &AppState,
+    req: Request,
+    request_id: &str,
+    call: &mut Attempt,
+) -> Result<Response, QueryError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
-        let e = QueryError::new(
+        return Err(QueryError::new(
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             "Query protocol requests are POST",
-        );
-        return Err(fail("-", STS_XMLNS, e));
+        ));
     }
     let body = axum::body::to_bytes(Body::new(body), app.max_body_bytes)
         .await
         .map_err(|_| {
-            let e = QueryError::new(
+            QueryError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
                 format!("Request body is larger than {} bytes", app.max_body_bytes),
-            );
-            fail("-", STS_XMLNS, e)
+            )
         })?;
     let params = Params(parse_form(&body));
+    call.request_parameters = crate::kms::audit::query_request_parameters(
+        params.0.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let action = params.opt("Action").unwrap_or_default().to_string();
+    call.action.clone_from(&action);
     if action.is_empty() {
-        let e = QueryError::new(StatusCode::BAD_REQUEST, "MissingAction", "Missing Action");
-        return Err(fail("-", STS_XMLNS, e));
+        return Err(QueryError::new(
+            StatusCode::BAD_REQUEST,
+            "MissingAction",
+            "Missing Action",
+        ));
     }
     let version = params.opt("Version").unwrap_or_default().to_string();
     // The service an action belongs to, hence the SigV4 scope it must be signed for.
@@ -276,42 +329,30 @@ async fn run(app: &AppState, req: Request, request_id: &str) -> Result<Response,
         STS_VERSION if sts::ACTIONS.contains(&action.as_str()) => ("sts", STS_XMLNS),
         IAM_VERSION if iam::ACTIONS.contains(&action.as_str()) => ("iam", IAM_XMLNS),
         _ => {
-            let xmlns = if version == IAM_VERSION {
-                IAM_XMLNS
-            } else {
-                STS_XMLNS
-            };
-            return Err(fail(
-                &action,
-                xmlns,
-                QueryError::invalid_action(&action, &version),
-            ));
+            if version == IAM_VERSION {
+                call.xmlns = IAM_XMLNS;
+                call.source = Source::Iam;
+            }
+            return Err(QueryError::invalid_action(&action, &version));
         }
     };
+    call.xmlns = xmlns;
+    if service == "iam" {
+        call.source = Source::Iam;
+    }
     let principal = super::pipeline::verify_signature_for(app, &parts, &body, service)
-        .map_err(|e| fail(&action, xmlns, QueryError::auth(&e)))?;
+        .map_err(|e| QueryError::auth(&e))?;
+    let principal = &*call.principal.insert(principal);
     let ctx = crate::kms::iam::Ctx {
-        principal: &principal,
+        principal,
         vault: app.kms.vault().as_ref(),
         now: app.clock.now(),
     };
-    let out = match service {
+    let result = match service {
         "sts" => sts::execute(app, &ctx, &action, &params).await,
         _ => iam::execute(app, &ctx, &action, &params).await,
-    }
-    .map(|result| answer(&action, xmlns, result, request_id));
-    match out {
-        Ok(r) => {
-            tracing::debug!(target: "hsm_kms::audit", operation = %action, principal = %principal.arn, "call succeeded");
-            Ok(r)
-        }
-        Err(error) => Err(Failure {
-            action,
-            xmlns,
-            principal: Some(principal),
-            error,
-        }),
-    }
+    }?;
+    Ok(answer(&action, xmlns, result, request_id))
 }
 
 fn xml_response(status: StatusCode, body: String, request_id: &str) -> Response {

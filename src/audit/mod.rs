@@ -1,0 +1,433 @@
+//! The audit trail on disk: append-only JSON-lines files, one writer thread, group commit,
+//! a hash chain across files; and [`verify`], which checks a whole trail.
+//!
+//! ## Format
+//! Files `trail-NNNNNNNN.jsonl` (8 decimal digits, from 1) in the audit folder; a new
+//! file is started when the current one would pass the size limit. Each line is
+//!
+//! ```text
+//! {"seq":N,"prev":"<64 hex>","event":{…CloudTrail record…}}
+//! ```
+//!
+//! `seq` counts records from 0 across all files; `prev` is the SHA-256 of the previous
+//! line's bytes (without its newline), 64 zeros for record 0. Editing, deleting or
+//! reordering a line therefore breaks the chain at the next line, in whichever file.
+//!
+//! ## Writing
+//! Callers hand serialized records to one writer thread and wait. The writer takes every
+//! batch waiting, writes them with one `write` and one `fdatasync`, then answers them all
+//! (group commit). A failed write or sync rolls the file back to its length before the
+//! batch, fails the batch and marks the trail unhealthy; while unhealthy, [`FileTrail`]'s
+//! `healthy()` asks the writer (at most every 200 ms) to re-open and sync the current
+//! file, which makes it healthy again when that works.
+
+mod verify;
+
+pub use verify::{verify, Finding, VerifyError, VerifyReport};
+
+use crate::kms::audit::AuditSink;
+use crate::kms::KmsError;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why the trail could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// A file or folder operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An existing file's last line is not a record (a torn write is repaired on open;
+    /// anything else is left for `audit verify`).
+    #[error("{0}")]
+    Corrupt(String),
+    /// The writer thread is gone or failed this batch.
+    #[error("audit writer: {0}")]
+    Writer(String),
+}
+
+fn io(path: &Path, source: std::io::Error) -> AuditError {
+    AuditError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Default size at which a new file is started.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// `prev` of record 0.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Most records written in one group commit.
+const MAX_BATCH: usize = 4096;
+/// Shortest time between two health probes.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// The name of trail file number `n`.
+pub fn file_name(n: u64) -> String {
+    format!("trail-{n:08}.jsonl")
+}
+
+/// The trail files of `dir`, in order, with their numbers.
+pub fn trail_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(n) = name
+            .strip_prefix("trail-")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((n, entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One queued batch and where to answer.
+struct Batch {
+    records: Vec<Vec<u8>>,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+enum Msg {
+    Write(Batch),
+    Probe,
+}
+
+/// Shared between the trail and its writer thread.
+struct Shared {
+    healthy: AtomicBool,
+    /// Milliseconds since `epoch` of the last probe asked.
+    last_probe_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// The file adapter of [`AuditSink`].
+pub struct FileTrail {
+    tx: crossbeam_channel::Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+/// Where the chain stands: the next sequence number and the hash of the last line.
+struct Head {
+    seq: u64,
+    prev: String,
+}
+
+/// The writer's state.
+struct Writer {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    head: Head,
+    /// The open file, its number and its length; `None` until opened (or after a failure).
+    file: Option<(File, u64, u64)>,
+    /// The number of the last file seen on disk (0 when none).
+    last_number: u64,
+}
+
+impl FileTrail {
+    /// The trail in `dir` (created if absent), continuing the chain of the files already
+    /// there. Never fails: a folder that cannot be used makes an unhealthy trail (calls
+    /// are then refused, fail-closed), re-checked by probes.
+    pub fn open(dir: &Path, max_file_bytes: u64) -> FileTrail {
+        let shared = Arc::new(Shared {
+            healthy: AtomicBool::new(false),
+            last_probe_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let mut w = Writer {
+            dir: dir.to_path_buf(),
+            max_file_bytes: max_file_bytes.max(1),
+            head: Head {
+                seq: 0,
+                prev: GENESIS.to_string(),
+            },
+            file: None,
+            last_number: 0,
+        };
+        match w.reopen() {
+            Ok(()) => shared.healthy.store(true, Ordering::SeqCst),
+            Err(e) => tracing::error!(
+                target: "hsm_kms::audit",
+                error = %e,
+                "audit trail cannot be opened; calls are refused until it can"
+            ),
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        let s2 = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || w.run(&rx, &s2));
+        if let Err(e) = spawned {
+            tracing::error!(target: "hsm_kms::audit", error = %e, "audit writer not started");
+            shared.healthy.store(false, Ordering::SeqCst);
+        }
+        FileTrail { tx, shared }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for FileTrail {
+    fn healthy(&self) -> bool {
+        if self.shared.healthy.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        let last = self.shared.last_probe_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64
+            && self
+                .shared
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _ = self.tx.send(Msg::Probe);
+        }
+        false
+    }
+
+    async fn append(&self, records: Vec<Vec<u8>>) -> Result<(), KmsError> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Msg::Write(Batch { records, done }))
+            .map_err(|_| KmsError::Internal("audit trail: writer stopped".into()))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(KmsError::Internal(format!("audit trail: {e}"))),
+            Err(_) => Err(KmsError::Internal("audit trail: writer stopped".into())),
+        }
+    }
+}
+
+/// The SHA-256 of a line (without its newline), in hex.
+pub fn line_hash(line: &[u8]) -> String {
+    hex::encode(Sha256::digest(line))
+}
+
+impl Writer {
+    fn run(mut self, rx: &crossbeam_channel::Receiver<Msg>, shared: &Shared) {
+        while let Ok(first) = rx.recv() {
+            let mut batches = Vec::new();
+            let mut probe = false;
+            let mut count = 0;
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                match m {
+                    Msg::Write(b) => {
+                        count += b.records.len();
+                        batches.push(b);
+                    }
+                    Msg::Probe => probe = true,
+                }
+                if count < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if probe && batches.is_empty() {
+                let ok = self.probe();
+                shared.healthy.store(ok, Ordering::Release);
+                continue;
+            }
+            let result = self.write(&batches);
+            shared.healthy.store(result.is_ok(), Ordering::Release);
+            if let Err(e) = &result {
+                tracing::error!(target: "hsm_kms::audit", error = %e, "audit write failed");
+            }
+            for b in batches {
+                let _ = b
+                    .done
+                    .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    /// Re-open the current file if needed and sync it.
+    fn probe(&mut self) -> bool {
+        if self.file.is_none() {
+            if let Err(e) = self.reopen() {
+                tracing::error!(target: "hsm_kms::audit", error = %e, "audit trail still unavailable");
+                return false;
+            }
+        }
+        match &self.file {
+            Some((f, _, _)) => f.sync_data().is_ok(),
+            None => false,
+        }
+    }
+
+    /// Find the last file and the chain's head in it (repairing a torn last line), and
+    /// open it for appending.
+    fn reopen(&mut self) -> Result<(), AuditError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let files = trail_files(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let Some((n, path)) = files.last().cloned() else {
+            self.head = Head {
+                seq: 0,
+                prev: GENESIS.to_string(),
+            };
+            self.last_number = 0;
+            return self.start_file(1);
+        };
+        // The head: the last complete line of the newest file that has one.
+        let mut head = None;
+        for (_, p) in files.iter().rev() {
+            if let Some(h) = last_record(p)? {
+                head = Some(h);
+                break;
+            }
+        }
+        self.head = head.unwrap_or(Head {
+            seq: 0,
+            prev: GENESIS.to_string(),
+        });
+        let mut f = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let len = f
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| io(&path, e))?;
+        self.last_number = n;
+        self.file = Some((f, n, len));
+        Ok(())
+    }
+
+    /// Create file `n` and make its entry durable.
+    fn start_file(&mut self, n: u64) -> Result<(), AuditError> {
+        let path = self.dir.join(file_name(n));
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(&self.dir, e))?;
+        self.last_number = n;
+        self.file = Some((f, n, 0));
+        Ok(())
+    }
+
+    fn write(&mut self, batches: &[Batch]) -> Result<(), AuditError> {
+        if self.file.is_none() {
+            self.reopen()?;
+        }
+        let mut buf = Vec::with_capacity(
+            batches
+                .iter()
+                .flat_map(|b| b.records.iter())
+                .map(|r| r.len() + 110)
+                .sum(),
+        );
+        let mut head = Head {
+            seq: self.head.seq,
+            prev: self.head.prev.clone(),
+        };
+        for r in batches.iter().flat_map(|b| b.records.iter()) {
+            let start = buf.len();
+            buf.extend_from_slice(
+                format!(
+                    "{{\"seq\":{},\"prev\":\"{}\",\"event\":",
+                    head.seq, head.prev
+                )
+                .as_bytes(),
+            );
+            buf.extend_from_slice(r);
+            buf.push(b'}');
+            let hash = line_hash(buf.get(start..).unwrap_or_default());
+            buf.push(b'\n');
+            head.seq += 1;
+            head.prev = hash;
+        }
+        if let Some((_, _, len)) = &self.file {
+            if *len > 0 && len.saturating_add(buf.len() as u64) > self.max_file_bytes {
+                let next = self.last_number + 1;
+                self.start_file(next)?;
+            }
+        }
+        let Some((f, n, len)) = self.file.as_mut() else {
+            return Err(AuditError::Writer("no open file".into()));
+        };
+        let path = self.dir.join(file_name(*n));
+        let before = *len;
+        let r = f.write_all(&buf).and_then(|_| f.sync_data());
+        if let Err(e) = r {
+            // Roll back a partial write; if even that fails, the file is re-opened (and its
+            // torn tail repaired) before the next write.
+            if f.set_len(before).and_then(|_| f.sync_data()).is_err() {
+                self.file = None;
+            }
+            return Err(io(&path, e));
+        }
+        *len += buf.len() as u64;
+        self.head = head;
+        Ok(())
+    }
+}
+
+/// The chain head after the last complete record of `path`; a torn last line (no
+/// newline: a crash mid-write, never acknowledged) is cut off.
+fn last_record(path: &Path) -> Result<Option<Head>, AuditError> {
+    let f = File::open(path).map_err(|e| io(path, e))?;
+    let mut reader = std::io::BufReader::new(f);
+    let mut line = Vec::new();
+    let mut last: Option<Vec<u8>> = None;
+    let mut good_len: u64 = 0;
+    let mut torn = false;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            good_len += n as u64;
+            line.pop();
+            last = Some(line.clone());
+        } else {
+            torn = true;
+        }
+    }
+    if torn {
+        tracing::warn!(target: "hsm_kms::audit", file = %path.display(), "cutting a torn last line (a write interrupted by a crash)");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        f.set_len(good_len)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io(path, e))?;
+    }
+    let Some(line) = last else { return Ok(None) };
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let s: Seq = serde_json::from_slice(&line).map_err(|e| {
+        AuditError::Corrupt(format!(
+            "{}: the last line is not a trail record ({e}); run `hsm-kms audit verify`",
+            path.display()
+        ))
+    })?;
+    Ok(Some(Head {
+        seq: s.seq + 1,
+        prev: line_hash(&line),
+    }))
+}

@@ -1,0 +1,715 @@
+//! The audit trail, domain side: the CloudTrail record of one API call ([`Event`]), how it
+//! is built from what the call was ([`Call`]) and where it came from ([`CallFacts`]), the
+//! request parameters and response elements CloudTrail shows (allow-lists: a member not
+//! listed is never recorded, so plaintext, ciphertext blobs, signatures, MACs, key
+//! material, secrets and grant or session tokens never are), and the port the trail is
+//! written through ([`AuditSink`]) with the service's policy over it ([`Auditor`]):
+//! fail-closed by default, a call whose record cannot be made durable is refused.
+//!
+//! A cross-account call yields one record per recipient account (the caller's and each
+//! key owner's), as CloudTrail delivers it, tied together by `sharedEventID`.
+
+use super::error::KmsError;
+use crate::auth::Principal;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// The CloudTrail record version written.
+pub const EVENT_VERSION: &str = "1.08";
+
+/// One CloudTrail record (`eventType` `AwsApiCall`), members in CloudTrail's order.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// `eventVersion`.
+    pub event_version: &'static str,
+    /// `userIdentity`.
+    pub user_identity: UserIdentity,
+    /// `eventTime`, ISO 8601 in whole seconds (`2024-05-01T12:00:00Z`).
+    pub event_time: String,
+    /// `eventSource`: `kms.amazonaws.com`, `iam.amazonaws.com`, `sts.amazonaws.com`.
+    pub event_source: &'static str,
+    /// `eventName`: the operation or action.
+    pub event_name: String,
+    /// `awsRegion`.
+    pub aws_region: String,
+    /// `sourceIPAddress`: the TCP peer.
+    #[serde(rename = "sourceIPAddress")]
+    pub source_ip_address: Option<String>,
+    /// `userAgent`.
+    pub user_agent: Option<String>,
+    /// `errorCode` of a failed call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// `errorMessage` of a failed call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// `requestParameters` (allow-listed members only; `null` when none).
+    pub request_parameters: Value,
+    /// `responseElements` (`null` for most operations).
+    pub response_elements: Value,
+    /// `requestID`: the `x-amzn-RequestId` answered.
+    #[serde(rename = "requestID")]
+    pub request_id: String,
+    /// `eventID`: unique per record.
+    #[serde(rename = "eventID")]
+    pub event_id: String,
+    /// `readOnly`.
+    pub read_only: bool,
+    /// `resources`: the keys the call named.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<Resource>,
+    /// `eventType`: `AwsApiCall`.
+    pub event_type: &'static str,
+    /// `managementEvent`: true.
+    pub management_event: bool,
+    /// `recipientAccountId`: the account this copy of the record belongs to.
+    pub recipient_account_id: String,
+    /// `sharedEventID`: for a call recorded in several accounts, the same in every copy.
+    #[serde(rename = "sharedEventID", skip_serializing_if = "Option::is_none")]
+    pub shared_event_id: Option<String>,
+    /// `eventCategory`: `Management`.
+    pub event_category: &'static str,
+}
+
+/// `userIdentity`: who made the call, as far as the call got.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdentity {
+    /// `Root`, `IAMUser`, `AssumedRole`, or `Unknown` before authentication succeeded.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `AIDA…` for a user, `AROA…:session` for a role session, the account id for root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    /// The principal's ARN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// The principal's account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// The access key id the request was signed with (also for a refused signature, as
+    /// the request named it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// An IAM user's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// A role session's issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_context: Option<SessionContext>,
+}
+
+/// `userIdentity.sessionContext` of a role session.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionContext {
+    /// `sessionIssuer`: the role.
+    pub session_issuer: SessionIssuer,
+    /// `attributes`: `mfaAuthenticated`.
+    pub attributes: Map<String, Value>,
+}
+
+/// `sessionContext.sessionIssuer`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionIssuer {
+    /// `Role`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The role's unique id (`AROA…`).
+    pub principal_id: String,
+    /// The role's ARN.
+    pub arn: String,
+    /// The role's account.
+    pub account_id: String,
+    /// The role's name.
+    pub user_name: String,
+}
+
+/// One `resources` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resource {
+    /// The key's account.
+    #[serde(rename = "accountId")]
+    pub account_id: String,
+    /// `AWS::KMS::Key`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The key's ARN.
+    #[serde(rename = "ARN")]
+    pub arn: String,
+}
+
+impl Resource {
+    /// The resource of a key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`).
+    pub fn key(arn: String) -> Resource {
+        let account_id = arn.split(':').nth(4).unwrap_or_default().to_string();
+        Resource {
+            account_id,
+            kind: "AWS::KMS::Key",
+            arn,
+        }
+    }
+}
+
+/// Which API a call was made to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// KMS (JSON 1.1).
+    Kms,
+    /// IAM (Query).
+    Iam,
+    /// STS (Query).
+    Sts,
+}
+
+impl Source {
+    /// The `eventSource`.
+    pub fn event_source(self) -> &'static str {
+        match self {
+            Source::Kms => "kms.amazonaws.com",
+            Source::Iam => "iam.amazonaws.com",
+            Source::Sts => "sts.amazonaws.com",
+        }
+    }
+}
+
+/// Where a call came from, as the HTTP front saw it.
+#[derive(Debug, Clone)]
+pub struct CallFacts {
+    /// The `x-amzn-RequestId` answered.
+    pub request_id: String,
+    /// The TCP peer's address.
+    pub source_ip: Option<IpAddr>,
+    /// The `User-Agent` header (cut to 1024 characters).
+    pub user_agent: Option<String>,
+    /// When the call was received.
+    pub time: OffsetDateTime,
+    /// The access key id the request's `Authorization` header names, for a call whose
+    /// signature was not accepted.
+    pub claimed_access_key_id: Option<String>,
+}
+
+/// What a call was and how it ended.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The API.
+    pub source: Source,
+    /// The operation or action (`eventName`).
+    pub event_name: &'a str,
+    /// The authenticated caller, if authentication succeeded.
+    pub principal: Option<&'a Principal>,
+    /// The caller's unique id (`AIDA…`, `AROA…:session`, the account id), if known.
+    pub principal_id: Option<String>,
+    /// `readOnly`.
+    pub read_only: bool,
+    /// `requestParameters`.
+    pub request_parameters: Value,
+    /// `responseElements`.
+    pub response_elements: Value,
+    /// The keys named.
+    pub resources: Vec<Resource>,
+    /// `errorCode` and `errorMessage` of a failed call.
+    pub error: Option<(&'a str, &'a str)>,
+}
+
+/// The most characters of a `User-Agent` recorded.
+const USER_AGENT_MAX: usize = 1024;
+/// The most characters of an unknown operation's name recorded.
+const NAME_MAX: usize = 128;
+
+/// A header value as recorded: at most `max` characters.
+pub fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// A `User-Agent` as recorded.
+pub fn user_agent(s: &str) -> String {
+    clip(s, USER_AGENT_MAX)
+}
+
+/// An unknown operation's name as recorded.
+pub fn event_name(s: &str) -> String {
+    clip(s, NAME_MAX)
+}
+
+/// ISO 8601 in whole seconds, UTC, `Z`.
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn user_identity(call: &Call<'_>, facts: &CallFacts) -> UserIdentity {
+    let Some(p) = call.principal else {
+        return UserIdentity {
+            kind: "Unknown",
+            access_key_id: facts.claimed_access_key_id.clone(),
+            ..UserIdentity::default()
+        };
+    };
+    let mut id = UserIdentity {
+        kind: "IAMUser",
+        principal_id: call.principal_id.clone(),
+        arn: Some(p.arn.clone()),
+        account_id: Some(p.account_id.clone()),
+        access_key_id: Some(p.access_key_id.clone()),
+        ..UserIdentity::default()
+    };
+    if let Some(s) = &p.session {
+        id.kind = "AssumedRole";
+        let mut attributes = Map::new();
+        attributes.insert("mfaAuthenticated".into(), Value::from("false"));
+        id.session_context = Some(SessionContext {
+            session_issuer: SessionIssuer {
+                kind: "Role",
+                principal_id: s.role_id.clone(),
+                arn: s.role_arn.clone(),
+                account_id: p.account_id.clone(),
+                user_name: s
+                    .role_arn
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            },
+            attributes,
+        });
+    } else if p.arn.ends_with(":root") {
+        id.kind = "Root";
+        id.principal_id = Some(p.account_id.clone());
+    } else {
+        id.user_name = p.arn.rsplit('/').next().map(str::to_string);
+    }
+    id
+}
+
+/// The records of one call: one per recipient account (the caller's, then each other
+/// account owning a named key); `home_account` receives calls with no known caller.
+pub fn events(call: Call<'_>, facts: &CallFacts, region: &str, home_account: &str) -> Vec<Event> {
+    let mut recipients: Vec<String> = Vec::with_capacity(1);
+    match call.principal {
+        Some(p) => recipients.push(p.account_id.clone()),
+        None => recipients.push(home_account.to_string()),
+    }
+    for r in &call.resources {
+        if !r.account_id.is_empty() && !recipients.contains(&r.account_id) {
+            recipients.push(r.account_id.clone());
+        }
+    }
+    let shared = (recipients.len() > 1).then(|| uuid::Uuid::new_v4().to_string());
+    let base = Event {
+        event_version: EVENT_VERSION,
+        user_identity: user_identity(&call, facts),
+        event_time: timestamp(facts.time),
+        event_source: call.source.event_source(),
+        event_name: call.event_name.to_string(),
+        aws_region: region.to_string(),
+        source_ip_address: facts.source_ip.map(|ip| ip.to_string()),
+        user_agent: facts.user_agent.clone(),
+        error_code: call.error.map(|(c, _)| c.to_string()),
+        error_message: call
+            .error
+            .map(|(_, m)| m)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string),
+        request_parameters: call.request_parameters,
+        response_elements: call.response_elements,
+        request_id: facts.request_id.clone(),
+        event_id: String::new(),
+        read_only: call.read_only,
+        resources: call.resources,
+        event_type: "AwsApiCall",
+        management_event: true,
+        recipient_account_id: String::new(),
+        shared_event_id: shared,
+        event_category: "Management",
+    };
+    let mut out = Vec::with_capacity(recipients.len());
+    for account in recipients {
+        let mut e = base.clone();
+        e.event_id = uuid::Uuid::new_v4().to_string();
+        e.recipient_account_id = account;
+        out.push(e);
+    }
+    out
+}
+
+/// The KMS request members CloudTrail shows, by their wire names. Anything else
+/// (`Plaintext`, `CiphertextBlob`, `Message`, `Signature`, `Mac`, `PublicKey`,
+/// `GrantTokens`, `GrantToken`, `Recipient`, `Marker`, …) is never recorded.
+const KMS_PARAMETERS: &[&str] = &[
+    "AliasName",
+    "BypassPolicyLockoutSafetyCheck",
+    "Constraints",
+    "CustomerMasterKeySpec",
+    "Description",
+    "DestinationEncryptionAlgorithm",
+    "DestinationEncryptionContext",
+    "DestinationKeyId",
+    "DryRun",
+    "EncryptionAlgorithm",
+    "EncryptionContext",
+    "GrantId",
+    "GranteePrincipal",
+    "IncludeKeyMaterial",
+    "KeyAgreementAlgorithm",
+    "KeyId",
+    "KeyPairSpec",
+    "KeySpec",
+    "KeyUsage",
+    "Limit",
+    "MacAlgorithm",
+    "MessageType",
+    "MultiRegion",
+    "Name",
+    "NumberOfBytes",
+    "Operations",
+    "Origin",
+    "PendingWindowInDays",
+    "Policy",
+    "PolicyName",
+    "RetiringPrincipal",
+    "RotationPeriodInDays",
+    "SigningAlgorithm",
+    "SourceEncryptionAlgorithm",
+    "SourceEncryptionContext",
+    "SourceKeyId",
+    "TagKeys",
+    "Tags",
+    "TargetKeyId",
+];
+
+/// The IAM and STS parameters CloudTrail shows. Anything else (`SerialNumber`,
+/// `TokenCode`, `ExternalId`, …) is never recorded; no action takes a secret as a
+/// parameter, and none is listed here.
+const QUERY_PARAMETERS: &[&str] = &[
+    "AccessKeyId",
+    "AssumeRolePolicyDocument",
+    "Description",
+    "DurationSeconds",
+    "MaxItems",
+    "MaxSessionDuration",
+    "NewPath",
+    "NewUserName",
+    "Path",
+    "PathPrefix",
+    "PolicyDocument",
+    "PolicyName",
+    "RoleArn",
+    "RoleName",
+    "RoleSessionName",
+    "Status",
+    "UserName",
+];
+
+/// `Name` as CloudTrail spells it: first letter lower-cased (`KeyId` → `keyId`).
+fn camel(name: &str) -> String {
+    let mut c = name.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Whether a member's value is a caller-defined map whose keys are kept as they are.
+fn user_map(name: &str) -> bool {
+    name.ends_with("EncryptionContext")
+        || name == "EncryptionContextSubset"
+        || name == "EncryptionContextEquals"
+}
+
+/// `v` with every object member name camel-cased, except inside caller-defined maps.
+fn camel_value(name: &str, v: &Value) -> Value {
+    match v {
+        Value::Object(m) if !user_map(name) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (camel(k), camel_value(k, v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|v| camel_value(name, v)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A KMS request's `requestParameters`: the allow-listed members of its JSON body, named
+/// as CloudTrail names them; `null` when there are none.
+pub fn kms_request_parameters(body: &Map<String, Value>) -> Value {
+    let out: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| KMS_PARAMETERS.contains(&k.as_str()))
+        .map(|(k, v)| (camel(k), camel_value(k, v)))
+        .collect();
+    if out.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(out)
+    }
+}
+
+/// A KMS answer's `responseElements`, for the operations CloudTrail shows one for
+/// (CreateKey's `keyMetadata`, CreateGrant's `grantId`, ScheduleKeyDeletion's dates);
+/// `null` for the others. Never a plaintext, blob, signature, MAC or token: only these
+/// members are read.
+pub fn kms_response_elements(operation: &str, reply: &[u8]) -> Value {
+    let keep: &[&str] = match operation {
+        "CreateKey" => &["KeyMetadata"],
+        "CreateGrant" => &["GrantId"],
+        "ScheduleKeyDeletion" => &["KeyId", "DeletionDate", "KeyState", "PendingWindowInDays"],
+        "CancelKeyDeletion" => &["KeyId"],
+        _ => return Value::Null,
+    };
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(reply) else {
+        return Value::Null;
+    };
+    let out: Map<String, Value> = m
+        .iter()
+        .filter(|(k, _)| keep.contains(&k.as_str()))
+        .map(|(k, v)| (camel(k), camel_value(k, v)))
+        .collect();
+    if out.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(out)
+    }
+}
+
+/// An IAM or STS request's `requestParameters`: the allow-listed parameters, named as
+/// CloudTrail names them; `null` when there are none.
+pub fn query_request_parameters<'a>(params: impl Iterator<Item = (&'a str, &'a str)>) -> Value {
+    let out: Map<String, Value> = params
+        .filter(|(k, _)| QUERY_PARAMETERS.contains(k))
+        .map(|(k, v)| (camel(k), Value::from(v)))
+        .collect();
+    if out.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(out)
+    }
+}
+
+/// The port the trail is written through (adapter: `crate::audit::FileTrail`).
+#[async_trait::async_trait]
+pub trait AuditSink: Send + Sync {
+    /// Whether the last write reached the disk and the writer runs. Cheap; while
+    /// unhealthy it may ask the writer to re-check (the next call sees the answer).
+    fn healthy(&self) -> bool;
+
+    /// Append these serialized records (each one JSON object, no newline) to the trail,
+    /// in this order; resolves once they are durable (written and synced), or with the
+    /// reason they are not.
+    async fn append(&self, records: Vec<Vec<u8>>) -> Result<(), KmsError>;
+}
+
+/// The service's policy over the trail: refuse a call before it runs while the trail is
+/// unhealthy, and answer it only once its record is durable — unless `fail_open`, which
+/// answers anyway with an `error!` line.
+pub struct Auditor {
+    sink: Arc<dyn AuditSink>,
+    fail_open: bool,
+    region: String,
+    home_account: String,
+}
+
+impl Auditor {
+    /// An auditor writing through `sink` for a service of `region` whose own account is
+    /// `home_account` (the recipient of calls with no authenticated caller).
+    pub fn new(
+        sink: Arc<dyn AuditSink>,
+        fail_open: bool,
+        region: &str,
+        home_account: &str,
+    ) -> Self {
+        Auditor {
+            sink,
+            fail_open,
+            region: region.to_string(),
+            home_account: home_account.to_string(),
+        }
+    }
+
+    /// Before a call runs: `Internal` while the trail cannot take records (fail-closed).
+    pub fn admit(&self) -> Result<(), KmsError> {
+        if self.sink.healthy() {
+            return Ok(());
+        }
+        if self.fail_open {
+            tracing::error!(
+                target: "hsm_kms::audit",
+                "AUDIT TRAIL UNAVAILABLE: serving without a durable record (audit_fail_open)"
+            );
+            return Ok(());
+        }
+        Err(KmsError::Internal(
+            "audit trail unavailable: call refused (fail-closed)".into(),
+        ))
+    }
+
+    /// The records of `call`.
+    pub fn events(&self, call: Call<'_>, facts: &CallFacts) -> Vec<Event> {
+        events(call, facts, &self.region, &self.home_account)
+    }
+
+    /// Make `events` durable; `Internal` when that fails (fail-closed), else `Ok` after
+    /// an `error!` line (fail-open).
+    pub async fn commit(&self, events: Vec<Event>) -> Result<(), KmsError> {
+        let mut records = Vec::with_capacity(events.len());
+        for e in &events {
+            records.push(
+                serde_json::to_vec(e)
+                    .map_err(|e| KmsError::Internal(format!("audit record: {e}")))?,
+            );
+        }
+        match self.sink.append(records).await {
+            Ok(()) => Ok(()),
+            Err(e) if self.fail_open => {
+                tracing::error!(
+                    target: "hsm_kms::audit",
+                    error = %e,
+                    request_id = %events.first().map_or("-", |e| e.request_id.as_str()),
+                    "AUDIT RECORD LOST: answered without a durable record (audit_fail_open)"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_allow_listed_members_are_recorded_with_cloudtrail_names() {
+        let body = json!({
+            "KeyId": "alias/x",
+            "Plaintext": "c2VjcmV0",
+            "CiphertextBlob": "YmxvYg==",
+            "GrantTokens": ["tok"],
+            "EncryptionContext": {"Department": "Eng", "KeyId": "v"},
+            "Tags": [{"TagKey": "k", "TagValue": "v"}],
+            "Constraints": {"EncryptionContextSubset": {"A": "b"}},
+            "Signature": "c2ln",
+            "Mac": "bWFj",
+            "Message": "bXNn",
+        });
+        let p = kms_request_parameters(body.as_object().unwrap());
+        assert_eq!(
+            p,
+            json!({
+                "keyId": "alias/x",
+                "encryptionContext": {"Department": "Eng", "KeyId": "v"},
+                "tags": [{"tagKey": "k", "tagValue": "v"}],
+                "constraints": {"encryptionContextSubset": {"A": "b"}},
+            })
+        );
+        assert_eq!(kms_request_parameters(&Map::new()), Value::Null);
+        let q = query_request_parameters(
+            [
+                ("UserName", "bob"),
+                ("Action", "CreateUser"),
+                ("TokenCode", "1"),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(q, json!({"userName": "bob"}));
+    }
+
+    #[test]
+    fn response_elements_keep_only_what_cloudtrail_shows() {
+        let r = br#"{"GrantId":"g1","GrantToken":"secret-token"}"#;
+        assert_eq!(
+            kms_response_elements("CreateGrant", r),
+            json!({"grantId": "g1"})
+        );
+        let r = br#"{"KeyId":"k","CiphertextBlob":"x","Plaintext":"y"}"#;
+        assert_eq!(kms_response_elements("GenerateDataKey", r), Value::Null);
+        let r = br#"{"KeyMetadata":{"AWSAccountId":"1","KeyId":"k"}}"#;
+        assert_eq!(
+            kms_response_elements("CreateKey", r),
+            json!({"keyMetadata": {"aWSAccountId": "1", "keyId": "k"}})
+        );
+    }
+
+    fn facts() -> CallFacts {
+        CallFacts {
+            request_id: "r".into(),
+            source_ip: Some("127.0.0.1".parse().unwrap()),
+            user_agent: Some("ua".into()),
+            time: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            claimed_access_key_id: Some("AKIACLAIMED".into()),
+        }
+    }
+
+    #[test]
+    fn a_cross_account_call_is_recorded_for_each_account_and_identities_are_typed() {
+        let p = Principal {
+            access_key_id: "AKIA1".into(),
+            account_id: "111111111111".into(),
+            arn: "arn:aws:iam::111111111111:user/alice".into(),
+            session: None,
+        };
+        let call = Call {
+            source: Source::Kms,
+            event_name: "Encrypt",
+            principal: Some(&p),
+            principal_id: Some("AIDAX".into()),
+            read_only: true,
+            request_parameters: Value::Null,
+            response_elements: Value::Null,
+            resources: vec![Resource::key(
+                "arn:aws:kms:us-east-1:222222222222:key/k".into(),
+            )],
+            error: None,
+        };
+        let ev = events(call, &facts(), "us-east-1", "999999999999");
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].recipient_account_id, "111111111111");
+        assert_eq!(ev[1].recipient_account_id, "222222222222");
+        assert_ne!(ev[0].event_id, ev[1].event_id);
+        assert!(ev[0].shared_event_id.is_some());
+        assert_eq!(ev[0].shared_event_id, ev[1].shared_event_id);
+        let v = serde_json::to_value(&ev[0]).unwrap();
+        assert_eq!(v["userIdentity"]["type"], "IAMUser");
+        assert_eq!(v["userIdentity"]["userName"], "alice");
+        assert_eq!(v["eventTime"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["resources"][0]["type"], "AWS::KMS::Key");
+        assert_eq!(v["resources"][0]["accountId"], "222222222222");
+        assert!(v.get("errorCode").is_none());
+
+        let call = Call {
+            source: Source::Sts,
+            event_name: "GetCallerIdentity",
+            principal: None,
+            principal_id: None,
+            read_only: true,
+            request_parameters: Value::Null,
+            response_elements: Value::Null,
+            resources: vec![],
+            error: Some(("SignatureDoesNotMatch", "bad")),
+        };
+        let ev = events(call, &facts(), "us-east-1", "999999999999");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].recipient_account_id, "999999999999");
+        assert!(ev[0].shared_event_id.is_none());
+        let v = serde_json::to_value(&ev[0]).unwrap();
+        assert_eq!(v["userIdentity"]["type"], "Unknown");
+        assert_eq!(v["userIdentity"]["accessKeyId"], "AKIACLAIMED");
+        assert_eq!(v["errorCode"], "SignatureDoesNotMatch");
+        assert_eq!(v["eventSource"], "sts.amazonaws.com");
+    }
+}

@@ -1,0 +1,474 @@
+//! The audit trail over HTTP with real tokens: a CloudTrail record with the right fields for
+//! every class of outcome (success, denied, invalid, bad signature, unknown operation) and
+//! for IAM and STS calls; nothing the caller must keep secret in it; a cross-account call
+//! recorded for both accounts; calls refused while the trail cannot be written
+//! (fail-closed) and answered when configured fail-open; `hsm-kms audit verify` on a
+//! real trail, intact and edited.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+use hsm_kms::app::{self, AuditOptions, ServiceConfig};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const A: &str = "111122223333";
+
+/// The trail's text and its records (the `event` of each line).
+fn trail(dir: &Path) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    for (_, p) in hsm_kms::audit::trail_files(dir).unwrap() {
+        let t = std::fs::read_to_string(p).unwrap();
+        for l in t.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            events.push(v["event"].clone());
+        }
+        text.push_str(&t);
+    }
+    (text, events)
+}
+
+/// The records of request `id`.
+fn records_of(dir: &Path, id: &str) -> Vec<Value> {
+    trail(dir)
+        .1
+        .into_iter()
+        .filter(|e| e["requestID"] == id)
+        .collect()
+}
+
+/// The one record of request `id`.
+fn record_of(dir: &Path, id: &str) -> Value {
+    let mut r = records_of(dir, id);
+    assert_eq!(r.len(), 1, "records of {id}: {r:?}");
+    r.remove(0)
+}
+
+/// The last record named `name`.
+fn last_named(dir: &Path, name: &str) -> Value {
+    trail(dir)
+        .1
+        .into_iter()
+        .rev()
+        .find(|e| e["eventName"] == name)
+        .unwrap_or_else(|| panic!("no {name} record"))
+}
+
+fn policy(statements: Value) -> String {
+    json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+}
+
+/// The fields every record has, with these values.
+fn common_fields(e: &Value, source: &str, name: &str, recipient: &str) {
+    assert_eq!(e["eventVersion"], "1.08", "{e}");
+    assert_eq!(e["eventSource"], source, "{e}");
+    assert_eq!(e["eventName"], name, "{e}");
+    assert_eq!(e["awsRegion"], "us-east-1", "{e}");
+    assert_eq!(e["sourceIPAddress"], "127.0.0.1", "{e}");
+    assert_eq!(e["eventType"], "AwsApiCall");
+    assert_eq!(e["managementEvent"], true);
+    assert_eq!(e["eventCategory"], "Management");
+    assert_eq!(e["recipientAccountId"], recipient, "{e}");
+    let t = e["eventTime"].as_str().unwrap();
+    assert!(
+        t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+        "{t}"
+    );
+    uuid::Uuid::parse_str(e["eventID"].as_str().unwrap()).unwrap();
+    assert!(e.get("requestParameters").is_some() && e.get("responseElements").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_is_recorded_as_cloudtrail_shows_it_and_no_secret_is() {
+    let svc = service().await;
+    let dir = svc.tokens.dir.path().join("audit");
+    let root = &svc.client;
+
+    // CreateKey: keyMetadata in responseElements, the policy and tags in the parameters.
+    let created = root
+        .call(
+            "CreateKey",
+            json!({"Description": "audited", "Tags": [{"TagKey": "team", "TagValue": "x"}]}),
+        )
+        .await;
+    assert_eq!(created.status, 200);
+    let k = created.body["KeyMetadata"]["KeyId"].as_str().unwrap();
+    let arn = created.body["KeyMetadata"]["Arn"].as_str().unwrap();
+    let e = record_of(&dir, created.request_id.as_deref().unwrap());
+    common_fields(&e, "kms.amazonaws.com", "CreateKey", A);
+    assert_eq!(e["readOnly"], false);
+    assert_eq!(e["responseElements"]["keyMetadata"]["keyId"], k);
+    assert_eq!(e["responseElements"]["keyMetadata"]["keyState"], "Enabled");
+    assert_eq!(
+        e["requestParameters"],
+        json!({"description": "audited", "tags": [{"tagKey": "team", "tagValue": "x"}]})
+    );
+    assert_eq!(e["userIdentity"]["type"], "Root");
+    assert_eq!(e["userIdentity"]["principalId"], A);
+    assert_eq!(
+        e["userIdentity"]["accessKeyId"],
+        root.cred.access_key_id.as_str()
+    );
+    assert!(e.get("errorCode").is_none());
+
+    // Encrypt, a success: the parameters CloudTrail shows, the key as resource, no
+    // plaintext and no blob.
+    let plaintext = b"PLAINTEXT-MARKER-7f3a9c";
+    let r = root
+        .call(
+            "Encrypt",
+            json!({"KeyId": k, "Plaintext": b64(plaintext),
+                   "EncryptionContext": {"Department": "Engineering"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let blob = r.body["CiphertextBlob"].as_str().unwrap().to_string();
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    common_fields(&e, "kms.amazonaws.com", "Encrypt", A);
+    assert_eq!(
+        e["requestParameters"],
+        json!({"keyId": k, "encryptionContext": {"Department": "Engineering"}})
+    );
+    assert_eq!(e["responseElements"], Value::Null);
+    assert_eq!(e["readOnly"], true);
+    assert_eq!(
+        e["resources"],
+        json!([{"accountId": A, "type": "AWS::KMS::Key", "ARN": arn}])
+    );
+
+    // A grant, and Decrypt with its token: neither the token nor the blob is recorded.
+    let g = root
+        .ok(
+            "CreateGrant",
+            json!({"KeyId": k, "GranteePrincipal": format!("arn:aws:iam::{A}:root"),
+                   "Operations": ["Decrypt"]}),
+        )
+        .await;
+    let token = g["GrantToken"].as_str().unwrap().to_string();
+    let e = last_named(&dir, "CreateGrant");
+    assert_eq!(e["responseElements"], json!({"grantId": g["GrantId"]}));
+    assert_eq!(e["requestParameters"]["operations"], json!(["Decrypt"]));
+    let r = root
+        .call(
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "GrantTokens": [token],
+                   "EncryptionContext": {"Department": "Engineering"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    assert_eq!(
+        e["requestParameters"],
+        json!({"encryptionContext": {"Department": "Engineering"}})
+    );
+    assert_eq!(e["resources"][0]["ARN"], arn);
+
+    // Denied: a user without policies.
+    let bob = new_user(root, "bob", &[]).await;
+    let r = bob
+        .call("Encrypt", json!({"KeyId": k, "Plaintext": b64(plaintext)}))
+        .await;
+    assert_eq!(r.error_type(), "AccessDeniedException");
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    common_fields(&e, "kms.amazonaws.com", "Encrypt", A);
+    assert_eq!(e["errorCode"], "AccessDeniedException");
+    assert!(e["errorMessage"].as_str().unwrap().contains("bob"), "{e}");
+    assert_eq!(e["userIdentity"]["type"], "IAMUser");
+    assert_eq!(e["userIdentity"]["userName"], "bob");
+    assert_eq!(
+        e["userIdentity"]["arn"],
+        format!("arn:aws:iam::{A}:user/bob")
+    );
+    assert!(e["userIdentity"]["principalId"]
+        .as_str()
+        .unwrap()
+        .starts_with("AIDA"));
+    assert_eq!(e["resources"][0]["ARN"], arn);
+
+    // Invalid: no plaintext.
+    let r = root.call("Encrypt", json!({"KeyId": k})).await;
+    assert_eq!(r.error_type(), "ValidationException");
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    assert_eq!(e["errorCode"], "ValidationException");
+    assert_eq!(e["requestParameters"], json!({"keyId": k}));
+
+    // A signature that does not match: who it claimed to be, no identity.
+    let r = root
+        .send_raw(
+            Some("ListKeys"),
+            b"{}".to_vec(),
+            time::OffsetDateTime::now_utc(),
+            "not-the-secret",
+            true,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    common_fields(&e, "kms.amazonaws.com", "ListKeys", A);
+    assert_eq!(e["errorCode"], r.error_type());
+    assert_eq!(
+        e["userIdentity"],
+        json!({"type": "Unknown", "accessKeyId": root.cred.access_key_id.as_str()})
+    );
+
+    // An unknown operation.
+    let r = root.call("NoSuchOperation", json!({})).await;
+    assert_eq!(r.error_type(), "UnknownOperationException");
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    assert_eq!(e["eventName"], "NoSuchOperation");
+    assert_eq!(e["errorCode"], "UnknownOperationException");
+
+    // IAM: the parameters, never the new secret.
+    root.query_ok("iam", "CreateUser", &[("UserName", "carol")])
+        .await;
+    let e = last_named(&dir, "CreateUser");
+    common_fields(&e, "iam.amazonaws.com", "CreateUser", A);
+    assert_eq!(e["requestParameters"], json!({"userName": "carol"}));
+    let key = root
+        .query_ok("iam", "CreateAccessKey", &[("UserName", "carol")])
+        .await;
+    let carol_secret = key.value("SecretAccessKey");
+    let r = root
+        .query("iam", "GetUser", &[("UserName", "nobody")])
+        .await;
+    assert_eq!(r.code(), "NoSuchEntity");
+    let e = last_named(&dir, "GetUser");
+    assert_eq!(e["errorCode"], "NoSuchEntity");
+    assert_eq!(e["readOnly"], true);
+
+    // STS: GetCallerIdentity, and a role session's identity.
+    root.query_ok("sts", "GetCallerIdentity", &[]).await;
+    let e = last_named(&dir, "GetCallerIdentity");
+    common_fields(&e, "sts.amazonaws.com", "GetCallerIdentity", A);
+    root.query_ok(
+        "iam",
+        "CreateRole",
+        &[
+            ("RoleName", "ops"),
+            (
+                "AssumeRolePolicyDocument",
+                &policy(json!([{"Effect": "Allow",
+                    "Principal": {"AWS": format!("arn:aws:iam::{A}:user/bob")},
+                    "Action": "sts:AssumeRole"}])),
+            ),
+        ],
+    )
+    .await;
+    let assumed = bob
+        .query_ok(
+            "sts",
+            "AssumeRole",
+            &[
+                ("RoleArn", &format!("arn:aws:iam::{A}:role/ops")),
+                ("RoleSessionName", "night"),
+            ],
+        )
+        .await;
+    let e = last_named(&dir, "AssumeRole");
+    common_fields(&e, "sts.amazonaws.com", "AssumeRole", A);
+    assert_eq!(
+        e["requestParameters"],
+        json!({"roleArn": format!("arn:aws:iam::{A}:role/ops"), "roleSessionName": "night"})
+    );
+    let session_token = assumed.value("SessionToken");
+    let session_secret = assumed.value("SecretAccessKey");
+    let ops = root.with_credentials(
+        hsm_kms::auth::Credential::new(
+            assumed.value("AccessKeyId"),
+            session_secret.clone(),
+            A,
+            assumed.value("Arn"),
+        ),
+        Some(session_token.clone()),
+    );
+    let r = ops.call("ListKeys", json!({})).await;
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    assert_eq!(e["userIdentity"]["type"], "AssumedRole");
+    assert_eq!(
+        e["userIdentity"]["arn"],
+        format!("arn:aws:sts::{A}:assumed-role/ops/night")
+    );
+    assert!(e["userIdentity"]["principalId"]
+        .as_str()
+        .unwrap()
+        .ends_with(":night"));
+    let issuer = &e["userIdentity"]["sessionContext"]["sessionIssuer"];
+    assert_eq!(issuer["type"], "Role");
+    assert_eq!(issuer["arn"], format!("arn:aws:iam::{A}:role/ops"));
+    assert_eq!(issuer["userName"], "ops");
+
+    // Nothing secret anywhere in the trail.
+    let (text, events) = trail(&dir);
+    for (what, secret) in [
+        ("plaintext (base64)", b64(plaintext)),
+        ("plaintext", String::from_utf8(plaintext.to_vec()).unwrap()),
+        ("ciphertext blob", blob.clone()),
+        ("grant token", token.clone()),
+        ("root's secret", root.cred.secret_access_key.to_string()),
+        ("bob's secret", bob.cred.secret_access_key.to_string()),
+        ("carol's secret", carol_secret.clone()),
+        ("session token", session_token.clone()),
+        ("session secret", session_secret.clone()),
+    ] {
+        assert!(!text.contains(&secret), "the trail holds the {what}");
+    }
+    // Every call made above (17) is there once, and the chain is intact.
+    assert_eq!(events.len(), 17);
+    let report = hsm_kms::audit::verify(&dir, None).unwrap();
+    assert_eq!(report.finding, None);
+    assert_eq!(report.records as usize, events.len());
+    svc.running.stop().await;
+
+    // `hsm-kms audit verify`: intact, then with one line edited.
+    let verify = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
+            .args(["audit", "verify", "--dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&dir);
+    assert!(out.status.success(), "{out:?}");
+    let (_, file) = hsm_kms::audit::trail_files(&dir).unwrap().remove(0);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = text.replacen(
+        "\"Department\":\"Engineering\"",
+        "\"Department\":\"Sales\"",
+        1,
+    );
+    assert_ne!(edited, text);
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"Department\":\"Engineering\""))
+        .unwrap()
+        + 1;
+    std::fs::write(&file, edited).unwrap();
+    let out = verify(&dir);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{}:{line}: altered", file.display())),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_account_call_is_recorded_for_both_accounts() {
+    const B: &str = "444455556666";
+    let svc = service().await;
+    let dir = svc.tokens.dir.path().join("audit");
+    let root = &svc.client;
+    let other = new_account(&svc, B).await;
+    let mut p: Value = serde_json::from_str(&hsm_kms::kms::policy::default_key_policy(A)).unwrap();
+    p["Statement"].as_array_mut().unwrap().push(json!({
+        "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{B}:root")},
+        "Action": "kms:Encrypt", "Resource": "*"}));
+    let created = root.ok("CreateKey", json!({"Policy": p.to_string()})).await;
+    let arn = created["KeyMetadata"]["Arn"].as_str().unwrap();
+    let r = other
+        .call("Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let records = records_of(&dir, r.request_id.as_deref().unwrap());
+    assert_eq!(records.len(), 2, "{records:?}");
+    let mut recipients: Vec<&str> = records
+        .iter()
+        .map(|e| e["recipientAccountId"].as_str().unwrap())
+        .collect();
+    recipients.sort();
+    assert_eq!(recipients, [A, B]);
+    assert_ne!(records[0]["eventID"], records[1]["eventID"]);
+    assert!(records[0]["sharedEventID"].is_string());
+    assert_eq!(records[0]["sharedEventID"], records[1]["sharedEventID"]);
+    for e in &records {
+        common_fields(
+            e,
+            "kms.amazonaws.com",
+            "Encrypt",
+            e["recipientAccountId"].as_str().unwrap(),
+        );
+        assert_eq!(e["userIdentity"]["accountId"], B);
+        assert_eq!(e["resources"][0]["accountId"], A);
+    }
+    // A call within one account has one record, without sharedEventID.
+    let r = root
+        .call("Encrypt", json!({"KeyId": arn, "Plaintext": b64(b"x")}))
+        .await;
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    assert!(e.get("sharedEventID").is_none());
+}
+
+async fn start_audited(t: &Tokens, audit: AuditOptions) -> (app::Running, Client) {
+    let running = app::start(ServiceConfig {
+        nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
+        cluster: fast_options(),
+        database: t.dir.path().join("metadata.sqlite"),
+        listen: "127.0.0.1:0".into(),
+        region: "us-east-1".into(),
+        account_id: A.into(),
+        max_body_bytes: 64 * 1024,
+        clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
+        maintenance_interval: Duration::from_secs(3600),
+        audit,
+    })
+    .await
+    .expect("service starts");
+    let client = Client::new(
+        format!("http://{}", running.addr),
+        running.credentials[0].clone(),
+    );
+    (running, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_refused_while_the_trail_cannot_be_written_unless_fail_open() {
+    let t = tokens(&["a", "b"]);
+    // A regular file where the folder should be: not even root can write through it.
+    let blocked = t.dir.path().join("audit-blocked");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+
+    let (running, c) = start_audited(&t, AuditOptions::in_dir(blocked.clone())).await;
+    let r = c.call("CreateKey", json!({})).await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (500, "KMSInternalException"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        c.call("ListKeys", json!({})).await.error_type(),
+        "KMSInternalException"
+    );
+    let q = c.query("sts", "GetCallerIdentity", &[]).await;
+    assert_eq!((q.status, q.code().as_str()), (500, "ServiceFailure"));
+    running.stop().await;
+
+    // Nothing was done: with a usable trail, no key exists.
+    let good = t.dir.path().join("audit");
+    let (running, c) = start_audited(&t, AuditOptions::in_dir(good.clone())).await;
+    let keys = c.ok("ListKeys", json!({})).await;
+    assert_eq!(keys["Keys"], json!([]), "a refused CreateKey made a key");
+    running.stop().await;
+
+    // Fail-open: answered anyway.
+    let (running, c) = start_audited(
+        &t,
+        AuditOptions {
+            fail_open: true,
+            ..AuditOptions::in_dir(blocked)
+        },
+    )
+    .await;
+    let r = c.call("CreateKey", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    c.query_ok("sts", "GetCallerIdentity", &[]).await;
+    running.stop().await;
+}
