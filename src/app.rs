@@ -57,6 +57,9 @@ pub struct ServiceConfig {
     pub maintenance_interval: Duration,
     /// The audit trail.
     pub audit: AuditOptions,
+    /// Serve `GET /metrics` to anyone (a scraper on a trusted network) instead of only to
+    /// SigV4-signed requests.
+    pub metrics_public: bool,
 }
 
 /// Where and how the audit trail is written.
@@ -296,12 +299,20 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
         kms.region().as_str(),
         &cfg.account_id,
     ));
+    let metrics = crate::api::metrics::Metrics::new(cfg.metrics_public)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    for h in cluster.latency_histograms() {
+        metrics
+            .register_histogram(h)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+    }
     let state = Arc::new(AppState {
         kms: kms.clone(),
         credentials: lookup,
         clock: cfg.clock.clone(),
         max_body_bytes: cfg.max_body_bytes,
         audit,
+        metrics: Arc::new(metrics),
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

@@ -102,6 +102,10 @@ pub struct Config {
     /// Size at which a new audit trail file is started, in bytes. Default 64 MiB.
     #[serde(default = "default_audit_file_bytes")]
     pub audit_max_file_bytes: u64,
+    /// Serve `GET /metrics` to anyone (a Prometheus scraper on a trusted network). Default
+    /// false: only to SigV4-signed requests, like the `/health` detail.
+    #[serde(default)]
+    pub metrics_public: bool,
     /// The HSMs (at least two).
     #[serde(default)]
     pub hsm: Vec<HsmEntry>,
@@ -366,7 +370,8 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # on_demand_rotation_limit = 25\n\
          # audit_dir = \"audit\"           # default: <state dir>/audit\n\
          # audit_fail_open = false        # true: answer even when a record cannot be made durable\n\
-         # audit_max_file_bytes = 67108864\n",
+         # audit_max_file_bytes = 67108864\n\
+         # metrics_public = false         # true: GET /metrics without a signature\n",
     );
     for h in hsms {
         let rel = |p: &Path| {

@@ -180,14 +180,31 @@ fn main() {
             .with_target("hsm_kms", tracing::Level::INFO)
             .with_target("cryptoki", tracing::level_filters::LevelFilter::OFF)
     });
+    // `KMS_LOG_FORMAT=json`: one JSON object per line, with the fields of the spans it
+    // happened in (a request's `request_id` and `operation`); anything else: text.
+    let json = match std::env::var("KMS_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") | Err(_) => false,
+        Ok(other) => {
+            eprintln!("hsm-kms: KMS_LOG_FORMAT is `json` or `text`, not {other:?}; using text");
+            false
+        }
+    };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
-        .with(
+        .with((!json).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr),
-        )
+                .with_writer(std::io::stderr)
+        }))
+        .with(json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(std::io::stderr)
+        }))
         .with(filter)
         .init();
     if let Err(e) = run(Cli::parse()) {
@@ -356,6 +373,7 @@ fn offline_config(loaded: &Loaded, nodes: Vec<hsm_kms::hsm::NodeConfig>) -> Resu
         clock: Arc::new(SystemClock),
         maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
         audit: loaded.audit(),
+        metrics_public: loaded.config.metrics_public,
     })
 }
 
@@ -541,6 +559,7 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
         clock: Arc::new(SystemClock),
         maintenance_interval: std::time::Duration::from_millis(c.maintenance_interval_ms),
         audit: loaded.audit(),
+        metrics_public: loaded.config.metrics_public,
     })
     .await?;
     running

@@ -804,6 +804,7 @@ async fn start_on(t: &Tokens) -> hsm_kms::app::Running {
         clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
         maintenance_interval: std::time::Duration::from_secs(3600),
         audit: hsm_kms::app::AuditOptions::in_dir(t.dir.path().join("audit")),
+        metrics_public: false,
     })
     .await
     .expect("service starts")

@@ -418,6 +418,7 @@ async fn start_audited(t: &Tokens, audit: AuditOptions) -> (app::Running, Client
         clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
         maintenance_interval: Duration::from_secs(3600),
         audit,
+        metrics_public: false,
     })
     .await
     .expect("service starts");

@@ -1,6 +1,11 @@
-//! `GET /health`: the coarse state for anyone, the detail for an authenticated operator.
+//! `GET /health`: liveness for anyone, the detail for an authenticated operator.
 //!
-//! Without an `Authorization` header the answer is only `{"status": …}`:
+//! Without an `Authorization` header the answer is `{"status":"ok"}` (200) while the
+//! process serves: no names, no counts (readiness is `GET /ready`, see `api::metrics`).
+//!
+//! A request with an `Authorization` header is verified as SigV4 for this region and the
+//! `kms` service, exactly as a KMS call (same credentials, same strictness). A verified caller
+//! gets the HSMs' coarse state and its HTTP status:
 //!
 //! | healthy HSMs | `status` | HTTP |
 //! |---|---|---|
@@ -8,15 +13,11 @@
 //! | one (keys are served, none created) | `degraded` | 200 |
 //! | none | `down` | 503 |
 //!
-//! A request with an `Authorization` header is verified as SigV4 for this region and the
-//! `kms` service, exactly as a KMS call (same credentials, same strictness). A verified caller
-//! gets the same status and HTTP code plus `keys` (how many keys are loaded) and `hsms` (per
-//! HSM: name, state, calls in flight, counters, last error); a caller whose signature fails
-//! gets the AWS authentication error. Neither form carries a PIN or a configured path.
+//! plus `keys` (how many keys are loaded) and `hsms` (per HSM: name, state, calls in
+//! flight, counters, last error); a caller whose signature fails gets the AWS
+//! authentication error. Neither form carries a PIN or a configured path.
 
-use super::error::ApiError;
 use super::AppState;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
@@ -32,7 +33,7 @@ fn state(healthy: usize) -> (&'static str, StatusCode) {
     }
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response {
+pub(super) fn json(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut r = (status, body.to_string()).into_response();
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -41,24 +42,15 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response {
 
 /// Serve `GET /health`.
 pub(super) async fn health(State(app): State<Arc<AppState>>, req: Request) -> Response {
-    let hsms = app.kms.vault().health();
-    let (status, code) = state(hsms.iter().filter(|h| h.healthy).count());
-    let (parts, body) = req.into_parts();
-    if !parts.headers.contains_key(AUTHORIZATION) {
-        return json(code, &serde_json::json!({ "status": status }));
+    if !req.headers().contains_key(AUTHORIZATION) {
+        return json(StatusCode::OK, &serde_json::json!({ "status": "ok" }));
     }
     let request_id = uuid::Uuid::new_v4().to_string();
-    let Ok(body) = axum::body::to_bytes(Body::new(body), app.max_body_bytes).await else {
-        return ApiError::new(
-            "RequestEntityTooLargeException",
-            format!("Request body is larger than {} bytes", app.max_body_bytes),
-        )
-        .into_response_with(&request_id);
-    };
-    let verified = super::pipeline::verify_signature(&app, &parts, &body);
-    match verified {
-        Err(e) => ApiError::from(e).into_response_with(&request_id),
+    match super::metrics::authenticate(&app, req, &request_id).await {
+        Err(r) => r,
         Ok(principal) => {
+            let hsms = app.kms.vault().health();
+            let (status, code) = state(hsms.iter().filter(|h| h.healthy).count());
             tracing::debug!(principal = %principal.arn, "health detail");
             let hsms: Vec<serde_json::Value> = hsms.into_iter().map(|h| h.detail).collect();
             let mut r = json(

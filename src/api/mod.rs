@@ -1,11 +1,12 @@
 //! The HTTP front: AWS KMS JSON 1.1 over `POST /` (`X-Amz-Target: TrentService.<Op>`),
 //! SigV4 on every request, JSON members parsed into domain types at the edge, errors from
-//! one table. Also `GET /health`: ok/degraded/down for anyone, the state of every HSM for a
-//! SigV4-authenticated caller (`health`).
+//! one table. Also `GET /health`: liveness for anyone, the state of every HSM for a
+//! SigV4-authenticated caller (`health`); `GET /ready` and `GET /metrics` (`metrics`).
 
 pub mod error;
 mod health;
 mod input;
+pub mod metrics;
 mod parse;
 mod pipeline;
 mod query;
@@ -33,12 +34,16 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The audit trail every call is recorded in (fail-closed unless configured open).
     pub audit: Arc<crate::kms::audit::Auditor>,
+    /// Request, HSM, audit and key metrics (`GET /metrics`).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The service's router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health::health))
+        .route("/ready", get(metrics::ready))
+        .route("/metrics", get(metrics::metrics))
         .route("/", any(kms_request))
         .fallback(any(kms_request))
         .with_state(state)

@@ -78,13 +78,24 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             started,
             &facts,
         );
+        let committing = Instant::now();
         if let Err(e) = app.audit.commit(events).await {
             outcome.result = Err(e.into());
         }
+        app.metrics.record_audit_write(committing.elapsed());
         outcome
     }
     .instrument(span)
     .await;
+    app.metrics.record_call(
+        "kms",
+        target.map_or("unknown", Operation::name),
+        outcome
+            .result
+            .as_ref()
+            .map_or_else(|e| e.aws_type, |_| "OK"),
+        started.elapsed(),
+    );
     match outcome.result {
         Ok(mut r) => {
             set_headers(&mut r, &request_id);

@@ -210,6 +210,10 @@ impl AuditSink for FileTrail {
             Err(_) => Err(KmsError::Internal("audit trail: writer stopped".into())),
         }
     }
+
+    fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
 }
 
 /// The SHA-256 of a line (without its newline), in hex.

@@ -253,6 +253,7 @@ impl HsmCluster {
                 let Some((i, second)) = self.pick(Some(first)) else {
                     return Err(e);
                 };
+                pool.node().count_failover();
                 tracing::warn!(failed = %pool.node().name(), retry = %second.node().name(), error = %e, "failing over");
                 second.call(timeout, make()?).await.map(|v| (i, v))
             }
@@ -319,6 +320,7 @@ impl HsmCluster {
                 Err(e @ HsmError::KeygenBusy { .. }) => last = Some(e),
                 Err(e) if e.retryable() && e.fault() != Fault::Capacity && !failed_over => {
                     pool.node().suspect(&e);
+                    pool.node().count_failover();
                     tracing::warn!(failed = %pool.node().name(), error = %e, "key generation failing over");
                     failed_over = true;
                     last = Some(e);
@@ -786,6 +788,15 @@ impl HsmCluster {
     /// State of every HSM.
     pub fn health(&self) -> Vec<HsmHealth> {
         self.hsms.iter().map(Pool::report).collect()
+    }
+
+    /// The per-HSM call latency histograms (`hsm_kms_hsm_call_duration_seconds{hsm}`), to
+    /// register with a Prometheus registry.
+    pub fn latency_histograms(&self) -> Vec<prometheus::Histogram> {
+        self.hsms
+            .iter()
+            .filter_map(|p| p.node().latency().cloned())
+            .collect()
     }
 
     /// Names of the HSMs, in configuration order.

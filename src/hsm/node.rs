@@ -41,6 +41,26 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    /// The state's name as `/health` shows it (`Healthy`, `Suspect`, …), a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Healthy => "Healthy",
+            NodeState::Suspect => "Suspect",
+            NodeState::Down => "Down",
+            NodeState::Failed => "Failed",
+            NodeState::NotEnrolled => "NotEnrolled",
+        }
+    }
+
+    /// Every state, for gauges that show each (1 for the current one, 0 otherwise).
+    pub const ALL: [NodeState; 5] = [
+        NodeState::Healthy,
+        NodeState::Suspect,
+        NodeState::Down,
+        NodeState::Failed,
+        NodeState::NotEnrolled,
+    ];
+
     fn from_u8(v: u8) -> NodeState {
         match v {
             0 => NodeState::Healthy,
@@ -59,6 +79,22 @@ pub(super) fn state_after_failed_open(e: &HsmError) -> NodeState {
         HsmError::LoginRefused { .. } => NodeState::Failed,
         _ => NodeState::Down,
     }
+}
+
+/// Buckets (seconds) of the per-HSM call latency histogram: 100 µs to 5 s.
+const CALL_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The latency histogram of HSM `name` (its name as a constant label).
+fn call_histogram(name: &str) -> Option<prometheus::Histogram> {
+    let opts = prometheus::HistogramOpts::new(
+        "hsm_kms_hsm_call_duration_seconds",
+        "Latency of HSM crypto calls, queueing included, by HSM.",
+    )
+    .const_label("hsm", name)
+    .buckets(CALL_BUCKETS.to_vec());
+    prometheus::Histogram::with_opts(opts).ok()
 }
 
 /// A health report line for one HSM.
@@ -80,6 +116,14 @@ pub struct HsmHealth {
     pub request_finds: u64,
     /// Successful background re-initializations (`C_Finalize` + `C_Initialize`).
     pub reinitializations: u64,
+    /// Errors recorded against it since start (failed calls, probes, re-initializations).
+    pub errors: u64,
+    /// Calls that failed on it and were retried on another HSM, since start.
+    pub failovers: u64,
+    /// Crypto worker sessions running a call now.
+    pub busy_sessions: usize,
+    /// Calls waiting for a crypto worker now.
+    pub queued: usize,
     /// The last error recorded against this HSM, if any.
     pub last_error: Option<String>,
     /// Objects of its token that could not be read when the current instance opened
@@ -157,6 +201,13 @@ pub(super) struct Node {
     job_stall_ms: AtomicU64,
     reinits: AtomicU64,
     finds: AtomicU64,
+    /// Errors recorded against this HSM (failed calls, probes, re-initializations).
+    errors: AtomicU64,
+    /// Calls that failed here and were retried on another HSM.
+    failovers: AtomicU64,
+    /// Latency of its crypto lane calls, queueing included (`None` if it could not be
+    /// made: a metric is never a reason not to serve).
+    latency: Option<prometheus::Histogram>,
 }
 
 impl Node {
@@ -193,6 +244,7 @@ impl Node {
         inst: Option<Arc<Instance>>,
         error: Option<String>,
     ) -> Node {
+        let latency = call_histogram(&cfg.name);
         Node {
             shared_name: Arc::from(cfg.name.as_str()),
             cfg,
@@ -213,6 +265,9 @@ impl Node {
             #[cfg(feature = "test-hooks")]
             job_stall_ms: AtomicU64::new(0),
             reinits: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            latency,
             finds: AtomicU64::new(0),
         }
     }
@@ -271,6 +326,7 @@ impl Node {
 
     /// Keep `e` as the last error of the health report.
     pub(super) fn record_error(&self, e: &HsmError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock() = Some(e.to_string());
     }
 
@@ -368,6 +424,23 @@ impl Node {
         self.finds.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A call that failed here was retried on another HSM.
+    pub(super) fn count_failover(&self) {
+        self.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One crypto lane call took `d` (queueing included).
+    pub(super) fn observe_call(&self, d: Duration) {
+        if let Some(h) = &self.latency {
+            h.observe(d.as_secs_f64());
+        }
+    }
+
+    /// The histogram of this HSM's call latencies (`hsm_kms_hsm_call_duration_seconds`).
+    pub(super) fn latency(&self) -> Option<&prometheus::Histogram> {
+        self.latency.as_ref()
+    }
+
     pub(super) fn count_reinit(&self) {
         self.reinits.fetch_add(1, Ordering::Relaxed);
     }
@@ -384,6 +457,10 @@ impl Node {
             cached_handles: inst.as_ref().map(|i| i.handles.len()).unwrap_or(0),
             request_finds: self.finds.load(Ordering::Relaxed),
             reinitializations: self.reinits.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            failovers: self.failovers.load(Ordering::Relaxed),
+            busy_sessions: self.inflight().min(self.opts.workers),
+            queued: self.inflight().saturating_sub(self.opts.workers),
             last_error: self.last_error.lock().clone(),
             protections: *self.protections.lock(),
             unreadable_objects: inst.as_ref().map(|i| i.handles.unreadable()).unwrap_or(0),

@@ -211,6 +211,14 @@ impl KeyVault for HsmCluster {
                 name: h.name.clone(),
                 healthy: h.state == NodeState::Healthy,
                 detail: serde_json::to_value(&h).unwrap_or(serde_json::Value::Null),
+                gauges: crate::kms::vault::HsmGauges {
+                    state: h.state.as_str(),
+                    busy_sessions: h.busy_sessions,
+                    queued: h.queued,
+                    errors: h.errors,
+                    failovers: h.failovers,
+                    reinitializations: h.reinitializations,
+                },
             })
             .collect()
     }

@@ -223,10 +223,12 @@ impl Pool {
         timeout: Duration,
         cmd: Command,
     ) -> Result<T, HsmError> {
-        let rx = self.submit_async(Lane::Crypto, Instant::now() + timeout, cmd)?;
+        let started = Instant::now();
+        let rx = self.submit_async(Lane::Crypto, started + timeout, cmd)?;
         let in_flight = self.node.begin_call();
         let r = tokio::time::timeout(timeout, rx).await;
         drop(in_flight);
+        self.node.observe_call(started.elapsed());
         match r {
             Ok(Ok(r)) => command::expect(r),
             Ok(Err(_)) => Err(self.down()),

@@ -510,6 +510,11 @@ pub trait AuditSink: Send + Sync {
     /// in this order; resolves once they are durable (written and synced), or with the
     /// reason they are not.
     async fn append(&self, records: Vec<Vec<u8>>) -> Result<(), KmsError>;
+
+    /// Batches waiting for the writer now (a gauge; 0 where the sink has no queue).
+    fn queue_depth(&self) -> usize {
+        0
+    }
 }
 
 /// The service's policy over the trail: refuse a call before it runs while the trail is
@@ -554,6 +559,21 @@ impl Auditor {
         Err(KmsError::Internal(
             "audit trail unavailable: call refused (fail-closed)".into(),
         ))
+    }
+
+    /// Whether the trail takes records now ([`AuditSink::healthy`]).
+    pub fn healthy(&self) -> bool {
+        self.sink.healthy()
+    }
+
+    /// Whether calls are answered even when their record cannot be made durable.
+    pub fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    /// Batches waiting for the trail's writer now.
+    pub fn queue_depth(&self) -> usize {
+        self.sink.queue_depth()
     }
 
     /// The records of `call`.

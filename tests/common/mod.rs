@@ -149,6 +149,7 @@ pub(crate) async fn start_tuned(
         clock: clock.clone(),
         maintenance_interval,
         audit: app::AuditOptions::in_dir(tokens.dir.path().join("audit")),
+        metrics_public: false,
     })
     .await
     .expect("service starts");
@@ -506,6 +507,34 @@ impl Client {
         self.exchange(req, &h).await
     }
 
+    /// `GET path` as text, SigV4-signed with this client's credential when `signed`:
+    /// (status, body).
+    pub(crate) async fn get_text(&self, path: &str, signed: bool) -> (u16, String) {
+        let host = self.url.trim_start_matches("http://").to_string();
+        let mut h = http::HeaderMap::new();
+        h.insert("host", host.parse().unwrap());
+        if signed {
+            sign_http(
+                "GET",
+                path,
+                &mut h,
+                b"",
+                &self.cred.access_key_id,
+                &self.cred.secret_access_key,
+                time::OffsetDateTime::now_utc(),
+            );
+        }
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        for (k, v) in h.iter() {
+            if k != "host" {
+                req = req.header(k.as_str(), v.to_str().unwrap());
+            }
+        }
+        let r = req.send().await.expect("http");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    }
+
     /// CreateKey with these parameters; the new key's id.
     pub(crate) async fn create_key(&self, params: Value) -> String {
         self.ok("CreateKey", params).await["KeyMetadata"]["KeyId"]
@@ -661,6 +690,7 @@ pub(crate) mod real_binary {
     use std::io::{BufRead, BufReader};
     use std::path::Path;
     use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Mutex};
 
     pub(crate) fn setup(state: &Path) {
         let st = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
@@ -672,15 +702,41 @@ pub(crate) mod real_binary {
     }
 
     pub(crate) fn start(state: &Path) -> (Child, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-kms"))
-            .args(["serve", "--config"])
+        let (child, url, _) = start_with_env(state, &[], false);
+        (child, url)
+    }
+
+    /// [`start`] with these extra environment variables; with `keep_stderr`, the lines the
+    /// server logs are collected (else discarded).
+    pub(crate) fn start_with_env(
+        state: &Path,
+        env: &[(&str, &str)],
+        keep_stderr: bool,
+    ) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-kms"));
+        cmd.args(["serve", "--config"])
             .arg(state.join("config.toml"))
             .env("KMS_LISTEN", "127.0.0.1:0")
             .env("KMS_STATE_DIR", state)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(if keep_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let logged = Arc::new(Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let logged = logged.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    logged.lock().unwrap().push(l);
+                }
+            });
+        }
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
         let addr = loop {
@@ -695,7 +751,7 @@ pub(crate) mod real_binary {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        (child, format!("http://{addr}"))
+        (child, format!("http://{addr}"), logged)
     }
 
     pub(crate) fn credential(state: &Path) -> hsm_kms::auth::Credential {

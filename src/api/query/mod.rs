@@ -213,11 +213,18 @@ fn iso8601(t: time::OffsetDateTime) -> String {
 /// answered; a failure of either is `ServiceFailure` (500).
 pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = tracing::info_span!("request", request_id = %request_id, protocol = "query");
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        protocol = "query",
+        operation = tracing::field::Empty
+    );
     async {
         let facts = super::pipeline::call_facts(app, &req, &request_id);
         let mut call = Attempt {
             action: String::new(),
+            known_action: None,
             source: Source::Sts,
             xmlns: STS_XMLNS,
             principal: None,
@@ -228,9 +235,22 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             Err(e) => Err(QueryError::from(e)),
         };
         let events = record(app, &call, &result, &facts);
+        let committing = std::time::Instant::now();
         if let Err(e) = app.audit.commit(events).await {
             result = Err(QueryError::from(e));
         }
+        app.metrics.record_audit_write(committing.elapsed());
+        let service = match call.source {
+            Source::Kms => "kms",
+            Source::Iam => "iam",
+            Source::Sts => "sts",
+        };
+        app.metrics.record_call(
+            service,
+            call.known_action.unwrap_or("unknown"),
+            result.as_ref().map_or_else(|e| e.code, |_| "OK"),
+            started.elapsed(),
+        );
         match result {
             Ok(r) => r,
             Err(error) => error.into_response(call.xmlns, &request_id),
@@ -243,6 +263,8 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
 /// What a call was, as far as it got: what is recorded.
 struct Attempt {
     action: String,
+    /// The action, once it is one this service implements (a metric label).
+    known_action: Option<&'static str>,
     source: Source,
     xmlns: &'static str,
     principal: Option<Principal>,
@@ -337,6 +359,14 @@ async fn run(
         }
     };
     call.xmlns = xmlns;
+    call.known_action = sts::ACTIONS
+        .iter()
+        .chain(iam::ACTIONS)
+        .find(|a| **a == action)
+        .copied();
+    if let Some(a) = call.known_action {
+        tracing::Span::current().record("operation", a);
+    }
     if service == "iam" {
         call.source = Source::Iam;
     }

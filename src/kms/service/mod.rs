@@ -51,6 +51,9 @@ pub use asymmetric::{
 
 /// A key as cached: its document, the store version it was read at (for the optimistic
 /// updates of key-state changes) and its key policy, parsed once per policy text.
+/// The store counter the readiness check increments (a real, durable write).
+const READY_PROBE_COUNTER: &str = "ready_probe";
+
 #[derive(Debug, Clone)]
 struct Entry {
     doc: KeyDoc,
@@ -171,6 +174,25 @@ impl Kms {
     /// Number of keys known (all accounts).
     pub fn key_count(&self) -> usize {
         self.keys.read().len()
+    }
+
+    /// Number of keys in each `KeyState` (all accounts; every state, zeros included).
+    pub fn key_counts_by_state(&self) -> Vec<(KeyState, usize)> {
+        let mut counts: Vec<(KeyState, usize)> = KeyState::ALL.iter().map(|s| (*s, 0)).collect();
+        for e in self.keys.read().values() {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == e.doc.key_state) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
+    /// Whether the metadata store takes a durable write now (one counter increment, the
+    /// readiness check); the store's error otherwise.
+    pub async fn metadata_writable(&self) -> Result<(), KmsError> {
+        self.blocking(|s| s.next_counter(READY_PROBE_COUNTER))
+            .await
+            .map(|_| ())
     }
 
     /// Copy keys that an HSM lacks (it was down when they were created) from a healthy one.

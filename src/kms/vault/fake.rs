@@ -979,6 +979,10 @@ impl KeyVault for FakeVault {
                     "state": if h.up { "Healthy" } else { "Down" },
                     "objects": h.objects.len(),
                 }),
+                gauges: super::HsmGauges {
+                    state: if h.up { "Healthy" } else { "Down" },
+                    ..Default::default()
+                },
             })
             .collect()
     }

@@ -114,7 +114,29 @@ pub struct HsmStatus {
     pub healthy: bool,
     /// The detail shown by `/health` (state, counters, last error).
     pub detail: serde_json::Value,
+    /// The numbers `/metrics` shows.
+    pub gauges: HsmGauges,
 }
+
+/// One HSM's numbers for `/metrics` (no key ids: names and counts only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HsmGauges {
+    /// Its state's name (`Healthy`, `Suspect`, `Down`, `Failed`, `NotEnrolled`).
+    pub state: &'static str,
+    /// Worker sessions running a call now.
+    pub busy_sessions: usize,
+    /// Calls waiting for a worker now.
+    pub queued: usize,
+    /// Errors recorded against it since start.
+    pub errors: u64,
+    /// Calls that failed on it and were retried on another HSM, since start.
+    pub failovers: u64,
+    /// Background re-initializations since start.
+    pub reinitializations: u64,
+}
+
+/// The state names [`HsmGauges::state`] takes.
+pub const HSM_STATES: [&str; 5] = ["Healthy", "Suspect", "Down", "Failed", "NotEnrolled"];
 
 /// Why the vault could not do what was asked. Messages may name HSMs and PKCS#11
 /// functions; they are logged with the request id, never sent to clients.
