@@ -611,7 +611,7 @@ async fn serve(loaded: Loaded, listen: Option<String>) -> Result<()> {
         _ = shutdown => {}
         _ = running.wait() => {}
     }
-    eprintln!("hsm-kms: shutting down");
+    tracing::info!("shutting down");
     running.begin_shutdown();
     running.stop().await;
     Ok(())

@@ -254,7 +254,7 @@ async fn json_logs_carry_the_request_id_and_operation() {
     real_binary::setup(&state);
     let (child, url, logged) =
         real_binary::start_with_env(&state, &[("KMS_LOG_FORMAT", "json")], true);
-    let _server = real_binary::Guard(child);
+    let mut server = real_binary::Guard(child);
     let cred = real_binary::credential(&state);
     let secret = cred.secret_access_key.to_string();
     let c = Client::new(url, cred);
@@ -284,7 +284,17 @@ async fn json_logs_carry_the_request_id_and_operation() {
         v["timestamp"].is_string() && v["level"].is_string(),
         "{line}"
     );
+    // The shutdown line too.
+    real_binary::stop(&mut server.0);
+    let shut = |l: &Vec<String>| l.iter().any(|l| l.contains("shutting down"));
+    for _ in 0..100 {
+        if shut(&logged.lock().unwrap()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let lines = logged.lock().unwrap().clone();
+    assert!(shut(&lines), "{lines:?}");
     for l in &lines {
         serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
         assert!(!l.contains(&secret), "the secret in a log line: {l}");

@@ -288,6 +288,10 @@ EOF
             >"$W/health.json" <<<"user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
         cat "$W/health.json"
         grep -q '"hsms"' "$W/health.json" || fail "a curl-signed GET /health got no detail"
+        curl -fsS "${KMS_ENDPOINT}/ready" | grep -q '"ready"' || fail "GET /ready is not ready"
+        curl -fsS --aws-sigv4 "aws:amz:$AWS_DEFAULT_REGION:kms" -K - "$KMS_ENDPOINT/metrics" \
+            >"$W/metrics.txt" <<<"user = \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\""
+        grep -q '^hsm_kms_hsm_state{' "$W/metrics.txt" || fail "a curl-signed GET /metrics has no HSM state"
     fi
 }
 
@@ -538,7 +542,7 @@ if ! start_server; then
     summary
 fi
 check "credentials.env written with the bound address" t_credentials_env
-check "GET /health: state for anyone, detail when signed" t_health
+check "GET /health: liveness for anyone, detail when signed; /ready; signed /metrics" t_health
 
 check "cli: create-key with tags" t_cli_create_key
 check "cli: describe-key Enabled SYMMETRIC_DEFAULT" t_cli_describe_key
