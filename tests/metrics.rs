@@ -154,6 +154,10 @@ async fn metrics_move_when_calls_are_made() {
 }
 
 async fn start_public(t: &Tokens) -> (app::Running, Client) {
+    start_public_with(t, app::AuditOptions::in_dir(t.dir.path().join("audit"))).await
+}
+
+async fn start_public_with(t: &Tokens, audit: app::AuditOptions) -> (app::Running, Client) {
     let running = app::start(ServiceConfig {
         nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
         cluster: fast_options(),
@@ -164,7 +168,7 @@ async fn start_public(t: &Tokens) -> (app::Running, Client) {
         max_body_bytes: 64 * 1024,
         clock: std::sync::Arc::new(hsm_kms::clock::SystemClock),
         maintenance_interval: Duration::from_secs(3600),
-        audit: app::AuditOptions::in_dir(t.dir.path().join("audit")),
+        audit,
         metrics_public: true,
     })
     .await
@@ -299,4 +303,61 @@ async fn json_logs_carry_the_request_id_and_operation() {
         serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
         assert!(!l.contains(&secret), "the secret in a log line: {l}");
     }
+}
+
+/// Fail-closed, a trail that cannot be written makes the service not ready
+/// (`audit_unavailable`) and shows in `/metrics`; once the folder can be made it is ready
+/// again. Fail-open, the same trail does not make it unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_needs_the_audit_trail_when_fail_closed() {
+    let t = tokens(&["a", "b"]);
+    // A regular file where the folder should be: not even root can write through it.
+    let blocked = t.dir.path().join("audit-blocked");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+
+    let (running, c) = start_public_with(&t, app::AuditOptions::in_dir(blocked.clone())).await;
+    let (status, body) = c.get_text("/ready", false).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (
+            503,
+            json!({"status": "not_ready", "reason": "audit_unavailable"})
+        )
+    );
+    let r = c.call("ListKeys", json!({})).await;
+    assert_eq!(r.error_type(), "KMSInternalException", "{}", r.body);
+    let (_, text) = c.get_text("/metrics", false).await;
+    assert_eq!(
+        sample(&text, "hsm_kms_audit_healthy", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "hsm_kms_requests_total",
+            &[("operation", "ListKeys"), ("code", "KMSInternalException")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // The folder can be made now: the trail's probe finds it, the service is ready.
+    std::fs::remove_file(&blocked).unwrap();
+    let (status, body) = ready_becomes(&c, 200).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    running.stop().await;
+
+    std::fs::remove_dir_all(&blocked).unwrap();
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    let (running, c) = start_public_with(
+        &t,
+        app::AuditOptions {
+            fail_open: true,
+            ..app::AuditOptions::in_dir(blocked)
+        },
+    )
+    .await;
+    let (status, body) = c.get_text("/ready", false).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    running.stop().await;
 }
