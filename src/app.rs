@@ -292,13 +292,19 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             }
         }
     });
-    let trail = crate::audit::FileTrail::open(&cfg.audit.dir, cfg.audit.max_file_bytes);
-    let audit = Arc::new(crate::kms::audit::Auditor::new(
-        Arc::new(trail),
-        cfg.audit.fail_open,
-        kms.region().as_str(),
-        &cfg.account_id,
+    let trail = Arc::new(crate::audit::FileTrail::open(
+        &cfg.audit.dir,
+        cfg.audit.max_file_bytes,
     ));
+    let audit = Arc::new(
+        crate::kms::audit::Auditor::new(
+            trail.clone(),
+            cfg.audit.fail_open,
+            kms.region().as_str(),
+            &cfg.account_id,
+        )
+        .with_reader(trail),
+    );
     let metrics = crate::api::metrics::Metrics::new(cfg.metrics_public)
         .map_err(|e| StartError::Config(e.to_string()))?;
     for h in cluster.latency_histograms() {

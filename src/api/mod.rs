@@ -1,8 +1,12 @@
 //! The HTTP front: AWS KMS JSON 1.1 over `POST /` (`X-Amz-Target: TrentService.<Op>`),
 //! SigV4 on every request, JSON members parsed into domain types at the edge, errors from
-//! one table. Also `GET /health`: liveness for anyone, the state of every HSM for a
+//! one table; CloudTrail `LookupEvents` (JSON 1.1, `X-Amz-Target:
+//! com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents`, SigV4 service
+//! `cloudtrail`: `cloudtrail`) and IAM/STS (Query protocol: `query`) at the same endpoint.
+//! Also `GET /health`: liveness for anyone, the state of every HSM for a
 //! SigV4-authenticated caller (`health`); `GET /ready` and `GET /metrics` (`metrics`).
 
+mod cloudtrail;
 pub mod error;
 mod health;
 mod input;
@@ -60,6 +64,9 @@ pub(crate) fn set_headers(r: &mut Response, request_id: &str) {
 async fn kms_request(State(app): State<Arc<AppState>>, req: Request) -> Response {
     if query::is_query(req.headers()) {
         return query::handle(&app, req).await;
+    }
+    if cloudtrail::is_cloudtrail(req.headers()) {
+        return cloudtrail::handle(&app, req).await;
     }
     pipeline::handle(&app, req).await
 }

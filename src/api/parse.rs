@@ -33,6 +33,7 @@ pub(crate) fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
         | O::CancelKeyDeletion
         | O::DisableKeyRotation
         | O::GetKeyRotationStatus
+        | O::GetKeyLastUsage
         | O::RotateKeyOnDemand => Request::Key(op, key(i, "KeyId")?),
         O::ListKeys => Request::ListKeys(page(i)?),
         O::Encrypt => {

@@ -15,6 +15,9 @@
 //! record then fails to become durable is answered `KMSInternalException` too (unless
 //! `audit_fail_open`).
 //!
+//! A successful cryptographic call whose record is durable is then noted as the last use
+//! of its key(s) (`GetKeyLastUsage`).
+//!
 //! Every step runs inside one `request` span carrying the request id and the operation;
 //! the span follows the call into the HSM workers and the blocking store calls, so every
 //! log line of a call names both.
@@ -78,9 +81,20 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             started,
             &facts,
         );
+        let ids: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (e.recipient_account_id.clone(), e.event_id.clone()))
+            .collect();
         let committing = Instant::now();
-        if let Err(e) = app.audit.commit(events).await {
-            outcome.result = Err(e.into());
+        match app.audit.commit(events).await {
+            Err(e) => outcome.result = Err(e.into()),
+            // The key's last use (`GetKeyLastUsage`), once its record is durable.
+            Ok(()) => {
+                if let (Some(op), Some(keys), Ok(_)) = (target, &outcome.keys, &outcome.result) {
+                    app.kms
+                        .note_key_use(keys, op, facts.time, &ids, &facts.request_id);
+                }
+            }
         }
         app.metrics.record_audit_write(committing.elapsed());
         outcome
@@ -204,7 +218,7 @@ async fn authenticate(
 /// The request's one `Content-Type` must be the JSON 1.1 protocol's media type (compared
 /// case-insensitively, any parameters such as `; charset=utf-8` allowed); anything else,
 /// or none, or two, is [`ApiError::wrong_content_type`].
-fn protocol_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn protocol_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let mut values = headers.get_all(CONTENT_TYPE).iter();
     let media_type = match (values.next(), values.next()) {
         (Some(v), None) => v.to_str().ok().and_then(|v| v.split(';').next()),
@@ -216,7 +230,9 @@ fn protocol_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn json_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+pub(super) fn json_body(
+    body: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
     if body.is_empty() {
         return Ok(serde_json::Map::new());
     }

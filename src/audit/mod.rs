@@ -20,7 +20,12 @@
 //! batch, fails the batch and marks the trail unhealthy; while unhealthy, [`FileTrail`]'s
 //! `healthy()` asks the writer (at most every 200 ms) to re-open and sync the current
 //! file, which makes it healthy again when that works.
+//!
+//! ## Reading
+//! `FileTrail` is also the trail's `AuditReader` (`LookupEvents`): records newest first,
+//! scanning the files from the newest (`read`).
 
+mod read;
 mod verify;
 
 pub use verify::{verify, Finding, VerifyError, VerifyReport};
@@ -117,6 +122,8 @@ struct Shared {
 
 /// The file adapter of [`AuditSink`].
 pub struct FileTrail {
+    /// The audit folder (read by `LookupEvents`).
+    dir: PathBuf,
     tx: crossbeam_channel::Sender<Msg>,
     shared: Arc<Shared>,
 }
@@ -175,7 +182,11 @@ impl FileTrail {
             tracing::error!(target: "hsm_kms::audit", error = %e, "audit writer not started");
             shared.healthy.store(false, Ordering::SeqCst);
         }
-        FileTrail { tx, shared }
+        FileTrail {
+            dir: dir.to_path_buf(),
+            tx,
+            shared,
+        }
     }
 }
 

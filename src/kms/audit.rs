@@ -30,7 +30,8 @@ pub struct Event {
     pub user_identity: UserIdentity,
     /// `eventTime`, ISO 8601 in whole seconds (`2024-05-01T12:00:00Z`).
     pub event_time: String,
-    /// `eventSource`: `kms.amazonaws.com`, `iam.amazonaws.com`, `sts.amazonaws.com`.
+    /// `eventSource`: `kms.amazonaws.com`, `iam.amazonaws.com`, `sts.amazonaws.com`,
+    /// `cloudtrail.amazonaws.com`.
     pub event_source: &'static str,
     /// `eventName`: the operation or action.
     pub event_name: String,
@@ -165,6 +166,8 @@ pub enum Source {
     Iam,
     /// STS (Query).
     Sts,
+    /// CloudTrail (JSON 1.1: `LookupEvents`).
+    CloudTrail,
 }
 
 impl Source {
@@ -174,6 +177,7 @@ impl Source {
             Source::Kms => "kms.amazonaws.com",
             Source::Iam => "iam.amazonaws.com",
             Source::Sts => "sts.amazonaws.com",
+            Source::CloudTrail => "cloudtrail.amazonaws.com",
         }
     }
 }
@@ -522,6 +526,7 @@ pub trait AuditSink: Send + Sync {
 /// answers anyway with an `error!` line.
 pub struct Auditor {
     sink: Arc<dyn AuditSink>,
+    reader: Option<Arc<dyn super::lookup::AuditReader>>,
     fail_open: bool,
     region: String,
     home_account: String,
@@ -538,10 +543,24 @@ impl Auditor {
     ) -> Self {
         Auditor {
             sink,
+            reader: None,
             fail_open,
             region: region.to_string(),
             home_account: home_account.to_string(),
         }
+    }
+
+    /// The same auditor, whose trail `LookupEvents` reads through `reader`.
+    pub fn with_reader(mut self, reader: Arc<dyn super::lookup::AuditReader>) -> Self {
+        self.reader = Some(reader);
+        self
+    }
+
+    /// The trail's reader (`LookupEvents`); `Internal` when none was given.
+    pub fn reader(&self) -> Result<Arc<dyn super::lookup::AuditReader>, KmsError> {
+        self.reader
+            .clone()
+            .ok_or_else(|| KmsError::Internal("audit trail: no reader".into()))
     }
 
     /// Before a call runs: `Internal` while the trail cannot take records (fail-closed).

@@ -26,6 +26,9 @@
 //! - [`Grants`] and [`RetirableGrants`]: the last listed grant's `(created_at, grant_id)`,
 //!   encoded as for [`Keys`].
 //! - [`IamUsers`]: the last listed IAM user name, lower-cased, UTF-8.
+//! - [`TrailEvents`]: the sequence number of the last returned trail record, big-endian
+//!   u64, then 8 bytes of SHA-256 over the query's parameters (a token is only valid with
+//!   the parameters it was issued for).
 
 use crate::store::KeyPosition;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -80,6 +83,26 @@ pub struct Grants;
 /// ListRetirableGrants: after the grant at a `(created_at, grant_id)` position.
 #[derive(Debug, Clone, Copy)]
 pub struct RetirableGrants;
+
+/// CloudTrail LookupEvents (`NextToken`): before a trail record's sequence number, for
+/// one query (the fingerprint of its parameters).
+#[derive(Debug, Clone, Copy)]
+pub struct TrailEvents;
+
+impl Listing for TrailEvents {
+    const TAG: u8 = b'E';
+    type Position = (u64, [u8; 8]);
+
+    fn write((seq, query): &(u64, [u8; 8]), out: &mut Vec<u8>) {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(query);
+    }
+
+    fn read(bytes: &[u8]) -> Option<(u64, [u8; 8])> {
+        let (seq, query) = bytes.split_first_chunk::<8>()?;
+        Some((u64::from_be_bytes(*seq), <[u8; 8]>::try_from(query).ok()?))
+    }
+}
 
 impl Listing for Grants {
     const TAG: u8 = b'G';

@@ -6,6 +6,7 @@ pub mod context;
 pub mod credentials;
 pub mod error;
 pub mod iam;
+pub mod lookup;
 pub mod marker;
 pub mod model;
 pub mod operation;

@@ -29,7 +29,7 @@ pub enum Family {
     CustomKeyStore,
     /// Multi-Region keys (not built yet).
     MultiRegion,
-    /// Audit (not built yet).
+    /// Audit (`GetKeyLastUsage`).
     Audit,
 }
 
@@ -112,7 +112,7 @@ operations! {
     GenerateDataKeyWithoutPlaintext: Core, read_only = true, grant_tokens = true, dry_run = true, built = true;
     GenerateMac: Asymmetric, read_only = true, grant_tokens = true, dry_run = true, built = true;
     GenerateRandom: Core, read_only = true, grant_tokens = false, dry_run = false, built = true;
-    GetKeyLastUsage: Audit, read_only = true, grant_tokens = false, dry_run = false, built = false;
+    GetKeyLastUsage: Audit, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetKeyPolicy: Policy, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetKeyRotationStatus: Rotation, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetParametersForImport: Import, read_only = true, grant_tokens = false, dry_run = false, built = false;
@@ -144,6 +144,27 @@ operations! {
 }
 
 impl Operation {
+    /// True for the cryptographic operations `GetKeyLastUsage` reports (its
+    /// `KeyLastUsageTrackingOperation` values).
+    pub fn tracks_last_usage(self) -> bool {
+        use Operation::*;
+        matches!(
+            self,
+            Decrypt
+                | DeriveSharedSecret
+                | Encrypt
+                | GenerateDataKey
+                | GenerateDataKeyPair
+                | GenerateDataKeyPairWithoutPlaintext
+                | GenerateDataKeyWithoutPlaintext
+                | GenerateMac
+                | ReEncrypt
+                | Sign
+                | Verify
+                | VerifyMac
+        )
+    }
+
     /// Parse an `X-Amz-Target` header value (`TrentService.Encrypt`).
     pub fn from_target(target: &str) -> Option<Operation> {
         target
@@ -173,7 +194,7 @@ mod tests {
             );
             assert_eq!(op.action(), format!("kms:{}", op.name()));
         }
-        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 42);
+        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 43);
         assert_eq!(Operation::from_target("Encrypt"), None);
         assert_eq!(Operation::from_target("TrentService.NoSuchOperation"), None);
     }

@@ -581,6 +581,33 @@ impl Client {
         self.post(&h, body).await
     }
 
+    /// A CloudTrail JSON 1.1 call (`X-Amz-Target:
+    /// com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.<op>`), signed for the SigV4
+    /// service `cloudtrail` with this client's credentials (and session token).
+    #[allow(dead_code)]
+    pub(crate) async fn cloudtrail(&self, op: &str, body: Value) -> Reply {
+        let body = body.to_string().into_bytes();
+        let mut h = self.headers(None);
+        h.insert(
+            "x-amz-target",
+            format!("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.{op}")
+                .parse()
+                .unwrap(),
+        );
+        sign_service(
+            "cloudtrail",
+            "POST",
+            "/",
+            &mut h,
+            &body,
+            &self.cred.access_key_id,
+            &self.cred.secret_access_key,
+            self.session_token.as_deref(),
+            time::OffsetDateTime::now_utc(),
+        );
+        self.post(&h, body).await
+    }
+
     /// Call and require HTTP 200.
     pub(crate) async fn ok(&self, op: &str, body: Value) -> Value {
         let r = self.call(op, body).await;

@@ -458,6 +458,39 @@ t_cli_share_with_account() {
     ) || exit 1
 }
 
+# -- the audit trail through CloudTrail's API (LookupEvents) and GetKeyLastUsage -----
+
+t_cli_lookup_events() {
+    need_key
+    "${AWS_CLI[@]}" cloudtrail lookup-events --endpoint-url "$KMS_ENDPOINT" \
+        --lookup-attributes AttributeKey=EventName,AttributeValue=CreateKey \
+        --max-results 50 --output json >"$W/lookup.json"
+    "$PY" - "$W/lookup.json" <<'PY' || fail "lookup-events did not find CreateKey events"
+import json, sys
+events = json.load(open(sys.argv[1]))["Events"]
+assert events, "no events"
+for e in events:
+    assert e["EventName"] == "CreateKey", e
+    record = json.loads(e["CloudTrailEvent"])
+    assert record["eventSource"] == "kms.amazonaws.com", record
+    assert record["eventName"] == "CreateKey", record
+print(len(events), "CreateKey events")
+PY
+    expect_error InvalidMaxResultsException \
+        "${AWS_CLI[@]}" cloudtrail lookup-events --endpoint-url "$KMS_ENDPOINT" \
+        --max-results 51 --no-paginate
+}
+
+t_cli_get_key_last_usage() {
+    need_key
+    local op
+    op="$(aws_kms get-key-last-usage --key-id "$(key)" --query KeyLastUsage.Operation --output text)"
+    case "$op" in
+    Encrypt | Decrypt | GenerateDataKey) ;;
+    *) fail "get-key-last-usage: operation $op" ;;
+    esac
+}
+
 # -- after a restart ---------------------------------------------------------------
 
 # run after stop_server in the main shell (a check runs in a subshell).
@@ -559,11 +592,15 @@ check "cli: sts get-caller-identity with a wrong secret -> SignatureDoesNotMatch
 check "cli: get-key-policy is AWS's default policy; list-key-policies" t_cli_key_policy_default
 check "cli: put-key-policy that locks its author out -> MalformedPolicyDocumentException" t_cli_key_policy_lockout
 check "cli: a key shared with a second account (decrypt, re-encrypt, by ARN only), unshared" t_cli_share_with_account
+check "cli: cloudtrail lookup-events by EventName finds CreateKey; MaxResults 51 refused" t_cli_lookup_events
+check "cli: kms get-key-last-usage names the last cryptographic operation" t_cli_get_key_last_usage
 
 log "boto3 suite"
 run_boto3 boto3_e2e.py boto3
 log "boto3 IAM and STS suite"
 run_boto3 boto3_iam.py boto3-iam
+log "boto3 CloudTrail LookupEvents and GetKeyLastUsage suite"
+run_boto3 boto3_cloudtrail.py boto3-cloudtrail
 
 # shellcheck source=tests/interop/openssl.sh
 . "$HERE/openssl.sh"

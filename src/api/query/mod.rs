@@ -244,6 +244,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             Source::Kms => "kms",
             Source::Iam => "iam",
             Source::Sts => "sts",
+            Source::CloudTrail => "cloudtrail",
         };
         app.metrics.record_call(
             service,

@@ -244,6 +244,7 @@ impl Kms {
                 Operation::DisableKeyRotation => reply(self.disable_key_rotation(keys).await?),
                 Operation::GetKeyRotationStatus => reply(self.get_key_rotation_status(keys)?),
                 Operation::RotateKeyOnDemand => reply(self.rotate_key_on_demand(keys).await?),
+                Operation::GetKeyLastUsage => reply(self.get_key_last_usage(keys).await?),
                 other => Err(KmsError::Internal(format!(
                     "request path: {other} is not a key-only operation"
                 ))),

@@ -36,6 +36,8 @@ mod reconcile;
 pub use reconcile::{ReconcileReport, ReconcileRow, ORPHAN_GRACE};
 mod lifecycle;
 mod rotation;
+mod usage;
+pub use usage::{GetKeyLastUsageOutput, KeyLastUsageData};
 #[cfg(test)]
 mod tests;
 pub use dispatch::{Output, Reply, Resolved};
@@ -94,6 +96,8 @@ pub struct Kms {
     grants: grants::Grants,
     /// Orphaned objects seen by the background reconciliation, and when first seen.
     orphans_seen: parking_lot::Mutex<HashMap<String, time::OffsetDateTime>>,
+    /// Every key's last successful cryptographic operation (`GetKeyLastUsage`).
+    usage: usage::Usage,
 }
 
 fn object_id(key: &KeyId, version: u32) -> ObjectId {
@@ -129,6 +133,7 @@ impl Kms {
             .collect();
         let iam = super::iam::Identities::load(&store)?;
         let grants = grants::Grants::load(store.as_ref())?;
+        let usage = usage::Usage::load(store.as_ref(), clock.now())?;
         Ok(Kms {
             vault,
             store,
@@ -142,6 +147,7 @@ impl Kms {
             iam,
             grants,
             orphans_seen: parking_lot::Mutex::new(HashMap::new()),
+            usage,
         })
     }
 
@@ -262,7 +268,9 @@ impl Kms {
         let resync = self.resync_hsms().await;
         let reconciled = self.reconcile_background(self.now()).await;
         self.rotate_due_keys().await;
+        let usage = self.flush_key_usage().await;
         destroyed?;
+        usage?;
         checked?;
         reconciled?;
         resync.map(|_| ())
