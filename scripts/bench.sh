@@ -2,7 +2,7 @@
 # Benchmarks of hsm-kms (not a test; prints numbers, asserts nothing).
 #
 #   scripts/bench.sh [--size N] [--threads N] [--secs S] [--reps N] [--filler-keys N] [--http]
-#                    [--isolation] [--policy]
+#                    [--isolation] [--policy] [--audit]
 #
 # 1. Builds the release binary and runs `hsm-kms bench-hsm`: raw PKCS#11 AES-256-GCM
 #    encrypt side by side with the same operation through the HSM layer, in one process
@@ -22,6 +22,9 @@
 #    at c=64 by the account root on a key with the default policy, and by an IAM user with
 #    5 identity policies on a key with a 20-statement key policy with conditions; prints
 #    the user/root ratio (target >= 0.90).
+# 5. With --audit: the audit trail's cost (issue 14), alternated over 2 rounds: Encrypt 32 B
+#    at c=64 with `audit_enabled = false` and with the trail on (fail-closed, group commit);
+#    prints the on/off ratio (target >= 0.85).
 #
 # Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it started.
 set -euo pipefail
@@ -33,6 +36,7 @@ SIZE=32 THREADS=2 SECS=1 REPS=5 FILLER=0
 HTTP=${KMS_BENCH_HTTP:-0}
 ISOLATION=0
 POLICY=0
+AUDIT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
@@ -43,7 +47,8 @@ while [ $# -gt 0 ]; do
     --http) HTTP=1; shift ;;
     --isolation) ISOLATION=1; shift ;;
     --policy) POLICY=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --audit) AUDIT=1; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -81,8 +86,8 @@ else
 fi
 
 # --- HTTP benchmarks (issue 4) ---
-if [ "$HTTP" != 1 ] && [ "$ISOLATION" != 1 ] && [ "$POLICY" != 1 ]; then
-  echo "(HTTP benchmarks skipped: pass --http, --isolation, --policy, or set KMS_BENCH_HTTP=1)"
+if [ "$HTTP" != 1 ] && [ "$ISOLATION" != 1 ] && [ "$POLICY" != 1 ] && [ "$AUDIT" != 1 ]; then
+  echo "(HTTP benchmarks skipped: pass --http, --isolation, --policy, --audit, or set KMS_BENCH_HTTP=1)"
   exit 0
 fi
 if ! command -v wrk >/dev/null; then
@@ -100,13 +105,14 @@ fi
 LOAD="$REPO/../shared/bench/kms-load.sh"
 DUR=${KMS_BENCH_DURATION:-10}
 
-# Start the service on a fresh state folder with `hsm_isolation = $2`; sets SERVER_PID and
-# KMS_ENDPOINT and sources its credentials.
-start_server() { # state-dir isolation
+# Start the service on a fresh state folder with `hsm_isolation = $2` (and `$3`, another
+# top-level config line); sets SERVER_PID and KMS_ENDPOINT and sources its credentials.
+start_server() { # state-dir isolation [config-line]
   local st=$1 iso=$2
   mkdir -p "$st"
   "$BIN" setup-local --state-dir "$st" >/dev/null 2>&1
   sed -i "1i hsm_isolation = \"$iso\"" "$st/config.toml"
+  [ -z "${3:-}" ] || sed -i "1i $3" "$st/config.toml"
   KMS_LOG=warn KMS_LISTEN=127.0.0.1:0 KMS_STATE_DIR="$st" "$BIN" serve --config "$st/config.toml" \
     >"$st/serve.out" 2>"$st/serve.err" &
   SERVER_PID=$!
@@ -161,6 +167,30 @@ if [ "$ISOLATION" = 1 ]; then
   echo " (targets: Encrypt >= 0.80, Sign ECDSA P-256 >= 0.90; same run, alternated)"
   echo "================================================================"
   [ "$HTTP" = 1 ] || exit 0
+fi
+
+if [ "$AUDIT" = 1 ]; then
+  [ -f "$LOAD" ] || die "$LOAD not found (hsm-facts.md §7 describes the script)"
+  : >"$TMP/audit.txt"
+  for round in 1 2; do
+    for mode in off on; do
+      start_server "$TMP/audit-$round-$mode" process \
+        "audit_enabled = $([ "$mode" = on ] && echo true || echo false)"
+      key=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
+      bash "$LOAD" -k "$key" -o Encrypt -s 32 -c 64 -d "$DUR" 2>/dev/null | grep '^RESULT' \
+        | sed "s/^/audit-$mode /" | tee -a "$TMP/audit.txt"
+      stop_server
+    done
+  done
+  echo
+  echo "================================================================"
+  awk '{ split($0, a, "rps="); split(a[2], b, " "); sum[$1] += b[1]; n[$1]++ }
+    END { f = sum["audit-off"] / n["audit-off"]; o = sum["audit-on"] / n["audit-on"];
+      printf " Encrypt c=64: audit off %.0f rps, audit on %.0f rps: ratio %.2f\n", f, o, o / f }' \
+    "$TMP/audit.txt"
+  echo " (target: >= 0.85; same run, alternated)"
+  echo "================================================================"
+  [ "$HTTP" = 1 ] || [ "$POLICY" = 1 ] || exit 0
 fi
 
 if [ "$POLICY" = 1 ]; then

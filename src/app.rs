@@ -71,6 +71,8 @@ pub struct AuditOptions {
     pub fail_open: bool,
     /// Size at which a new trail file is started.
     pub max_file_bytes: u64,
+    /// Whether the trail is kept at all (`false`: nothing is recorded; benchmarks only).
+    pub enabled: bool,
 }
 
 impl AuditOptions {
@@ -80,6 +82,7 @@ impl AuditOptions {
             dir,
             fail_open: false,
             max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
+            enabled: true,
         }
     }
 }
@@ -296,9 +299,17 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
         &cfg.audit.dir,
         cfg.audit.max_file_bytes,
     ));
+    let sink: Arc<dyn crate::kms::audit::AuditSink> = if cfg.audit.enabled {
+        trail.clone()
+    } else {
+        tracing::warn!(
+            "AUDIT TRAIL DISABLED (audit_enabled = false): no call is recorded; for benchmarks and labs only"
+        );
+        Arc::new(crate::kms::audit::DisabledSink)
+    };
     let audit = Arc::new(
         crate::kms::audit::Auditor::new(
-            trail.clone(),
+            sink,
             cfg.audit.fail_open,
             kms.region().as_str(),
             &cfg.account_id,

@@ -102,6 +102,10 @@ pub struct Config {
     /// Size at which a new audit trail file is started, in bytes. Default 64 MiB.
     #[serde(default = "default_audit_file_bytes")]
     pub audit_max_file_bytes: u64,
+    /// Keep the audit trail (default true). `false` records nothing (a loud warning at
+    /// start): for benchmarks and throw-away labs only (`scripts/bench.sh --audit`).
+    #[serde(default = "default_audit_enabled")]
+    pub audit_enabled: bool,
     /// Serve `GET /metrics` to anyone (a Prometheus scraper on a trusted network). Default
     /// false: only to SigV4-signed requests, like the `/health` detail.
     #[serde(default)]
@@ -190,6 +194,10 @@ fn default_maintenance() -> u64 {
 fn default_on_demand_rotations() -> u32 {
     crate::kms::ON_DEMAND_ROTATION_LIMIT
 }
+fn default_audit_enabled() -> bool {
+    true
+}
+
 fn default_audit_file_bytes() -> u64 {
     crate::audit::DEFAULT_MAX_FILE_BYTES
 }
@@ -339,6 +347,7 @@ impl Loaded {
             },
             fail_open: c.audit_fail_open,
             max_file_bytes: c.audit_max_file_bytes,
+            enabled: c.audit_enabled,
         }
     }
 
@@ -371,6 +380,7 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
          # audit_dir = \"audit\"           # default: <state dir>/audit\n\
          # audit_fail_open = false        # true: answer even when a record cannot be made durable\n\
          # audit_max_file_bytes = 67108864\n\
+         # audit_enabled = true           # false records nothing: benchmarks and labs only\n\
          # metrics_public = false         # true: GET /metrics without a signature\n",
     );
     for h in hsms {

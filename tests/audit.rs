@@ -473,3 +473,22 @@ async fn calls_are_refused_while_the_trail_cannot_be_written_unless_fail_open() 
     c.query_ok("sts", "GetCallerIdentity", &[]).await;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_trail_records_nothing_and_refuses_nothing() {
+    let t = tokens(&["a", "b"]);
+    let dir = t.dir.path().join("audit-off");
+    let (running, c) = start_audited(
+        &t,
+        AuditOptions {
+            enabled: false,
+            ..AuditOptions::in_dir(dir.clone())
+        },
+    )
+    .await;
+    let k = c.create_key(json!({})).await;
+    c.ok("Encrypt", json!({"KeyId": k, "Plaintext": b64(b"x")}))
+        .await;
+    assert!(trail(&dir).1.is_empty(), "a disabled trail holds records");
+    running.stop().await;
+}

@@ -521,6 +521,21 @@ pub trait AuditSink: Send + Sync {
     }
 }
 
+/// A sink that keeps nothing (`audit_enabled = false`: benchmarks and labs only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DisabledSink;
+
+#[async_trait::async_trait]
+impl AuditSink for DisabledSink {
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    async fn append(&self, _records: Vec<Vec<u8>>) -> Result<(), KmsError> {
+        Ok(())
+    }
+}
+
 /// The service's policy over the trail: refuse a call before it runs while the trail is
 /// unhealthy, and answer it only once its record is durable — unless `fail_open`, which
 /// answers anyway with an `error!` line.
