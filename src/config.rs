@@ -102,6 +102,12 @@ pub struct Config {
     /// Size at which a new audit trail file is started, in bytes. Default 64 MiB.
     #[serde(default = "default_audit_file_bytes")]
     pub audit_max_file_bytes: u64,
+    /// A signed digest line after this many audit records. Default 1000.
+    #[serde(default = "default_audit_digest_records")]
+    pub audit_digest_every_records: u64,
+    /// A signed digest line at least this often (seconds) while records come. Default 60.
+    #[serde(default = "default_audit_digest_secs")]
+    pub audit_digest_every_secs: u64,
     /// Serve `GET /metrics` to anyone (a Prometheus scraper on a trusted network). Default
     /// false: only to SigV4-signed requests, like the `/health` detail.
     #[serde(default)]
@@ -190,6 +196,14 @@ fn default_maintenance() -> u64 {
 fn default_on_demand_rotations() -> u32 {
     crate::kms::ON_DEMAND_ROTATION_LIMIT
 }
+fn default_audit_digest_records() -> u64 {
+    crate::audit::DEFAULT_DIGEST_RECORDS
+}
+
+fn default_audit_digest_secs() -> u64 {
+    crate::audit::DEFAULT_DIGEST_EVERY.as_secs()
+}
+
 fn default_audit_file_bytes() -> u64 {
     crate::audit::DEFAULT_MAX_FILE_BYTES
 }
@@ -339,6 +353,8 @@ impl Loaded {
             },
             fail_open: c.audit_fail_open,
             max_file_bytes: c.audit_max_file_bytes,
+            digest_every_records: c.audit_digest_every_records.max(1),
+            digest_every: std::time::Duration::from_secs(c.audit_digest_every_secs.max(1)),
         }
     }
 
