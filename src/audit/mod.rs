@@ -434,8 +434,12 @@ impl Writer {
                     d.from = dg.to_seq + 1;
                 }
             } else if digest.is_some() {
-                // The signed digest is lost with the batch: cover its records again.
+                // The signed digest is lost with the batch: cover its records again, later.
                 d.uncovered = d.uncovered.max(1);
+                d.not_before = Instant::now() + DIGEST_RETRY;
+                for s in d.sealers.drain(..) {
+                    let _ = s.send(Err("the digest could not be written".into()));
+                }
             }
         }
         for b in batches {
@@ -448,8 +452,13 @@ impl Writer {
     /// How long to wait for messages before a digest may fall due.
     fn digest_wait(&self) -> Duration {
         match &self.digests {
-            Some(d) if d.uncovered > 0 && d.in_flight.is_none() => {
-                let due = (d.last + d.opts.every).max(d.not_before);
+            Some(d) if d.uncovered > 0 && d.in_flight.is_none() && d.ready.is_none() => {
+                // Due by count or asked for (retried after a failure): at `not_before`.
+                let due = if d.uncovered >= d.opts.every_records || !d.sealers.is_empty() {
+                    d.not_before
+                } else {
+                    (d.last + d.opts.every).max(d.not_before)
+                };
                 due.saturating_duration_since(Instant::now())
             }
             _ => IDLE,

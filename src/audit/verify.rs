@@ -585,6 +585,61 @@ mod digest_tests {
     }
 
     #[tokio::test]
+    async fn a_digest_comes_on_time_and_a_failing_hsm_fails_no_record() {
+        let d = tempfile::tempdir().unwrap();
+        let key = signer().await;
+        let t = FileTrail::open_with_digests(
+            d.path(),
+            1 << 20,
+            Some(DigestOptions {
+                signer: key.clone(),
+                every_records: 1000,
+                every: std::time::Duration::from_millis(200),
+            }),
+        );
+        for i in 0..3 {
+            t.append(vec![format!(r#"{{"n":{i}}}"#).into_bytes()])
+                .await
+                .unwrap();
+        }
+        // No batch comes after: the writer writes the digest on its own.
+        let mut found = false;
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if !digest_at(&lines(d.path()).1).is_empty() {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "no digest after the period");
+        let r = check(d.path(), &key).await;
+        assert_eq!((r.finding, r.uncovered), (None, 0));
+
+        // The HSMs refuse MACs (no digest key there): records are still written, seal
+        // says why there is no digest, and verify reports them as not covered.
+        let d = tempfile::tempdir().unwrap();
+        let vault: Arc<dyn KeyVault> = Arc::new(FakeVault::new(2));
+        let t = FileTrail::open_with_digests(
+            d.path(),
+            1 << 20,
+            Some(DigestOptions {
+                signer: Arc::new(HsmDigestKey::new(vault)),
+                every_records: 2,
+                every: std::time::Duration::from_secs(3600),
+            }),
+        );
+        for i in 0..5 {
+            t.append(vec![format!(r#"{{"n":{i}}}"#).into_bytes()])
+                .await
+                .unwrap();
+        }
+        assert!(t.healthy());
+        assert!(t.seal().await.is_err());
+        let r = verify(d.path(), None).unwrap();
+        assert_eq!((r.finding, r.digests.len(), r.uncovered), (None, 0, 5));
+    }
+
+    #[tokio::test]
     async fn a_rewritten_record_with_a_recomputed_chain_fails_at_the_digest() {
         let d = tempfile::tempdir().unwrap();
         let key = signer().await;
