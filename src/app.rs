@@ -73,6 +73,10 @@ pub struct AuditOptions {
     pub max_file_bytes: u64,
     /// Whether the trail is kept at all (`false`: nothing is recorded; benchmarks only).
     pub enabled: bool,
+    /// A signed digest after this many records.
+    pub digest_every_records: u64,
+    /// A signed digest at least this often while records come.
+    pub digest_every: Duration,
 }
 
 impl AuditOptions {
@@ -83,6 +87,8 @@ impl AuditOptions {
             fail_open: false,
             max_file_bytes: crate::audit::DEFAULT_MAX_FILE_BYTES,
             enabled: true,
+            digest_every_records: crate::audit::DEFAULT_DIGEST_RECORDS,
+            digest_every: crate::audit::DEFAULT_DIGEST_EVERY,
         }
     }
 }
@@ -101,16 +107,26 @@ pub struct Running {
     pub credentials: Vec<Credential>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    trail: Arc<crate::audit::FileTrail>,
 }
 
+/// Longest wait for the closing digest at shutdown.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Running {
-    /// Stop serving, then finalize every HSM module instance.
+    /// Stop serving, write a closing audit digest (covering every record), then finalize
+    /// every HSM module instance.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(h) = self.server.take() {
             let _ = h.await;
+        }
+        match tokio::time::timeout(SEAL_TIMEOUT, self.trail.seal()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "no closing audit digest"),
+            Err(_) => tracing::error!("no closing audit digest: the HSMs did not answer"),
         }
         self.cluster.shutdown();
     }
@@ -159,6 +175,26 @@ pub async fn create_account(
     .await?;
     core.cluster.shutdown();
     Ok(c)
+}
+
+/// `hsm-kms audit verify` with the HSMs: the trail's chain and digests, and each digest's
+/// MAC checked by the HSMs' digest key. Opens the store and the cluster like [`start`].
+pub async fn verify_audit(
+    cfg: ServiceConfig,
+    from: Option<&str>,
+) -> Result<crate::audit::VerifyReport, StartError> {
+    let dir = cfg.audit.dir.clone();
+    let core = open_core(cfg.database, cfg.nodes, cfg.cluster, cfg.clock, &cfg.region).await?;
+    let mut report =
+        crate::audit::verify(&dir, from).map_err(|e| StartError::Config(e.to_string()));
+    if let Ok(r) = report.as_mut() {
+        let key = crate::kms::digest::HsmDigestKey::new(core.cluster.clone());
+        if let Err(e) = crate::audit::check_digests(r, &key).await {
+            report = Err(StartError::Kms(e));
+        }
+    }
+    core.cluster.shutdown();
+    report
 }
 
 /// The store counter that allocates each process start's GCM IV fixed field.
@@ -295,9 +331,15 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             }
         }
     });
-    let trail = Arc::new(crate::audit::FileTrail::open(
+    crate::kms::digest::ensure_digest_key(vault.as_ref(), &store).await?;
+    let trail = Arc::new(crate::audit::FileTrail::open_with_digests(
         &cfg.audit.dir,
         cfg.audit.max_file_bytes,
+        Some(crate::audit::DigestOptions {
+            signer: Arc::new(crate::kms::digest::HsmDigestKey::new(vault.clone())),
+            every_records: cfg.audit.digest_every_records.max(1),
+            every: cfg.audit.digest_every,
+        }),
     ));
     let sink: Arc<dyn crate::kms::audit::AuditSink> = if cfg.audit.enabled {
         trail.clone()
@@ -314,7 +356,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             kms.region().as_str(),
             &cfg.account_id,
         )
-        .with_reader(trail),
+        .with_reader(trail.clone()),
     );
     let metrics = crate::api::metrics::Metrics::new(cfg.metrics_public)
         .map_err(|e| StartError::Config(e.to_string()))?;
@@ -356,5 +398,6 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
         credentials,
         shutdown: Some(tx),
         server: Some(server),
+        trail,
     })
 }

@@ -106,6 +106,12 @@ pub struct Config {
     /// start): for benchmarks and throw-away labs only (`scripts/bench.sh --audit`).
     #[serde(default = "default_audit_enabled")]
     pub audit_enabled: bool,
+    /// A signed digest line after this many audit records. Default 1000.
+    #[serde(default = "default_audit_digest_records")]
+    pub audit_digest_every_records: u64,
+    /// A signed digest line at least this often (seconds) while records come. Default 60.
+    #[serde(default = "default_audit_digest_secs")]
+    pub audit_digest_every_secs: u64,
     /// Serve `GET /metrics` to anyone (a Prometheus scraper on a trusted network). Default
     /// false: only to SigV4-signed requests, like the `/health` detail.
     #[serde(default)]
@@ -196,6 +202,14 @@ fn default_on_demand_rotations() -> u32 {
 }
 fn default_audit_enabled() -> bool {
     true
+}
+
+fn default_audit_digest_records() -> u64 {
+    crate::audit::DEFAULT_DIGEST_RECORDS
+}
+
+fn default_audit_digest_secs() -> u64 {
+    crate::audit::DEFAULT_DIGEST_EVERY.as_secs()
 }
 
 fn default_audit_file_bytes() -> u64 {
@@ -348,6 +362,8 @@ impl Loaded {
             fail_open: c.audit_fail_open,
             max_file_bytes: c.audit_max_file_bytes,
             enabled: c.audit_enabled,
+            digest_every_records: c.audit_digest_every_records.max(1),
+            digest_every: std::time::Duration::from_secs(c.audit_digest_every_secs.max(1)),
         }
     }
 

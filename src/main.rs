@@ -65,14 +65,18 @@ enum AccountCmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Check the audit trail's hash chain across all its files; name the first record
-    /// missing, altered or out of order (by file and line). Exit status 0 when intact, 1
-    /// otherwise.
+    /// Check the audit trail's hash chain across all its files and its signed digests;
+    /// name the first record missing, altered or out of order (by file and line), or the
+    /// first digest that does not match or was not made by the HSMs. Records after the last
+    /// digest are reported as not yet covered. Exit status 0 when intact, 1 otherwise.
     Verify {
-        /// Config file (default: <state dir>/config.toml); its `audit_dir` is checked.
+        /// Config file (default: <state dir>/config.toml); its `audit_dir` is checked, and
+        /// its HSMs check the digests' signatures.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The trail folder to check (instead of the config's).
+        /// The trail folder to check (instead of the config's). Without `--config`, the
+        /// HSMs are not opened: the chain and the digests' ranges are checked, not their
+        /// signatures.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Start at the first record of this date or time (`2024-05-01`,
@@ -230,11 +234,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Audit {
             cmd: AuditCmd::Verify { config, dir, from },
         } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => load_config(config)?.audit().dir,
+            // The HSMs check the digests' signatures unless only a folder was named.
+            let hsms = match (&dir, config) {
+                (Some(_), None) => None,
+                (_, config) => Some(load_config(config)?),
             };
-            if !audit_verify(&dir, from.as_deref())? {
+            let dir = match (dir, &hsms) {
+                (Some(d), _) => d,
+                (None, Some(l)) => l.audit().dir,
+                (None, None) => bail!("no trail folder"),
+            };
+            if !audit_verify(&dir, from.as_deref(), hsms.as_ref())? {
                 std::process::exit(1);
             }
             Ok(())
@@ -405,7 +415,7 @@ fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
 }
 
 /// `hsm-kms audit verify`: true when the trail is intact.
-fn audit_verify(dir: &Path, from: Option<&str>) -> Result<bool> {
+fn audit_verify(dir: &Path, from: Option<&str>, hsms: Option<&Loaded>) -> Result<bool> {
     if let Some(f) = from {
         let date = f.get(..10).unwrap_or(f);
         let fmt = time::macros::format_description!("[year]-[month]-[day]");
@@ -415,7 +425,19 @@ fn audit_verify(dir: &Path, from: Option<&str>) -> Result<bool> {
     if !dir.is_dir() {
         bail!("{} is not an audit trail folder", dir.display());
     }
-    let r = hsm_kms::audit::verify(dir, from)?;
+    let r = match hsms {
+        None => hsm_kms::audit::verify(dir, from)?,
+        Some(loaded) => {
+            let nodes = loaded.nodes()?;
+            prepare_environment(loaded, &nodes);
+            let mut cfg = offline_config(loaded, nodes)?;
+            cfg.audit.dir = dir.to_path_buf();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(app::verify_audit(cfg, from))?
+        }
+    };
     if r.torn_tail {
         println!("note: the last file ends in an incomplete line (a write cut short, never acknowledged)");
     }
@@ -427,6 +449,23 @@ fn audit_verify(dir: &Path, from: Option<&str>) -> Result<bool> {
                 r.files,
                 dir.display()
             );
+            let macs = if r.macs_checked {
+                "signatures checked by the HSMs"
+            } else {
+                "signatures NOT checked: pass --config to check them with the HSMs"
+            };
+            println!("digests: {} ({macs})", r.digests.len());
+            match r.covered_to {
+                _ if r.uncovered == 0 => {}
+                Some(to) => println!(
+                    "{} records after record {to} are not yet covered by a digest (a service stopped cleanly leaves none)",
+                    r.uncovered
+                ),
+                None => println!(
+                    "{} records are not yet covered by a digest: the trail holds none",
+                    r.uncovered
+                ),
+            }
             Ok(true)
         }
         Some(f) => {

@@ -407,7 +407,16 @@ async fn a_cross_account_call_is_recorded_for_both_accounts() {
 }
 
 async fn start_audited(t: &Tokens, audit: AuditOptions) -> (app::Running, Client) {
-    let running = app::start(ServiceConfig {
+    let running = app::start(config(t, audit)).await.expect("service starts");
+    let client = Client::new(
+        format!("http://{}", running.addr),
+        running.credentials[0].clone(),
+    );
+    (running, client)
+}
+
+fn config(t: &Tokens, audit: AuditOptions) -> ServiceConfig {
+    ServiceConfig {
         nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
         cluster: fast_options(),
         database: t.dir.path().join("metadata.sqlite"),
@@ -419,14 +428,62 @@ async fn start_audited(t: &Tokens, audit: AuditOptions) -> (app::Running, Client
         maintenance_interval: Duration::from_secs(3600),
         audit,
         metrics_public: false,
-    })
-    .await
-    .expect("service starts");
-    let client = Client::new(
-        format!("http://{}", running.addr),
-        running.credentials[0].clone(),
-    );
-    (running, client)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_signed_by_the_hsms_cover_the_trail_and_a_forged_one_is_caught() {
+    let t = tokens(&["a", "b"]);
+    let dir = t.dir.path().join("audit");
+    let audit = AuditOptions {
+        digest_every_records: 3,
+        ..AuditOptions::in_dir(dir.clone())
+    };
+    let (running, c) = start_audited(&t, audit.clone()).await;
+    // The digest key is in both HSMs, like every key.
+    for (hsm, ok, objects) in
+        hsm_kms::kms::vault::KeyVault::inventory(running.cluster.as_ref()).await
+    {
+        assert!(ok, "{hsm}");
+        assert!(
+            objects
+                .iter()
+                .any(|o| o.as_str() == hsm_kms::kms::digest::DIGEST_KEY_ID),
+            "{hsm} lacks the digest key"
+        );
+    }
+    for _ in 0..7 {
+        c.ok("ListKeys", json!({})).await;
+    }
+    // Clean shutdown: a closing digest covers every record.
+    running.stop().await;
+    let r = app::verify_audit(config(&t, audit.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(r.finding, None);
+    assert!(r.macs_checked);
+    assert!(r.digests.len() >= 2, "{}", r.digests.len());
+    assert_eq!(r.uncovered, 0);
+
+    // The closing digest's MAC replaced by one made without the HSMs' key.
+    let (_, file) = hsm_kms::audit::trail_files(&dir).unwrap().remove(0);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let last = lines.len() - 1;
+    let mut v: Value = serde_json::from_str(&lines[last]).unwrap();
+    let sig = v["digest"]["signature"].as_str().unwrap().to_string();
+    assert_eq!(sig.len(), 44, "a 32-byte HMAC");
+    let forged = b64(&[7u8; 32]);
+    lines[last] = lines[last].replace(&sig, &forged);
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    v["digest"]["signature"] = forged.into();
+    let r = app::verify_audit(config(&t, audit), None).await.unwrap();
+    let f = r.finding.expect("a forged digest is caught");
+    assert_eq!(f.line, last + 1, "{f}");
+    assert!(f.problem.starts_with("forged"), "{f}");
+    // Without the HSMs only the chain and the ranges are checked: it passes.
+    let r = hsm_kms::audit::verify(&dir, None).unwrap();
+    assert_eq!(r.finding, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

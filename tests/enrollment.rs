@@ -17,6 +17,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use hsm_kms::hsm::ceremony::{self, CwkState, SoPin};
 use hsm_kms::hsm::softhsm::{self, LocalHsm};
 use hsm_kms::kms::credentials::SEALING_KEY_ID;
+use hsm_kms::kms::digest::DIGEST_KEY_ID;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -38,7 +39,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// The `CKA_ID`s of the KMS keys in a token (secret and private keys but the service's own,
-/// except the credential-sealing key, which every HSM needs),
+/// except the credential-sealing and audit digest keys, which every HSM needs),
 /// read with the user PIN in a module instance of this test's own.
 fn kms_key_ids(hsm: &LocalHsm) -> BTreeSet<Vec<u8>> {
     let token = common::UserToken::open(hsm);
@@ -49,7 +50,10 @@ fn kms_key_ids(hsm: &LocalHsm) -> BTreeSet<Vec<u8>> {
             if let Some(Attribute::Id(id)) =
                 s.get_attributes(h, &[AttributeType::Id]).unwrap().pop()
             {
-                if !id.starts_with(b"hsm-kms/") || id == SEALING_KEY_ID.as_bytes() {
+                if !id.starts_with(b"hsm-kms/")
+                    || id == SEALING_KEY_ID.as_bytes()
+                    || id == DIGEST_KEY_ID.as_bytes()
+                {
                     ids.insert(id);
                 }
             }
@@ -185,7 +189,7 @@ async fn an_operator_enrolls_a_new_token_and_the_service_never_does() {
         out.contains("received the cluster wrapping key from hsm-a"),
         "{out}"
     );
-    assert!(out.contains("copying keys: 5/5"), "{out}");
+    assert!(out.contains("copying keys: 6/6"), "{out}");
     assert_eq!(
         ceremony::cwk_state(&c.node_config().unwrap()).unwrap(),
         CwkState::Trusted
@@ -204,10 +208,11 @@ async fn an_operator_enrolls_a_new_token_and_the_service_never_does() {
     let on_c = kms_key_ids(&c);
     assert_eq!(
         on_c.len(),
-        5,
-        "every KMS key and the sealing key reached hsm-c"
+        6,
+        "every KMS key, the sealing key and the digest key reached hsm-c"
     );
     assert!(on_c.contains(SEALING_KEY_ID.as_bytes()));
+    assert!(on_c.contains(DIGEST_KEY_ID.as_bytes()));
     assert!(on_c.is_subset(&kms_key_ids(&a)));
     // Running it again changes nothing.
     let (ok, out) = enroll(&config, &so_pin, true, "");

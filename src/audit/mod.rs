@@ -21,6 +21,21 @@
 //! `healthy()` asks the writer (at most every 200 ms) to re-open and sync the current
 //! file, which makes it healthy again when that works.
 //!
+//! ## Digests
+//! With a [`DigestOptions`], the writer adds a signed digest line to the same chain every
+//! `every_records` event records or `every` (when records came meanwhile), and on
+//! [`FileTrail::seal`] (clean shutdown):
+//!
+//! ```text
+//! {"seq":N,"prev":"<64 hex>","digest":{"from_seq":a,"to_seq":b,"hash":"<line b's SHA-256>",…,"signature":"…"}}
+//! ```
+//!
+//! (see [`crate::kms::digest`]). The MAC is made by the HSMs off the writer's thread: the
+//! writer only notes the chain's head and hands it to a task on the runtime; the signed
+//! digest comes back on a second channel and is written with the next batch (or alone
+//! when none waits). A failed MAC leaves the records uncovered until the next attempt;
+//! it does not make the trail unhealthy (the records themselves are durable).
+//!
 //! ## Reading
 //! `FileTrail` is also the trail's `AuditReader` (`LookupEvents`): records newest first,
 //! scanning the files from the newest (`read`).
@@ -28,11 +43,13 @@
 mod read;
 mod verify;
 
-pub use verify::{verify, Finding, VerifyError, VerifyReport};
+pub use verify::{check_digests, verify, DigestFound, Finding, VerifyError, VerifyReport};
 
 use crate::kms::audit::AuditSink;
+use crate::kms::digest::{Digest, DigestSigner, DIGEST_ALGORITHM};
 use crate::kms::KmsError;
-use sha2::{Digest, Sha256};
+use base64::Engine;
+use sha2::{Digest as _, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -101,6 +118,26 @@ pub fn trail_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// Default number of event records between two digests.
+pub const DEFAULT_DIGEST_RECORDS: u64 = 1000;
+/// Default longest time between two digests (while records come).
+pub const DEFAULT_DIGEST_EVERY: Duration = Duration::from_secs(60);
+/// Shortest time between two attempts after a failed MAC.
+const DIGEST_RETRY: Duration = Duration::from_secs(1);
+/// How long the writer sleeps when it has no digest to time.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// When and with what the writer makes digests.
+#[derive(Clone)]
+pub struct DigestOptions {
+    /// Makes the MACs (the HSMs).
+    pub signer: Arc<dyn DigestSigner>,
+    /// A digest after this many event records.
+    pub every_records: u64,
+    /// A digest at least this often while records come.
+    pub every: Duration,
+}
+
 /// One queued batch and where to answer.
 struct Batch {
     records: Vec<Vec<u8>>,
@@ -110,6 +147,32 @@ struct Batch {
 enum Msg {
     Write(Batch),
     Probe,
+    /// Write a digest covering every record so far; answer once it is durable.
+    Seal(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// A signed digest (or why it could not be made) coming back to the writer.
+type Signed = Result<Digest, String>;
+
+/// The writer's digest state.
+struct Digests {
+    opts: DigestOptions,
+    runtime: tokio::runtime::Handle,
+    signed_tx: crossbeam_channel::Sender<Signed>,
+    /// `from_seq` of the next digest.
+    from: u64,
+    /// Event records written since the last digest asked for.
+    uncovered: u64,
+    /// Event records the digest being signed covers (restored if it fails).
+    in_flight: Option<u64>,
+    /// A signed digest waiting to be written.
+    ready: Option<Digest>,
+    /// When the last digest was asked for (or failed).
+    last: Instant,
+    /// No attempt before this (after a failure).
+    not_before: Instant,
+    /// `seal` callers, answered once nothing is uncovered.
+    sealers: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 /// Shared between the trail and its writer thread.
@@ -143,6 +206,9 @@ struct Writer {
     file: Option<(File, u64, u64)>,
     /// The number of the last file seen on disk (0 when none).
     last_number: u64,
+    digests: Option<Digests>,
+    /// `to_seq` of the last digest line found in the newest file on open.
+    last_digest_to: Option<u64>,
 }
 
 impl FileTrail {
@@ -150,6 +216,16 @@ impl FileTrail {
     /// there. Never fails: a folder that cannot be used makes an unhealthy trail (calls
     /// are then refused, fail-closed), re-checked by probes.
     pub fn open(dir: &Path, max_file_bytes: u64) -> FileTrail {
+        FileTrail::open_with_digests(dir, max_file_bytes, None)
+    }
+
+    /// [`FileTrail::open`], adding signed digests made through `digests` (on the current
+    /// tokio runtime; without one, no digests are made and an `error!` line says so).
+    pub fn open_with_digests(
+        dir: &Path,
+        max_file_bytes: u64,
+        digests: Option<DigestOptions>,
+    ) -> FileTrail {
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(false),
             last_probe_ms: AtomicU64::new(0),
@@ -164,6 +240,8 @@ impl FileTrail {
             },
             file: None,
             last_number: 0,
+            digests: None,
+            last_digest_to: None,
         };
         match w.reopen() {
             Ok(()) => shared.healthy.store(true, Ordering::SeqCst),
@@ -173,11 +251,42 @@ impl FileTrail {
                 "audit trail cannot be opened; calls are refused until it can"
             ),
         }
+        let (signed_tx, signed_rx) = crossbeam_channel::unbounded::<Signed>();
+        if let Some(opts) = digests {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let now = Instant::now();
+                    w.digests = Some(Digests {
+                        opts,
+                        runtime,
+                        signed_tx,
+                        from: w.last_digest_to.map_or(w.head.seq, |t| t + 1),
+                        // Records left by a run that stopped without a digest are covered
+                        // by this run's first one.
+                        // (not the digest line itself).
+                        uncovered: match w.last_digest_to {
+                            Some(t) => w.head.seq.saturating_sub(t + 2),
+                            None => w.head.seq,
+                        },
+                        in_flight: None,
+                        ready: None,
+                        last: now,
+                        not_before: now,
+                        sealers: Vec::new(),
+                    });
+                }
+                Err(e) => tracing::error!(
+                    target: "hsm_kms::audit",
+                    error = %e,
+                    "no runtime to sign audit digests on: the trail gets none"
+                ),
+            }
+        }
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
         let s2 = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || w.run(&rx, &s2));
+            .spawn(move || w.run(&rx, &signed_rx, &s2));
         if let Err(e) = spawned {
             tracing::error!(target: "hsm_kms::audit", error = %e, "audit writer not started");
             shared.healthy.store(false, Ordering::SeqCst);
@@ -186,6 +295,22 @@ impl FileTrail {
             dir: dir.to_path_buf(),
             tx,
             shared,
+        }
+    }
+}
+
+impl FileTrail {
+    /// Write a digest covering every record written so far (at clean shutdown); resolves
+    /// once it is durable, at once when the trail makes no digests or nothing is new.
+    pub async fn seal(&self) -> Result<(), KmsError> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Msg::Seal(done))
+            .map_err(|_| KmsError::Internal("audit trail: writer stopped".into()))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(KmsError::Internal(format!("audit digest: {e}"))),
+            Err(_) => Err(KmsError::Internal("audit trail: writer stopped".into())),
         }
     }
 }
@@ -233,12 +358,28 @@ pub fn line_hash(line: &[u8]) -> String {
 }
 
 impl Writer {
-    fn run(mut self, rx: &crossbeam_channel::Receiver<Msg>, shared: &Shared) {
-        while let Ok(first) = rx.recv() {
+    fn run(
+        mut self,
+        rx: &crossbeam_channel::Receiver<Msg>,
+        signed: &crossbeam_channel::Receiver<Signed>,
+        shared: &Shared,
+    ) {
+        loop {
+            let mut first = None;
+            crossbeam_channel::select! {
+                recv(rx) -> m => match m {
+                    Ok(m) => first = Some(m),
+                    Err(_) => break,
+                },
+                recv(signed) -> s => if let Ok(s) = s {
+                    self.signed(s);
+                },
+                default(self.digest_wait()) => {}
+            }
             let mut batches = Vec::new();
             let mut probe = false;
             let mut count = 0;
-            let mut next = Some(first);
+            let mut next = first;
             while let Some(m) = next.take() {
                 match m {
                     Msg::Write(b) => {
@@ -246,27 +387,151 @@ impl Writer {
                         batches.push(b);
                     }
                     Msg::Probe => probe = true,
+                    Msg::Seal(done) => match self.digests.as_mut() {
+                        Some(d) => d.sealers.push(done),
+                        None => {
+                            let _ = done.send(Ok(()));
+                        }
+                    },
                 }
                 if count < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
             }
-            if probe && batches.is_empty() {
+            let digest = self.digests.as_mut().and_then(|d| d.ready.take());
+            if probe && batches.is_empty() && digest.is_none() {
                 let ok = self.probe();
                 shared.healthy.store(ok, Ordering::Release);
-                continue;
+            } else if !batches.is_empty() || digest.is_some() {
+                self.write_and_answer(batches, digest, shared);
             }
-            let result = self.write(&batches);
-            shared.healthy.store(result.is_ok(), Ordering::Release);
-            if let Err(e) = &result {
-                tracing::error!(target: "hsm_kms::audit", error = %e, "audit write failed");
-            }
-            for b in batches {
-                let _ = b
-                    .done
-                    .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            self.maybe_digest();
+        }
+    }
+
+    /// Write `digest` (if any) then `batches` in one group commit, and answer them.
+    fn write_and_answer(&mut self, batches: Vec<Batch>, digest: Option<Digest>, shared: &Shared) {
+        let digest_line = digest.as_ref().and_then(|d| serde_json::to_vec(d).ok());
+        let mut lines: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(d) = &digest_line {
+            lines.push(("digest", d));
+        }
+        lines.extend(
+            batches
+                .iter()
+                .flat_map(|b| b.records.iter())
+                .map(|r| ("event", r.as_slice())),
+        );
+        let result = self.write(&lines);
+        shared.healthy.store(result.is_ok(), Ordering::Release);
+        if let Err(e) = &result {
+            tracing::error!(target: "hsm_kms::audit", error = %e, "audit write failed");
+        }
+        if let Some(d) = self.digests.as_mut() {
+            if result.is_ok() {
+                d.uncovered += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
+                if let Some(dg) = &digest {
+                    d.from = dg.to_seq + 1;
+                }
+            } else if digest.is_some() {
+                // The signed digest is lost with the batch: cover its records again, later.
+                d.uncovered = d.uncovered.max(1);
+                d.not_before = Instant::now() + DIGEST_RETRY;
+                for s in d.sealers.drain(..) {
+                    let _ = s.send(Err("the digest could not be written".into()));
+                }
             }
         }
+        for b in batches {
+            let _ = b
+                .done
+                .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+    }
+
+    /// How long to wait for messages before a digest may fall due.
+    fn digest_wait(&self) -> Duration {
+        match &self.digests {
+            Some(d) if d.uncovered > 0 && d.in_flight.is_none() && d.ready.is_none() => {
+                // Due by count or asked for (retried after a failure): at `not_before`.
+                let due = if d.uncovered >= d.opts.every_records || !d.sealers.is_empty() {
+                    d.not_before
+                } else {
+                    (d.last + d.opts.every).max(d.not_before)
+                };
+                due.saturating_duration_since(Instant::now())
+            }
+            _ => IDLE,
+        }
+    }
+
+    /// A digest back from the HSMs: keep it for the next write, or note the failure.
+    fn signed(&mut self, s: Signed) {
+        let Some(d) = self.digests.as_mut() else {
+            return;
+        };
+        let covered = d.in_flight.take().unwrap_or(0);
+        match s {
+            Ok(digest) => d.ready = Some(digest),
+            Err(e) => {
+                tracing::error!(target: "hsm_kms::audit", error = %e, "audit digest not signed; will retry");
+                d.uncovered += covered;
+                let now = Instant::now();
+                d.last = now;
+                d.not_before = now + DIGEST_RETRY;
+                for s in d.sealers.drain(..) {
+                    let _ = s.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Ask for a digest when one is due; answer `seal` callers once nothing is uncovered.
+    fn maybe_digest(&mut self) {
+        let (seq, prev) = (self.head.seq, self.head.prev.clone());
+        let Some(d) = self.digests.as_mut() else {
+            return;
+        };
+        if d.in_flight.is_some() || d.ready.is_some() {
+            return;
+        }
+        if d.uncovered == 0 || seq == 0 {
+            for s in d.sealers.drain(..) {
+                let _ = s.send(Ok(()));
+            }
+            return;
+        }
+        let now = Instant::now();
+        let due = d.uncovered >= d.opts.every_records
+            || now >= d.last + d.opts.every
+            || !d.sealers.is_empty();
+        if !due || now < d.not_before {
+            return;
+        }
+        let digest = Digest {
+            from_seq: d.from.min(seq - 1),
+            to_seq: seq - 1,
+            hash: prev,
+            time: crate::kms::audit::timestamp(time::OffsetDateTime::now_utc()),
+            key: d.opts.signer.key().to_string(),
+            algorithm: DIGEST_ALGORITHM.to_string(),
+            signature: String::new(),
+        };
+        d.in_flight = Some(d.uncovered);
+        d.uncovered = 0;
+        d.last = now;
+        let (signer, tx) = (d.opts.signer.clone(), d.signed_tx.clone());
+        d.runtime.spawn(async move {
+            let r = signer
+                .sign(digest.canonical())
+                .await
+                .map(|mac| Digest {
+                    signature: base64::engine::general_purpose::STANDARD.encode(mac),
+                    ..digest
+                })
+                .map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        });
     }
 
     /// Re-open the current file if needed and sync it.
@@ -304,6 +569,7 @@ impl Writer {
                 break;
             }
         }
+        self.last_digest_to = last_digest_to(&path)?;
         self.head = head.unwrap_or(Head {
             seq: 0,
             prev: GENESIS.to_string(),
@@ -338,26 +604,22 @@ impl Writer {
         Ok(())
     }
 
-    fn write(&mut self, batches: &[Batch]) -> Result<(), AuditError> {
+    /// Append `lines` (each `(member, JSON)`: `event` or `digest`) with one write and
+    /// one sync.
+    fn write(&mut self, lines: &[(&str, &[u8])]) -> Result<(), AuditError> {
         if self.file.is_none() {
             self.reopen()?;
         }
-        let mut buf = Vec::with_capacity(
-            batches
-                .iter()
-                .flat_map(|b| b.records.iter())
-                .map(|r| r.len() + 110)
-                .sum(),
-        );
+        let mut buf = Vec::with_capacity(lines.iter().map(|(_, r)| r.len() + 110).sum());
         let mut head = Head {
             seq: self.head.seq,
             prev: self.head.prev.clone(),
         };
-        for r in batches.iter().flat_map(|b| b.records.iter()) {
+        for (member, r) in lines {
             let start = buf.len();
             buf.extend_from_slice(
                 format!(
-                    "{{\"seq\":{},\"prev\":\"{}\",\"event\":",
+                    "{{\"seq\":{},\"prev\":\"{}\",\"{member}\":",
                     head.seq, head.prev
                 )
                 .as_bytes(),
@@ -393,6 +655,26 @@ impl Writer {
         self.head = head;
         Ok(())
     }
+}
+
+/// `to_seq` of the last digest line of `path`, if it has one.
+fn last_digest_to(path: &Path) -> Result<Option<u64>, AuditError> {
+    let f = File::open(path).map_err(|e| io(path, e))?;
+    let mut last = None;
+    for line in std::io::BufReader::new(f).split(b'\n') {
+        let line = line.map_err(|e| io(path, e))?;
+        // `{"seq":N,"prev":"<64>","digest":` — look past the prefix only.
+        if line.windows(10).any(|w| w == b"\"digest\":{") {
+            #[derive(serde::Deserialize)]
+            struct Line {
+                digest: Digest,
+            }
+            if let Ok(l) = serde_json::from_slice::<Line>(&line) {
+                last = Some(l.digest.to_seq);
+            }
+        }
+    }
+    Ok(last)
 }
 
 /// The chain head after the last complete record of `path`; a torn last line (no

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod ciphertext;
 pub mod context;
 pub mod credentials;
+pub mod digest;
 pub mod error;
 pub mod iam;
 pub mod lookup;

@@ -225,9 +225,9 @@ impl Kms {
         Ok(copies)
     }
 
-    /// Every HSM object the service needs in every HSM: its own credential-sealing key, the
-    /// backing keys of symmetric keys (all versions), the current material of the others. A
-    /// key pending deletion is never copied back into an HSM that destroyed it (and an
+    /// Every HSM object the service needs in every HSM: its own credential-sealing and audit
+    /// digest keys, the backing keys of symmetric keys (all versions), the current material
+    /// of the others. A key pending deletion is never copied back into an HSM that destroyed it (and an
     /// object no HSM holds is skipped by the vault).
     fn resync_list(&self) -> Vec<(ObjectId, String, KeyKind)> {
         let keys = self.keys.read();
@@ -249,12 +249,23 @@ impl Kms {
             let b = e.doc.backing(e.doc.current_backing)?;
             Some((b.object_id.clone(), self.arn(&e.doc), kind))
         });
-        let service_owned = std::iter::once((
-            crate::kms::credentials::sealing_key(),
-            crate::kms::credentials::SEALING_KEY_LABEL.to_string(),
-            KeyKind::Aes,
-        ));
-        service_owned.chain(symmetric).chain(others).collect()
+        let service_owned = [
+            (
+                crate::kms::credentials::sealing_key(),
+                crate::kms::credentials::SEALING_KEY_LABEL.to_string(),
+                KeyKind::Aes,
+            ),
+            (
+                crate::kms::digest::digest_key(),
+                crate::kms::digest::DIGEST_KEY_LABEL.to_string(),
+                crate::kms::digest::DIGEST_KEY_KIND,
+            ),
+        ];
+        service_owned
+            .into_iter()
+            .chain(symmetric)
+            .chain(others)
+            .collect()
     }
 
     /// One pass of background work, driven by the injected clock: re-sync HSMs that lack

@@ -2,7 +2,7 @@
 //! quieter pass in the background work). Each object an HSM holds is one of:
 //!
 //! * **referenced**: the material of a key in the metadata, or the service's own
-//!   (`hsm-kms/…`: the cluster wrapping key, the canary, the credential-sealing key);
+//!   (`hsm-kms/…`: the cluster wrapping key, the canary, the credential-sealing and audit digest keys);
 //! * **missing** (the other way round): material every usable HSM should hold and this one
 //!   lacks — re-synced from a copy;
 //! * **orphaned**: key material (`kms/…`) no metadata refers to, left by an interrupted
@@ -109,6 +109,7 @@ impl Kms {
             .flat_map(|e| e.doc.backing.iter().map(|b| b.object_id.clone()))
             .collect();
         ids.insert(crate::kms::credentials::sealing_key());
+        ids.insert(crate::kms::digest::digest_key());
         ids
     }
 
