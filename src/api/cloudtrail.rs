@@ -17,9 +17,8 @@ use crate::kms::audit::{self, Call, CallFacts, Source};
 use crate::kms::lookup::{self, Attribute, Lookup};
 use crate::kms::model::epoch_seconds;
 use crate::kms::KmsError;
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use tracing::Instrument;
@@ -139,18 +138,7 @@ fn record(
 }
 
 async fn run(app: &AppState, req: Request, call: &mut Attempt) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    if parts.method != Method::POST {
-        return Err(ApiError::unknown_operation());
-    }
-    let body = axum::body::to_bytes(Body::new(body), app.max_body_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                "RequestEntityTooLargeException",
-                format!("Request body is larger than {} bytes", app.max_body_bytes),
-            )
-        })?;
+    let (parts, body) = pipeline::post_body(app, req).await?;
     pipeline::protocol_content_type(&parts.headers)?;
     if call.operation != "LookupEvents" {
         return Err(ApiError::unknown_operation());

@@ -191,11 +191,12 @@ pub(super) fn call_env(req: &Request) -> crate::kms::CallEnv {
     }
 }
 
-async fn authenticate(
+/// A JSON 1.1 request's parts and body: POST only (else `UnknownOperationException`), the
+/// body at most `max_body_bytes` (else `RequestEntityTooLargeException`).
+pub(super) async fn post_body(
     app: &AppState,
     req: Request,
-    target: Option<Operation>,
-) -> Result<(Operation, Principal, bytes::Bytes), ApiError> {
+) -> Result<(axum::http::request::Parts, bytes::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
         return Err(ApiError::unknown_operation());
@@ -208,6 +209,15 @@ async fn authenticate(
                 format!("Request body is larger than {} bytes", app.max_body_bytes),
             )
         })?;
+    Ok((parts, body))
+}
+
+async fn authenticate(
+    app: &AppState,
+    req: Request,
+    target: Option<Operation>,
+) -> Result<(Operation, Principal, bytes::Bytes), ApiError> {
+    let (parts, body) = post_body(app, req).await?;
     // Before the signature, as AWS does: without its protocol a request has no operation.
     protocol_content_type(&parts.headers)?;
     let op = target.ok_or_else(ApiError::unknown_operation)?;
