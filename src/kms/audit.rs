@@ -450,9 +450,15 @@ fn camel_value(name: &str, v: &Value) -> Value {
 /// A KMS request's `requestParameters`: the allow-listed members of its JSON body, named
 /// as CloudTrail names them; `null` when there are none.
 pub fn kms_request_parameters(body: &Map<String, Value>) -> Value {
-    let out: Map<String, Value> = body
+    allowed_members(body, KMS_PARAMETERS)
+}
+
+/// The members of `m` named in `keep`, named as CloudTrail names them; `null` when there
+/// are none.
+fn allowed_members(m: &Map<String, Value>, keep: &[&str]) -> Value {
+    let out: Map<String, Value> = m
         .iter()
-        .filter(|(k, _)| KMS_PARAMETERS.contains(&k.as_str()))
+        .filter(|(k, _)| keep.contains(&k.as_str()))
         .map(|(k, v)| (camel(k), camel_value(k, v)))
         .collect();
     if out.is_empty() {
@@ -474,18 +480,9 @@ pub fn kms_response_elements(operation: &str, reply: &[u8]) -> Value {
         "CancelKeyDeletion" => &["KeyId"],
         _ => return Value::Null,
     };
-    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(reply) else {
-        return Value::Null;
-    };
-    let out: Map<String, Value> = m
-        .iter()
-        .filter(|(k, _)| keep.contains(&k.as_str()))
-        .map(|(k, v)| (camel(k), camel_value(k, v)))
-        .collect();
-    if out.is_empty() {
-        Value::Null
-    } else {
-        Value::Object(out)
+    match serde_json::from_slice::<Value>(reply) {
+        Ok(Value::Object(m)) => allowed_members(&m, keep),
+        _ => Value::Null,
     }
 }
 

@@ -194,18 +194,9 @@ fn el(name: &str, value: &str) -> String {
     format!("<{name}>{}</{name}>", xml_escape(value))
 }
 
-/// An IAM/STS timestamp: ISO 8601, whole seconds, `Z`.
+/// An IAM/STS timestamp: ISO 8601, whole seconds, `Z` (as CloudTrail's `eventTime`).
 fn iso8601(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::kms::audit::timestamp(t)
 }
 
 /// Serve one Query protocol request. As for KMS calls (`pipeline`), the audit trail must
