@@ -149,6 +149,8 @@ impl Running {
 
 /// How often a running service looks for credentials created or removed meanwhile.
 const CREDENTIAL_REFRESH: Duration = Duration::from_millis(500);
+/// How often HSM states are compared for `HsmStateChange` audit records.
+const HSM_WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Create an account (`hsm-kms account create`): a credential for its root user, sealed
 /// under the HSMs' credential-sealing key and stored; a running service sharing the store
@@ -358,6 +360,17 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
         )
         .with_reader(trail.clone()),
     );
+    // Service events (rotation, deletion, re-sync, HSM state changes) go to the same trail.
+    kms.set_auditor(audit.clone());
+    let weak = Arc::downgrade(&kms);
+    tokio::spawn(async move {
+        loop {
+            let Some(k) = weak.upgrade() else { break };
+            k.watch_hsms().await;
+            drop(k);
+            tokio::time::sleep(HSM_WATCH_EVERY).await;
+        }
+    });
     let metrics = crate::api::metrics::Metrics::new(cfg.metrics_public)
         .map_err(|e| StartError::Config(e.to_string()))?;
     for h in cluster.latency_histograms() {

@@ -26,7 +26,7 @@ fn trail(dir: &Path) -> (String, Vec<Value>) {
     let mut text = String::new();
     let mut events = Vec::new();
     for (_, p) in hsm_kms::audit::trail_files(dir).unwrap() {
-        let t = std::fs::read_to_string(p).unwrap();
+        let t = hsm_kms::audit::records_text(&p).unwrap();
         for l in t.lines() {
             let v: Value = serde_json::from_str(l).unwrap();
             events.push(v["event"].clone());
@@ -338,7 +338,7 @@ async fn every_outcome_is_recorded_as_cloudtrail_shows_it_and_no_secret_is() {
     let out = verify(&dir);
     assert!(out.status.success(), "{out:?}");
     let (_, file) = hsm_kms::audit::trail_files(&dir).unwrap().remove(0);
-    let text = std::fs::read_to_string(&file).unwrap();
+    let text = hsm_kms::audit::records_text(&file).unwrap();
     let edited = text.replacen(
         "\"Department\":\"Engineering\"",
         "\"Department\":\"Sales\"",
@@ -467,7 +467,7 @@ async fn digests_signed_by_the_hsms_cover_the_trail_and_a_forged_one_is_caught()
 
     // The closing digest's MAC replaced by one made without the HSMs' key.
     let (_, file) = hsm_kms::audit::trail_files(&dir).unwrap().remove(0);
-    let text = std::fs::read_to_string(&file).unwrap();
+    let text = hsm_kms::audit::records_text(&file).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let last = lines.len() - 1;
     let mut v: Value = serde_json::from_str(&lines[last]).unwrap();
@@ -548,4 +548,257 @@ async fn a_disabled_trail_records_nothing_and_refuses_nothing() {
         .await;
     assert!(trail(&dir).1.is_empty(), "a disabled trail holds records");
     running.stop().await;
+}
+
+/// The trail's records of `name`.
+fn named(dir: &Path, name: &str) -> Vec<Value> {
+    trail(dir)
+        .1
+        .into_iter()
+        .filter(|e| e["eventName"] == name)
+        .collect()
+}
+
+fn hsms_of(e: &Value) -> Vec<String> {
+    let mut v: Vec<String> = e["additionalEventData"]["hsms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no additionalEventData.hsms: {e}"))
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A service event as CloudTrail writes KMS's own: no caller, no request id.
+fn assert_service_event(e: &Value, account: &str) {
+    assert_eq!(e["eventType"], "AwsServiceEvent", "{e}");
+    assert_eq!(
+        e["userIdentity"],
+        json!({"accountId": account, "invokedBy": "AWS Internal"}),
+        "{e}"
+    );
+    assert_eq!(e["sourceIPAddress"], "AWS Internal");
+    assert_eq!(e["eventSource"], "kms.amazonaws.com");
+    assert_eq!(e["recipientAccountId"], account);
+    assert!(e.get("requestID").is_none(), "{e}");
+    assert!(e["eventID"].as_str().is_some_and(|s| s.len() == 36));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hsms_that_served_and_what_the_service_did_by_itself_are_recorded() {
+    let clock = hsm_kms::clock::ManualClock::new(time::macros::datetime!(2026-01-01 00:00:00 UTC));
+    let s = service_with(std::sync::Arc::new(clock.clone())).await;
+    let dir = s.tokens.dir.path().join("audit");
+    let c = &s.client;
+    let both = vec!["a".to_string(), "b".to_string()];
+
+    // A key is made in one HSM and copied into the other: both served CreateKey.
+    let r = c.call("CreateKey", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.body["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let arn = format!("arn:aws:kms:us-east-1:{A}:key/{id}");
+    let created = record_of(&dir, r.request_id.as_deref().unwrap());
+    assert_eq!(hsms_of(&created), both);
+    assert_eq!(created["resources"][0]["ARN"], arn.as_str(), "the key it made");
+    // An Encrypt is answered by one of them.
+    let r = c
+        .call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")}))
+        .await;
+    let served = hsms_of(&record_of(&dir, r.request_id.as_deref().unwrap()));
+    assert!(served == ["a"] || served == ["b"], "{served:?}");
+    // A call that needs no HSM names none.
+    let r = c.call("ListKeys", json!({})).await;
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    assert!(e.get("additionalEventData").is_none(), "{e}");
+
+    // Automatic rotation when its date comes: a RotateKey service event.
+    c.ok(
+        "EnableKeyRotation",
+        json!({"KeyId": id, "RotationPeriodInDays": 90}),
+    )
+    .await;
+    clock.advance(Duration::from_secs(91 * 86_400));
+    s.running.kms.maintenance().await.unwrap();
+    let rot = named(&dir, "RotateKey");
+    assert_eq!(rot.len(), 1, "{rot:?}");
+    let e = &rot[0];
+    assert_service_event(e, A);
+    assert_eq!(e["resources"][0]["ARN"], arn.as_str());
+    assert_eq!(e["serviceEventDetails"]["rotationType"], "AUTOMATIC");
+    assert_eq!(e["serviceEventDetails"]["keyOrigin"], "AWS_KMS");
+    let (prev, cur) = (
+        e["serviceEventDetails"]["previousKeyMaterialId"].as_str().unwrap(),
+        e["serviceEventDetails"]["currentKeyMaterialId"].as_str().unwrap(),
+    );
+    assert!(prev.len() == 64 && cur.len() == 64 && prev != cur, "{e}");
+    assert_eq!(hsms_of(e), both, "the new material was made in one and copied to the other");
+    // On demand too (beside the RotateKeyOnDemand call's own record).
+    c.ok("RotateKeyOnDemand", json!({"KeyId": id})).await;
+    let rot = named(&dir, "RotateKey");
+    assert_eq!(rot.len(), 2);
+    assert_eq!(rot[1]["serviceEventDetails"]["rotationType"], "ON_DEMAND");
+    assert_eq!(rot[1]["serviceEventDetails"]["previousKeyMaterialId"], cur);
+    let on_demand = named(&dir, "RotateKeyOnDemand");
+    assert_eq!(hsms_of(&on_demand[0]), both);
+
+    // The end of a waiting period: a DeleteKey service event naming every HSM that
+    // destroyed the material.
+    c.ok(
+        "ScheduleKeyDeletion",
+        json!({"KeyId": id, "PendingWindowInDays": 7}),
+    )
+    .await;
+    clock.advance(Duration::from_secs(8 * 86_400));
+    s.running.kms.maintenance().await.unwrap();
+    let del: Vec<Value> = named(&dir, "DeleteKey");
+    assert_eq!(del.len(), 1, "{del:?}");
+    assert_service_event(&del[0], A);
+    assert_eq!(del[0]["resources"][0]["ARN"], arn.as_str());
+    assert_eq!(del[0]["serviceEventDetails"]["keyId"], id.as_str());
+    assert_eq!(
+        del[0]["serviceEventDetails"]["keyMaterialIds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(hsms_of(&del[0]), both);
+
+    // An HSM's host process killed: its state changes (down, then serving again once the
+    // service has replaced the host) are recorded.
+    let pid = s.running.cluster.host_pid("a").expect("a host process");
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut changes = Vec::new();
+    let back = eventually(30, || {
+        changes = named(&dir, "HsmStateChange");
+        changes
+            .iter()
+            .any(|e| e["serviceEventDetails"]["state"] == "Healthy")
+    })
+    .await;
+    assert!(back, "no HsmStateChange back to Healthy: {changes:?}");
+    let first = &changes[0];
+    assert_service_event(first, A);
+    assert_eq!(first["serviceEventDetails"]["hsm"], "a");
+    let was = first["serviceEventDetails"]["previousState"].as_str().unwrap();
+    assert!(was == "Healthy" || was == "Suspect", "{first}");
+    assert_ne!(first["serviceEventDetails"]["state"], "Healthy");
+    assert_eq!(hsms_of(first), ["a"]);
+    assert!(changes.iter().all(|e| e["serviceEventDetails"]["hsm"] == "a"));
+
+    let report = hsm_kms::audit::verify(&dir, None).unwrap();
+    assert_eq!(report.finding, None);
+    s.running.stop().await;
+}
+
+/// A tmpfs of `size` mounted on `at`, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` where mounting is not allowed (not root, no CAP_SYS_ADMIN).
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fill the file system of `dir` with one file until a write fails.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![1u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&[1u8]).is_ok() {}
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_calls_before_they_run_until_space_returns() {
+    let t = tokens(&["a", "b"]);
+    let Some(disk) = SmallDisk::mount(&t.dir.path().join("small"), "3m") else {
+        eprintln!(
+            "SKIPPED a_full_disk_refuses_calls_before_they_run_until_space_returns: \
+             cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN, as CI runs)"
+        );
+        return;
+    };
+    let dir = disk.0.join("audit");
+    let (running, c) = start_audited(&t, AuditOptions::in_dir(dir.clone())).await;
+    let k = c.create_key(json!({})).await;
+    // The disk fills up (another program's file): records still go into the space the
+    // trail keeps ready, then calls are refused before they run.
+    let filler = fill(&disk.0);
+    // Large records (the description is recorded twice: request and response) so the
+    // space kept ready runs out within a few dozen calls.
+    let description = "d".repeat(8000);
+    let mut answered = 0;
+    let refused = loop {
+        let r = c
+            .call("CreateKey", json!({"Description": description}))
+            .await;
+        if r.status != 200 {
+            break r;
+        }
+        answered += 1;
+        assert!(answered < 500, "never refused on a full disk");
+    };
+    assert_eq!(
+        (refused.status, refused.error_type()),
+        (500, "KMSInternalException"),
+        "{}",
+        refused.body
+    );
+    for _ in 0..3 {
+        let r = c.call("Encrypt", json!({"KeyId": k, "Plaintext": b64(b"x")})).await;
+        assert_eq!(r.error_type(), "KMSInternalException", "{}", r.body);
+    }
+    // Space returns: calls are answered again (the trail's probe finds room).
+    std::fs::remove_file(filler).unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.call("ListKeys", json!({})).await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "calls still refused once the disk has room");
+    // Refused before running: the refused CreateKey made no key.
+    let keys = c.ok("ListKeys", json!({"Limit": 1000})).await;
+    assert_eq!(
+        keys["Keys"].as_array().unwrap().len(),
+        answered + 1,
+        "a CreateKey refused for want of room made a key"
+    );
+    c.ok("Encrypt", json!({"KeyId": k, "Plaintext": b64(b"x")}))
+        .await;
+    // Every answered call is in the trail.
+    let created = named(&dir, "CreateKey")
+        .into_iter()
+        .filter(|e| e.get("errorCode").is_none())
+        .count();
+    assert_eq!(created, answered + 1);
+    println!("FULL-DISK | {answered} CreateKey answered after the disk filled, then refused");
+    running.stop().await;
+    let r = hsm_kms::audit::verify(&dir, None).unwrap();
+    assert_eq!(r.finding, None);
+    drop(disk);
 }

@@ -117,7 +117,9 @@ fn read_trail(dir: &Path) -> (Vec<Value>, bool) {
     let mut torn = false;
     let files = hsm_kms::audit::trail_files(dir).unwrap();
     for (i, (_, p)) in files.iter().enumerate() {
-        let text = std::fs::read(p).unwrap();
+        let data = std::fs::read(p).unwrap();
+        // The records end at the zeroed space the writer keeps ready after them.
+        let text = hsm_kms::audit::written(&data).0;
         let mut parts: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
         // After the last newline: "" for a complete file, else a torn line.
         let tail = parts.pop().unwrap_or_default();
@@ -363,13 +365,18 @@ async fn no_acknowledged_call_is_missing_from_the_trail_after_sigkill() {
         .pop()
         .unwrap();
     if !torn_at_kill {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
+        // Where the next record would have gone: over the zeroed space after the records.
+        let end = hsm_kms::audit::written(&std::fs::read(&last_file).unwrap())
+            .0
+            .len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
             .open(&last_file)
             .unwrap();
-        std::io::Write::write_all(
-            &mut f,
+        std::os::unix::fs::FileExt::write_all_at(
+            &f,
             format!("{{\"seq\":{},\"prev\":\"0a1b", last_seq + 1).as_bytes(),
+            end as u64,
         )
         .unwrap();
     }
@@ -419,7 +426,7 @@ async fn no_acknowledged_call_is_missing_from_the_trail_after_sigkill() {
     // The same chain: record `records_at_kill` follows the last pre-kill line.
     let first_new = &lines[records_at_kill];
     assert_eq!(first_new["seq"], records_at_kill as u64);
-    let pre_kill_last = std::fs::read_to_string(&last_file).unwrap();
+    let pre_kill_last = hsm_kms::audit::records_text(&last_file).unwrap();
     let pre_kill_last = pre_kill_last.lines().nth(records_at_kill - 1).unwrap();
     assert_eq!(
         first_new["prev"].as_str().unwrap(),

@@ -132,6 +132,7 @@ fn record(
             response_elements: Value::Null,
             resources: Vec::new(),
             error: error.map(|e| (e.aws_type, e.message.as_str())),
+            hsms: Vec::new(),
         },
         facts,
     )

@@ -70,6 +70,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
                 keys: None,
                 request_parameters: serde_json::Value::Null,
                 response_elements: serde_json::Value::Null,
+                hsms: Vec::new(),
                 result: Err(e.into()),
             },
         };
@@ -127,6 +128,8 @@ struct Outcome {
     request_parameters: serde_json::Value,
     /// CloudTrail's `responseElements`.
     response_elements: serde_json::Value,
+    /// The HSMs that answered the call's key operations.
+    hsms: Vec<String>,
     result: Result<Response, ApiError>,
 }
 
@@ -136,6 +139,7 @@ async fn run(app: &AppState, req: Request, target: Option<Operation>) -> Outcome
         keys: None,
         request_parameters: serde_json::Value::Null,
         response_elements: serde_json::Value::Null,
+        hsms: Vec::new(),
         result: Err(ApiError::unknown_operation()),
     };
     out.result = steps(app, req, target, &mut out).await;
@@ -166,8 +170,11 @@ async fn steps(
         .insert(app.kms.resolve(principal, op, &request).await?);
     // 4. authorize
     app.kms.authorize(principal, op, &request, keys, &env)?;
-    // 5. execute
-    let reply = app.kms.execute(principal, request, keys).await?;
+    // 5. execute (noting which HSMs answered, for the record)
+    let (reply, hsms) =
+        crate::kms::vault::served_by(app.kms.execute(principal, request, keys)).await;
+    out.hsms = hsms;
+    let reply = reply?;
     // 7. respond (6. record runs in `handle`, for every outcome)
     let bytes = reply.to_json().map_err(|e| {
         tracing::error!(error = %e, "response serialization failed");
@@ -318,7 +325,7 @@ fn record(
             unknown.as_str()
         }
     };
-    let resources: Vec<Resource> = out
+    let mut resources: Vec<Resource> = out
         .keys
         .as_ref()
         .map(|k| {
@@ -329,6 +336,12 @@ fn record(
                 .collect()
         })
         .unwrap_or_default();
+    // A key the call made (CreateKey) is its resource too, as CloudTrail shows it.
+    if let Some(arn) = out.response_elements["keyMetadata"]["arn"].as_str() {
+        if resources.iter().all(|r| r.arn != arn) {
+            resources.push(Resource::key(arn.to_string()));
+        }
+    }
     if let Err(e) = &out.result {
         tracing::info!(
             target: "hsm_kms::audit",
@@ -354,6 +367,7 @@ fn record(
         response_elements: out.response_elements.clone(),
         resources,
         error,
+        hsms: out.hsms.clone(),
     };
     app.audit.events(call, facts)
 }

@@ -15,11 +15,19 @@
 //!
 //! ## Writing
 //! Callers hand serialized records to one writer thread and wait. The writer takes every
-//! batch waiting, writes them with one `write` and one `fdatasync`, then answers them all
-//! (group commit). A failed write or sync rolls the file back to its length before the
-//! batch, fails the batch and marks the trail unhealthy; while unhealthy, [`FileTrail`]'s
-//! `healthy()` asks the writer (at most every 200 ms) to re-open and sync the current
-//! file, which makes it healthy again when that works.
+//! batch waiting, writes them with one positioned `write` and one `fdatasync`, then answers
+//! them all (group commit). A failed write or sync rolls the file back to its length before
+//! the batch, fails the batch and marks the trail unhealthy; while unhealthy,
+//! [`FileTrail`]'s `healthy()` asks the writer (at most every 200 ms) to re-open and sync
+//! the current file, which makes it healthy again when that works.
+//!
+//! The writer keeps zeroed space, written and synced, ahead of the last record (up to
+//! [`AHEAD`] bytes): a record written over it changes neither the file's size nor its
+//! block map, so its `fdatasync` flushes data only, without a journal commit of the inode
+//! (an appending write costs several times more under load). A file therefore ends in
+//! NUL bytes while it is being written; records end at the first NUL ([`written`]; JSON
+//! text never holds a raw NUL). The zeros are cut off when the writer starts the next
+//! file, when it stops, and when a trail is opened.
 //!
 //! ## Digests
 //! With a [`DigestOptions`], the writer adds a signed digest line to the same chain every
@@ -51,7 +59,7 @@ use crate::kms::KmsError;
 use base64::Engine;
 use sha2::{Digest as _, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,6 +100,29 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const MAX_BATCH: usize = 4096;
 /// Shortest time between two health probes.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Most zeroed bytes kept ready after the last record (bounded by the file size limit).
+pub const AHEAD: u64 = 1 << 20;
+/// Fewest kept: a file size limit below this still gets this much.
+const AHEAD_MIN: u64 = 4096;
+/// Why the trail turned unhealthy when it could not keep space ready.
+const NO_ROOM: &str =
+    "the audit folder has no room for the next records: calls are refused until it has";
+
+/// Split a trail file's bytes into its records (everything before the first NUL byte) and
+/// what follows: the zeroed space kept ready while the file is written, possibly with the
+/// remains of a write interrupted by a power loss, never acknowledged.
+pub fn written(data: &[u8]) -> (&[u8], &[u8]) {
+    let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+    data.split_at(end)
+}
+
+/// The records of trail file `path` as text: its bytes up to the zeroed space kept ready
+/// after them ([`written`]).
+pub fn records_text(path: &Path) -> std::io::Result<String> {
+    let data = std::fs::read(path)?;
+    String::from_utf8(written(&data).0.to_vec())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
 
 /// The name of trail file number `n`.
 pub fn file_name(n: u64) -> String {
@@ -149,6 +180,9 @@ enum Msg {
     Probe,
     /// Write a digest covering every record so far; answer once it is durable.
     Seal(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Write what came before, cut the file after its records and end (the trail is
+    /// dropped).
+    Stop,
 }
 
 /// A signed digest (or why it could not be made) coming back to the writer.
@@ -189,6 +223,18 @@ pub struct FileTrail {
     dir: PathBuf,
     tx: crossbeam_channel::Sender<Msg>,
     shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FileTrail {
+    /// Ends the writer once it has written what was handed to it, so the files are
+    /// finished (cut after their records) when the trail is gone.
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 /// Where the chain stands: the next sequence number and the hash of the last line.
@@ -197,13 +243,24 @@ struct Head {
     prev: String,
 }
 
+/// The file being written.
+struct OpenFile {
+    file: File,
+    /// Its number.
+    n: u64,
+    /// The length of its records: the next record goes here.
+    len: u64,
+    /// Its size: `len..size` are zeros, written and synced.
+    size: u64,
+}
+
 /// The writer's state.
 struct Writer {
     dir: PathBuf,
     max_file_bytes: u64,
     head: Head,
-    /// The open file, its number and its length; `None` until opened (or after a failure).
-    file: Option<(File, u64, u64)>,
+    /// The open file; `None` until opened (or after a failure).
+    file: Option<OpenFile>,
     /// The number of the last file seen on disk (0 when none).
     last_number: u64,
     digests: Option<Digests>,
@@ -287,14 +344,19 @@ impl FileTrail {
         let spawned = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(&rx, &signed_rx, &s2));
-        if let Err(e) = spawned {
-            tracing::error!(target: "hsm_kms::audit", error = %e, "audit writer not started");
-            shared.healthy.store(false, Ordering::SeqCst);
-        }
+        let writer = match spawned {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(target: "hsm_kms::audit", error = %e, "audit writer not started");
+                shared.healthy.store(false, Ordering::SeqCst);
+                None
+            }
+        };
         FileTrail {
             dir: dir.to_path_buf(),
             tx,
             shared,
+            writer,
         }
     }
 }
@@ -378,6 +440,7 @@ impl Writer {
             }
             let mut batches = Vec::new();
             let mut probe = false;
+            let mut stop = false;
             let mut count = 0;
             let mut next = first;
             while let Some(m) = next.take() {
@@ -387,6 +450,7 @@ impl Writer {
                         batches.push(b);
                     }
                     Msg::Probe => probe = true,
+                    Msg::Stop => stop = true,
                     Msg::Seal(done) => match self.digests.as_mut() {
                         Some(d) => d.sealers.push(done),
                         None => {
@@ -394,7 +458,7 @@ impl Writer {
                         }
                     },
                 }
-                if count < MAX_BATCH {
+                if count < MAX_BATCH && !stop {
                     next = rx.try_recv().ok();
                 }
             }
@@ -404,9 +468,17 @@ impl Writer {
                 shared.healthy.store(ok, Ordering::Release);
             } else if !batches.is_empty() || digest.is_some() {
                 self.write_and_answer(batches, digest, shared);
+                if !stop && !self.prepare() {
+                    shared.healthy.store(false, Ordering::Release);
+                    tracing::error!(target: "hsm_kms::audit", "{NO_ROOM}");
+                }
+            }
+            if stop {
+                break;
             }
             self.maybe_digest();
         }
+        self.finish_file();
     }
 
     /// Write `digest` (if any) then `batches` in one group commit, and answer them.
@@ -542,10 +614,11 @@ impl Writer {
                 return false;
             }
         }
-        match &self.file {
-            Some((f, _, _)) => f.sync_data().is_ok(),
+        let synced = match &self.file {
+            Some(f) => f.file.sync_data().is_ok(),
             None => false,
-        }
+        };
+        synced && self.prepare()
     }
 
     /// Find the last file and the chain's head in it (repairing a torn last line), and
@@ -574,25 +647,34 @@ impl Writer {
             seq: 0,
             prev: GENESIS.to_string(),
         });
-        let mut f = OpenOptions::new()
-            .append(true)
+        let file = OpenOptions::new()
+            .write(true)
             .read(true)
             .open(&path)
             .map_err(|e| io(&path, e))?;
-        let len = f
-            .seek(std::io::SeekFrom::End(0))
-            .map_err(|e| io(&path, e))?;
+        // `last_record` cut the file after its last record.
+        let len = file.metadata().map_err(|e| io(&path, e))?.len();
         self.last_number = n;
-        self.file = Some((f, n, len));
+        self.file = Some(OpenFile {
+            file,
+            n,
+            len,
+            size: len,
+        });
+        if !self.prepare() {
+            return Err(AuditError::Writer(NO_ROOM.into()));
+        }
         Ok(())
     }
 
-    /// Create file `n` and make its entry durable.
+    /// Create file `n` and make its entry durable (the current file, if any, is cut to
+    /// its records first).
     fn start_file(&mut self, n: u64) -> Result<(), AuditError> {
+        self.finish_file();
         let path = self.dir.join(file_name(n));
-        let f = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
             .read(true)
             .open(&path)
             .map_err(|e| io(&path, e))?;
@@ -600,8 +682,58 @@ impl Writer {
             .and_then(|d| d.sync_all())
             .map_err(|e| io(&self.dir, e))?;
         self.last_number = n;
-        self.file = Some((f, n, 0));
+        self.file = Some(OpenFile {
+            file,
+            n,
+            len: 0,
+            size: 0,
+        });
+        // A new file without room still takes the batch that needed it (its own write
+        // reports a failure); the trail turns unhealthy after it.
+        self.prepare();
         Ok(())
+    }
+
+    /// Keep zeroed space ready after the last record: when less than half of it is left,
+    /// write zeros up to [`AHEAD`] bytes past the records (at most the file size limit) and
+    /// sync them. Returns whether at least a quarter of it is ready: when not (a full
+    /// disk), the trail counts as unhealthy, so calls are refused before they run rather
+    /// than after (fail-closed) while the records of calls already running still fit.
+    fn prepare(&mut self) -> bool {
+        let ahead = AHEAD.min(self.max_file_bytes).max(AHEAD_MIN);
+        let Some(f) = self.file.as_mut() else {
+            return false;
+        };
+        if f.size.saturating_sub(f.len) >= ahead / 2 {
+            return true;
+        }
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let target = f.len + ahead;
+        let mut at = f.size.max(f.len);
+        let mut r = Ok(());
+        while at < target && r.is_ok() {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            r = f.file.write_all_at(ZEROS.get(..n).unwrap_or_default(), at);
+            at += n as u64;
+        }
+        match r.and_then(|_| f.file.sync_data()) {
+            Ok(()) => f.size = target,
+            Err(e) => tracing::warn!(target: "hsm_kms::audit", error = %e, ready = f.size.saturating_sub(f.len), "no room to keep zeroed space ahead of the trail"),
+        }
+        f.size.saturating_sub(f.len) >= ahead / 4
+    }
+
+    /// Cut the current file after its records (rotation, stop); a failure leaves zeros,
+    /// which readers skip.
+    fn finish_file(&mut self) {
+        if let Some(f) = self.file.as_mut() {
+            if f.size > f.len {
+                match f.file.set_len(f.len).and_then(|_| f.file.sync_all()) {
+                    Ok(()) => f.size = f.len,
+                    Err(e) => tracing::warn!(target: "hsm_kms::audit", error = %e, "trail file not cut after its last record"),
+                }
+            }
+        }
     }
 
     /// Append `lines` (each `(member, JSON)`: `event` or `digest`) with one write and
@@ -631,27 +763,33 @@ impl Writer {
             head.seq += 1;
             head.prev = hash;
         }
-        if let Some((_, _, len)) = &self.file {
-            if *len > 0 && len.saturating_add(buf.len() as u64) > self.max_file_bytes {
+        if let Some(f) = &self.file {
+            if f.len > 0 && f.len.saturating_add(buf.len() as u64) > self.max_file_bytes {
                 let next = self.last_number + 1;
                 self.start_file(next)?;
             }
         }
-        let Some((f, n, len)) = self.file.as_mut() else {
+        let Some(f) = self.file.as_mut() else {
             return Err(AuditError::Writer("no open file".into()));
         };
-        let path = self.dir.join(file_name(*n));
-        let before = *len;
-        let r = f.write_all(&buf).and_then(|_| f.sync_data());
+        let path = self.dir.join(file_name(f.n));
+        let before = f.len;
+        let r = f
+            .file
+            .write_all_at(&buf, before)
+            .and_then(|_| f.file.sync_data());
         if let Err(e) = r {
-            // Roll back a partial write; if even that fails, the file is re-opened (and its
-            // torn tail repaired) before the next write.
-            if f.set_len(before).and_then(|_| f.sync_data()).is_err() {
-                self.file = None;
+            // Roll back a partial write (and the zeroed space after it); if even that
+            // fails, the file is re-opened (and its torn tail repaired) before the next
+            // write.
+            match f.file.set_len(before).and_then(|_| f.file.sync_data()) {
+                Ok(()) => f.size = before,
+                Err(_) => self.file = None,
             }
             return Err(io(&path, e));
         }
-        *len += buf.len() as u64;
+        f.len += buf.len() as u64;
+        f.size = f.size.max(f.len);
         self.head = head;
         Ok(())
     }
@@ -659,17 +797,16 @@ impl Writer {
 
 /// `to_seq` of the last digest line of `path`, if it has one.
 fn last_digest_to(path: &Path) -> Result<Option<u64>, AuditError> {
-    let f = File::open(path).map_err(|e| io(path, e))?;
+    let data = std::fs::read(path).map_err(|e| io(path, e))?;
     let mut last = None;
-    for line in std::io::BufReader::new(f).split(b'\n') {
-        let line = line.map_err(|e| io(path, e))?;
+    for line in written(&data).0.split(|b| *b == b'\n') {
         // `{"seq":N,"prev":"<64>","digest":` — look past the prefix only.
         if line.windows(10).any(|w| w == b"\"digest\":{") {
             #[derive(serde::Deserialize)]
             struct Line {
                 digest: Digest,
             }
-            if let Ok(l) = serde_json::from_slice::<Line>(&line) {
+            if let Ok(l) = serde_json::from_slice::<Line>(line) {
                 last = Some(l.digest.to_seq);
             }
         }
@@ -677,47 +814,39 @@ fn last_digest_to(path: &Path) -> Result<Option<u64>, AuditError> {
     Ok(last)
 }
 
-/// The chain head after the last complete record of `path`; a torn last line (no
-/// newline: a crash mid-write, never acknowledged) is cut off.
+/// The chain head after the last complete record of `path`. The file is cut after that
+/// record: the zeroed space a writer kept ready, and a torn last line (a crash mid-write,
+/// never acknowledged) with whatever an interrupted write left after it.
 fn last_record(path: &Path) -> Result<Option<Head>, AuditError> {
-    let f = File::open(path).map_err(|e| io(path, e))?;
-    let mut reader = std::io::BufReader::new(f);
-    let mut line = Vec::new();
-    let mut last: Option<Vec<u8>> = None;
-    let mut good_len: u64 = 0;
-    let mut torn = false;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| io(path, e))?;
-        if n == 0 {
-            break;
+    let data = std::fs::read(path).map_err(|e| io(path, e))?;
+    let (records, after) = written(&data);
+    let good_len = records
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    if good_len < data.len() {
+        let torn = good_len < records.len() || after.iter().any(|b| *b != 0);
+        if torn {
+            tracing::warn!(target: "hsm_kms::audit", file = %path.display(), "cutting a torn last line (a write interrupted by a crash)");
         }
-        if line.last() == Some(&b'\n') {
-            good_len += n as u64;
-            line.pop();
-            last = Some(line.clone());
-        } else {
-            torn = true;
-        }
-    }
-    if torn {
-        tracing::warn!(target: "hsm_kms::audit", file = %path.display(), "cutting a torn last line (a write interrupted by a crash)");
         let f = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(|e| io(path, e))?;
-        f.set_len(good_len)
+        f.set_len(good_len as u64)
             .and_then(|_| f.sync_all())
             .map_err(|e| io(path, e))?;
     }
+    let last = records
+        .get(..good_len.saturating_sub(1))
+        .and_then(|r| r.split(|b| *b == b'\n').next_back())
+        .filter(|l| !l.is_empty());
     let Some(line) = last else { return Ok(None) };
     #[derive(serde::Deserialize)]
     struct Seq {
         seq: u64,
     }
-    let s: Seq = serde_json::from_slice(&line).map_err(|e| {
+    let s: Seq = serde_json::from_slice(line).map_err(|e| {
         AuditError::Corrupt(format!(
             "{}: the last line is not a trail record ({e}); run `hsm-kms audit verify`",
             path.display()
@@ -725,6 +854,6 @@ fn last_record(path: &Path) -> Result<Option<Head>, AuditError> {
     })?;
     Ok(Some(Head {
         seq: s.seq + 1,
-        prev: line_hash(&line),
+        prev: line_hash(line),
     }))
 }

@@ -1,12 +1,13 @@
 //! Reading the trail newest first: the file adapter of [`AuditReader`] (`LookupEvents`).
 //! Files are scanned from the newest; a file whose first record is not older than the
-//! position asked for is skipped after reading its first line. A torn last line (a write
-//! in progress or interrupted) is not a record and is never visited.
+//! position asked for is skipped after reading its first line. Only the records of a file
+//! are read (up to its zeroed space, [`super::written`]); a torn last line (a write in
+//! progress or interrupted) is not a record and is never visited.
 
-use super::{trail_files, FileTrail};
+use super::{trail_files, written, FileTrail};
 use crate::kms::lookup::AuditReader;
 use crate::kms::KmsError;
-use std::io::BufRead;
+use std::io::Read;
 use std::path::Path;
 
 /// The sequence number and the CloudTrail record text of one trail line
@@ -28,16 +29,18 @@ fn read_error(path: &Path, e: std::io::Error) -> KmsError {
 
 /// The sequence number of a file's first record, if it has one.
 fn first_seq(path: &Path) -> Result<Option<u64>, KmsError> {
-    let f = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
-    let mut line = Vec::new();
-    std::io::BufReader::new(f)
-        .read_until(b'\n', &mut line)
+    // A record is a few KiB at most: its first line ends within the first 64 KiB.
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
         .map_err(|e| read_error(path, e))?;
-    if line.last() != Some(&b'\n') {
+    let Some(end) = written(&head).0.iter().position(|b| *b == b'\n') else {
         return Ok(None);
-    }
-    line.pop();
-    Ok(parse_line(&line).map(|(s, _)| s))
+    };
+    Ok(head
+        .get(..end)
+        .and_then(parse_line)
+        .map(|(s, _)| s))
 }
 
 impl AuditReader for FileTrail {
@@ -54,8 +57,9 @@ impl AuditReader for FileTrail {
                 }
             }
             let data = std::fs::read(path).map_err(|e| read_error(path, e))?;
-            let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let lines = data.get(..complete).unwrap_or_default();
+            let records = written(&data).0;
+            let complete = records.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let lines = records.get(..complete).unwrap_or_default();
             for line in lines.split(|&b| b == b'\n').rev() {
                 let Some((seq, event)) = parse_line(line) else {
                     continue;

@@ -18,7 +18,7 @@
 //! without a trace the trail itself shows; only the count of uncovered records says so.
 //! A whole trail replaced by an older copy of itself also verifies.
 
-use super::{line_hash, trail_files, GENESIS};
+use super::{line_hash, trail_files, written, GENESIS};
 use crate::kms::digest::{Digest, DigestSigner};
 use crate::kms::KmsError;
 use base64::Engine;
@@ -104,8 +104,17 @@ pub fn verify(dir: &Path, from: Option<&str>) -> Result<VerifyReport, VerifyErro
     let mut lines = Vec::new();
     let mut torn_tail = false;
     for (i, (_, path)) in files.iter().enumerate() {
-        let text = std::fs::read(path).map_err(|e| err(path, e))?;
-        let mut rest: &[u8] = &text;
+        let data = std::fs::read(path).map_err(|e| err(path, e))?;
+        // The records end at the zeroed space a writer keeps ready. Anything but zeros after
+        // it: in the last file, what a write interrupted by a power loss left (never
+        // acknowledged; cut when the service opens the trail); in an earlier file, which
+        // its writer cut after its records before starting the next, an edit.
+        let (text, after) = written(&data);
+        let after_end = after.iter().any(|b| *b != 0);
+        if after_end && i + 1 == files.len() {
+            torn_tail = true;
+        }
+        let mut rest: &[u8] = text;
         let mut number = 0;
         while !rest.is_empty() {
             number += 1;
@@ -131,6 +140,13 @@ pub fn verify(dir: &Path, from: Option<&str>) -> Result<VerifyReport, VerifyErro
                     rest = &[];
                 }
             }
+        }
+        if after_end && i + 1 < files.len() {
+            lines.push(Line {
+                file: i,
+                number: number + 1,
+                bytes: after.to_vec(),
+            });
         }
     }
     let path_of = |l: &Line| files.get(l.file).map(|f| f.1.clone()).unwrap_or_default();
@@ -376,7 +392,7 @@ mod tests {
             .unwrap()
             .into_iter()
             .map(|(_, p)| {
-                let t = std::fs::read_to_string(&p).unwrap();
+                let t = crate::audit::records_text(&p).unwrap();
                 (p, t.lines().map(str::to_string).collect())
             })
             .collect()
@@ -473,6 +489,64 @@ mod tests {
         assert!(ok, "the probe never found the folder usable");
         t.append(vec![b"{}".to_vec()]).await.unwrap();
     }
+
+    #[tokio::test]
+    async fn zeroed_space_is_kept_ahead_while_open_and_cut_when_the_trail_ends() {
+        let d = tempfile::tempdir().unwrap();
+        let t = FileTrail::open(d.path(), 1 << 30);
+        for i in 0..3 {
+            t.append(vec![format!(r#"{{"n":{i}}}"#).into_bytes()])
+                .await
+                .unwrap();
+        }
+        let (_, path) = trail_files(d.path()).unwrap().remove(0);
+        let data = std::fs::read(&path).unwrap();
+        let (records, after) = written(&data);
+        assert_eq!(records.iter().filter(|b| **b == b'\n').count(), 3);
+        assert!(after.len() as u64 >= super::super::AHEAD / 2, "{}", after.len());
+        assert!(after.iter().all(|b| *b == 0));
+        // Readable while open: verify and the reader stop at the zeros.
+        let r = verify(d.path(), None).unwrap();
+        assert_eq!((r.finding, r.records, r.torn_tail), (None, 3, false));
+        drop(t);
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(written(&data).1, b"", "the zeros are cut when the trail ends");
+        assert_eq!(data.last(), Some(&b'\n'));
+    }
+
+    #[tokio::test]
+    async fn what_a_power_loss_leaves_after_the_zeros_is_cut_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        trail(d.path(), 3, 1 << 20).await;
+        let (_, path) = trail_files(d.path()).unwrap().remove(0);
+        // Records, a gap of zeros (a page never written back), then part of a later page.
+        let mut data = std::fs::read(&path).unwrap();
+        data.extend_from_slice(&[0u8; 4096]);
+        data.extend_from_slice(b"\"n\":7}}\n{\"seq\":4,\"prev\":\"ab");
+        std::fs::write(&path, &data).unwrap();
+        let r = verify(d.path(), None).unwrap();
+        assert_eq!((r.finding, r.records, r.torn_tail), (None, 3, true));
+        trail(d.path(), 2, 1 << 20).await;
+        let r = verify(d.path(), None).unwrap();
+        assert_eq!((r.finding, r.records, r.torn_tail), (None, 5, false));
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_zeros_of_an_earlier_file_are_an_alteration() {
+        let d = tempfile::tempdir().unwrap();
+        trail(d.path(), 6, 300).await;
+        let files = trail_files(d.path()).unwrap();
+        assert!(files.len() > 2);
+        let path = &files[0].1;
+        let mut data = std::fs::read(path).unwrap();
+        let lines = data.iter().filter(|b| **b == b'\n').count();
+        data.extend_from_slice(&[0u8; 16]);
+        data.extend_from_slice(b"{\"hidden\":1}\n");
+        std::fs::write(path, &data).unwrap();
+        let f = verify(d.path(), None).unwrap().finding.expect("caught");
+        assert_eq!((&f.file, f.line), (path, lines + 1), "{f}");
+        assert!(f.problem.starts_with("altered"), "{f}");
+    }
 }
 
 #[cfg(test)]
@@ -514,7 +588,7 @@ mod digest_tests {
 
     fn lines(dir: &Path) -> (PathBuf, Vec<serde_json::Value>) {
         let (_, p) = trail_files(dir).unwrap().remove(0);
-        let text = std::fs::read_to_string(&p).unwrap();
+        let text = crate::audit::records_text(&p).unwrap();
         let v = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -657,7 +731,7 @@ mod digest_tests {
 
         // Making the digest match needs a new MAC: without the key, it is forged.
         let hash = line_hash(
-            std::fs::read_to_string(&path)
+            crate::audit::records_text(&path)
                 .unwrap()
                 .lines()
                 .nth(9)
@@ -694,7 +768,7 @@ mod digest_tests {
         trail(d.path(), key.clone()).await;
         let (path, v) = lines(d.path());
         let second = digest_at(&v)[1];
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = crate::audit::records_text(&path).unwrap();
         let kept: Vec<&str> = text.lines().take(second).collect();
         std::fs::write(&path, kept.join("\n") + "\n").unwrap();
         let r = check(d.path(), &key).await;

@@ -799,6 +799,20 @@ impl HsmCluster {
             .collect()
     }
 
+    /// Every HSM's state changes since the last call: (HSM, from, to), oldest first per HSM.
+    pub fn take_state_changes(&self) -> Vec<(String, NodeState, NodeState)> {
+        self.hsms
+            .iter()
+            .flat_map(|p| {
+                let node = p.node();
+                node.take_transitions()
+                    .into_iter()
+                    .map(|(from, to)| (node.name().to_string(), from, to))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Names of the HSMs, in configuration order.
     pub fn hsm_names(&self) -> Vec<String> {
         self.hsms

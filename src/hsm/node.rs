@@ -208,7 +208,13 @@ pub(super) struct Node {
     /// Latency of its crypto lane calls, queueing included (`None` if it could not be
     /// made: a metric is never a reason not to serve).
     latency: Option<prometheus::Histogram>,
+    /// State changes not yet taken by [`Node::take_transitions`] (at most
+    /// [`TRANSITIONS_KEPT`]; later ones are dropped until they are taken).
+    transitions: Mutex<Vec<(NodeState, NodeState)>>,
 }
+
+/// Most state changes a node keeps for [`Node::take_transitions`].
+const TRANSITIONS_KEPT: usize = 256;
 
 impl Node {
     /// Open the HSM's first instance (blocking); no threads yet. Never fails the start: an
@@ -269,6 +275,7 @@ impl Node {
             failovers: AtomicU64::new(0),
             latency,
             finds: AtomicU64::new(0),
+            transitions: Mutex::new(Vec::new()),
         }
     }
 
@@ -298,7 +305,19 @@ impl Node {
     }
 
     pub(super) fn set_state(&self, s: NodeState) {
-        self.state.store(s as u8, Ordering::Release);
+        let was = NodeState::from_u8(self.state.swap(s as u8, Ordering::AcqRel));
+        if was != s {
+            let mut t = self.transitions.lock();
+            if t.len() < TRANSITIONS_KEPT {
+                t.push((was, s));
+            }
+        }
+    }
+
+    /// The state changes made through [`Node::set_state`] since the last call, oldest
+    /// first (a call becoming suspect is not one).
+    pub(super) fn take_transitions(&self) -> Vec<(NodeState, NodeState)> {
+        std::mem::take(&mut *self.transitions.lock())
     }
 
     /// Usable for requests: healthy, or suspect while it still answers.

@@ -204,6 +204,17 @@ impl KeyVault for HsmCluster {
             .collect()
     }
 
+    fn take_state_changes(&self) -> Vec<crate::kms::vault::StateChange> {
+        HsmCluster::take_state_changes(self)
+            .into_iter()
+            .map(|(hsm, from, to)| crate::kms::vault::StateChange {
+                hsm,
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .collect()
+    }
+
     fn health(&self) -> Vec<HsmStatus> {
         HsmCluster::health(self)
             .into_iter()

@@ -230,13 +230,24 @@ impl Pool {
         drop(in_flight);
         self.node.observe_call(started.elapsed());
         match r {
-            Ok(Ok(r)) => command::expect(r),
+            Ok(Ok(r)) => {
+                self.note_served(&r);
+                command::expect(r)
+            }
             Ok(Err(_)) => Err(self.down()),
             Err(_) => {
                 let e = self.timeout_err(timeout);
                 self.node.suspect(&e);
                 Err(e)
             }
+        }
+    }
+
+    /// Note (for the call's audit record) that this HSM answered, unless the job was
+    /// dropped without reaching it.
+    fn note_served(&self, r: &Result<Reply, HsmError>) {
+        if !matches!(r, Err(HsmError::NodeDown { .. })) {
+            crate::kms::vault::note_served(self.node.name());
         }
     }
 
@@ -258,7 +269,10 @@ impl Pool {
         match r {
             // The worker drops a job whose deadline passed while it waited in the queue.
             Ok(Ok(Err(HsmError::NodeDown { .. }))) if Instant::now() >= deadline => Err(overran()),
-            Ok(Ok(r)) => command::expect(r),
+            Ok(Ok(r)) => {
+                self.note_served(&r);
+                command::expect(r)
+            }
             Ok(Err(_)) => Err(self.down()),
             Err(_) => Err(overran()),
         }

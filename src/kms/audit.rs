@@ -52,8 +52,12 @@ pub struct Event {
     pub request_parameters: Value,
     /// `responseElements` (`null` for most operations).
     pub response_elements: Value,
-    /// `requestID`: the `x-amzn-RequestId` answered.
-    #[serde(rename = "requestID")]
+    /// `additionalEventData`: `{"hsms": [...]}`, the HSMs that answered the call's key
+    /// operations (absent when none did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additional_event_data: Option<Value>,
+    /// `requestID`: the `x-amzn-RequestId` answered (absent from service events).
+    #[serde(rename = "requestID", skip_serializing_if = "String::is_empty")]
     pub request_id: String,
     /// `eventID`: unique per record.
     #[serde(rename = "eventID")]
@@ -63,12 +67,15 @@ pub struct Event {
     /// `resources`: the keys the call named.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<Resource>,
-    /// `eventType`: `AwsApiCall`.
+    /// `eventType`: `AwsApiCall`, or `AwsServiceEvent` for what the service did by itself.
     pub event_type: &'static str,
     /// `managementEvent`: true.
     pub management_event: bool,
     /// `recipientAccountId`: the account this copy of the record belongs to.
     pub recipient_account_id: String,
+    /// `serviceEventDetails` of a service event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_event_details: Option<Value>,
     /// `sharedEventID`: for a call recorded in several accounts, the same in every copy.
     #[serde(rename = "sharedEventID", skip_serializing_if = "Option::is_none")]
     pub shared_event_id: Option<String>,
@@ -80,8 +87,9 @@ pub struct Event {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserIdentity {
-    /// `Root`, `IAMUser`, `AssumedRole`, or `Unknown` before authentication succeeded.
-    #[serde(rename = "type")]
+    /// `Root`, `IAMUser`, `AssumedRole`, or `Unknown` before authentication succeeded;
+    /// empty (absent) in a service event.
+    #[serde(rename = "type", skip_serializing_if = "str::is_empty")]
     pub kind: &'static str,
     /// `AIDA…` for a user, `AROA…:session` for a role session, the account id for root.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,6 +110,9 @@ pub struct UserIdentity {
     /// A role session's issuer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_context: Option<SessionContext>,
+    /// `invokedBy`: `AWS Internal` for a service event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<&'static str>,
 }
 
 /// `userIdentity.sessionContext` of a role session.
@@ -219,6 +230,8 @@ pub struct Call<'a> {
     pub resources: Vec<Resource>,
     /// `errorCode` and `errorMessage` of a failed call.
     pub error: Option<(&'a str, &'a str)>,
+    /// The HSMs that answered the call's key operations.
+    pub hsms: Vec<String>,
 }
 
 /// The most characters of a `User-Agent` recorded.
@@ -330,6 +343,7 @@ pub fn events(call: Call<'_>, facts: &CallFacts, region: &str, home_account: &st
             .map(str::to_string),
         request_parameters: call.request_parameters,
         response_elements: call.response_elements,
+        additional_event_data: hsms_data(call.hsms),
         request_id: facts.request_id.clone(),
         event_id: String::new(),
         read_only: call.read_only,
@@ -337,6 +351,7 @@ pub fn events(call: Call<'_>, facts: &CallFacts, region: &str, home_account: &st
         event_type: "AwsApiCall",
         management_event: true,
         recipient_account_id: String::new(),
+        service_event_details: None,
         shared_event_id: shared,
         event_category: "Management",
     };
@@ -348,6 +363,67 @@ pub fn events(call: Call<'_>, facts: &CallFacts, region: &str, home_account: &st
         out.push(e);
     }
     out
+}
+
+/// `{"hsms": [...]}`, or nothing when no HSM answered.
+fn hsms_data(hsms: Vec<String>) -> Option<Value> {
+    (!hsms.is_empty()).then(|| serde_json::json!({ "hsms": hsms }))
+}
+
+/// What the service did by itself (an `AwsServiceEvent` record): automatic rotation, the
+/// destruction of a key at the end of its waiting period, an HSM becoming unavailable or
+/// available again, keys copied into an HSM that lacked them.
+#[derive(Debug)]
+pub struct ServiceEvent {
+    /// `eventName`: `RotateKey`, `DeleteKey`, `HsmStateChange`, `SynchronizeHsms`.
+    pub event_name: &'static str,
+    /// The account the record belongs to: the key's; `None` for the service's own (HSM
+    /// events).
+    pub account: Option<String>,
+    /// The keys concerned.
+    pub resources: Vec<Resource>,
+    /// `serviceEventDetails`.
+    pub details: Value,
+    /// The HSMs that did the work (`additionalEventData.hsms`).
+    pub hsms: Vec<String>,
+    /// When it happened.
+    pub time: OffsetDateTime,
+}
+
+/// The record of a service event.
+pub fn service_event(ev: ServiceEvent, region: &str, home_account: &str) -> Event {
+    // As CloudTrail writes KMS's own events (e.g. an automatic `RotateKey`).
+    const INTERNAL: &str = "AWS Internal";
+    let account = ev.account.unwrap_or_else(|| home_account.to_string());
+    Event {
+        event_version: EVENT_VERSION,
+        user_identity: UserIdentity {
+            account_id: Some(account.clone()),
+            invoked_by: Some(INTERNAL),
+            ..UserIdentity::default()
+        },
+        event_time: timestamp(ev.time),
+        event_source: Source::Kms.event_source(),
+        event_name: ev.event_name.to_string(),
+        aws_region: region.to_string(),
+        source_ip_address: Some(INTERNAL.to_string()),
+        user_agent: Some(INTERNAL.to_string()),
+        error_code: None,
+        error_message: None,
+        request_parameters: Value::Null,
+        response_elements: Value::Null,
+        additional_event_data: hsms_data(ev.hsms),
+        request_id: String::new(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        read_only: false,
+        resources: ev.resources,
+        event_type: "AwsServiceEvent",
+        management_event: true,
+        recipient_account_id: account,
+        service_event_details: Some(ev.details),
+        shared_event_id: None,
+        event_category: "Management",
+    }
 }
 
 /// The KMS request members CloudTrail shows, by their wire names. Anything else
@@ -612,6 +688,25 @@ impl Auditor {
         events(call, facts, &self.region, &self.home_account)
     }
 
+    /// Record what the service did by itself. It is done already, so a record that cannot
+    /// be made durable is only reported (an `error!` line), whatever `fail_open` says.
+    pub async fn record_service_event(&self, ev: ServiceEvent) {
+        let name = ev.event_name;
+        let e = service_event(ev, &self.region, &self.home_account);
+        let r = match serde_json::to_vec(&e) {
+            Ok(record) => self.sink.append(vec![record]).await,
+            Err(err) => Err(KmsError::Internal(format!("audit record: {err}"))),
+        };
+        if let Err(err) = r {
+            tracing::error!(
+                target: "hsm_kms::audit",
+                error = %err,
+                event = name,
+                "AUDIT RECORD LOST: a service event could not be recorded"
+            );
+        }
+    }
+
     /// Make `events` durable; `Internal` when that fails (fail-closed), else `Ok` after
     /// an `error!` line (fail-open).
     pub async fn commit(&self, events: Vec<Event>) -> Result<(), KmsError> {
@@ -726,6 +821,7 @@ mod tests {
                 "arn:aws:kms:us-east-1:222222222222:key/k".into(),
             )],
             error: None,
+            hsms: vec!["a".into()],
         };
         let ev = events(call, &facts(), "us-east-1", "999999999999");
         assert_eq!(ev.len(), 2);
@@ -741,6 +837,7 @@ mod tests {
         assert_eq!(v["resources"][0]["type"], "AWS::KMS::Key");
         assert_eq!(v["resources"][0]["accountId"], "222222222222");
         assert!(v.get("errorCode").is_none());
+        assert_eq!(v["additionalEventData"], serde_json::json!({"hsms": ["a"]}));
 
         let call = Call {
             source: Source::Sts,
@@ -752,6 +849,7 @@ mod tests {
             response_elements: Value::Null,
             resources: vec![],
             error: Some(("SignatureDoesNotMatch", "bad")),
+            hsms: Vec::new(),
         };
         let ev = events(call, &facts(), "us-east-1", "999999999999");
         assert_eq!(ev.len(), 1);

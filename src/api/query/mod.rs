@@ -296,6 +296,7 @@ fn record(
             response_elements: serde_json::Value::Null,
             resources: Vec::new(),
             error: error.map(|e| (e.code, e.message.as_str())),
+            hsms: Vec::new(),
         },
         facts,
     )

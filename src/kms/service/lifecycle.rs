@@ -4,6 +4,7 @@
 
 use super::{Entry, KeyState, Kms, Resolved};
 use crate::auth::Principal;
+use crate::kms::audit::Resource;
 use crate::kms::marker::{self, Marker};
 use crate::kms::model::{epoch_seconds, Empty};
 use crate::kms::requests::CreateKey;
@@ -279,20 +280,37 @@ impl Kms {
                 }
             };
             let arn = self.arn(&doc);
-            let mut complete = true;
-            for b in &doc.backing {
-                if let Err(e) = self.vault.destroy_key(&b.object_id).await {
-                    tracing::warn!(key = %arn, object = %b.object_id, error = %e,
-                        "key destruction incomplete (an HSM did not confirm); will retry");
-                    complete = false;
+            let (complete, hsms) = crate::kms::vault::served_by(async {
+                let mut complete = true;
+                for b in &doc.backing {
+                    if let Err(e) = self.vault.destroy_key(&b.object_id).await {
+                        tracing::warn!(key = %arn, object = %b.object_id, error = %e,
+                            "key destruction incomplete (an HSM did not confirm); will retry");
+                        complete = false;
+                    }
                 }
-            }
+                complete
+            })
+            .await;
             if !complete {
                 failed.push(arn);
                 continue;
             }
             self.forget_key(&id).await?;
             tracing::info!(key = %arn, "key destroyed on every HSM and deleted");
+            self.service_event(
+                "DeleteKey",
+                Some(doc.account_id.to_string()),
+                vec![Resource::key(arn.clone())],
+                serde_json::json!({
+                    "keyId": doc.key_id.to_string(),
+                    "keyMaterialIds": doc.backing.iter()
+                        .map(|b| super::rotation::key_material_id(b.object_id.as_str()))
+                        .collect::<Vec<_>>(),
+                }),
+                hsms,
+            )
+            .await;
             destroyed += 1;
         }
         if failed.is_empty() {

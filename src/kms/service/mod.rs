@@ -30,6 +30,7 @@ mod asymmetric;
 mod authz;
 pub use authz::{CallEnv, GetKeyPolicyOutput, ListKeyPoliciesOutput};
 mod dispatch;
+mod events;
 mod grants;
 mod integrity;
 mod reconcile;
@@ -98,6 +99,10 @@ pub struct Kms {
     orphans_seen: parking_lot::Mutex<HashMap<String, time::OffsetDateTime>>,
     /// Every key's last successful cryptographic operation (`GetKeyLastUsage`).
     usage: usage::Usage,
+    /// Where service events are recorded (set once the trail is open).
+    auditor: std::sync::OnceLock<Arc<super::audit::Auditor>>,
+    /// Whether `watch_hsms` ran once (its first call records nothing).
+    hsms_watched: std::sync::atomic::AtomicBool,
 }
 
 fn object_id(key: &KeyId, version: u32) -> ObjectId {
@@ -148,6 +153,8 @@ impl Kms {
             grants,
             orphans_seen: parking_lot::Mutex::new(HashMap::new()),
             usage,
+            auditor: std::sync::OnceLock::new(),
+            hsms_watched: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -204,7 +211,19 @@ impl Kms {
     /// Copy keys that an HSM lacks (it was down when they were created) from a healthy one.
     pub async fn resync_hsms(&self) -> Result<usize, KmsError> {
         let keys = self.resync_list();
-        Ok(self.vault.replicate_missing(&keys).await?)
+        let (copies, hsms) = super::vault::served_by(self.vault.replicate_missing(&keys)).await;
+        let copies = copies?;
+        if copies > 0 {
+            self.service_event(
+                "SynchronizeHsms",
+                None,
+                Vec::new(),
+                serde_json::json!({ "copiesMade": copies }),
+                hsms,
+            )
+            .await;
+        }
+        Ok(copies)
     }
 
     /// [`Kms::resync_hsms`] in batches, calling `progress(keys done, keys in all)` after

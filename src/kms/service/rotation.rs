@@ -25,6 +25,7 @@ use super::{object_id, Entry, Kms, Resolved};
 use crate::kms::marker::{self, Marker};
 use crate::kms::model::{epoch_seconds, BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+use crate::kms::audit::Resource;
 use crate::kms::vault::{KeyKind, ObjectId};
 use crate::kms::KmsError;
 use parking_lot::Mutex;
@@ -518,10 +519,14 @@ impl Kms {
         // Nothing is committed yet, so any HSM failure other than a refused request is one
         // the caller may simply retry (DependencyTimeoutException), even one that a health
         // probe has not yet turned into "HSM down".
-        self.vault
-            .create_key(&object, &arn, KeyKind::Aes)
-            .await
-            .map_err(|e| {
+        let (created, hsms) =
+            crate::kms::vault::served_by(self.vault.create_key(&object, &arn, KeyKind::Aes))
+                .await;
+        // The request's own record (RotateKeyOnDemand) names them too.
+        for h in &hsms {
+            crate::kms::vault::note_served(h);
+        }
+        created.map_err(|e| {
                 if e.retryable() {
                     KmsError::Unavailable(e.to_string())
                 } else {
@@ -554,6 +559,20 @@ impl Kms {
             return Err(err);
         }
         tracing::info!(key = %arn, version, rotation = ?kind, "key rotated");
+        let previous = e.doc.backing(e.doc.current_backing);
+        self.service_event(
+            "RotateKey",
+            Some(e.doc.account_id.to_string()),
+            vec![Resource::key(arn)],
+            serde_json::json!({
+                "rotationType": kind,
+                "keyOrigin": e.doc.origin,
+                "previousKeyMaterialId": previous.map(|b| key_material_id(b.object_id.as_str())),
+                "currentKeyMaterialId": key_material_id(object.as_str()),
+            }),
+            hsms,
+        )
+        .await;
         Ok(true)
     }
 }

@@ -7,9 +7,42 @@
 //! Errors carry one decision the domain needs, [`VaultError::retryable`]: may another HSM
 //! or a later retry succeed? Everything else about a failure (which HSM, which PKCS#11
 //! function, which return value) stays in the message, which is logged and never sent.
+//!
+//! Which HSMs answered the calls made for one request (the audit record's
+//! `additionalEventData`) is collected beside the calls: [`served_by`] runs a future with a
+//! task-local list that the vault adds to through [`note_served`].
 
 use crate::pkix::{Curve, Hash};
+use std::cell::RefCell;
+use std::future::Future;
 use zeroize::Zeroizing;
+
+tokio::task_local! {
+    static SERVED_BY: RefCell<Vec<String>>;
+}
+
+/// Note that the HSM named `hsm` answered a call made by the current task; a no-op outside
+/// [`served_by`].
+pub fn note_served(hsm: &str) {
+    let _ = SERVED_BY.try_with(|s| {
+        let mut s = s.borrow_mut();
+        if !s.iter().any(|n| n == hsm) {
+            s.push(hsm.to_string());
+        }
+    });
+}
+
+/// Run `f`, returning its output and the names of the HSMs that answered the vault calls it
+/// made (in the order they first answered).
+pub async fn served_by<F: Future>(f: F) -> (F::Output, Vec<String>) {
+    SERVED_BY
+        .scope(RefCell::new(Vec::new()), async {
+            let out = f.await;
+            let names = SERVED_BY.with(|s| s.take());
+            (out, names)
+        })
+        .await
+}
 
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod fake;
@@ -133,6 +166,17 @@ pub struct HsmGauges {
     pub failovers: u64,
     /// Background re-initializations since start.
     pub reinitializations: u64,
+}
+
+/// One HSM's change of state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    /// The HSM's configured name.
+    pub hsm: String,
+    /// The state it left.
+    pub from: &'static str,
+    /// The state it entered.
+    pub to: &'static str,
 }
 
 /// The state names [`HsmGauges::state`] takes.
@@ -305,6 +349,12 @@ pub trait KeyVault: Send + Sync {
 
     /// One line per HSM.
     fn health(&self) -> Vec<HsmStatus>;
+
+    /// Every HSM state change since the last call (of the names [`HSM_STATES`] lists),
+    /// oldest first per HSM. A vault without state changes has none.
+    fn take_state_changes(&self) -> Vec<StateChange> {
+        Vec::new()
+    }
 
     /// What each HSM holds: (HSM name, usable now, the ids of its objects).
     async fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)>;
