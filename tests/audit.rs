@@ -600,7 +600,11 @@ async fn the_hsms_that_served_and_what_the_service_did_by_itself_are_recorded() 
     let arn = format!("arn:aws:kms:us-east-1:{A}:key/{id}");
     let created = record_of(&dir, r.request_id.as_deref().unwrap());
     assert_eq!(hsms_of(&created), both);
-    assert_eq!(created["resources"][0]["ARN"], arn.as_str(), "the key it made");
+    assert_eq!(
+        created["resources"][0]["ARN"],
+        arn.as_str(),
+        "the key it made"
+    );
     // An Encrypt is answered by one of them.
     let r = c
         .call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")}))
@@ -628,11 +632,19 @@ async fn the_hsms_that_served_and_what_the_service_did_by_itself_are_recorded() 
     assert_eq!(e["serviceEventDetails"]["rotationType"], "AUTOMATIC");
     assert_eq!(e["serviceEventDetails"]["keyOrigin"], "AWS_KMS");
     let (prev, cur) = (
-        e["serviceEventDetails"]["previousKeyMaterialId"].as_str().unwrap(),
-        e["serviceEventDetails"]["currentKeyMaterialId"].as_str().unwrap(),
+        e["serviceEventDetails"]["previousKeyMaterialId"]
+            .as_str()
+            .unwrap(),
+        e["serviceEventDetails"]["currentKeyMaterialId"]
+            .as_str()
+            .unwrap(),
     );
     assert!(prev.len() == 64 && cur.len() == 64 && prev != cur, "{e}");
-    assert_eq!(hsms_of(e), both, "the new material was made in one and copied to the other");
+    assert_eq!(
+        hsms_of(e),
+        both,
+        "the new material was made in one and copied to the other"
+    );
     // On demand too (beside the RotateKeyOnDemand call's own record).
     c.ok("RotateKeyOnDemand", json!({"KeyId": id})).await;
     let rot = named(&dir, "RotateKey");
@@ -685,11 +697,15 @@ async fn the_hsms_that_served_and_what_the_service_did_by_itself_are_recorded() 
     let first = &changes[0];
     assert_service_event(first, A);
     assert_eq!(first["serviceEventDetails"]["hsm"], "a");
-    let was = first["serviceEventDetails"]["previousState"].as_str().unwrap();
+    let was = first["serviceEventDetails"]["previousState"]
+        .as_str()
+        .unwrap();
     assert!(was == "Healthy" || was == "Suspect", "{first}");
     assert_ne!(first["serviceEventDetails"]["state"], "Healthy");
     assert_eq!(hsms_of(first), ["a"]);
-    assert!(changes.iter().all(|e| e["serviceEventDetails"]["hsm"] == "a"));
+    assert!(changes
+        .iter()
+        .all(|e| e["serviceEventDetails"]["hsm"] == "a"));
 
     let report = hsm_kms::audit::verify(&dir, None).unwrap();
     assert_eq!(report.finding, None);
@@ -767,7 +783,9 @@ async fn a_full_disk_refuses_calls_before_they_run_until_space_returns() {
         refused.body
     );
     for _ in 0..3 {
-        let r = c.call("Encrypt", json!({"KeyId": k, "Plaintext": b64(b"x")})).await;
+        let r = c
+            .call("Encrypt", json!({"KeyId": k, "Plaintext": b64(b"x")}))
+            .await;
         assert_eq!(r.error_type(), "KMSInternalException", "{}", r.body);
     }
     // Space returns: calls are answered again (the trail's probe finds room).

@@ -718,7 +718,9 @@ impl Writer {
         }
         match r.and_then(|_| f.file.sync_data()) {
             Ok(()) => f.size = target,
-            Err(e) => tracing::warn!(target: "hsm_kms::audit", error = %e, ready = f.size.saturating_sub(f.len), "no room to keep zeroed space ahead of the trail"),
+            Err(e) => {
+                tracing::warn!(target: "hsm_kms::audit", error = %e, ready = f.size.saturating_sub(f.len), "no room to keep zeroed space ahead of the trail")
+            }
         }
         f.size.saturating_sub(f.len) >= ahead / 4
     }
@@ -730,7 +732,9 @@ impl Writer {
             if f.size > f.len {
                 match f.file.set_len(f.len).and_then(|_| f.file.sync_all()) {
                     Ok(()) => f.size = f.len,
-                    Err(e) => tracing::warn!(target: "hsm_kms::audit", error = %e, "trail file not cut after its last record"),
+                    Err(e) => {
+                        tracing::warn!(target: "hsm_kms::audit", error = %e, "trail file not cut after its last record")
+                    }
                 }
             }
         }

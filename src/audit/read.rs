@@ -37,10 +37,7 @@ fn first_seq(path: &Path) -> Result<Option<u64>, KmsError> {
     let Some(end) = written(&head).0.iter().position(|b| *b == b'\n') else {
         return Ok(None);
     };
-    Ok(head
-        .get(..end)
-        .and_then(parse_line)
-        .map(|(s, _)| s))
+    Ok(head.get(..end).and_then(parse_line).map(|(s, _)| s))
 }
 
 impl AuditReader for FileTrail {
@@ -58,7 +55,10 @@ impl AuditReader for FileTrail {
             }
             let data = std::fs::read(path).map_err(|e| read_error(path, e))?;
             let records = written(&data).0;
-            let complete = records.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let complete = records
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
             let lines = records.get(..complete).unwrap_or_default();
             for line in lines.split(|&b| b == b'\n').rev() {
                 let Some((seq, event)) = parse_line(line) else {

@@ -503,14 +503,22 @@ mod tests {
         let data = std::fs::read(&path).unwrap();
         let (records, after) = written(&data);
         assert_eq!(records.iter().filter(|b| **b == b'\n').count(), 3);
-        assert!(after.len() as u64 >= super::super::AHEAD / 2, "{}", after.len());
+        assert!(
+            after.len() as u64 >= super::super::AHEAD / 2,
+            "{}",
+            after.len()
+        );
         assert!(after.iter().all(|b| *b == 0));
         // Readable while open: verify and the reader stop at the zeros.
         let r = verify(d.path(), None).unwrap();
         assert_eq!((r.finding, r.records, r.torn_tail), (None, 3, false));
         drop(t);
         let data = std::fs::read(&path).unwrap();
-        assert_eq!(written(&data).1, b"", "the zeros are cut when the trail ends");
+        assert_eq!(
+            written(&data).1,
+            b"",
+            "the zeros are cut when the trail ends"
+        );
         assert_eq!(data.last(), Some(&b'\n'));
     }
 

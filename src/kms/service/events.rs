@@ -44,7 +44,10 @@ impl Kms {
     /// did (HSMs coming up).
     pub async fn watch_hsms(&self) {
         let changes = self.vault.take_state_changes();
-        if !self.hsms_watched.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self
+            .hsms_watched
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             return;
         }
         for c in changes {

@@ -22,10 +22,10 @@
 //! a `BackingKey` whose object arrives by unwrap instead of generation, promoted the same way.
 
 use super::{object_id, Entry, Kms, Resolved};
+use crate::kms::audit::Resource;
 use crate::kms::marker::{self, Marker};
 use crate::kms::model::{epoch_seconds, BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
-use crate::kms::audit::Resource;
 use crate::kms::vault::{KeyKind, ObjectId};
 use crate::kms::KmsError;
 use parking_lot::Mutex;
@@ -520,19 +520,18 @@ impl Kms {
         // the caller may simply retry (DependencyTimeoutException), even one that a health
         // probe has not yet turned into "HSM down".
         let (created, hsms) =
-            crate::kms::vault::served_by(self.vault.create_key(&object, &arn, KeyKind::Aes))
-                .await;
+            crate::kms::vault::served_by(self.vault.create_key(&object, &arn, KeyKind::Aes)).await;
         // The request's own record (RotateKeyOnDemand) names them too.
         for h in &hsms {
             crate::kms::vault::note_served(h);
         }
         created.map_err(|e| {
-                if e.retryable() {
-                    KmsError::Unavailable(e.to_string())
-                } else {
-                    KmsError::from(e)
-                }
-            })?;
+            if e.retryable() {
+                KmsError::Unavailable(e.to_string())
+            } else {
+                KmsError::from(e)
+            }
+        })?;
         let now = self.now();
         let obj = object.clone();
         let committed = self
