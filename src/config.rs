@@ -373,46 +373,31 @@ impl Loaded {
     }
 }
 
-/// The commented config written by `hsm-kms setup-local` for local SoftHSM2 tokens.
+/// The commented head of the config `hsm-kms setup-local` writes (every setting, default).
+const LOCAL_CONFIG_HEAD: &str = include_str!("../softhsm/config.toml.in");
+/// One `[[hsm]]` entry of it (`@NAME@`, `@MODULE@`, `@LABEL@`, `@PIN_FILE@`, `@CONF@`).
+const LOCAL_HSM_ENTRY: &str = include_str!("../softhsm/hsm.toml.in");
+
+/// The commented config written by `hsm-kms setup-local` for local SoftHSM2 tokens (from
+/// the templates in `softhsm/`).
 pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Path) -> String {
-    let mut s = String::from(
-        "# hsm-kms configuration (written by `hsm-kms setup-local`).\n\
-         # Relative paths are relative to this file's folder.\n\n\
-         # listen = \"127.0.0.1:4599\"     # KMS_LISTEN overrides\n\
-         # region = \"us-east-1\"\n\
-         # account_id = \"111122223333\"\n\
-         # workers_per_hsm = 2\n\
-         # call_timeout_ms = 2000\n\
-         # keygen_timeout_ms = 60000\n\
-         # keygen_workers_per_hsm = 2\n\
-         # keygen_queue_depth = 4\n\
-         # paranoid_checks = false\n\
-         # probe_interval_ms = 1000\n\
-         # hsm_isolation = \"process\"     # or \"in-process\"\n\
-         # hsm_host_program = \"/usr/local/bin/hsm-kms\"   # default: this hsm-kms\n\
-         # max_body_bytes = 65536\n\
-         # maintenance_interval_ms = 10000\n\
-         # on_demand_rotation_limit = 25\n\
-         # audit_dir = \"audit\"           # default: <state dir>/audit\n\
-         # audit_fail_open = false        # true: answer even when a record cannot be made durable\n\
-         # audit_max_file_bytes = 67108864\n\
-         # audit_enabled = true           # false records nothing: benchmarks and labs only\n\
-         # metrics_public = false         # true: GET /metrics without a signature\n",
-    );
+    let mut s = String::from(LOCAL_CONFIG_HEAD);
+    let rel = |p: &Path| {
+        p.strip_prefix(state_dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
     for h in hsms {
-        let rel = |p: &Path| {
-            p.strip_prefix(state_dir)
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|_| p.to_path_buf())
-        };
-        s.push_str(&format!(
-            "\n[[hsm]]\nname = \"{}\"\nmodule = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n[hsm.env]\nSOFTHSM2_CONF = \"{}\"\n",
-            h.name,
-            rel(&h.module).display(),
-            h.label,
-            rel(&h.pin_file).display(),
-            h.conf.display()
-        ));
+        s.push_str(
+            &LOCAL_HSM_ENTRY
+                .replace("@NAME@", &h.name)
+                .replace("@MODULE@", &rel(&h.module))
+                .replace("@LABEL@", &h.label)
+                .replace("@PIN_FILE@", &rel(&h.pin_file))
+                .replace("@CONF@", &h.conf.display().to_string()),
+        );
     }
     s
 }
@@ -420,6 +405,33 @@ pub fn local_config_text(hsms: &[crate::hsm::softhsm::LocalHsm], state_dir: &Pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_configurations_and_the_local_template_are_valid() {
+        for (name, text) in [
+            (
+                "p11-kit-remote.toml",
+                include_str!("../softhsm/examples/p11-kit-remote.toml"),
+            ),
+            (
+                "network-hsms.toml",
+                include_str!("../softhsm/examples/network-hsms.toml"),
+            ),
+        ] {
+            let l = Loaded::from_str(text, name, "/etc/hsm-kms".into())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(l.config.hsm.len() >= 2, "{name}: a cluster needs two HSMs");
+        }
+        // The commented head names every setting with its default: uncommented, it parses.
+        let head: String = LOCAL_CONFIG_HEAD
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{}\n", l.split("  ").next().unwrap_or(l).trim_end()))
+            .collect();
+        assert!(head.lines().count() >= 20, "{head}");
+        Loaded::from_str(&head, "head", "/tmp".into()).unwrap_or_else(|e| panic!("{e}\n{head}"));
+    }
 
     #[test]
     fn unknown_fields_are_refused_and_defaults_apply() {

@@ -15,6 +15,9 @@ use rand::RngCore;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
+/// The template of each local HSM's `softhsm2.conf` (`@NAME@`, `@TOKEN_DIR@`).
+const SOFTHSM2_CONF: &str = include_str!("../../softhsm/softhsm2.conf.in");
+
 /// Where Debian installs SoftHSM2 (`SOFTHSM2_MODULE` overrides).
 pub const SYSTEM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -84,12 +87,9 @@ pub fn provision(base: &Path, name: &str, so: &SoPin) -> Result<LocalHsm, HsmErr
     let token_dir = dir.join("tokens");
     let conf = dir.join("softhsm2.conf");
     if !conf.exists() {
-        let text = format!(
-            "# SoftHSM2 configuration of HSM '{name}' (written by hsm-kms)\n\
-             directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n\
-             slots.removable = false\nslots.mechanisms = ALL\nlibrary.reset_on_fork = false\n",
-            token_dir.display()
-        );
+        let text = SOFTHSM2_CONF
+            .replace("@NAME@", name)
+            .replace("@TOKEN_DIR@", &token_dir.display().to_string());
         std::fs::write(&conf, text).map_err(|e| io(name, "write softhsm2.conf", e))?;
     }
     let module = dir.join("libsofthsm2.so");
