@@ -337,7 +337,11 @@ fn record(
         })
         .unwrap_or_default();
     // A key the call made (CreateKey) is its resource too, as CloudTrail shows it.
-    if let Some(arn) = out.response_elements["keyMetadata"]["arn"].as_str() {
+    if let Some(arn) = out
+        .response_elements
+        .pointer("/keyMetadata/arn")
+        .and_then(serde_json::Value::as_str)
+    {
         if resources.iter().all(|r| r.arn != arn) {
             resources.push(Resource::key(arn.to_string()));
         }

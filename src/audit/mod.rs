@@ -674,6 +674,7 @@ impl Writer {
         let path = self.dir.join(file_name(n));
         let file = OpenOptions::new()
             .create(true)
+            .truncate(false)
             .write(true)
             .read(true)
             .open(&path)
