@@ -8,13 +8,16 @@
 //!                                        ├─► hsm (cluster of ≥2 PKCS#11 tokens)
 //!                                        └─► audit (the CloudTrail record of every call)
 //! ```
-//! Layers run one way: `api → kms → {hsm, store}`. Only `hsm` names cryptoki.
+//! Layers run one way: `api → kms → {hsm, store}`. Only `hsm` names cryptoki. `client` is
+//! the other side of the wire (`hsm-kms bench`, `hsm-kms envelope`): it uses only `auth`'s
+//! signer and the HTTP API, never the service's internals.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod fsutil;

@@ -1,7 +1,8 @@
 //! The `hsm-kms` binary: `setup-local` (two local SoftHSM2 tokens, enrolled, and a config),
 //! `serve` (the KMS API), `hsm enroll` (the SO ceremony that brings a token into the
 //! cluster), `audit verify` (the audit trail's hash chain), `bench-hsm` (HSM layer vs raw
-//! PKCS#11). `anyhow` lives only here.
+//! PKCS#11), and the client side: `bench` (the HTTP load generator) and `envelope
+//! encrypt|decrypt` (files under a data key). `anyhow` lives only here.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -86,6 +87,139 @@ enum AuditCmd {
     },
 }
 
+/// Where a client command sends its requests and what it signs them with.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The service's URL, http:// only [default: $AWS_ENDPOINT_URL_KMS, $AWS_ENDPOINT_URL,
+    /// then $KMS_ENDPOINT].
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// The region requests are signed for [default: $AWS_REGION, $AWS_DEFAULT_REGION, then
+    /// us-east-1].
+    #[arg(long)]
+    region: Option<String>,
+    /// A file of `export NAME=value` lines read before the environment, e.g.
+    /// var/credentials.env (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    /// AWS_REGION, KMS_ENDPOINT...). Without it: the environment, as the aws CLI reads it.
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn client(&self, timeout: std::time::Duration) -> Result<hsm_kms::client::Client> {
+        Ok(hsm_kms::client::ClientOptions {
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            credentials_file: self.credentials_file.clone(),
+            timeout: Some(timeout),
+        }
+        .resolve()?)
+    }
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The operation: Encrypt, Decrypt, GenerateDataKey, Sign or GenerateMac.
+    #[arg(long)]
+    op: hsm_kms::client::loadgen::Operation,
+    /// The key to use; default: a key of the spec the operation needs is created for the run
+    /// (and scheduled for deletion after it).
+    #[arg(long)]
+    key_id: Option<String>,
+    /// Plaintext bytes (Encrypt, Decrypt), message bytes (Sign RAW, GenerateMac).
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Concurrent keep-alive connections; a comma-separated list (1,8,64) runs each in turn.
+    #[arg(long, short = 'c', value_delimiter = ',', default_value = "8")]
+    concurrency: Vec<usize>,
+    /// Seconds measured per concurrency.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of warm-up before each measurement (answers not measured, errors counted).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Encryption context pair KEY=VALUE (Encrypt, Decrypt, GenerateDataKey); repeatable.
+    #[arg(long)]
+    context: Vec<String>,
+    /// Sign's SigningAlgorithm.
+    #[arg(long, default_value = "ECDSA_SHA_256")]
+    signing_algorithm: String,
+    /// Sign's MessageType: RAW (a --size byte message) or DIGEST.
+    #[arg(long, default_value = "RAW")]
+    message_type: String,
+    /// GenerateMac's MacAlgorithm.
+    #[arg(long, default_value = "HMAC_SHA_256")]
+    mac_algorithm: String,
+    /// KeySpec of the key created when --key-id is not given (default: the one the
+    /// algorithm implies, e.g. ECC_NIST_P256 for ECDSA_SHA_256, RSA_2048 for RSASSA_*).
+    #[arg(long)]
+    key_spec: Option<String>,
+    /// Seconds one request may take before it counts as an error (timeout).
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Threads of the load generator [default: the CPUs, at most the largest concurrency].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON document instead of RESULT lines and a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum EnvelopeCmd {
+    /// Encrypt FILE under a new data key from KMS GenerateDataKey (AES_256): streamed in
+    /// chunks of AES-256-GCM, the data key's KMS ciphertext and the context in the
+    /// authenticated header. The output appears only once complete.
+    Encrypt {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The KMS key (id, ARN, alias/NAME or alias ARN).
+        #[arg(long)]
+        key_id: String,
+        /// The file to encrypt.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The envelope file to write.
+        #[arg(long = "out")]
+        output: PathBuf,
+        /// Encryption context pair KEY=VALUE; repeatable. Stored in the file and bound to
+        /// the data key by KMS.
+        #[arg(long)]
+        context: Vec<String>,
+        /// Plaintext bytes per chunk (1024..=1048576).
+        #[arg(long, default_value_t = hsm_kms::client::envelope::format::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Decrypt an envelope file: KMS Decrypt of its data key (with the file's encryption
+    /// context), then every chunk authenticated before it is written. On any failure no
+    /// output file is left; the plaintext file is created with mode 0600.
+    Decrypt {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The envelope file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The plaintext file to write.
+        #[arg(long = "out")]
+        output: PathBuf,
+        /// KEY=VALUE the file's encryption context must hold (refused before any KMS call
+        /// otherwise); repeatable.
+        #[arg(long)]
+        context: Vec<String>,
+        /// The KMS key the data key must be under (Decrypt's KeyId); default: any.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create two local SoftHSM2 tokens, enroll them (the SO ceremony, non-interactive) and
@@ -147,11 +281,25 @@ enum Cmd {
         #[arg(long)]
         hsm: String,
     },
+    /// Load generator: drive a KMS endpoint with SigV4-signed requests on N keep-alive
+    /// HTTP/1.1 connections for a duration after a warm-up; print req/s (200 answers only),
+    /// p50, p99 and every other answer as an error. Exit status 1 when there was any error.
+    Bench(BenchArgs),
+    /// Envelope encryption of files with a data key from KMS (GenerateDataKey / Decrypt).
+    Envelope {
+        #[command(subcommand)]
+        cmd: EnvelopeCmd,
+    },
     /// Benchmark: raw PKCS#11 AES-GCM against the same operation through the HSM layer,
-    /// on fresh local SoftHSM2 tokens, in one run.
+    /// on fresh local SoftHSM2 tokens, in one run; with --ops, then raw PKCS#11 alone for
+    /// each operation `bench` drives over HTTP (prints `RAW op=NAME ... ops_per_sec=N`).
     BenchHsm {
         #[arg(long, default_value_t = 32)]
         size: usize,
+        /// Raw PKCS#11 rows to measure too: `all`, or a comma-separated list of encrypt,
+        /// decrypt, generate-data-key, sign-ecdsa-p256, sign-rsa-2048-pss, generate-mac.
+        #[arg(long, value_delimiter = ',')]
+        ops: Vec<String>,
         #[arg(long, default_value_t = 2)]
         threads: usize,
         #[arg(long, default_value_t = 1.0)]
@@ -267,18 +415,40 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Cmd::BenchHsm {
             size,
+            ops,
             threads,
             secs,
             reps,
             filler_keys,
             dir,
         } => {
+            use hsm_kms::hsm::bench::{self, RawOp};
+            let ops: Vec<RawOp> = match ops.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                ["all"] => RawOp::ALL.to_vec(),
+                ref names => names
+                    .iter()
+                    .map(|n| n.parse::<RawOp>().map_err(anyhow::Error::msg))
+                    .collect::<Result<_>>()?,
+            };
             std::fs::create_dir_all(&dir)?;
-            let report =
-                hsm_kms::hsm::bench::run_gcm_bench(&dir, size, threads, secs, reps, filler_keys)?;
+            let report = bench::run_gcm_bench(&dir, size, threads, secs, reps, filler_keys)?;
             println!("{report}");
+            if !ops.is_empty() {
+                println!();
+                print!(
+                    "{}",
+                    bench::run_raw_ops(&dir, &ops, size, threads, secs, reps)?
+                );
+            }
             Ok(())
         }
+        Cmd::Bench(args) => {
+            if !bench(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Envelope { cmd } => envelope(cmd),
         Cmd::HsmHost { hsm: _ } => {
             // Frames go to fd 1 unbuffered (`Stdout` would split them at newlines).
             let out = std::fs::File::from(
@@ -296,6 +466,172 @@ fn run(cli: Cli) -> Result<()> {
                 .block_on(serve(loaded, listen))
         }
     }
+}
+
+/// `hsm-kms bench`: true when no request failed.
+fn bench(a: BenchArgs) -> Result<bool> {
+    use hsm_kms::client::{envelope, loadgen};
+    let secs = |what: &str, s: f64| {
+        if s.is_finite() && s >= 0.0 {
+            Ok(std::time::Duration::from_secs_f64(s))
+        } else {
+            bail!("--{what} must be a number of seconds")
+        }
+    };
+    let (duration, warmup, timeout) = (
+        secs("duration", a.duration)?,
+        secs("warmup", a.warmup)?,
+        secs("timeout", a.timeout)?,
+    );
+    if a.concurrency.is_empty() || a.concurrency.contains(&0) {
+        bail!("--concurrency must be one or more positive numbers");
+    }
+    let client = Arc::new(a.client.client(timeout)?);
+    let workload = loadgen::Workload {
+        operation: a.op,
+        key_id: a.key_id,
+        size: a.size,
+        context: envelope::parse_context(&a.context)?.into_iter().collect(),
+        signing_algorithm: a.signing_algorithm,
+        message_type: a.message_type,
+        mac_algorithm: a.mac_algorithm,
+        key_spec: a.key_spec,
+    };
+    let most = a.concurrency.iter().copied().max().unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = a.threads.unwrap_or(cpus.min(most)).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let outcomes = rt.block_on(async {
+        let prepared = loadgen::prepare(&client, &workload).await?;
+        if prepared.created {
+            eprintln!(
+                "bench: created key {} for {}",
+                prepared.key_id, prepared.label
+            );
+        }
+        let mut outcomes = Vec::new();
+        for &c in &a.concurrency {
+            eprintln!(
+                "bench: {} on {} connection(s): {:.1} s warm-up, {:.1} s measured",
+                prepared.label,
+                c,
+                warmup.as_secs_f64(),
+                duration.as_secs_f64()
+            );
+            let o = loadgen::run(
+                &client,
+                &prepared,
+                loadgen::Phase {
+                    connections: c,
+                    warmup,
+                    duration,
+                },
+            )
+            .await?;
+            if !a.json {
+                println!("{}", o.result_line());
+            }
+            outcomes.push(o);
+        }
+        if let Err(e) = loadgen::cleanup(&client, &prepared).await {
+            eprintln!(
+                "bench: warning: the deletion of key {} was not scheduled: {e}",
+                prepared.key_id
+            );
+        } else if prepared.created {
+            eprintln!("bench: key {} scheduled for deletion in 7 days", prepared.key_id);
+        }
+        Ok::<_, anyhow::Error>(outcomes)
+    })?;
+    if a.json {
+        println!("{}", serde_json::json!({ "runs": outcomes }));
+    } else {
+        println!();
+        print!("{}", loadgen::table(&outcomes));
+    }
+    Ok(outcomes
+        .iter()
+        .all(|o| o.errors == 0 && o.warmup_errors == 0))
+}
+
+/// `hsm-kms envelope encrypt|decrypt`.
+fn envelope(cmd: EnvelopeCmd) -> Result<()> {
+    use hsm_kms::client::envelope;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    rt.block_on(async {
+        // Ctrl-C stops the work between chunks, so the temporary output is removed.
+        let flag = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+        let timeout = std::time::Duration::from_secs(30);
+        match cmd {
+            EnvelopeCmd::Encrypt {
+                client,
+                key_id,
+                input,
+                output,
+                context,
+                chunk_size,
+                force,
+            } => {
+                let req = envelope::EncryptRequest {
+                    key_id,
+                    context: envelope::parse_context(&context)?,
+                    input,
+                    output,
+                    chunk_size,
+                    force,
+                };
+                let s = envelope::encrypt(&Arc::new(client.client(timeout)?), &req, cancel)
+                    .await
+                    .with_context(|| format!("encrypt {}", req.input.display()))?;
+                eprintln!(
+                    "encrypted {} bytes in {} chunks under {} into {}",
+                    s.plaintext_bytes,
+                    s.chunks,
+                    s.key_arn,
+                    req.output.display()
+                );
+            }
+            EnvelopeCmd::Decrypt {
+                client,
+                input,
+                output,
+                context,
+                key_id,
+                force,
+            } => {
+                let req = envelope::DecryptRequest {
+                    context: envelope::parse_context(&context)?,
+                    input,
+                    output,
+                    key_id,
+                    force,
+                };
+                let s = envelope::decrypt(&Arc::new(client.client(timeout)?), &req, cancel)
+                    .await
+                    .with_context(|| format!("decrypt {}", req.input.display()))?;
+                eprintln!(
+                    "decrypted {} bytes in {} chunks (key {}) into {}",
+                    s.plaintext_bytes,
+                    s.chunks,
+                    s.key_arn,
+                    req.output.display()
+                );
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The config at `path`, or `<state dir>/config.toml`.

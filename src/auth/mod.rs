@@ -4,12 +4,15 @@
 //! The layer above (`api`) calls [`verify`] with the raw request parts and a
 //! [`CredentialLookup`]; on success it gets the [`Principal`] that made the request, on failure an
 //! [`AuthError`] that already knows its AWS `__type`, HTTP status and client-safe message.
-//! Signing is the client's business: the tests sign with AWS's own `aws-sigv4` crate.
+//! [`Signer`] signs this crate's own outgoing requests (the `bench` and `envelope` commands)
+//! with the same canonicalization; the tests sign with AWS's own `aws-sigv4` crate.
 
 pub mod credentials;
+pub mod sign;
 pub mod sigv4;
 
 pub use credentials::{LiveCredentials, StaticCredentials};
+pub use sign::Signer;
 pub use sigv4::{verify, AuthError, RequestParts};
 
 use std::fmt;

@@ -1,7 +1,9 @@
 //! AWS Signature Version 4, header form (`Authorization: AWS4-HMAC-SHA256 ...`): verification of
 //! incoming requests ([`verify`]) and the AWS-shaped errors ([`AuthError`]) a failed check yields.
-//! Clients sign; this module only checks. The tests sign with AWS's own `aws-sigv4` crate and
-//! with captured botocore output, so the checks here are measured against independent signers.
+//! The canonicalization and key derivation below are also what this crate's own client signs
+//! with ([`super::sign`]), so signer and verifier cannot drift apart; the tests here sign with
+//! AWS's own `aws-sigv4` crate and with captured botocore output, and `sign`'s tests hold the
+//! signer against `aws-sigv4` too, so both are measured against independent signers.
 //!
 //! Canonicalization follows botocore's `SigV4Auth` (non-S3), which is what the aws CLI and boto3
 //! send and what AWS accepts:
@@ -49,8 +51,8 @@ pub const SCOPE_TERMINATOR: &str = "aws4_request";
 /// How far the request time may be from the server's clock, either way.
 pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 
-const X_AMZ_DATE: &str = "x-amz-date";
-const X_AMZ_SECURITY_TOKEN: &str = "x-amz-security-token";
+pub(super) const X_AMZ_DATE: &str = "x-amz-date";
+pub(super) const X_AMZ_SECURITY_TOKEN: &str = "x-amz-security-token";
 const X_AMZ_CONTENT_SHA256: &str = "x-amz-content-sha256";
 
 const MSG_SIGNATURE_MISMATCH: &str = "The request signature we calculated does not match the \
@@ -477,7 +479,7 @@ const HTTP_DATE_AFTER_WEEKDAY: &[BorrowedFormatItem<'static>] = format_descripti
 
 /// `YYYYMMDDTHHMMSSZ`, UTC: what `AMZ_DATE` formats, written from the components so that
 /// no formatting error can arise (the tests check both agree).
-fn format_amz_date(t: OffsetDateTime) -> String {
+pub(super) fn format_amz_date(t: OffsetDateTime) -> String {
     let t = t.to_offset(UtcOffset::UTC);
     format!(
         "{}T{:02}{:02}{:02}Z",
@@ -491,7 +493,7 @@ fn format_amz_date(t: OffsetDateTime) -> String {
 /// The `YYYYMMDD` a credential scope must name for a request made at `t`: what
 /// `[year][month][day]` formats (`time`'s `[year]` puts `-` before a negative year and pads
 /// the rest to 4 digits; the tests check both agree).
-fn format_scope_date(t: OffsetDateTime) -> String {
+pub(super) fn format_scope_date(t: OffsetDateTime) -> String {
     let t = t.to_offset(UtcOffset::UTC);
     let year = t.year();
     let sign = if year < 0 { "-" } else { "" };
@@ -548,7 +550,7 @@ const QUERY_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 const PATH: &AsciiSet = &QUERY_COMPONENT.remove(b'/');
 
 /// botocore's `_normalize_url_path`: `quote(normalize_url_path(path), safe='/~')`.
-fn canonical_uri(path: &str) -> String {
+pub(super) fn canonical_uri(path: &str) -> String {
     let normalized = if path.is_empty() {
         "/".to_owned()
     } else {
@@ -595,7 +597,7 @@ fn canonical_query_botocore(query: &str) -> String {
 /// The SigV4 specification's form: each name and value percent-decoded (a `%` without two hex
 /// digits after it stays literal, `+` stays `+`), then re-encoded with only unreserved
 /// characters bare, sorted by (name, value).
-fn canonical_query_spec(query: &str) -> String {
+pub(super) fn canonical_query_spec(query: &str) -> String {
     let reencode = |s: &str| {
         let decoded: Cow<'_, [u8]> = percent_decode_str(s).into();
         percent_encode(&decoded, QUERY_COMPONENT).to_string()
@@ -622,7 +624,7 @@ fn join_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
 /// `name:value` lines for the given (lower-case) names joined with `\n`, plus a final `\n`,
 /// exactly as botocore builds the header block. A signed header absent from the request
 /// contributes `name:`.
-fn canonical_headers<'n>(headers: &HeaderMap, names: impl Iterator<Item = &'n str>) -> Vec<u8> {
+pub(super) fn canonical_headers<'n>(headers: &HeaderMap, names: impl Iterator<Item = &'n str>) -> Vec<u8> {
     let mut lines: Vec<Vec<u8>> = Vec::new();
     for name in names {
         let mut line = Vec::with_capacity(name.len() + 32);
@@ -656,7 +658,7 @@ fn trim_all(value: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn canonical_request(
+pub(super) fn canonical_request(
     method: &str,
     uri: &str,
     query: &str,
@@ -677,7 +679,7 @@ fn canonical_request(
     c
 }
 
-fn string_to_sign(amz_date: &str, credential_scope: &str, canonical_request: &[u8]) -> String {
+pub(super) fn string_to_sign(amz_date: &str, credential_scope: &str, canonical_request: &[u8]) -> String {
     format!(
         "{ALGORITHM}\n{amz_date}\n{credential_scope}\n{}",
         hex::encode(Sha256::digest(canonical_request))
@@ -691,7 +693,7 @@ fn string_to_sign(amz_date: &str, credential_scope: &str, canonical_request: &[u
 /// HMAC-SHA256 (RFC 2104) of `msg` under a key of any length. The key is first brought to
 /// SHA-256's 64-byte block as HMAC defines (hashed if longer, then zero-padded), exactly what
 /// `Hmac::new_from_slice` does; `Hmac::new` then takes it with no length to reject.
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(super) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut block = Zeroizing::new([0u8; 64]);
     let hashed: Zeroizing<[u8; 32]>;
     let key = if key.len() > block.len() {
@@ -709,7 +711,7 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 }
 
 /// `kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")`.
-fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Zeroizing<[u8; 32]> {
+pub(super) fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Zeroizing<[u8; 32]> {
     let mut k_secret = Zeroizing::new(Vec::with_capacity(4 + secret.len()));
     k_secret.extend_from_slice(b"AWS4");
     k_secret.extend_from_slice(secret.as_bytes());

@@ -15,19 +15,35 @@
 //! Every key is an AES-256 token object (`CKA_TOKEN`, sensitive, private), made the way the
 //! KMS makes them. The variants alternate within each repetition (with a rotating order)
 //! and every row reports the median over the repetitions.
+//!
+//! [`run_raw_ops`] measures raw PKCS#11 alone for each operation `scripts/bench.sh` drives
+//! over HTTP, doing in the token exactly the calls the service's HSM job does for it (keys
+//! made with the service's templates, `threads` threads with a logged-in session each), so
+//! the script can print each HTTP figure beside its raw one from the same run:
+//!
+//! | [`RawOp`] | KMS call | PKCS#11 per operation |
+//! |---|---|---|
+//! | `encrypt` | Encrypt `size` B | `C_EncryptInit`/`C_Encrypt` `CKM_AES_GCM`, IV from a counter, 56 B AAD |
+//! | `decrypt` | Decrypt | `C_DecryptInit`/`C_Decrypt` `CKM_AES_GCM` of that ciphertext |
+//! | `generate-data-key` | GenerateDataKey AES_256 | `C_GenerateRandom` 32 B + GCM encrypt of it |
+//! | `sign-ecdsa-p256` | Sign ECDSA_SHA_256 DIGEST | `C_SignInit`/`C_Sign` `CKM_ECDSA`, P-256 |
+//! | `sign-rsa-2048-pss` | Sign RSASSA_PSS_SHA_256 DIGEST | `CKM_RSA_PKCS_PSS` SHA-256, RSA-2048 |
+//! | `generate-mac` | GenerateMac HMAC_SHA_256 `size` B | `CKM_SHA256_HMAC`, 32-byte key |
 
 use super::cluster::{ClusterOptions, HsmCluster};
 use super::error::{HsmError, Operation};
 use super::instance::{find_slot, load_module};
 use super::mechanisms::IV_LEN;
+use super::kinds::{PairSpec, PairUse, SignScheme};
+use super::mechanisms;
 use super::softhsm::{self, LocalHsm};
 use super::templates;
+use crate::pkix::{Curve, Hash};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
-use cryptoki::session::UserType;
+use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use std::path::Path;
@@ -319,6 +335,259 @@ async fn layer_measure(
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// One raw PKCS#11 operation: `(session, thread, n)`.
+type RawFn<'a> = dyn Fn(&Session, usize, u64) -> Result<(), CkError> + Sync + 'a;
+
+/// A 12-byte GCM IV from a counter, distinct per thread: `thread ‖ 0 0 0 ‖ n`.
+fn counter_iv(thread: usize, n: u64) -> [u8; IV_LEN] {
+    let mut iv = [0u8; IV_LEN];
+    let t = (thread as u32).to_be_bytes();
+    for (d, s) in iv.iter_mut().zip(t.iter().chain(&n.to_be_bytes())) {
+        *d = *s;
+    }
+    iv
+}
+
+/// The operations [`run_raw_ops`] measures (the table in the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawOp {
+    /// AES-256-GCM encrypt of `size` bytes, IV from a counter.
+    Encrypt,
+    /// AES-256-GCM decrypt of `size` bytes.
+    Decrypt,
+    /// 32 random bytes from the token, GCM-encrypted.
+    GenerateDataKey,
+    /// ECDSA P-256 signature of a 32-byte digest.
+    SignEcdsaP256,
+    /// RSA-2048 PSS (SHA-256) signature of a 32-byte digest.
+    SignRsa2048Pss,
+    /// HMAC-SHA-256 of `size` bytes.
+    GenerateMac,
+}
+
+impl RawOp {
+    /// Every operation, in table order.
+    pub const ALL: [RawOp; 6] = [
+        RawOp::Encrypt,
+        RawOp::Decrypt,
+        RawOp::GenerateDataKey,
+        RawOp::SignEcdsaP256,
+        RawOp::SignRsa2048Pss,
+        RawOp::GenerateMac,
+    ];
+
+    /// The name `--ops` takes and `RAW op=` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            RawOp::Encrypt => "encrypt",
+            RawOp::Decrypt => "decrypt",
+            RawOp::GenerateDataKey => "generate-data-key",
+            RawOp::SignEcdsaP256 => "sign-ecdsa-p256",
+            RawOp::SignRsa2048Pss => "sign-rsa-2048-pss",
+            RawOp::GenerateMac => "generate-mac",
+        }
+    }
+
+    fn describe(self, size: usize) -> String {
+        match self {
+            RawOp::Encrypt => format!("AES-256-GCM encrypt {size} B (counter IV)"),
+            RawOp::Decrypt => format!("AES-256-GCM decrypt {size} B"),
+            RawOp::GenerateDataKey => "C_GenerateRandom 32 B + AES-256-GCM encrypt".into(),
+            RawOp::SignEcdsaP256 => "ECDSA P-256 sign (CKM_ECDSA, 32 B digest)".into(),
+            RawOp::SignRsa2048Pss => "RSA-2048 PSS sign (SHA-256, 32 B digest)".into(),
+            RawOp::GenerateMac => format!("HMAC-SHA-256 of {size} B"),
+        }
+    }
+}
+
+impl std::str::FromStr for RawOp {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        RawOp::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = RawOp::ALL.iter().map(|o| o.name()).collect();
+                format!("unknown operation {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// The result of [`run_raw_ops`]; `Display` prints a markdown table, then one
+/// `RAW op=<name> threads=<n> ops_per_sec=<median> min=<..> max=<..>` line per operation.
+#[derive(Debug, Clone)]
+pub struct RawReport {
+    /// One row per operation, with the operation it measured.
+    pub rows: Vec<(RawOp, BenchRow)>,
+    /// One line describing the parameters.
+    pub setup: String,
+}
+
+impl std::fmt::Display for RawReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.setup)?;
+        writeln!(f)?;
+        writeln!(f, "| raw PKCS#11 operation | threads | ops/s (median) | min–max |")?;
+        writeln!(f, "|---|---:|---:|---:|")?;
+        for (_, r) in &self.rows {
+            writeln!(
+                f,
+                "| {} | {} | {:.0} | {:.0}–{:.0} |",
+                r.name, r.threads, r.ops_per_sec, r.min, r.max
+            )?;
+        }
+        writeln!(f)?;
+        for (op, r) in &self.rows {
+            writeln!(
+                f,
+                "RAW op={} threads={} ops_per_sec={:.1} min={:.1} max={:.1}",
+                op.name(),
+                r.threads,
+                r.ops_per_sec,
+                r.min,
+                r.max
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Raw PKCS#11 alone, for each of `ops`, on a fresh SoftHSM2 token under `dir`: `threads`
+/// threads (one logged-in session each), a 0.2 s warm-up, then `reps` × `secs` per
+/// operation (operations alternating within each repetition), median per row. `size` is
+/// the plaintext or message size of `encrypt`, `decrypt` and `generate-mac`. Blocking.
+pub fn run_raw_ops(
+    dir: &Path,
+    ops: &[RawOp],
+    size: usize,
+    threads: usize,
+    secs: f64,
+    reps: usize,
+) -> Result<RawReport, HsmError> {
+    if threads == 0 || reps == 0 || ops.is_empty() || !(secs > 0.0 && secs.is_finite()) {
+        return Err(HsmError::Internal(
+            "bench: ops, threads, reps and secs must be given and positive".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| HsmError::Internal(format!("bench: create {}: {e}", dir.display())))?;
+    let work = dir.join(format!("hsm-raw-ops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| raw_ops_in(&work, ops, size, threads, Duration::from_secs_f64(secs), reps))
+            .join()
+            .unwrap_or_else(|_| Err(HsmError::Internal("bench thread panicked".into())))
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+fn raw_ops_in(
+    work: &Path,
+    ops: &[RawOp],
+    size: usize,
+    threads: usize,
+    dur: Duration,
+    reps: usize,
+) -> Result<RawReport, HsmError> {
+    let so = super::ceremony::SoPin::random();
+    let hsm = softhsm::provision(work, RAW_HSM, &so)?;
+    let raw = RawToken::open(&hsm)?;
+    let keys = raw.keys_for_ops(size)?;
+    let plaintext = vec![0x5Au8; size];
+    let digest = [0x66u8; 32];
+    let run = |op: RawOp, dur: Duration| -> Result<f64, HsmError> {
+        let aes = raw.key;
+        match op {
+            RawOp::Encrypt => raw.measure(threads, dur, &plaintext, false),
+            RawOp::Decrypt => raw.measure_with(threads, dur, Operation::AesGcmDecrypt, &|s, _, _| {
+                let mut iv = DECRYPT_IV;
+                s.decrypt(&mechanisms::gcm(&mut iv, AAD)?, aes, &keys.ciphertext)?;
+                Ok(())
+            }),
+            RawOp::GenerateDataKey => {
+                raw.measure_with(threads, dur, Operation::AesGcmEncrypt, &|s, t, n| {
+                    let dk = Zeroizing::new(s.generate_random_vec(32)?);
+                    let mut iv = counter_iv(t, n);
+                    s.encrypt(&mechanisms::gcm(&mut iv, AAD)?, aes, &dk)?;
+                    Ok(())
+                })
+            }
+            // Mechanisms are not `Sync`: each call builds its own, as the service's jobs do.
+            RawOp::SignEcdsaP256 => raw.measure_with(threads, dur, Operation::Sign, &|s, _, _| {
+                let (mech, input) = mechanisms::sign(SignScheme::Ecdsa(Curve::P256), &digest);
+                s.sign(&mech, keys.ec, &input).map(drop)
+            }),
+            RawOp::SignRsa2048Pss => raw.measure_with(threads, dur, Operation::Sign, &|s, _, _| {
+                let (mech, input) = mechanisms::sign(SignScheme::RsaPss(Hash::Sha256), &digest);
+                s.sign(&mech, keys.rsa, &input).map(drop)
+            }),
+            RawOp::GenerateMac => raw.measure_with(threads, dur, Operation::Hmac, &|s, _, _| {
+                s.sign(&mechanisms::hmac(Hash::Sha256), keys.hmac, &plaintext)
+                    .map(drop)
+            }),
+        }
+    };
+    let warm = dur.min(Duration::from_millis(200));
+    let mut samples: Vec<(RawOp, Vec<f64>)> = Vec::with_capacity(ops.len());
+    for &op in ops {
+        run(op, warm)?;
+        samples.push((op, Vec::with_capacity(reps)));
+    }
+    for rep in 0..reps {
+        let (before, from) = samples
+            .split_at_mut_checked(rep % ops.len())
+            .ok_or_else(|| HsmError::Internal("bench: rotation out of range".into()))?;
+        for (op, v) in from.iter_mut().chain(before) {
+            v.push(run(*op, dur)?);
+        }
+    }
+    drop(raw);
+    let rows = samples
+        .into_iter()
+        .map(|(op, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let (Some(ops_per_sec), Some(&min), Some(&max)) = (median(&v), v.first(), v.last())
+            else {
+                return Err(HsmError::Internal(format!("bench: no samples for {}", op.name())));
+            };
+            Ok((
+                op,
+                BenchRow {
+                    name: op.describe(size),
+                    threads,
+                    ops_per_sec,
+                    min,
+                    max,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, HsmError>>()?;
+    Ok(RawReport {
+        rows,
+        setup: format!(
+            "raw PKCS#11 on one SoftHSM2 token, {threads} threads (one session each), token-object \
+             keys made with the service's templates; {reps} × {:.2} s per row (median); \
+             {size} B plaintext/message, {} B AAD",
+            dur.as_secs_f64(),
+            AAD.len()
+        ),
+    })
+}
+
+/// The IV of the ciphertext the raw `decrypt` row replays.
+const DECRYPT_IV: [u8; IV_LEN] = [7; IV_LEN];
+
+/// The other keys of the raw rows, on the [`RawToken`]'s token.
+struct RawKeys {
+    ec: ObjectHandle,
+    rsa: ObjectHandle,
+    hmac: ObjectHandle,
+    /// `size` bytes under the AES key with [`DECRYPT_IV`].
+    ciphertext: Vec<u8>,
+}
+
 /// Our own SoftHSM2 token for the raw side: its module copy, a keeper session that keeps
 /// the token logged in, and one AES-256 token key.
 struct RawToken {
@@ -370,6 +639,46 @@ impl RawToken {
         }
     }
 
+    /// An ECDSA P-256 and an RSA-2048 signing pair and a 32-byte HMAC key (token objects,
+    /// the service's templates), and the ciphertext of `size` bytes the decrypt row replays.
+    fn keys_for_ops(&self, size: usize) -> Result<RawKeys, HsmError> {
+        let ck = |op: Operation| move |e: CkError| HsmError::from_ck(RAW_HSM, op, e);
+        let s = self
+            .keeper
+            .as_ref()
+            .ok_or_else(|| HsmError::Internal("bench: no session".into()))?;
+        let pair = |spec: PairSpec, mech: Mechanism<'_>, id: &[u8]| {
+            let mut public = templates::generated_public_key(id, "hsm-kms bench raw", PairUse::Sign);
+            public.extend(templates::key_pair_params(spec));
+            let private = templates::private_key(spec, id, "hsm-kms bench raw", PairUse::Sign);
+            s.generate_key_pair(&mech, &public, &private)
+                .map(|(_, private)| private)
+                .map_err(ck(Operation::GenerateKeyPair))
+        };
+        let ec = pair(PairSpec::Ec(Curve::P256), Mechanism::EccKeyPairGen, b"bench/ec")?;
+        let rsa = pair(PairSpec::Rsa(2048), Mechanism::RsaPkcsKeyPairGen, b"bench/rsa")?;
+        let hmac = s
+            .generate_key(
+                &Mechanism::GenericSecretKeyGen,
+                &templates::generated_hmac_key(b"bench/hmac", "hsm-kms bench raw", 32),
+            )
+            .map_err(ck(Operation::GenerateKey))?;
+        let mut iv = DECRYPT_IV;
+        let ciphertext = s
+            .encrypt(
+                &mechanisms::gcm(&mut iv, AAD).map_err(ck(Operation::AesGcmEncrypt))?,
+                self.key,
+                &vec![0x5Au8; size],
+            )
+            .map_err(ck(Operation::AesGcmEncrypt))?;
+        Ok(RawKeys {
+            ec,
+            rsa,
+            hmac,
+            ciphertext,
+        })
+    }
+
     /// `threads` threads, one session each, encrypt in a loop for `dur`; total ops/s.
     fn measure(
         &self,
@@ -378,10 +687,32 @@ impl RawToken {
         plaintext: &[u8],
         random_iv: bool,
     ) -> Result<f64, HsmError> {
+        let key = self.key;
+        self.measure_with(threads, dur, Operation::AesGcmEncrypt, &|session, t, n| {
+            let mut iv = [0u8; IV_LEN];
+            if random_iv {
+                session.generate_random_slice(&mut iv)?;
+            } else {
+                iv = counter_iv(t, n);
+            }
+            session.encrypt(&mechanisms::gcm(&mut iv, AAD)?, key, plaintext)?;
+            Ok(())
+        })
+    }
+
+    /// `threads` threads, one session each, run `op(session, thread, n)` in a loop for
+    /// `dur`; total ops/s. A failure is reported as operation `what`.
+    fn measure_with(
+        &self,
+        threads: usize,
+        dur: Duration,
+        what: Operation,
+        op: &RawFn<'_>,
+    ) -> Result<f64, HsmError> {
         let ck = |op: Operation| move |e: CkError| HsmError::from_ck(RAW_HSM, op, e);
         let barrier = Barrier::new(threads + 1);
         // Only the Sync parts go to the threads (the keeper session stays here).
-        let (ctx, slot, key) = (&self.ctx, self.slot, self.key);
+        let (ctx, slot) = (&self.ctx, self.slot);
         let (total, elapsed) = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads)
                 .map(|t| {
@@ -393,22 +724,7 @@ impl RawToken {
                         let end = Instant::now() + dur;
                         let mut n: u64 = 0;
                         while Instant::now() < end {
-                            let mut iv = [0u8; IV_LEN];
-                            if random_iv {
-                                session
-                                    .generate_random_slice(&mut iv)
-                                    .map_err(ck(Operation::Random))?;
-                            } else {
-                                iv[0] = t as u8;
-                                iv[4..].copy_from_slice(&n.to_be_bytes());
-                            }
-                            let mech = Mechanism::AesGcm(
-                                GcmParams::new(&mut iv, AAD, 128.into())
-                                    .map_err(ck(Operation::AesGcmEncrypt))?,
-                            );
-                            session
-                                .encrypt(&mech, key, plaintext)
-                                .map_err(ck(Operation::AesGcmEncrypt))?;
+                            op(&session, t, n).map_err(ck(what))?;
                             n += 1;
                         }
                         Ok(n)
@@ -456,6 +772,23 @@ mod tests {
         assert_eq!(median(&[1.0, 2.0, 4.0, 8.0]), Some(3.0));
         assert_eq!(median(&[5.0]), Some(5.0));
         assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn raw_ops_measure_every_operation() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let r = run_raw_ops(dir.path(), &RawOp::ALL, 48, 1, 0.05, 1).expect("bench runs");
+        assert_eq!(r.rows.len(), RawOp::ALL.len());
+        for (op, row) in &r.rows {
+            assert!(row.ops_per_sec > 0.0, "{op:?} {row:?}");
+        }
+        let text = r.to_string();
+        for op in RawOp::ALL {
+            assert!(text.contains(&format!("RAW op={} threads=1 ", op.name())), "{text}");
+            assert_eq!(op.name().parse::<RawOp>(), Ok(op));
+        }
+        assert!("sign".parse::<RawOp>().is_err());
+        assert_eq!(counter_iv(1, 2), [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
     }
 
     #[test]
