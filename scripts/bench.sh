@@ -4,16 +4,24 @@
 #   scripts/bench.sh [--size N] [--threads N] [--secs S] [--reps N] [--filler-keys N] [--http]
 #                    [--isolation] [--policy] [--audit]
 #
-# 1. Builds the release binary and runs `hsm-kms bench-hsm`: raw PKCS#11 AES-256-GCM
-#    encrypt side by side with the same operation through the HSM layer, in one process
-#    and one run (SoftHSM2 tokens in a temporary folder), and prints the layer/raw ratio.
+# Everything it runs is built from this repository: `hsm-kms bench-hsm` (raw PKCS#11 and the
+# HSM layer, on SoftHSM2 tokens of its own) and `hsm-kms bench` (the HTTP load generator:
+# N keep-alive connections, every request SigV4-signed afresh, req/s counting 200 answers
+# only, p50/p99 latency, every other answer counted and shown as an error).
+#
+# 1. Always: `hsm-kms bench-hsm`: raw PKCS#11 AES-256-GCM encrypt side by side with the same
+#    operation through the HSM layer, in one process and one run, and the layer/raw ratio.
 #    Defaults: --size 32 --threads 2 --secs 1 --reps 5 --filler-keys 0.
 #    --filler-keys 10000 checks "throughput with 10,000 keys in the tokens within 10 % of
 #    1 key" (creating them takes minutes: SoftHSM2 writes ~100 keys/s per token).
-# 2. With --http or KMS_BENCH_HTTP=1: starts the service on 127.0.0.1 and drives it with
-#    ../shared/bench/kms-load.sh (wrk): Encrypt 32 B and GenerateDataKey at c=1,8,64,
-#    Sign ECDSA P-256 and RSA-2048 PSS at c=64, beside raw PKCS#11 sign (p11-limit)
-#    (KMS_BENCH_DURATION seconds per point, default 10). See hsm-facts.md §6–§8.
+# 2. With --http or KMS_BENCH_HTTP=1: `bench-hsm --ops all` also measures raw PKCS#11 alone
+#    for each operation below (one token, --threads threads, --reps x --secs, median); then
+#    the service is started on 127.0.0.1 (two local tokens) and `hsm-kms bench` drives it:
+#    Encrypt --size B and GenerateDataKey at c=1,8,64; Decrypt --size B, Sign ECDSA P-256
+#    and RSA-2048 PSS (DIGEST), GenerateMac HMAC-SHA-256 --size B at c=64. Each point is a
+#    1 s warm-up and KMS_BENCH_DURATION seconds measured (default 10). Prints ONE table:
+#    each operation's req/s, p50, p99 and errors beside the raw PKCS#11 ops/s of the same
+#    run and the ratio HTTP/raw.
 # 3. With --isolation: the HSM isolation modes side by side, alternated over 2 rounds:
 #    Encrypt 32 B and Sign ECDSA P-256 at c=64 with each HSM in a host process of its own
 #    (hsm_isolation = "process", the default) and inside the service ("in-process");
@@ -21,12 +29,14 @@
 # 4. With --policy: authorization's cost (issue 13), alternated over 2 rounds: Encrypt 32 B
 #    at c=64 by the account root on a key with the default policy, and by an IAM user with
 #    5 identity policies on a key with a 20-statement key policy with conditions; prints
-#    the user/root ratio (target >= 0.90).
+#    the user/root ratio (target >= 0.90). Its IAM setup needs the aws CLI and python3.
 # 5. With --audit: the audit trail's cost (issue 14), alternated over 2 rounds: Encrypt 32 B
 #    at c=64 with `audit_enabled = false` and with the trail on (fail-closed, group commit);
 #    prints the on/off ratio (target >= 0.85).
 #
-# Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it started.
+# Environment: KMS_BENCH_DURATION (seconds per HTTP point, default 10), KMS_BENCH_HTTP=1
+# (as --http). Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it
+# started.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # REPO, log/warn/die, build_release, kms_bin, ...
@@ -37,6 +47,7 @@ HTTP=${KMS_BENCH_HTTP:-0}
 ISOLATION=0
 POLICY=0
 AUDIT=0
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
@@ -48,7 +59,7 @@ while [ $# -gt 0 ]; do
     --isolation) ISOLATION=1; shift ;;
     --policy) POLICY=1; shift ;;
     --audit) AUDIT=1; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -68,45 +79,30 @@ log "build (target dir: $TARGET)"
 build_release
 BIN="$(kms_bin release)"
 
-# --- HSM layer vs raw PKCS#11 ---
-RATIO=
-if "$BIN" bench-hsm --help >/dev/null 2>&1; then
-  log "hsm-kms bench-hsm --size $SIZE --threads $THREADS --secs $SECS --reps $REPS --filler-keys $FILLER"
-  "$BIN" bench-hsm --size "$SIZE" --threads "$THREADS" --secs "$SECS" --reps "$REPS" \
-    --filler-keys "$FILLER" --dir "$TMP/hsm" | tee "$TMP/bench-hsm.txt"
-  RATIO=$(grep -m1 '^layer/raw' "$TMP/bench-hsm.txt" || true)
-  echo
-  echo "================================================================"
-  echo " RAW vs LAYER (AES-256-GCM ${SIZE} B, ${THREADS} threads):"
-  echo "   ${RATIO:-no 'layer/raw' line in the output}"
-  echo "   (1.00 = the layer is as fast as raw PKCS#11; hsm-facts.md: noise ±25 % run to run)"
-  echo "================================================================"
-else
-  warn "$BIN has no 'bench-hsm' subcommand yet (it wraps hsm::bench::run_gcm_bench); skipped"
-fi
+# --- HSM layer vs raw PKCS#11 (and, for --http, raw PKCS#11 per operation) ---
+OPS=()
+[ "$HTTP" != 1 ] || OPS=(--ops all)
+log "hsm-kms bench-hsm --size $SIZE --threads $THREADS --secs $SECS --reps $REPS --filler-keys $FILLER ${OPS[*]}"
+"$BIN" bench-hsm --size "$SIZE" --threads "$THREADS" --secs "$SECS" --reps "$REPS" \
+  --filler-keys "$FILLER" --dir "$TMP/hsm" "${OPS[@]}" | tee "$TMP/bench-hsm.txt"
+RATIO=$(grep -m1 '^layer/raw' "$TMP/bench-hsm.txt" || true)
+echo
+echo "================================================================"
+echo " RAW vs LAYER (AES-256-GCM ${SIZE} B, ${THREADS} threads):"
+echo "   ${RATIO:-no 'layer/raw' line in the output}"
+echo "   (1.00 = the layer is as fast as raw PKCS#11; hsm-facts.md: noise ±25 % run to run)"
+echo "================================================================"
 
-# --- HTTP benchmarks (issue 4) ---
+# --- HTTP benchmarks ---
 if [ "$HTTP" != 1 ] && [ "$ISOLATION" != 1 ] && [ "$POLICY" != 1 ] && [ "$AUDIT" != 1 ]; then
   echo "(HTTP benchmarks skipped: pass --http, --isolation, --policy, --audit, or set KMS_BENCH_HTTP=1)"
   exit 0
 fi
-if ! command -v wrk >/dev/null; then
-  log "wrk missing: apt-get install -y wrk"
-  (ensure_debian_packages wrk) || true
-fi
-if ! command -v wrk >/dev/null; then
-  warn "wrk is not installed; HTTP benchmarks skipped"
-  exit 0
-fi
-if ! command -v aws >/dev/null; then
-  warn "the aws CLI is missing (pip install awscli); HTTP benchmarks skipped"
-  exit 0
-fi
-LOAD="$REPO/../shared/bench/kms-load.sh"
 DUR=${KMS_BENCH_DURATION:-10}
+WARM=1
 
 # Start the service on a fresh state folder with `hsm_isolation = $2` (and `$3`, another
-# top-level config line); sets SERVER_PID and KMS_ENDPOINT and sources its credentials.
+# top-level config line); sets SERVER_PID and KMS_ENDPOINT and exports its credentials.
 start_server() { # state-dir isolation [config-line]
   local st=$1 iso=$2
   mkdir -p "$st"
@@ -117,7 +113,7 @@ start_server() { # state-dir isolation [config-line]
     >"$st/serve.out" 2>"$st/serve.err" &
   SERVER_PID=$!
   PORT=
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 300); do   # up to 30 s
     PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$st/serve.out" | head -n1)
     [ -n "$PORT" ] && break
     kill -0 "$SERVER_PID" 2>/dev/null || break
@@ -128,9 +124,10 @@ start_server() { # state-dir isolation [config-line]
   # shellcheck disable=SC1091
   . "$st/credentials.env"
   set +a
-  export KMS_ENDPOINT="http://127.0.0.1:$PORT"
+  export KMS_ENDPOINT="http://127.0.0.1:$PORT"   # the port is ours (KMS_LISTEN=...:0)
   export AWS_REGION=${AWS_REGION:-us-east-1}
   export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-$AWS_REGION}
+  log "server pid $SERVER_PID on $KMS_ENDPOINT (hsm_isolation = $iso)"
 }
 
 stop_server() {
@@ -139,19 +136,29 @@ stop_server() {
   SERVER_PID=
 }
 
+# load TAG FILE BENCH-ARGS...: one `hsm-kms bench` run against $KMS_ENDPOINT with the
+# credentials in the environment; appends its RESULT lines, prefixed with TAG, to FILE (and
+# shows them). Errors are never dropped: the error lines are shown and flagged.
+load() {
+  local tag=$1 file=$2
+  shift 2
+  local rc=0
+  "$BIN" bench --endpoint-url "$KMS_ENDPOINT" --duration "$DUR" --warmup "$WARM" "$@" \
+    >"$TMP/load.out" 2>"$TMP/load.err" || rc=$?
+  grep '^RESULT' "$TMP/load.out" | sed "s/^/$tag /" | tee -a "$file" || true
+  if [ "$rc" != 0 ]; then
+    grep '^errors of' "$TMP/load.out" >&2 || cat "$TMP/load.err" >&2
+    warn "hsm-kms bench $* reported errors (exit $rc); they are in the figures' errors column"
+  fi
+}
+
 if [ "$ISOLATION" = 1 ]; then
-  [ -f "$LOAD" ] || die "$LOAD not found (hsm-facts.md §7 describes the script)"
   : >"$TMP/isolation.txt"
   for round in 1 2; do
     for iso in in-process process; do
       start_server "$TMP/iso-$round-$iso" "$iso"
-      key=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
-      ec=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --key-spec ECC_NIST_P256 \
-        --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
-      bash "$LOAD" -k "$key" -o Encrypt -s 32 -c 64 -d "$DUR" 2>/dev/null | grep '^RESULT' \
-        | sed "s/^/$iso /" | tee -a "$TMP/isolation.txt"
-      bash "$LOAD" -k "$ec" -o Sign --sign-alg ECDSA_SHA_256 -c 64 -d "$DUR" 2>/dev/null \
-        | grep '^RESULT' | sed "s/^/$iso /" | tee -a "$TMP/isolation.txt"
+      load "$iso" "$TMP/isolation.txt" --op Encrypt --size 32 -c 64
+      load "$iso" "$TMP/isolation.txt" --op Sign --signing-algorithm ECDSA_SHA_256 -c 64
       stop_server
     done
   done
@@ -166,19 +173,16 @@ if [ "$ISOLATION" = 1 ]; then
   done
   echo " (targets: Encrypt >= 0.80, Sign ECDSA P-256 >= 0.90; same run, alternated)"
   echo "================================================================"
-  [ "$HTTP" = 1 ] || exit 0
+  [ "$HTTP" = 1 ] || [ "$POLICY" = 1 ] || [ "$AUDIT" = 1 ] || exit 0
 fi
 
 if [ "$AUDIT" = 1 ]; then
-  [ -f "$LOAD" ] || die "$LOAD not found (hsm-facts.md §7 describes the script)"
   : >"$TMP/audit.txt"
   for round in 1 2; do
     for mode in off on; do
       start_server "$TMP/audit-$round-$mode" process \
         "audit_enabled = $([ "$mode" = on ] && echo true || echo false)"
-      key=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
-      bash "$LOAD" -k "$key" -o Encrypt -s 32 -c 64 -d "$DUR" 2>/dev/null | grep '^RESULT' \
-        | sed "s/^/audit-$mode /" | tee -a "$TMP/audit.txt"
+      load "audit-$mode" "$TMP/audit.txt" --op Encrypt --size 32 -c 64
       stop_server
     done
   done
@@ -194,7 +198,8 @@ if [ "$AUDIT" = 1 ]; then
 fi
 
 if [ "$POLICY" = 1 ]; then
-  [ -f "$LOAD" ] || die "$LOAD not found (hsm-facts.md §7 describes the script)"
+  command -v aws >/dev/null || die "--policy sets up IAM users with the aws CLI: pip install awscli"
+  command -v python3 >/dev/null || die "--policy writes its policies with python3"
   start_server "$TMP/policy" process
   ROOT_ID=$AWS_ACCESS_KEY_ID ROOT_SECRET=$AWS_SECRET_ACCESS_KEY
   ACCOUNT=$(aws sts get-caller-identity --endpoint-url "$KMS_ENDPOINT" --query Account --output text)
@@ -250,12 +255,10 @@ PY
   : >"$TMP/policy.txt"
   for round in 1 2; do
     AWS_ACCESS_KEY_ID=$ROOT_ID AWS_SECRET_ACCESS_KEY=$ROOT_SECRET \
-      bash "$LOAD" -k "$plain" -o Encrypt -s 32 -c 64 -d "$DUR" --context app=bench 2>/dev/null \
-      | grep '^RESULT' | sed "s/^/root-default /" | tee -a "$TMP/policy.txt"
+      load root-default "$TMP/policy.txt" --op Encrypt --key-id "$plain" --size 32 -c 64 --context app=bench
     sleep 1   # a new access key is served within 0.5 s; the wait also settles the machine
     AWS_ACCESS_KEY_ID=$USER_ID AWS_SECRET_ACCESS_KEY=$USER_SECRET \
-      bash "$LOAD" -k "$custom" -o Encrypt -s 32 -c 64 -d "$DUR" --context app=bench 2>/dev/null \
-      | grep '^RESULT' | sed "s/^/user-policies /" | tee -a "$TMP/policy.txt"
+      load user-policies "$TMP/policy.txt" --op Encrypt --key-id "$custom" --size 32 -c 64 --context app=bench
   done
   stop_server
   echo
@@ -269,61 +272,36 @@ PY
   [ "$HTTP" = 1 ] || exit 0
 fi
 
-STATE="$TMP/http"
-mkdir -p "$STATE"
-log "hsm-kms setup-local --state-dir $STATE"
-"$BIN" setup-local --state-dir "$STATE"
-KMS_LISTEN=127.0.0.1:0 KMS_STATE_DIR="$STATE" "$BIN" serve --config "$STATE/config.toml" \
-  >"$TMP/serve.out" 2>"$TMP/serve.err" &
-SERVER_PID=$!
-PORT=
-for _ in $(seq 1 300); do   # up to 30 s
-  PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$TMP/serve.out" | head -n1)
-  [ -n "$PORT" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$PORT" ]; then
-  cat "$TMP/serve.out" "$TMP/serve.err" >&2
-  die "the server did not report 'listening on 127.0.0.1:PORT' (its output is above)"
-fi
-set -a
-# shellcheck disable=SC1091
-. "$STATE/credentials.env"
-set +a
-export KMS_ENDPOINT="http://127.0.0.1:$PORT"   # the port is ours (KMS_LISTEN=...:0)
-export AWS_REGION=${AWS_REGION:-us-east-1}
-export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-$AWS_REGION}
-log "server pid $SERVER_PID on $KMS_ENDPOINT"
-KEY_ID=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --query KeyMetadata.KeyId --output text)
-log "key $KEY_ID"
-if [ -f "$LOAD" ]; then
-  bash "$LOAD" -k "$KEY_ID" -o Encrypt -s 32 -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (Encrypt)"
-  bash "$LOAD" -k "$KEY_ID" -o GenerateDataKey -c 1,8,64 -d "$DUR" || warn "kms-load.sh reported errors (GenerateDataKey)"
-  # Sign (issue 6): ECDSA P-256 and RSA-2048 PSS at c=64, digests signed in the HSMs.
-  EC_KEY=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --key-spec ECC_NIST_P256 \
-    --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
-  RSA_KEY=$(aws kms create-key --endpoint-url "$KMS_ENDPOINT" --key-spec RSA_2048 \
-    --key-usage SIGN_VERIFY --query KeyMetadata.KeyId --output text)
-  bash "$LOAD" -k "$EC_KEY" -o Sign --sign-alg ECDSA_SHA_256 --message-type DIGEST -c 64 -d "$DUR" \
-    || warn "kms-load.sh reported errors (Sign ECDSA)"
-  bash "$LOAD" -k "$RSA_KEY" -o Sign --sign-alg RSASSA_PSS_SHA_256 --message-type DIGEST -c 64 -d "$DUR" \
-    || warn "kms-load.sh reported errors (Sign RSA-PSS)"
-  # Raw PKCS#11 sign on one token in the same run, from the shared p11-limit tool.
-  P11="$REPO/../shared/bench/p11-limit"
-  if [ -d "$P11" ]; then
-    cp -r "$P11" "$TMP/p11-limit" && chmod -R u+w "$TMP/p11-limit"
-    if (cd "$TMP/p11-limit" && cargo build --release -q); then
-      log "raw PKCS#11 sign (p11-limit, one token, 1 and 2 threads):"
-      "$TMP/p11-limit/target/release/p11-limit" bench --only sign --reps 3 --secs 1 2>/dev/null \
-        | grep -E 'ECDSA|PSS sign|operation|---' || true
-    fi
-  fi
-else
-  warn "$LOAD not found; HTTP load skipped (hsm-facts.md §7 describes the script)"
-fi
-kill "$SERVER_PID" 2>/dev/null || true
-wait "$SERVER_PID" 2>/dev/null || true
-SERVER_PID=
+# --http: every operation over HTTP, each beside its raw PKCS#11 figure of this run. The tag
+# of each run is the `bench-hsm --ops` name of the raw row it is compared with.
+start_server "$TMP/http" process
+: >"$TMP/http.txt"
+load encrypt "$TMP/http.txt" --op Encrypt --size "$SIZE" -c 1,8,64
+load generate-data-key "$TMP/http.txt" --op GenerateDataKey -c 1,8,64
+load decrypt "$TMP/http.txt" --op Decrypt --size "$SIZE" -c 64
+load sign-ecdsa-p256 "$TMP/http.txt" --op Sign --signing-algorithm ECDSA_SHA_256 --message-type DIGEST -c 64
+load sign-rsa-2048-pss "$TMP/http.txt" --op Sign --signing-algorithm RSASSA_PSS_SHA_256 \
+  --message-type DIGEST -c 64
+load generate-mac "$TMP/http.txt" --op GenerateMac --size "$SIZE" -c 64
+stop_server
 echo
+echo "================================================================"
+echo " HTTP (hsm-kms bench: ${WARM} s warm-up + ${DUR} s per point, 2 HSMs) vs raw PKCS#11 (bench-hsm:"
+echo " one token, ${THREADS} threads, median of ${REPS} x ${SECS} s), same run, same machine:"
+echo
+awk '
+  FNR == NR { if ($1 == "RAW") { split($2, o, "="); split($4, r, "="); raw[o[2]] = r[2] } next }
+  { tag = $1; label = $0; sub(/.* label=/, "", label)
+    for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    rr = (tag in raw) ? sprintf("%.0f", raw[tag]) : "n/a"
+    ratio = (tag in raw && raw[tag] > 0) ? sprintf("%.2f", v["rps"] / raw[tag]) : "n/a"
+    printf "| %s | %s | %.0f | %.3f | %.3f | %s | %s | %s |\n", label, v["c"], v["rps"],
+      v["p50_ms"], v["p99_ms"], v["errors"] + v["warmup_errors"], rr, ratio }
+  BEGIN { print "| operation | connections | req/s | p50 ms | p99 ms | errors | raw PKCS#11 ops/s | HTTP/raw |"
+          print "|---|---:|---:|---:|---:|---:|---:|---:|" }
+' "$TMP/bench-hsm.txt" "$TMP/http.txt"
+echo
+echo " errors: every answer but 200 (warm-up included); req/s counts 200 answers only."
+echo " HTTP/raw > 1 is possible: the service spreads the load over 2 HSMs, raw uses one token."
+echo "================================================================"
 echo "Reminder: ${RATIO:-layer/raw = n/a}"

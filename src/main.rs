@@ -542,7 +542,10 @@ fn bench(a: BenchArgs) -> Result<bool> {
                 prepared.key_id
             );
         } else if prepared.created {
-            eprintln!("bench: key {} scheduled for deletion in 7 days", prepared.key_id);
+            eprintln!(
+                "bench: key {} scheduled for deletion in 7 days",
+                prepared.key_id
+            );
         }
         Ok::<_, anyhow::Error>(outcomes)
     })?;

@@ -67,8 +67,13 @@ async fn bench(s: &Service, secret: &str, args: &[&str]) -> (Option<i32>, Vec<Va
     let mut all = vec!["bench", "--json", "--warmup", "0.2"];
     all.extend_from_slice(args);
     let o = output(hsm_kms(s, secret, &all)).await;
-    let j: Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {} / {}", String::from_utf8_lossy(&o.stdout), stderr(&o)));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} / {}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        )
+    });
     (o.status.code(), j["runs"].as_array().unwrap().clone())
 }
 
@@ -77,7 +82,16 @@ async fn bench_counts_successes_and_counts_errors() {
     let s = service().await;
     let key = s.client.create_key(json!({})).await;
     let args = [
-        "--op", "Encrypt", "--key-id", key.as_str(), "-c", "4", "--duration", "1", "--size", "64",
+        "--op",
+        "Encrypt",
+        "--key-id",
+        key.as_str(),
+        "-c",
+        "4",
+        "--duration",
+        "1",
+        "--size",
+        "64",
     ];
     let (code, runs) = bench(&s, &secret(&s), &args).await;
     assert_eq!(code, Some(0), "{runs:?}");
@@ -112,12 +126,27 @@ async fn bench_counts_successes_and_counts_errors() {
     let o = output(hsm_kms(
         &s,
         "not-the-secret",
-        &["bench", "--op", "Encrypt", "--key-id", key.as_str(), "-c", "1", "--duration", "0.2", "--warmup", "0"],
+        &[
+            "bench",
+            "--op",
+            "Encrypt",
+            "--key-id",
+            key.as_str(),
+            "-c",
+            "1",
+            "--duration",
+            "0.2",
+            "--warmup",
+            "0",
+        ],
     ))
     .await;
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("RESULT op=Encrypt c=1 requests=0 "), "{text}");
-    assert!(text.contains(": HTTP 400 InvalidSignatureException: "), "{text}");
+    assert!(
+        text.contains(": HTTP 400 InvalidSignatureException: "),
+        "{text}"
+    );
 }
 
 /// Every operation the load generator drives, on keys it creates (and schedules for
@@ -129,7 +158,14 @@ async fn bench_drives_every_operation_on_keys_it_creates() {
         &["--op", "Decrypt", "--context", "app=bench"][..],
         &["--op", "GenerateDataKey"],
         &["--op", "Sign", "--message-type", "DIGEST"],
-        &["--op", "Sign", "--signing-algorithm", "RSASSA_PSS_SHA_256", "--size", "100"],
+        &[
+            "--op",
+            "Sign",
+            "--signing-algorithm",
+            "RSASSA_PSS_SHA_256",
+            "--size",
+            "100",
+        ],
         &["--op", "GenerateMac", "--size", "1024"],
     ] {
         let mut all = vec!["-c", "2", "--duration", "0.3"];
@@ -222,7 +258,18 @@ async fn envelope_round_trips_1_gib_in_constant_memory() {
     let (o, enc_peak) = run_measured(hsm_kms(
         &s,
         &secret(&s),
-        &["envelope", "encrypt", "--key-id", key.as_str(), "--in", p(&plain).as_str(), "--out", p(&sealed).as_str(), "--context", "size=1GiB"],
+        &[
+            "envelope",
+            "encrypt",
+            "--key-id",
+            key.as_str(),
+            "--in",
+            p(&plain).as_str(),
+            "--out",
+            p(&sealed).as_str(),
+            "--context",
+            "size=1GiB",
+        ],
     ))
     .await;
     assert!(o.status.success(), "{}", stderr(&o));
@@ -239,7 +286,16 @@ async fn envelope_round_trips_1_gib_in_constant_memory() {
     let (o, dec_peak) = run_measured(hsm_kms(
         &s,
         &secret(&s),
-        &["envelope", "decrypt", "--in", p(&sealed).as_str(), "--out", p(&opened).as_str(), "--context", "size=1GiB"],
+        &[
+            "envelope",
+            "decrypt",
+            "--in",
+            p(&sealed).as_str(),
+            "--out",
+            p(&opened).as_str(),
+            "--context",
+            "size=1GiB",
+        ],
     ))
     .await;
     assert!(o.status.success(), "{}", stderr(&o));
@@ -286,14 +342,25 @@ async fn envelope_refuses_every_altered_file() {
     let path = |n: &str| -> PathBuf { dir.path().join(n) };
     let p = |n: &str| path(n).to_str().unwrap().to_string();
     // 3 full chunks and a partial one.
-    let data: Vec<u8> = (0..3 * CHUNK + 12_345).map(|i| (i * 7 % 253) as u8).collect();
+    let data: Vec<u8> = (0..3 * CHUNK + 12_345)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
     std::fs::write(path("plain"), &data).unwrap();
     let sec = secret(&s);
     let run = |args: &[&str]| output(hsm_kms(&s, &sec, args));
     let ctx = ["--context", "purpose=test", "--context", "team=ops"];
 
     let (plain, sealed) = (p("plain"), p("sealed"));
-    let mut enc = vec!["envelope", "encrypt", "--key-id", key.as_str(), "--in", plain.as_str(), "--out", sealed.as_str()];
+    let mut enc = vec![
+        "envelope",
+        "encrypt",
+        "--key-id",
+        key.as_str(),
+        "--in",
+        plain.as_str(),
+        "--out",
+        sealed.as_str(),
+    ];
     enc.extend_from_slice(&ctx);
     let o = run(&enc).await;
     assert!(o.status.success(), "{}", stderr(&o));
@@ -306,8 +373,18 @@ async fn envelope_refuses_every_altered_file() {
 
     // The untouched file decrypts, with or without a subset of its context and its key.
     let out = p("out");
-    for extra in [&[][..], &["--context", "team=ops", "--key-id", key.as_str()][..]] {
-        let mut args = vec!["envelope", "decrypt", "--in", sealed.as_str(), "--out", out.as_str()];
+    for extra in [
+        &[][..],
+        &["--context", "team=ops", "--key-id", key.as_str()][..],
+    ] {
+        let mut args = vec![
+            "envelope",
+            "decrypt",
+            "--in",
+            sealed.as_str(),
+            "--out",
+            out.as_str(),
+        ];
         args.extend_from_slice(extra);
         let o = run(&args).await;
         assert!(o.status.success(), "{}", stderr(&o));
@@ -330,19 +407,63 @@ async fn envelope_refuses_every_altered_file() {
     let header_cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("magic byte", flip(0), "not a valid envelope file"),
         ("version byte", flip(4), "not a valid envelope file"),
-        ("data key blob byte", flip(edk_at), "InvalidCiphertextException"),
-        ("context value byte", flip(ctx_value_at), "InvalidCiphertextException"),
+        (
+            "data key blob byte",
+            flip(edk_at),
+            "InvalidCiphertextException",
+        ),
+        (
+            "context value byte",
+            flip(ctx_value_at),
+            "InvalidCiphertextException",
+        ),
         ("chunk size byte", flip(h - 10), "failed authentication"),
         ("nonce prefix byte", flip(h - 1), "failed authentication"),
-        ("first chunk byte", flip(h + 10), "chunk 0 failed authentication"),
-        ("middle chunk byte", flip(h + c + c / 2), "chunk 1 failed authentication"),
-        ("last chunk byte", flip(good.len() - 20), "chunk 3 failed authentication"),
-        ("last tag byte", flip(good.len() - 1), "chunk 3 failed authentication"),
-        ("cut at the chunk 3 boundary", good[..h + 3 * c].to_vec(), "chunk 2 failed authentication"),
-        ("cut at the chunk 1 boundary", good[..h + c].to_vec(), "chunk 0 failed authentication"),
-        ("cut inside the last chunk", good[..good.len() - 100].to_vec(), "chunk 3 failed authentication"),
-        ("cut after the header", good[..h].to_vec(), "ends inside chunk 0"),
-        ("cut inside the header", good[..h - 3].to_vec(), "ends inside the header"),
+        (
+            "first chunk byte",
+            flip(h + 10),
+            "chunk 0 failed authentication",
+        ),
+        (
+            "middle chunk byte",
+            flip(h + c + c / 2),
+            "chunk 1 failed authentication",
+        ),
+        (
+            "last chunk byte",
+            flip(good.len() - 20),
+            "chunk 3 failed authentication",
+        ),
+        (
+            "last tag byte",
+            flip(good.len() - 1),
+            "chunk 3 failed authentication",
+        ),
+        (
+            "cut at the chunk 3 boundary",
+            good[..h + 3 * c].to_vec(),
+            "chunk 2 failed authentication",
+        ),
+        (
+            "cut at the chunk 1 boundary",
+            good[..h + c].to_vec(),
+            "chunk 0 failed authentication",
+        ),
+        (
+            "cut inside the last chunk",
+            good[..good.len() - 100].to_vec(),
+            "chunk 3 failed authentication",
+        ),
+        (
+            "cut after the header",
+            good[..h].to_vec(),
+            "ends inside chunk 0",
+        ),
+        (
+            "cut inside the header",
+            good[..h - 3].to_vec(),
+            "ends inside the header",
+        ),
         (
             "chunk 1 dropped",
             [&good[..h], chunk(0), chunk(2), chunk(3)].concat(),
@@ -358,13 +479,29 @@ async fn envelope_refuses_every_altered_file() {
             [&good[..h], chunk(0), chunk(2), chunk(1), chunk(3)].concat(),
             "chunk 1 failed authentication",
         ),
-        ("a chunk appended", [&good[..], chunk(1)].concat(), "chunk 3 failed authentication"),
-        ("a byte appended", [&good[..], &[0u8][..]].concat(), "chunk 3 failed authentication"),
+        (
+            "a chunk appended",
+            [&good[..], chunk(1)].concat(),
+            "chunk 3 failed authentication",
+        ),
+        (
+            "a byte appended",
+            [&good[..], &[0u8][..]].concat(),
+            "chunk 3 failed authentication",
+        ),
     ];
     let bad = p("bad");
     for (what, bytes, want) in header_cases {
         std::fs::write(path("bad"), &bytes).unwrap();
-        let o = run(&["envelope", "decrypt", "--in", bad.as_str(), "--out", out.as_str()]).await;
+        let o = run(&[
+            "envelope",
+            "decrypt",
+            "--in",
+            bad.as_str(),
+            "--out",
+            out.as_str(),
+        ])
+        .await;
         let e = stderr(&o);
         assert!(!o.status.success(), "{what}: accepted");
         assert!(e.contains(want), "{what}: {e}");
@@ -375,11 +512,30 @@ async fn envelope_refuses_every_altered_file() {
 
     // The right file with another context or key.
     for (what, extra, want) in [
-        ("another context value", &["--context", "purpose=prod"][..], "another value for \"purpose\""),
-        ("a context key the file lacks", &["--context", "owner=me"], "no key \"owner\""),
-        ("another key", &["--key-id", other_key.as_str()], "IncorrectKeyException"),
+        (
+            "another context value",
+            &["--context", "purpose=prod"][..],
+            "another value for \"purpose\"",
+        ),
+        (
+            "a context key the file lacks",
+            &["--context", "owner=me"],
+            "no key \"owner\"",
+        ),
+        (
+            "another key",
+            &["--key-id", other_key.as_str()],
+            "IncorrectKeyException",
+        ),
     ] {
-        let mut args = vec!["envelope", "decrypt", "--in", sealed.as_str(), "--out", out.as_str()];
+        let mut args = vec![
+            "envelope",
+            "decrypt",
+            "--in",
+            sealed.as_str(),
+            "--out",
+            out.as_str(),
+        ];
         args.extend_from_slice(extra);
         let o = run(&args).await;
         let e = stderr(&o);
@@ -390,10 +546,27 @@ async fn envelope_refuses_every_altered_file() {
 
     // No output over an existing file without --force; no output at all when KMS refuses.
     std::fs::write(path("out"), b"keep").unwrap();
-    let o = run(&["envelope", "decrypt", "--in", sealed.as_str(), "--out", out.as_str()]).await;
+    let o = run(&[
+        "envelope",
+        "decrypt",
+        "--in",
+        sealed.as_str(),
+        "--out",
+        out.as_str(),
+    ])
+    .await;
     assert!(stderr(&o).contains("pass --force"), "{}", stderr(&o));
     assert_eq!(std::fs::read(path("out")).unwrap(), b"keep");
-    let o = run(&["envelope", "decrypt", "--in", sealed.as_str(), "--out", out.as_str(), "--force"]).await;
+    let o = run(&[
+        "envelope",
+        "decrypt",
+        "--in",
+        sealed.as_str(),
+        "--out",
+        out.as_str(),
+        "--force",
+    ])
+    .await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read(path("out")).unwrap() == data);
     let mut args = enc.clone();

@@ -134,10 +134,7 @@ impl Signer {
             &signed_headers,
             &payload_hash,
         );
-        let scope = format!(
-            "{day}/{}/{}/{SCOPE_TERMINATOR}",
-            self.region, self.service
-        );
+        let scope = format!("{day}/{}/{}/{SCOPE_TERMINATOR}", self.region, self.service);
         let sts = string_to_sign(&amz_date, &scope, &creq);
         let signature = {
             let mut cached = self.key.lock();
@@ -329,7 +326,10 @@ mod tests {
         assert_eq!(h["authorization"], want["authorization"]);
         assert_eq!(h["x-amz-security-token"], want["x-amz-security-token"]);
         let shown = format!("{s:?}");
-        assert!(!shown.contains(SECRET) && !shown.contains("EXAMPLE"), "{shown}");
+        assert!(
+            !shown.contains(SECRET) && !shown.contains("EXAMPLE"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -624,7 +624,10 @@ fn join_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
 /// `name:value` lines for the given (lower-case) names joined with `\n`, plus a final `\n`,
 /// exactly as botocore builds the header block. A signed header absent from the request
 /// contributes `name:`.
-pub(super) fn canonical_headers<'n>(headers: &HeaderMap, names: impl Iterator<Item = &'n str>) -> Vec<u8> {
+pub(super) fn canonical_headers<'n>(
+    headers: &HeaderMap,
+    names: impl Iterator<Item = &'n str>,
+) -> Vec<u8> {
     let mut lines: Vec<Vec<u8>> = Vec::new();
     for name in names {
         let mut line = Vec::with_capacity(name.len() + 32);
@@ -679,7 +682,11 @@ pub(super) fn canonical_request(
     c
 }
 
-pub(super) fn string_to_sign(amz_date: &str, credential_scope: &str, canonical_request: &[u8]) -> String {
+pub(super) fn string_to_sign(
+    amz_date: &str,
+    credential_scope: &str,
+    canonical_request: &[u8],
+) -> String {
     format!(
         "{ALGORITHM}\n{amz_date}\n{credential_scope}\n{}",
         hex::encode(Sha256::digest(canonical_request))
@@ -711,7 +718,12 @@ pub(super) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 }
 
 /// `kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")`.
-pub(super) fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Zeroizing<[u8; 32]> {
+pub(super) fn signing_key(
+    secret: &str,
+    date: &str,
+    region: &str,
+    service: &str,
+) -> Zeroizing<[u8; 32]> {
     let mut k_secret = Zeroizing::new(Vec::with_capacity(4 + secret.len()));
     k_secret.extend_from_slice(b"AWS4");
     k_secret.extend_from_slice(secret.as_bytes());

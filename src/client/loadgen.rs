@@ -277,7 +277,10 @@ pub async fn prepare(client: &Arc<Client>, workload: &Workload) -> Result<Prepar
             req.insert("KeySpec".into(), Value::String("AES_256".into()));
         }
         Operation::Sign => {
-            req.insert("Message".into(), Value::String(b64(&workload.sign_message())));
+            req.insert(
+                "Message".into(),
+                Value::String(b64(&workload.sign_message())),
+            );
             req.insert(
                 "MessageType".into(),
                 Value::String(workload.message_type.clone()),
@@ -301,10 +304,7 @@ pub async fn prepare(client: &Arc<Client>, workload: &Workload) -> Result<Prepar
             Operation::Encrypt | Operation::Decrypt | Operation::GenerateDataKey
         )
     {
-        req.insert(
-            "EncryptionContext".into(),
-            context_json(&workload.context),
-        );
+        req.insert("EncryptionContext".into(), context_json(&workload.context));
     }
     let body = serde_json::to_vec(&Value::Object(req)).map_err(|e| ClientError::Protocol {
         operation: workload.operation.name().into(),
@@ -627,7 +627,10 @@ mod tests {
         w.signing_algorithm = "SOMETHING".into();
         assert!(w.key_for().is_err());
         let w = Workload::new(Operation::GenerateMac);
-        assert_eq!(w.key_for().unwrap(), ("HMAC_256".into(), "GENERATE_VERIFY_MAC"));
+        assert_eq!(
+            w.key_for().unwrap(),
+            ("HMAC_256".into(), "GENERATE_VERIFY_MAC")
+        );
         assert_eq!(Workload::new(Operation::Encrypt).label(), "Encrypt 32 B");
     }
 }

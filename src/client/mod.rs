@@ -202,9 +202,7 @@ impl ClientOptions {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Client, ClientError> {
         let file = match &self.credentials_file {
-            Some(p) => parse_env_file(
-                &std::fs::read_to_string(p).map_err(ClientError::io(p))?,
-            ),
+            Some(p) => parse_env_file(&std::fs::read_to_string(p).map_err(ClientError::io(p))?),
             None => Vec::new(),
         };
         let var = |name: &str| {
@@ -443,7 +441,11 @@ impl Connection {
 
     /// Calls KMS operation `op` with the JSON `request`; the body of a 200 answer, else
     /// [`ClientError::Kms`].
-    pub async fn call(&mut self, op: &str, request: &serde_json::Value) -> Result<Bytes, ClientError> {
+    pub async fn call(
+        &mut self,
+        op: &str,
+        request: &serde_json::Value,
+    ) -> Result<Bytes, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Protocol {
             operation: op.to_string(),
             message: e.to_string(),
@@ -469,12 +471,21 @@ mod tests {
     #[test]
     fn endpoints() {
         let e = Endpoint::parse("http://127.0.0.1:4599").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("127.0.0.1", 4599, "/"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("127.0.0.1", 4599, "/")
+        );
         assert_eq!(e.authority, "127.0.0.1:4599");
         let e = Endpoint::parse("http://[::1]:80/kms/").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("::1", 80, "/kms/"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("::1", 80, "/kms/")
+        );
         let e = Endpoint::parse("http://kms.internal").unwrap();
-        assert_eq!((e.port, e.authority.to_str().unwrap()), (80, "kms.internal"));
+        assert_eq!(
+            (e.port, e.authority.to_str().unwrap()),
+            (80, "kms.internal")
+        );
         for bad in [
             "https://kms.us-east-1.amazonaws.com",
             "127.0.0.1:4599",

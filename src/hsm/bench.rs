@@ -33,9 +33,9 @@
 use super::cluster::{ClusterOptions, HsmCluster};
 use super::error::{HsmError, Operation};
 use super::instance::{find_slot, load_module};
-use super::mechanisms::IV_LEN;
 use super::kinds::{PairSpec, PairUse, SignScheme};
 use super::mechanisms;
+use super::mechanisms::IV_LEN;
 use super::softhsm::{self, LocalHsm};
 use super::templates;
 use crate::pkix::{Curve, Hash};
@@ -428,7 +428,10 @@ impl std::fmt::Display for RawReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{}", self.setup)?;
         writeln!(f)?;
-        writeln!(f, "| raw PKCS#11 operation | threads | ops/s (median) | min–max |")?;
+        writeln!(
+            f,
+            "| raw PKCS#11 operation | threads | ops/s (median) | min–max |"
+        )?;
         writeln!(f, "|---|---:|---:|---:|")?;
         for (_, r) in &self.rows {
             writeln!(
@@ -475,9 +478,18 @@ pub fn run_raw_ops(
     let work = dir.join(format!("hsm-raw-ops-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let r = std::thread::scope(|s| {
-        s.spawn(|| raw_ops_in(&work, ops, size, threads, Duration::from_secs_f64(secs), reps))
-            .join()
-            .unwrap_or_else(|_| Err(HsmError::Internal("bench thread panicked".into())))
+        s.spawn(|| {
+            raw_ops_in(
+                &work,
+                ops,
+                size,
+                threads,
+                Duration::from_secs_f64(secs),
+                reps,
+            )
+        })
+        .join()
+        .unwrap_or_else(|_| Err(HsmError::Internal("bench thread panicked".into())))
     });
     let _ = std::fs::remove_dir_all(&work);
     r
@@ -501,11 +513,13 @@ fn raw_ops_in(
         let aes = raw.key;
         match op {
             RawOp::Encrypt => raw.measure(threads, dur, &plaintext, false),
-            RawOp::Decrypt => raw.measure_with(threads, dur, Operation::AesGcmDecrypt, &|s, _, _| {
-                let mut iv = DECRYPT_IV;
-                s.decrypt(&mechanisms::gcm(&mut iv, AAD)?, aes, &keys.ciphertext)?;
-                Ok(())
-            }),
+            RawOp::Decrypt => {
+                raw.measure_with(threads, dur, Operation::AesGcmDecrypt, &|s, _, _| {
+                    let mut iv = DECRYPT_IV;
+                    s.decrypt(&mechanisms::gcm(&mut iv, AAD)?, aes, &keys.ciphertext)?;
+                    Ok(())
+                })
+            }
             RawOp::GenerateDataKey => {
                 raw.measure_with(threads, dur, Operation::AesGcmEncrypt, &|s, t, n| {
                     let dk = Zeroizing::new(s.generate_random_vec(32)?);
@@ -550,7 +564,10 @@ fn raw_ops_in(
             v.sort_by(f64::total_cmp);
             let (Some(ops_per_sec), Some(&min), Some(&max)) = (median(&v), v.first(), v.last())
             else {
-                return Err(HsmError::Internal(format!("bench: no samples for {}", op.name())));
+                return Err(HsmError::Internal(format!(
+                    "bench: no samples for {}",
+                    op.name()
+                )));
             };
             Ok((
                 op,
@@ -648,15 +665,24 @@ impl RawToken {
             .as_ref()
             .ok_or_else(|| HsmError::Internal("bench: no session".into()))?;
         let pair = |spec: PairSpec, mech: Mechanism<'_>, id: &[u8]| {
-            let mut public = templates::generated_public_key(id, "hsm-kms bench raw", PairUse::Sign);
+            let mut public =
+                templates::generated_public_key(id, "hsm-kms bench raw", PairUse::Sign);
             public.extend(templates::key_pair_params(spec));
             let private = templates::private_key(spec, id, "hsm-kms bench raw", PairUse::Sign);
             s.generate_key_pair(&mech, &public, &private)
                 .map(|(_, private)| private)
                 .map_err(ck(Operation::GenerateKeyPair))
         };
-        let ec = pair(PairSpec::Ec(Curve::P256), Mechanism::EccKeyPairGen, b"bench/ec")?;
-        let rsa = pair(PairSpec::Rsa(2048), Mechanism::RsaPkcsKeyPairGen, b"bench/rsa")?;
+        let ec = pair(
+            PairSpec::Ec(Curve::P256),
+            Mechanism::EccKeyPairGen,
+            b"bench/ec",
+        )?;
+        let rsa = pair(
+            PairSpec::Rsa(2048),
+            Mechanism::RsaPkcsKeyPairGen,
+            b"bench/rsa",
+        )?;
         let hmac = s
             .generate_key(
                 &Mechanism::GenericSecretKeyGen,
@@ -784,7 +810,10 @@ mod tests {
         }
         let text = r.to_string();
         for op in RawOp::ALL {
-            assert!(text.contains(&format!("RAW op={} threads=1 ", op.name())), "{text}");
+            assert!(
+                text.contains(&format!("RAW op={} threads=1 ", op.name())),
+                "{text}"
+            );
             assert_eq!(op.name().parse::<RawOp>(), Ok(op));
         }
         assert!("sign".parse::<RawOp>().is_err());

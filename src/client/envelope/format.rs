@@ -120,9 +120,7 @@ impl Header {
         out.extend_from_slice(&self.chunk_size.to_be_bytes());
         out.extend_from_slice(&self.nonce_prefix);
         if out.len() > MAX_HEADER_LEN {
-            return Err(format(format!(
-                "header longer than {MAX_HEADER_LEN} bytes"
-            )));
+            return Err(format(format!("header longer than {MAX_HEADER_LEN} bytes")));
         }
         Ok(out)
     }
@@ -168,9 +166,7 @@ impl Header {
                 return Err(format("an encryption context key is empty"));
             }
             if last.as_ref().is_some_and(|l| l.as_bytes() >= k.as_bytes()) {
-                return Err(format(
-                    "encryption context keys out of order or repeated",
-                ));
+                return Err(format("encryption context keys out of order or repeated"));
             }
             last = Some(k.clone());
             context.insert(k, v);
@@ -204,9 +200,7 @@ struct Reader<'a, R: Read> {
 impl<R: Read> Reader<'_, R> {
     fn bytes(&mut self, n: usize, what: &str) -> Result<Vec<u8>, ClientError> {
         if self.raw.len() + n > MAX_HEADER_LEN {
-            return Err(format(format!(
-                "header longer than {MAX_HEADER_LEN} bytes"
-            )));
+            return Err(format(format!("header longer than {MAX_HEADER_LEN} bytes")));
         }
         let mut v = vec![0u8; n];
         self.r.read_exact(&mut v).map_err(|e| {
@@ -235,8 +229,7 @@ impl<R: Read> Reader<'_, R> {
 
     fn string(&mut self, what: &str) -> Result<String, ClientError> {
         let n = self.u16(what)?;
-        String::from_utf8(self.bytes(n, what)?)
-            .map_err(|_| format(format!("{what} is not UTF-8")))
+        String::from_utf8(self.bytes(n, what)?).map_err(|_| format(format!("{what} is not UTF-8")))
     }
 }
 
@@ -250,11 +243,7 @@ pub struct ChunkCipher {
 impl ChunkCipher {
     /// The chunk cipher of the file whose header bytes are `header_raw`, under `data_key`
     /// (copied into the cipher's key schedule, which is zeroized on drop).
-    pub fn new(
-        data_key: &[u8; 32],
-        header_raw: &[u8],
-        prefix: [u8; PREFIX_LEN],
-    ) -> ChunkCipher {
+    pub fn new(data_key: &[u8; 32], header_raw: &[u8], prefix: [u8; PREFIX_LEN]) -> ChunkCipher {
         ChunkCipher {
             aead: Aes256Gcm::new(data_key.into()),
             header_hash: Sha256::digest(header_raw).into(),
@@ -410,12 +399,14 @@ mod tests {
             MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE,
             any::<[u8; PREFIX_LEN]>(),
         )
-            .prop_map(|(encrypted_data_key, context, chunk_size, nonce_prefix)| Header {
-                encrypted_data_key,
-                context,
-                chunk_size,
-                nonce_prefix,
-            })
+            .prop_map(
+                |(encrypted_data_key, context, chunk_size, nonce_prefix)| Header {
+                    encrypted_data_key,
+                    context,
+                    chunk_size,
+                    nonce_prefix,
+                },
+            )
     }
 
     proptest! {

@@ -21,7 +21,7 @@ use super::{Client, ClientError};
 use crate::fsutil::AtomicFile;
 use base64::Engine as _;
 use format::{ChunkCipher, Header, TAG_LEN};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -107,13 +107,13 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// A data key and the other members of the answer that carried it.
+type KeyAnswer = (Zeroizing<[u8; 32]>, Map<String, Value>);
+
 /// The `Plaintext` (a 32-byte key) and the other members of a KMS answer; the copies of
 /// the key this code makes are zeroized (the answer's body included). Buffers inside the
 /// HTTP library are not: best effort.
-fn data_key_answer(
-    op: &str,
-    body: bytes::Bytes,
-) -> Result<(Zeroizing<[u8; 32]>, Map<String, Value>), ClientError> {
+fn data_key_answer(op: &str, body: bytes::Bytes) -> Result<KeyAnswer, ClientError> {
     let protocol = |m: &str| ClientError::Protocol {
         operation: op.to_string(),
         message: m.to_string(),
@@ -174,10 +174,13 @@ pub async fn encrypt(
         )));
     }
     let input = std::fs::File::open(&req.input).map_err(ClientError::io(&req.input))?;
-    let mut gdk = json!({"KeyId": req.key_id, "KeySpec": "AES_256"});
+    let mut gdk = Map::new();
+    gdk.insert("KeyId".into(), Value::String(req.key_id.clone()));
+    gdk.insert("KeySpec".into(), Value::String("AES_256".into()));
     if !req.context.is_empty() {
-        gdk["EncryptionContext"] = context_json(&req.context);
+        gdk.insert("EncryptionContext".into(), context_json(&req.context));
     }
+    let gdk = Value::Object(gdk);
     let op = "GenerateDataKey";
     let body = client.connect().await?.call(op, &gdk).await?;
     let (data_key, rest) = data_key_answer(op, body)?;
@@ -246,13 +249,18 @@ pub async fn decrypt(
             }
         }
     }
-    let mut dec = json!({"CiphertextBlob": b64(&header.encrypted_data_key)});
+    let mut dec = Map::new();
+    dec.insert(
+        "CiphertextBlob".into(),
+        Value::String(b64(&header.encrypted_data_key)),
+    );
     if !header.context.is_empty() {
-        dec["EncryptionContext"] = context_json(&header.context);
+        dec.insert("EncryptionContext".into(), context_json(&header.context));
     }
     if let Some(k) = &req.key_id {
-        dec["KeyId"] = Value::String(k.clone());
+        dec.insert("KeyId".into(), Value::String(k.clone()));
     }
+    let dec = Value::Object(dec);
     let op = "Decrypt";
     let body = client.connect().await?.call(op, &dec).await?;
     let (data_key, rest) = data_key_answer(op, body)?;
@@ -385,9 +393,9 @@ pub fn open_stream<R: Read, W: Write>(
         if last {
             return Ok((bytes, u64::from(index) + 1));
         }
-        index = index.checked_add(1).ok_or_else(|| {
-            ClientError::Format("more chunks than the format counts".into())
-        })?;
+        index = index
+            .checked_add(1)
+            .ok_or_else(|| ClientError::Format("more chunks than the format counts".into()))?;
         std::mem::swap(&mut cur, &mut next);
     }
 }
@@ -470,11 +478,20 @@ mod tests {
             ("cut after chunk 1", sealed[..c].to_vec()),
             ("cut after chunk 2", sealed[..2 * c].to_vec()),
             ("cut after chunk 3", sealed[..3 * c].to_vec()),
-            ("cut inside the last chunk", sealed[..sealed.len() - 1].to_vec()),
+            (
+                "cut inside the last chunk",
+                sealed[..sealed.len() - 1].to_vec(),
+            ),
             ("cut inside chunk 2", sealed[..c + 5].to_vec()),
             ("chunk 1 dropped", [chunk(0), chunk(2), chunk(3)].concat()),
-            ("chunk 0 duplicated", [chunk(0), chunk(0), chunk(1), chunk(2), chunk(3)].concat()),
-            ("chunks 1 and 2 swapped", [chunk(0), chunk(2), chunk(1), chunk(3)].concat()),
+            (
+                "chunk 0 duplicated",
+                [chunk(0), chunk(0), chunk(1), chunk(2), chunk(3)].concat(),
+            ),
+            (
+                "chunks 1 and 2 swapped",
+                [chunk(0), chunk(2), chunk(1), chunk(3)].concat(),
+            ),
             ("a chunk appended", [&sealed[..], chunk(1)].concat()),
             ("the last chunk repeated", [&sealed[..], chunk(3)].concat()),
             ("a byte appended", [&sealed[..], &[0][..]].concat()),
