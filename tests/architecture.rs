@@ -3,6 +3,8 @@
 //! - `kms` (the domain) names no axum, cryptoki, rusqlite or `hsm` type; it reaches the
 //!   HSMs through its own `KeyVault` port;
 //! - `api` names no cryptoki and no `hsm` type;
+//! - `client` (the user's side of the wire) names nothing of the service but `auth`'s
+//!   signer and `fsutil`;
 //! - no PKCS#11 return value is matched outside `src/hsm/error.rs`;
 //! - the modules of `src/hsm` import each other without cycles;
 //! - every module starts with a `//!` doc comment.
@@ -86,6 +88,24 @@ fn the_domain_names_no_transport_token_or_sql_type() {
 #[test]
 fn the_api_names_no_hsm_type() {
     assert_names_none("api", &["cryptoki", "crate::hsm", "HsmCluster", "rusqlite"]);
+}
+
+#[test]
+fn the_client_knows_only_the_wire() {
+    assert_names_none(
+        "client",
+        &[
+            "crate::kms",
+            "crate::hsm",
+            "crate::store",
+            "crate::api",
+            "crate::audit",
+            "crate::app",
+            "cryptoki",
+            "rusqlite",
+            "axum",
+        ],
+    );
 }
 
 #[test]
