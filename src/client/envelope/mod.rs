@@ -1,7 +1,7 @@
 //! `hsm-kms envelope encrypt|decrypt`: envelope encryption of files of any size under a KMS
 //! key, as the AWS Encryption SDK does it: KMS makes a fresh AES-256 data key
 //! (`GenerateDataKey`), the file is encrypted here with it, and only the data key's KMS
-//! ciphertext travels with the file ([`format`] has the layout). Decryption asks KMS to
+//! ciphertext travels with the file ([`mod@format`] has the layout). Decryption asks KMS to
 //! decrypt the data key (`Decrypt`, with the encryption context stored in the file, as the
 //! Encryption SDKs pass it) and then the file.
 //!
