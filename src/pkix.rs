@@ -301,6 +301,17 @@ impl Hash {
         }
     }
 
+    /// The hash's name as PKCS#11 and the KMS API write it (`SHA-256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Hash::Sha1 => "SHA-1",
+            Hash::Sha224 => "SHA-224",
+            Hash::Sha256 => "SHA-256",
+            Hash::Sha384 => "SHA-384",
+            Hash::Sha512 => "SHA-512",
+        }
+    }
+
     /// Always `false`: no digest is empty (the pair of [`Hash::len`] clippy asks for).
     pub fn is_empty(self) -> bool {
         false

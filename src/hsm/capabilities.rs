@@ -5,6 +5,7 @@
 use super::error::HsmError;
 use super::mechanisms;
 use super::templates;
+use crate::kms::vault::ImportWrapping;
 use crate::pkix::Hash;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
@@ -63,6 +64,48 @@ impl Caps {
             })
         }
     }
+}
+
+impl Caps {
+    /// The mechanism this token lacks to unwrap imported material wrapped with `wrapping`
+    /// inside itself, if any.
+    pub(super) fn import_missing(&self, wrapping: ImportWrapping) -> Option<String> {
+        import_missing(
+            self.has(MechanismType::RSA_PKCS_OAEP),
+            self.oaep_sha256,
+            self.has(MechanismType::AES_KEY_WRAP_PAD),
+            wrapping,
+        )
+    }
+}
+
+/// The mechanism a token lacks to unwrap material wrapped with `wrapping` inside itself,
+/// from what it offers: `CKM_RSA_PKCS_OAEP` (with SHA-256 where asked: SoftHSM 2.6.1 lists
+/// the mechanism but refuses that hash) and, for the RSA_AES variants, `CKM_AES_KEY_WRAP_PAD`.
+pub(super) fn import_missing(
+    oaep: bool,
+    oaep_sha256: bool,
+    aes_key_wrap_pad: bool,
+    wrapping: ImportWrapping,
+) -> Option<String> {
+    if !oaep {
+        return Some("CKM_RSA_PKCS_OAEP".into());
+    }
+    match wrapping.hash() {
+        Hash::Sha1 => {}
+        Hash::Sha256 if oaep_sha256 => {}
+        h => {
+            return Some(format!(
+                "CKM_RSA_PKCS_OAEP with {} and MGF1-{}",
+                h.name(),
+                h.name()
+            ))
+        }
+    }
+    if matches!(wrapping, ImportWrapping::RsaAes(_)) && !aes_key_wrap_pad {
+        return Some("CKM_AES_KEY_WRAP_PAD".into());
+    }
+    None
 }
 
 /// A throw-away RSA-1024 session pair: does OAEP with SHA-256 round-trip?

@@ -365,11 +365,14 @@ const KMS_PARAMETERS: &[&str] = &[
     "DryRun",
     "EncryptionAlgorithm",
     "EncryptionContext",
+    "ExpirationModel",
     "GrantId",
     "GranteePrincipal",
+    "ImportType",
     "IncludeKeyMaterial",
     "KeyAgreementAlgorithm",
     "KeyId",
+    "KeyMaterialId",
     "KeyPairSpec",
     "KeySpec",
     "KeyUsage",
@@ -393,6 +396,9 @@ const KMS_PARAMETERS: &[&str] = &[
     "TagKeys",
     "Tags",
     "TargetKeyId",
+    "ValidTo",
+    "WrappingAlgorithm",
+    "WrappingKeySpec",
 ];
 
 /// The IAM and STS parameters CloudTrail shows. Anything else (`SerialNumber`,
@@ -478,6 +484,7 @@ pub fn kms_response_elements(operation: &str, reply: &[u8]) -> Value {
         "CreateGrant" => &["GrantId"],
         "ScheduleKeyDeletion" => &["KeyId", "DeletionDate", "KeyState", "PendingWindowInDays"],
         "CancelKeyDeletion" => &["KeyId"],
+        "ImportKeyMaterial" | "DeleteImportedKeyMaterial" => &["KeyId", "KeyMaterialId"],
         _ => return Value::Null,
     };
     match serde_json::from_slice::<Value>(reply) {

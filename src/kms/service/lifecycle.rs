@@ -244,7 +244,12 @@ impl Kms {
             if is_due(d, now) {
                 return Err(ended());
             }
-            d.key_state = KeyState::Disabled;
+            // A key whose imported material is missing goes back to waiting for it.
+            d.key_state = if super::import::complete(d) {
+                KeyState::Disabled
+            } else {
+                KeyState::PendingImport
+            };
             d.deletion_date = None;
             d.pending_window_days = None;
             Ok(())
@@ -280,9 +285,14 @@ impl Kms {
             };
             let arn = self.arn(&doc);
             let mut complete = true;
-            for b in &doc.backing {
-                if let Err(e) = self.vault.destroy_key(&b.object_id).await {
-                    tracing::warn!(key = %arn, object = %b.object_id, error = %e,
+            let objects = doc
+                .backing
+                .iter()
+                .map(|b| &b.object_id)
+                .chain(doc.import_parameters.iter().map(|p| &p.object_id));
+            for object in objects {
+                if let Err(e) = self.vault.destroy_key(object).await {
+                    tracing::warn!(key = %arn, object = %object, error = %e,
                         "key destruction incomplete (an HSM did not confirm); will retry");
                     complete = false;
                 }
