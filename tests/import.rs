@@ -541,3 +541,427 @@ async fn expiry_deletion_reimport_and_the_error_cases() {
     }
     s.running.stop().await;
 }
+
+/// A local RSA-2048 key pair: (PKCS#8 DER of the private key, the key).
+fn local_rsa() -> (Vec<u8>, rsa::RsaPrivateKey) {
+    use rsa::pkcs8::EncodePrivateKey;
+    let k = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    (k.to_pkcs8_der().unwrap().as_bytes().to_vec(), k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hmac_and_rsa_material_is_that_material() {
+    use hmac::Mac;
+    use rsa::pkcs8::EncodePublicKey;
+    use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
+    let s = service().await;
+    let c = &s.client;
+    let dir = tempfile::tempdir().unwrap();
+
+    // HMAC_256: 32 bytes, RSAES_OAEP_SHA_1 (openssl). GenerateMac equals the local HMAC.
+    let key = external_key(c, "HMAC_256", "GENERATE_VERIFY_MAC").await;
+    let (spki, token) = parameters(c, &key, "RSAES_OAEP_SHA_1", "RSA_2048").await;
+    let material: [u8; 32] = rand::random();
+    let too_short: [u8; 24] = rand::random();
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), "RSAES_OAEP_SHA_1", &spki, &too_short, true),
+        forever(),
+    )
+    .await;
+    assert_err(&r, "IncorrectKeyMaterialException");
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), "RSAES_OAEP_SHA_1", &spki, &material, true),
+        forever(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let msg = b"a message to authenticate";
+    let mut local = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&material).unwrap();
+    local.update(msg);
+    let local = local.finalize().into_bytes().to_vec();
+    let m = c
+        .ok(
+            "GenerateMac",
+            json!({"KeyId": key, "Message": b64(msg), "MacAlgorithm": "HMAC_SHA_256"}),
+        )
+        .await;
+    assert_eq!(unb64(&m["Mac"]), local);
+    let v = c
+        .ok(
+            "VerifyMac",
+            json!({"KeyId": key, "Message": b64(msg), "MacAlgorithm": "HMAC_SHA_256", "Mac": b64(&local)}),
+        )
+        .await;
+    assert_eq!(v["MacValid"], true);
+    // New material is refused for HMAC keys; a different key is IncorrectKeyMaterial.
+    let other: [u8; 32] = rand::random();
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), "RSAES_OAEP_SHA_1", &spki, &other, false),
+        forever(),
+    )
+    .await;
+    assert_err(&r, "IncorrectKeyMaterialException");
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), "RSAES_OAEP_SHA_1", &spki, &other, false),
+        json!({"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE", "ImportType": "NEW_KEY_MATERIAL"}),
+    )
+    .await;
+    assert_err(&r, "IncorrectKeyMaterialException");
+
+    // RSA_2048 signing key: PKCS#8 wrapped with RSA_AES_KEY_WRAP_SHA_1 (RSAES alone cannot
+    // carry an RSA private key, as AWS says).
+    let key = external_key(c, "RSA_2048", "SIGN_VERIFY").await;
+    let r = c
+        .call(
+            "GetParametersForImport",
+            json!({"KeyId": key, "WrappingAlgorithm": "RSAES_OAEP_SHA_1", "WrappingKeySpec": "RSA_4096"}),
+        )
+        .await;
+    assert_err(&r, "ValidationException");
+    assert_err(
+        &c.call("GetPublicKey", json!({"KeyId": key})).await,
+        "KMSInvalidStateException",
+    );
+    let (spki, token) = parameters(c, &key, "RSA_AES_KEY_WRAP_SHA_1", "RSA_2048").await;
+    let (pkcs8, local_key) = local_rsa();
+    // Not a 2048-bit key? A 1024-bit one is refused.
+    {
+        use rsa::pkcs8::EncodePrivateKey;
+        let small = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+        let der = small.to_pkcs8_der().unwrap().as_bytes().to_vec();
+        let r = import(
+            c,
+            &key,
+            &token,
+            &rsa_aes_wrap(dir.path(), &spki, "sha1", &der, false),
+            forever(),
+        )
+        .await;
+        assert_err(&r, "IncorrectKeyMaterialException");
+    }
+    let r = import(
+        c,
+        &key,
+        &token,
+        &rsa_aes_wrap(dir.path(), &spki, "sha1", &pkcs8, false),
+        forever(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pk = c.ok("GetPublicKey", json!({"KeyId": key})).await;
+    let local_spki = local_key
+        .to_public_key()
+        .to_public_key_der()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    assert_eq!(
+        unb64(&pk["PublicKey"]),
+        local_spki,
+        "the public half read from the token"
+    );
+    // Signed locally, verified by the service; signed by the service, verified locally.
+    let msg = b"signed with imported material";
+    let signer = rsa::pss::SigningKey::<sha2::Sha256>::new(local_key.clone());
+    let sig = signer.sign_with_rng(&mut rand::thread_rng(), msg).to_vec();
+    let v = c
+        .ok(
+            "Verify",
+            json!({"KeyId": key, "Message": b64(msg), "Signature": b64(&sig), "SigningAlgorithm": "RSASSA_PSS_SHA_256"}),
+        )
+        .await;
+    assert_eq!(v["SignatureValid"], true);
+    let out = c
+        .ok(
+            "Sign",
+            json!({"KeyId": key, "Message": b64(msg), "SigningAlgorithm": "RSASSA_PKCS1_V1_5_SHA_256"}),
+        )
+        .await;
+    let verifier = rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(local_key.to_public_key());
+    let sig = rsa::pkcs1v15::Signature::try_from(unb64(&out["Signature"]).as_slice()).unwrap();
+    verifier
+        .verify(msg, &sig)
+        .expect("the service signed with the imported key");
+    // Another RSA key is not the material imported; the same one re-imports (openssl).
+    let (other, _) = local_rsa();
+    let r = import(
+        c,
+        &key,
+        &token,
+        &rsa_aes_wrap(dir.path(), &spki, "sha1", &other, true),
+        forever(),
+    )
+    .await;
+    assert_err(&r, "IncorrectKeyMaterialException");
+    let r = import(
+        c,
+        &key,
+        &token,
+        &rsa_aes_wrap(dir.path(), &spki, "sha1", &pkcs8, true),
+        forever(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Deleted: gone from every token (both halves); re-imported: the same public key.
+    let object = s.running.kms.backing_object_ids(&key)[0].clone();
+    c.ok("DeleteImportedKeyMaterial", json!({"KeyId": key}))
+        .await;
+    assert!(!in_any_token(&s.tokens, object.as_bytes()));
+    let r = import(
+        c,
+        &key,
+        &token,
+        &rsa_aes_wrap(dir.path(), &spki, "sha1", &pkcs8, false),
+        forever(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pk = c.ok("GetPublicKey", json!({"KeyId": key})).await;
+    assert_eq!(unb64(&pk["PublicKey"]), local_spki);
+
+    // RSA_2048 encryption key: encrypted locally, decrypted by the service.
+    let key = external_key(c, "RSA_2048", "ENCRYPT_DECRYPT").await;
+    let (spki, token) = parameters(c, &key, "RSA_AES_KEY_WRAP_SHA_1", "RSA_3072").await;
+    let (pkcs8, local_key) = local_rsa();
+    let r = import(
+        c,
+        &key,
+        &token,
+        &rsa_aes_wrap(dir.path(), &spki, "sha1", &pkcs8, true),
+        forever(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ct = local_key
+        .to_public_key()
+        .encrypt(
+            &mut rand::thread_rng(),
+            rsa::Oaep::new::<sha1::Sha1>(),
+            b"for the imported key",
+        )
+        .unwrap();
+    let d = c
+        .ok(
+            "Decrypt",
+            json!({"KeyId": key, "CiphertextBlob": b64(&ct), "EncryptionAlgorithm": "RSAES_OAEP_SHA_1"}),
+        )
+        .await;
+    assert_eq!(unb64(&d["Plaintext"]), b"for the imported key");
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_key_material_pending_rotation_and_on_demand_rotation() {
+    let s = service().await;
+    let c = &s.client;
+    let dir = tempfile::tempdir().unwrap();
+    let alg = "RSAES_OAEP_SHA_1";
+    let key = external_key(c, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await;
+    let (spki, token) = parameters(c, &key, alg, "RSA_2048").await;
+    let (m1, m2): ([u8; 32], [u8; 32]) = (rand::random(), rand::random());
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), alg, &spki, &m1, false),
+        forever(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id1 = r.body["KeyMaterialId"].as_str().unwrap().to_string();
+    let c1 = c
+        .ok("Encrypt", json!({"KeyId": key, "Plaintext": b64(b"first")}))
+        .await["CiphertextBlob"]
+        .clone();
+    // Nothing pending: on-demand rotation of an imported key needs new material first.
+    assert_err(
+        &c.call("RotateKeyOnDemand", json!({"KeyId": key})).await,
+        "UnsupportedOperationException",
+    );
+    // New material: the same material again is refused, different material is pending.
+    let new = json!({"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE", "ImportType": "NEW_KEY_MATERIAL", "KeyMaterialDescription": "second ceremony"});
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), alg, &spki, &m1, false),
+        new.clone(),
+    )
+    .await;
+    assert_err(&r, "IncorrectKeyMaterialException");
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), alg, &spki, &m2, true),
+        new.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id2 = r.body["KeyMaterialId"].as_str().unwrap().to_string();
+    assert_ne!(id1, id2);
+    let all = json!({"KeyId": key, "IncludeKeyMaterial": "ALL_KEY_MATERIAL"});
+    let rots = c.ok("ListKeyRotations", all.clone()).await["Rotations"].clone();
+    assert_eq!(rots.as_array().unwrap().len(), 2, "{rots}");
+    assert_eq!(rots[0]["KeyMaterialId"], json!(id1));
+    assert_eq!(rots[0]["KeyMaterialState"], "CURRENT");
+    assert_eq!(rots[0]["ImportState"], "IMPORTED");
+    assert_eq!(rots[0]["ExpirationModel"], "KEY_MATERIAL_DOES_NOT_EXPIRE");
+    assert_eq!(rots[1]["KeyMaterialId"], json!(id2));
+    assert_eq!(rots[1]["KeyMaterialState"], "PENDING_ROTATION");
+    assert_eq!(rots[1]["KeyMaterialDescription"], "second ceremony");
+    assert!(rots[1].get("RotationDate").is_none(), "{rots}");
+    // Still encrypting with m1 until the rotation.
+    let e = c
+        .ok(
+            "Encrypt",
+            json!({"KeyId": key, "Plaintext": b64(b"still m1")}),
+        )
+        .await;
+    assert!(local_open(&m1, &unb64(&e["CiphertextBlob"])).is_some());
+    c.ok("RotateKeyOnDemand", json!({"KeyId": key})).await;
+    let md = c.ok("DescribeKey", json!({"KeyId": key})).await["KeyMetadata"].clone();
+    assert_eq!(md["CurrentKeyMaterialId"], json!(id2));
+    let rots = c.ok("ListKeyRotations", all.clone()).await["Rotations"].clone();
+    assert_eq!(rots[0]["KeyMaterialState"], "NON_CURRENT");
+    assert_eq!(rots[1]["KeyMaterialState"], "CURRENT");
+    assert_eq!(rots[1]["RotationType"], "ON_DEMAND");
+    // m2 encrypts now (a local m2 blob decrypts, the service's output opens with m2), and
+    // m1's ciphertexts still decrypt.
+    let version = s.running.kms.backing_object_ids(&key).len() as u32;
+    proves_symmetric(c, &key, version, &m2).await;
+    let d = c.ok("Decrypt", json!({"CiphertextBlob": c1})).await;
+    assert_eq!(unb64(&d["Plaintext"]), b"first");
+    // Delete the older material by id: the key waits for it; re-import it by id.
+    let del = c
+        .ok(
+            "DeleteImportedKeyMaterial",
+            json!({"KeyId": key, "KeyMaterialId": id1}),
+        )
+        .await;
+    assert_eq!(del["KeyMaterialId"], json!(id1));
+    assert_eq!(
+        c.ok("DescribeKey", json!({"KeyId": key})).await["KeyMetadata"]["KeyState"],
+        "PendingImport"
+    );
+    let object1 = s.running.kms.backing_object_ids(&key)[0].clone();
+    assert!(!in_any_token(&s.tokens, object1.as_bytes()));
+    // m2 named with m1's id is refused.
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), alg, &spki, &m2, false),
+        json!({"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE", "KeyMaterialId": id1}),
+    )
+    .await;
+    assert_err(&r, "IncorrectKeyMaterialException");
+    let r = import(
+        c,
+        &key,
+        &token,
+        &wrap(dir.path(), alg, &spki, &m1, false),
+        json!({"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE", "KeyMaterialId": id1}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["KeyMaterialId"], json!(id1));
+    assert_eq!(
+        c.ok("DescribeKey", json!({"KeyId": key})).await["KeyMetadata"]["KeyState"],
+        "Enabled"
+    );
+    let d = c.ok("Decrypt", json!({"CiphertextBlob": c1})).await;
+    assert_eq!(unb64(&d["Plaintext"]), b"first");
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_keys_before_import_and_small_conformance_items() {
+    let s = service().await;
+    let c = &s.client;
+    // Every spec AWS imports that these tokens can: PendingImport, no material, no use.
+    for (spec, usage, op, body) in [
+        (
+            "SYMMETRIC_DEFAULT",
+            "ENCRYPT_DECRYPT",
+            "GenerateDataKey",
+            json!({"KeySpec": "AES_256"}),
+        ),
+        (
+            "HMAC_224",
+            "GENERATE_VERIFY_MAC",
+            "GenerateMac",
+            json!({"Message": b64(b"m"), "MacAlgorithm": "HMAC_SHA_224"}),
+        ),
+        (
+            "HMAC_512",
+            "GENERATE_VERIFY_MAC",
+            "GenerateMac",
+            json!({"Message": b64(b"m"), "MacAlgorithm": "HMAC_SHA_512"}),
+        ),
+        (
+            "RSA_3072",
+            "SIGN_VERIFY",
+            "Sign",
+            json!({"Message": b64(b"m"), "SigningAlgorithm": "RSASSA_PSS_SHA_256"}),
+        ),
+        ("RSA_4096", "ENCRYPT_DECRYPT", "GetPublicKey", json!({})),
+    ] {
+        let key = external_key(c, spec, usage).await;
+        let mut b = body.clone();
+        b["KeyId"] = json!(key);
+        let r = c.call(op, b).await;
+        assert_err(&r, "KMSInvalidStateException");
+        assert!(s
+            .running
+            .kms
+            .backing_object_ids(&key)
+            .iter()
+            .all(|o| !s.running.cluster.hsm_holds("a", o.as_bytes())));
+        let md = c.ok("DescribeKey", json!({"KeyId": key})).await["KeyMetadata"].clone();
+        assert!(md.get("ExpirationModel").is_none(), "{md}");
+        // Deletion can be scheduled and cancelled: the key goes back to waiting.
+        c.ok(
+            "ScheduleKeyDeletion",
+            json!({"KeyId": key, "PendingWindowInDays": 7}),
+        )
+        .await;
+        c.ok("CancelKeyDeletion", json!({"KeyId": key})).await;
+        let md = c.ok("DescribeKey", json!({"KeyId": key})).await["KeyMetadata"].clone();
+        assert_eq!(md["KeyState"], "PendingImport");
+    }
+    // Key specs whose material these HSMs cannot take are refused at creation, clearly.
+    for spec in ["ECC_NIST_EDWARDS25519", "ML_DSA_44"] {
+        let r = c
+            .call(
+                "CreateKey",
+                json!({"Origin": "EXTERNAL", "KeySpec": spec, "KeyUsage": "SIGN_VERIFY"}),
+            )
+            .await;
+        assert_err(&r, "UnsupportedOperationException");
+    }
+    // TagResource with one tag key twice in a request.
+    let key = c.ok("CreateKey", json!({})).await["KeyMetadata"]["KeyId"].clone();
+    let r = c
+        .call(
+            "TagResource",
+            json!({"KeyId": key, "Tags": [{"TagKey": "a", "TagValue": "1"}, {"TagKey": "a", "TagValue": "2"}]}),
+        )
+        .await;
+    assert_err(&r, "TagException");
+    let tags = c.ok("ListResourceTags", json!({"KeyId": key})).await;
+    assert_eq!(tags["Tags"], json!([]));
+    s.running.stop().await;
+}

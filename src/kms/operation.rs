@@ -194,7 +194,7 @@ mod tests {
             );
             assert_eq!(op.action(), format!("kms:{}", op.name()));
         }
-        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 43);
+        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 46);
         assert_eq!(Operation::from_target("Encrypt"), None);
         assert_eq!(Operation::from_target("TrentService.NoSuchOperation"), None);
     }

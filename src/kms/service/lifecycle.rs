@@ -327,6 +327,13 @@ impl Kms {
                 t.key()
             )));
         }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(t) = tags.iter().find(|t| !seen.insert(t.key())) {
+            return Err(KmsError::Tag(format!(
+                "Duplicate tag keys in the request: '{}' appears more than once.",
+                t.key()
+            )));
+        }
         let arn = self.arn(&e.doc);
         self.update_doc(&e.doc.key_id, |d| {
             for t in tags {
