@@ -556,9 +556,7 @@ async fn import_records_show_the_parameters_never_the_token_or_the_material() {
     let svc = service().await;
     let dir = svc.tokens.dir.path().join("audit");
     let c = &svc.client;
-    let k = c
-        .ok("CreateKey", json!({"Origin": "EXTERNAL"}))
-        .await["KeyMetadata"]["KeyId"]
+    let k = c.ok("CreateKey", json!({"Origin": "EXTERNAL"})).await["KeyMetadata"]["KeyId"]
         .as_str()
         .unwrap()
         .to_string();
@@ -580,7 +578,11 @@ async fn import_records_show_the_parameters_never_the_token_or_the_material() {
     let public = rsa::RsaPublicKey::from_public_key_der(&unb64(&r.body["PublicKey"])).unwrap();
     let material: [u8; 32] = rand::random();
     let wrapped = b64(&public
-        .encrypt(&mut rand::thread_rng(), rsa::Oaep::new::<sha1::Sha1>(), &material)
+        .encrypt(
+            &mut rand::thread_rng(),
+            rsa::Oaep::new::<sha1::Sha1>(),
+            &material,
+        )
         .unwrap());
     let r = c
         .call(
@@ -609,6 +611,9 @@ async fn import_records_show_the_parameters_never_the_token_or_the_material() {
     common_fields(&e, "kms.amazonaws.com", "DeleteImportedKeyMaterial", A);
     let (text, _) = trail(&dir);
     assert!(!text.contains(&token), "the import token is in the trail");
-    assert!(!text.contains(&wrapped), "the wrapped material is in the trail");
+    assert!(
+        !text.contains(&wrapped),
+        "the wrapped material is in the trail"
+    );
     svc.running.stop().await;
 }

@@ -965,3 +965,169 @@ async fn external_keys_before_import_and_small_conformance_items() {
     assert_eq!(tags["Tags"], json!([]));
     s.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec_material_is_that_material() {
+    use p256::ecdsa::signature::{Signer, Verifier};
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let s = service().await;
+    let c = &s.client;
+    let dir = tempfile::tempdir().unwrap();
+    // ECC_NIST_P256 signing key, both wrapping algorithm families.
+    for alg in ["RSA_AES_KEY_WRAP_SHA_1", "RSAES_OAEP_SHA_1"] {
+        let key = external_key(c, "ECC_NIST_P256", "SIGN_VERIFY").await;
+        let (spki, token) = parameters(c, &key, alg, "RSA_3072").await;
+        let local = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let secret = p256::SecretKey::from(local.clone());
+        let pkcs8 = secret.to_pkcs8_der().unwrap().as_bytes().to_vec();
+        let r = import(
+            c,
+            &key,
+            &token,
+            &wrap(dir.path(), alg, &spki, &pkcs8, alg.contains("AES")),
+            forever(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{alg}: {}", r.body);
+        let pk = c.ok("GetPublicKey", json!({"KeyId": key})).await;
+        let local_spki = secret
+            .public_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        assert_eq!(
+            unb64(&pk["PublicKey"]),
+            local_spki,
+            "{alg}: the public point derived in the token"
+        );
+        let msg = b"signed with imported EC material";
+        let sig: p256::ecdsa::DerSignature = local.sign(msg);
+        let v = c
+            .ok(
+                "Verify",
+                json!({"KeyId": key, "Message": b64(msg), "Signature": b64(sig.as_bytes()), "SigningAlgorithm": "ECDSA_SHA_256"}),
+            )
+            .await;
+        assert_eq!(v["SignatureValid"], true);
+        let out = c
+            .ok(
+                "Sign",
+                json!({"KeyId": key, "Message": b64(msg), "SigningAlgorithm": "ECDSA_SHA_256"}),
+            )
+            .await;
+        let sig = p256::ecdsa::DerSignature::try_from(unb64(&out["Signature"]).as_slice()).unwrap();
+        local
+            .verifying_key()
+            .verify(msg, &sig)
+            .expect("the service signed with the imported key");
+        // Another curve's key is refused.
+        let k384 = p384::SecretKey::random(&mut rand::rngs::OsRng);
+        let der = k384.to_pkcs8_der().unwrap().as_bytes().to_vec();
+        let r = import(
+            c,
+            &key,
+            &token,
+            &wrap(dir.path(), alg, &spki, &der, false),
+            forever(),
+        )
+        .await;
+        assert_err(&r, "IncorrectKeyMaterialException");
+    }
+    // ECC_SECG_P256K1 and ECC_NIST_P384 key agreement keys: the shared secret agrees.
+    {
+        let key = external_key(c, "ECC_NIST_P384", "KEY_AGREEMENT").await;
+        let (spki, token) = parameters(c, &key, "RSA_AES_KEY_WRAP_SHA_1", "RSA_2048").await;
+        let mine = p384::SecretKey::random(&mut rand::rngs::OsRng);
+        let pkcs8 = mine.to_pkcs8_der().unwrap().as_bytes().to_vec();
+        let r = import(
+            c,
+            &key,
+            &token,
+            &rsa_aes_wrap(dir.path(), &spki, "sha1", &pkcs8, true),
+            forever(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let pk = c.ok("GetPublicKey", json!({"KeyId": key})).await;
+        assert_eq!(
+            unb64(&pk["PublicKey"]),
+            mine.public_key().to_public_key_der().unwrap().as_bytes()
+        );
+        let peer = p384::SecretKey::random(&mut rand::rngs::OsRng);
+        let z = c
+            .ok(
+                "DeriveSharedSecret",
+                json!({"KeyId": key, "KeyAgreementAlgorithm": "ECDH",
+                       "PublicKey": b64(peer.public_key().to_public_key_der().unwrap().as_bytes())}),
+            )
+            .await;
+        let local =
+            p384::ecdh::diffie_hellman(peer.to_nonzero_scalar(), mine.public_key().as_affine());
+        assert_eq!(
+            unb64(&z["SharedSecret"]),
+            local.raw_secret_bytes().as_slice()
+        );
+    }
+    {
+        let key = external_key(c, "ECC_SECG_P256K1", "SIGN_VERIFY").await;
+        let (spki, token) = parameters(c, &key, "RSA_AES_KEY_WRAP_SHA_1", "RSA_2048").await;
+        let local = k256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let pkcs8 = k256::SecretKey::from(local.clone())
+            .to_pkcs8_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        let r = import(
+            c,
+            &key,
+            &token,
+            &rsa_aes_wrap(dir.path(), &spki, "sha1", &pkcs8, false),
+            forever(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let out = c
+            .ok(
+                "Sign",
+                json!({"KeyId": key, "Message": b64(b"k1"), "SigningAlgorithm": "ECDSA_SHA_256"}),
+            )
+            .await;
+        let sig = k256::ecdsa::Signature::from_der(&unb64(&out["Signature"])).unwrap();
+        // k256 verifies low-S signatures only; the token's S may be either.
+        let sig = sig.normalize_s().unwrap_or(sig);
+        local
+            .verifying_key()
+            .verify(b"k1", &sig)
+            .expect("secp256k1 signature");
+    }
+    {
+        // P-521 with RSAES and an RSA_2048 wrapping key cannot be carried (as AWS says).
+        let key = external_key(c, "ECC_NIST_P521", "SIGN_VERIFY").await;
+        let r = c
+            .call(
+                "GetParametersForImport",
+                json!({"KeyId": key, "WrappingAlgorithm": "RSAES_OAEP_SHA_1", "WrappingKeySpec": "RSA_2048"}),
+            )
+            .await;
+        assert_err(&r, "ValidationException");
+        let (spki, token) = parameters(c, &key, "RSA_AES_KEY_WRAP_SHA_1", "RSA_2048").await;
+        let local = p521::SecretKey::random(&mut rand::rngs::OsRng);
+        let pkcs8 = local.to_pkcs8_der().unwrap().as_bytes().to_vec();
+        let r = import(
+            c,
+            &key,
+            &token,
+            &rsa_aes_wrap(dir.path(), &spki, "sha1", &pkcs8, true),
+            forever(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let pk = c.ok("GetPublicKey", json!({"KeyId": key})).await;
+        assert_eq!(
+            unb64(&pk["PublicKey"]),
+            local.public_key().to_public_key_der().unwrap().as_bytes()
+        );
+    }
+    s.running.stop().await;
+}

@@ -18,10 +18,11 @@ use super::handles::{ObjectKind, CWK_ID};
 use super::integrity;
 use super::job::WorkerCtx;
 use super::keypair;
-use super::kinds::{KeyKind, PairSpec, PublicKey};
+use super::kinds::{KeyKind, PairSpec, PublicKey, SignScheme};
 use super::mechanisms;
 use super::templates;
 use crate::kms::vault::{ImportWrapping, WrappedMaterial};
+use crate::pkix::Curve;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 
@@ -44,34 +45,58 @@ pub(super) fn unwrap_material(
         KeyKind::Hmac(_) => templates::hmac_key(id, label),
         KeyKind::Pair(spec, usage) => templates::private_key(spec, id, label, usage),
     };
-    let h = unwrap(ctx, w, &template)?;
+    // An EC key also arrives as a session copy that may sign and derive: the token gives
+    // the public point only through it (PKCS#11 private EC objects carry no point).
+    let copy_template = templates::import_ec_copy();
+    let ec = matches!(kind, KeyKind::Pair(PairSpec::Ec(_), _));
+    let wanted: Vec<&[Attribute]> = if ec {
+        vec![&template, &copy_template]
+    } else {
+        vec![&template]
+    };
+    let handles = unwrap(ctx, w, &wanted)?;
+    let (h, copy) = match handles.as_slice() {
+        [h] => (*h, None),
+        [h, c] => (*h, Some(*c)),
+        _ => return Err(HsmError::Internal("unexpected unwrap result".into())),
+    };
     let object = match kind {
         KeyKind::Pair(..) => ObjectKind::Private,
         _ => ObjectKind::Secret,
     };
     ctx.remember(object, id, h);
-    let fitted = fit(ctx, h, id, label, kind);
+    let fitted = fit(ctx, h, copy, id, label, kind);
+    if let Some(c) = copy {
+        let _ = ctx.session().destroy_object(c);
+    }
     if fitted.is_err() {
         let _ = ctx.destroy_all(id);
     }
     fitted
 }
 
-/// The `C_UnwrapKey` step(s): the material as a new object with `template`.
+/// The `C_UnwrapKey` step(s): the material as one new object per template (in order); on
+/// a failure none is left.
 fn unwrap(
     ctx: &mut WorkerCtx<'_>,
     w: &WrappedMaterial,
-    template: &[Attribute],
-) -> Result<ObjectHandle, HsmError> {
+    templates: &[&[Attribute]],
+) -> Result<Vec<ObjectHandle>, HsmError> {
     let key = w.key.as_bytes();
     let oaep = mechanisms::oaep(w.wrapping.hash());
-    match w.wrapping {
+    let mut made = Vec::new();
+    let r = match w.wrapping {
         ImportWrapping::Oaep(_) => {
             if w.material.len() != w.modulus_len {
                 return Err(HsmError::InvalidCiphertext);
             }
-            ctx.with_key(Operation::ImportUnwrap, ObjectKind::Private, key, |s, k| {
-                s.unwrap_key(&oaep, k, &w.material, template)
+            templates.iter().try_for_each(|t| {
+                let h =
+                    ctx.with_key(Operation::ImportUnwrap, ObjectKind::Private, key, |s, k| {
+                        s.unwrap_key(&oaep, k, &w.material, t)
+                    })?;
+                made.push(h);
+                Ok(())
             })
         }
         ImportWrapping::RsaAes(_) => {
@@ -83,14 +108,82 @@ fn unwrap(
             let eph = ctx.with_key(Operation::ImportUnwrap, ObjectKind::Private, key, |s, k| {
                 s.unwrap_key(&oaep, k, wrapped_aes, &ephemeral)
             })?;
-            let r = ctx
-                .session()
-                .unwrap_key(&Mechanism::AesKeyWrapPad, eph, wrapped_material, template)
-                .map_err(|e| ctx.err(Operation::ImportUnwrap, e));
+            let r = templates.iter().try_for_each(|t| {
+                let h = ctx
+                    .session()
+                    .unwrap_key(&Mechanism::AesKeyWrapPad, eph, wrapped_material, t)
+                    .map_err(|e| ctx.err(Operation::ImportUnwrap, e))?;
+                made.push(h);
+                Ok(())
+            });
             let _ = ctx.session().destroy_object(eph);
             r
         }
+    };
+    match r {
+        Ok(()) => Ok(made),
+        Err(e) => {
+            for h in made {
+                let _ = ctx.session().destroy_object(h);
+            }
+            Err(e)
+        }
     }
+}
+
+/// The public point of an imported EC private key, found inside the token with its
+/// session copy `copy`: ECDH with the base point gives X (the shared secret of `d·G`); of
+/// the two points with that X, the one that verifies a signature the copy makes is it.
+fn ec_public_point(
+    ctx: &mut WorkerCtx<'_>,
+    copy: ObjectHandle,
+    curve: Curve,
+) -> Result<Vec<u8>, HsmError> {
+    let g = curve.generator();
+    let secret = ctx
+        .session()
+        .derive_key(
+            &mechanisms::ecdh(&g),
+            copy,
+            &templates::ecdh_secret(curve.field_len()),
+        )
+        .map_err(|e| ctx.err(Operation::ImportUnwrap, e))?;
+    let x = ctx
+        .session()
+        .get_attributes(secret, &[AttributeType::Value])
+        .map_err(|e| ctx.err(Operation::ImportUnwrap, e));
+    let _ = ctx.session().destroy_object(secret);
+    let x = x?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .ok_or_else(|| HsmError::Internal(format!("{}: ECDH gave no value", ctx.hsm())))?;
+    let candidates = curve.points_with_x(&x).ok_or_else(|| {
+        HsmError::WrongKeyMaterial("The key material is not a valid EC private key.".into())
+    })?;
+    let digest = ctx.random(32)?;
+    let (mech, input) = mechanisms::sign(SignScheme::Ecdsa(curve), &digest);
+    let sig = ctx
+        .session()
+        .sign(&mech, copy, &input)
+        .map_err(|e| ctx.err(Operation::Sign, e))?;
+    for point in candidates {
+        let p = ctx
+            .session()
+            .create_object(&templates::ec_candidate(curve, &point))
+            .map_err(|e| ctx.err(Operation::CreatePublicKey, e))?;
+        let ok = super::error::verdict(ctx.session().verify(&mech, p, &input, &sig));
+        let _ = ctx.session().destroy_object(p);
+        if ok.map_err(|e| ctx.err(Operation::Verify, e))? {
+            return Ok(point);
+        }
+    }
+    Err(HsmError::Internal(format!(
+        "{}: no public point of the imported EC key verified its signature",
+        ctx.hsm()
+    )))
 }
 
 /// Check that the unwrapped object `h` fits `kind`; for a key pair, create its public half
@@ -98,6 +191,7 @@ fn unwrap(
 fn fit(
     ctx: &mut WorkerCtx<'_>,
     h: ObjectHandle,
+    copy: Option<ObjectHandle>,
     id: &[u8],
     label: &str,
     kind: KeyKind,
@@ -158,12 +252,11 @@ fn fit(
                             "The key material is not a private key on this key's curve.".into(),
                         ));
                     }
-                    return Err(HsmError::Unsupported {
-                        hsm: ctx.hsm().to_string(),
-                        mechanism: format!(
-                            "a way to read the public point of an imported {curve:?} private key"
-                        ),
-                    });
+                    let copy = copy.ok_or_else(|| {
+                        HsmError::Internal("EC import without a session copy".into())
+                    })?;
+                    let point = ec_public_point(ctx, copy, curve)?;
+                    PublicKey::Ec { curve, point }
                 }
                 PairSpec::Ed25519 => {
                     return Err(HsmError::Unsupported {

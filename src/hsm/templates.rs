@@ -14,7 +14,7 @@
 
 use super::handles::{CANARY_ID, CWK_ID};
 use super::kinds::{PairSpec, PairUse, PublicKey};
-use crate::pkix;
+use crate::pkix::{self, Curve};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use std::os::raw::c_ulong;
 
@@ -275,6 +275,38 @@ pub(super) fn import_ephemeral_key() -> Vec<Attribute> {
         Attribute::Wrap(false),
         Attribute::Unwrap(true),
         Attribute::Derive(false),
+    ]
+}
+
+/// A throw-away session copy of an imported EC private key (sensitive, never extractable)
+/// that may sign and derive: what the token needs to give the key's public point (ECDH
+/// with the base point for X, a signature to pick Y) before the copy is destroyed.
+pub(super) fn import_ec_copy() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Sign(true),
+        Attribute::Derive(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+    ]
+}
+
+/// A candidate public point of an imported EC key as a session object, to verify with.
+pub(super) fn ec_candidate(curve: Curve, point: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(curve.params_der().to_vec()),
+        Attribute::EcPoint(pkix::tlv(0x04, point)),
     ]
 }
 

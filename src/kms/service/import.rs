@@ -160,13 +160,11 @@ pub(super) fn check_importable(spec: KeySpec) -> Result<(), KmsError> {
         | KeySpec::Hmac512
         | KeySpec::Rsa2048
         | KeySpec::Rsa3072
-        | KeySpec::Rsa4096 => return Ok(()),
-        KeySpec::EccNistP256
+        | KeySpec::Rsa4096
+        | KeySpec::EccNistP256
         | KeySpec::EccNistP384
         | KeySpec::EccNistP521
-        | KeySpec::EccSecgP256k1 => {
-            "the HSMs cannot yet give the public point of an imported EC private key"
-        }
+        | KeySpec::EccSecgP256k1 => return Ok(()),
         KeySpec::EccNistEdwards25519 => {
             "the HSMs cannot unwrap Ed25519 private keys (CKK_EC_EDWARDS) with CKM_AES_KEY_WRAP_PAD"
         }
@@ -376,6 +374,14 @@ impl Kms {
                 r.algorithm.as_str(),
                 e.doc.key_spec.as_str()
             )));
+        }
+        if e.doc.key_spec == KeySpec::EccNistP521
+            && bits == 2048
+            && matches!(wrapping, ImportWrapping::Oaep(_))
+        {
+            return Err(KmsError::Validation(
+                "An RSA_2048 wrapping key cannot wrap ECC_NIST_P521 key material with an RSAES wrapping algorithm; use an RSA_AES_KEY_WRAP algorithm or a longer wrapping key.".into(),
+            ));
         }
         if let Some(missing) = self.vault.import_unsupported(wrapping) {
             return Err(KmsError::Unsupported(format!(
