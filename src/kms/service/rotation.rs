@@ -18,8 +18,10 @@
 //! Backing objects of rotated generations are named `kms/<key id>/<version>/<8 hex>`: the
 //! random suffix keeps a generation that was made in the HSMs but never committed (crash
 //! between the two steps) from ever colliding with a later attempt; such an orphan is never
-//! referenced by metadata. Imported material (Origin EXTERNAL, later) fits the same shape:
-//! a `BackingKey` whose object arrives by unwrap instead of generation, promoted the same way.
+//! referenced by metadata. Imported material (Origin EXTERNAL, `import.rs`) has the same
+//! shape: a `BackingKey` whose object arrives by unwrap instead of generation; new material
+//! waits above the current generation (`PENDING_ROTATION`) until RotateKeyOnDemand makes it
+//! current. Automatic rotation is refused for imported keys, as AWS does.
 
 use super::{object_id, Entry, Kms, Resolved};
 use crate::kms::marker::{self, Marker};
