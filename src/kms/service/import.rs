@@ -351,6 +351,12 @@ impl Kms {
             .unwrap_or_default()
     }
 
+    /// Create the key that seals import tokens in the HSMs (replicated to every one) unless
+    /// it exists; the service calls it at start.
+    pub async fn ensure_import_token_key(&self) -> Result<(), KmsError> {
+        self.ensure_token_key().await
+    }
+
     /// `GetParametersForImport`: a fresh wrapping key pair made in the HSMs and the import
     /// token that binds it to this key for 24 hours.
     pub async fn get_parameters_for_import(
