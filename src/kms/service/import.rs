@@ -47,7 +47,7 @@ use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
 /// `CKA_ID` of the service's key that seals import tokens.
-pub(crate) const TOKEN_KEY_ID: &str = "hsm-kms/import-token-key";
+pub const TOKEN_KEY_ID: &str = "hsm-kms/import-token-key";
 const TOKEN_KEY_LABEL: &str = "hsm-kms import token key";
 /// The store setting present once the token key exists.
 const TOKEN_KEY_SETTING: &str = "import_token_key";

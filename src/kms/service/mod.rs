@@ -32,7 +32,9 @@ pub use authz::{CallEnv, GetKeyPolicyOutput, ListKeyPoliciesOutput};
 mod dispatch;
 mod grants;
 mod import;
-pub use import::{GetParametersForImportOutput, KeyMaterialOutput};
+pub use import::{
+    GetParametersForImportOutput, KeyMaterialOutput, TOKEN_KEY_ID as IMPORT_TOKEN_KEY_ID,
+};
 mod integrity;
 mod reconcile;
 pub use reconcile::{ReconcileReport, ReconcileRow, ORPHAN_GRACE};
