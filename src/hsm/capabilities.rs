@@ -140,3 +140,30 @@ fn probe_ed25519_wrap(s: &Session) -> Result<bool, CkError> {
     let _ = s.destroy_object(kek);
     Ok(ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SHA-256 variants take the token's own `CKM_RSA_PKCS_OAEP` wherever the token
+    /// does that hash; where it does not, the import is refused (never decoded on the host).
+    #[test]
+    fn imports_need_the_tokens_own_mechanisms() {
+        use ImportWrapping::{Oaep, RsaAes};
+        assert_eq!(import_missing(true, true, true, Oaep(Hash::Sha256)), None);
+        assert_eq!(import_missing(true, true, true, RsaAes(Hash::Sha256)), None);
+        for w in [Oaep(Hash::Sha256), RsaAes(Hash::Sha256)] {
+            let m = import_missing(true, false, true, w).unwrap();
+            assert_eq!(m, "CKM_RSA_PKCS_OAEP with SHA-256 and MGF1-SHA-256");
+        }
+        assert_eq!(import_missing(true, false, true, RsaAes(Hash::Sha1)), None);
+        assert_eq!(
+            import_missing(true, false, false, RsaAes(Hash::Sha1)).as_deref(),
+            Some("CKM_AES_KEY_WRAP_PAD")
+        );
+        assert_eq!(
+            import_missing(false, true, true, Oaep(Hash::Sha1)).as_deref(),
+            Some("CKM_RSA_PKCS_OAEP")
+        );
+    }
+}
