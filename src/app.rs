@@ -334,6 +334,9 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
         }
     });
     crate::kms::digest::ensure_digest_key(vault.as_ref(), &store).await?;
+    // The import token key, like the digest key, exists in every HSM from the first start
+    // (so that reconciliation and re-sync always find it).
+    kms.ensure_import_token_key().await?;
     let trail = Arc::new(crate::audit::FileTrail::open_with_digests(
         &cfg.audit.dir,
         cfg.audit.max_file_bytes,

@@ -94,6 +94,100 @@ impl Curve {
     }
 }
 
+/// The short-Weierstrass parameters of a curve (big-endian hex): the field prime `p`,
+/// `a`, `b`, and the base point `G` (SEC 2, FIPS 186-4).
+struct CurveParams {
+    p: &'static str,
+    a: &'static str,
+    b: &'static str,
+    gx: &'static str,
+    gy: &'static str,
+}
+
+impl Curve {
+    fn weierstrass(self) -> CurveParams {
+        match self {
+            Curve::P256 => CurveParams {
+                p: "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+                a: "ffffffff00000001000000000000000000000000fffffffffffffffffffffffc",
+                b: "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b",
+                gx: "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+                gy: "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+            },
+            Curve::P384 => CurveParams {
+                p: "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
+                a: "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000fffffffc",
+                b: "b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef",
+                gx: "aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7",
+                gy: "3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f",
+            },
+            Curve::P521 => CurveParams {
+                p: "01ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+                a: "01fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffc",
+                b: "0051953eb9618e1c9a1f929a21a0b68540eea2da725b99b315f3b8b489918ef109e156193951ec7e937b1652c0bd3bb1bf073573df883d2c34f1ef451fd46b503f00",
+                gx: "00c6858e06b70404e9cd9e3ecb662395b4429c648139053fb521f828af606b4d3dbaa14b5e77efe75928fe1dc127a2ffa8de3348b3c1856a429bf97e7e31c2e5bd66",
+                gy: "011839296a789a3bc0045c8a5fb42c7d1bd998f54449579b446817afbd17273e662c97ee72995ef42640c550b9013fad0761353c7086a272c24088be94769fd16650",
+            },
+            Curve::Secp256k1 => CurveParams {
+                p: "fffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f",
+                a: "00",
+                b: "07",
+                gx: "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798",
+                gy: "483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8",
+            },
+        }
+    }
+
+    /// The base point `G`, uncompressed (`04 ‖ X ‖ Y`): the peer point whose ECDH with a
+    /// private key gives the X coordinate of its public key.
+    pub fn generator(self) -> Vec<u8> {
+        let c = self.weierstrass();
+        let mut out = vec![0x04];
+        out.extend(fixed(&big(c.gx), self.field_len()));
+        out.extend(fixed(&big(c.gy), self.field_len()));
+        out
+    }
+
+    /// The two points with X coordinate `x` (the field length, big-endian), uncompressed,
+    /// or `None` if no point of the curve has it. Every curve here has `p ≡ 3 (mod 4)`, so
+    /// the square root of `y²` is `(y²)^((p+1)/4)`.
+    pub fn points_with_x(self, x: &[u8]) -> Option<[Vec<u8>; 2]> {
+        use rsa::BigUint;
+        let c = self.weierstrass();
+        let (p, a, b) = (big(c.p), big(c.a), big(c.b));
+        let xi = BigUint::from_bytes_be(x);
+        if x.len() != self.field_len() || xi >= p {
+            return None;
+        }
+        let y2 = (xi.modpow(&BigUint::from(3u8), &p) + &a * &xi + &b) % &p;
+        let y = y2.modpow(&((&p + BigUint::from(1u8)) >> 2), &p);
+        if (&y * &y) % &p != y2 {
+            return None;
+        }
+        let other = (&p - &y) % &p;
+        let point = |y: &BigUint| {
+            let mut out = vec![0x04];
+            out.extend_from_slice(x);
+            out.extend(fixed(y, self.field_len()));
+            out
+        };
+        Some([point(&y), point(&other)])
+    }
+}
+
+/// A hex constant of [`CurveParams`] as a big integer.
+fn big(hex_str: &str) -> rsa::BigUint {
+    rsa::BigUint::parse_bytes(hex_str.as_bytes(), 16).unwrap_or_default()
+}
+
+/// `n` big-endian on exactly `len` bytes (left-padded with zeros).
+fn fixed(n: &rsa::BigUint, len: usize) -> Vec<u8> {
+    let b = n.to_bytes_be();
+    let mut out = vec![0u8; len.saturating_sub(b.len())];
+    out.extend(b.iter().skip(b.len().saturating_sub(len)));
+    out
+}
+
 /// DER of id-Ed25519 (1.3.101.112): `CKA_EC_PARAMS` of an Edwards key and its SPKI algorithm.
 pub const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
 
@@ -301,6 +395,17 @@ impl Hash {
         }
     }
 
+    /// The hash's name as PKCS#11 and the KMS API write it (`SHA-256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Hash::Sha1 => "SHA-1",
+            Hash::Sha224 => "SHA-224",
+            Hash::Sha256 => "SHA-256",
+            Hash::Sha384 => "SHA-384",
+            Hash::Sha512 => "SHA-512",
+        }
+    }
+
     /// Always `false`: no digest is empty (the pair of [`Hash::len`] clippy asks for).
     pub fn is_empty(self) -> bool {
         false
@@ -405,6 +510,62 @@ pub fn oaep_decode(hash: Hash, em: &[u8], k: usize) -> Option<Zeroizing<Vec<u8>>
         Some(Zeroizing::new(message.to_vec()))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod curve_tests {
+    use super::Curve;
+
+    /// The hard-coded parameters agree with the RustCrypto curves: the generator is
+    /// theirs, and a random key's public point is found from its X coordinate.
+    #[test]
+    fn generators_and_decompression_match_the_rustcrypto_curves() {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let g256 = p256::AffinePoint::GENERATOR.to_encoded_point(false);
+        assert_eq!(Curve::P256.generator(), g256.as_bytes());
+        let g384 = p384::AffinePoint::GENERATOR.to_encoded_point(false);
+        assert_eq!(Curve::P384.generator(), g384.as_bytes());
+        let g521 = p521::AffinePoint::GENERATOR.to_encoded_point(false);
+        assert_eq!(Curve::P521.generator(), g521.as_bytes());
+        let gk = k256::AffinePoint::GENERATOR.to_encoded_point(false);
+        assert_eq!(Curve::Secp256k1.generator(), gk.as_bytes());
+        for _ in 0..8 {
+            let k = p256::SecretKey::random(&mut rand::rngs::OsRng);
+            let pt = k.public_key().to_encoded_point(false);
+            let x = &pt.as_bytes()[1..33];
+            assert!(Curve::P256
+                .points_with_x(x)
+                .unwrap()
+                .contains(&pt.as_bytes().to_vec()));
+            let k = p521::SecretKey::random(&mut rand::rngs::OsRng);
+            let pt = k.public_key().to_encoded_point(false);
+            let x = &pt.as_bytes()[1..67];
+            assert!(Curve::P521
+                .points_with_x(x)
+                .unwrap()
+                .contains(&pt.as_bytes().to_vec()));
+            let k = p384::SecretKey::random(&mut rand::rngs::OsRng);
+            let pt = k.public_key().to_encoded_point(false);
+            let x = &pt.as_bytes()[1..49];
+            assert!(Curve::P384
+                .points_with_x(x)
+                .unwrap()
+                .contains(&pt.as_bytes().to_vec()));
+            let k = k256::SecretKey::random(&mut rand::rngs::OsRng);
+            let pt = k.public_key().to_encoded_point(false);
+            let x = &pt.as_bytes()[1..33];
+            assert!(Curve::Secp256k1
+                .points_with_x(x)
+                .unwrap()
+                .contains(&pt.as_bytes().to_vec()));
+        }
+        // Every generator is on its curve by the same arithmetic.
+        for c in Curve::ALL {
+            let g = c.generator();
+            let x = &g[1..=c.field_len()];
+            assert!(c.points_with_x(x).unwrap().contains(&g), "{c:?}");
+        }
     }
 }
 

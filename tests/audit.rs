@@ -819,4 +819,71 @@ async fn a_full_disk_refuses_calls_before_they_run_until_space_returns() {
     let r = hsm_kms::audit::verify(&dir, None).unwrap();
     assert_eq!(r.finding, None);
     drop(disk);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_records_show_the_parameters_never_the_token_or_the_material() {
+    use rsa::pkcs8::DecodePublicKey;
+    let svc = service().await;
+    let dir = svc.tokens.dir.path().join("audit");
+    let c = &svc.client;
+    let k = c.ok("CreateKey", json!({"Origin": "EXTERNAL"})).await["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .call(
+            "GetParametersForImport",
+            json!({"KeyId": k, "WrappingAlgorithm": "RSAES_OAEP_SHA_1", "WrappingKeySpec": "RSA_2048"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r.body["ImportToken"].as_str().unwrap().to_string();
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    common_fields(&e, "kms.amazonaws.com", "GetParametersForImport", A);
+    assert_eq!(
+        e["requestParameters"],
+        json!({"keyId": k, "wrappingAlgorithm": "RSAES_OAEP_SHA_1", "wrappingKeySpec": "RSA_2048"})
+    );
+    assert_eq!(e["responseElements"], Value::Null);
+    let public = rsa::RsaPublicKey::from_public_key_der(&unb64(&r.body["PublicKey"])).unwrap();
+    let material: [u8; 32] = rand::random();
+    let wrapped = b64(&public
+        .encrypt(
+            &mut rand::thread_rng(),
+            rsa::Oaep::new::<sha1::Sha1>(),
+            &material,
+        )
+        .unwrap());
+    let r = c
+        .call(
+            "ImportKeyMaterial",
+            json!({"KeyId": k, "ImportToken": token, "EncryptedKeyMaterial": wrapped,
+                   "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    common_fields(&e, "kms.amazonaws.com", "ImportKeyMaterial", A);
+    assert_eq!(e["readOnly"], false);
+    assert_eq!(
+        e["requestParameters"],
+        json!({"keyId": k, "expirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})
+    );
+    assert_eq!(
+        e["responseElements"],
+        json!({"keyId": r.body["KeyId"], "keyMaterialId": r.body["KeyMaterialId"]})
+    );
+    let r = c
+        .call("DeleteImportedKeyMaterial", json!({"KeyId": k}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e = record_of(&dir, r.request_id.as_deref().unwrap());
+    common_fields(&e, "kms.amazonaws.com", "DeleteImportedKeyMaterial", A);
+    let (text, _) = trail(&dir);
+    assert!(!text.contains(&token), "the import token is in the trail");
+    assert!(
+        !text.contains(&wrapped),
+        "the wrapped material is in the trail"
+    );
+    svc.running.stop().await;
 }

@@ -18,6 +18,7 @@ use hsm_kms::hsm::ceremony::{self, CwkState, SoPin};
 use hsm_kms::hsm::softhsm::{self, LocalHsm};
 use hsm_kms::kms::credentials::SEALING_KEY_ID;
 use hsm_kms::kms::digest::DIGEST_KEY_ID;
+use hsm_kms::kms::service::IMPORT_TOKEN_KEY_ID;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -53,6 +54,7 @@ fn kms_key_ids(hsm: &LocalHsm) -> BTreeSet<Vec<u8>> {
                 if !id.starts_with(b"hsm-kms/")
                     || id == SEALING_KEY_ID.as_bytes()
                     || id == DIGEST_KEY_ID.as_bytes()
+                    || id == IMPORT_TOKEN_KEY_ID.as_bytes()
                 {
                     ids.insert(id);
                 }
@@ -189,7 +191,9 @@ async fn an_operator_enrolls_a_new_token_and_the_service_never_does() {
         out.contains("received the cluster wrapping key from hsm-a"),
         "{out}"
     );
-    assert!(out.contains("copying keys: 6/6"), "{out}");
+    // Four KMS keys and the service's own three: credential sealing, audit digest, import
+    // token keys.
+    assert!(out.contains("copying keys: 7/7"), "{out}");
     assert_eq!(
         ceremony::cwk_state(&c.node_config().unwrap()).unwrap(),
         CwkState::Trusted
@@ -208,11 +212,12 @@ async fn an_operator_enrolls_a_new_token_and_the_service_never_does() {
     let on_c = kms_key_ids(&c);
     assert_eq!(
         on_c.len(),
-        6,
-        "every KMS key, the sealing key and the digest key reached hsm-c"
+        7,
+        "every KMS key, the sealing, digest and import token keys reached hsm-c"
     );
     assert!(on_c.contains(SEALING_KEY_ID.as_bytes()));
     assert!(on_c.contains(DIGEST_KEY_ID.as_bytes()));
+    assert!(on_c.contains(IMPORT_TOKEN_KEY_ID.as_bytes()));
     assert!(on_c.is_subset(&kms_key_ids(&a)));
     // Running it again changes nothing.
     let (ok, out) = enroll(&config, &so_pin, true, "");

@@ -25,6 +25,11 @@ pub fn status_of(aws_type: &str) -> StatusCode {
         }
         "DryRunOperationException" => StatusCode::PRECONDITION_FAILED,
         "RequestEntityTooLargeException" => StatusCode::PAYLOAD_TOO_LARGE,
+        // Imports (named here so that the table lists every type the service sends).
+        "ExpiredImportTokenException"
+        | "InvalidImportTokenException"
+        | "IncorrectKeyMaterialException"
+        | "UnsupportedOperationException" => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_REQUEST,
     }
 }

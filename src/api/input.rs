@@ -141,6 +141,19 @@ impl<'a> Input<'a> {
         }
     }
 
+    /// A timestamp member: epoch seconds as a JSON number (the JSON 1.1 protocol's form).
+    pub(crate) fn timestamp(&self, m: &str) -> Result<Option<time::OffsetDateTime>, ApiError> {
+        match self.get(m) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .and_then(crate::kms::model::epoch_seconds::from_f64)
+                .map(Some)
+                .ok_or_else(|| wrong_type(m, "a timestamp")),
+            Some(_) => Err(wrong_type(m, "a timestamp")),
+        }
+    }
+
     /// The raw JSON of a member (for maps such as EncryptionContext).
     pub(crate) fn raw(&self, m: &str) -> Option<&'a Value> {
         self.get(m)

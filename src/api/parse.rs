@@ -9,8 +9,9 @@ use crate::kms::operation::Operation;
 use crate::kms::requests::{self as rq, DataKeySize, Page, Request};
 use crate::kms::types::{
     is_grant_principal, AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm,
-    GrantOperation, KeyAgreementAlgorithm, KeyRef, KeySpec, KeyUsage, MacAlgorithm, MessageType,
-    Origin, Plaintext, SigningAlgorithm, Tag,
+    ExpirationModel, GrantOperation, ImportType, KeyAgreementAlgorithm, KeyRef, KeySpec, KeyUsage,
+    MacAlgorithm, MessageType, Origin, Plaintext, SigningAlgorithm, Tag, WrappingAlgorithm,
+    WrappingKeySpec,
 };
 
 /// Largest ciphertext, signature or MAC blob AWS accepts (`CiphertextType`).
@@ -335,11 +336,77 @@ pub(crate) fn parse(op: Operation, i: &Input<'_>) -> Result<Request, ApiError> {
                 dry_run: i.bool("DryRun")?,
             })
         }
+        O::GetParametersForImport => {
+            let key = key(i, "KeyId")?;
+            let algorithm = required(
+                i.parse("WrappingAlgorithm", WrappingAlgorithm::parse)?,
+                "WrappingAlgorithm",
+            )?;
+            let spec = required(
+                i.parse("WrappingKeySpec", WrappingKeySpec::parse)?,
+                "WrappingKeySpec",
+            )?;
+            Request::GetParametersForImport(rq::GetParametersForImport {
+                key,
+                algorithm,
+                spec,
+            })
+        }
+        O::ImportKeyMaterial => {
+            let key = key(i, "KeyId")?;
+            let token = required(i.blob("ImportToken", 1, MAX_BLOB)?, "ImportToken")?;
+            let wrapped = required(
+                i.blob("EncryptedKeyMaterial", 1, MAX_BLOB)?,
+                "EncryptedKeyMaterial",
+            )?;
+            let description = i.string_len("KeyMaterialDescription", 0, 256)?;
+            if let Some(d) = description {
+                if !d.is_empty()
+                    && !d.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || c.is_whitespace() || ":/_.-".contains(c)
+                    })
+                {
+                    return Err(ApiError::validation(format!(
+                        "1 validation error detected: Value '{d}' at 'keyMaterialDescription' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_\\s.-]+$"
+                    )));
+                }
+            }
+            Request::ImportKeyMaterial(rq::ImportKeyMaterial {
+                key,
+                token,
+                wrapped,
+                valid_to: i.timestamp("ValidTo")?,
+                expiration_model: i.parse("ExpirationModel", ExpirationModel::parse)?,
+                import_type: i.parse("ImportType", ImportType::parse)?,
+                description: description.map(str::to_string),
+                material_id: material_id(i)?,
+            })
+        }
+        O::DeleteImportedKeyMaterial => {
+            let key = key(i, "KeyId")?;
+            Request::DeleteImportedKeyMaterial(rq::DeleteImportedKeyMaterial {
+                key,
+                material_id: material_id(i)?,
+            })
+        }
         other => {
             debug_assert!(!other.is_built());
             return Err(ApiError::unknown_operation());
         }
     })
+}
+
+/// `KeyMaterialId` (optional; exactly 64 lowercase hex characters).
+fn material_id(i: &Input<'_>) -> Result<Option<String>, ApiError> {
+    let Some(id) = i.string_len("KeyMaterialId", 64, 64)? else {
+        return Ok(None);
+    };
+    if !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{id}' at 'keyMaterialId' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-f0-9]+$"
+        )));
+    }
+    Ok(Some(id.to_string()))
 }
 
 fn create_key(i: &Input<'_>) -> Result<rq::CreateKey, ApiError> {

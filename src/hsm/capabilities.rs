@@ -5,6 +5,7 @@
 use super::error::HsmError;
 use super::mechanisms;
 use super::templates;
+use crate::kms::vault::ImportWrapping;
 use crate::pkix::Hash;
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
@@ -65,6 +66,48 @@ impl Caps {
     }
 }
 
+impl Caps {
+    /// The mechanism this token lacks to unwrap imported material wrapped with `wrapping`
+    /// inside itself, if any.
+    pub(super) fn import_missing(&self, wrapping: ImportWrapping) -> Option<String> {
+        import_missing(
+            self.has(MechanismType::RSA_PKCS_OAEP),
+            self.oaep_sha256,
+            self.has(MechanismType::AES_KEY_WRAP_PAD),
+            wrapping,
+        )
+    }
+}
+
+/// The mechanism a token lacks to unwrap material wrapped with `wrapping` inside itself,
+/// from what it offers: `CKM_RSA_PKCS_OAEP` (with SHA-256 where asked: SoftHSM 2.6.1 lists
+/// the mechanism but refuses that hash) and, for the RSA_AES variants, `CKM_AES_KEY_WRAP_PAD`.
+pub(super) fn import_missing(
+    oaep: bool,
+    oaep_sha256: bool,
+    aes_key_wrap_pad: bool,
+    wrapping: ImportWrapping,
+) -> Option<String> {
+    if !oaep {
+        return Some("CKM_RSA_PKCS_OAEP".into());
+    }
+    match wrapping.hash() {
+        Hash::Sha1 => {}
+        Hash::Sha256 if oaep_sha256 => {}
+        h => {
+            return Some(format!(
+                "CKM_RSA_PKCS_OAEP with {} and MGF1-{}",
+                h.name(),
+                h.name()
+            ))
+        }
+    }
+    if matches!(wrapping, ImportWrapping::RsaAes(_)) && !aes_key_wrap_pad {
+        return Some("CKM_AES_KEY_WRAP_PAD".into());
+    }
+    None
+}
+
 /// A throw-away RSA-1024 session pair: does OAEP with SHA-256 round-trip?
 fn probe_oaep_sha256(s: &Session) -> Result<bool, CkError> {
     let (pub_t, priv_t) = templates::probe_rsa_pair();
@@ -96,4 +139,31 @@ fn probe_ed25519_wrap(s: &Session) -> Result<bool, CkError> {
     };
     let _ = s.destroy_object(kek);
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SHA-256 variants take the token's own `CKM_RSA_PKCS_OAEP` wherever the token
+    /// does that hash; where it does not, the import is refused (never decoded on the host).
+    #[test]
+    fn imports_need_the_tokens_own_mechanisms() {
+        use ImportWrapping::{Oaep, RsaAes};
+        assert_eq!(import_missing(true, true, true, Oaep(Hash::Sha256)), None);
+        assert_eq!(import_missing(true, true, true, RsaAes(Hash::Sha256)), None);
+        for w in [Oaep(Hash::Sha256), RsaAes(Hash::Sha256)] {
+            let m = import_missing(true, false, true, w).unwrap();
+            assert_eq!(m, "CKM_RSA_PKCS_OAEP with SHA-256 and MGF1-SHA-256");
+        }
+        assert_eq!(import_missing(true, false, true, RsaAes(Hash::Sha1)), None);
+        assert_eq!(
+            import_missing(true, false, false, RsaAes(Hash::Sha1)).as_deref(),
+            Some("CKM_AES_KEY_WRAP_PAD")
+        );
+        assert_eq!(
+            import_missing(false, true, true, Oaep(Hash::Sha1)).as_deref(),
+            Some("CKM_RSA_PKCS_OAEP")
+        );
+    }
 }

@@ -26,6 +26,7 @@ use super::mechanisms::IV_LEN;
 use super::node::{state_after_failed_open, HsmHealth, Node, NodeOptions, NodeState};
 use super::replication::Replicator;
 use super::worker::Pool;
+use crate::kms::vault::{ImportWrapping, WrappedMaterial};
 use crate::pkix::{Curve, Hash};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -606,6 +607,96 @@ impl HsmCluster {
             .create(id, label, KeyKind::Hmac(len))
             .await
             .map(|_| ())
+    }
+
+    /// Unwrap imported key material inside an HSM into key `id` of `kind` (see
+    /// `hsm::import`) and copy it into every other usable HSM under the cluster wrapping
+    /// key, proving each copy. Returns the SPKI DER of a key pair's public half.
+    pub async fn import_key(
+        &self,
+        wrapped: &WrappedMaterial,
+        id: &[u8],
+        label: &str,
+        kind: KeyKind,
+    ) -> Result<Option<Vec<u8>>, HsmError> {
+        let transfer = self
+            .replicator()
+            .create_by(id, label, kind, || Command::Import {
+                wrapped: wrapped.clone(),
+                id: id.to_vec(),
+                label: label.to_string(),
+                kind,
+                export: true,
+            })
+            .await?;
+        match (&*transfer, kind) {
+            (Transfer::Pair(tr), KeyKind::Pair(..)) => Ok(Some(tr.public().spki()?)),
+            (_, KeyKind::Pair(..)) => Err(HsmError::Internal("key pair expected".into())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Unwrap imported key material into the throw-away key `id` in one HSM (the first
+    /// usable one holding the wrapping key), answer its check value and destroy it.
+    pub async fn imported_check_value(
+        &self,
+        wrapped: &WrappedMaterial,
+        id: &[u8],
+        kind: KeyKind,
+    ) -> Result<[u8; CHECK_LEN], HsmError> {
+        let mut last = None;
+        for pool in health::usable(&self.hsms) {
+            let cmd = Command::Import {
+                wrapped: wrapped.clone(),
+                id: id.to_vec(),
+                label: "hsm-kms import check".into(),
+                kind,
+                export: false,
+            };
+            let made: Result<(), HsmError> = pool.call(self.opts.keygen_timeout, cmd).await;
+            let value = match made {
+                Ok(()) => {
+                    let cmd = Command::CheckValue {
+                        id: id.to_vec(),
+                        kind,
+                    };
+                    pool.call::<Option<[u8; CHECK_LEN]>>(self.opts.call_timeout, cmd)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            let destroyed = pool
+                .call::<bool>(
+                    self.opts.keygen_timeout,
+                    Command::DestroyAll { id: id.to_vec() },
+                )
+                .await;
+            match value {
+                Ok(Some(v)) => {
+                    destroyed?;
+                    return Ok(v);
+                }
+                Ok(None) => {
+                    return Err(HsmError::Internal("imported key has no check value".into()))
+                }
+                Err(e) if e.retryable() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(HsmError::NotEnoughHsms {
+            healthy: 0,
+            needed: 1,
+        }))
+    }
+
+    /// The mechanism some usable HSM lacks to unwrap material wrapped with `wrapping`
+    /// inside itself (from what each HSM's token offered at connect), if any.
+    pub fn import_unsupported(&self, wrapping: ImportWrapping) -> Option<String> {
+        health::usable(&self.hsms).into_iter().find_map(|p| {
+            let f = p.facts()?;
+            super::capabilities::import_missing(f.oaep, f.oaep_sha256, f.aes_key_wrap_pad, wrapping)
+                .map(|m| format!("{m} (HSM {})", p.node().name()))
+        })
     }
 
     /// Copy AES keys that some usable HSM lacks (e.g. it was down when they were created)

@@ -12,6 +12,7 @@ use super::custody;
 use super::error::{HsmError, Operation};
 use super::handles::{ObjectKind, CANARY_ID, CWK_ID};
 use super::hmac::{self, HmacTransfer};
+use super::import;
 use super::integrity::{self, Recorded, CHECK_LEN};
 use super::job::WorkerCtx;
 use super::keypair::{self, PairTransfer};
@@ -19,6 +20,7 @@ use super::kinds::{DataKeyPair, KeyKind, PairSpec, Protections, Secret, SignSche
 use super::mechanisms::{self, IV_LEN};
 use super::node::Node;
 use super::templates;
+use crate::kms::vault::WrappedMaterial;
 use crate::pkix::{Curve, Hash};
 use cryptoki::mechanism::Mechanism;
 use std::sync::Arc;
@@ -162,6 +164,15 @@ pub(super) enum Command {
         kind: KeyKind,
         transfer: Transfer,
     },
+    /// Unwrap imported key material into key `id` (checked to fit `kind`) and, with
+    /// `export`, export it for copying like [`Command::Create`].
+    Import {
+        wrapped: WrappedMaterial,
+        id: Vec<u8>,
+        label: String,
+        kind: KeyKind,
+        export: bool,
+    },
     /// Destroy every object (private, public, secret) with this `CKA_ID`.
     DestroyAll { id: Vec<u8> },
     /// Verify this HSM's copy of secret key `id` again now (quarantined if it disagrees).
@@ -225,6 +236,12 @@ pub(super) struct Facts {
     pub(super) oaep_sha256: bool,
     /// The token can generate, use and wrap Ed25519 keys.
     pub(super) ed25519_keys: bool,
+    /// The token offers `CKM_RSA_PKCS_OAEP` (imports).
+    #[serde(default)]
+    pub(super) oaep: bool,
+    /// The token offers `CKM_AES_KEY_WRAP_PAD` (RSA_AES imports).
+    #[serde(default)]
+    pub(super) aes_key_wrap_pad: bool,
 }
 
 /// The answer to a [`Command`].
@@ -361,6 +378,20 @@ impl Command {
                 export(ctx, &id, kind).map(Reply::Transfer)
             }
             Command::Export { id, kind } => export(ctx, &id, kind).map(Reply::Transfer),
+            Command::Import {
+                wrapped,
+                id,
+                label,
+                kind,
+                export: with_export,
+            } => {
+                import::unwrap_material(ctx, &wrapped, &id, &label, kind)?;
+                if with_export {
+                    export(ctx, &id, kind).map(Reply::Transfer)
+                } else {
+                    Ok(Reply::Unit)
+                }
+            }
             Command::Install {
                 id,
                 label,
@@ -447,6 +478,12 @@ pub(super) fn facts_of(inst: &super::instance::Instance) -> Facts {
         unreadable: inst.handles.unreadable(),
         oaep_sha256: inst.caps.oaep_sha256,
         ed25519_keys: inst.caps.ed25519_keys,
+        oaep: inst
+            .caps
+            .has(cryptoki::mechanism::MechanismType::RSA_PKCS_OAEP),
+        aes_key_wrap_pad: inst
+            .caps
+            .has(cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD),
     }
 }
 

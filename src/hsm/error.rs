@@ -77,6 +77,8 @@ pub enum Operation {
     CustodyProbe,
     /// Computing a key copy's check value (AES-ECB of a zero block, or an HMAC).
     CheckValue,
+    /// Unwrapping imported key material under an import wrapping key (`C_UnwrapKey`).
+    ImportUnwrap,
 }
 
 impl std::fmt::Display for Operation {
@@ -111,6 +113,7 @@ impl std::fmt::Display for Operation {
             Operation::SoLogin => "SO login",
             Operation::CustodyProbe => "custody probe",
             Operation::CheckValue => "check value",
+            Operation::ImportUnwrap => "import of key material",
         })
     }
 }
@@ -230,6 +233,9 @@ pub enum HsmError {
     /// (a drift finding for an operator; retrying does not help).
     #[error("{0}")]
     CopiesDisagree(String),
+    /// Imported key material unwrapped but does not fit its key (length, type or size).
+    #[error("{0}")]
+    WrongKeyMaterial(String),
     /// The token does not offer a mechanism the operation needs.
     #[error("{hsm}: mechanism {mechanism} is not offered by the token")]
     Unsupported {
@@ -270,6 +276,7 @@ impl HsmError {
             }
             HsmError::InvalidCiphertext
             | HsmError::InvalidInput(_)
+            | HsmError::WrongKeyMaterial(_)
             | HsmError::Unsupported { .. }
             | HsmError::CopiesDisagree(_)
             | HsmError::Unconfirmed(_) => Fault::Request,
@@ -343,7 +350,24 @@ pub fn classify(hsm: &str, function: Function, rv: RvError, operation: Operation
             EncryptedDataInvalid | EncryptedDataLenRange | DataInvalid | DataLenRange
             | GeneralError | FunctionFailed,
         )
-        | (Op::RsaDecrypt, F::DecryptInit, EncryptedDataInvalid) => HsmError::InvalidCiphertext,
+        | (Op::RsaDecrypt, F::DecryptInit, EncryptedDataInvalid)
+        // Imported material that does not unwrap (a wrong wrapping key or algorithm, a
+        // corrupt blob) is the caller's: SoftHSM reports OAEP and RFC 5649 integrity
+        // failures as CKR_GENERAL_ERROR or CKR_FUNCTION_FAILED from C_UnwrapKey.
+        | (
+            Op::ImportUnwrap,
+            F::UnwrapKey,
+            EncryptedDataInvalid | EncryptedDataLenRange | WrappedKeyInvalid
+            | WrappedKeyLenRange | DataInvalid | DataLenRange | GeneralError | FunctionFailed,
+        ) => HsmError::InvalidCiphertext,
+        // Material that unwraps but is not a key of the template's type and size.
+        (
+            Op::ImportUnwrap,
+            F::UnwrapKey,
+            TemplateInconsistent | AttributeValueInvalid | KeySizeRange,
+        ) => HsmError::WrongKeyMaterial(
+            "The key material is not a key of this key's type and size.".into(),
+        ),
         // C_DeriveKey refusing the peer's point (SoftHSM: CKR_GENERAL_ERROR for a point off
         // the curve) is the caller's input, not the device.
         (

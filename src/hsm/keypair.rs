@@ -18,7 +18,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use zeroize::Zeroizing;
 
-fn read_public(
+pub(super) fn read_public(
     ctx: &mut WorkerCtx<'_>,
     spec: PairSpec,
     h: ObjectHandle,
@@ -340,8 +340,49 @@ fn prove(
         (PairUse::Derive, PairSpec::Ec(c), PublicKey::Ec { point, .. }) => {
             Ok(Some(ecdh(ctx, id, c, point)?))
         }
+        (PairUse::Unwrap, PairSpec::Rsa(_), PublicKey::Rsa { n, e }) => {
+            if prove_unwrap(ctx, id, n, e)? {
+                Ok(None)
+            } else {
+                Err(fail(ctx))
+            }
+        }
         _ => Err(HsmError::Internal("unsupported key pair usage".into())),
     }
+}
+
+/// Proof of an import wrapping key pair: a throw-away secret, OAEP-wrapped (SHA-1) on the
+/// host under the public half, is unwrapped inside the token under the private half and
+/// used there for one HMAC, which must equal the host's HMAC with the same secret.
+fn prove_unwrap(ctx: &mut WorkerCtx<'_>, id: &[u8], n: &[u8], e: &[u8]) -> Result<bool, HsmError> {
+    use hmac::Mac;
+    const MSG: &[u8] = b"hsm-kms import wrapping key proof";
+    let secret = Zeroizing::new(ctx.random(32)?);
+    let public = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(n),
+        rsa::BigUint::from_bytes_be(e),
+    )
+    .map_err(|e| HsmError::Internal(e.to_string()))?;
+    let wrapped = public
+        .encrypt(
+            &mut rand::thread_rng(),
+            rsa::Oaep::new::<sha1::Sha1>(),
+            &secret,
+        )
+        .map_err(|e| HsmError::Internal(e.to_string()))?;
+    let template = templates::import_proof_secret();
+    let h = ctx.with_key(Operation::UnwrapKey, ObjectKind::Private, id, |s, w| {
+        s.unwrap_key(&mechanisms::oaep(Hash::Sha1), w, &wrapped, &template)
+    })?;
+    let mac = ctx
+        .session()
+        .sign(&mechanisms::hmac(Hash::Sha256), h, MSG)
+        .map_err(|e| ctx.err(Operation::Hmac, e));
+    let _ = ctx.session().destroy_object(h);
+    let mut expected = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret)
+        .map_err(|e| HsmError::Internal(e.to_string()))?;
+    expected.update(MSG);
+    Ok(mac? == expected.finalize().into_bytes().as_slice())
 }
 
 /// A key pair in transit: the private half wrapped under the cluster wrapping key, the

@@ -23,6 +23,7 @@
 //! | `node` | one HSM's shared state: [`NodeState`], current instance, call gate, counters |
 //! | `job` | what a job sees on a worker: session, handles, error recording |
 //! | `aes`, `hmac`, `keypair` | operations per key family, and how each is copied |
+//! | `import` | imported key material: unwrapped inside the token under an import wrapping key, checked to fit |
 //! | `custody` | which custody protections a token enforces (probed with the user PIN) |
 //! | `command` | the jobs as data (`Command`, replies, controls) and the one mapping onto the families; the health probe |
 //! | `host` | an HSM served by a host process: the frames, the service's link, supervision |
@@ -47,6 +48,7 @@ mod health;
 mod hmac;
 mod host;
 mod hosted;
+mod import;
 mod instance;
 mod integrity;
 mod iv;

@@ -62,6 +62,63 @@ impl Replicator<'_> {
                 return Err(e);
             }
         };
+        self.copy_to_others(&targets, primary, &id, &label, kind, transfer)
+            .await
+    }
+
+    /// Make a key with the command `make` builds (an import: unwrap and export) on the first
+    /// usable HSM that can (one that lacks the import wrapping key, or fails as a device
+    /// does, is skipped), then copy it to every other usable HSM as [`Replicator::create`]
+    /// does. A failure the request itself causes (undecryptable or unfitting material) is
+    /// answered at once, with nothing left behind.
+    pub(super) async fn create_by(
+        &self,
+        id: &[u8],
+        label: &str,
+        kind: KeyKind,
+        make: impl Fn() -> Command,
+    ) -> Result<Arc<Transfer>, HsmError> {
+        let targets = health::usable(self.hsms);
+        let needed = self.min_copies.max(2);
+        if targets.len() < needed {
+            return Err(HsmError::NotEnoughHsms {
+                healthy: targets.len(),
+                needed,
+            });
+        }
+        let mut last = None;
+        for &pool in &targets {
+            match pool.call::<Transfer>(self.timeout, make()).await {
+                Ok(t) => {
+                    return self
+                        .copy_to_others(&targets, pool, id, label, kind, Arc::new(t))
+                        .await
+                }
+                Err(e) => {
+                    self.destroy_on(&[pool], id).await;
+                    if !e.retryable() {
+                        return Err(e);
+                    }
+                    tracing::warn!(hsm = %pool.node().name(), error = %e, "could not make the key on this HSM; trying the next");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(HsmError::NotEnoughHsms { healthy: 0, needed }))
+    }
+
+    /// Copy the key `transfer` (made on `primary`) into every other HSM of `targets`; any
+    /// failure destroys every copy made, the primary's included.
+    async fn copy_to_others(
+        &self,
+        targets: &[&Pool],
+        primary: &Pool,
+        id: &[u8],
+        label: &str,
+        kind: KeyKind,
+        transfer: Arc<Transfer>,
+    ) -> Result<Arc<Transfer>, HsmError> {
+        let (id, label) = (id.to_vec(), label.to_string());
         let mut holders = vec![primary];
         let others = targets
             .iter()

@@ -14,7 +14,7 @@
 
 use super::handles::{CANARY_ID, CWK_ID};
 use super::kinds::{PairSpec, PairUse, PublicKey};
-use crate::pkix;
+use crate::pkix::{self, Curve};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use std::os::raw::c_ulong;
 
@@ -228,7 +228,7 @@ pub(super) fn private_key(
     label: &str,
     usage: PairUse,
 ) -> Vec<Attribute> {
-    vec![
+    let mut t = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(key_type(spec)),
         Attribute::Token(true),
@@ -239,9 +239,93 @@ pub(super) fn private_key(
         Attribute::Sign(usage == PairUse::Sign),
         Attribute::Decrypt(usage == PairUse::Decrypt),
         Attribute::Derive(usage == PairUse::Derive),
-        Attribute::Unwrap(false),
+        Attribute::Unwrap(usage == PairUse::Unwrap),
         Attribute::Id(id.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    if usage == PairUse::Unwrap {
+        // An import wrapping key can only make sensitive, wrap-with-trusted keys: a holder
+        // of the user PIN cannot unwrap a customer's material into a readable object.
+        t.push(forced_unwrap_template().attribute());
+    }
+    t
+}
+
+/// The unwrap template forced on what an import wrapping key unwraps, built once and kept
+/// for the life of the process, so that the pointers inside its attribute stay valid for
+/// every call that passes it.
+fn forced_unwrap_template() -> &'static UnwrapTemplate {
+    static FORCED: std::sync::OnceLock<UnwrapTemplate> = std::sync::OnceLock::new();
+    FORCED.get_or_init(UnwrapTemplate::forced)
+}
+
+/// The ephemeral AES key of an `RSA_AES_KEY_WRAP` import, unwrapped with RSA-OAEP as a
+/// session object: sensitive, never extractable, it only unwraps the material.
+pub(super) fn import_ephemeral_key() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(true),
+        Attribute::Derive(false),
+    ]
+}
+
+/// A throw-away session copy of an imported EC private key (sensitive, never extractable)
+/// that may sign and derive: what the token needs to give the key's public point (ECDH
+/// with the base point for X, a signature to pick Y) before the copy is destroyed.
+pub(super) fn import_ec_copy() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Sign(true),
+        Attribute::Derive(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+    ]
+}
+
+/// A candidate public point of an imported EC key as a session object, to verify with.
+pub(super) fn ec_candidate(curve: Curve, point: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(curve.params_der().to_vec()),
+        Attribute::EcPoint(pkix::tlv(0x04, point)),
+    ]
+}
+
+/// A throw-away session secret that proves an import wrapping key pair (unwrapped under
+/// its private half, then used for one HMAC inside the token).
+pub(super) fn import_proof_secret() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Sign(true),
+        Attribute::Verify(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
     ]
 }
 

@@ -7,8 +7,8 @@ use super::cluster::HsmCluster;
 use super::error::HsmError;
 use super::{NodeState, IV_LEN};
 use crate::kms::vault::{
-    DataKeyPair, HsmStatus, KeyKind, KeyVault, ObjectId, PairSpec, Sealed, SealedDataKey,
-    SignScheme, VaultError, CHECK_LEN,
+    DataKeyPair, HsmStatus, ImportWrapping, KeyKind, KeyVault, ObjectId, PairSpec, Sealed,
+    SealedDataKey, SignScheme, VaultError, WrappedMaterial, CHECK_LEN,
 };
 use crate::pkix::{Curve, Hash};
 use zeroize::Zeroizing;
@@ -18,6 +18,7 @@ impl From<HsmError> for VaultError {
         match e {
             HsmError::InvalidCiphertext => VaultError::InvalidCiphertext,
             HsmError::InvalidInput(m) => VaultError::InvalidInput(m),
+            HsmError::WrongKeyMaterial(m) => VaultError::WrongKeyMaterial(m),
             HsmError::Unsupported { hsm, mechanism } => VaultError::Unsupported {
                 mechanism,
                 detail: hsm,
@@ -188,6 +189,29 @@ impl KeyVault for HsmCluster {
 
     fn can_hold_ed25519_keys(&self) -> bool {
         HsmCluster::can_hold_ed25519_keys(self)
+    }
+
+    fn import_unsupported(&self, wrapping: ImportWrapping) -> Option<String> {
+        HsmCluster::import_unsupported(self, wrapping)
+    }
+
+    async fn import_key(
+        &self,
+        wrapped: &WrappedMaterial,
+        id: &ObjectId,
+        label: &str,
+        kind: KeyKind,
+    ) -> Result<Option<Vec<u8>>, VaultError> {
+        Ok(HsmCluster::import_key(self, wrapped, id.as_bytes(), label, kind).await?)
+    }
+
+    async fn imported_check_value(
+        &self,
+        wrapped: &WrappedMaterial,
+        id: &ObjectId,
+        kind: KeyKind,
+    ) -> Result<[u8; CHECK_LEN], VaultError> {
+        Ok(HsmCluster::imported_check_value(self, wrapped, id.as_bytes(), kind).await?)
     }
 
     async fn inventory(&self) -> Vec<(String, bool, Vec<ObjectId>)> {

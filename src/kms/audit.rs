@@ -441,11 +441,14 @@ const KMS_PARAMETERS: &[&str] = &[
     "DryRun",
     "EncryptionAlgorithm",
     "EncryptionContext",
+    "ExpirationModel",
     "GrantId",
     "GranteePrincipal",
+    "ImportType",
     "IncludeKeyMaterial",
     "KeyAgreementAlgorithm",
     "KeyId",
+    "KeyMaterialId",
     "KeyPairSpec",
     "KeySpec",
     "KeyUsage",
@@ -469,6 +472,9 @@ const KMS_PARAMETERS: &[&str] = &[
     "TagKeys",
     "Tags",
     "TargetKeyId",
+    "ValidTo",
+    "WrappingAlgorithm",
+    "WrappingKeySpec",
 ];
 
 /// The IAM and STS parameters CloudTrail shows. Anything else (`SerialNumber`,
@@ -554,6 +560,7 @@ pub fn kms_response_elements(operation: &str, reply: &[u8]) -> Value {
         "CreateGrant" => &["GrantId"],
         "ScheduleKeyDeletion" => &["KeyId", "DeletionDate", "KeyState", "PendingWindowInDays"],
         "CancelKeyDeletion" => &["KeyId"],
+        "ImportKeyMaterial" | "DeleteImportedKeyMaterial" => &["KeyId", "KeyMaterialId"],
         _ => return Value::Null,
     };
     match serde_json::from_slice::<Value>(reply) {

@@ -80,6 +80,17 @@ pub enum KmsError {
     #[error("{0}")]
     /// `InvalidGrantIdException`: a `GrantId` is not a well-formed grant id.
     InvalidGrantId(String),
+    #[error("{0}")]
+    /// `ExpiredImportTokenException`: the import token (and its wrapping key) has expired.
+    ExpiredImportToken(String),
+    #[error("{0}")]
+    /// `InvalidImportTokenException`: the import token is not one this service issued for
+    /// this key.
+    InvalidImportToken(String),
+    #[error("{0}")]
+    /// `IncorrectKeyMaterialException`: the imported material does not fit the key, or is
+    /// not the material previously imported.
+    IncorrectKeyMaterial(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     /// `DryRunOperationException`: the request would have succeeded but set `DryRun`.
     DryRun,
@@ -126,6 +137,9 @@ impl KmsError {
             KmsError::Conflict(_) => "ConflictException",
             KmsError::InvalidGrantToken(_) => "InvalidGrantTokenException",
             KmsError::InvalidGrantId(_) => "InvalidGrantIdException",
+            KmsError::ExpiredImportToken(_) => "ExpiredImportTokenException",
+            KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
+            KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) | KmsError::TooFewHsms { .. } => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",
@@ -176,6 +190,7 @@ impl From<VaultError> for KmsError {
         match e {
             VaultError::InvalidCiphertext => KmsError::InvalidCiphertext(String::new()),
             VaultError::InvalidInput(m) => KmsError::Validation(m),
+            VaultError::WrongKeyMaterial(m) => KmsError::IncorrectKeyMaterial(m),
             VaultError::Unsupported { mechanism, .. } => KmsError::Unsupported(format!(
                 "The HSMs of this key store do not offer {mechanism}."
             )),

@@ -5,7 +5,8 @@
 
 use super::marker::Marker;
 use super::types::{
-    AccountId, EncryptionAlgorithm, KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag,
+    AccountId, EncryptionAlgorithm, ExpirationModel, ImportState, KeyId, KeyManager, KeySpec,
+    KeyState, KeyUsage, Origin, Tag, WrappingAlgorithm,
 };
 use super::vault::ObjectId;
 use base64::Engine;
@@ -108,6 +109,65 @@ pub struct BackingKey {
     /// (re)connect. `None` until recorded (or for key pairs, which have none yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_value: Option<String>,
+    /// For imported material (Origin `EXTERNAL`): whether the HSMs hold it now and how it
+    /// expires; `None` for material the HSMs generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportedMaterial>,
+}
+
+/// What the metadata knows of one generation of imported key material. The material itself
+/// exists only in the HSMs (unwrapped there); its check value (`BackingKey::check_value`)
+/// is what tells a re-import of the same material from different material.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImportedMaterial {
+    /// `IMPORTED` while the HSMs hold it; `PENDING_IMPORT` before the first import and
+    /// after deletion or expiry.
+    pub state: ImportState,
+    /// `ExpirationModel` of the last import (`None` before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<ExpirationModel>,
+    /// `ValidTo` of the last import, when the material expires.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "epoch_seconds::option"
+    )]
+    pub valid_to: Option<OffsetDateTime>,
+    /// `KeyMaterialDescription` of the last import that gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `PENDING_IMPORT` after a deletion or expiry: false until every HSM confirmed the
+    /// material destroyed (the maintenance pass retries until then).
+    #[serde(default)]
+    pub destroyed: bool,
+}
+
+impl ImportedMaterial {
+    /// Material that has never been imported (nothing in any HSM).
+    pub fn never_imported() -> ImportedMaterial {
+        ImportedMaterial {
+            state: ImportState::PendingImport,
+            expiration_model: None,
+            valid_to: None,
+            description: None,
+            destroyed: true,
+        }
+    }
+}
+
+/// One set of import parameters (`GetParametersForImport`): the RSA wrapping key pair made
+/// in the HSMs for one key, and until when it and its import token may be used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImportParameters {
+    /// `CKA_ID` of the wrapping key pair in every HSM.
+    pub object_id: ObjectId,
+    /// Modulus length of the wrapping key pair.
+    pub bits: u32,
+    /// The `WrappingAlgorithm` the caller said it will use.
+    pub algorithm: WrappingAlgorithm,
+    /// `ParametersValidTo`: 24 hours after the request.
+    #[serde(with = "epoch_seconds")]
+    pub valid_to: OffsetDateTime,
 }
 
 /// How a rotation was started (`RotationType`).
@@ -177,6 +237,10 @@ pub struct KeyDoc {
     /// default policy of their kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Import parameters issued and not yet expired (Origin `EXTERNAL`): their wrapping key
+    /// pairs are in the HSMs until the maintenance pass destroys them after `valid_to`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub import_parameters: Vec<ImportParameters>,
 }
 
 impl KeyDoc {
@@ -263,6 +327,16 @@ pub struct KeyMetadata {
     /// symmetric encryption keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_key_material_id: Option<String>,
+    /// `KeyMetadata.ExpirationModel`: whether imported material expires; only for keys of
+    /// origin `EXTERNAL` that have had material imported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<ExpirationModel>,
+    /// `KeyMetadata.ValidTo`: the earliest expiry of the key's imported material.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "epoch_seconds::option"
+    )]
+    pub valid_to: Option<OffsetDateTime>,
 }
 
 /// `CreateKey` and `DescribeKey` response.

@@ -23,7 +23,7 @@ pub enum Family {
     Policy,
     /// Grants.
     Grant,
-    /// Imported key material (not built yet).
+    /// Imported key material.
     Import,
     /// Custom key stores (not built yet).
     CustomKeyStore,
@@ -96,7 +96,7 @@ operations! {
     Decrypt: Core, read_only = true, grant_tokens = true, dry_run = true, built = true;
     DeleteAlias: Alias, read_only = false, grant_tokens = false, dry_run = false, built = true;
     DeleteCustomKeyStore: CustomKeyStore, read_only = false, grant_tokens = false, dry_run = false, built = false;
-    DeleteImportedKeyMaterial: Import, read_only = false, grant_tokens = false, dry_run = false, built = false;
+    DeleteImportedKeyMaterial: Import, read_only = false, grant_tokens = false, dry_run = false, built = true;
     DeriveSharedSecret: Asymmetric, read_only = true, grant_tokens = true, dry_run = true, built = true;
     DescribeCustomKeyStores: CustomKeyStore, read_only = true, grant_tokens = false, dry_run = false, built = false;
     DescribeKey: Core, read_only = true, grant_tokens = true, dry_run = false, built = true;
@@ -115,9 +115,9 @@ operations! {
     GetKeyLastUsage: Audit, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetKeyPolicy: Policy, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetKeyRotationStatus: Rotation, read_only = true, grant_tokens = false, dry_run = false, built = true;
-    GetParametersForImport: Import, read_only = true, grant_tokens = false, dry_run = false, built = false;
+    GetParametersForImport: Import, read_only = true, grant_tokens = false, dry_run = false, built = true;
     GetPublicKey: Asymmetric, read_only = true, grant_tokens = true, dry_run = false, built = true;
-    ImportKeyMaterial: Import, read_only = false, grant_tokens = false, dry_run = false, built = false;
+    ImportKeyMaterial: Import, read_only = false, grant_tokens = false, dry_run = false, built = true;
     ListAliases: Alias, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListGrants: Grant, read_only = true, grant_tokens = false, dry_run = false, built = true;
     ListKeyPolicies: Policy, read_only = true, grant_tokens = false, dry_run = false, built = true;
@@ -194,7 +194,7 @@ mod tests {
             );
             assert_eq!(op.action(), format!("kms:{}", op.name()));
         }
-        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 43);
+        assert_eq!(Operation::ALL.iter().filter(|o| o.is_built()).count(), 46);
         assert_eq!(Operation::from_target("Encrypt"), None);
         assert_eq!(Operation::from_target("TrentService.NoSuchOperation"), None);
     }

@@ -7,9 +7,9 @@
 use super::context::{EncryptionContext, GrantConstraints};
 use super::operation::Operation;
 use super::types::{
-    AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, GrantOperation,
-    KeyAgreementAlgorithm, KeyRef, KeySpec, KeyUsage, MacAlgorithm, MessageType, Origin, Plaintext,
-    SigningAlgorithm, Tag,
+    AliasName, DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm, ExpirationModel, GrantOperation,
+    ImportType, KeyAgreementAlgorithm, KeyRef, KeySpec, KeyUsage, MacAlgorithm, MessageType,
+    Origin, Plaintext, SigningAlgorithm, Tag, WrappingAlgorithm, WrappingKeySpec,
 };
 
 /// What GenerateDataKey asks for: exactly one of a spec or a byte count.
@@ -360,6 +360,61 @@ pub struct RevokeGrant {
     pub dry_run: bool,
 }
 
+/// GetParametersForImport.
+#[derive(Debug)]
+pub struct GetParametersForImport {
+    /// `KeyId` (key id or key ARN).
+    pub key: KeyRef,
+    /// `WrappingAlgorithm`.
+    pub algorithm: WrappingAlgorithm,
+    /// `WrappingKeySpec`.
+    pub spec: WrappingKeySpec,
+}
+
+/// ImportKeyMaterial. `Debug` never prints the token or the wrapped material.
+pub struct ImportKeyMaterial {
+    /// `KeyId` (key id or key ARN).
+    pub key: KeyRef,
+    /// `ImportToken`.
+    pub token: Vec<u8>,
+    /// `EncryptedKeyMaterial`.
+    pub wrapped: Vec<u8>,
+    /// `ValidTo`.
+    pub valid_to: Option<time::OffsetDateTime>,
+    /// `ExpirationModel`.
+    pub expiration_model: Option<ExpirationModel>,
+    /// `ImportType`.
+    pub import_type: Option<ImportType>,
+    /// `KeyMaterialDescription`.
+    pub description: Option<String>,
+    /// `KeyMaterialId` (64 lowercase hex characters).
+    pub material_id: Option<String>,
+}
+
+impl std::fmt::Debug for ImportKeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportKeyMaterial")
+            .field("key", &self.key)
+            .field("token", &"<redacted>")
+            .field("wrapped", &"<redacted>")
+            .field("valid_to", &self.valid_to)
+            .field("expiration_model", &self.expiration_model)
+            .field("import_type", &self.import_type)
+            .field("description", &self.description)
+            .field("material_id", &self.material_id)
+            .finish()
+    }
+}
+
+/// DeleteImportedKeyMaterial.
+#[derive(Debug)]
+pub struct DeleteImportedKeyMaterial {
+    /// `KeyId` (key id or key ARN).
+    pub key: KeyRef,
+    /// `KeyMaterialId`: this material (else the current one).
+    pub material_id: Option<String>,
+}
+
 /// A parsed request of any built operation.
 #[derive(Debug)]
 pub enum Request {
@@ -426,4 +481,10 @@ pub enum Request {
     RetireGrant(RetireGrant),
     /// RevokeGrant.
     RevokeGrant(RevokeGrant),
+    /// GetParametersForImport.
+    GetParametersForImport(GetParametersForImport),
+    /// ImportKeyMaterial.
+    ImportKeyMaterial(ImportKeyMaterial),
+    /// DeleteImportedKeyMaterial.
+    DeleteImportedKeyMaterial(DeleteImportedKeyMaterial),
 }

@@ -815,6 +815,55 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// How imported key material is wrapped (`AlgorithmSpec` of GetParametersForImport).
+    WrappingAlgorithm at "wrappingAlgorithm" {
+        /// Deprecated by AWS (refused since October 2023).
+        RsaesPkcs1V15 = "RSAES_PKCS1_V1_5",
+        RsaesOaepSha1 = "RSAES_OAEP_SHA_1",
+        RsaesOaepSha256 = "RSAES_OAEP_SHA_256",
+        RsaAesKeyWrapSha1 = "RSA_AES_KEY_WRAP_SHA_1",
+        RsaAesKeyWrapSha256 = "RSA_AES_KEY_WRAP_SHA_256",
+        /// China Regions only in AWS.
+        Sm2Pke = "SM2PKE",
+    }
+}
+
+wire_enum! {
+    /// The wrapping key pair of GetParametersForImport (`WrappingKeySpec`).
+    WrappingKeySpec at "wrappingKeySpec" {
+        Rsa2048 = "RSA_2048",
+        Rsa3072 = "RSA_3072",
+        Rsa4096 = "RSA_4096",
+        /// China Regions only in AWS.
+        Sm2 = "SM2",
+    }
+}
+
+wire_enum! {
+    /// Whether imported key material expires (`ExpirationModelType`).
+    ExpirationModel at "expirationModel" {
+        KeyMaterialExpires = "KEY_MATERIAL_EXPIRES",
+        KeyMaterialDoesNotExpire = "KEY_MATERIAL_DOES_NOT_EXPIRE",
+    }
+}
+
+wire_enum! {
+    /// ImportKeyMaterial's `ImportType`.
+    ImportType at "importType" {
+        NewKeyMaterial = "NEW_KEY_MATERIAL",
+        ExistingKeyMaterial = "EXISTING_KEY_MATERIAL",
+    }
+}
+
+wire_enum! {
+    /// Whether a key material is in the HSMs (`ImportState` of ListKeyRotations).
+    ImportState at "importState" {
+        Imported = "IMPORTED",
+        PendingImport = "PENDING_IMPORT",
+    }
+}
+
+wire_enum! {
     /// The data key of GenerateDataKey(WithoutPlaintext) (`DataKeySpec`).
     DataKeySpec at "keySpec" {
         Aes256 = "AES_256",

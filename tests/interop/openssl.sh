@@ -3,7 +3,9 @@
 # provides check, fail, aws_kms and $W): openssl verifies ECDSA and RSA-PSS signatures
 # made in the HSMs with the public key from get-public-key, openssl encrypts with
 # OAEP-SHA-256 and the service decrypts, and openssl's ECDH agrees with
-# derive-shared-secret.
+# derive-shared-secret; and the README's import walk-through: key material wrapped by
+# openssl (RSA_AES_KEY_WRAP_SHA_1 and RSAES_OAEP_SHA_1) imported with the aws CLI, used,
+# deleted, re-imported.
 #
 # The check functions (o_*) are called indirectly through `check`:
 # shellcheck disable=SC2317,SC2154
@@ -79,8 +81,65 @@ o_ecdh() {
     cmp "$O/z.openssl" "$O/z.kms" || fail "shared secrets differ"
 }
 
+# o_import_params KEY ALG SPEC : get-parameters-for-import into $O/wrapping.der and
+# $O/token.bin.
+o_import_params() {
+    aws_kms get-parameters-for-import --key-id "$1" --wrapping-algorithm "$2" \
+        --wrapping-key-spec "$3" --output json >"$O/params.json"
+    "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["PublicKey"])' "$O/params.json" |
+        base64 -d >"$O/wrapping.der"
+    "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["ImportToken"])' "$O/params.json" |
+        base64 -d >"$O/token.bin"
+}
+
+# o_oaep_sha1 IN OUT : RSA-OAEP (SHA-1) under $O/wrapping.der.
+o_oaep_sha1() {
+    openssl pkeyutl -encrypt -pubin -keyform DER -inkey "$O/wrapping.der" -in "$1" -out "$2" \
+        -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha1 -pkeyopt rsa_mgf1_md:sha1
+}
+
+o_import() {
+    local key state
+    key="$(aws_kms create-key --origin EXTERNAL --query KeyMetadata.KeyId --output text)"
+    state="$(aws_kms describe-key --key-id "$key" --query KeyMetadata.KeyState --output text)"
+    [ "$state" = PendingImport ] || fail "new EXTERNAL key is $state"
+    o_import_params "$key" RSA_AES_KEY_WRAP_SHA_1 RSA_4096
+    openssl rand -out "$O/material.bin" 32
+    openssl rand -out "$O/aes.bin" 32
+    o_oaep_sha1 "$O/aes.bin" "$O/aes.wrapped"
+    openssl enc -id-aes256-wrap-pad -K "$(xxd -p -c 64 "$O/aes.bin")" -iv A65959A6 \
+        -in "$O/material.bin" -out "$O/material.wrapped"
+    cat "$O/aes.wrapped" "$O/material.wrapped" >"$O/encrypted.bin"
+    aws_kms import-key-material --key-id "$key" --encrypted-key-material "fileb://$O/encrypted.bin" \
+        --import-token "fileb://$O/token.bin" --expiration-model KEY_MATERIAL_EXPIRES \
+        --valid-to "$(date -u -d '+90 days' +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
+    state="$(aws_kms describe-key --key-id "$key" --query KeyMetadata.ExpirationModel --output text)"
+    [ "$state" = KEY_MATERIAL_EXPIRES ] || fail "ExpirationModel is $state"
+    printf 'imported secret' >"$O/secret"
+    aws_kms encrypt --key-id "$key" --plaintext "fileb://$O/secret" \
+        --query CiphertextBlob --output text | base64 -d >"$O/secret.enc"
+    aws_kms delete-imported-key-material --key-id "$key" >/dev/null
+    expect_error KMSInvalidStateException aws_kms decrypt --ciphertext-blob "fileb://$O/secret.enc"
+    # Other material is refused; the same material (now RSAES_OAEP_SHA_1) restores the key.
+    o_import_params "$key" RSAES_OAEP_SHA_1 RSA_2048
+    openssl rand -out "$O/other.bin" 32
+    o_oaep_sha1 "$O/other.bin" "$O/other.wrapped"
+    expect_error IncorrectKeyMaterialException aws_kms import-key-material --key-id "$key" \
+        --encrypted-key-material "fileb://$O/other.wrapped" --import-token "fileb://$O/token.bin" \
+        --expiration-model KEY_MATERIAL_DOES_NOT_EXPIRE
+    o_oaep_sha1 "$O/material.bin" "$O/material.oaep"
+    aws_kms import-key-material --key-id "$key" --encrypted-key-material "fileb://$O/material.oaep" \
+        --import-token "fileb://$O/token.bin" --expiration-model KEY_MATERIAL_DOES_NOT_EXPIRE >/dev/null
+    aws_kms decrypt --ciphertext-blob "fileb://$O/secret.enc" \
+        --query Plaintext --output text | base64 -d >"$O/secret.back"
+    cmp "$O/secret" "$O/secret.back" || fail "the re-imported key decrypted wrongly"
+    expect_error UnsupportedOperationException aws_kms get-parameters-for-import --key-id "$key" \
+        --wrapping-algorithm RSAES_OAEP_SHA_256 --wrapping-key-spec RSA_2048
+}
+
 check "openssl: dgst -verify an ECDSA P-256 signature (and reject another message)" o_ecdsa
 check "openssl: dgst -verify an ECDSA P-384 signature" o_ecdsa_p384
 check "openssl: dgst -verify RSA-PSS (salt 32) and PKCS#1 v1.5 signatures" o_rsa_pss
 check "openssl: pkeyutl OAEP-SHA-256 ciphertext decrypted by the service" o_rsa_oaep256
 check "openssl: pkeyutl -derive agrees with derive-shared-secret" o_ecdh
+check "openssl + cli: import key material (RSA_AES_KEY_WRAP_SHA_1, RSAES_OAEP_SHA_1), delete, re-import" o_import

@@ -669,6 +669,22 @@ fn request_keys(ctx: &mut ConditionContext, request: &Request, destination: bool
                 [bool_str(r.bypass_policy_lockout_safety_check)],
             );
         }
+        Request::GetParametersForImport(r) => {
+            ctx.insert("kms:WrappingAlgorithm", [r.algorithm.as_str()]);
+            ctx.insert("kms:WrappingKeySpec", [r.spec.as_str()]);
+        }
+        Request::ImportKeyMaterial(r) => {
+            let model = r
+                .expiration_model
+                .unwrap_or(crate::kms::types::ExpirationModel::KeyMaterialExpires);
+            ctx.insert("kms:ExpirationModel", [model.as_str()]);
+            if let Some(t) = r.valid_to {
+                ctx.insert(
+                    "kms:ValidTo",
+                    [crate::kms::model::epoch_seconds::to_f64(t).to_string()],
+                );
+            }
+        }
         _ => {}
     }
 }

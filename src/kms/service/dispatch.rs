@@ -213,6 +213,13 @@ impl Kms {
                 }
             },
             Request::RevokeGrant(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::GetParametersForImport(r) => {
+                one(Some(self.resolve_ref(p, &r.key, false, cross)?))
+            }
+            Request::ImportKeyMaterial(r) => one(Some(self.resolve_ref(p, &r.key, false, cross)?)),
+            Request::DeleteImportedKeyMaterial(r) => {
+                one(Some(self.resolve_ref(p, &r.key, false, cross)?))
+            }
         })
     }
 
@@ -330,6 +337,13 @@ impl Kms {
             Request::ListRetirableGrants(r) => reply(self.list_retirable_grants(r)?),
             Request::RetireGrant(r) => reply(self.retire_grant(p, keys, r).await?),
             Request::RevokeGrant(r) => reply(self.revoke_grant(keys, r).await?),
+            Request::GetParametersForImport(r) => {
+                reply(self.get_parameters_for_import(keys, r).await?)
+            }
+            Request::ImportKeyMaterial(r) => reply(self.import_key_material(keys, r).await?),
+            Request::DeleteImportedKeyMaterial(r) => {
+                reply(self.delete_imported_key_material(keys, r).await?)
+            }
         }
     }
 

@@ -245,7 +245,12 @@ impl Kms {
             if is_due(d, now) {
                 return Err(ended());
             }
-            d.key_state = KeyState::Disabled;
+            // A key whose imported material is missing goes back to waiting for it.
+            d.key_state = if super::import::complete(d) {
+                KeyState::Disabled
+            } else {
+                KeyState::PendingImport
+            };
             d.deletion_date = None;
             d.pending_window_days = None;
             Ok(())
@@ -280,11 +285,16 @@ impl Kms {
                 }
             };
             let arn = self.arn(&doc);
+            let objects = doc
+                .backing
+                .iter()
+                .map(|b| &b.object_id)
+                .chain(doc.import_parameters.iter().map(|p| &p.object_id));
             let (complete, hsms) = crate::kms::vault::served_by(async {
                 let mut complete = true;
-                for b in &doc.backing {
-                    if let Err(e) = self.vault.destroy_key(&b.object_id).await {
-                        tracing::warn!(key = %arn, object = %b.object_id, error = %e,
+                for object in objects {
+                    if let Err(e) = self.vault.destroy_key(object).await {
+                        tracing::warn!(key = %arn, object = %object, error = %e,
                             "key destruction incomplete (an HSM did not confirm); will retry");
                         complete = false;
                     }
@@ -332,6 +342,13 @@ impl Kms {
         if let Some(t) = tags.iter().find(|t| t.is_aws_reserved()) {
             return Err(KmsError::Tag(format!(
                 "Tags beginning with aws: are reserved ('{}')",
+                t.key()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(t) = tags.iter().find(|t| !seen.insert(t.key())) {
+            return Err(KmsError::Tag(format!(
+                "Duplicate tag keys in the request: '{}' appears more than once.",
                 t.key()
             )));
         }

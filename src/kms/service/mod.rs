@@ -32,6 +32,10 @@ pub use authz::{CallEnv, GetKeyPolicyOutput, ListKeyPoliciesOutput};
 mod dispatch;
 mod events;
 mod grants;
+mod import;
+pub use import::{
+    GetParametersForImportOutput, KeyMaterialOutput, TOKEN_KEY_ID as IMPORT_TOKEN_KEY_ID,
+};
 mod integrity;
 mod reconcile;
 pub use reconcile::{ReconcileReport, ReconcileRow, ORPHAN_GRACE};
@@ -103,6 +107,8 @@ pub struct Kms {
     auditor: std::sync::OnceLock<Arc<super::audit::Auditor>>,
     /// Whether `watch_hsms` ran once (its first call records nothing).
     hsms_watched: std::sync::atomic::AtomicBool,
+    /// Imports of key material in progress, and the import token key.
+    import: import::Imports,
 }
 
 fn object_id(key: &KeyId, version: u32) -> ObjectId {
@@ -155,6 +161,7 @@ impl Kms {
             usage,
             auditor: std::sync::OnceLock::new(),
             hsms_watched: std::sync::atomic::AtomicBool::new(false),
+            import: import::Imports::default(),
         })
     }
 
@@ -254,19 +261,40 @@ impl Kms {
             keys.values()
                 .filter(|e| e.doc.key_state != KeyState::PendingDeletion)
         };
+        // Imported material that was deleted or expired is never copied back.
         let symmetric = live()
             .filter(|e| e.doc.key_spec == KeySpec::SymmetricDefault)
             .flat_map(|e| {
                 e.doc
                     .backing
                     .iter()
+                    .filter(|b| import::material_present(b))
                     .map(|b| (b.object_id.clone(), self.arn(&e.doc), KeyKind::Aes))
                     .collect::<Vec<_>>()
             });
         let others = live().filter_map(|e| {
             let kind = asymmetric::key_kind(e.doc.key_spec, e.doc.key_usage)?;
             let b = e.doc.backing(e.doc.current_backing)?;
-            Some((b.object_id.clone(), self.arn(&e.doc), kind))
+            import::material_present(b).then(|| (b.object_id.clone(), self.arn(&e.doc), kind))
+        });
+        // Unexpired import wrapping keys: an HSM that was away gets them too.
+        let now = self.now();
+        let wrapping = live().flat_map(|e| {
+            e.doc
+                .import_parameters
+                .iter()
+                .filter(|p| p.valid_to > now)
+                .map(|p| {
+                    (
+                        p.object_id.clone(),
+                        format!("{} import wrapping key", self.arn(&e.doc)),
+                        KeyKind::Pair(
+                            super::vault::PairSpec::Rsa(p.bits),
+                            super::vault::PairUse::Unwrap,
+                        ),
+                    )
+                })
+                .collect::<Vec<_>>()
         });
         let service_owned = [
             (
@@ -282,8 +310,10 @@ impl Kms {
         ];
         service_owned
             .into_iter()
+            .chain([import::service_owned()])
             .chain(symmetric)
             .chain(others)
+            .chain(wrapping)
             .collect()
     }
 
@@ -292,6 +322,7 @@ impl Kms {
     /// `app` runs it every `maintenance_interval_ms`, tests call it after moving the clock.
     pub async fn maintenance(&self) -> Result<(), KmsError> {
         let destroyed = self.destroy_due_keys().await;
+        let imports = self.import_maintenance().await;
         // Copies are verified at first use after each (re)connect and again after every pass.
         self.vault.reverify_copies();
         let checked = self.record_check_values().await;
@@ -300,6 +331,7 @@ impl Kms {
         self.rotate_due_keys().await;
         let usage = self.flush_key_usage().await;
         destroyed?;
+        imports?;
         usage?;
         checked?;
         reconciled?;
@@ -407,6 +439,12 @@ impl Kms {
                     arn()
                 )))
             }
+            KeyState::PendingImport => {
+                return Err(KmsError::InvalidState(format!(
+                    "{} is pending import.",
+                    arn()
+                )))
+            }
             other => {
                 return Err(KmsError::InvalidState(format!(
                     "{} is {}.",
@@ -471,6 +509,8 @@ impl Kms {
             key_agreement_algorithms: doc.key_spec.key_agreement_algorithms(doc.key_usage),
             multi_region: false,
             current_key_material_id: rotation::current_key_material_id(doc),
+            expiration_model: import::key_expiry(doc).0,
+            valid_to: import::key_expiry(doc).1,
         }
     }
 
@@ -554,11 +594,15 @@ impl Kms {
         }
         asymmetric::check_spec_supported(spec, self.vault.can_hold_ed25519_keys())?;
         let origin = input.origin.unwrap_or(Origin::AwsKms);
-        if origin != Origin::AwsKms {
-            return Err(KmsError::Unsupported(format!(
-                "Origin {} is not supported by this service yet.",
-                origin.as_str()
-            )));
+        match origin {
+            Origin::AwsKms => {}
+            Origin::External => import::check_importable(spec)?,
+            _ => {
+                return Err(KmsError::Unsupported(format!(
+                    "Origin {} is not supported by this service yet.",
+                    origin.as_str()
+                )))
+            }
         }
         if input.multi_region {
             return Err(KmsError::Unsupported(
@@ -592,7 +636,11 @@ impl Kms {
             description,
             key_spec: spec,
             key_usage: usage,
-            key_state: KeyState::Enabled,
+            key_state: if origin == Origin::External {
+                KeyState::PendingImport
+            } else {
+                KeyState::Enabled
+            },
             origin,
             key_manager: KeyManager::Customer,
             creation_date: now,
@@ -604,14 +652,19 @@ impl Kms {
                 created: now,
                 rotation: None,
                 check_value: None,
+                import: (origin == Origin::External)
+                    .then(super::model::ImportedMaterial::never_imported),
             }],
             current_backing: 1,
             tags: dedup_tags(input.tags),
             public_key: None,
             rotation_schedule: None,
             policy: Some(policy),
+            import_parameters: Vec::new(),
         };
-        if spec == KeySpec::SymmetricDefault {
+        if origin == Origin::External {
+            // No material until ImportKeyMaterial brings it.
+        } else if spec == KeySpec::SymmetricDefault {
             self.vault
                 .create_key(&obj, &self.arn(&doc), KeyKind::Aes)
                 .await?;

@@ -106,9 +106,17 @@ impl Kms {
             .keys
             .read()
             .values()
-            .flat_map(|e| e.doc.backing.iter().map(|b| b.object_id.clone()))
+            .flat_map(|e| {
+                e.doc
+                    .backing
+                    .iter()
+                    .map(|b| b.object_id.clone())
+                    .chain(e.doc.import_parameters.iter().map(|p| p.object_id.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         ids.insert(crate::kms::credentials::sealing_key());
+        ids.insert(super::import::token_key());
         ids.insert(crate::kms::digest::digest_key());
         ids
     }

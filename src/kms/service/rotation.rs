@@ -18,14 +18,18 @@
 //! Backing objects of rotated generations are named `kms/<key id>/<version>/<8 hex>`: the
 //! random suffix keeps a generation that was made in the HSMs but never committed (crash
 //! between the two steps) from ever colliding with a later attempt; such an orphan is never
-//! referenced by metadata. Imported material (Origin EXTERNAL, later) fits the same shape:
-//! a `BackingKey` whose object arrives by unwrap instead of generation, promoted the same way.
+//! referenced by metadata. Imported material (Origin EXTERNAL, `import.rs`) has the same
+//! shape: a `BackingKey` whose object arrives by unwrap instead of generation; new material
+//! waits above the current generation (`PENDING_ROTATION`) until RotateKeyOnDemand makes it
+//! current. Automatic rotation is refused for imported keys, as AWS does.
 
 use super::{object_id, Entry, Kms, Resolved};
 use crate::kms::audit::Resource;
 use crate::kms::marker::{self, Marker};
 use crate::kms::model::{epoch_seconds, BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
-use crate::kms::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+use crate::kms::types::{
+    ExpirationModel, ImportState, KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin,
+};
 use crate::kms::vault::{KeyKind, ObjectId};
 use crate::kms::KmsError;
 use parking_lot::Mutex;
@@ -95,6 +99,8 @@ pub(crate) fn current_key_material_id(doc: &KeyDoc) -> Option<String> {
         return None;
     }
     doc.backing(doc.current_backing)
+        // Imported material has its id once it has been imported (AWS derives it from it).
+        .filter(|b| b.import.is_none() || b.check_value.is_some())
         .map(|b| key_material_id(b.object_id.as_str()))
 }
 
@@ -168,8 +174,24 @@ pub struct RotationsListEntry {
     pub key_id: String,
     /// `KeyMaterialId`: the id of this generation of key material.
     pub key_material_id: String,
-    /// `KeyMaterialState`: `CURRENT` for the material in use, else `NON_CURRENT`.
+    /// `KeyMaterialDescription` (imported material).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_material_description: Option<String>,
+    /// `ImportState`: `IMPORTED` or `PENDING_IMPORT` (imported material).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_state: Option<ImportState>,
+    /// `KeyMaterialState`: `CURRENT` for the material in use, `PENDING_ROTATION` for imported
+    /// material not yet rotated in, else `NON_CURRENT`.
     pub key_material_state: &'static str,
+    /// `ExpirationModel` (imported material).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<ExpirationModel>,
+    /// `ValidTo` (imported material that expires).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "epoch_seconds::option"
+    )]
+    pub valid_to: Option<OffsetDateTime>,
     /// `RotationDate`: when this material became current by rotation.
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -261,6 +283,24 @@ impl Kms {
         if matches!(e.doc.origin, Origin::AwsCloudhsm | Origin::ExternalKeyStore) {
             return Err(KmsError::Unsupported(format!(
                 "{arn} is in a custom key store; its key material cannot be rotated."
+            )));
+        }
+        Ok(())
+    }
+
+    /// `LimitExceededException` once the key used its quota of on-demand rotations.
+    fn on_demand_quota(&self, e: &Entry) -> Result<(), KmsError> {
+        let limit = self.rotation.on_demand_limit.load(Ordering::Relaxed);
+        let used = e
+            .doc
+            .backing
+            .iter()
+            .filter(|b| b.rotation == Some(RotationType::OnDemand))
+            .count();
+        if used >= limit as usize {
+            return Err(KmsError::LimitExceeded(format!(
+                "{} has reached its limit of {limit} on-demand rotations.",
+                self.arn(&e.doc)
             )));
         }
         Ok(())
@@ -372,6 +412,15 @@ impl Kms {
     ) -> Result<RotateKeyOnDemandOutput, KmsError> {
         let e = keys.key()?;
         self.customer_managed(&e)?;
+        if e.doc.origin == Origin::External {
+            self.symmetric_for_rotation(&e)?;
+            self.rotation_state(&e)?;
+            self.on_demand_quota(&e)?;
+            self.rotate_imported(&e.doc.key_id).await?;
+            return Ok(RotateKeyOnDemandOutput {
+                key_id: e.doc.key_id.to_string(),
+            });
+        }
         self.rotatable(&e)?;
         self.rotation_state(&e)?;
         self.rotate(&e.doc.key_id, RotationType::OnDemand).await?;
@@ -404,16 +453,23 @@ impl Kms {
         let rotations = all
             .into_iter()
             .take(limit)
-            .map(|b| RotationsListEntry {
-                key_id: e.doc.key_id.to_string(),
-                key_material_id: key_material_id(b.object_id.as_str()),
-                key_material_state: if b.version == e.doc.current_backing {
-                    "CURRENT"
-                } else {
-                    "NON_CURRENT"
-                },
-                rotation_date: b.rotation.map(|_| b.created),
-                rotation_type: b.rotation,
+            .map(|b| {
+                // Imported material: its import state and expiry (symmetric EXTERNAL keys).
+                let imported = b
+                    .import
+                    .as_ref()
+                    .filter(|_| e.doc.origin == Origin::External);
+                RotationsListEntry {
+                    key_id: e.doc.key_id.to_string(),
+                    key_material_id: key_material_id(b.object_id.as_str()),
+                    key_material_description: imported.and_then(|i| i.description.clone()),
+                    import_state: imported.map(|i| i.state),
+                    key_material_state: super::import::material_state(&e.doc, b),
+                    expiration_model: imported.and_then(|i| i.expiration_model),
+                    valid_to: imported.and_then(|i| i.valid_to),
+                    rotation_date: b.rotation.map(|_| b.created),
+                    rotation_type: b.rotation,
+                }
             })
             .collect();
         Ok(ListKeyRotationsOutput {
@@ -489,18 +545,7 @@ impl Kms {
             }
             RotationType::OnDemand => {
                 self.customer_managed(&e)?;
-                let limit = self.rotation.on_demand_limit.load(Ordering::Relaxed);
-                let used = e
-                    .doc
-                    .backing
-                    .iter()
-                    .filter(|b| b.rotation == Some(RotationType::OnDemand))
-                    .count();
-                if used >= limit as usize {
-                    return Err(KmsError::LimitExceeded(format!(
-                        "{arn} has reached its limit of {limit} on-demand rotations."
-                    )));
-                }
+                self.on_demand_quota(&e)?;
                 if schedule_of(&e.doc).is_some_and(|s| {
                     s.next_rotation_date <= started.saturating_add(CONFLICT_WINDOW)
                 }) {
@@ -542,6 +587,7 @@ impl Kms {
                     created: now,
                     rotation: Some(kind),
                     check_value: None,
+                    import: None,
                 });
                 d.current_backing = version;
                 if kind == RotationType::Automatic {
@@ -642,6 +688,7 @@ mod tests {
             created: at(400.0 * DAY),
             rotation: Some(RotationType::Automatic),
             check_value: None,
+            import: None,
         });
         assert_eq!(
             schedule_of(&doc).unwrap().next_rotation_date,
@@ -683,6 +730,7 @@ mod tests {
             created: at(2.0),
             rotation: Some(RotationType::OnDemand),
             check_value: None,
+            import: None,
         });
         d.current_backing = 2;
         d.rotation_schedule = Some(RotationSchedule {

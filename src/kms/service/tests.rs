@@ -1943,7 +1943,7 @@ async fn create_key_refusals_create_nothing() {
         ),
         (
             rq::CreateKey {
-                origin: Some(crate::kms::types::Origin::External),
+                origin: Some(crate::kms::types::Origin::AwsCloudhsm),
                 ..Default::default()
             },
             "UnsupportedOperationException",

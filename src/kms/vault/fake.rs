@@ -28,8 +28,8 @@
 //! Compiled for this crate's unit tests and, with the `test-hooks` feature, for any test.
 
 use super::{
-    DataKeyPair, HsmStatus, KeyKind, KeyVault, ObjectId, PairSpec, PairUse, Sealed, SealedDataKey,
-    SignScheme, VaultError, CHECK_LEN, IV_LEN,
+    DataKeyPair, HsmStatus, ImportWrapping, KeyKind, KeyVault, ObjectId, PairSpec, PairUse, Sealed,
+    SealedDataKey, SignScheme, VaultError, WrappedMaterial, CHECK_LEN, IV_LEN,
 };
 use crate::pkix::{Curve, Hash};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -64,6 +64,8 @@ pub const OPS: &[&str] = &[
     "generate_data_key_pair",
     "can_hold_ed25519_keys",
     "health",
+    "import_key",
+    "imported_check_value",
 ];
 
 /// A failure injected with [`FakeVault::fail_next`] / [`FakeVault::fail_next_op`].
@@ -330,6 +332,14 @@ impl FakeVault {
     }
 }
 
+/// The fake's check value of secret key bytes.
+fn check_of(bytes: &[u8]) -> [u8; CHECK_LEN] {
+    let d = sha2::Sha256::digest(bytes);
+    let mut v = [0u8; CHECK_LEN];
+    v.iter_mut().zip(d.iter()).for_each(|(a, b)| *a = *b);
+    v
+}
+
 /// A request the token refuses for this key (wrong type or usage): the domain's mistake.
 fn not_permitted(id: &ObjectId, what: &str) -> VaultError {
     VaultError::Failed {
@@ -478,8 +488,10 @@ impl Material {
             KeyKind::Pair(spec, usage) => {
                 let ok = matches!(
                     (spec, usage),
-                    (PairSpec::Rsa(_), PairUse::Sign | PairUse::Decrypt)
-                        | (PairSpec::Ec(_), PairUse::Sign | PairUse::Derive)
+                    (
+                        PairSpec::Rsa(_),
+                        PairUse::Sign | PairUse::Decrypt | PairUse::Unwrap
+                    ) | (PairSpec::Ec(_), PairUse::Sign | PairUse::Derive)
                         | (PairSpec::Ed25519, PairUse::Sign)
                 );
                 if !ok {
@@ -625,6 +637,47 @@ fn expect_pair(s: &Stored, id: &ObjectId, usage: PairUse) -> Result<(), VaultErr
             id,
             &format!("{usage:?} with a {:?} key", s.kind),
         )),
+    }
+}
+
+impl FakeVault {
+    /// Imported material as the HSMs would unwrap it (RSA-OAEP only), checked to fit `kind`.
+    fn unwrap_imported(&self, w: &WrappedMaterial, kind: KeyKind) -> Result<Material, VaultError> {
+        if let Some(m) = self.import_unsupported(w.wrapping) {
+            return Err(VaultError::Unsupported {
+                mechanism: m,
+                detail: "the fake HSMs".into(),
+            });
+        }
+        let s = self.find(&w.key)?;
+        expect_pair(&s, &w.key, PairUse::Unwrap)?;
+        let Material::Rsa(k) = &*s.material else {
+            return Err(not_permitted(&w.key, "unwrap with a key that is not RSA"));
+        };
+        if w.material.len() != k.size() || k.size() != w.modulus_len {
+            return Err(VaultError::InvalidCiphertext);
+        }
+        let plain = on_hash!(w.wrapping.hash(), H => k.decrypt(Oaep::new::<H>(), &w.material))
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::InvalidCiphertext)?;
+        let wrong = |want: usize| {
+            VaultError::WrongKeyMaterial(format!(
+                "The key material is {} bytes long; this key needs {want} bytes.",
+                plain.len()
+            ))
+        };
+        match kind {
+            KeyKind::Aes => {
+                let k: [u8; 32] = plain.as_slice().try_into().map_err(|_| wrong(32))?;
+                Ok(Material::Aes(Zeroizing::new(k)))
+            }
+            KeyKind::Hmac(len) if plain.len() == len => Ok(Material::Hmac(plain)),
+            KeyKind::Hmac(len) => Err(wrong(len)),
+            KeyKind::Pair(..) => Err(VaultError::Unsupported {
+                mechanism: "imported key pairs".into(),
+                detail: "not modelled by the in-memory vault".into(),
+            }),
+        }
     }
 }
 
@@ -808,10 +861,7 @@ impl KeyVault for FakeVault {
                     (Material::Hmac(k), KeyKind::Hmac(_)) => k.as_slice(),
                     _ => return Ok(None),
                 };
-                let d = sha2::Sha256::digest(bytes);
-                let mut v = [0u8; CHECK_LEN];
-                v.iter_mut().zip(d.iter()).for_each(|(a, b)| *a = *b);
-                seen.push(v);
+                seen.push(check_of(bytes));
             }
         }
         match seen.first() {
@@ -964,6 +1014,60 @@ impl KeyVault for FakeVault {
     fn can_hold_ed25519_keys(&self) -> bool {
         self.count("can_hold_ed25519_keys");
         self.state.lock().ed25519
+    }
+
+    fn import_unsupported(&self, wrapping: ImportWrapping) -> Option<String> {
+        match wrapping {
+            ImportWrapping::Oaep(Hash::Sha1 | Hash::Sha256) => None,
+            ImportWrapping::Oaep(h) => Some(format!("CKM_RSA_PKCS_OAEP with {}", h.name())),
+            ImportWrapping::RsaAes(_) => {
+                Some("CKM_AES_KEY_WRAP_PAD (not modelled by the in-memory vault)".into())
+            }
+        }
+    }
+
+    async fn import_key(
+        &self,
+        wrapped: &WrappedMaterial,
+        id: &ObjectId,
+        label: &str,
+        kind: KeyKind,
+    ) -> Result<Option<Vec<u8>>, VaultError> {
+        self.begin("import_key")?;
+        let material = Arc::new(self.unwrap_imported(wrapped, kind)?);
+        let mut st = self.state.lock();
+        st.need_up(2)?;
+        if let Some(h) = st.hsms.iter().find(|h| h.objects.contains_key(id)) {
+            return Err(internal(format!(
+                "{}: an object {id} already exists",
+                h.name
+            )));
+        }
+        let stored = Stored {
+            kind,
+            label: label.to_string(),
+            material,
+        };
+        for h in st.hsms.iter_mut().filter(|h| h.up) {
+            h.objects.insert(id.clone(), stored.clone());
+        }
+        Ok(None)
+    }
+
+    async fn imported_check_value(
+        &self,
+        wrapped: &WrappedMaterial,
+        _id: &ObjectId,
+        kind: KeyKind,
+    ) -> Result<[u8; CHECK_LEN], VaultError> {
+        self.begin("imported_check_value")?;
+        let m = self.unwrap_imported(wrapped, kind)?;
+        let bytes: &[u8] = match &m {
+            Material::Aes(k) => k.as_slice(),
+            Material::Hmac(k) => k.as_slice(),
+            _ => return Err(internal("imported key pairs are not modelled")),
+        };
+        Ok(check_of(bytes))
     }
 
     fn health(&self) -> Vec<HsmStatus> {

@@ -101,6 +101,43 @@ pub enum PairUse {
     Decrypt,
     /// ECDH key agreement.
     Derive,
+    /// Unwrap imported key material (the wrapping key pair of `GetParametersForImport`): the
+    /// private half only unwraps, and what it unwraps is forced sensitive.
+    Unwrap,
+}
+
+/// How imported key material arrives wrapped under the public half of an import wrapping key
+/// pair (the `WrappingAlgorithm` of `GetParametersForImport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ImportWrapping {
+    /// RSAES-OAEP with this hash and MGF1 of the same hash (`RSAES_OAEP_SHA_*`).
+    Oaep(Hash),
+    /// An ephemeral AES key wrapped with RSAES-OAEP (this hash), followed by the material
+    /// wrapped under it with AES key wrap with padding, RFC 5649 (`RSA_AES_KEY_WRAP_SHA_*`).
+    RsaAes(Hash),
+}
+
+impl ImportWrapping {
+    /// The OAEP hash.
+    pub fn hash(self) -> Hash {
+        match self {
+            ImportWrapping::Oaep(h) | ImportWrapping::RsaAes(h) => h,
+        }
+    }
+}
+
+/// Imported key material as it arrives: wrapped under the public half of the wrapping key
+/// pair `key` (whose modulus is `modulus_len` bytes) with `wrapping`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WrappedMaterial {
+    /// The import wrapping key pair (its private half unwraps, inside an HSM).
+    pub key: ObjectId,
+    /// Modulus length of the wrapping key pair, in bytes.
+    pub modulus_len: usize,
+    /// How the material is wrapped.
+    pub wrapping: ImportWrapping,
+    /// The wrapped material (`EncryptedKeyMaterial`).
+    pub material: Vec<u8>,
 }
 
 /// The kind of a backing key the vault creates and replicates.
@@ -192,6 +229,9 @@ pub enum VaultError {
     /// The token refused caller-supplied input (e.g. a point not on the curve).
     #[error("{0}")]
     InvalidInput(String),
+    /// Imported key material unwrapped but does not fit the key (length, key type, size).
+    #[error("{0}")]
+    WrongKeyMaterial(String),
     /// No HSM offers the mechanism this needs.
     #[error("mechanism {mechanism} is not offered ({detail})")]
     Unsupported {
@@ -227,6 +267,7 @@ impl VaultError {
         match self {
             VaultError::InvalidCiphertext
             | VaultError::InvalidInput(_)
+            | VaultError::WrongKeyMaterial(_)
             | VaultError::Unsupported { .. } => false,
             VaultError::Unavailable(_) | VaultError::TooFewCopies { .. } => true,
             VaultError::Failed { retryable, .. } => *retryable,
@@ -343,6 +384,37 @@ pub trait KeyVault: Send + Sync {
 
     /// A key pair generated inside an HSM for the caller (never stored there).
     async fn generate_data_key_pair(&self, spec: PairSpec) -> Result<DataKeyPair, VaultError>;
+
+    /// Why the HSMs cannot unwrap material wrapped with `wrapping` inside themselves: the
+    /// missing mechanism (for the error message), or `None` when every usable HSM can.
+    /// Never a reason to decode the material on the host instead.
+    fn import_unsupported(&self, wrapping: ImportWrapping) -> Option<String>;
+
+    /// Unwrap imported key material inside an HSM (under the private half of
+    /// `wrapped.key`) into a new key `id` of `kind`, with the attributes of the service's own
+    /// keys, check that it fits `kind` (length, key type and size), then copy it into every
+    /// other usable HSM under the cluster wrapping key and prove each copy, as `create_key`
+    /// does. Returns the SPKI DER of a key pair's public half (read from the token).
+    /// Undecryptable material is [`VaultError::InvalidCiphertext`]; material that does not
+    /// fit is [`VaultError::WrongKeyMaterial`].
+    async fn import_key(
+        &self,
+        wrapped: &WrappedMaterial,
+        id: &ObjectId,
+        label: &str,
+        kind: KeyKind,
+    ) -> Result<Option<Vec<u8>>, VaultError>;
+
+    /// Unwrap imported key material as [`KeyVault::import_key`] does, but into a throw-away
+    /// object `id` in one HSM only, and answer its check value (what tells the same material
+    /// from another; for a key pair it covers the public half); the object is destroyed
+    /// before answering.
+    async fn imported_check_value(
+        &self,
+        wrapped: &WrappedMaterial,
+        id: &ObjectId,
+        kind: KeyKind,
+    ) -> Result<[u8; CHECK_LEN], VaultError>;
 
     /// Whether every HSM can hold (generate, use and replicate) Ed25519 keys.
     fn can_hold_ed25519_keys(&self) -> bool;
