@@ -819,6 +819,7 @@ async fn a_full_disk_refuses_calls_before_they_run_until_space_returns() {
     let r = hsm_kms::audit::verify(&dir, None).unwrap();
     assert_eq!(r.finding, None);
     drop(disk);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_records_show_the_parameters_never_the_token_or_the_material() {
