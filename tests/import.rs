@@ -468,6 +468,23 @@ async fn expiry_deletion_reimport_and_the_error_cases() {
         !in_any_token(&s.tokens, object.as_bytes()),
         "expired material still in a token"
     );
+    // Recorded as AWS KMS records it: a DeleteExpiredKeyMaterial service event naming the
+    // HSMs that destroyed the material.
+    let expired: Vec<Value> = trail_events(&s.tokens.dir.path().join("audit"))
+        .into_iter()
+        .filter(|e| e["eventName"] == "DeleteExpiredKeyMaterial")
+        .collect();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["eventType"], "AwsServiceEvent");
+    assert_eq!(expired[0]["serviceEventDetails"]["keyId"], key.as_str());
+    let mut hsms: Vec<&str> = expired[0]["additionalEventData"]["hsms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    hsms.sort();
+    assert_eq!(hsms, ["a", "b"]);
     let rot = c
         .ok(
             "ListKeyRotations",
@@ -1130,4 +1147,16 @@ async fn ec_material_is_that_material() {
         );
     }
     s.running.stop().await;
+}
+
+/// The CloudTrail records of the trail in `dir`.
+fn trail_events(dir: &std::path::Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (_, p) in hsm_kms::audit::trail_files(dir).unwrap() {
+        for l in hsm_kms::audit::records_text(&p).unwrap().lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            out.push(v["event"].clone());
+        }
+    }
+    out
 }

@@ -1,7 +1,8 @@
 //! What the service does by itself, recorded in the audit trail as `AwsServiceEvent`
 //! records (see [`crate::kms::audit::ServiceEvent`]): automatic and on-demand rotation
 //! (`RotateKey`), the destruction of a key at the end of its waiting period in every HSM
-//! (`DeleteKey`), keys copied into HSMs that lacked them (`SynchronizeHsms`), and an HSM
+//! (`DeleteKey`), imported material destroyed when it expires (`DeleteExpiredKeyMaterial`,
+//! in `import.rs`), keys copied into HSMs that lacked them (`SynchronizeHsms`), and an HSM
 //! becoming unavailable or serving again (`HsmStateChange`, seen by [`Kms::watch_hsms`]).
 //! Each names the HSMs that did the work. Without an auditor (unit tests, the operator
 //! commands) nothing is recorded.

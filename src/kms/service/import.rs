@@ -916,9 +916,26 @@ impl Kms {
                     && i.valid_to.is_some_and(|t| t <= now);
                 if expired {
                     tracing::info!(key = %doc.key_id, version = b.version, "imported key material expired");
-                    self.remove_material(&doc.key_id, b.version, "expired")
-                        .await?;
+                    let (removed, hsms) = crate::kms::vault::served_by(self.remove_material(
+                        &doc.key_id,
+                        b.version,
+                        "expired",
+                    ))
+                    .await;
+                    removed?;
                     destroyed += 1;
+                    // As AWS KMS records it: a service event in the key's account.
+                    self.service_event(
+                        "DeleteExpiredKeyMaterial",
+                        Some(doc.account_id.to_string()),
+                        vec![crate::kms::audit::Resource::key(self.arn(&doc))],
+                        serde_json::json!({
+                            "keyId": doc.key_id.to_string(),
+                            "keyMaterialId": super::rotation::key_material_id(b.object_id.as_str()),
+                        }),
+                        hsms,
+                    )
+                    .await;
                 } else if i.state == ImportState::PendingImport && !i.destroyed {
                     self.destroy_material(&doc.key_id, b.version, &b.object_id, "deleted")
                         .await;
