@@ -21,21 +21,6 @@ use std::time::Duration;
 
 const A: &str = "111122223333";
 
-/// The trail's text and its records (the `event` of each line).
-fn trail(dir: &Path) -> (String, Vec<Value>) {
-    let mut text = String::new();
-    let mut events = Vec::new();
-    for (_, p) in hsm_kms::audit::trail_files(dir).unwrap() {
-        let t = hsm_kms::audit::records_text(&p).unwrap();
-        for l in t.lines() {
-            let v: Value = serde_json::from_str(l).unwrap();
-            events.push(v["event"].clone());
-        }
-        text.push_str(&t);
-    }
-    (text, events)
-}
-
 /// The records of request `id`.
 fn records_of(dir: &Path, id: &str) -> Vec<Value> {
     trail(dir)

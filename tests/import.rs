@@ -470,7 +470,8 @@ async fn expiry_deletion_reimport_and_the_error_cases() {
     );
     // Recorded as AWS KMS records it: a DeleteExpiredKeyMaterial service event naming the
     // HSMs that destroyed the material.
-    let expired: Vec<Value> = trail_events(&s.tokens.dir.path().join("audit"))
+    let expired: Vec<Value> = trail(&s.tokens.dir.path().join("audit"))
+        .1
         .into_iter()
         .filter(|e| e["eventName"] == "DeleteExpiredKeyMaterial")
         .collect();
@@ -1147,16 +1148,4 @@ async fn ec_material_is_that_material() {
         );
     }
     s.running.stop().await;
-}
-
-/// The CloudTrail records of the trail in `dir`.
-fn trail_events(dir: &std::path::Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    for (_, p) in hsm_kms::audit::trail_files(dir).unwrap() {
-        for l in hsm_kms::audit::records_text(&p).unwrap().lines() {
-            let v: Value = serde_json::from_str(l).unwrap();
-            out.push(v["event"].clone());
-        }
-    }
-    out
 }

@@ -860,3 +860,19 @@ impl Drop for UserToken {
         let _ = self.ctx.clone().finalize();
     }
 }
+
+/// The audit trail in `dir`: its text and its CloudTrail records (the `event` of each
+/// record line; digest lines give `null`), in order.
+pub(crate) fn trail(dir: &std::path::Path) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    for (_, p) in hsm_kms::audit::trail_files(dir).unwrap() {
+        let t = hsm_kms::audit::records_text(&p).unwrap();
+        for l in t.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            events.push(v["event"].clone());
+        }
+        text.push_str(&t);
+    }
+    (text, events)
+}

@@ -27,7 +27,7 @@
 //!   keeps its object id, so its `KeyMaterialId` and the ciphertexts that name it survive a
 //!   deletion and re-import of the same material.
 
-use super::{object_id, Entry, Kms, Resolved};
+use super::{next_generation, object_id, Entry, Kms, Resolved};
 use crate::kms::error::KmsError;
 use crate::kms::model::{
     b64, epoch_seconds, BackingKey, ImportParameters, ImportedMaterial, KeyDoc,
@@ -637,12 +637,7 @@ impl Kms {
                 "{arn} already has key material pending rotation; rotate the key (RotateKeyOnDemand) or delete that material first."
             )));
         }
-        let version = e.doc.backing.iter().map(|b| b.version).max().unwrap_or(0) + 1;
-        let object = ObjectId::new(format!(
-            "{}/{}",
-            object_id(&e.doc.key_id, version),
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
+        let (version, object) = next_generation(&e.doc);
         let (value, _) = self.install(e, wrapped, &object, kind).await?;
         let known = hex::encode(value);
         if e.doc

@@ -115,6 +115,18 @@ fn object_id(key: &KeyId, version: u32) -> ObjectId {
     ObjectId::new(format!("kms/{key}/{version}"))
 }
 
+/// The next generation of `doc`'s material: its version and a fresh backing object name
+/// (`kms/<key>/<version>/<random>`, so a failed attempt never collides with a retry).
+fn next_generation(doc: &KeyDoc) -> (u32, ObjectId) {
+    let version = doc.backing.iter().map(|b| b.version).max().unwrap_or(0) + 1;
+    let object = ObjectId::new(format!(
+        "{}/{}",
+        object_id(&doc.key_id, version),
+        hex::encode(rand::random::<[u8; 4]>())
+    ));
+    (version, object)
+}
+
 impl Kms {
     /// Load every key and alias from the store into memory.
     pub fn open(

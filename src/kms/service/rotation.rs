@@ -23,14 +23,14 @@
 //! waits above the current generation (`PENDING_ROTATION`) until RotateKeyOnDemand makes it
 //! current. Automatic rotation is refused for imported keys, as AWS does.
 
-use super::{object_id, Entry, Kms, Resolved};
+use super::{next_generation, Entry, Kms, Resolved};
 use crate::kms::audit::Resource;
 use crate::kms::marker::{self, Marker};
 use crate::kms::model::{epoch_seconds, BackingKey, Empty, KeyDoc, RotationSchedule, RotationType};
 use crate::kms::types::{
     ExpirationModel, ImportState, KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin,
 };
-use crate::kms::vault::{KeyKind, ObjectId};
+use crate::kms::vault::KeyKind;
 use crate::kms::KmsError;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -555,21 +555,12 @@ impl Kms {
                 }
             }
         }
-        let version = e.doc.backing.iter().map(|b| b.version).max().unwrap_or(0) + 1;
-        let object = ObjectId::new(format!(
-            "{}/{}",
-            object_id(key_id, version),
-            hex::encode(rand::random::<[u8; 4]>())
-        ));
+        let (version, object) = next_generation(&e.doc);
         // Nothing is committed yet, so any HSM failure other than a refused request is one
         // the caller may simply retry (DependencyTimeoutException), even one that a health
         // probe has not yet turned into "HSM down".
         let (created, hsms) =
             crate::kms::vault::served_by(self.vault.create_key(&object, &arn, KeyKind::Aes)).await;
-        // The request's own record (RotateKeyOnDemand) names them too.
-        for h in &hsms {
-            crate::kms::vault::note_served(h);
-        }
         created.map_err(|e| {
             if e.retryable() {
                 KmsError::Unavailable(e.to_string())
@@ -625,6 +616,7 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kms::vault::ObjectId;
 
     /// The time `secs` epoch seconds after 1970.
     fn at(secs: f64) -> OffsetDateTime {

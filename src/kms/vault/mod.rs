@@ -33,15 +33,20 @@ pub fn note_served(hsm: &str) {
 }
 
 /// Run `f`, returning its output and the names of the HSMs that answered the vault calls it
-/// made (in the order they first answered).
+/// made (in the order they first answered). Inside another `served_by`, the names count for
+/// the enclosing one too.
 pub async fn served_by<F: Future>(f: F) -> (F::Output, Vec<String>) {
-    SERVED_BY
+    let (out, names) = SERVED_BY
         .scope(RefCell::new(Vec::new()), async {
             let out = f.await;
             let names = SERVED_BY.with(|s| s.take());
             (out, names)
         })
-        .await
+        .await;
+    for n in &names {
+        note_served(n);
+    }
+    (out, names)
 }
 
 #[cfg(any(test, feature = "test-hooks"))]
