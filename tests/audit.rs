@@ -767,12 +767,33 @@ async fn a_full_disk_refuses_calls_before_they_run_until_space_returns() {
         "{}",
         refused.body
     );
-    for _ in 0..3 {
-        let r = c
-            .call("Encrypt", json!({"KeyId": k, "Plaintext": b64(b"x")}))
-            .await;
-        assert_eq!(r.error_type(), "KMSInternalException", "{}", r.body);
+    // Each refusal is itself recorded (in the space still ready): the write that took it
+    // must not let a call in before the trail has found room again. Callers in parallel
+    // (as under load) arrive while the writer is between those two steps.
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let c = c.clone();
+        let k = k.clone();
+        callers.spawn(async move {
+            let mut answered = Vec::new();
+            for _ in 0..25 {
+                let r = c
+                    .call("Encrypt", json!({"KeyId": k, "Plaintext": b64(b"x")}))
+                    .await;
+                if r.error_type() != "KMSInternalException" {
+                    answered.push(r.status);
+                }
+            }
+            answered
+        });
     }
+    let answered_while_full = callers.join_all().await.concat();
+    assert!(
+        answered_while_full.is_empty(),
+        "{} of 200 calls were not refused on a full disk (statuses {:?})",
+        answered_while_full.len(),
+        answered_while_full
+    );
     // Space returns: calls are answered again (the trail's probe finds room).
     std::fs::remove_file(filler).unwrap();
     let mut ok = false;

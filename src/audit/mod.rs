@@ -467,10 +467,15 @@ impl Writer {
                 let ok = self.probe();
                 shared.healthy.store(ok, Ordering::Release);
             } else if !batches.is_empty() || digest.is_some() {
-                self.write_and_answer(batches, digest, shared);
-                if !stop && !self.prepare() {
-                    shared.healthy.store(false, Ordering::Release);
-                    tracing::error!(target: "hsm_kms::audit", "{NO_ROOM}");
+                // Only space kept ready makes the trail healthy: a write that worked
+                // (a refused call's record, say) answers its callers first, and a call
+                // they make next must not be admitted before `prepare` has found room.
+                if self.write_and_answer(batches, digest, shared) && !stop {
+                    let room = self.prepare();
+                    shared.healthy.store(room, Ordering::Release);
+                    if !room {
+                        tracing::error!(target: "hsm_kms::audit", "{NO_ROOM}");
+                    }
                 }
             }
             if stop {
@@ -482,7 +487,14 @@ impl Writer {
     }
 
     /// Write `digest` (if any) then `batches` in one group commit, and answer them.
-    fn write_and_answer(&mut self, batches: Vec<Batch>, digest: Option<Digest>, shared: &Shared) {
+    /// Returns whether the write worked; a failure makes the trail unhealthy at once
+    /// (success does not make it healthy: see the caller).
+    fn write_and_answer(
+        &mut self,
+        batches: Vec<Batch>,
+        digest: Option<Digest>,
+        shared: &Shared,
+    ) -> bool {
         let digest_line = digest.as_ref().and_then(|d| serde_json::to_vec(d).ok());
         let mut lines: Vec<(&str, &[u8])> = Vec::new();
         if let Some(d) = &digest_line {
@@ -495,7 +507,9 @@ impl Writer {
                 .map(|r| ("event", r.as_slice())),
         );
         let result = self.write(&lines);
-        shared.healthy.store(result.is_ok(), Ordering::Release);
+        if result.is_err() {
+            shared.healthy.store(false, Ordering::Release);
+        }
         if let Err(e) = &result {
             tracing::error!(target: "hsm_kms::audit", error = %e, "audit write failed");
         }
@@ -519,6 +533,7 @@ impl Writer {
                 .done
                 .send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         }
+        result.is_ok()
     }
 
     /// How long to wait for messages before a digest may fall due.
