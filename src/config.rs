@@ -71,6 +71,12 @@ pub struct Config {
     /// Sign answer before it is sent. Default false.
     #[serde(default)]
     pub paranoid_checks: bool,
+    /// Accept `RSA_AES_KEY_WRAP_*` imports on tokens that cannot confine the ephemeral AES
+    /// key (no nested unwrap templates, e.g. SoftHSM 2.6.1): a holder of the user PIN who
+    /// captured the wrapped material could unwrap it readable while its wrapping key lives.
+    /// Default false: those imports are refused there (`RSAES_OAEP_*` are not affected).
+    #[serde(default)]
+    pub allow_unconfined_rsa_aes_import: bool,
     /// Health probe period per HSM, in milliseconds. Default 1000.
     #[serde(default = "default_probe")]
     pub probe_interval_ms: u64,
@@ -344,6 +350,7 @@ impl Loaded {
             keygen_workers_per_hsm: c.keygen_workers_per_hsm,
             keygen_queue_depth: c.keygen_queue_depth,
             paranoid: c.paranoid_checks,
+            allow_unconfined_rsa_aes_import: c.allow_unconfined_rsa_aes_import,
             probe_interval: Duration::from_millis(c.probe_interval_ms),
             host_program,
             ..ClusterOptions::default()

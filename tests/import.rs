@@ -34,8 +34,27 @@ const T0: i64 = 1_767_225_600;
 
 async fn clocked() -> (Service, ManualClock) {
     let clock = ManualClock::new(time::OffsetDateTime::from_unix_timestamp(T0).unwrap());
-    let s = service_with(Arc::new(clock.clone())).await;
+    let s = lab_service_with(Arc::new(clock.clone()), true).await;
     (s, clock)
+}
+
+/// A service on two fresh SoftHSM2 tokens; `unconfined`: its operator accepted
+/// RSA_AES_KEY_WRAP imports without a confined ephemeral key (SoftHSM 2.6.1 has no nested
+/// unwrap templates), as the tests of every wrapping variant need.
+async fn lab_service_with(clock: Arc<dyn hsm_kms::clock::Clock>, unconfined: bool) -> Service {
+    let tokens = tokens(&["a", "b"]);
+    let mut o = fast_options();
+    o.allow_unconfined_rsa_aes_import = unconfined;
+    let (running, client) = start_on_with(&tokens, clock, o).await;
+    Service {
+        tokens,
+        running,
+        client,
+    }
+}
+
+async fn lab_service() -> Service {
+    lab_service_with(Arc::new(hsm_kms::clock::SystemClock), true).await
 }
 
 fn assert_err(r: &Reply, ty: &str) {
@@ -269,7 +288,7 @@ fn in_any_token(t: &Tokens, object: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wrapping_variant_and_size_imports_that_very_material() {
-    let s = service().await;
+    let s = lab_service().await;
     let c = &s.client;
     let dir = tempfile::tempdir().unwrap();
     for alg in ["RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1"] {
@@ -572,7 +591,7 @@ async fn hmac_and_rsa_material_is_that_material() {
     use hmac::Mac;
     use rsa::pkcs8::EncodePublicKey;
     use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
-    let s = service().await;
+    let s = lab_service().await;
     let c = &s.client;
     let dir = tempfile::tempdir().unwrap();
 
@@ -782,7 +801,7 @@ async fn hmac_and_rsa_material_is_that_material() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_key_material_pending_rotation_and_on_demand_rotation() {
-    let s = service().await;
+    let s = lab_service().await;
     let c = &s.client;
     let dir = tempfile::tempdir().unwrap();
     let alg = "RSAES_OAEP_SHA_1";
@@ -907,7 +926,7 @@ async fn new_key_material_pending_rotation_and_on_demand_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_keys_before_import_and_small_conformance_items() {
-    let s = service().await;
+    let s = lab_service().await;
     let c = &s.client;
     // Every spec AWS imports that these tokens can: PendingImport, no material, no use.
     for (spec, usage, op, body) in [
@@ -988,7 +1007,7 @@ async fn external_keys_before_import_and_small_conformance_items() {
 async fn ec_material_is_that_material() {
     use p256::ecdsa::signature::{Signer, Verifier};
     use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
-    let s = service().await;
+    let s = lab_service().await;
     let c = &s.client;
     let dir = tempfile::tempdir().unwrap();
     // ECC_NIST_P256 signing key, both wrapping algorithm families.
@@ -1148,4 +1167,142 @@ async fn ec_material_is_that_material() {
         );
     }
     s.running.stop().await;
+}
+
+/// The custody attack on imports, played by an insider who holds the user PIN and captured
+/// a customer's wrapped material on its way to the service: unwrap it with the import
+/// wrapping key (which the user PIN can use) into a readable object.
+/// * `RSAES_OAEP_*`: the wrapping key's unwrap template makes the token refuse.
+/// * `RSA_AES_KEY_WRAP_*`: the ephemeral AES key comes out sensitive, but on a token
+///   without nested unwrap templates (SoftHSM 2.6.1) nothing confines what *it* unwraps,
+///   so the material comes out readable. Such imports are therefore refused unless the
+///   operator opts in (`allow_unconfined_rsa_aes_import`), and under that opt-in the
+///   exposure is real: this test shows it, so that the README's warning stays true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_wrapped_material_cannot_be_unwrapped_readable_with_the_user_pin() {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+    let dir = tempfile::tempdir().unwrap();
+    let material: [u8; 32] = rand::random();
+    let readable = || {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ]
+    };
+    let ephemeral = || {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Sensitive(true),
+            Attribute::WrapWithTrusted(true),
+            Attribute::Unwrap(true),
+        ]
+    };
+    let oaep = Mechanism::RsaPkcsOaep(cryptoki::mechanism::rsa::PkcsOaepParams::new(
+        cryptoki::mechanism::MechanismType::SHA1,
+        cryptoki::mechanism::rsa::PkcsMgfType::MGF1_SHA1,
+        cryptoki::mechanism::rsa::PkcsOaepSource::empty(),
+    ));
+    let wrapping_key = |s: &cryptoki::session::Session, object: &str| {
+        s.find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(object.as_bytes().to_vec()),
+        ])
+        .unwrap()[0]
+    };
+
+    // The default: RSAES is offered and the token refuses the attack; RSA_AES is refused
+    // up front on these tokens, naming what they lack.
+    let svc = lab_service_with(Arc::new(hsm_kms::clock::SystemClock), false).await;
+    let c = &svc.client;
+    let key = external_key(c, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await;
+    let r = c
+        .call(
+            "GetParametersForImport",
+            json!({"KeyId": key, "WrappingAlgorithm": "RSA_AES_KEY_WRAP_SHA_1", "WrappingKeySpec": "RSA_2048"}),
+        )
+        .await;
+    assert_err(&r, "UnsupportedOperationException");
+    let m = r.body["message"].as_str().unwrap();
+    assert!(
+        m.contains("RSA_AES_KEY_WRAP_SHA_1") && m.contains("CKA_UNWRAP_TEMPLATE"),
+        "{m}"
+    );
+    let (spki, _token) = parameters(c, &key, "RSAES_OAEP_SHA_1", "RSA_2048").await;
+    let captured = wrap(dir.path(), "RSAES_OAEP_SHA_1", &spki, &material, false);
+    let object = svc
+        .running
+        .kms
+        .import_wrapping_object_ids(&key)
+        .pop()
+        .unwrap();
+    for hsm in &svc.tokens.hsms {
+        let t = UserToken::open(hsm);
+        let s = t.session();
+        let k = wrapping_key(s, &object);
+        let r = s.unwrap_key(&oaep, k, &captured, &readable());
+        assert!(
+            matches!(
+                r,
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::TemplateInconsistent,
+                    _
+                ))
+            ),
+            "{}: the user PIN unwrapped RSAES-wrapped material readable: {r:?}",
+            hsm.name
+        );
+    }
+    svc.running.stop().await;
+
+    // Under the operator's opt-in, on a token without nested unwrap templates: the
+    // two-step unwrap gives the material back in plaintext.
+    let svc = lab_service().await;
+    let c = &svc.client;
+    let key = external_key(c, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await;
+    let (spki, _token) = parameters(c, &key, "RSA_AES_KEY_WRAP_SHA_1", "RSA_2048").await;
+    let captured = wrap(
+        dir.path(),
+        "RSA_AES_KEY_WRAP_SHA_1",
+        &spki,
+        &material,
+        false,
+    );
+    let (wrapped_eph, wrapped_material) = captured.split_at(256);
+    let object = svc
+        .running
+        .kms
+        .import_wrapping_object_ids(&key)
+        .pop()
+        .unwrap();
+    let hsm = &svc.tokens.hsms[0];
+    let t = UserToken::open(hsm);
+    let s = t.session();
+    let k = wrapping_key(s, &object);
+    // The ephemeral key cannot come out readable...
+    let r = s.unwrap_key(&oaep, k, wrapped_eph, &readable());
+    assert!(r.is_err(), "the ephemeral key came out readable");
+    // ...but as a sensitive unwrapping key it can, and what it unwraps is not confined.
+    let eph = s.unwrap_key(&oaep, k, wrapped_eph, &ephemeral()).unwrap();
+    let out = s
+        .unwrap_key(
+            &Mechanism::AesKeyWrapPad,
+            eph,
+            wrapped_material,
+            &readable(),
+        )
+        .unwrap();
+    let value = s.get_attributes(out, &[AttributeType::Value]).unwrap();
+    assert_eq!(
+        value,
+        vec![Attribute::Value(material.to_vec())],
+        "under the opt-in, SoftHSM 2.6.1 gives the material back (the README says so)"
+    );
+    drop(t);
+    svc.running.stop().await;
 }

@@ -668,7 +668,8 @@ impl RawToken {
             let mut public =
                 templates::generated_public_key(id, "hsm-kms bench raw", PairUse::Sign);
             public.extend(templates::key_pair_params(spec));
-            let private = templates::private_key(spec, id, "hsm-kms bench raw", PairUse::Sign);
+            let private =
+                templates::private_key(spec, id, "hsm-kms bench raw", PairUse::Sign, false);
             s.generate_key_pair(&mech, &public, &private)
                 .map(|(_, private)| private)
                 .map_err(ck(Operation::GenerateKeyPair))

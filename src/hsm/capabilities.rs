@@ -23,6 +23,11 @@ pub struct Caps {
     /// Ed25519 keys can be generated, signed with, and wrapped with AES-KEY-WRAP-PAD (so
     /// replicated); SoftHSM 2.6.1 refuses the wrap (`CKR_KEY_NOT_WRAPPABLE`).
     pub ed25519_keys: bool,
+    /// A `CKA_UNWRAP_TEMPLATE` nested in an unwrap template is accepted and enforced, so
+    /// the ephemeral AES key of an RSA_AES import can only unwrap sensitive keys (probed
+    /// with session keys: the attack is tried). SoftHSM 2.6.1 refuses such a template
+    /// (`CKR_ATTRIBUTE_VALUE_INVALID`).
+    pub nested_unwrap_templates: bool,
 }
 
 impl Caps {
@@ -33,6 +38,7 @@ impl Caps {
             mechanisms,
             oaep_sha256: false,
             ed25519_keys: false,
+            nested_unwrap_templates: false,
         };
         if caps.has(MechanismType::RSA_PKCS_OAEP) {
             caps.oaep_sha256 = probe_oaep_sha256(s).unwrap_or(false);
@@ -40,9 +46,13 @@ impl Caps {
         if caps.has(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN) && caps.has(MechanismType::EDDSA) {
             caps.ed25519_keys = probe_ed25519_wrap(s).unwrap_or(false);
         }
+        if caps.has(MechanismType::AES_KEY_WRAP_PAD) {
+            caps.nested_unwrap_templates = probe_nested_unwrap_template(s).unwrap_or(false);
+        }
         tracing::debug!(
             mechanisms = caps.mechanisms.len(),
             oaep_sha256 = caps.oaep_sha256,
+            nested_unwrap_templates = caps.nested_unwrap_templates,
             "token capabilities"
         );
         caps
@@ -68,26 +78,51 @@ impl Caps {
 
 impl Caps {
     /// The mechanism this token lacks to unwrap imported material wrapped with `wrapping`
-    /// inside itself, if any.
+    /// inside itself, if any (the confinement of RSA_AES imports is the cluster's policy,
+    /// checked before a wrapping key is made: see [`import_missing`]).
     pub(super) fn import_missing(&self, wrapping: ImportWrapping) -> Option<String> {
         import_missing(
-            self.has(MechanismType::RSA_PKCS_OAEP),
-            self.oaep_sha256,
-            self.has(MechanismType::AES_KEY_WRAP_PAD),
+            &ImportCaps {
+                oaep: self.has(MechanismType::RSA_PKCS_OAEP),
+                oaep_sha256: self.oaep_sha256,
+                aes_key_wrap_pad: self.has(MechanismType::AES_KEY_WRAP_PAD),
+                nested_unwrap_templates: self.nested_unwrap_templates,
+            },
+            true,
             wrapping,
         )
     }
 }
 
-/// The mechanism a token lacks to unwrap material wrapped with `wrapping` inside itself,
-/// from what it offers: `CKM_RSA_PKCS_OAEP` (with SHA-256 where asked: SoftHSM 2.6.1 lists
-/// the mechanism but refuses that hash) and, for the RSA_AES variants, `CKM_AES_KEY_WRAP_PAD`.
+/// What a token offers for imports (from [`Caps`], or the facts a host process reports).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ImportCaps {
+    pub(super) oaep: bool,
+    pub(super) oaep_sha256: bool,
+    pub(super) aes_key_wrap_pad: bool,
+    pub(super) nested_unwrap_templates: bool,
+}
+
+/// Why the RSA_AES variants are refused on a token without nested unwrap templates.
+pub(super) const UNCONFINED: &str = "an unwrap template nested in the wrapping key's (CKA_UNWRAP_TEMPLATE), so that the ephemeral AES key can only unwrap sensitive keys";
+
+/// What a token lacks to unwrap material wrapped with `wrapping` inside itself, from what
+/// it offers: `CKM_RSA_PKCS_OAEP` (with SHA-256 where asked: SoftHSM 2.6.1 lists the
+/// mechanism but refuses that hash) and, for the RSA_AES variants, `CKM_AES_KEY_WRAP_PAD`
+/// and the confinement of the ephemeral AES key (nested unwrap templates), unless
+/// `allow_unconfined`: without it, a holder of the user PIN who captured the wrapped
+/// material could unwrap the ephemeral key, then the material under it as a readable key.
 pub(super) fn import_missing(
-    oaep: bool,
-    oaep_sha256: bool,
-    aes_key_wrap_pad: bool,
+    c: &ImportCaps,
+    allow_unconfined: bool,
     wrapping: ImportWrapping,
 ) -> Option<String> {
+    let ImportCaps {
+        oaep,
+        oaep_sha256,
+        aes_key_wrap_pad,
+        nested_unwrap_templates,
+    } = *c;
     if !oaep {
         return Some("CKM_RSA_PKCS_OAEP".into());
     }
@@ -102,10 +137,68 @@ pub(super) fn import_missing(
             ))
         }
     }
-    if matches!(wrapping, ImportWrapping::RsaAes(_)) && !aes_key_wrap_pad {
-        return Some("CKM_AES_KEY_WRAP_PAD".into());
+    if matches!(wrapping, ImportWrapping::RsaAes(_)) {
+        if !aes_key_wrap_pad {
+            return Some("CKM_AES_KEY_WRAP_PAD".into());
+        }
+        if !nested_unwrap_templates && !allow_unconfined {
+            return Some(UNCONFINED.into());
+        }
     }
     None
+}
+
+/// Does the token accept and enforce an unwrap template nested in another (session keys
+/// only)? The legitimate path must work (the ephemeral key unwrapped with the template it
+/// is asked for, then a key unwrapped sensitive under it) and the attack must not (the
+/// ephemeral key unwrapped without it, then a key unwrapped readable under it).
+fn probe_nested_unwrap_template(s: &Session) -> Result<bool, CkError> {
+    // SoftHSM 2.6.1 stops here: CKR_ATTRIBUTE_VALUE_INVALID.
+    let kek = s.generate_key(&Mechanism::AesKeyGen, &templates::probe_nested_kek())?;
+    let mut made = vec![kek];
+    let r = (|| -> Result<bool, CkError> {
+        let wrap = mechanisms::key_wrap();
+        let eph = s.generate_key(&Mechanism::AesKeyGen, &templates::probe_readable_key(true))?;
+        made.push(eph);
+        let secret =
+            s.generate_key(&Mechanism::AesKeyGen, &templates::probe_readable_key(false))?;
+        made.push(secret);
+        let eph_blob = s.wrap_key(&wrap, kek, eph)?;
+        let secret_blob = s.wrap_key(&wrap, eph, secret)?;
+        let legit = s.unwrap_key(&wrap, kek, &eph_blob, &templates::probe_unwrapped_kek(true))?;
+        made.push(legit);
+        made.push(s.unwrap_key(
+            &wrap,
+            legit,
+            &secret_blob,
+            &templates::probe_unwrapped_secret(false),
+        )?);
+        let Ok(unconfined) = s.unwrap_key(
+            &wrap,
+            kek,
+            &eph_blob,
+            &templates::probe_unwrapped_kek(false),
+        ) else {
+            return Ok(true);
+        };
+        made.push(unconfined);
+        match s.unwrap_key(
+            &wrap,
+            unconfined,
+            &secret_blob,
+            &templates::probe_unwrapped_secret(true),
+        ) {
+            Ok(h) => {
+                made.push(h);
+                Ok(false)
+            }
+            Err(_) => Ok(true),
+        }
+    })();
+    for h in made {
+        let _ = s.destroy_object(h);
+    }
+    r
 }
 
 /// A throw-away RSA-1024 session pair: does OAEP with SHA-256 round-trip?
@@ -145,25 +238,52 @@ fn probe_ed25519_wrap(s: &Session) -> Result<bool, CkError> {
 mod tests {
     use super::*;
 
+    fn caps(oaep: bool, oaep_sha256: bool, pad: bool, nested: bool) -> ImportCaps {
+        ImportCaps {
+            oaep,
+            oaep_sha256,
+            aes_key_wrap_pad: pad,
+            nested_unwrap_templates: nested,
+        }
+    }
+
     /// The SHA-256 variants take the token's own `CKM_RSA_PKCS_OAEP` wherever the token
     /// does that hash; where it does not, the import is refused (never decoded on the host).
     #[test]
     fn imports_need_the_tokens_own_mechanisms() {
         use ImportWrapping::{Oaep, RsaAes};
-        assert_eq!(import_missing(true, true, true, Oaep(Hash::Sha256)), None);
-        assert_eq!(import_missing(true, true, true, RsaAes(Hash::Sha256)), None);
+        let all = caps(true, true, true, true);
+        assert_eq!(import_missing(&all, false, Oaep(Hash::Sha256)), None);
+        assert_eq!(import_missing(&all, false, RsaAes(Hash::Sha256)), None);
         for w in [Oaep(Hash::Sha256), RsaAes(Hash::Sha256)] {
-            let m = import_missing(true, false, true, w).unwrap();
+            let m = import_missing(&caps(true, false, true, true), false, w).unwrap();
             assert_eq!(m, "CKM_RSA_PKCS_OAEP with SHA-256 and MGF1-SHA-256");
         }
-        assert_eq!(import_missing(true, false, true, RsaAes(Hash::Sha1)), None);
         assert_eq!(
-            import_missing(true, false, false, RsaAes(Hash::Sha1)).as_deref(),
+            import_missing(&caps(true, false, true, true), false, RsaAes(Hash::Sha1)),
+            None
+        );
+        assert_eq!(
+            import_missing(&caps(true, false, false, true), false, RsaAes(Hash::Sha1)).as_deref(),
             Some("CKM_AES_KEY_WRAP_PAD")
         );
         assert_eq!(
-            import_missing(false, true, true, Oaep(Hash::Sha1)).as_deref(),
+            import_missing(&caps(false, true, true, true), false, Oaep(Hash::Sha1)).as_deref(),
             Some("CKM_RSA_PKCS_OAEP")
         );
+    }
+
+    /// Without nested unwrap templates (SoftHSM 2.6.1) the RSA_AES variants are refused
+    /// unless the operator accepts the unconfined ephemeral key; RSAES needs no ephemeral key.
+    #[test]
+    fn rsa_aes_imports_need_a_confined_ephemeral_key_or_the_operators_consent() {
+        use ImportWrapping::{Oaep, RsaAes};
+        let softhsm = caps(true, false, true, false);
+        assert_eq!(
+            import_missing(&softhsm, false, RsaAes(Hash::Sha1)).as_deref(),
+            Some(UNCONFINED)
+        );
+        assert_eq!(import_missing(&softhsm, true, RsaAes(Hash::Sha1)), None);
+        assert_eq!(import_missing(&softhsm, false, Oaep(Hash::Sha1)), None);
     }
 }

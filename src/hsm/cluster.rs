@@ -70,6 +70,11 @@ pub struct ClusterOptions {
     /// own, `program hsm-host` (the `hsm-kms` binary), supervised and restarted by the
     /// service (see `host`).
     pub host_program: Option<PathBuf>,
+    /// Accept RSA_AES_KEY_WRAP imports on tokens that cannot confine the ephemeral AES key
+    /// (no nested unwrap templates, as SoftHSM 2.6.1): a holder of the user PIN who
+    /// captured the wrapped material could then unwrap it readable while its wrapping key
+    /// lives (24 hours at most). Off by default: those imports are refused.
+    pub allow_unconfined_rsa_aes_import: bool,
 }
 
 impl Default for ClusterOptions {
@@ -86,6 +91,7 @@ impl Default for ClusterOptions {
             paranoid: false,
             iv_fixed_field: None,
             host_program: None,
+            allow_unconfined_rsa_aes_import: false,
         }
     }
 }
@@ -694,8 +700,18 @@ impl HsmCluster {
     pub fn import_unsupported(&self, wrapping: ImportWrapping) -> Option<String> {
         health::usable(&self.hsms).into_iter().find_map(|p| {
             let f = p.facts()?;
-            super::capabilities::import_missing(f.oaep, f.oaep_sha256, f.aes_key_wrap_pad, wrapping)
-                .map(|m| format!("{m} (HSM {})", p.node().name()))
+            let caps = super::capabilities::ImportCaps {
+                oaep: f.oaep,
+                oaep_sha256: f.oaep_sha256,
+                aes_key_wrap_pad: f.aes_key_wrap_pad,
+                nested_unwrap_templates: f.nested_unwrap_templates,
+            };
+            super::capabilities::import_missing(
+                &caps,
+                self.opts.allow_unconfined_rsa_aes_import,
+                wrapping,
+            )
+            .map(|m| format!("{m} (HSM {})", p.node().name()))
         })
     }
 

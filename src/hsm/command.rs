@@ -242,6 +242,9 @@ pub(super) struct Facts {
     /// The token offers `CKM_AES_KEY_WRAP_PAD` (RSA_AES imports).
     #[serde(default)]
     pub(super) aes_key_wrap_pad: bool,
+    /// The token enforces nested unwrap templates (confined RSA_AES imports).
+    #[serde(default)]
+    pub(super) nested_unwrap_templates: bool,
 }
 
 /// The answer to a [`Command`].
@@ -484,6 +487,7 @@ pub(super) fn facts_of(inst: &super::instance::Instance) -> Facts {
         aes_key_wrap_pad: inst
             .caps
             .has(cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD),
+        nested_unwrap_templates: inst.caps.nested_unwrap_templates,
     }
 }
 

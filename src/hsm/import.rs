@@ -43,7 +43,7 @@ pub(super) fn unwrap_material(
     let template = match kind {
         KeyKind::Aes => templates::unwrapped_aes_key(id, label, true, false),
         KeyKind::Hmac(_) => templates::hmac_key(id, label),
-        KeyKind::Pair(spec, usage) => templates::private_key(spec, id, label, usage),
+        KeyKind::Pair(spec, usage) => templates::private_key(spec, id, label, usage, false),
     };
     // An EC key also arrives as a session copy that may sign and derive: the token gives
     // the public point only through it (PKCS#11 private EC objects carry no point).
@@ -104,7 +104,7 @@ fn unwrap(
                 Some((a, m)) if !m.is_empty() => (a, m),
                 _ => return Err(HsmError::InvalidCiphertext),
             };
-            let ephemeral = templates::import_ephemeral_key();
+            let ephemeral = templates::import_ephemeral_key(ctx.caps().nested_unwrap_templates);
             let eph = ctx.with_key(Operation::ImportUnwrap, ObjectKind::Private, key, |s, k| {
                 s.unwrap_key(&oaep, k, wrapped_aes, &ephemeral)
             })?;

@@ -111,7 +111,7 @@ pub(super) fn generate(
         ctx,
         spec,
         templates::generated_public_key(id, label, usage),
-        &templates::private_key(spec, id, label, usage),
+        &templates::private_key(spec, id, label, usage, ctx.caps().nested_unwrap_templates),
     )?;
     ctx.remember(ObjectKind::Public, id, pubh);
     ctx.remember(ObjectKind::Private, id, privh);
@@ -434,12 +434,13 @@ pub(super) fn install(
     usage: PairUse,
     tr: &PairTransfer,
 ) -> Result<(), HsmError> {
+    let nested = ctx.caps().nested_unwrap_templates;
     let h = ctx.with_key(Operation::UnwrapKey, ObjectKind::Secret, CWK_ID, |s, w| {
         s.unwrap_key(
             &mechanisms::key_wrap(),
             w,
             &tr.wrapped,
-            &templates::private_key(spec, id, label, usage),
+            &templates::private_key(spec, id, label, usage, nested),
         )
     })?;
     ctx.remember(ObjectKind::Private, id, h);

@@ -79,28 +79,60 @@ pub(super) struct UnwrapTemplate {
     /// One byte per boolean; never changed after construction, so the heap buffer (and
     /// the pointers into it) stay put when this value moves.
     values: Vec<[u8; 1]>,
+    /// The template nested in this one, whose bytes an entry of `bytes` points to (boxed
+    /// and never changed, so they stay put too).
+    inner: Option<Box<UnwrapTemplate>>,
     bytes: Vec<u8>,
 }
 
 impl UnwrapTemplate {
+    /// Sensitive and wrap-with-trusted.
     fn forced() -> UnwrapTemplate {
+        UnwrapTemplate::build(None)
+    }
+
+    /// Sensitive and wrap-with-trusted, and (nested) a `CKA_UNWRAP_TEMPLATE` forcing the
+    /// same on whatever an unwrapped key unwraps in turn: the confinement of the two-step
+    /// RSA_AES import, where the ephemeral AES key unwraps the material. Only for tokens
+    /// that enforce nested templates (`Caps::nested_unwrap_templates`; SoftHSM 2.6.1
+    /// refuses them with `CKR_ATTRIBUTE_VALUE_INVALID`).
+    fn forced_nested() -> UnwrapTemplate {
+        UnwrapTemplate::build(Some(Box::new(UnwrapTemplate::forced())))
+    }
+
+    fn build(inner: Option<Box<UnwrapTemplate>>) -> UnwrapTemplate {
         let values: Vec<[u8; 1]> = FORCED_ON_UNWRAP
             .iter()
             .map(|(_, v)| [u8::from(*v)])
             .collect();
-        let mut bytes = Vec::with_capacity(values.len() * 3 * std::mem::size_of::<c_ulong>());
-        for ((t, _), v) in FORCED_ON_UNWRAP.iter().zip(&values) {
-            let ty: c_ulong = (*t).into();
-            // CK_ATTRIBUTE { CK_ATTRIBUTE_TYPE type; CK_VOID_PTR pValue; CK_ULONG ulValueLen }
+        let word = std::mem::size_of::<c_ulong>();
+        let mut bytes = Vec::with_capacity((values.len() + 1) * 3 * word);
+        // CK_ATTRIBUTE { CK_ATTRIBUTE_TYPE type; CK_VOID_PTR pValue; CK_ULONG ulValueLen }
+        let mut entry = |ty: c_ulong, ptr: usize, len: usize| {
             bytes.extend(ty.to_ne_bytes());
-            bytes.extend((v.as_ptr() as usize).to_ne_bytes());
-            bytes.extend(c_ulong::from(1u8).to_ne_bytes());
+            bytes.extend(ptr.to_ne_bytes());
+            bytes.extend((len as c_ulong).to_ne_bytes());
+        };
+        for ((t, _), v) in FORCED_ON_UNWRAP.iter().zip(&values) {
+            entry((*t).into(), v.as_ptr() as usize, 1);
         }
-        UnwrapTemplate { values, bytes }
+        if let Some(i) = &inner {
+            entry(
+                CKA_UNWRAP_TEMPLATE,
+                i.bytes.as_ptr() as usize,
+                i.bytes.len(),
+            );
+        }
+        UnwrapTemplate {
+            values,
+            inner,
+            bytes,
+        }
     }
 
     fn attribute(&self) -> Attribute {
         debug_assert_eq!(self.values.len(), FORCED_ON_UNWRAP.len());
+        debug_assert!(self.inner.as_ref().is_none_or(|i| i.inner.is_none()));
         Attribute::VendorDefined((
             AttributeType::VendorDefined(CKA_UNWRAP_TEMPLATE),
             self.bytes.clone(),
@@ -222,11 +254,14 @@ fn key_type(spec: PairSpec) -> KeyType {
 
 /// A KMS private key (token object, sensitive, extractable only so that it can be wrapped
 /// under the cluster wrapping key, which CKA_WRAP_WITH_TRUSTED enforces).
+/// `nested_unwrap` (the token enforces nested unwrap templates) matters only for an import
+/// wrapping key (`PairUse::Unwrap`): see [`import_wrapping_unwrap_template`].
 pub(super) fn private_key(
     spec: PairSpec,
     id: &[u8],
     label: &str,
     usage: PairUse,
+    nested_unwrap: bool,
 ) -> Vec<Attribute> {
     let mut t = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -244,11 +279,24 @@ pub(super) fn private_key(
         Attribute::Label(label.as_bytes().to_vec()),
     ];
     if usage == PairUse::Unwrap {
-        // An import wrapping key can only make sensitive, wrap-with-trusted keys: a holder
-        // of the user PIN cannot unwrap a customer's material into a readable object.
-        t.push(forced_unwrap_template().attribute());
+        t.push(import_wrapping_unwrap_template(nested_unwrap));
     }
     t
+}
+
+/// The `CKA_UNWRAP_TEMPLATE` of an import wrapping key's private half: it can only make
+/// sensitive, wrap-with-trusted keys, so a holder of the user PIN cannot unwrap a
+/// customer's material into a readable object. With `nested` (tokens that enforce it),
+/// what it unwraps must carry the same template in turn, which confines the ephemeral AES
+/// key of an RSA_AES import; without, that key could unwrap the material readable, so
+/// RSA_AES imports are refused there unless the operator accepts it
+/// (`allow_unconfined_rsa_aes_import`).
+pub(super) fn import_wrapping_unwrap_template(nested: bool) -> Attribute {
+    if nested {
+        forced_nested_unwrap_template().attribute()
+    } else {
+        forced_unwrap_template().attribute()
+    }
 }
 
 /// The unwrap template forced on what an import wrapping key unwraps, built once and kept
@@ -259,10 +307,17 @@ fn forced_unwrap_template() -> &'static UnwrapTemplate {
     FORCED.get_or_init(UnwrapTemplate::forced)
 }
 
+/// [`forced_unwrap_template`] with the same template nested in it, kept likewise.
+fn forced_nested_unwrap_template() -> &'static UnwrapTemplate {
+    static FORCED: std::sync::OnceLock<UnwrapTemplate> = std::sync::OnceLock::new();
+    FORCED.get_or_init(UnwrapTemplate::forced_nested)
+}
+
 /// The ephemeral AES key of an `RSA_AES_KEY_WRAP` import, unwrapped with RSA-OAEP as a
-/// session object: sensitive, never extractable, it only unwraps the material.
-pub(super) fn import_ephemeral_key() -> Vec<Attribute> {
-    vec![
+/// session object: sensitive, never extractable, it only unwraps the material; with
+/// `nested` it carries the unwrap template its wrapping key demands of it.
+pub(super) fn import_ephemeral_key(nested: bool) -> Vec<Attribute> {
+    let mut t = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::Token(false),
@@ -275,6 +330,61 @@ pub(super) fn import_ephemeral_key() -> Vec<Attribute> {
         Attribute::Wrap(false),
         Attribute::Unwrap(true),
         Attribute::Derive(false),
+    ];
+    if nested {
+        t.push(forced_unwrap_template().attribute());
+    }
+    t
+}
+
+/// Capability probe: a session AES key that wraps and unwraps, whose unwrap template
+/// nests another (see [`UnwrapTemplate::forced_nested`]).
+pub(super) fn probe_nested_kek() -> Vec<Attribute> {
+    let mut t = probe_wrapping_key();
+    t.extend([
+        Attribute::Unwrap(true),
+        forced_nested_unwrap_template().attribute(),
+    ]);
+    t
+}
+
+/// Capability probe: a readable session AES key (what a customer holds), to be wrapped.
+pub(super) fn probe_readable_key(wrap: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(false),
+        Attribute::ValueLen(32.into()),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Wrap(wrap),
+    ]
+}
+
+/// Capability probe: an AES session key unwrapped under a probe key, sensitive and
+/// wrap-with-trusted, that may unwrap; `inner` adds the unwrap template a nested one asks for.
+pub(super) fn probe_unwrapped_kek(inner: bool) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Sensitive(true),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Unwrap(true),
+    ];
+    if inner {
+        t.push(forced_unwrap_template().attribute());
+    }
+    t
+}
+
+/// Capability probe: an AES session key unwrapped `readable` (the attack) or not.
+pub(super) fn probe_unwrapped_secret(readable: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Sensitive(!readable),
+        Attribute::Extractable(readable),
+        Attribute::WrapWithTrusted(!readable),
     ]
 }
 
@@ -515,4 +625,56 @@ pub(super) fn probe_ed25519_pair() -> (Vec<Attribute>, Vec<Attribute>) {
             Attribute::Sign(true),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `CK_ATTRIBUTE` entries of a template's bytes: (type, pointer, length).
+    fn entries(bytes: &[u8]) -> Vec<(c_ulong, usize, c_ulong)> {
+        let w = std::mem::size_of::<c_ulong>();
+        bytes
+            .chunks_exact(3 * w)
+            .map(|e| {
+                let word = |i: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(e.get(i * w..(i + 1) * w).unwrap_or(&[0; 8]));
+                    u64::from_ne_bytes(b)
+                };
+                (word(0) as c_ulong, word(1) as usize, word(2) as c_ulong)
+            })
+            .collect()
+    }
+
+    /// The nested template is the forced one plus an entry that points at a forced template
+    /// of its own, with that template's length.
+    #[test]
+    fn the_nested_unwrap_template_points_at_the_forced_one() {
+        let sensitive: c_ulong = AttributeType::Sensitive.into();
+        let wwt: c_ulong = AttributeType::WrapWithTrusted.into();
+        let flat = UnwrapTemplate::forced();
+        let e = entries(&flat.bytes);
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].0, e[0].2, e[1].0, e[1].2), (sensitive, 1, wwt, 1));
+        let nested = UnwrapTemplate::forced_nested();
+        let e = entries(&nested.bytes);
+        assert_eq!(e.len(), 3);
+        let inner = nested.inner.as_ref().unwrap();
+        assert_eq!(
+            e[2],
+            (
+                CKA_UNWRAP_TEMPLATE,
+                inner.bytes.as_ptr() as usize,
+                inner.bytes.len() as c_ulong
+            )
+        );
+        assert_eq!(entries(&inner.bytes).len(), 2);
+        // The import wrapping key carries one or the other; the ephemeral key the inner one.
+        let Attribute::VendorDefined((_, v)) = import_wrapping_unwrap_template(true) else {
+            panic!("a raw attribute")
+        };
+        assert_eq!(entries(&v).len(), 3);
+        assert!(import_ephemeral_key(true).len() == import_ephemeral_key(false).len() + 1);
+    }
 }

@@ -357,6 +357,18 @@ impl Kms {
         self.ensure_token_key().await
     }
 
+    /// Refuse a wrapping the HSMs cannot unwrap inside themselves (or not confined: see
+    /// `allow_unconfined_rsa_aes_import`).
+    fn importable(&self, alg: WrappingAlgorithm, wrapping: ImportWrapping) -> Result<(), KmsError> {
+        match self.vault.import_unsupported(wrapping) {
+            None => Ok(()),
+            Some(missing) => Err(KmsError::Unsupported(format!(
+                "The wrapping algorithm {} is not supported by the HSMs of this key store: it needs {missing}. Key material is unwrapped only inside the HSMs, never on the service host.",
+                alg.as_str()
+            ))),
+        }
+    }
+
     /// `GetParametersForImport`: a fresh wrapping key pair made in the HSMs and the import
     /// token that binds it to this key for 24 hours.
     pub async fn get_parameters_for_import(
@@ -389,12 +401,7 @@ impl Kms {
                 "An RSA_2048 wrapping key cannot wrap ECC_NIST_P521 key material with an RSAES wrapping algorithm; use an RSA_AES_KEY_WRAP algorithm or a longer wrapping key.".into(),
             ));
         }
-        if let Some(missing) = self.vault.import_unsupported(wrapping) {
-            return Err(KmsError::Unsupported(format!(
-                "The wrapping algorithm {} is not supported by the HSMs of this key store: it needs {missing}. Key material is unwrapped only inside the HSMs, never on the service host.",
-                r.algorithm.as_str()
-            )));
-        }
+        self.importable(r.algorithm, wrapping)?;
         self.ensure_token_key().await?;
         let arn = self.arn(&e.doc);
         let object = ObjectId::new(format!(
@@ -522,6 +529,8 @@ impl Kms {
         let (model, valid_to) = requested_expiry(r.expiration_model, r.valid_to, now)?;
         let params = self.open_import_token(&e, &r.token).await?;
         let wrapping = wrapping_of(params.algorithm)?;
+        // Checked again: the HSMs (or the config) may have changed since the parameters.
+        self.importable(params.algorithm, wrapping)?;
         let wrapped = WrappedMaterial {
             key: params.object_id.clone(),
             modulus_len: params.bits as usize / 8,
