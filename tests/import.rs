@@ -1306,3 +1306,93 @@ async fn a_captured_wrapped_material_cannot_be_unwrapped_readable_with_the_user_
     drop(t);
     svc.running.stop().await;
 }
+
+/// Sends SIGCONT to a host process stopped by the test, also when the test fails.
+struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// One HSM hangs (its host process stopped) between GetParametersForImport and
+/// ImportKeyMaterial: the wrapping key pair is in every HSM, so the import is unwrapped in
+/// another one and copied to the HSMs that serve, without a failed answer; the HSM that
+/// hung gets its copy once it is back (re-sync), and then uses the very material.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hsm_that_hangs_between_the_two_import_calls_fails_nothing() {
+    let tokens = tokens(&["a", "b", "c"]);
+    let (running, c) = start_tuned(
+        &tokens,
+        Arc::new(hsm_kms::clock::SystemClock),
+        fast_options(),
+        Duration::from_millis(500),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = external_key(&c, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await;
+    let (spki, token) = parameters(&c, &key, "RSAES_OAEP_SHA_1", "RSA_3072").await;
+    let object = running.kms.import_wrapping_object_ids(&key).pop().unwrap();
+    for h in ["a", "b", "c"] {
+        assert!(
+            running.cluster.hsm_holds_private(h, object.as_bytes()),
+            "HSM {h} lacks the wrapping key"
+        );
+    }
+    let material: [u8; 32] = rand::random();
+    let wrapped = wrap(dir.path(), "RSAES_OAEP_SHA_1", &spki, &material, false);
+
+    let pid = running.cluster.host_pid("a").expect("a host process");
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = Stopped(pid);
+    let started = std::time::Instant::now();
+    let r = import(&c, &key, &token, &wrapped, forever()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let took = started.elapsed();
+    // Used at once, while HSM a still hangs: that very material.
+    proves_symmetric(&c, &key, 1, &material).await;
+    let backing = running.kms.backing_object_ids(&key);
+    for o in &backing {
+        assert!(running.cluster.hsm_holds("b", o.as_bytes()));
+        assert!(running.cluster.hsm_holds("c", o.as_bytes()));
+    }
+    drop(stopped);
+    // HSM a back: re-sync gives it its copy (the same material: it encrypts what the
+    // local copy of the material opens).
+    let back = eventually(60, || {
+        backing
+            .iter()
+            .all(|o| running.cluster.hsm_holds("a", o.as_bytes()))
+    })
+    .await;
+    assert!(back, "HSM a never received the imported material");
+    let o = backing.last().unwrap();
+    let (iv, ct) = running
+        .cluster
+        .encrypt_on("a", o.as_bytes(), b"aad".to_vec(), b"from a".to_vec())
+        .await
+        .unwrap();
+    let opened = Aes256Gcm::new_from_slice(&material)
+        .unwrap()
+        .decrypt(
+            Nonce::from_slice(&iv),
+            Payload {
+                msg: &ct,
+                aad: b"aad",
+            },
+        )
+        .expect("HSM a's copy is the imported material");
+    assert_eq!(opened.as_slice(), b"from a");
+    println!(
+        "IMPORT-HANG | import answered in {} ms with HSM a stopped; a re-synced afterwards",
+        took.as_millis()
+    );
+    running.stop().await;
+}
