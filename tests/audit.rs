@@ -697,40 +697,6 @@ async fn the_hsms_that_served_and_what_the_service_did_by_itself_are_recorded() 
     s.running.stop().await;
 }
 
-/// A tmpfs of `size` mounted on `at`, unmounted when dropped.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// `None` where mounting is not allowed (not root, no CAP_SYS_ADMIN).
-    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Fill the file system of `dir` with one file until a write fails.
-fn fill(dir: &Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![1u8; 4096];
-    while f.write_all(&chunk).is_ok() {}
-    while f.write_all(&[1u8]).is_ok() {}
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_calls_before_they_run_until_space_returns() {
     let t = tokens(&["a", "b"]);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{b64, fast_options, real_binary, service, tokens, Client, Tokens};
+use common::{b64, fast_options, fill, real_binary, service, tokens, Client, SmallDisk, Tokens};
 use hsm_kms::app::{self, ServiceConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -158,10 +158,19 @@ async fn start_public(t: &Tokens) -> (app::Running, Client) {
 }
 
 async fn start_public_with(t: &Tokens, audit: app::AuditOptions) -> (app::Running, Client) {
+    start_public_on(t, audit, t.dir.path().join("metadata.sqlite")).await
+}
+
+/// [`start_public_with`] with the metadata database at `database`.
+async fn start_public_on(
+    t: &Tokens,
+    audit: app::AuditOptions,
+    database: std::path::PathBuf,
+) -> (app::Running, Client) {
     let running = app::start(ServiceConfig {
         nodes: t.hsms.iter().map(|h| h.node_config().unwrap()).collect(),
         cluster: fast_options(),
-        database: t.dir.path().join("metadata.sqlite"),
+        database,
         listen: "127.0.0.1:0".into(),
         region: "us-east-1".into(),
         account_id: "111122223333".into(),
@@ -360,4 +369,64 @@ async fn ready_needs_the_audit_trail_when_fail_closed() {
     let (status, body) = c.get_text("/ready", false).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
     running.stop().await;
+}
+
+/// The metadata store's disk fills up: calls that must write are refused (never answered
+/// without their metadata), `/ready` says `metadata_unwritable`, and once there is room
+/// again the service is ready and writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_says_metadata_unwritable_while_the_store_refuses_writes() {
+    let t = tokens(&["a", "b"]);
+    let Some(disk) = SmallDisk::mount(&t.dir.path().join("small"), "4m") else {
+        eprintln!(
+            "SKIPPED ready_says_metadata_unwritable_while_the_store_refuses_writes: cannot \
+             mount a tmpfs here (needs root with CAP_SYS_ADMIN, as CI runs)"
+        );
+        return;
+    };
+    let (running, c) = start_public_on(
+        &t,
+        app::AuditOptions::in_dir(t.dir.path().join("audit")),
+        disk.0.join("metadata.sqlite"),
+    )
+    .await;
+    c.ok("CreateKey", json!({})).await;
+    let filler = fill(&disk.0);
+    // Key metadata with 8 KB descriptions: the database needs new pages soon.
+    let description = "d".repeat(8000);
+    let mut answered = 0;
+    let refused = loop {
+        let r = c
+            .call("CreateKey", json!({"Description": description}))
+            .await;
+        if r.status != 200 {
+            break r;
+        }
+        answered += 1;
+        assert!(answered < 500, "the metadata store never refused a write");
+    };
+    assert_eq!(
+        (refused.status, refused.error_type()),
+        (500, "KMSInternalException"),
+        "{}",
+        refused.body
+    );
+    let (status, body) = ready_becomes(&c, 503).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (
+            503,
+            json!({"status": "not_ready", "reason": "metadata_unwritable"})
+        )
+    );
+    std::fs::remove_file(filler).unwrap();
+    let (status, body) = ready_becomes(&c, 200).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    c.ok("CreateKey", json!({"Description": description})).await;
+    // Every answered CreateKey is there; the refused one is not.
+    let keys = c.ok("ListKeys", json!({"Limit": 1000})).await;
+    assert_eq!(keys["Keys"].as_array().unwrap().len(), answered + 2);
+    println!("METADATA-FULL | {answered} CreateKey answered after the disk filled, then refused; ready again once it had room");
+    running.stop().await;
+    drop(disk);
 }

@@ -876,3 +876,55 @@ pub(crate) fn trail(dir: &std::path::Path) -> (String, Vec<Value>) {
     }
     (text, events)
 }
+
+/// A tmpfs of `size` mounted on `at`, unmounted when dropped.
+pub(crate) struct SmallDisk(pub std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` where mounting is not allowed (not root, no CAP_SYS_ADMIN).
+    pub(crate) fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    /// Unmount, retrying while a stopped service's last handles close; detach it lazily
+    /// if they never do, so that no mount outlives the test.
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut c = std::process::Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        for _ in 0..30 {
+            if umount(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        umount(true);
+    }
+}
+
+/// Fill the file system of `dir` with one file until a write fails.
+pub(crate) fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![1u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&[1u8]).is_ok() {}
+    path
+}
