@@ -47,7 +47,7 @@ struct Attempt {
 /// Serve one CloudTrail request (the trail must be healthy before, and the call's record
 /// durable before the answer, as for KMS calls).
 pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::kms::types::random_uuid().to_string();
     let operation = req
         .headers()
         .get("x-amz-target")

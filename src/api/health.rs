@@ -45,7 +45,7 @@ pub(super) async fn health(State(app): State<Arc<AppState>>, req: Request) -> Re
     if !req.headers().contains_key(AUTHORIZATION) {
         return json(StatusCode::OK, &serde_json::json!({ "status": "ok" }));
     }
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::kms::types::random_uuid().to_string();
     match super::metrics::authenticate(&app, req, &request_id).await {
         Err(r) => r,
         Ok(principal) => {

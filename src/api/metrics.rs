@@ -253,7 +253,7 @@ fn snapshot(app: &AppState) -> Vec<MetricFamily> {
 /// Serve `GET /metrics`.
 pub(super) async fn metrics(State(app): State<Arc<AppState>>, req: Request) -> Response {
     if !app.metrics.public {
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = crate::kms::types::random_uuid().to_string();
         if let Err(r) = authenticate(&app, req, &request_id).await {
             return r;
         }

@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 /// Serve one `POST /` KMS request.
 pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::kms::types::random_uuid().to_string();
     // The operation is known from a header before anything is read, so the span is made
     // once with both fields (no later re-formatting of its fields).
     let target = req

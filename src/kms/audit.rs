@@ -325,7 +325,7 @@ pub fn events(call: Call<'_>, facts: &CallFacts, region: &str, home_account: &st
             recipients.push(r.account_id.clone());
         }
     }
-    let shared = (recipients.len() > 1).then(|| uuid::Uuid::new_v4().to_string());
+    let shared = (recipients.len() > 1).then(|| super::types::random_uuid().to_string());
     let base = Event {
         event_version: EVENT_VERSION,
         user_identity: user_identity(&call, facts),
@@ -356,9 +356,14 @@ pub fn events(call: Call<'_>, facts: &CallFacts, region: &str, home_account: &st
         event_category: "Management",
     };
     let mut out = Vec::with_capacity(recipients.len());
-    for account in recipients {
-        let mut e = base.clone();
-        e.event_id = uuid::Uuid::new_v4().to_string();
+    let last = recipients.len().saturating_sub(1);
+    let mut base = Some(base);
+    for (i, account) in recipients.into_iter().enumerate() {
+        // The last copy takes the record itself (most calls have one recipient).
+        let Some(mut e) = (if i == last { base.take() } else { base.clone() }) else {
+            break;
+        };
+        e.event_id = super::types::random_uuid().to_string();
         e.recipient_account_id = account;
         out.push(e);
     }
@@ -414,7 +419,7 @@ pub fn service_event(ev: ServiceEvent, region: &str, home_account: &str) -> Even
         response_elements: Value::Null,
         additional_event_data: hsms_data(ev.hsms),
         request_id: String::new(),
-        event_id: uuid::Uuid::new_v4().to_string(),
+        event_id: super::types::random_uuid().to_string(),
         read_only: false,
         resources: ev.resources,
         event_type: "AwsServiceEvent",

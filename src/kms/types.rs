@@ -167,6 +167,13 @@ fn char_len(s: &str) -> usize {
 // Identifiers
 // ---------------------------------------------------------------------------------------------
 
+/// A random (v4) UUID from the process's thread-local CSPRNG (`rand`'s `ThreadRng`,
+/// ChaCha seeded from the OS): request ids, event ids and key ids are made on every call,
+/// and `Uuid::new_v4` without uuid's `fast-rng` feature costs a `getrandom` system call each.
+pub fn random_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
 /// A KMS key id: a UUID, always written lowercase and hyphenated
 /// (`1234abcd-12ab-34cd-56ef-1234567890ab`). `Copy`; renders with `Display`.
 ///
@@ -178,7 +185,7 @@ pub struct KeyId(Uuid);
 impl KeyId {
     /// A fresh random (v4) key id.
     pub fn new_random() -> Self {
-        Self(Uuid::new_v4())
+        Self(random_uuid())
     }
 
     /// Parses the canonical lowercase hyphenated form; anything else is an error at `keyId`.
@@ -1160,6 +1167,18 @@ mod tests {
     use super::*;
 
     const ID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    #[test]
+    fn random_uuids_are_version_4_and_distinct() {
+        let a = random_uuid();
+        let b = random_uuid();
+        assert_ne!(a, b);
+        for u in [a, b] {
+            assert_eq!(u.get_version(), Some(uuid::Version::Random));
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+            assert!(KeyId::parse(&u.to_string()).is_ok());
+        }
+    }
 
     #[test]
     fn key_id_canonical_only() {

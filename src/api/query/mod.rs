@@ -203,7 +203,7 @@ fn iso8601(t: time::OffsetDateTime) -> String {
 /// be healthy before anything is done, and the call's record durable before it is
 /// answered; a failure of either is `ServiceFailure` (500).
 pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::kms::types::random_uuid().to_string();
     let started = std::time::Instant::now();
     let span = tracing::info_span!(
         "request",
