@@ -242,6 +242,9 @@ pub(super) struct Facts {
     /// The token offers `CKM_AES_KEY_WRAP_PAD` (RSA_AES imports).
     #[serde(default)]
     pub(super) aes_key_wrap_pad: bool,
+    /// What the service needs that the token offers (`needs`), found at connect.
+    #[serde(default)]
+    pub(super) offered: super::needs::Offered,
 }
 
 /// The answer to a [`Command`].
@@ -484,6 +487,7 @@ pub(super) fn facts_of(inst: &super::instance::Instance) -> Facts {
         aes_key_wrap_pad: inst
             .caps
             .has(cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD),
+        offered: inst.caps.offered,
     }
 }
 

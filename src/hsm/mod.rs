@@ -18,6 +18,7 @@
 //! | `mechanisms` | pure builders of PKCS#11 mechanisms |
 //! | `iv` | deterministic GCM IVs (SP 800-38D §8.2.1): durable fixed field ‖ counter |
 //! | `templates` | pure builders of attribute templates |
+//! | `needs` | what each kind of key needs of a token, and what the service does without it (the one capability table) |
 //! | `capabilities` | [`Caps`]: what a token offers, probed at connect |
 //! | `instance` | [`NodeConfig`]; one initialization of an HSM's module (login, warm-up) |
 //! | `node` | one HSM's shared state: [`NodeState`], current instance, call gate, counters |
@@ -56,6 +57,7 @@ mod job;
 mod keypair;
 mod kinds;
 mod mechanisms;
+mod needs;
 mod node;
 mod replication;
 mod templates;
