@@ -28,7 +28,7 @@ pub struct Caps {
     /// What the service needs that the token offers (see `needs`): from the mechanism list
     /// (RSA modulus sizes from the mechanism's info), plus the probes above and one
     /// throw-away session key pair per curve.
-    pub offered: Offered,
+    pub(super) offered: Offered,
 }
 
 impl Caps {

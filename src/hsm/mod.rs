@@ -38,6 +38,7 @@
 //! | `vault` | `HsmCluster` as the domain's `KeyVault` port (`crate::kms::vault`) |
 //! | `ceremony` | the SO enrollment ceremony: CWK generation and transport to a new token |
 //! | `softhsm`, `bench` | local SoftHSM2 tokens; the layer-vs-raw benchmark |
+//! | `check` | `hsm-kms hsm check`: every operation the service needs, run on a token, with what the service will do (from `needs`) |
 
 mod aes;
 mod capabilities;
@@ -65,6 +66,7 @@ mod worker;
 
 pub mod bench;
 pub mod ceremony;
+pub mod check;
 pub mod cluster;
 pub mod error;
 mod vault;

@@ -124,9 +124,7 @@ impl Need {
 
     /// Every need including Ed25519's.
     pub(super) fn every() -> impl Iterator<Item = Need> {
-        Need::ALL
-            .into_iter()
-            .chain([Need::EdKeyGen, Need::Eddsa])
+        Need::ALL.into_iter().chain([Need::EdKeyGen, Need::Eddsa])
     }
 
     /// The mechanism (or behaviour) this need stands for, as messages name it.
@@ -397,7 +395,10 @@ mod tests {
             Support::Missing(Need::OaepSha256)
         );
         let ed = KeyKind::Pair(PairSpec::Ed25519, PairUse::Sign);
-        assert_eq!(support(o, ed), Support::Missing(Need::Wrap(Family::Ed25519)));
+        assert_eq!(
+            support(o, ed),
+            Support::Missing(Need::Wrap(Family::Ed25519))
+        );
         assert!(Support::Missing(Need::Wrap(Family::Ed25519))
             .to_string()
             .contains("CKK_EC_EDWARDS"));
