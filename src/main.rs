@@ -34,7 +34,7 @@ enum HsmCmd {
     /// and what the service will do (native, fallback, refused key specs). Exit status: 0
     /// the token can serve as a cluster member, 1 it cannot (the reasons are printed), 2 it
     /// could not be checked (module, slot, token or PIN), 130 interrupted.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Bring the configured HSM NAME into the cluster with its SO's approval: the cluster
     /// wrapping key travels to it under a transport key generated inside it (its
     /// fingerprint is shown for confirmation), then every key is copied to it. The first

@@ -244,21 +244,19 @@ impl HsmReport {
                 );
             }
             for r in &ran {
-                match (r.kind, r.met) {
-                    (
-                        Kind::MustRefuse {
-                            critical: true,
-                            otherwise,
-                        }
-                        | Kind::Behaviour {
-                            critical: true,
-                            otherwise,
-                        },
-                        Some(false),
-                    ) => {
-                        reasons.push(format!("{}: {otherwise}", r.check));
+                if let (
+                    Kind::MustRefuse {
+                        critical: true,
+                        otherwise,
                     }
-                    _ => {}
+                    | Kind::Behaviour {
+                        critical: true,
+                        otherwise,
+                    },
+                    Some(false),
+                ) = (r.kind, r.met)
+                {
+                    reasons.push(format!("{}: {otherwise}", r.check));
                 }
             }
             for n in Need::every() {

@@ -847,13 +847,15 @@ fn custody(run: &mut Run<'_>, s: &Session, k: &Keys, kek: Option<(ObjectHandle, 
         Box::new(move |copy| sign_verify(s, scheme, copy, public, &digest))
     };
     let d256 = Hash::Sha256.digest(b"m");
-    let copies: Vec<(
+    /// A family, what is copied, the key, its unwrap template and the proof of the copy.
+    type Copy<'s> = (
         Family,
-        &str,
+        &'static str,
         Option<ObjectHandle>,
         Vec<Attribute>,
-        Option<Proof<'_>>,
-    )> = vec![
+        Option<Proof<'s>>,
+    );
+    let copies: Vec<Copy<'_>> = vec![
         (
             Family::Aes,
             "AES-256 key",
