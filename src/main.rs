@@ -28,6 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum HsmCmd {
+    /// Run, for real, every operation the service needs for every key spec on a PKCS#11
+    /// token (session objects wherever possible; the few token objects are always
+    /// destroyed) and print a matrix: per check the token's return value or OK, the time,
+    /// and what the service will do (native, fallback, refused key specs). Exit status: 0
+    /// the token can serve as a cluster member, 1 it cannot (the reasons are printed), 2 it
+    /// could not be checked (module, slot, token or PIN), 130 interrupted.
+    Check(Box<CheckArgs>),
     /// Bring the configured HSM NAME into the cluster with its SO's approval: the cluster
     /// wrapping key travels to it under a transport key generated inside it (its
     /// fingerprint is shown for confirmation), then every key is copied to it. The first
@@ -49,6 +56,64 @@ enum HsmCmd {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// `hsm-kms hsm check`: which token(s), and how.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["module", "config"])))]
+struct CheckArgs {
+    /// The PKCS#11 module of the token to check.
+    #[arg(long, conflicts_with = "config")]
+    module: Option<PathBuf>,
+    /// The token's slot number (slots may renumber: prefer --token-label).
+    #[arg(long, conflicts_with = "token_label")]
+    slot: Option<u64>,
+    /// The token's label [default: the only initialized token].
+    #[arg(long)]
+    token_label: Option<String>,
+    /// File with the user PIN.
+    #[arg(long)]
+    pin_file: Option<PathBuf>,
+    /// File with the SO PIN: runs the rows that need a trusted wrapping key, which only the
+    /// SO can make (without it they are skipped, unless the token is enrolled).
+    #[arg(long)]
+    so_pin_file: Option<PathBuf>,
+    /// KEY=VALUE set before the module's C_Initialize (e.g. SOFTHSM2_CONF=...); repeatable.
+    #[arg(long)]
+    env: Vec<String>,
+    /// Check every HSM of this config (the service's) instead of --module.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Also check the token of this module and print both side by side, differences marked.
+    #[arg(long, conflicts_with = "config")]
+    against: Option<PathBuf>,
+    /// The --against token's slot [default: --slot].
+    #[arg(long)]
+    against_slot: Option<u64>,
+    /// The --against token's label [default: --token-label].
+    #[arg(long)]
+    against_token_label: Option<String>,
+    /// The --against token's user PIN file [default: --pin-file].
+    #[arg(long)]
+    against_pin_file: Option<PathBuf>,
+    /// The --against token's SO PIN file [default: --so-pin-file].
+    #[arg(long)]
+    against_so_pin_file: Option<PathBuf>,
+    /// KEY=VALUE for the --against module's C_Initialize; repeatable [default: --env].
+    #[arg(long)]
+    against_env: Vec<String>,
+    /// Print the report as JSON (fields in README.md, "Checking a PKCS#11 token").
+    #[arg(long)]
+    json: bool,
+    /// Threads (one session each) of the concurrent sessions row.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// Session objects present while C_FindObjects is timed.
+    #[arg(long, default_value_t = 200)]
+    find_objects: usize,
+    /// The most sessions the session limit row opens.
+    #[arg(long, default_value_t = 256)]
+    session_limit: usize,
 }
 
 #[derive(Subcommand)]
@@ -397,6 +462,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Hsm {
+            cmd: HsmCmd::Check(args),
+        } => std::process::exit(hsm_check(&args)),
         Cmd::Hsm {
             cmd:
                 HsmCmd::Enroll {
@@ -1011,4 +1079,128 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+/// `hsm-kms hsm check`: the exit status (2 for a usage error found here).
+fn hsm_check(a: &CheckArgs) -> i32 {
+    match check_targets(a) {
+        Err(e) => {
+            eprintln!("hsm-kms: {e:#}");
+            2
+        }
+        Ok(targets) => {
+            if let Err(e) = hsm_kms::hsm::check::cancel_on_signal() {
+                eprintln!("hsm-kms: {e}");
+            }
+            let opts = hsm_kms::hsm::check::Options {
+                threads: a.threads.max(1),
+                find_objects: a.find_objects.max(1),
+                session_limit: a.session_limit.max(1),
+                ..Default::default()
+            };
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut progress = |hsm: &str, row: &str| {
+                if tty {
+                    eprint!("\r\x1b[2Kchecking {hsm}: {row}");
+                }
+            };
+            let report = hsm_kms::hsm::check::run(&targets, &opts, &mut progress);
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            if a.json {
+                println!("{:#}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
+            report.exit_status()
+        }
+    }
+}
+
+/// The tokens `hsm check` was asked to check.
+fn check_targets(a: &CheckArgs) -> Result<Vec<hsm_kms::hsm::check::Target>> {
+    use hsm_kms::hsm::check::Target;
+    let pin = |f: &Option<PathBuf>| -> Result<Option<zeroize::Zeroizing<String>>> {
+        f.as_ref()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|p| zeroize::Zeroizing::new(p.trim().to_string()))
+                    .with_context(|| format!("read {}", f.display()))
+            })
+            .transpose()
+    };
+    let so = |f: &Option<PathBuf>| -> Result<Option<SoPin>> {
+        f.as_ref()
+            .map(|f| SoPin::read_file(f).with_context(|| format!("read {}", f.display())))
+            .transpose()
+    };
+    let env = |v: &[String]| -> Result<Vec<(String, String)>> {
+        v.iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => bail!("--env {kv}: not KEY=VALUE"),
+            })
+            .collect()
+    };
+    let name_of = |m: &Path| {
+        m.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| m.display().to_string())
+    };
+    if let Some(config) = &a.config {
+        let loaded = load_config(Some(config.clone()))?;
+        let so_pin = so(&a.so_pin_file)?;
+        return Ok(loaded
+            .nodes()?
+            .into_iter()
+            .map(|n| Target {
+                name: n.name,
+                module: n.module,
+                slot: None,
+                token_label: Some(n.token_label),
+                pin: Some(n.pin),
+                so_pin: so_pin.as_ref().map(|p| SoPin::new(p.expose().to_string())),
+                env: n.env,
+            })
+            .collect());
+    }
+    let Some(module) = &a.module else {
+        bail!("pass --module or --config");
+    };
+    let mut targets = vec![Target {
+        name: name_of(module),
+        module: module.clone(),
+        slot: a.slot,
+        token_label: a.token_label.clone(),
+        pin: pin(&a.pin_file)?,
+        so_pin: so(&a.so_pin_file)?,
+        env: env(&a.env)?,
+    }];
+    if let Some(other) = &a.against {
+        let mut name = name_of(other);
+        if targets.first().is_some_and(|t| t.name == name) {
+            name = format!("{name} (against)");
+        }
+        let label = a.against_token_label.clone().or(a.token_label.clone());
+        let pin_file = a.against_pin_file.clone().or(a.pin_file.clone());
+        let so_pin_file = a.against_so_pin_file.clone().or(a.so_pin_file.clone());
+        let against_env = if a.against_env.is_empty() {
+            &a.env
+        } else {
+            &a.against_env
+        };
+        targets.push(Target {
+            name,
+            module: other.clone(),
+            slot: a
+                .against_slot
+                .or(if label.is_some() { None } else { a.slot }),
+            token_label: label,
+            pin: pin(&pin_file)?,
+            so_pin: so(&so_pin_file)?,
+            env: env(against_env)?,
+        });
+    }
+    Ok(targets)
 }

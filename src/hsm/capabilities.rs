@@ -3,10 +3,12 @@
 //! CKM_RSA_PKCS_OAEP but refuses it with SHA-256, and refuses to wrap Ed25519 keys).
 
 use super::error::HsmError;
+use super::kinds::PairSpec;
 use super::mechanisms;
+use super::needs::{self, Family, Need, Offered, Support};
 use super::templates;
 use crate::kms::vault::ImportWrapping;
-use crate::pkix::Hash;
+use crate::pkix::{Curve, Hash};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -28,6 +30,10 @@ pub struct Caps {
     /// with session keys: the attack is tried). SoftHSM 2.6.1 refuses such a template
     /// (`CKR_ATTRIBUTE_VALUE_INVALID`).
     pub nested_unwrap_templates: bool,
+    /// What the service needs that the token offers (see `needs`): from the mechanism list
+    /// (RSA modulus sizes from the mechanism's info), plus the probes above and one
+    /// throw-away session key pair per curve.
+    pub(super) offered: Offered,
 }
 
 impl Caps {
@@ -39,6 +45,7 @@ impl Caps {
             oaep_sha256: false,
             ed25519_keys: false,
             nested_unwrap_templates: false,
+            offered: Offered::default(),
         };
         if caps.has(MechanismType::RSA_PKCS_OAEP) {
             caps.oaep_sha256 = probe_oaep_sha256(s).unwrap_or(false);
@@ -49,6 +56,7 @@ impl Caps {
         if caps.has(MechanismType::AES_KEY_WRAP_PAD) {
             caps.nested_unwrap_templates = probe_nested_unwrap_template(s).unwrap_or(false);
         }
+        caps.offered = caps.offered_by(ctx, slot, s);
         tracing::debug!(
             mechanisms = caps.mechanisms.len(),
             oaep_sha256 = caps.oaep_sha256,
@@ -56,6 +64,57 @@ impl Caps {
             "token capabilities"
         );
         caps
+    }
+
+    /// The needs (see `needs`) this token meets, from its mechanism list and the probes.
+    fn offered_by(&self, ctx: &Pkcs11, slot: Slot, s: &Session) -> Offered {
+        use MechanismType as M;
+        let kwp = self.has(M::AES_KEY_WRAP_PAD);
+        let rsa_gen = self.has(M::RSA_PKCS_KEY_PAIR_GEN);
+        let rsa_sizes = ctx
+            .get_mechanism_info(slot, M::RSA_PKCS_KEY_PAIR_GEN)
+            .ok()
+            .map(|i| (i.min_key_size(), i.max_key_size()));
+        let ec_gen = self.has(M::ECC_KEY_PAIR_GEN);
+        let mut o = Offered::default()
+            // It answered the connect's login and random-drawing IV checks; sessions are
+            // counted by `hsm check`, not at every connect.
+            .with(Need::Random, true)
+            .with(Need::Sessions, true)
+            .with(Need::AesKeyGen, self.has(M::AES_KEY_GEN))
+            .with(Need::AesGcm, self.has(M::AES_GCM))
+            .with(Need::SecretKeyGen, self.has(M::GENERIC_SECRET_KEY_GEN))
+            .with(Need::RsaPkcs, self.has(M::RSA_PKCS))
+            .with(Need::RsaPss, self.has(M::RSA_PKCS_PSS))
+            .with(Need::OaepSha1, self.has(M::RSA_PKCS_OAEP))
+            .with(Need::OaepSha256, self.oaep_sha256)
+            .with(Need::RsaX509, self.has(M::RSA_X_509))
+            .with(Need::Ecdsa, self.has(M::ECDSA))
+            .with(Need::Ecdh, self.has(M::ECDH1_DERIVE))
+            .with(Need::EdKeyGen, self.has(M::ECC_EDWARDS_KEY_PAIR_GEN))
+            .with(Need::Eddsa, self.has(M::EDDSA))
+            .with(Need::Wrap(Family::Ed25519), self.ed25519_keys);
+        for f in [Family::Aes, Family::Hmac, Family::Rsa, Family::Ec] {
+            o = o.with(Need::Wrap(f), kwp);
+        }
+        for (h, m) in [
+            (Hash::Sha224, M::SHA224_HMAC),
+            (Hash::Sha256, M::SHA256_HMAC),
+            (Hash::Sha384, M::SHA384_HMAC),
+            (Hash::Sha512, M::SHA512_HMAC),
+        ] {
+            o = o.with(Need::Hmac(h), self.has(m));
+        }
+        for bits in needs::RSA_BITS {
+            let fits = rsa_sizes.is_none_or(|(min, max)| {
+                (min as u64) <= u64::from(bits) && u64::from(bits) <= max as u64
+            });
+            o = o.with(Need::RsaKeyGen(bits), rsa_gen && fits);
+        }
+        for c in [Curve::P256, Curve::P384, Curve::P521, Curve::Secp256k1] {
+            o = o.with(Need::EcKeyGen(c), ec_gen && probe_curve(s, c));
+        }
+        o
     }
 
     /// Whether the token's mechanism list (`C_GetMechanismList`) includes `m`.
@@ -123,36 +182,43 @@ pub(super) fn import_missing(
         aes_key_wrap_pad,
         nested_unwrap_templates,
     } = *c;
-    if !oaep {
-        return Some("CKM_RSA_PKCS_OAEP".into());
+    let o = Offered::default()
+        .with(Need::OaepSha1, oaep)
+        .with(Need::OaepSha256, oaep_sha256)
+        .with(Need::Wrap(Family::Aes), aes_key_wrap_pad);
+    match needs::import_support(o, wrapping) {
+        Support::Missing(n) => return Some(n.mechanism()),
+        Support::Native | Support::Fallback(_) => {}
     }
-    match wrapping.hash() {
-        Hash::Sha1 => {}
-        Hash::Sha256 if oaep_sha256 => {}
-        h => {
-            return Some(format!(
-                "CKM_RSA_PKCS_OAEP with {} and MGF1-{}",
-                h.name(),
-                h.name()
-            ))
-        }
-    }
-    if matches!(wrapping, ImportWrapping::RsaAes(_)) {
-        if !aes_key_wrap_pad {
-            return Some("CKM_AES_KEY_WRAP_PAD".into());
-        }
-        if !nested_unwrap_templates && !allow_unconfined {
-            return Some(UNCONFINED.into());
-        }
+    if matches!(wrapping, ImportWrapping::RsaAes(_))
+        && !nested_unwrap_templates
+        && !allow_unconfined
+    {
+        return Some(UNCONFINED.into());
     }
     None
+}
+
+/// Can the token generate a throw-away session key pair on curve `c`? (The mechanism list
+/// cannot say which curves `CKM_EC_KEY_PAIR_GEN` takes.)
+fn probe_curve(s: &Session, c: Curve) -> bool {
+    let (mut pub_t, priv_t) = templates::data_key_pair();
+    pub_t.extend(templates::key_pair_params(PairSpec::Ec(c)));
+    match s.generate_key_pair(&Mechanism::EccKeyPairGen, &pub_t, &priv_t) {
+        Ok((p, k)) => {
+            let _ = s.destroy_object(p);
+            let _ = s.destroy_object(k);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Does the token accept and enforce an unwrap template nested in another (session keys
 /// only)? The legitimate path must work (the ephemeral key unwrapped with the template it
 /// is asked for, then a key unwrapped sensitive under it) and the attack must not (the
 /// ephemeral key unwrapped without it, then a key unwrapped readable under it).
-fn probe_nested_unwrap_template(s: &Session) -> Result<bool, CkError> {
+pub(super) fn probe_nested_unwrap_template(s: &Session) -> Result<bool, CkError> {
     // SoftHSM 2.6.1 stops here: CKR_ATTRIBUTE_VALUE_INVALID.
     let kek = s.generate_key(&Mechanism::AesKeyGen, &templates::probe_nested_kek())?;
     let mut made = vec![kek];

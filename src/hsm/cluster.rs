@@ -23,8 +23,9 @@ use super::integrity::{Expected, CHECK_LEN};
 use super::iv::IvSource;
 use super::kinds::{holding_object, DataKeyPair, KeyKind, PairSpec, PairUse, Secret, SignScheme};
 use super::mechanisms::IV_LEN;
+use super::needs::{Need, Support};
 use super::node::{state_after_failed_open, HsmHealth, Node, NodeOptions, NodeState};
-use super::replication::Replicator;
+use super::replication::{self, Replicator};
 use super::worker::Pool;
 use crate::kms::vault::{ImportWrapping, WrappedMaterial};
 use crate::pkix::{Curve, Hash};
@@ -954,11 +955,36 @@ impl HsmCluster {
         self.hsm_holds_kind(hsm, ObjectKind::Private, id)
     }
 
-    /// Whether every HSM can hold (generate, use and replicate) Ed25519 keys.
+    /// Whether the cluster can hold (generate, use and replicate) Ed25519 keys.
     pub fn can_hold_ed25519_keys(&self) -> bool {
-        self.hsms
+        self.kind_unavailable(KeyKind::Pair(PairSpec::Ed25519, PairUse::Sign))
+            .is_none()
+    }
+
+    /// Why keys of `kind` cannot be made here, if they cannot: fewer than `min_copies`
+    /// (at least 2) HSMs are not known to lack what the kind needs (`needs::support` of
+    /// what each token offered at connect; an HSM not opened yet is not counted against
+    /// it). Names each lacking HSM and the missing mechanism.
+    pub fn kind_unavailable(&self, kind: KeyKind) -> Option<String> {
+        let lacking: Vec<(String, Need)> = self
+            .hsms
             .iter()
-            .all(|p| p.facts().is_some_and(|f| f.ed25519_keys))
+            .filter_map(|p| match replication::support_on(p, kind) {
+                Support::Missing(n) => Some((p.node().name().to_string(), n)),
+                Support::Native | Support::Fallback(_) => None,
+            })
+            .collect();
+        let able = self.hsms.len() - lacking.len();
+        if lacking.is_empty() || able >= self.opts.min_copies.max(2) {
+            return None;
+        }
+        Some(
+            lacking
+                .iter()
+                .map(|(hsm, n)| format!("{} is missing in HSM {hsm}", n.mechanism()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 
     /// The capabilities found at connect on each HSM.

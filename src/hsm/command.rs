@@ -245,6 +245,9 @@ pub(super) struct Facts {
     /// The token enforces nested unwrap templates (confined RSA_AES imports).
     #[serde(default)]
     pub(super) nested_unwrap_templates: bool,
+    /// What the service needs that the token offers (`needs`), found at connect.
+    #[serde(default)]
+    pub(super) offered: super::needs::Offered,
 }
 
 /// The answer to a [`Command`].
@@ -488,6 +491,7 @@ pub(super) fn facts_of(inst: &super::instance::Instance) -> Facts {
             .caps
             .has(cryptoki::mechanism::MechanismType::AES_KEY_WRAP_PAD),
         nested_unwrap_templates: inst.caps.nested_unwrap_templates,
+        offered: inst.caps.offered,
     }
 }
 

@@ -79,6 +79,8 @@ pub enum Operation {
     CheckValue,
     /// Unwrapping imported key material under an import wrapping key (`C_UnwrapKey`).
     ImportUnwrap,
+    /// A row of `hsm-kms hsm check` (every return value kept as the token gave it).
+    Check,
 }
 
 impl std::fmt::Display for Operation {
@@ -114,6 +116,7 @@ impl std::fmt::Display for Operation {
             Operation::CustodyProbe => "custody probe",
             Operation::CheckValue => "check value",
             Operation::ImportUnwrap => "import of key material",
+            Operation::Check => "conformance check",
         })
     }
 }

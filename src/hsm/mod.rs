@@ -18,6 +18,7 @@
 //! | `mechanisms` | pure builders of PKCS#11 mechanisms |
 //! | `iv` | deterministic GCM IVs (SP 800-38D §8.2.1): durable fixed field ‖ counter |
 //! | `templates` | pure builders of attribute templates |
+//! | `needs` | what each kind of key needs of a token, and what the service does without it (the one capability table) |
 //! | `capabilities` | [`Caps`]: what a token offers, probed at connect |
 //! | `instance` | [`NodeConfig`]; one initialization of an HSM's module (login, warm-up) |
 //! | `node` | one HSM's shared state: [`NodeState`], current instance, call gate, counters |
@@ -37,6 +38,7 @@
 //! | `vault` | `HsmCluster` as the domain's `KeyVault` port (`crate::kms::vault`) |
 //! | `ceremony` | the SO enrollment ceremony: CWK generation and transport to a new token |
 //! | `softhsm`, `bench` | local SoftHSM2 tokens; the layer-vs-raw benchmark |
+//! | `check` | `hsm-kms hsm check`: every operation the service needs, run on a token, with what the service will do (from `needs`) |
 
 mod aes;
 mod capabilities;
@@ -56,6 +58,7 @@ mod job;
 mod keypair;
 mod kinds;
 mod mechanisms;
+mod needs;
 mod node;
 mod replication;
 mod templates;
@@ -63,6 +66,7 @@ mod worker;
 
 pub mod bench;
 pub mod ceremony;
+pub mod check;
 pub mod cluster;
 pub mod error;
 mod vault;

@@ -132,6 +132,9 @@ pub struct HsmHealth {
     /// The custody protections its token enforced when probed at connect (`None`: not
     /// probed, e.g. not enrolled).
     pub protections: Option<Protections>,
+    /// What its token offers for each kind of key (`needs::kinds`, AWS names): `native`,
+    /// `fallback: …` or `missing: <mechanism>`, found at connect (`None`: not opened).
+    pub capabilities: Option<std::collections::BTreeMap<String, String>>,
     /// The PID of its host process (`None`: served in the service's process, or no host
     /// runs now).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -482,6 +485,7 @@ impl Node {
             queued: self.inflight().saturating_sub(self.opts.workers),
             last_error: self.last_error.lock().clone(),
             protections: *self.protections.lock(),
+            capabilities: None,
             unreadable_objects: inst.as_ref().map(|i| i.handles.unreadable()).unwrap_or(0),
             host_pid: None,
             host_restarts: None,

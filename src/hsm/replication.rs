@@ -10,9 +10,25 @@ use super::command::{Command, Transfer};
 use super::error::HsmError;
 use super::health;
 use super::kinds::{holding_object, KeyKind};
+use super::needs::{self, Support};
 use super::worker::Pool;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What the HSM of `pool` offers for keys of `kind` (`needs::support` of what its token
+/// offered at connect); an HSM whose token has not been opened yet is taken as able (it is
+/// checked again when it opens).
+pub(super) fn support_on(pool: &Pool, kind: KeyKind) -> Support {
+    match pool.facts() {
+        Some(f) => needs::support(f.offered, kind),
+        None => Support::Native,
+    }
+}
+
+/// Whether the HSM of `pool` can hold keys of `kind` (natively or by a fallback).
+fn can_hold(pool: &Pool, kind: KeyKind) -> bool {
+    !matches!(support_on(pool, kind), Support::Missing(_))
+}
 
 /// The HSMs of a cluster as replication sees them.
 pub(super) struct Replicator<'a> {
@@ -24,15 +40,17 @@ pub(super) struct Replicator<'a> {
 }
 
 impl Replicator<'_> {
-    /// Generate a key of `kind` on the first usable HSM, then copy it to every other usable
-    /// HSM; at least `min_copies` must hold it, and any failure destroys every copy.
+    /// Generate a key of `kind` on the first usable HSM that can hold it, then copy it to
+    /// every other usable HSM that can (an HSM whose token lacks what the kind needs is
+    /// left out, see `needs`); at least `min_copies` must hold it, and any failure destroys
+    /// every copy.
     pub(super) async fn create(
         &self,
         id: &[u8],
         label: &str,
         kind: KeyKind,
     ) -> Result<Arc<Transfer>, HsmError> {
-        let targets = health::usable(self.hsms);
+        let targets = self.targets(kind);
         let needed = self.min_copies.max(2);
         if targets.len() < needed {
             return Err(HsmError::NotEnoughHsms {
@@ -47,7 +65,7 @@ impl Replicator<'_> {
             kind,
         };
         let (primary, made) = match kind {
-            KeyKind::Pair(..) => self.generate_in_keygen_lane(make).await?,
+            KeyKind::Pair(..) => self.generate_in_keygen_lane(kind, make).await?,
             KeyKind::Aes | KeyKind::Hmac(_) => {
                 let Some(&primary) = targets.first() else {
                     return Err(HsmError::NotEnoughHsms { healthy: 0, needed });
@@ -78,7 +96,7 @@ impl Replicator<'_> {
         kind: KeyKind,
         make: impl Fn() -> Command,
     ) -> Result<Arc<Transfer>, HsmError> {
-        let targets = health::usable(self.hsms);
+        let targets = self.targets(kind);
         let needed = self.min_copies.max(2);
         if targets.len() < needed {
             return Err(HsmError::NotEnoughHsms {
@@ -142,10 +160,14 @@ impl Replicator<'_> {
     /// outcome. Every lane full: [`HsmError::KeygenBusy`], with nothing generated anywhere.
     async fn generate_in_keygen_lane(
         &self,
+        kind: KeyKind,
         make: impl Fn() -> Command,
     ) -> Result<(&Pool, Result<Transfer, HsmError>), HsmError> {
         let mut busy = None;
-        for pool in health::keygen_order(self.hsms) {
+        let able = health::keygen_order(self.hsms)
+            .into_iter()
+            .filter(|p| can_hold(p, kind));
+        for pool in able {
             match pool.keygen(make()).await {
                 Err(e @ HsmError::KeygenBusy { .. }) => busy = Some(e),
                 made => return Ok((pool, made)),
@@ -155,6 +177,14 @@ impl Replicator<'_> {
             healthy: 0,
             needed: self.min_copies.max(2),
         }))
+    }
+
+    /// The usable HSMs that can hold keys of `kind`, healthy first.
+    fn targets(&self, kind: KeyKind) -> Vec<&Pool> {
+        health::usable(self.hsms)
+            .into_iter()
+            .filter(|p| can_hold(p, kind))
+            .collect()
     }
 
     /// Install a copy of the key (`transfer`) on the HSM served by `pool`.
@@ -186,7 +216,7 @@ impl Replicator<'_> {
             let object = holding_object(*kind);
             let mut holders = Vec::new();
             let mut lacking = Vec::new();
-            for pool in health::usable(self.hsms) {
+            for pool in self.targets(*kind) {
                 let cmd = Command::Holds {
                     kind: object,
                     id: id.clone(),

@@ -194,6 +194,34 @@ pub(super) fn cluster_wrapping_key(generated: bool) -> CwkTemplate {
     }
 }
 
+/// `hsm check`: a wrapping key made by the SO exactly as the cluster wrapping key is (a
+/// trusted token key with its unwrap template), but with its own `CKA_ID` and label, so that
+/// the check never touches, shadows or is mistaken for a real cluster wrapping key.
+pub(super) fn check_wrapping_key(id: &[u8], label: &str) -> CwkTemplate {
+    let mut t = cluster_wrapping_key(true);
+    for a in &mut t.attributes {
+        match a {
+            Attribute::Id(v) => *v = id.to_vec(),
+            Attribute::Label(v) => *v = label.as_bytes().to_vec(),
+            _ => {}
+        }
+    }
+    t
+}
+
+/// `hsm check`: the service's template `t` for a session object (`CKA_TOKEN` false) of
+/// this label, everything else unchanged.
+pub(super) fn as_session_object(mut t: Vec<Attribute>, label: &str) -> Vec<Attribute> {
+    for a in &mut t {
+        match a {
+            Attribute::Token(v) => *v = false,
+            Attribute::Label(v) => *v = label.as_bytes().to_vec(),
+            _ => {}
+        }
+    }
+    t
+}
+
 /// A throw-away session AES key (for proofs), wrap-with-trusted like a KMS key (and so
 /// acceptable to the CWK's unwrap template); `generated` adds the key length.
 pub(super) fn session_aes(id: &[u8], generated: bool) -> Vec<Attribute> {

@@ -187,8 +187,8 @@ impl KeyVault for HsmCluster {
         Ok(HsmCluster::generate_data_key_pair(self, spec).await?)
     }
 
-    fn can_hold_ed25519_keys(&self) -> bool {
-        HsmCluster::can_hold_ed25519_keys(self)
+    fn kind_unavailable(&self, kind: KeyKind) -> Option<String> {
+        HsmCluster::kind_unavailable(self, kind)
     }
 
     fn import_unsupported(&self, wrapping: ImportWrapping) -> Option<String> {

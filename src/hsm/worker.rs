@@ -374,6 +374,12 @@ impl Pool {
             r.host_restarts = Some(link.restarts());
             r.host_last_exit = link.last_exit();
         }
+        r.capabilities = self.facts().map(|f| {
+            super::needs::kinds()
+                .into_iter()
+                .map(|(name, kind)| (name, super::needs::support(f.offered, kind).to_string()))
+                .collect()
+        });
         r
     }
 

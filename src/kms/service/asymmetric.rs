@@ -14,7 +14,7 @@ use crate::kms::types::{
     DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
     MessageType, Origin, Plaintext, SigningAlgorithm,
 };
-use crate::kms::vault::{KeyKind, ObjectId, PairSpec, PairUse, SignScheme};
+use crate::kms::vault::{KeyKind, KeyVault, ObjectId, PairSpec, PairUse, SignScheme};
 use crate::pkix::{self, Curve, Hash};
 use base64::Engine;
 use serde::{Serialize, Serializer};
@@ -148,19 +148,33 @@ pub struct DataKeyPairOutput {
     pub key_pair_spec: DataKeyPairSpec,
 }
 
-/// Refuse specs this service cannot hold in its HSMs, naming what is missing.
-pub(super) fn check_spec_supported(spec: KeySpec, ed25519: bool) -> Result<(), KmsError> {
+/// Refuse specs this service cannot hold in its HSMs, naming what is missing: specs no
+/// PKCS#11 token offers here, and specs of a kind the vault cannot make (fewer than two
+/// HSMs offer what it needs; `KeyVault::kind_unavailable` names the mechanism and HSMs).
+pub(super) fn check_spec_supported(
+    spec: KeySpec,
+    usage: KeyUsage,
+    vault: &dyn KeyVault,
+) -> Result<(), KmsError> {
     let missing = match spec {
-        KeySpec::EccNistEdwards25519 if !ed25519 => {
-            "CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA in every HSM, and C_WrapKey of \
-             CKK_EC_EDWARDS private keys with CKM_AES_KEY_WRAP_PAD to copy them between HSMs \
-             (SoftHSM 2.6.1 refuses it: CKR_KEY_NOT_WRAPPABLE)"
-        }
         KeySpec::Sm2 => "an SM2 mechanism (PKCS#11 defines none; vendor mechanisms only)",
         KeySpec::MlDsa44 | KeySpec::MlDsa65 | KeySpec::MlDsa87 => {
             "CKM_ML_DSA_KEY_PAIR_GEN and CKM_ML_DSA"
         }
-        _ => return Ok(()),
+        _ => {
+            let kind = if spec == KeySpec::SymmetricDefault {
+                Some(KeyKind::Aes)
+            } else {
+                key_kind(spec, usage)
+            };
+            return match kind.and_then(|k| vault.kind_unavailable(k)) {
+                None => Ok(()),
+                Some(why) => Err(KmsError::Unsupported(format!(
+                    "KeySpec {} is not available: {why}.",
+                    spec.as_str()
+                ))),
+            };
+        }
     };
     Err(KmsError::Unsupported(format!(
         "KeySpec {} is not supported by the HSMs of this key store: it needs {missing}.",

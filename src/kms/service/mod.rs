@@ -604,7 +604,7 @@ impl Kms {
                 spec.as_str()
             )));
         }
-        asymmetric::check_spec_supported(spec, self.vault.can_hold_ed25519_keys())?;
+        asymmetric::check_spec_supported(spec, usage, self.vault.as_ref())?;
         let origin = input.origin.unwrap_or(Origin::AwsKms);
         match origin {
             Origin::AwsKms => {}

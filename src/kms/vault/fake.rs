@@ -62,7 +62,7 @@ pub const OPS: &[&str] = &[
     "rsa_oaep_decrypt",
     "derive_shared_secret",
     "generate_data_key_pair",
-    "can_hold_ed25519_keys",
+    "kind_unavailable",
     "health",
     "import_key",
     "imported_check_value",
@@ -218,7 +218,7 @@ impl FakeVault {
         self
     }
 
-    /// What `can_hold_ed25519_keys` answers; when `false`, `create_key` of an Ed25519 pair
+    /// What `kind_unavailable` answers for Ed25519 key pairs; when `false`, `create_key` of an Ed25519 pair
     /// is `Unsupported` (data key pairs still work, as on a token that can generate but not
     /// wrap them).
     pub fn set_ed25519_keys(&self, can: bool) {
@@ -237,7 +237,7 @@ impl FakeVault {
     }
 
     /// The next `n` operations (any [`KeyVault`] method but `health` and
-    /// `can_hold_ed25519_keys`) fail with `fault` before touching any HSM.
+    /// `kind_unavailable`) fail with `fault` before touching any HSM.
     pub fn fail_next(&self, n: usize, fault: Fault) {
         self.inject(None, n, fault);
     }
@@ -1011,9 +1011,16 @@ impl KeyVault for FakeVault {
         Ok((m.pkcs8()?, m.spki()?))
     }
 
-    fn can_hold_ed25519_keys(&self) -> bool {
-        self.count("can_hold_ed25519_keys");
-        self.state.lock().ed25519
+    fn kind_unavailable(&self, kind: KeyKind) -> Option<String> {
+        self.count("kind_unavailable");
+        (matches!(kind, KeyKind::Pair(PairSpec::Ed25519, _)) && !self.state.lock().ed25519).then(
+            || {
+                "C_WrapKey of CKK_EC_EDWARDS private keys with CKM_AES_KEY_WRAP_PAD is missing \
+                 in HSM fake-0; C_WrapKey of CKK_EC_EDWARDS private keys with \
+                 CKM_AES_KEY_WRAP_PAD is missing in HSM fake-1"
+                    .to_string()
+            },
+        )
     }
 
     fn import_unsupported(&self, wrapping: ImportWrapping) -> Option<String> {
@@ -1427,7 +1434,10 @@ mod tests {
     #[tokio::test]
     async fn ed25519_pure_and_prehashed() {
         let v = FakeVault::new(2);
-        assert!(v.can_hold_ed25519_keys());
+        assert_eq!(
+            v.kind_unavailable(KeyKind::Pair(PairSpec::Ed25519, PairUse::Sign)),
+            None
+        );
         let id = oid("kms/ed/1");
         let spki = v
             .create_key(&id, "ed", KeyKind::Pair(PairSpec::Ed25519, PairUse::Sign))
@@ -1482,7 +1492,9 @@ mod tests {
     #[tokio::test]
     async fn ed25519_keys_can_be_switched_off() {
         let v = FakeVault::new(2).with_ed25519_keys(false);
-        assert!(!v.can_hold_ed25519_keys());
+        assert!(v
+            .kind_unavailable(KeyKind::Pair(PairSpec::Ed25519, PairUse::Sign))
+            .is_some());
         let e = v
             .create_key(
                 &oid("kms/ed/1"),

@@ -421,8 +421,10 @@ pub trait KeyVault: Send + Sync {
         kind: KeyKind,
     ) -> Result<[u8; CHECK_LEN], VaultError>;
 
-    /// Whether every HSM can hold (generate, use and replicate) Ed25519 keys.
-    fn can_hold_ed25519_keys(&self) -> bool;
+    /// Why keys of `kind` cannot be made here, if they cannot: fewer than two HSMs can
+    /// generate, use and copy them. The reason names each missing mechanism and the HSM
+    /// that lacks it (`CKM_EC_KEY_PAIR_GEN (secp256k1) is missing in HSM b`).
+    fn kind_unavailable(&self, kind: KeyKind) -> Option<String>;
 
     /// One line per HSM.
     fn health(&self) -> Vec<HsmStatus>;
