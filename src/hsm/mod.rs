@@ -36,6 +36,7 @@
 //! | `cluster` | [`HsmCluster`]: start-up, selection, failover, the public API |
 //! | `vault` | `HsmCluster` as the domain's `KeyVault` port (`crate::kms::vault`) |
 //! | `ceremony` | the SO enrollment ceremony: CWK generation and transport to a new token |
+//! | `inspect` | the operator's look at one HSM from its own process: token info, a timed probe, object scans |
 //! | `softhsm`, `bench` | local SoftHSM2 tokens; the layer-vs-raw benchmark |
 
 mod aes;
@@ -65,6 +66,7 @@ pub mod bench;
 pub mod ceremony;
 pub mod cluster;
 pub mod error;
+pub mod inspect;
 mod vault;
 
 pub mod softhsm;
