@@ -93,11 +93,18 @@ pub(crate) enum CredentialsCmd {
     },
 }
 
-/// The configured HSMs, their modules' environment prepared (before any thread starts).
-fn nodes(loaded: &Loaded) -> Result<Vec<NodeConfig>> {
-    let nodes = loaded.nodes()?;
-    hsm_kms::hsm::prepare_environment(&nodes);
-    Ok(nodes)
+/// Each configured HSM by name: its node configuration, or why it cannot be made (its PIN
+/// cannot be read); the modules' environment prepared (before any thread starts).
+fn each_node(loaded: &Loaded) -> Vec<(String, Result<NodeConfig, String>)> {
+    let all = loaded.each_node();
+    let good: Vec<NodeConfig> = all
+        .iter()
+        .filter_map(|(_, n)| n.as_ref().ok().cloned())
+        .collect();
+    hsm_kms::hsm::prepare_environment(&good);
+    all.into_iter()
+        .map(|(name, n)| (name, n.map_err(|e| e.to_string())))
+        .collect()
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -108,13 +115,27 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 /// `hsm-kms hsm list`.
 pub(crate) fn hsm_list(a: HsmListArgs) -> Result<()> {
     let loaded = crate::load_config(a.common.config)?;
-    let nodes = nodes(&loaded)?;
+    let nodes = each_node(&loaded);
     let mut bars = Bars::new(a.common.json);
     bars.stage("reading HSMs", nodes.len() as u64);
     let lines: Vec<inspect::Listing> = nodes
         .iter()
-        .map(|n| {
-            let l = inspect::list(n);
+        .map(|(name, n)| {
+            let l = match n {
+                Ok(n) => inspect::list(n),
+                Err(e) => {
+                    let entry = loaded.config.hsm.iter().find(|h| &h.name == name);
+                    inspect::Listing {
+                        name: name.clone(),
+                        module: entry.map_or(String::new(), |h| h.module.display().to_string()),
+                        token_label: entry.map_or(String::new(), |h| h.token_label.clone()),
+                        reachable: false,
+                        token: None,
+                        enrollment: None,
+                        error: Some(inspect::Failure::other("config", e.clone())),
+                    }
+                }
+            };
             bars.advance(1);
             l
         })
@@ -184,9 +205,9 @@ pub(crate) fn hsm_list(a: HsmListArgs) -> Result<()> {
 /// `hsm-kms hsm probe`: true when every probed HSM answered.
 pub(crate) fn hsm_probe(a: HsmProbeArgs) -> Result<bool> {
     let loaded = crate::load_config(a.common.config)?;
-    let mut nodes = nodes(&loaded)?;
+    let mut nodes = each_node(&loaded);
     if let Some(name) = &a.name {
-        nodes.retain(|n| &n.name == name);
+        nodes.retain(|(n, _)| n == name);
         if nodes.is_empty() {
             bail!("no HSM named '{name}' in the config");
         }
@@ -195,8 +216,18 @@ pub(crate) fn hsm_probe(a: HsmProbeArgs) -> Result<bool> {
     bars.stage("probing HSMs", nodes.len() as u64);
     let reports: Vec<inspect::ProbeReport> = nodes
         .iter()
-        .map(|n| {
-            let r = inspect::probe(n);
+        .map(|(name, n)| {
+            let r = match n {
+                Ok(n) => inspect::probe(n),
+                Err(e) => inspect::ProbeReport {
+                    name: name.clone(),
+                    ok: false,
+                    steps: Vec::new(),
+                    total_ms: 0.0,
+                    enrollment: None,
+                    error: Some(inspect::Failure::other("config", e.clone())),
+                },
+            };
             bars.advance(1);
             r
         })
@@ -284,20 +315,21 @@ pub(crate) fn keys(cmd: KeysCmd) -> Result<()> {
             let loaded = crate::load_config(common.config)?;
             let region = keys::region(&loaded.config.region)?;
             let doc = keys::find(&store(&loaded)?, &key)?;
-            let nodes = nodes(&loaded)?;
             let mut bars = Bars::new(common.json);
-            let scans: Vec<keys::HsmObjects> = nodes
-                .iter()
-                .map(|n| keys::HsmObjects {
-                    name: n.name.clone(),
-                    ids: inspect::scan(n, &mut bars)
-                        .map(|s| {
-                            s.ids
-                                .into_iter()
-                                .map(|id| String::from_utf8_lossy(&id).into_owned())
-                                .collect()
-                        })
-                        .map_err(|f| format!("{}: {}", f.step, f.message)),
+            let scans: Vec<keys::HsmObjects> = each_node(&loaded)
+                .into_iter()
+                .map(|(name, n)| keys::HsmObjects {
+                    name,
+                    ids: n.and_then(|n| {
+                        inspect::scan(&n, &mut bars)
+                            .map(|s| {
+                                s.ids
+                                    .into_iter()
+                                    .map(|id| String::from_utf8_lossy(&id).into_owned())
+                                    .collect()
+                            })
+                            .map_err(|f| format!("{}: {}", f.step, f.message))
+                    }),
                 })
                 .collect();
             drop(bars);

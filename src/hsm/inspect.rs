@@ -43,6 +43,17 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure that is not the token's (e.g. the HSM's PIN file cannot be read).
+    pub fn other(step: &str, message: String) -> Failure {
+        Failure {
+            step: step.to_string(),
+            message,
+            function: None,
+            ckr: None,
+            rv: None,
+        }
+    }
+
     fn of(step: &str, e: &HsmError) -> Failure {
         let (function, ckr) = match e {
             HsmError::Pkcs11 { function, name, .. }
