@@ -203,6 +203,32 @@ async fn operator_commands_read_and_repair_a_running_deployment() {
     let (ok, _, err) = cli(&state, &["keys", "list", "--state", "Bogus"]);
     assert!(!ok && err.contains("PendingDeletion"), "{err}");
 
+    // While the service writes (keys created by 4 callers at once), the commands read and
+    // write the same SQLite store (WAL, busy timeout): none fails, none blocks the service.
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let c = client.with_credentials(root.clone(), None);
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    assert_eq!(c.call("CreateKey", json!({})).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    let st = state.clone();
+    let readers = tokio::task::spawn_blocking(move || {
+        for _ in 0..4 {
+            cli_json(&st, &["keys", "list"]);
+            cli_json(&st, &["credentials", "list"]);
+        }
+    });
+    for w in writers {
+        w.await.unwrap();
+    }
+    readers.await.unwrap();
+    let keys = cli_json(&state, &["keys", "list"]);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 3 + 20, "{keys}");
+
     // keys show: the backing key is present in both tokens.
     let arn = by_id(&keys, &ec)["arn"].as_str().unwrap().to_string();
     let shown = cli_json(&state, &["keys", "show", &arn]);
