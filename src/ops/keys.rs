@@ -329,3 +329,73 @@ pub fn detail_text(d: &KeyDetail) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scan(name: &str, ids: &[&str]) -> HsmObjects {
+        HsmObjects {
+            name: name.into(),
+            ids: Ok(ids.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn each_copy_is_present_missing_quarantined_or_unreachable_per_hsm() {
+        let id = "5f1c2a64-3d1e-4c4b-9a53-1f0e2d3c4b5a";
+        let doc: KeyDoc = serde_json::from_value(json!({
+            "key_id": id,
+            "account_id": "111122223333",
+            "description": "",
+            "key_spec": "SYMMETRIC_DEFAULT",
+            "key_usage": "ENCRYPT_DECRYPT",
+            "key_state": "Enabled",
+            "origin": "AWS_KMS",
+            "key_manager": "CUSTOMER",
+            "creation_date": 1_700_000_000.0,
+            "backing": [
+                {"version": 1, "object_id": format!("kms/{id}/1"), "created": 1_700_000_000.0},
+                {"version": 2, "object_id": format!("kms/{id}/2"), "created": 1_700_000_100.0},
+            ],
+            "current_backing": 2,
+        }))
+        .unwrap();
+        let v1 = format!("kms/{id}/1");
+        let v2 = format!("kms/{id}/2");
+        let q1 = format!("hsm-kms/quarantine/kms/{id}/1");
+        let scans = [
+            scan("a", &[&v1, &v2]),
+            scan("b", &[&q1, &v2]),
+            scan("c", &[&v1]),
+            HsmObjects {
+                name: "d".into(),
+                ids: Err("open: no token".into()),
+            },
+        ];
+        let d = detail(&doc, &region("us-east-1").unwrap(), &scans);
+        use CopyState::*;
+        let states = |b: &BackingLine| b.hsms.values().copied().collect::<Vec<_>>();
+        assert_eq!(
+            states(&d.backing[0]),
+            [Present, Quarantined, Present, Unreachable]
+        );
+        assert_eq!(
+            states(&d.backing[1]),
+            [Present, Present, Missing, Unreachable]
+        );
+        assert_eq!(d.backing[0].held_by, ["a", "c"]);
+        assert!(!d.backing[0].current && d.backing[1].current);
+        assert_eq!(d.hsms[3].error.as_deref(), Some("open: no token"));
+        assert_eq!(
+            d.key.arn,
+            format!("arn:aws:kms:us-east-1:111122223333:key/{id}")
+        );
+        let text = detail_text(&d);
+        assert!(
+            text.contains("quarantined") && text.contains("d: not scanned"),
+            "{text}"
+        );
+    }
+}
