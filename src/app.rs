@@ -249,12 +249,12 @@ async fn open_core(
     })
 }
 
-/// Copy every key to every enrolled HSM that lacks it (after `hsm-kms hsm enroll`), calling
-/// `progress(keys done, keys in all)` as it goes; returns the copies made. Opens the store
-/// and the cluster like [`start`], without listening.
+/// Copy every key to every enrolled HSM that lacks it (after `hsm-kms hsm enroll`), telling
+/// `progress` as it goes; returns the copies made. Opens the store and the cluster like
+/// [`start`], without listening.
 pub async fn copy_keys(
     cfg: ServiceConfig,
-    progress: &mut (dyn FnMut(usize, usize) + Send),
+    progress: &mut dyn crate::progress::Progress,
 ) -> Result<usize, StartError> {
     let core = open_core(cfg.database, cfg.nodes, cfg.cluster, cfg.clock, &cfg.region).await?;
     Ok(core.kms.resync_hsms_with_progress(progress).await?)
@@ -267,7 +267,7 @@ pub async fn reconcile(
     cfg: ServiceConfig,
     fix: bool,
     grace: Duration,
-    progress: &mut (dyn FnMut(&str) + Send),
+    progress: &mut dyn crate::progress::Progress,
 ) -> Result<crate::kms::ReconcileReport, StartError> {
     let core = open_core(cfg.database, cfg.nodes, cfg.cluster, cfg.clock, &cfg.region).await?;
     Ok(core.kms.reconcile(fix, grace, progress).await?)

@@ -297,36 +297,45 @@ impl Loaded {
 
     /// The HSM node configurations, with PINs read from their files or variables.
     pub fn nodes(&self) -> Result<Vec<NodeConfig>, ConfigError> {
+        self.config.hsm.iter().map(|h| self.node(h)).collect()
+    }
+
+    /// Each configured HSM's name and its node configuration, or why it cannot be made (a
+    /// PIN that cannot be read): the operator commands report one HSM's failure and go on
+    /// with the others.
+    pub fn each_node(&self) -> Vec<(String, Result<NodeConfig, ConfigError>)> {
         self.config
             .hsm
             .iter()
-            .map(|h| {
-                let invalid = |message: String| ConfigError::Invalid {
-                    path: format!("hsm '{}'", h.name),
-                    message,
-                };
-                let pin = match (&h.pin_file, &h.pin_env) {
-                    (Some(f), _) => {
-                        let f = self.base.join(f);
-                        std::fs::read_to_string(&f)
-                            .map(|s| s.trim().to_string())
-                            .map_err(|e| {
-                                invalid(format!("cannot read PIN file {}: {e}", f.display()))
-                            })?
-                    }
-                    (None, Some(v)) => std::env::var(v)
-                        .map_err(|_| invalid(format!("PIN variable {v} is not set")))?,
-                    (None, None) => return Err(invalid("no PIN source".into())),
-                };
-                Ok(NodeConfig {
-                    name: h.name.clone(),
-                    module: self.base.join(&h.module),
-                    token_label: h.token_label.clone(),
-                    pin: Zeroizing::new(pin),
-                    env: h.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                })
-            })
+            .map(|h| (h.name.clone(), self.node(h)))
             .collect()
+    }
+
+    /// The node configuration of `h`, its PIN read from its file or variable.
+    fn node(&self, h: &HsmEntry) -> Result<NodeConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: format!("hsm '{}'", h.name),
+            message,
+        };
+        let pin = match (&h.pin_file, &h.pin_env) {
+            (Some(f), _) => {
+                let f = self.base.join(f);
+                std::fs::read_to_string(&f)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| invalid(format!("cannot read PIN file {}: {e}", f.display())))?
+            }
+            (None, Some(v)) => {
+                std::env::var(v).map_err(|_| invalid(format!("PIN variable {v} is not set")))?
+            }
+            (None, None) => return Err(invalid("no PIN source".into())),
+        };
+        Ok(NodeConfig {
+            name: h.name.clone(),
+            module: self.base.join(&h.module),
+            token_label: h.token_label.clone(),
+            pin: Zeroizing::new(pin),
+            env: h.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
     }
 
     /// Cluster tunables. With process isolation, the host program is the configured one,

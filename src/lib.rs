@@ -23,5 +23,7 @@ pub mod config;
 pub mod fsutil;
 pub mod hsm;
 pub mod kms;
+pub mod ops;
 pub mod pkix;
+pub mod progress;
 pub mod store;

@@ -2,7 +2,10 @@
 //! `serve` (the KMS API), `hsm enroll` (the SO ceremony that brings a token into the
 //! cluster), `audit verify` (the audit trail's hash chain), `bench-hsm` (HSM layer vs raw
 //! PKCS#11), and the client side: `bench` (the HTTP load generator) and `envelope
-//! encrypt|decrypt` (files under a data key). `anyhow` lives only here.
+//! encrypt|decrypt` (files under a data key), and the operator commands of `cli` (`hsm
+//! list|probe`, `keys list|show`, `credentials list|revoke`). `anyhow` lives only here.
+
+mod cli;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -56,6 +59,15 @@ enum HsmCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// The configured HSMs: module, token label and slot, token information (model, serial,
+    /// firmware, free/max sessions), whether each is enrolled and reachable (each module is
+    /// loaded and logged into by this process; the service may be running).
+    List(cli::HsmListArgs),
+    /// Log in to each configured HSM (or NAME) and run a small real round trip: random
+    /// bytes, an AES-GCM encrypt/decrypt with a session key, the cluster wrapping key's
+    /// presence. Reports each step's latency and the exact CKR code of a failure; exit
+    /// status 1 when any HSM failed.
+    Probe(cli::HsmProbeArgs),
 }
 
 /// `hsm-kms hsm check`: which token(s), and how.
@@ -312,6 +324,19 @@ enum Cmd {
         /// How long an orphaned object must stay unreferenced before --fix destroys it.
         #[arg(long, default_value_t = 120)]
         grace_secs: u64,
+        /// Print the report as one JSON document on stdout (no progress output).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The KMS keys of the metadata store, and where each backing key's copies are.
+    Keys {
+        #[command(subcommand)]
+        cmd: cli::KeysCmd,
+    },
+    /// The API credentials (access keys) of every account.
+    Credentials {
+        #[command(subcommand)]
+        cmd: cli::CredentialsCmd,
     },
     /// Accounts of this deployment.
     Account {
@@ -440,7 +465,21 @@ fn run(cli: Cli) -> Result<()> {
             config,
             fix,
             grace_secs,
-        } => reconcile(&load_config(config)?, fix, grace_secs),
+            json,
+        } => reconcile(&load_config(config)?, fix, grace_secs, json),
+        Cmd::Keys { cmd } => cli::keys(cmd),
+        Cmd::Credentials { cmd } => cli::credentials(cmd),
+        Cmd::Hsm {
+            cmd: HsmCmd::List(args),
+        } => cli::hsm_list(args),
+        Cmd::Hsm {
+            cmd: HsmCmd::Probe(args),
+        } => {
+            if !cli::hsm_probe(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Account {
             cmd: AccountCmd::Create { account_id, config },
         } => account_create(&load_config(config)?, &account_id),
@@ -706,7 +745,7 @@ fn envelope(cmd: EnvelopeCmd) -> Result<()> {
 }
 
 /// The config at `path`, or `<state dir>/config.toml`.
-fn load_config(path: Option<PathBuf>) -> Result<Loaded> {
+pub(crate) fn load_config(path: Option<PathBuf>) -> Result<Loaded> {
     let path = path.unwrap_or_else(|| {
         std::env::var_os("KMS_STATE_DIR")
             .map(PathBuf::from)
@@ -743,7 +782,12 @@ fn setup_local(state_dir: &Path, so_pin_file: Option<&Path>) -> Result<()> {
     let fresh = names
         .iter()
         .any(|n| !state_dir.join("hsm").join(n).join("user.pin").exists());
-    let hsms = softhsm::provision_cluster(&state_dir.join("hsm"), &names, &so)?;
+    let hsms = softhsm::provision_cluster_with(
+        &state_dir.join("hsm"),
+        &names,
+        &so,
+        &mut cli::progress::Bars::new(false),
+    )?;
     let cfg = state_dir.join("config.toml");
     if !cfg.exists() {
         std::fs::write(&cfg, config::local_config_text(&hsms, &state_dir))?;
@@ -803,11 +847,11 @@ fn prepare_environment(loaded: &Loaded, nodes: &[hsm_kms::hsm::NodeConfig]) {
     }
 }
 
-fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
+fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64, json: bool) -> Result<()> {
     let nodes = loaded.nodes()?;
     prepare_environment(loaded, &nodes);
     let cfg = offline_config(loaded, nodes)?;
-    let mut progress = |step: &str| println!("reconcile: {step}");
+    let mut progress = cli::progress::Bars::new(json);
     let report = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -817,7 +861,12 @@ fn reconcile(loaded: &Loaded, fix: bool, grace_secs: u64) -> Result<()> {
             std::time::Duration::from_secs(grace_secs),
             &mut progress,
         ))?;
-    print!("{}", report.table());
+    drop(progress);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
     Ok(())
 }
 
@@ -978,13 +1027,12 @@ fn hsm_enroll(
     }
     let cfg = offline_config(loaded, nodes)?;
     let started = std::time::Instant::now();
-    let mut progress = |done: usize, all: usize| {
-        println!("copying keys: {done}/{all}");
-    };
+    let mut progress = cli::progress::Bars::new(false);
     let copies = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(app::copy_keys(cfg, &mut progress))?;
+    drop(progress);
     println!(
         "copied {copies} key objects in {:.1} s; restart the service to use {name}",
         started.elapsed().as_secs_f64()

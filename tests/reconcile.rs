@@ -69,7 +69,7 @@ async fn reconcile_reports_and_fixes_only_what_is_ours() {
 
     let (running, _c) = start_on(&tokens, Arc::new(hsm_kms::clock::SystemClock)).await;
     let kms = running.kms.clone();
-    let mut quiet = |_: &str| {};
+    let mut quiet = hsm_kms::progress::Silent;
     let report = kms
         .reconcile(false, Duration::ZERO, &mut quiet)
         .await

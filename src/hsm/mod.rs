@@ -37,6 +37,7 @@
 //! | `cluster` | [`HsmCluster`]: start-up, selection, failover, the public API |
 //! | `vault` | `HsmCluster` as the domain's `KeyVault` port (`crate::kms::vault`) |
 //! | `ceremony` | the SO enrollment ceremony: CWK generation and transport to a new token |
+//! | `inspect` | the operator's look at one HSM from its own process: token info, a timed probe, object scans |
 //! | `softhsm`, `bench` | local SoftHSM2 tokens; the layer-vs-raw benchmark |
 //! | `check` | `hsm-kms hsm check`: every operation the service needs, run on a token, with what the service will do (from `needs`) |
 
@@ -69,6 +70,7 @@ pub mod ceremony;
 pub mod check;
 pub mod cluster;
 pub mod error;
+pub mod inspect;
 mod vault;
 
 pub mod softhsm;

@@ -192,11 +192,24 @@ pub fn provision_cluster(
     names: &[&str],
     so: &SoPin,
 ) -> Result<Vec<LocalHsm>, HsmError> {
-    let hsms = names
-        .iter()
-        .map(|n| provision(base, n, so))
-        .collect::<Result<Vec<_>, _>>()?;
-    enroll_local(&hsms, so)?;
+    provision_cluster_with(base, names, so, &mut crate::progress::Silent)
+}
+
+/// [`provision_cluster`], telling `progress` of each token created and each enrolled.
+pub fn provision_cluster_with(
+    base: &Path,
+    names: &[&str],
+    so: &SoPin,
+    progress: &mut dyn crate::progress::Progress,
+) -> Result<Vec<LocalHsm>, HsmError> {
+    progress.stage("creating tokens", names.len() as u64);
+    let mut hsms = Vec::with_capacity(names.len());
+    for n in names {
+        hsms.push(provision(base, n, so)?);
+        progress.advance(1);
+    }
+    progress.finish();
+    enroll_local_with(&hsms, so, progress)?;
     Ok(hsms)
 }
 
@@ -204,10 +217,20 @@ pub fn provision_cluster(
 /// the first enrolled one (or the first of the list, which then generates the cluster
 /// wrapping key) sends it to the others.
 pub fn enroll_local(hsms: &[LocalHsm], so: &SoPin) -> Result<(), HsmError> {
+    enroll_local_with(hsms, so, &mut crate::progress::Silent)
+}
+
+/// [`enroll_local`], telling `progress` of each token enrolled.
+fn enroll_local_with(
+    hsms: &[LocalHsm],
+    so: &SoPin,
+    progress: &mut dyn crate::progress::Progress,
+) -> Result<(), HsmError> {
     let cfgs = hsms
         .iter()
         .map(LocalHsm::node_config)
         .collect::<Result<Vec<_>, _>>()?;
+    progress.stage("enrolling tokens", cfgs.len() as u64);
     let mut source = None;
     for c in &cfgs {
         if ceremony::cwk_state(c)? == ceremony::CwkState::Trusted {
@@ -224,7 +247,9 @@ pub fn enroll_local(hsms: &[LocalHsm], so: &SoPin) -> Result<(), HsmError> {
         if done == Enrolled::Generated {
             source = Some(c);
         }
+        progress.advance(1);
     }
+    progress.finish();
     Ok(())
 }
 

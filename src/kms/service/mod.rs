@@ -245,20 +245,36 @@ impl Kms {
         Ok(copies)
     }
 
-    /// [`Kms::resync_hsms`] in batches, calling `progress(keys done, keys in all)` after
-    /// each (for `hsm-kms hsm enroll`); returns the copies made.
+    /// [`Kms::resync_hsms`] in batches, advancing `progress` by the keys of each (for
+    /// `hsm-kms hsm enroll` and `reconcile --fix`); returns the copies made.
     pub async fn resync_hsms_with_progress(
         &self,
-        progress: &mut (dyn FnMut(usize, usize) + Send),
+        progress: &mut dyn crate::progress::Progress,
     ) -> Result<usize, KmsError> {
         const BATCH: usize = 16;
         let keys = self.resync_list();
-        let (mut done, mut copies) = (0, 0);
-        progress(0, keys.len());
+        progress.stage("copying keys", keys.len() as u64);
+        let (mut copies, mut hsms) = (0, Vec::new());
         for batch in keys.chunks(BATCH) {
-            copies += self.vault.replicate_missing(batch).await?;
-            done += batch.len();
-            progress(done, keys.len());
+            let (made, by) = super::vault::served_by(self.vault.replicate_missing(batch)).await;
+            copies += made?;
+            for h in by {
+                if !hsms.contains(&h) {
+                    hsms.push(h);
+                }
+            }
+            progress.advance(batch.len() as u64);
+        }
+        progress.finish();
+        if copies > 0 {
+            self.service_event(
+                "SynchronizeHsms",
+                None,
+                Vec::new(),
+                serde_json::json!({ "copiesMade": copies }),
+                hsms,
+            )
+            .await;
         }
         Ok(copies)
     }

@@ -15,6 +15,7 @@
 use super::Kms;
 use crate::kms::error::KmsError;
 use crate::kms::vault::ObjectId;
+use crate::progress::Progress;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -24,7 +25,7 @@ use time::OffsetDateTime;
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 
 /// One HSM's line of a reconciliation report.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReconcileRow {
     /// The HSM's name.
     pub hsm: String,
@@ -43,7 +44,7 @@ pub struct ReconcileRow {
 }
 
 /// What a reconciliation found and, with `fix`, did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReconcileReport {
     /// One line per HSM.
     pub rows: Vec<ReconcileRow>,
@@ -178,14 +179,15 @@ impl Kms {
         &self,
         fix: bool,
         grace: Duration,
-        progress: &mut (dyn FnMut(&str) + Send),
+        progress: &mut dyn Progress,
     ) -> Result<ReconcileReport, KmsError> {
+        progress.stage("comparing the metadata with every HSM's objects", 0);
         let mut report = self.reconcile_report().await;
+        progress.finish();
         if !fix {
             return Ok(report);
         }
-        progress("copying missing material");
-        report.copied = self.resync_hsms().await?;
+        report.copied = self.resync_hsms_with_progress(progress).await?;
         let orphans: BTreeSet<String> = report
             .rows
             .iter()
@@ -194,15 +196,21 @@ impl Kms {
         if orphans.is_empty() {
             return Ok(report);
         }
-        progress(&format!(
-            "{} orphaned objects: destroying those still unreferenced in {} s",
-            orphans.len(),
-            grace.as_secs()
-        ));
+        progress.stage(
+            &format!(
+                "{} orphaned objects: waiting {} s for them to stay unreferenced",
+                orphans.len(),
+                grace.as_secs()
+            ),
+            0,
+        );
         tokio::time::sleep(grace).await;
+        progress.finish();
         let referenced = self.referenced();
+        progress.stage("destroying orphaned objects", orphans.len() as u64);
         for name in orphans {
             let id = ObjectId::new(name.clone());
+            progress.advance(1);
             if referenced.contains(&id) {
                 continue;
             }
@@ -210,6 +218,7 @@ impl Kms {
             tracing::warn!(target: "hsm_kms::audit", object = %name, "destroyed an orphaned object");
             report.destroyed.push(name);
         }
+        progress.finish();
         Ok(report)
     }
 
