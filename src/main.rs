@@ -1146,16 +1146,20 @@ fn hsm_check(a: &CheckArgs) -> i32 {
                 session_limit: a.session_limit.max(1),
                 ..Default::default()
             };
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut progress = |hsm: &str, row: &str| {
-                if tty {
-                    eprint!("\r\x1b[2Kchecking {hsm}: {row}");
+            // One stage per token, a step per row: a bar on a terminal, else one summary
+            // line per token on stderr (none with --json).
+            let mut bars = cli::progress::Bars::new(a.json);
+            let mut current = String::new();
+            let mut progress = |hsm: &str, _row: &str| {
+                use hsm_kms::progress::Progress;
+                if current != hsm {
+                    current = hsm.to_string();
+                    bars.stage(&format!("checking {hsm}"), 0);
                 }
+                bars.advance(1);
             };
             let report = hsm_kms::hsm::check::run(&targets, &opts, &mut progress);
-            if tty {
-                eprint!("\r\x1b[2K");
-            }
+            hsm_kms::progress::Progress::finish(&mut bars);
             if a.json {
                 println!("{:#}", report.json());
             } else {

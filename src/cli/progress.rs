@@ -54,7 +54,7 @@ impl Bars {
         } else {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                ProgressStyle::with_template("{spinner} {msg}: {pos} done ({elapsed})")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             b.enable_steady_tick(Duration::from_millis(120));
@@ -97,6 +97,13 @@ impl Progress for Bars {
                     s.what,
                     s.done,
                     s.total,
+                    s.done as f64 / secs.max(1e-3)
+                );
+            } else if s.done > 0 {
+                eprintln!(
+                    "{}: {} done in {secs:.1} s ({:.1}/s)",
+                    s.what,
+                    s.done,
                     s.done as f64 / secs.max(1e-3)
                 );
             } else {
