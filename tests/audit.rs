@@ -715,18 +715,7 @@ async fn a_full_disk_refuses_calls_before_they_run_until_space_returns() {
     let filler = fill(&disk.0);
     // Large records (the description is recorded twice: request and response) so the
     // space kept ready runs out within a few dozen calls.
-    let description = "d".repeat(8000);
-    let mut answered = 0;
-    let refused = loop {
-        let r = c
-            .call("CreateKey", json!({"Description": description}))
-            .await;
-        if r.status != 200 {
-            break r;
-        }
-        answered += 1;
-        assert!(answered < 500, "never refused on a full disk");
-    };
+    let (answered, refused) = create_keys_until_refused(&c).await;
     assert_eq!(
         (refused.status, refused.error_type()),
         (500, "KMSInternalException"),

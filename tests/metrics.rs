@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::{b64, fast_options, fill, real_binary, service, tokens, Client, SmallDisk, Tokens};
+use common::{
+    b64, create_keys_until_refused, fast_options, fill, real_binary, service, tokens, Client,
+    SmallDisk, Tokens,
+};
 use hsm_kms::app::{self, ServiceConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -393,18 +396,7 @@ async fn ready_says_metadata_unwritable_while_the_store_refuses_writes() {
     c.ok("CreateKey", json!({})).await;
     let filler = fill(&disk.0);
     // Key metadata with 8 KB descriptions: the database needs new pages soon.
-    let description = "d".repeat(8000);
-    let mut answered = 0;
-    let refused = loop {
-        let r = c
-            .call("CreateKey", json!({"Description": description}))
-            .await;
-        if r.status != 200 {
-            break r;
-        }
-        answered += 1;
-        assert!(answered < 500, "the metadata store never refused a write");
-    };
+    let (answered, refused) = create_keys_until_refused(&c).await;
     assert_eq!(
         (refused.status, refused.error_type()),
         (500, "KMSInternalException"),
@@ -422,7 +414,8 @@ async fn ready_says_metadata_unwritable_while_the_store_refuses_writes() {
     std::fs::remove_file(filler).unwrap();
     let (status, body) = ready_becomes(&c, 200).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
-    c.ok("CreateKey", json!({"Description": description})).await;
+    c.ok("CreateKey", json!({"Description": "d".repeat(8000)}))
+        .await;
     // Every answered CreateKey is there; the refused one is not.
     let keys = c.ok("ListKeys", json!({"Limit": 1000})).await;
     assert_eq!(keys["Keys"].as_array().unwrap().len(), answered + 2);

@@ -928,3 +928,20 @@ pub(crate) fn fill(dir: &std::path::Path) -> std::path::PathBuf {
     while f.write_all(&[1u8]).is_ok() {}
     path
 }
+
+/// Call CreateKey with large descriptions (8 KB, recorded and stored) until an answer is
+/// not 200 (a disk that fills up): how many were answered, and the first refusal.
+pub(crate) async fn create_keys_until_refused(c: &Client) -> (usize, Reply) {
+    let description = "d".repeat(8000);
+    let mut answered = 0;
+    loop {
+        let r = c
+            .call("CreateKey", json!({"Description": description}))
+            .await;
+        if r.status != 200 {
+            return (answered, r);
+        }
+        answered += 1;
+        assert!(answered < 500, "CreateKey never refused on a full disk");
+    }
+}

@@ -2,7 +2,7 @@
 //! service needs for every kind of key, and say per row what the token answered (the exact
 //! return value, or OK), how long it took, and what the service will do with that token:
 //! `native`, `fallback: <how>` or `refused: <key specs>`. That last column is not a list of
-//! its own: each row tests one [`Need`], the rows' outcomes make an [`Offered`] set, and
+//! its own: each row tests one `Need`, the rows' outcomes make an `Offered` set, and
 //! the column is what `needs::support` (the table the cluster itself uses at connect)
 //! answers with and without that need.
 //!

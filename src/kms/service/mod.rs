@@ -229,20 +229,8 @@ impl Kms {
 
     /// Copy keys that an HSM lacks (it was down when they were created) from a healthy one.
     pub async fn resync_hsms(&self) -> Result<usize, KmsError> {
-        let keys = self.resync_list();
-        let (copies, hsms) = super::vault::served_by(self.vault.replicate_missing(&keys)).await;
-        let copies = copies?;
-        if copies > 0 {
-            self.service_event(
-                "SynchronizeHsms",
-                None,
-                Vec::new(),
-                serde_json::json!({ "copiesMade": copies }),
-                hsms,
-            )
-            .await;
-        }
-        Ok(copies)
+        self.resync_hsms_with_progress(&mut crate::progress::Silent)
+            .await
     }
 
     /// [`Kms::resync_hsms`] in batches, advancing `progress` by the keys of each (for
