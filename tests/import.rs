@@ -1319,9 +1319,11 @@ impl Drop for Stopped {
 }
 
 /// One HSM hangs (its host process stopped) between GetParametersForImport and
-/// ImportKeyMaterial: the wrapping key pair is in every HSM, so the import is unwrapped in
-/// another one and copied to the HSMs that serve, without a failed answer; the HSM that
-/// hung gets its copy once it is back (re-sync), and then uses the very material.
+/// ImportKeyMaterial, the last one the copy reaches (still counted usable then): the
+/// import is unwrapped in another one and copied to the HSMs that serve, without a failed
+/// answer; the HSM that hung gets its copy once it is back (re-sync), and then uses the
+/// very material. (Before, the copy that timed out destroyed every copy and the call
+/// answered DependencyTimeoutException.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hsm_that_hangs_between_the_two_import_calls_fails_nothing() {
     let tokens = tokens(&["a", "b", "c"]);
@@ -1345,7 +1347,7 @@ async fn an_hsm_that_hangs_between_the_two_import_calls_fails_nothing() {
     let material: [u8; 32] = rand::random();
     let wrapped = wrap(dir.path(), "RSAES_OAEP_SHA_1", &spki, &material, false);
 
-    let pid = running.cluster.host_pid("a").expect("a host process");
+    let pid = running.cluster.host_pid("c").expect("a host process");
     assert!(Command::new("kill")
         .args(["-STOP", &pid.to_string()])
         .status()
@@ -1356,27 +1358,27 @@ async fn an_hsm_that_hangs_between_the_two_import_calls_fails_nothing() {
     let r = import(&c, &key, &token, &wrapped, forever()).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let took = started.elapsed();
-    // Used at once, while HSM a still hangs: that very material.
+    // Used at once, while HSM c still hangs: that very material.
     proves_symmetric(&c, &key, 1, &material).await;
     let backing = running.kms.backing_object_ids(&key);
     for o in &backing {
+        assert!(running.cluster.hsm_holds("a", o.as_bytes()));
         assert!(running.cluster.hsm_holds("b", o.as_bytes()));
-        assert!(running.cluster.hsm_holds("c", o.as_bytes()));
     }
     drop(stopped);
-    // HSM a back: re-sync gives it its copy (the same material: it encrypts what the
+    // HSM c back: re-sync gives it its copy (the same material: it encrypts what the
     // local copy of the material opens).
     let back = eventually(60, || {
         backing
             .iter()
-            .all(|o| running.cluster.hsm_holds("a", o.as_bytes()))
+            .all(|o| running.cluster.hsm_holds("c", o.as_bytes()))
     })
     .await;
-    assert!(back, "HSM a never received the imported material");
+    assert!(back, "HSM c never received the imported material");
     let o = backing.last().unwrap();
     let (iv, ct) = running
         .cluster
-        .encrypt_on("a", o.as_bytes(), b"aad".to_vec(), b"from a".to_vec())
+        .encrypt_on("c", o.as_bytes(), b"aad".to_vec(), b"from c".to_vec())
         .await
         .unwrap();
     let opened = Aes256Gcm::new_from_slice(&material)
@@ -1388,10 +1390,10 @@ async fn an_hsm_that_hangs_between_the_two_import_calls_fails_nothing() {
                 aad: b"aad",
             },
         )
-        .expect("HSM a's copy is the imported material");
-    assert_eq!(opened.as_slice(), b"from a");
+        .expect("HSM c's copy is the imported material");
+    assert_eq!(opened.as_slice(), b"from c");
     println!(
-        "IMPORT-HANG | import answered in {} ms with HSM a stopped; a re-synced afterwards",
+        "IMPORT-HANG | import answered in {} ms with HSM c stopped; c re-synced afterwards",
         took.as_millis()
     );
     running.stop().await;

@@ -125,8 +125,11 @@ impl Replicator<'_> {
         Err(last.unwrap_or(HsmError::NotEnoughHsms { healthy: 0, needed }))
     }
 
-    /// Copy the key `transfer` (made on `primary`) into every other HSM of `targets`; any
-    /// failure destroys every copy made, the primary's included.
+    /// Copy the key `transfer` (made on `primary`) into every other HSM of `targets`. An
+    /// HSM that fails as a device does (it hangs past the deadline, its module or host
+    /// died: a retryable error) is left out, as if it had been down: re-sync copies the key
+    /// to it once it serves again. Fewer than `min_copies` holders, or any other failure,
+    /// destroys every copy made, the primary's included.
     async fn copy_to_others(
         &self,
         targets: &[&Pool],
@@ -137,20 +140,41 @@ impl Replicator<'_> {
         transfer: Arc<Transfer>,
     ) -> Result<Arc<Transfer>, HsmError> {
         let (id, label) = (id.to_vec(), label.to_string());
+        let needed = self.min_copies.max(2);
         let mut holders = vec![primary];
+        let mut skipped = None;
         let others = targets
             .iter()
             .filter(|p| !Arc::ptr_eq(p.node(), primary.node()));
         for &pool in others {
-            holders.push(pool);
-            if let Err(e) = self
+            match self
                 .install_on(pool, &id, &label, kind, transfer.as_ref().clone())
                 .await
             {
-                tracing::error!(hsm = %pool.node().name(), error = %e, "replication failed; destroying every copy");
-                self.destroy_on(&holders, &id).await;
-                return Err(e);
+                Ok(()) => holders.push(pool),
+                Err(e) if e.retryable() => {
+                    tracing::warn!(hsm = %pool.node().name(), error = %e, "could not copy the new key to this HSM; re-sync will");
+                    skipped = Some(e);
+                }
+                Err(e) => {
+                    tracing::error!(hsm = %pool.node().name(), error = %e, "replication failed; destroying every copy");
+                    holders.push(pool);
+                    self.destroy_on(&holders, &id).await;
+                    return Err(e);
+                }
             }
+        }
+        if holders.len() < needed {
+            tracing::error!(
+                copies = holders.len(),
+                needed,
+                "too few HSMs took the new key; destroying every copy"
+            );
+            self.destroy_on(&holders, &id).await;
+            return Err(skipped.unwrap_or(HsmError::NotEnoughHsms {
+                healthy: holders.len(),
+                needed,
+            }));
         }
         Ok(transfer)
     }
