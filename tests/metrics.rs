@@ -396,13 +396,7 @@ async fn ready_says_metadata_unwritable_while_the_store_refuses_writes() {
     c.ok("CreateKey", json!({})).await;
     let filler = fill(&disk.0);
     // Key metadata with 8 KB descriptions: the database needs new pages soon.
-    let (answered, refused) = create_keys_until_refused(&c).await;
-    assert_eq!(
-        (refused.status, refused.error_type()),
-        (500, "KMSInternalException"),
-        "{}",
-        refused.body
-    );
+    let answered = create_keys_until_refused(&c).await;
     let (status, body) = ready_becomes(&c, 503).await;
     assert_eq!(
         (status, serde_json::from_str::<Value>(&body).unwrap()),

@@ -215,9 +215,10 @@ fn probe_curve(s: &Session, c: Curve) -> bool {
 }
 
 /// Does the token accept and enforce an unwrap template nested in another (session keys
-/// only)? The legitimate path must work (the ephemeral key unwrapped with the template it
-/// is asked for, then a key unwrapped sensitive under it) and the attack must not (the
-/// ephemeral key unwrapped without it, then a key unwrapped readable under it).
+/// only)? The legitimate path must work (the ephemeral key unwrapped with the template the
+/// import itself uses, then a key unwrapped sensitive under it) and the attack must not
+/// (the ephemeral key unwrapped without the nested template, then a key unwrapped
+/// readable under it).
 pub(super) fn probe_nested_unwrap_template(s: &Session) -> Result<bool, CkError> {
     // SoftHSM 2.6.1 stops here: CKR_ATTRIBUTE_VALUE_INVALID.
     let kek = s.generate_key(&Mechanism::AesKeyGen, &templates::probe_nested_kek())?;
@@ -231,7 +232,12 @@ pub(super) fn probe_nested_unwrap_template(s: &Session) -> Result<bool, CkError>
         made.push(secret);
         let eph_blob = s.wrap_key(&wrap, kek, eph)?;
         let secret_blob = s.wrap_key(&wrap, eph, secret)?;
-        let legit = s.unwrap_key(&wrap, kek, &eph_blob, &templates::probe_unwrapped_kek(true))?;
+        let legit = s.unwrap_key(
+            &wrap,
+            kek,
+            &eph_blob,
+            &templates::import_ephemeral_key(true),
+        )?;
         made.push(legit);
         made.push(s.unwrap_key(
             &wrap,
@@ -243,7 +249,7 @@ pub(super) fn probe_nested_unwrap_template(s: &Session) -> Result<bool, CkError>
             &wrap,
             kek,
             &eph_blob,
-            &templates::probe_unwrapped_kek(false),
+            &templates::import_ephemeral_key(false),
         ) else {
             return Ok(true);
         };

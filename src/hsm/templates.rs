@@ -387,23 +387,6 @@ pub(super) fn probe_readable_key(wrap: bool) -> Vec<Attribute> {
     ]
 }
 
-/// Capability probe: an AES session key unwrapped under a probe key, sensitive and
-/// wrap-with-trusted, that may unwrap; `inner` adds the unwrap template a nested one asks for.
-pub(super) fn probe_unwrapped_kek(inner: bool) -> Vec<Attribute> {
-    let mut t = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::Sensitive(true),
-        Attribute::WrapWithTrusted(true),
-        Attribute::Unwrap(true),
-    ];
-    if inner {
-        t.push(forced_unwrap_template().attribute());
-    }
-    t
-}
-
 /// Capability probe: an AES session key unwrapped `readable` (the attack) or not.
 pub(super) fn probe_unwrapped_secret(readable: bool) -> Vec<Attribute> {
     vec![

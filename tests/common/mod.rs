@@ -930,8 +930,9 @@ pub(crate) fn fill(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Call CreateKey with large descriptions (8 KB, recorded and stored) until an answer is
-/// not 200 (a disk that fills up): how many were answered, and the first refusal.
-pub(crate) async fn create_keys_until_refused(c: &Client) -> (usize, Reply) {
+/// not 200 (a disk that fills up), which must be a refusal (500 `KMSInternalException`):
+/// how many were answered before it.
+pub(crate) async fn create_keys_until_refused(c: &Client) -> usize {
     let description = "d".repeat(8000);
     let mut answered = 0;
     loop {
@@ -939,7 +940,13 @@ pub(crate) async fn create_keys_until_refused(c: &Client) -> (usize, Reply) {
             .call("CreateKey", json!({"Description": description}))
             .await;
         if r.status != 200 {
-            return (answered, r);
+            assert_eq!(
+                (r.status, r.error_type()),
+                (500, "KMSInternalException"),
+                "{}",
+                r.body
+            );
+            return answered;
         }
         answered += 1;
         assert!(answered < 500, "CreateKey never refused on a full disk");
