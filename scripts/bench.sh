@@ -75,6 +75,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+ensure_system_deps
 log "build (target dir: $TARGET)"
 build_release
 BIN="$(kms_bin release)"

@@ -144,6 +144,13 @@ async fn metrics_move_when_calls_are_made() {
     assert!(sample(&after, "hsm_kms_audit_write_duration_seconds_count", &[]).unwrap() >= 5.0);
     assert_eq!(sample(&after, "hsm_kms_audit_healthy", &[]), Some(1.0));
     assert!(sample(&after, "hsm_kms_audit_queue_depth", &[]).is_some());
+    // Every call's record went through a group commit (a record may share one).
+    let commits = sample(&after, "hsm_kms_audit_commits_total", &[]).unwrap();
+    let committed = sample(&after, "hsm_kms_audit_committed_records_total", &[]).unwrap();
+    assert!(
+        commits >= 1.0 && committed >= 5.0 && committed >= commits,
+        "{after}"
+    );
     // Names and codes only: no key id, ARN or principal.
     assert!(!after.contains(&key), "a key id in /metrics");
     assert!(!after.contains("arn:aws"), "an ARN in /metrics");

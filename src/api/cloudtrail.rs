@@ -74,6 +74,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             principal: None,
             request_parameters: Value::Null,
         };
+        let _expected = app.audit.expect_record();
         let mut result = match app.audit.admit() {
             Ok(()) => run(app, req, &mut call).await,
             Err(e) => Err(e.into()),

@@ -12,6 +12,8 @@
 //! | `hsm_kms_request_duration_seconds` | histogram | `service`, `operation` |
 //! | `hsm_kms_audit_write_duration_seconds` | histogram | — |
 //! | `hsm_kms_audit_queue_depth` | gauge | — |
+//! | `hsm_kms_audit_commits_total` | counter | — |
+//! | `hsm_kms_audit_committed_records_total` | counter | — |
 //! | `hsm_kms_audit_healthy` | gauge | — |
 //! | `hsm_kms_hsm_call_duration_seconds` | histogram | `hsm` |
 //! | `hsm_kms_hsm_state` | gauge (1 for the current state) | `hsm`, `state` |
@@ -187,6 +189,7 @@ fn snapshot(app: &AppState) -> Vec<MetricFamily> {
             )
         })
     });
+    let commits = app.audit.group_commits();
     let keys = app
         .kms
         .key_counts_by_state()
@@ -240,6 +243,18 @@ fn snapshot(app: &AppState) -> Vec<MetricFamily> {
             "Audit record batches waiting for the trail writer.",
             MetricType::GAUGE,
             [(vec![], app.audit.queue_depth() as f64)],
+        ),
+        family(
+            "hsm_kms_audit_commits_total",
+            "Group commits of the audit trail (one write and one sync each).",
+            MetricType::COUNTER,
+            [(vec![], commits.commits as f64)],
+        ),
+        family(
+            "hsm_kms_audit_committed_records_total",
+            "Audit records made durable by those group commits.",
+            MetricType::COUNTER,
+            [(vec![], commits.records as f64)],
         ),
         family(
             "hsm_kms_audit_healthy",

@@ -63,6 +63,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     };
     let outcome = async {
+        let _expected = app.audit.expect_record();
         let mut outcome = match app.audit.admit() {
             Ok(()) => run(app, req, target).await,
             Err(e) => Outcome {

@@ -604,6 +604,39 @@ pub trait AuditSink: Send + Sync {
     fn queue_depth(&self) -> usize {
         0
     }
+
+    /// The group commits made so far (counters; zero where the sink makes none).
+    fn group_commits(&self) -> GroupCommits {
+        GroupCommits::default()
+    }
+
+    /// A call has started whose record(s) will come ([`Auditor::expect_record`]): a
+    /// writer may hold a sync briefly so that they share it. Default: nothing.
+    fn call_started(&self) {}
+
+    /// That call has ended (its records handed over, or the call dropped).
+    fn call_ended(&self) {}
+}
+
+/// Counters of a sink's group commits (`/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommits {
+    /// Writes made durable (one sync each).
+    pub commits: u64,
+    /// Event records they carried.
+    pub records: u64,
+}
+
+/// A call whose record(s) the trail can expect, while it lives
+/// ([`Auditor::expect_record`]).
+pub struct ExpectedRecord<'a> {
+    sink: &'a dyn AuditSink,
+}
+
+impl Drop for ExpectedRecord<'_> {
+    fn drop(&mut self) {
+        self.sink.call_ended();
+    }
 }
 
 /// A sink that keeps nothing (`audit_enabled = false`: benchmarks and labs only).
@@ -680,6 +713,13 @@ impl Auditor {
         ))
     }
 
+    /// Tell the trail a call has started whose record(s) it will hand over before the
+    /// returned guard drops (a hint for group commit: how many records may come soon).
+    pub fn expect_record(&self) -> ExpectedRecord<'_> {
+        self.sink.call_started();
+        ExpectedRecord { sink: &*self.sink }
+    }
+
     /// Whether the trail takes records now ([`AuditSink::healthy`]).
     pub fn healthy(&self) -> bool {
         self.sink.healthy()
@@ -693,6 +733,11 @@ impl Auditor {
     /// Batches waiting for the trail's writer now.
     pub fn queue_depth(&self) -> usize {
         self.sink.queue_depth()
+    }
+
+    /// The trail's group commits so far.
+    pub fn group_commits(&self) -> GroupCommits {
+        self.sink.group_commits()
     }
 
     /// The records of `call`.

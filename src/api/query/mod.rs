@@ -221,6 +221,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             principal: None,
             request_parameters: serde_json::Value::Null,
         };
+        let _expected = app.audit.expect_record();
         let mut result = match app.audit.admit() {
             Ok(()) => run(app, req, &request_id, &mut call).await,
             Err(e) => Err(QueryError::from(e)),
