@@ -312,15 +312,7 @@ impl FileTrail {
         max_file_bytes: u64,
         digests: Option<DigestOptions>,
     ) -> FileTrail {
-        let shared = Arc::new(Shared {
-            healthy: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            commits: AtomicU64::new(0),
-            committed_records: AtomicU64::new(0),
-            last_probe_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
+        let shared = Arc::new(Shared::new());
         let mut w = Writer {
             dir: dir.to_path_buf(),
             max_file_bytes: max_file_bytes.max(1),
@@ -483,6 +475,19 @@ impl AuditSink for FileTrail {
 }
 
 impl Shared {
+    /// Unhealthy (until the trail is opened), nothing counted.
+    fn new() -> Shared {
+        Shared {
+            healthy: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            commits: AtomicU64::new(0),
+            committed_records: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
     /// Whether `waiting` records are enough to sync now rather than wait for more: at
     /// least one in [`GATHER_SHARE`] of the calls in flight waits for the sync.
     fn enough_wait(&self, waiting: usize) -> bool {
@@ -1015,15 +1020,7 @@ mod tests {
 
     #[test]
     fn a_sync_waits_for_a_share_of_the_calls_in_flight() {
-        let s = Shared {
-            healthy: AtomicBool::new(true),
-            in_flight: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            commits: AtomicU64::new(0),
-            committed_records: AtomicU64::new(0),
-            last_probe_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        };
+        let s = Shared::new();
         // A record of no call in flight (a service event): at once.
         assert!(s.enough_wait(1));
         s.in_flight.store(1, Ordering::SeqCst);
