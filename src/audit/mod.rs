@@ -433,11 +433,7 @@ impl AuditSink for FileTrail {
             self.shared.waiting.fetch_sub(n, Ordering::AcqRel);
             return Err(KmsError::Internal("audit trail: writer stopped".into()));
         }
-        if self.shared.enough_wait(waiting) {
-            if let Some(t) = &self.writer_thread {
-                t.unpark();
-            }
-        }
+        self.wake_writer_if_enough(waiting);
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(KmsError::Internal(format!("audit trail: {e}"))),
@@ -463,10 +459,15 @@ impl AuditSink for FileTrail {
     fn call_ended(&self) {
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         // The writer may be holding a sync for this call's record, which will not come.
-        if self
-            .shared
-            .enough_wait(self.shared.waiting.load(Ordering::Acquire))
-        {
+        self.wake_writer_if_enough(self.shared.waiting.load(Ordering::Acquire));
+    }
+}
+
+impl FileTrail {
+    /// Wake the writer when `waiting` records are enough for it to stop gathering and
+    /// sync ([`Shared::enough_wait`]).
+    fn wake_writer_if_enough(&self, waiting: usize) {
+        if self.shared.enough_wait(waiting) {
             if let Some(t) = &self.writer_thread {
                 t.unpark();
             }
@@ -620,22 +621,26 @@ impl Writer {
                 .flat_map(|b| b.records.iter())
                 .map(|r| ("event", r.as_slice())),
         );
+        // The event records of the batches (the digest line is not one).
+        let records = lines
+            .iter()
+            .filter(|(member, _)| *member == "event")
+            .count() as u64;
         let result = self.write(&lines);
         if result.is_err() {
             shared.healthy.store(false, Ordering::Release);
         } else {
             shared.commits.fetch_add(1, Ordering::Relaxed);
-            let n: usize = batches.iter().map(|b| b.records.len()).sum();
             shared
                 .committed_records
-                .fetch_add(n as u64, Ordering::Relaxed);
+                .fetch_add(records, Ordering::Relaxed);
         }
         if let Err(e) = &result {
             tracing::error!(target: "hsm_kms::audit", error = %e, "audit write failed");
         }
         if let Some(d) = self.digests.as_mut() {
             if result.is_ok() {
-                d.uncovered += batches.iter().map(|b| b.records.len() as u64).sum::<u64>();
+                d.uncovered += records;
                 if let Some(dg) = &digest {
                     d.from = dg.to_seq + 1;
                 }
