@@ -38,8 +38,8 @@
 #    their median (target >= 0.85), the mean of all slices and the VM's steal time.
 #
 # Environment: KMS_BENCH_DURATION (seconds per HTTP point, default 10), KMS_BENCH_HTTP=1
-# (as --http), KMS_BENCH_AUDIT_ROUNDS, KMS_BENCH_AUDIT_SLICE (--audit). Uses $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the server it
-# started.
+# (as --http), KMS_BENCH_AUDIT_ROUNDS and KMS_BENCH_AUDIT_SLICE (--audit). Uses
+# $CARGO_TARGET_DIR if set, else <repo>/target. Ends only the servers it started.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # REPO, log/warn/die, build_release, kms_bin, ...
@@ -70,13 +70,16 @@ done
 TMP=$(mktemp -d /tmp/hsm-kms-bench.XXXXXX)
 SERVER_PID=
 EXTRA_PIDS=   # servers kept running side by side (--audit)
-cleanup() {
-  for pid in $SERVER_PID $EXTRA_PIDS; do
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    fi
+# stop_pids PID...: end the servers this script started (those still running).
+stop_pids() {
+  for pid in "$@"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   done
+}
+cleanup() {
+  # shellcheck disable=SC2086
+  stop_pids $SERVER_PID $EXTRA_PIDS
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -140,8 +143,7 @@ start_server() { # state-dir isolation [config-line]
 }
 
 stop_server() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  stop_pids "$SERVER_PID"
   SERVER_PID=
 }
 
@@ -197,6 +199,8 @@ if [ "$AUDIT" = 1 ]; then
   SERVER_PID=
   EXTRA_PIDS="$OFF_PID $ON_PID"
   : >"$TMP/audit.txt"
+  # The machine's steal ticks and its total ticks (user to steal) from /proc/stat.
+  steal_and_total() { awk '/^cpu /{ print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
   slice() { # mode round
     local url=$OFF_URL
     [ "$1" = off ] || url=$ON_URL
@@ -206,9 +210,9 @@ if [ "$AUDIT" = 1 ]; then
     set +a
     export KMS_ENDPOINT=$url
     local s0 s1
-    s0=$(awk '/^cpu /{ print $9 + $10, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    s0=$(steal_and_total)
     DUR=$AUDIT_SLICE load "audit-$1 round=$2" "$TMP/audit.txt" --op Encrypt --size 32 -c 64
-    s1=$(awk '/^cpu /{ print $9 + $10, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    s1=$(steal_and_total)
     echo "audit-$1 round=$2 steal_pct=$(echo "$s0 $s1" | awk '{ d = $4 - $2; printf "%.1f", (d > 0 ? 100 * ($3 - $1) / d : 0) }')" \
       >>"$TMP/audit-steal.txt"
   }
@@ -216,7 +220,7 @@ if [ "$AUDIT" = 1 ]; then
     if [ $((round % 2)) = 1 ]; then slice off "$round"; slice on "$round"
     else slice on "$round"; slice off "$round"; fi
   done
-  for pid in $OFF_PID $ON_PID; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  stop_pids "$OFF_PID" "$ON_PID"
   EXTRA_PIDS=
   echo
   echo "================================================================"
