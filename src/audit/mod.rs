@@ -622,10 +622,7 @@ impl Writer {
                 .map(|r| ("event", r.as_slice())),
         );
         // The event records of the batches (the digest line is not one).
-        let records = lines
-            .iter()
-            .filter(|(member, _)| *member == "event")
-            .count() as u64;
+        let records: u64 = batches.iter().map(|b| b.records.len() as u64).sum();
         let result = self.write(&lines);
         if result.is_err() {
             shared.healthy.store(false, Ordering::Release);
