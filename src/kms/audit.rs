@@ -600,6 +600,12 @@ pub trait AuditSink: Send + Sync {
     /// reason they are not.
     async fn append(&self, records: Vec<Vec<u8>>) -> Result<(), KmsError>;
 
+    /// Whether the sink keeps records. A sink that keeps none (`audit_enabled = false`) is
+    /// not handed any: the records are then not even serialized. Default: true.
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     /// Batches waiting for the writer now (a gauge; 0 where the sink has no queue).
     fn queue_depth(&self) -> usize {
         0
@@ -647,6 +653,10 @@ pub struct DisabledSink;
 impl AuditSink for DisabledSink {
     fn healthy(&self) -> bool {
         true
+    }
+
+    fn keeps_records(&self) -> bool {
+        false
     }
 
     async fn append(&self, _records: Vec<Vec<u8>>) -> Result<(), KmsError> {
@@ -748,6 +758,9 @@ impl Auditor {
     /// Record what the service did by itself. It is done already, so a record that cannot
     /// be made durable is only reported (an `error!` line), whatever `fail_open` says.
     pub async fn record_service_event(&self, ev: ServiceEvent) {
+        if !self.sink.keeps_records() {
+            return;
+        }
         let name = ev.event_name;
         let e = service_event(ev, &self.region, &self.home_account);
         let r = match serde_json::to_vec(&e) {
@@ -765,8 +778,12 @@ impl Auditor {
     }
 
     /// Make `events` durable; `Internal` when that fails (fail-closed), else `Ok` after
-    /// an `error!` line (fail-open).
+    /// an `error!` line (fail-open). With a sink that keeps no records, `Ok` at once
+    /// (nothing is serialized).
     pub async fn commit(&self, events: Vec<Event>) -> Result<(), KmsError> {
+        if !self.sink.keeps_records() {
+            return Ok(());
+        }
         let mut records = Vec::with_capacity(events.len());
         for e in &events {
             records.push(
@@ -917,5 +934,41 @@ mod tests {
         assert_eq!(v["userIdentity"]["accessKeyId"], "AKIACLAIMED");
         assert_eq!(v["errorCode"], "SignatureDoesNotMatch");
         assert_eq!(v["eventSource"], "sts.amazonaws.com");
+    }
+
+    /// A sink that keeps no records, counting what it is handed.
+    struct Discarding(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl AuditSink for Discarding {
+        fn healthy(&self) -> bool {
+            true
+        }
+        fn keeps_records(&self) -> bool {
+            false
+        }
+        async fn append(&self, _records: Vec<Vec<u8>>) -> Result<(), KmsError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_keeps_no_records_is_handed_none() {
+        let sink = Arc::new(Discarding(std::sync::atomic::AtomicUsize::new(0)));
+        let auditor = Auditor::new(sink.clone(), false, "us-east-1", "111122223333");
+        let ev = || ServiceEvent {
+            event_name: "RotateKey",
+            account: None,
+            resources: Vec::new(),
+            details: Value::Null,
+            hsms: Vec::new(),
+            time: OffsetDateTime::UNIX_EPOCH,
+        };
+        let event = service_event(ev(), "us-east-1", "111122223333");
+        auditor.commit(vec![event]).await.unwrap();
+        auditor.record_service_event(ev()).await;
+        assert_eq!(sink.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(!DisabledSink.keeps_records());
     }
 }
