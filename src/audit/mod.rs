@@ -65,6 +65,7 @@ use crate::kms::KmsError;
 use base64::Engine;
 use sha2::{Digest as _, Sha256};
 use std::fs::{File, OpenOptions};
+use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -885,26 +886,32 @@ impl Writer {
             self.reopen()?;
         }
         let mut buf = Vec::with_capacity(lines.iter().map(|(_, r)| r.len() + 110).sum());
-        let mut head = Head {
-            seq: self.head.seq,
-            prev: self.head.prev.clone(),
-        };
+        let mut seq = self.head.seq;
+        // The previous line's hash, in hex (a line_hash, or GENESIS).
+        let mut prev = <[u8; 64]>::try_from(self.head.prev.as_bytes())
+            .map_err(|_| AuditError::Writer("the chain's head is not a hash".into()))?;
         for (member, r) in lines {
             let start = buf.len();
-            buf.extend_from_slice(
-                format!(
-                    "{{\"seq\":{},\"prev\":\"{}\",\"{member}\":",
-                    head.seq, head.prev
-                )
-                .as_bytes(),
-            );
+            buf.extend_from_slice(b"{\"seq\":");
+            // Writing to a Vec cannot fail.
+            let _ = write!(buf, "{seq}");
+            buf.extend_from_slice(b",\"prev\":\"");
+            buf.extend_from_slice(&prev);
+            buf.extend_from_slice(b"\",\"");
+            buf.extend_from_slice(member.as_bytes());
+            buf.extend_from_slice(b"\":");
             buf.extend_from_slice(r);
             buf.push(b'}');
-            let hash = line_hash(buf.get(start..).unwrap_or_default());
+            let hash = Sha256::digest(buf.get(start..).unwrap_or_default());
+            hex::encode_to_slice(hash, &mut prev)
+                .map_err(|e| AuditError::Writer(format!("line hash: {e}")))?;
             buf.push(b'\n');
-            head.seq += 1;
-            head.prev = hash;
+            seq += 1;
         }
+        let head = Head {
+            seq,
+            prev: String::from_utf8_lossy(&prev).into_owned(),
+        };
         if let Some(f) = &self.file {
             if f.len > 0 && f.len.saturating_add(buf.len() as u64) > self.max_file_bytes {
                 let next = self.last_number + 1;
