@@ -267,10 +267,19 @@ impl Drop for FileTrail {
     }
 }
 
-/// Where the chain stands: the next sequence number and the hash of the last line.
+/// Where the chain stands: the next sequence number and the hash of the last line (hex,
+/// as [`line_hash_hex`] makes it).
 struct Head {
     seq: u64,
-    prev: String,
+    prev: [u8; 64],
+}
+
+impl Head {
+    /// The head of an empty trail: record 0 comes next, its `prev` is [`GENESIS`].
+    const GENESIS: Head = Head {
+        seq: 0,
+        prev: [b'0'; 64],
+    };
 }
 
 /// The file being written.
@@ -317,10 +326,7 @@ impl FileTrail {
         let mut w = Writer {
             dir: dir.to_path_buf(),
             max_file_bytes: max_file_bytes.max(1),
-            head: Head {
-                seq: 0,
-                prev: GENESIS.to_string(),
-            },
+            head: Head::GENESIS,
             file: None,
             last_number: 0,
             digests: None,
@@ -499,7 +505,15 @@ impl Shared {
 
 /// The SHA-256 of a line (without its newline), in hex.
 pub fn line_hash(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
+    String::from_utf8_lossy(&line_hash_hex(line)).into_owned()
+}
+
+/// [`line_hash`] as bytes, without allocating (the writer hashes every line it writes).
+fn line_hash_hex(line: &[u8]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    // 32 bytes of SHA-256 always fill 64 hex digits: this cannot fail.
+    let _ = hex::encode_to_slice(Sha256::digest(line), &mut out);
+    out
 }
 
 impl Writer {
@@ -698,7 +712,10 @@ impl Writer {
 
     /// Ask for a digest when one is due; answer `seal` callers once nothing is uncovered.
     fn maybe_digest(&mut self) {
-        let (seq, prev) = (self.head.seq, self.head.prev.clone());
+        let (seq, prev) = (
+            self.head.seq,
+            String::from_utf8_lossy(&self.head.prev).into_owned(),
+        );
         let Some(d) = self.digests.as_mut() else {
             return;
         };
@@ -765,10 +782,7 @@ impl Writer {
         std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
         let files = trail_files(&self.dir).map_err(|e| io(&self.dir, e))?;
         let Some((n, path)) = files.last().cloned() else {
-            self.head = Head {
-                seq: 0,
-                prev: GENESIS.to_string(),
-            };
+            self.head = Head::GENESIS;
             self.last_number = 0;
             return self.start_file(1);
         };
@@ -781,10 +795,7 @@ impl Writer {
             }
         }
         self.last_digest_to = last_digest_to(&path)?;
-        self.head = head.unwrap_or(Head {
-            seq: 0,
-            prev: GENESIS.to_string(),
-        });
+        self.head = head.unwrap_or(Head::GENESIS);
         let file = OpenOptions::new()
             .write(true)
             .read(true)
@@ -886,10 +897,7 @@ impl Writer {
             self.reopen()?;
         }
         let mut buf = Vec::with_capacity(lines.iter().map(|(_, r)| r.len() + 110).sum());
-        let mut seq = self.head.seq;
-        // The previous line's hash, in hex (a line_hash, or GENESIS).
-        let mut prev = <[u8; 64]>::try_from(self.head.prev.as_bytes())
-            .map_err(|_| AuditError::Writer("the chain's head is not a hash".into()))?;
+        let Head { mut seq, mut prev } = self.head;
         for (member, r) in lines {
             let start = buf.len();
             buf.extend_from_slice(b"{\"seq\":");
@@ -902,16 +910,11 @@ impl Writer {
             buf.extend_from_slice(b"\":");
             buf.extend_from_slice(r);
             buf.push(b'}');
-            let hash = Sha256::digest(buf.get(start..).unwrap_or_default());
-            hex::encode_to_slice(hash, &mut prev)
-                .map_err(|e| AuditError::Writer(format!("line hash: {e}")))?;
+            prev = line_hash_hex(buf.get(start..).unwrap_or_default());
             buf.push(b'\n');
             seq += 1;
         }
-        let head = Head {
-            seq,
-            prev: String::from_utf8_lossy(&prev).into_owned(),
-        };
+        let head = Head { seq, prev };
         if let Some(f) = &self.file {
             if f.len > 0 && f.len.saturating_add(buf.len() as u64) > self.max_file_bytes {
                 let next = self.last_number + 1;
@@ -1003,7 +1006,7 @@ fn last_record(path: &Path) -> Result<Option<Head>, AuditError> {
     })?;
     Ok(Some(Head {
         seq: s.seq + 1,
-        prev: line_hash(line),
+        prev: line_hash_hex(line),
     }))
 }
 
@@ -1025,6 +1028,19 @@ mod tests {
         let r = t.append(vec![record(i)]).await;
         t.call_ended();
         r.unwrap();
+    }
+
+    /// The writer's own forms of the chain's start and of a line's hash are those
+    /// `verify` checks against.
+    #[test]
+    fn the_writers_genesis_and_line_hashes_are_the_published_ones() {
+        assert_eq!(&Head::GENESIS.prev[..], GENESIS.as_bytes());
+        let line = br#"{"seq":0,"prev":"0","event":{}}"#;
+        assert_eq!(
+            &line_hash_hex(line)[..],
+            hex::encode(Sha256::digest(line)).as_bytes()
+        );
+        assert_eq!(line_hash(line), hex::encode(Sha256::digest(line)));
     }
 
     #[test]
