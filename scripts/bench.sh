@@ -204,11 +204,12 @@ if [ "$AUDIT" = 1 ]; then
   steal_and_total() { awk '/^cpu /{ print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
   # CPU ticks (user + system) used so far by server $1 and its HSM host processes.
   server_ticks() {
-    local p t=0
+    local p s t=0
     # Children are listed by the thread that started them.
-    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-      # Fields 14 and 15 (utime, stime); counted after the ")" that ends the name.
-      t=$((t + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null || true); do
+      s=$(cat "/proc/$p/stat" 2>/dev/null) || continue   # gone meanwhile (a host restarted)
+      # Fields 14 and 15 (utime, stime), counted after the ")" that ends the name.
+      t=$((t + $(echo "${s##*) }" | awk '{ print $12 + $13 }')))
     done
     echo "$t"
   }
