@@ -77,6 +77,8 @@ pub struct AuditOptions {
     pub digest_every_records: u64,
     /// A signed digest at least this often while records come.
     pub digest_every: Duration,
+    /// CloudTrail `LookupEvents` calls allowed a second per account.
+    pub lookup_events_per_second: u32,
 }
 
 impl AuditOptions {
@@ -89,6 +91,7 @@ impl AuditOptions {
             enabled: true,
             digest_every_records: crate::audit::DEFAULT_DIGEST_RECORDS,
             digest_every: crate::audit::DEFAULT_DIGEST_EVERY,
+            lookup_events_per_second: crate::kms::lookup::DEFAULT_PER_SECOND,
         }
     }
 }
@@ -361,7 +364,8 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
             kms.region().as_str(),
             &cfg.account_id,
         )
-        .with_reader(trail.clone()),
+        .with_reader(trail.clone())
+        .with_lookup_rate(cfg.audit.lookup_events_per_second),
     );
     // Service events (rotation, deletion, re-sync, HSM state changes) go to the same trail.
     kms.set_auditor(audit.clone());

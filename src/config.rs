@@ -118,6 +118,10 @@ pub struct Config {
     /// A signed digest line at least this often (seconds) while records come. Default 60.
     #[serde(default = "default_audit_digest_secs")]
     pub audit_digest_every_secs: u64,
+    /// CloudTrail `LookupEvents` calls allowed a second per account (a burst of as many,
+    /// then that rate); more are refused with `ThrottlingException`. Default 2, as AWS.
+    #[serde(default = "default_lookup_events_per_second")]
+    pub lookup_events_per_second: u32,
     /// Serve `GET /metrics` to anyone (a Prometheus scraper on a trusted network). Default
     /// false: only to SigV4-signed requests, like the `/health` detail.
     #[serde(default)]
@@ -171,6 +175,9 @@ impl std::fmt::Debug for HsmEntry {
     }
 }
 
+fn default_lookup_events_per_second() -> u32 {
+    crate::kms::lookup::DEFAULT_PER_SECOND
+}
 fn default_listen() -> String {
     DEFAULT_LISTEN.into()
 }
@@ -380,6 +387,7 @@ impl Loaded {
             enabled: c.audit_enabled,
             digest_every_records: c.audit_digest_every_records.max(1),
             digest_every: std::time::Duration::from_secs(c.audit_digest_every_secs.max(1)),
+            lookup_events_per_second: c.lookup_events_per_second.max(1),
         }
     }
 

@@ -420,3 +420,78 @@ async fn get_key_last_usage_names_the_last_cryptographic_call_and_survives_a_res
     assert_eq!(u["TrackingStartDate"].as_f64().unwrap(), created);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_events_allows_two_calls_a_second_per_account_as_aws_then_throttles() {
+    // The service's defaults (AWS's rate), on a clock that moves only when told.
+    let clock = hsm_kms::clock::ManualClock::new(time::OffsetDateTime::now_utc());
+    let tokens = tokens(&["a", "b"]);
+    let audit_dir = tokens.dir.path().join("audit");
+    let (running, root) = start_audit(
+        &tokens,
+        std::sync::Arc::new(clock.clone()),
+        fast_options(),
+        std::time::Duration::from_secs(3600),
+        hsm_kms::app::AuditOptions::in_dir(audit_dir.clone()),
+    )
+    .await;
+    let throttled = |r: &Reply| {
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.error_type(), "ThrottlingException", "{}", r.body);
+        assert_eq!(r.body["message"], "Rate exceeded");
+    };
+
+    // A burst of two, then refused; a refused call takes nothing, and half a second
+    // later there is one call again, not two.
+    lookup(&root, json!({})).await;
+    lookup(&root, json!({"MaxResults": 1})).await;
+    throttled(&root.cloudtrail("LookupEvents", json!({})).await);
+    clock.advance(std::time::Duration::from_millis(499));
+    throttled(&root.cloudtrail("LookupEvents", json!({})).await);
+    clock.advance(std::time::Duration::from_millis(1));
+    lookup(&root, json!({})).await;
+    throttled(&root.cloudtrail("LookupEvents", json!({})).await);
+    // Idle time banks at most a burst of two; a call refused for its parameters (a
+    // forged NextToken, a MaxResults out of range) uses none.
+    clock.advance(std::time::Duration::from_secs(60));
+    for b in [json!({"NextToken": "Zm9yZ2Vk"}), json!({"MaxResults": 51})] {
+        let r = root.cloudtrail("LookupEvents", b).await;
+        assert_ne!(r.error_type(), "ThrottlingException", "{}", r.body);
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+    lookup(&root, json!({})).await;
+    lookup(&root, json!({})).await;
+    throttled(&root.cloudtrail("LookupEvents", json!({})).await);
+
+    // The limit is per account: another account's root still has its two.
+    let s = Service {
+        tokens,
+        running,
+        client: root.clone(),
+    };
+    let other = new_account(&s, "444455556666").await;
+    lookup(&other, json!({})).await;
+    lookup(&other, json!({})).await;
+    throttled(&other.cloudtrail("LookupEvents", json!({})).await);
+
+    // A caller refused permission is told so (not throttled) and uses none of its
+    // account's calls.
+    let bob = new_user(&root, "bob", &[]).await;
+    clock.advance(std::time::Duration::from_secs(1));
+    for _ in 0..3 {
+        let r = bob.cloudtrail("LookupEvents", json!({})).await;
+        assert_eq!(r.error_type(), "AccessDeniedException", "{}", r.body);
+    }
+    lookup(&root, json!({})).await;
+    lookup(&root, json!({})).await;
+    throttled(&root.cloudtrail("LookupEvents", json!({})).await);
+
+    // Each throttled call is in the trail, with its error.
+    let (_, events) = trail(&audit_dir);
+    let refused = events
+        .iter()
+        .filter(|e| e["eventName"] == "LookupEvents" && e["errorCode"] == "ThrottlingException")
+        .count();
+    assert_eq!(refused, 6);
+    s.running.stop().await;
+}

@@ -150,8 +150,7 @@ async fn run(app: &AppState, req: Request, call: &mut Attempt) -> Result<Respons
     let json = pipeline::json_body(&body)?;
     call.request_parameters = request_parameters(&json);
     let query = parse(&Input::new(&json))?;
-    let reader = app.audit.reader()?;
-    let found = lookup::lookup_events(&app.kms, reader, principal, query)
+    let found = lookup::lookup_events(&app.kms, &app.audit, principal, query)
         .await
         .map_err(|e| match e {
             KmsError::InvalidMarker(_) => ApiError::new(

@@ -30,6 +30,8 @@ pub fn status_of(aws_type: &str) -> StatusCode {
         | "InvalidImportTokenException"
         | "IncorrectKeyMaterialException"
         | "UnsupportedOperationException" => StatusCode::BAD_REQUEST,
+        // A rate limit (CloudTrail's LookupEvents): 400, as AWS, which the SDKs retry.
+        "ThrottlingException" => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_REQUEST,
     }
 }

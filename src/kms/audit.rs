@@ -682,6 +682,7 @@ impl AuditSink for DisabledSink {
 pub struct Auditor {
     sink: Arc<dyn AuditSink>,
     reader: Option<Arc<dyn super::lookup::AuditReader>>,
+    lookup_rate: super::lookup::LookupRate,
     fail_open: bool,
     region: String,
     home_account: String,
@@ -699,6 +700,7 @@ impl Auditor {
         Auditor {
             sink,
             reader: None,
+            lookup_rate: super::lookup::LookupRate::default(),
             fail_open,
             region: region.to_string(),
             home_account: home_account.to_string(),
@@ -709,6 +711,18 @@ impl Auditor {
     pub fn with_reader(mut self, reader: Arc<dyn super::lookup::AuditReader>) -> Self {
         self.reader = Some(reader);
         self
+    }
+
+    /// The same auditor, whose `LookupEvents` callers may make `per_second` calls a second
+    /// per account (default [`super::lookup::DEFAULT_PER_SECOND`], as AWS).
+    pub fn with_lookup_rate(mut self, per_second: u32) -> Self {
+        self.lookup_rate = super::lookup::LookupRate::new(per_second);
+        self
+    }
+
+    /// The rate limit of `LookupEvents` calls.
+    pub fn lookup_rate(&self) -> &super::lookup::LookupRate {
+        &self.lookup_rate
     }
 
     /// The trail's reader (`LookupEvents`); `Internal` when none was given.

@@ -91,6 +91,10 @@ pub enum KmsError {
     /// `IncorrectKeyMaterialException`: the imported material does not fit the key, or is
     /// not the material previously imported.
     IncorrectKeyMaterial(String),
+    #[error("{0}")]
+    /// `ThrottlingException`: the caller's account made more requests of this kind than
+    /// its rate allows; the client may retry after a pause (the SDKs do).
+    Throttled(String),
     #[error("The request would have succeeded, but the DryRun option is set.")]
     /// `DryRunOperationException`: the request would have succeeded but set `DryRun`.
     DryRun,
@@ -140,6 +144,7 @@ impl KmsError {
             KmsError::ExpiredImportToken(_) => "ExpiredImportTokenException",
             KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
             KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
+            KmsError::Throttled(_) => "ThrottlingException",
             KmsError::DryRun => "DryRunOperationException",
             KmsError::Unavailable(_) | KmsError::TooFewHsms { .. } => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",

@@ -2,8 +2,10 @@
 //! by an identity policy; an account's root user always), what they see (only records
 //! delivered to their own account, `recipientAccountId`), the filter (one lookup
 //! attribute, a time range), newest first, paginated by an opaque `NextToken` bound to the
-//! query it was issued for; and the port the trail is read through ([`AuditReader`]).
+//! query it was issued for; CloudTrail's rate limit (two calls a second per account by
+//! default, [`LookupRate`]); and the port the trail is read through ([`AuditReader`]).
 
+use super::audit::Auditor;
 use super::error::KmsError;
 use super::marker::{self, Marker};
 use super::policy::{self, Decision};
@@ -12,13 +14,66 @@ use crate::auth::Principal;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use time::OffsetDateTime;
 
 /// The IAM action a caller needs.
 pub const ACTION: &str = "cloudtrail:LookupEvents";
 /// The most events in one answer, and the default.
 pub const MAX_RESULTS: usize = 50;
+
+/// AWS's rate of `LookupEvents` calls: two a second per account and Region.
+pub const DEFAULT_PER_SECOND: u32 = 2;
+
+/// CloudTrail's limit on `LookupEvents`: `per_second` calls a second per account, a burst
+/// of at most `per_second` calls then one every `1/per_second` s, on the service's clock
+/// (GCRA, in whole nanoseconds: a token bucket without rounding). A call over the limit
+/// is refused (`ThrottlingException`) and uses nothing; the SDKs retry it after a pause.
+pub struct LookupRate {
+    /// Nanoseconds between calls at the steady rate.
+    interval: i128,
+    /// How far ahead of now an account's next call may be booked (the burst).
+    tolerance: i128,
+    /// Per account: when its next call would be due at the steady rate (ns since epoch).
+    due: Mutex<HashMap<String, i128>>,
+}
+
+impl LookupRate {
+    /// `per_second` calls a second per account (at least 1).
+    pub fn new(per_second: u32) -> Self {
+        let per_second = i128::from(per_second.max(1));
+        let interval = 1_000_000_000 / per_second;
+        LookupRate {
+            interval,
+            tolerance: interval * (per_second - 1),
+            due: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take one call for `account` at `now`; `Throttled` when it has none left. A clock
+    /// that moved back gives nothing back.
+    pub fn take(&self, account: &str, now: OffsetDateTime) -> Result<(), KmsError> {
+        let now = now.unix_timestamp_nanos();
+        let mut due = self
+            .due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = due.entry(account.to_string()).or_insert(now);
+        let from = (*next).max(now);
+        if from - now > self.tolerance {
+            return Err(KmsError::Throttled("Rate exceeded".into()));
+        }
+        *next = from + self.interval;
+        Ok(())
+    }
+}
+
+impl Default for LookupRate {
+    fn default() -> Self {
+        LookupRate::new(DEFAULT_PER_SECOND)
+    }
+}
 
 /// The port the trail is read through (adapter: `crate::audit::FileTrail`).
 pub trait AuditReader: Send + Sync {
@@ -292,11 +347,12 @@ fn denied(caller_arn: &str, explicit: bool) -> KmsError {
     })
 }
 
-/// `LookupEvents` by `p`: `AccessDenied` without the permission, `InvalidMarker` for a
-/// `NextToken` this service did not issue for this query.
+/// `LookupEvents` by `p` over the trail of `audit`: `AccessDenied` without the permission,
+/// `InvalidMarker` for a `NextToken` this service did not issue for this query,
+/// `Throttled` over the account's rate (only a call that would be answered counts).
 pub async fn lookup_events(
     kms: &Kms,
-    reader: Arc<dyn AuditReader>,
+    audit: &Auditor,
     p: &Principal,
     q: Lookup,
 ) -> Result<LookedUp, KmsError> {
@@ -315,6 +371,8 @@ pub async fn lookup_events(
         Some(_) => return Err(marker::InvalidMarker.into()),
         None => None,
     };
+    audit.lookup_rate().take(&account, kms.now())?;
+    let reader = audit.reader()?;
     if q.insight {
         return Ok(LookedUp {
             events: Vec::new(),
@@ -418,6 +476,33 @@ mod tests {
         assert_eq!(f.event_time, t);
         assert_eq!(f.username.as_deref(), Some("sess"));
         assert_eq!(f.read_only, "true");
+    }
+
+    #[test]
+    fn the_rate_is_a_burst_then_a_refill_per_account_and_a_clock_moved_back_refills_nothing() {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_714_564_800).unwrap();
+        let ms = |n: i64| t0 + time::Duration::milliseconds(n);
+        let rate = LookupRate::new(2);
+        let take = |a: &str, t| rate.take(a, t).map_err(|e| e.aws_type());
+        assert_eq!(take("1", t0), Ok(()));
+        assert_eq!(take("1", t0), Ok(()));
+        assert_eq!(take("1", t0), Err("ThrottlingException"));
+        assert_eq!(take("2", t0), Ok(()));
+        assert_eq!(take("1", ms(499)), Err("ThrottlingException"));
+        assert_eq!(take("1", ms(500)), Ok(()));
+        // Back in time: nothing refilled, and the bucket keeps its latest time.
+        assert_eq!(take("1", ms(-5_000)), Err("ThrottlingException"));
+        assert_eq!(take("1", ms(999)), Err("ThrottlingException"));
+        assert_eq!(take("1", ms(1_000)), Ok(()));
+        // An hour idle banks two calls, no more.
+        let later = ms(3_600_000);
+        assert_eq!(take("1", later), Ok(()));
+        assert_eq!(take("1", later), Ok(()));
+        assert_eq!(take("1", later), Err("ThrottlingException"));
+        // A rate of 0 is taken as 1.
+        let one = LookupRate::new(0);
+        assert!(one.take("1", t0).is_ok());
+        assert!(one.take("1", t0).is_err());
     }
 
     #[test]

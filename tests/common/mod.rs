@@ -134,6 +134,23 @@ pub(crate) async fn start_tuned(
     cluster: ClusterOptions,
     maintenance_interval: Duration,
 ) -> (Running, Client) {
+    // Tests look events up faster than CloudTrail's two calls a second (AWS's default,
+    // which tests/lookup_events.rs checks on a service of its own).
+    let audit = app::AuditOptions {
+        lookup_events_per_second: 1000,
+        ..app::AuditOptions::in_dir(tokens.dir.path().join("audit"))
+    };
+    start_audit(tokens, clock, cluster, maintenance_interval, audit).await
+}
+
+/// [`start_tuned`] with these audit trail settings.
+pub(crate) async fn start_audit(
+    tokens: &Tokens,
+    clock: std::sync::Arc<dyn hsm_kms::clock::Clock>,
+    cluster: ClusterOptions,
+    maintenance_interval: Duration,
+    audit: app::AuditOptions,
+) -> (Running, Client) {
     let running = app::start(ServiceConfig {
         nodes: tokens
             .hsms
@@ -148,7 +165,7 @@ pub(crate) async fn start_tuned(
         max_body_bytes: 64 * 1024,
         clock: clock.clone(),
         maintenance_interval,
-        audit: app::AuditOptions::in_dir(tokens.dir.path().join("audit")),
+        audit,
         metrics_public: false,
     })
     .await

@@ -25,12 +25,17 @@ CONFIG = botocore.config.Config(
     read_timeout=60,
     retries={"mode": "standard", "total_max_attempts": 1},
 )
+# LookupEvents allows two calls a second per account, as AWS; its clients retry a
+# ThrottlingException as users' do (standard mode, enough attempts never to run out).
+LOOKUP_CONFIG = CONFIG.merge(botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 10}))
 SUFFIX = uuid.uuid4().hex[:8]
 USER = f"interop-trail-{SUFFIX}"
 
 
-def client(service, **creds):
-    return boto3.client(service, endpoint_url=os.environ["KMS_ENDPOINT"], config=CONFIG, **creds)
+def client(service, config=None, **creds):
+    if config is None:
+        config = LOOKUP_CONFIG if service == "cloudtrail" else CONFIG
+    return boto3.client(service, endpoint_url=os.environ["KMS_ENDPOINT"], config=config, **creds)
 
 
 from checks import Failure, check, run_suite  # noqa: E402 (tests/interop is on sys.path)
@@ -121,6 +126,24 @@ class Suite:
         self.iam.delete_access_key(UserName=USER, AccessKeyId=k["AccessKeyId"])
         self.iam.delete_user(UserName=USER)
 
+    def test_throttled_over_two_calls_a_second_and_retried_by_the_sdk(self):
+        # With no retries, a burst sees AWS's throttling error (400, "Rate exceeded") ...
+        bare = client("cloudtrail", config=CONFIG)
+        errors = []
+        for _ in range(5):
+            try:
+                bare.lookup_events(MaxResults=1)
+            except ClientError as e:
+                errors.append(e.response)
+        check(errors, "five back-to-back calls, none throttled")
+        for r in errors:
+            check(r["Error"]["Code"] == "ThrottlingException", r["Error"])
+            check(r["Error"]["Message"] == "Rate exceeded", r["Error"])
+            check(r["ResponseMetadata"]["HTTPStatusCode"] == 400, r["ResponseMetadata"])
+        # ... which boto3 recognizes and retries: a burst of ten all answered.
+        for _ in range(10):
+            self.ct.lookup_events(MaxResults=1)
+
     def test_get_key_last_usage(self):
         r = self.kms.decrypt(CiphertextBlob=self.encrypt["CiphertextBlob"])
         rid = r["ResponseMetadata"]["RequestId"]
@@ -141,6 +164,7 @@ def main():
         "test_find_by_event_name_and_resource",
         "test_paginator_and_time_range",
         "test_permission_needed",
+        "test_throttled_over_two_calls_a_second_and_retried_by_the_sdk",
         "test_get_key_last_usage",
     ]
     return run_suite(suite, tests, "boto3-cloudtrail")

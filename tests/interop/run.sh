@@ -464,7 +464,7 @@ t_cli_lookup_events() {
     need_key
     "${AWS_CLI[@]}" cloudtrail lookup-events --endpoint-url "$KMS_ENDPOINT" \
         --lookup-attributes AttributeKey=EventName,AttributeValue=CreateKey \
-        --max-results 50 --output json >"$W/lookup.json"
+        --max-results 50 --no-paginate --output json >"$W/lookup.json"
     "$PY" - "$W/lookup.json" <<'PY' || fail "lookup-events did not find CreateKey events"
 import json, sys
 events = json.load(open(sys.argv[1]))["Events"]

@@ -129,6 +129,7 @@ impl From<KmsError> for QueryError {
             }
             KmsError::AccessDenied(_) => (StatusCode::FORBIDDEN, "AccessDenied"),
             KmsError::InvalidMarker(_) => (StatusCode::BAD_REQUEST, "InvalidInput"),
+            KmsError::Throttled(_) => (StatusCode::BAD_REQUEST, "Throttling"),
             KmsError::Internal(_) | KmsError::Unavailable(_) | KmsError::TooFewHsms { .. } => {
                 tracing::error!(error = %e, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "ServiceFailure")
