@@ -244,6 +244,53 @@ async fn operator_commands_read_and_repair_a_running_deployment() {
         &["keys", "show", "00000000-0000-0000-0000-000000000000"],
     );
     assert!(!ok && err.contains("no key"), "{err}");
+    // … and by alias: its name (of the config's account, or of --account) or its ARN.
+    let r = client
+        .with_credentials(root.clone(), None)
+        .call(
+            "CreateAlias",
+            json!({"AliasName": "alias/ops-signing", "TargetKeyId": ec}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for by in [
+        "alias/ops-signing",
+        "arn:aws:kms:us-east-1:111122223333:alias/ops-signing",
+    ] {
+        let shown = cli_json(&state, &["keys", "show", by]);
+        assert_eq!(shown["key"]["key_id"], ec.as_str(), "{by}: {shown}");
+    }
+    let shown = cli_json(
+        &state,
+        &[
+            "keys",
+            "show",
+            "alias/ops-signing",
+            "--account",
+            "111122223333",
+        ],
+    );
+    assert_eq!(shown["key"]["key_id"], ec.as_str(), "{shown}");
+    for (by, error) in [
+        (
+            vec!["alias/ops-signing", "--account", "999999999999"],
+            "no alias alias/ops-signing in account 999999999999",
+        ),
+        (
+            vec!["alias/none"],
+            "no alias alias/none in account 111122223333",
+        ),
+        (vec!["ops-signing"], "neither a key id"),
+        (
+            vec!["arn:aws:kms:us-east-1:111122223333:thing/x"],
+            "arn:aws:kms",
+        ),
+    ] {
+        let mut args = vec!["keys", "show"];
+        args.extend(by.iter().copied());
+        let (ok, _, err) = cli(&state, &args);
+        assert!(!ok && err.contains(error), "{by:?}: {err}");
+    }
 
     // One copy destroyed in hsm-b: `keys show` reports it missing, `reconcile` too, and
     // `reconcile --fix` copies it back from hsm-a.

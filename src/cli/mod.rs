@@ -64,8 +64,12 @@ pub(crate) enum KeysCmd {
     /// One key's metadata and its backing key versions, with, per HSM, whether the copy is
     /// present in the token, missing or quarantined (every HSM's objects are scanned).
     Show {
-        /// The key id or key ARN.
+        /// The key id, key ARN, alias ARN, or alias name (`alias/…`, of `--account`).
         key: String,
+        /// The account whose alias a bare alias name is (default: the config's
+        /// `account_id`).
+        #[arg(long)]
+        account: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -311,10 +315,15 @@ pub(crate) fn keys(cmd: KeysCmd) -> Result<()> {
             print!("{}", keys::list_table(&lines));
             Ok(())
         }
-        KeysCmd::Show { key, common } => {
+        KeysCmd::Show {
+            key,
+            account,
+            common,
+        } => {
             let loaded = crate::load_config(common.config)?;
             let region = keys::region(&loaded.config.region)?;
-            let doc = keys::find(&store(&loaded)?, &key)?;
+            let account = account.unwrap_or_else(|| loaded.config.account_id.clone());
+            let doc = keys::find(&store(&loaded)?, &key, &account)?;
             let mut bars = Bars::new(common.json);
             let scans: Vec<keys::HsmObjects> = each_node(&loaded)
                 .into_iter()

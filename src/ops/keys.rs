@@ -6,7 +6,7 @@
 
 use super::{rfc3339, table, OpsError};
 use crate::kms::model::KeyDoc;
-use crate::kms::types::{KeyArn, KeyId, KeyState, Region};
+use crate::kms::types::{AliasArn, KeyArn, KeyId, KeyState, Region};
 use crate::store::{KeyRow, MetadataStore};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,20 +132,38 @@ pub fn list_table(keys: &[KeyLine]) -> String {
     )
 }
 
-/// The stored metadata of `key` (a key id or key ARN).
-pub fn find(store: &dyn MetadataStore, key: &str) -> Result<KeyDoc, OpsError> {
-    let id = if key.starts_with("arn:") {
-        KeyArn::parse(key)
-            .map_err(|e| OpsError::Invalid(format!("{key}: {e}")))?
-            .key_id
+/// The stored metadata of `key`: a key id, a key ARN, an alias ARN, or an alias name
+/// (`alias/…`) of `account`.
+pub fn find(store: &dyn MetadataStore, key: &str, account: &str) -> Result<KeyDoc, OpsError> {
+    let id = if key.starts_with("alias/") {
+        target_of(store, account, key)?
+    } else if key.starts_with("arn:") {
+        match (KeyArn::parse(key), AliasArn::parse(key)) {
+            (Ok(arn), _) => arn.key_id.to_string(),
+            (_, Ok(arn)) => target_of(store, arn.account.as_str(), arn.alias.as_str())?,
+            (Err(e), Err(_)) => return Err(OpsError::Invalid(format!("{key}: {e}"))),
+        }
     } else {
         KeyId::parse(key)
-            .map_err(|_| OpsError::Invalid(format!("{key} is neither a key id nor a key ARN")))?
+            .map_err(|_| {
+                OpsError::Invalid(format!(
+                    "{key} is neither a key id, a key ARN, an alias name nor an alias ARN"
+                ))
+            })?
+            .to_string()
     };
     let row = store
-        .get_key(&id.to_string())?
+        .get_key(&id)?
         .ok_or_else(|| OpsError::NotFound(format!("no key {id} in the metadata")))?;
     doc_of(&row)
+}
+
+/// The key id alias `alias` of `account` points at.
+fn target_of(store: &dyn MetadataStore, account: &str, alias: &str) -> Result<String, OpsError> {
+    store
+        .get_alias(account, alias)?
+        .map(|a| a.key_id)
+        .ok_or_else(|| OpsError::NotFound(format!("no alias {alias} in account {account}")))
 }
 
 /// What one HSM holds, as a scan found it, or why it could not be scanned.
