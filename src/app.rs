@@ -77,7 +77,8 @@ pub struct AuditOptions {
     pub digest_every_records: u64,
     /// A signed digest at least this often while records come.
     pub digest_every: Duration,
-    /// CloudTrail `LookupEvents` calls allowed a second per account.
+    /// CloudTrail `LookupEvents` calls allowed a second per account (0 is taken as 1, by
+    /// [`crate::kms::lookup::LookupRate::new`]).
     pub lookup_events_per_second: u32,
 }
 

@@ -387,7 +387,7 @@ impl Loaded {
             enabled: c.audit_enabled,
             digest_every_records: c.audit_digest_every_records.max(1),
             digest_every: std::time::Duration::from_secs(c.audit_digest_every_secs.max(1)),
-            lookup_events_per_second: c.lookup_events_per_second.max(1),
+            lookup_events_per_second: c.lookup_events_per_second,
         }
     }
 

@@ -25,13 +25,13 @@ pub fn status_of(aws_type: &str) -> StatusCode {
         }
         "DryRunOperationException" => StatusCode::PRECONDITION_FAILED,
         "RequestEntityTooLargeException" => StatusCode::PAYLOAD_TOO_LARGE,
-        // Imports (named here so that the table lists every type the service sends).
+        // Named here so that the table lists every type the service sends: imports, and
+        // the rate limit (CloudTrail's LookupEvents; 400 as AWS, which the SDKs retry).
         "ExpiredImportTokenException"
         | "InvalidImportTokenException"
         | "IncorrectKeyMaterialException"
-        | "UnsupportedOperationException" => StatusCode::BAD_REQUEST,
-        // A rate limit (CloudTrail's LookupEvents): 400, as AWS, which the SDKs retry.
-        "ThrottlingException" => StatusCode::BAD_REQUEST,
+        | "UnsupportedOperationException"
+        | "ThrottlingException" => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_REQUEST,
     }
 }
