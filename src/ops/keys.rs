@@ -6,7 +6,7 @@
 
 use super::{rfc3339, table, OpsError};
 use crate::kms::model::KeyDoc;
-use crate::kms::types::{AliasArn, KeyArn, KeyId, KeyState, Region};
+use crate::kms::types::{KeyArn, KeyRef, KeyState, Region};
 use crate::store::{KeyRow, MetadataStore};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -135,22 +135,16 @@ pub fn list_table(keys: &[KeyLine]) -> String {
 /// The stored metadata of `key`: a key id, a key ARN, an alias ARN, or an alias name
 /// (`alias/…`) of `account`.
 pub fn find(store: &dyn MetadataStore, key: &str, account: &str) -> Result<KeyDoc, OpsError> {
-    let id = if key.starts_with("alias/") {
-        target_of(store, account, key)?
-    } else if key.starts_with("arn:") {
-        match (KeyArn::parse(key), AliasArn::parse(key)) {
-            (Ok(arn), _) => arn.key_id.to_string(),
-            (_, Ok(arn)) => target_of(store, arn.account.as_str(), arn.alias.as_str())?,
-            (Err(e), Err(_)) => return Err(OpsError::Invalid(format!("{key}: {e}"))),
+    let id = match KeyRef::parse(key) {
+        Ok(KeyRef::Id(id)) => id.to_string(),
+        Ok(KeyRef::KeyArn(arn)) => arn.key_id.to_string(),
+        Ok(KeyRef::AliasName(name)) => target_of(store, account, name.as_str())?,
+        Ok(KeyRef::AliasArn(arn)) => target_of(store, arn.account.as_str(), arn.alias.as_str())?,
+        Ok(KeyRef::Malformed(_)) | Err(_) => {
+            return Err(OpsError::Invalid(format!(
+                "{key} is neither a key id, a key ARN, an alias name nor an alias ARN"
+            )))
         }
-    } else {
-        KeyId::parse(key)
-            .map_err(|_| {
-                OpsError::Invalid(format!(
-                    "{key} is neither a key id, a key ARN, an alias name nor an alias ARN"
-                ))
-            })?
-            .to_string()
     };
     let row = store
         .get_key(&id)?
