@@ -11,6 +11,8 @@
 mod common;
 use common::*;
 use serde_json::json;
+#[cfg(feature = "test-hooks")]
+use std::time::Duration;
 
 async fn key(c: &Client) -> String {
     c.ok("CreateKey", json!({"Description": "t"})).await["KeyMetadata"]["KeyId"]
@@ -385,6 +387,62 @@ async fn a_request_succeeds_while_one_hsm_is_gone() {
     }
     std::fs::rename(&moved, dir).unwrap();
     s.running.stop().await;
+}
+
+/// CreateKey does not fail when the HSM a key is being made on hangs, as long as enough
+/// others serve (three HSMs, two copies needed): the hung HSM is cut off and the key is
+/// made on the next one. Each family (symmetric, HMAC, key pair) is created while "a"
+/// hangs, answers 200 and works; once "a" serves again, re-sync gives it every key.
+#[cfg(feature = "test-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_key_succeeds_while_the_hsm_it_starts_on_hangs() {
+    let tokens = tokens(&["a", "b", "c"]);
+    let mut opts = fast_options();
+    opts.call_timeout = Duration::from_millis(300);
+    let (running, c) = start_tuned(
+        &tokens,
+        std::sync::Arc::new(hsm_kms::clock::SystemClock),
+        opts,
+        Duration::from_millis(300),
+    )
+    .await;
+    let cl = running.cluster.clone();
+    let mut made = Vec::new();
+    for params in [
+        json!({}),
+        json!({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}),
+        json!({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}),
+    ] {
+        made.push(create_key_while_first_hsm_hangs(&cl, &c, params).await);
+    }
+    assert!(cl.health()[0].host_restarts >= Some(3), "{:?}", cl.health());
+    let ct = c
+        .ok("Encrypt", json!({"KeyId": made[0], "Plaintext": b64(b"x")}))
+        .await["CiphertextBlob"]
+        .clone();
+    let d = c.ok("Decrypt", json!({"CiphertextBlob": ct})).await;
+    assert_eq!(unb64(&d["Plaintext"]), b"x");
+    c.ok(
+        "GenerateMac",
+        json!({"KeyId": made[1], "Message": b64(b"m"), "MacAlgorithm": "HMAC_SHA_256"}),
+    )
+    .await;
+    c.ok(
+        "Sign",
+        json!({"KeyId": made[2], "Message": b64(b"m"), "SigningAlgorithm": "ECDSA_SHA_256"}),
+    )
+    .await;
+    let objects: Vec<Vec<u8>> = made
+        .iter()
+        .map(|k| format!("kms/{k}/1").into_bytes())
+        .collect();
+    let in_a = || {
+        cl.hsm_holds("a", &objects[0])
+            && cl.hsm_holds("a", &objects[1])
+            && cl.hsm_holds_private("a", &objects[2])
+    };
+    assert!(eventually(30, in_a).await, "re-sync gave \"a\" the keys");
+    running.stop().await;
 }
 
 /// A captured request cannot be replayed as another operation: `X-Amz-Target` must be

@@ -171,6 +171,61 @@ async fn a_hung_call_is_cut_by_the_deadline_and_fails_over() {
     );
 }
 
+/// An HSM that hangs (its jobs and its probes) as a key is being made on it does not fail
+/// the creation when enough others serve: its probe misses the deadline, its host process
+/// is killed and restarted, the job fails as a device's would, and the key is made on the
+/// next HSM and copied to the third. Each family: AES, HMAC and a key pair, with three
+/// HSMs and "a" hung before each creation.
+#[cfg(feature = "test-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hsm_that_hangs_as_a_key_is_made_on_it_does_not_fail_the_creation() {
+    use hsm_kms::hsm::{PairSpec, PairUse};
+    use hsm_kms::pkix::Curve;
+    let t = tokens(&["a", "b", "c"]);
+    let mut opts = fast_options();
+    opts.call_timeout = Duration::from_millis(300);
+    opts.keygen_timeout = Duration::from_millis(1500);
+    let c = connect(&t, opts);
+    // "a" serves again (a new host process), then hangs.
+    let hang = || async {
+        assert!(
+            eventually(20, || c.health()[0].state == NodeState::Healthy).await,
+            "{:?}",
+            c.health()
+        );
+        c.inject_stall("a", Duration::from_secs(4)).unwrap();
+        Instant::now()
+    };
+    let mut took = Vec::new();
+    let start = hang().await;
+    c.create_aes_key(&key_id(7), "k7").await.unwrap();
+    took.push(start.elapsed());
+    let start = hang().await;
+    c.create_hmac_key(&key_id(8), "k8", 32).await.unwrap();
+    took.push(start.elapsed());
+    let start = hang().await;
+    c.create_key_pair(&key_id(9), "k9", PairSpec::Ec(Curve::P256), PairUse::Sign)
+        .await
+        .unwrap();
+    took.push(start.elapsed());
+    for id in [key_id(7), key_id(8)] {
+        assert!(c.hsm_holds("b", &id) && c.hsm_holds("c", &id), "{id:?}");
+    }
+    assert!(c.hsm_holds_private("b", &key_id(9)) && c.hsm_holds_private("c", &key_id(9)));
+    // Each waited for "a" to be found hung and cut off, not for its 4 s stall.
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(3)),
+        "took {took:?}"
+    );
+    assert!(c.health()[0].host_restarts >= Some(3), "{:?}", c.health());
+    let (iv, ct) = c
+        .encrypt_on("b", &key_id(7), vec![], b"after a hang".to_vec())
+        .await
+        .unwrap();
+    let pt = c.decrypt_on("c", &key_id(7), iv, vec![], ct).await.unwrap();
+    assert_eq!(&pt[..], b"after a hang");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handle_cache_serves_a_full_token_without_finds() {
     let t = tokens(&["a", "b"]);

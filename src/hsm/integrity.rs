@@ -4,9 +4,12 @@
 //!
 //! * a copy's **check value** is computed inside its HSM from the key itself: the first
 //!   8 bytes of AES-ECB of a zero block for an AES key (the classic key check value), of an
-//!   HMAC-SHA-256 of a fixed message for an HMAC key. Key pairs have none yet;
-//! * the domain records the value of each key when its copies agree and hands the recorded
-//!   values to the cluster ([`Expected`]);
+//!   HMAC of a fixed message for an HMAC key (HMAC-SHA-256; HMAC-SHA-224 for a key shorter
+//!   than 32 bytes, which tokens refuse under SHA-256). A key pair's is computed by
+//!   `keypair::check_value`;
+//! * the value is read from the HSM that made a key, when it was made, and the domain
+//!   records it with the key (keys made before that: once their copies agree) and hands
+//!   the recorded values to the cluster ([`Expected`]) at every start;
 //! * each copy is **verified the first time it is used in a module instance** (by
 //!   `WorkerCtx::handle`, with the pieces here) (so after every
 //!   connect and re-initialization, when a token reloads its objects from disk). A copy that
@@ -17,7 +20,7 @@
 use super::kinds::KeyKind;
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -75,6 +78,9 @@ pub(super) fn compute(
 ) -> Result<Option<[u8; CHECK_LEN]>, CkError> {
     let out = match kind {
         KeyKind::Aes => s.encrypt(&Mechanism::AesEcb, h, &[0u8; 16])?,
+        // Tokens refuse an HMAC key shorter than the hash (SoftHSM2: CKR_KEY_SIZE_RANGE for
+        // a 28-byte HMAC_224 key under SHA-256): such a key is checked with HMAC-SHA-224.
+        KeyKind::Hmac(len) if len < 32 => s.sign(&Mechanism::Sha224Hmac, h, HMAC_CHECK_MESSAGE)?,
         KeyKind::Hmac(_) => s.sign(&Mechanism::Sha256Hmac, h, HMAC_CHECK_MESSAGE)?,
         KeyKind::Pair(..) => return Ok(None),
     };
@@ -83,16 +89,6 @@ pub(super) fn compute(
         *d = s;
     }
     Ok(Some(v))
-}
-
-/// The kind a check value is computed for, from a secret key's `CKA_KEY_TYPE`.
-pub(super) fn secret_kind(s: &Session, h: ObjectHandle) -> Result<KeyKind, CkError> {
-    let t = s.get_attributes(h, &[AttributeType::KeyType])?;
-    Ok(if t.contains(&Attribute::KeyType(KeyType::AES)) {
-        KeyKind::Aes
-    } else {
-        KeyKind::Hmac(0)
-    })
 }
 
 /// The `CKA_ID` a quarantined copy of object `id` is renamed to.

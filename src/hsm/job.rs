@@ -89,11 +89,12 @@ impl<'a> WorkerCtx<'a> {
         if self.inst.handles.is_verified(id) {
             return Ok(());
         }
-        let Some(expected) = self.expected_check(id) else {
+        // The value is computed as it was recorded: with the recorded kind (an HMAC key's
+        // length picks the mechanism; a token's `CKA_VALUE_LEN` of an unwrapped key may read 0).
+        let Some((kind, expected)) = self.expected_kind_and_check(id) else {
             return Ok(());
         };
-        let found = integrity::secret_kind(self.session, h)
-            .and_then(|kind| integrity::compute(self.session, h, kind))
+        let found = integrity::compute(self.session, h, kind)
             .map_err(|e| self.err(Operation::CheckValue, e))?;
         if found == Some(expected) {
             self.inst.handles.set_verified(id);
@@ -117,11 +118,6 @@ impl<'a> WorkerCtx<'a> {
             hsm: self.hsm().to_string(),
             object: hex::encode(id),
         })
-    }
-
-    /// The recorded check value of object `id`, if any.
-    pub(super) fn expected_check(&self, id: &[u8]) -> Option<[u8; integrity::CHECK_LEN]> {
-        self.node.opts.checks.get(id).map(|(_, v)| v)
     }
 
     /// The recorded kind and check value of object `id`, if any.

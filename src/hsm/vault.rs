@@ -4,10 +4,11 @@
 //! value) for the logs.
 
 use super::cluster::HsmCluster;
+use super::command::Transfer;
 use super::error::HsmError;
 use super::{NodeState, IV_LEN};
 use crate::kms::vault::{
-    DataKeyPair, HsmStatus, ImportWrapping, KeyKind, KeyVault, ObjectId, PairSpec, Sealed,
+    DataKeyPair, HsmStatus, ImportWrapping, KeyKind, KeyVault, NewKey, ObjectId, PairSpec, Sealed,
     SealedDataKey, SignScheme, VaultError, WrappedMaterial, CHECK_LEN,
 };
 use crate::pkix::{Curve, Hash};
@@ -49,18 +50,18 @@ impl KeyVault for HsmCluster {
         id: &ObjectId,
         label: &str,
         k: KeyKind,
-    ) -> Result<Option<Vec<u8>>, VaultError> {
-        let id = id.as_bytes();
-        Ok(match k {
-            KeyKind::Aes => {
-                self.create_aes_key(id, label).await?;
-                None
+    ) -> Result<NewKey, VaultError> {
+        let created = self.create_checked(id.as_bytes(), label, k).await?;
+        let public_key = match (&*created.transfer, k) {
+            (Transfer::Pair(tr), KeyKind::Pair(..)) => Some(tr.public().spki()?),
+            (_, KeyKind::Pair(..)) => {
+                return Err(HsmError::Internal("key pair expected".into()).into())
             }
-            KeyKind::Hmac(len) => {
-                self.create_hmac_key(id, label, len).await?;
-                None
-            }
-            KeyKind::Pair(spec, usage) => Some(self.create_key_pair(id, label, spec, usage).await?),
+            _ => None,
+        };
+        Ok(NewKey {
+            public_key,
+            check_value: created.check,
         })
     }
 

@@ -16,6 +16,7 @@
 //!   old backup) does not open either.
 
 use super::error::KmsError;
+use super::internal_keys::InternalKey;
 use super::vault::{KeyKind, KeyVault, ObjectId, VaultError, IV_LEN};
 use crate::auth::{Credential, Session, SessionCredential};
 use crate::store::{CredentialRow, MetadataStore, SessionRow, StoreError};
@@ -88,18 +89,19 @@ fn aad_of(row: &CredentialRow) -> Vec<u8> {
     }
 }
 
+/// The credential-sealing key, as one of the service's own keys.
+const SEALING_KEY: InternalKey = InternalKey {
+    object: sealing_key,
+    label: SEALING_KEY_LABEL,
+    kind: KeyKind::Aes,
+    setting: SEALING_SETTING,
+};
+
 async fn ensure_sealing_key(
     vault: &dyn KeyVault,
     store: &Arc<dyn MetadataStore>,
 ) -> Result<(), KmsError> {
-    if store.get_setting(SEALING_SETTING)?.is_some() {
-        return Ok(());
-    }
-    vault
-        .create_key(&sealing_key(), SEALING_KEY_LABEL, KeyKind::Aes)
-        .await?;
-    store.put_setting(SEALING_SETTING, b"v1")?;
-    Ok(())
+    SEALING_KEY.ensure(vault, store).await
 }
 
 fn random_string(alphabet: &[u8], len: usize, seed: &[u8]) -> Result<String, KmsError> {

@@ -18,6 +18,7 @@
 //! power.
 
 use super::error::KmsError;
+use super::internal_keys::InternalKey;
 use super::vault::{KeyKind, KeyVault, ObjectId};
 use crate::pkix::Hash;
 use crate::store::MetadataStore;
@@ -40,20 +41,21 @@ pub(crate) fn digest_key() -> ObjectId {
 }
 
 /// Create the digest key in the HSMs (replicated to every one) unless the store says it
-/// exists.
+/// exists; either way the vault expects its recorded check value.
 pub async fn ensure_digest_key(
     vault: &dyn KeyVault,
     store: &Arc<dyn MetadataStore>,
 ) -> Result<(), KmsError> {
-    if store.get_setting(DIGEST_SETTING)?.is_some() {
-        return Ok(());
-    }
-    vault
-        .create_key(&digest_key(), DIGEST_KEY_LABEL, DIGEST_KEY_KIND)
-        .await?;
-    store.put_setting(DIGEST_SETTING, b"v1")?;
-    Ok(())
+    DIGEST_KEY.ensure(vault, store).await
 }
+
+/// The digest key, as one of the service's own keys.
+const DIGEST_KEY: InternalKey = InternalKey {
+    object: digest_key,
+    label: DIGEST_KEY_LABEL,
+    kind: DIGEST_KEY_KIND,
+    setting: DIGEST_SETTING,
+};
 
 /// One digest, as written in the trail (`{"seq":N,"prev":"…","digest":{…}}`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod iam;
+pub(crate) mod internal_keys;
 pub mod lookup;
 pub mod marker;
 pub mod model;

@@ -105,8 +105,9 @@ pub struct BackingKey {
     #[serde(default)]
     pub rotation: Option<RotationType>,
     /// The check value of this material's copies (hex; see `KeyVault::check_value`),
-    /// recorded once every copy agreed; each copy is verified against it after every
-    /// (re)connect. `None` until recorded (or for key pairs, which have none yet).
+    /// recorded when the material is made (for material made before that, or whose value
+    /// could not be read then, by the background pass once every copy agrees); each copy
+    /// is verified against it after every (re)connect. `None` until recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_value: Option<String>,
     /// For imported material (Origin `EXTERNAL`): whether the HSMs hold it now and how it

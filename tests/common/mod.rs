@@ -969,3 +969,39 @@ pub(crate) async fn create_keys_until_refused(c: &Client) -> usize {
         assert!(answered < 500, "CreateKey never refused on a full disk");
     }
 }
+
+/// Four messages (base64) and their `Encrypt` blobs under `key`.
+pub(crate) async fn encrypted_messages(c: &Client, key: &str) -> Vec<(String, Value)> {
+    let mut blobs = Vec::new();
+    for i in 0..4 {
+        let msg = b64(format!("message {i}").as_bytes());
+        let r = c
+            .ok("Encrypt", json!({"KeyId": key, "Plaintext": msg}))
+            .await;
+        blobs.push((msg, r["CiphertextBlob"].clone()));
+    }
+    blobs
+}
+
+/// CreateKey with `params` while the first HSM hangs (test hook `inject_stall`, 4 s): once
+/// it serves again (a new host process after the previous hang), it is hung and the key is
+/// asked for at once. Asserts HTTP 200; returns the key id.
+#[cfg(feature = "test-hooks")]
+pub(crate) async fn create_key_while_first_hsm_hangs(
+    cl: &HsmCluster,
+    c: &Client,
+    params: Value,
+) -> String {
+    let first = cl.health()[0].name.clone();
+    assert!(
+        eventually(20, || cl.health()[0].state
+            == hsm_kms::hsm::NodeState::Healthy)
+        .await,
+        "{:?}",
+        cl.health()
+    );
+    cl.inject_stall(&first, Duration::from_secs(4)).unwrap();
+    let r = c.call("CreateKey", params.clone()).await;
+    assert_eq!(r.status, 200, "{params}: {}", r.body);
+    r.body["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
+}

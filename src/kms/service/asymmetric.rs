@@ -14,7 +14,7 @@ use crate::kms::types::{
     DataKeyPairSpec, EncryptionAlgorithm, KeyAgreementAlgorithm, KeySpec, KeyUsage, MacAlgorithm,
     MessageType, Origin, Plaintext, SigningAlgorithm,
 };
-use crate::kms::vault::{KeyKind, KeyVault, ObjectId, PairSpec, PairUse, SignScheme};
+use crate::kms::vault::{KeyKind, KeyVault, ObjectId, PairSpec, PairUse, SignScheme, CHECK_LEN};
 use crate::pkix::{self, Curve, Hash};
 use base64::Engine;
 use serde::{Serialize, Serializer};
@@ -274,19 +274,20 @@ pub(super) fn key_kind(spec: KeySpec, usage: KeyUsage) -> Option<KeyKind> {
 
 impl Kms {
     /// Generate and replicate the HSM material of a non-symmetric key; returns the SPKI
-    /// (base64) for key pairs.
+    /// (base64) for key pairs and the check value of the copies.
     pub(super) async fn create_asymmetric_material(
         &self,
         spec: KeySpec,
         usage: KeyUsage,
         object: &ObjectId,
         label: &str,
-    ) -> Result<Option<String>, KmsError> {
+    ) -> Result<(Option<String>, Option<[u8; CHECK_LEN]>), KmsError> {
         if let Some((len, _)) = hmac_spec(spec) {
-            self.vault
+            let made = self
+                .vault
                 .create_key(object, label, KeyKind::Hmac(len))
                 .await?;
-            return Ok(None);
+            return Ok((None, made.check_value));
         }
         let Some(KeyKind::Pair(pair, pair_use)) = key_kind(spec, usage) else {
             return Err(KmsError::Validation(format!(
@@ -295,12 +296,17 @@ impl Kms {
                 spec.as_str()
             )));
         };
-        let spki = self
+        let made = self
             .vault
             .create_key(object, label, KeyKind::Pair(pair, pair_use))
-            .await?
+            .await?;
+        let spki = made
+            .public_key
             .ok_or_else(|| KmsError::Internal("key pair created without a public key".into()))?;
-        Ok(Some(base64::engine::general_purpose::STANDARD.encode(spki)))
+        Ok((
+            Some(base64::engine::general_purpose::STANDARD.encode(spki)),
+            made.check_value,
+        ))
     }
 
     fn object_of(&self, e: &Entry) -> Result<ObjectId, KmsError> {

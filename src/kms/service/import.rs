@@ -29,6 +29,7 @@
 
 use super::{next_generation, object_id, Entry, Kms, Resolved};
 use crate::kms::error::KmsError;
+use crate::kms::internal_keys::InternalKey;
 use crate::kms::model::{
     b64, epoch_seconds, BackingKey, ImportParameters, ImportedMaterial, KeyDoc,
 };
@@ -57,6 +58,14 @@ const TOKEN_VERSION: u8 = 1;
 pub(super) const PARAMETERS_VALIDITY: Duration = Duration::hours(24);
 /// The latest `ValidTo` AWS accepts: 365 days after the request.
 const MAX_VALID_TO: Duration = Duration::days(365);
+
+/// The import token key, as one of the service's own keys.
+const TOKEN_KEY: InternalKey = InternalKey {
+    object: token_key,
+    label: TOKEN_KEY_LABEL,
+    kind: KeyKind::Aes,
+    setting: TOKEN_KEY_SETTING,
+};
 
 /// The object of the import token key.
 pub(crate) fn token_key() -> ObjectId {
@@ -315,16 +324,13 @@ impl Kms {
             return Ok(());
         }
         let _one = self.import.lock.lock().await;
-        if self
-            .blocking(|s| s.get_setting(TOKEN_KEY_SETTING))
-            .await?
-            .is_none()
-        {
-            self.vault
-                .create_key(&token_key(), TOKEN_KEY_LABEL, KeyKind::Aes)
-                .await?;
-            self.blocking(|s| s.put_setting(TOKEN_KEY_SETTING, b"v1"))
-                .await?;
+        match self.blocking(|s| s.get_setting(TOKEN_KEY_SETTING)).await? {
+            Some(setting) => TOKEN_KEY.expect(self.vault.as_ref(), &setting),
+            None => {
+                let made = TOKEN_KEY.make(self.vault.as_ref()).await?;
+                self.blocking(move |s| s.put_setting(TOKEN_KEY_SETTING, &made))
+                    .await?;
+            }
         }
         self.import
             .token_key_ready
@@ -417,6 +423,7 @@ impl Kms {
                 KeyKind::Pair(PairSpec::Rsa(bits), PairUse::Unwrap),
             )
             .await?
+            .public_key
             .ok_or_else(|| KmsError::Internal("wrapping key without a public key".into()))?;
         let valid_to = self.now().saturating_add(PARAMETERS_VALIDITY);
         let body = serde_json::to_vec(&TokenBody {

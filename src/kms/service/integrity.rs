@@ -1,8 +1,10 @@
 //! Key-copy integrity, the domain's half: the check value of each key's material is
-//! recorded in its metadata once every copy agrees (the background pass does it for new and
-//! older keys alike), and the recorded values are handed to the vault at start and as they
-//! are recorded, so the vault verifies each copy after every (re)connect and quarantines one
-//! that disagrees (re-sync then replaces it from a copy that agrees).
+//! recorded in its metadata when the material is made (the vault reads it from the HSM that
+//! made it); for material made before that, or whose value could not be read then, the
+//! background pass records it once every copy agrees. The recorded values are handed to the
+//! vault at start and as they are recorded, so the vault verifies each copy after every
+//! (re)connect and quarantines one that disagrees (re-sync then replaces it from a copy
+//! that agrees).
 
 use super::asymmetric::key_kind;
 use super::Kms;

@@ -678,16 +678,26 @@ impl Kms {
             policy: Some(policy),
             import_parameters: Vec::new(),
         };
-        if origin == Origin::External {
+        // The check value of the new material's copies is recorded with the key at once
+        // (see `integrity`): an HSM that failed while making it may still finish later and
+        // then hold a different key under the same name.
+        let check_value = if origin == Origin::External {
             // No material until ImportKeyMaterial brings it.
+            None
         } else if spec == KeySpec::SymmetricDefault {
             self.vault
                 .create_key(&obj, &self.arn(&doc), KeyKind::Aes)
-                .await?;
+                .await?
+                .check_value
         } else {
-            doc.public_key = self
+            let (public_key, check_value) = self
                 .create_asymmetric_material(spec, usage, &obj, &self.arn(&doc))
                 .await?;
+            doc.public_key = public_key;
+            check_value
+        };
+        if let Some(b) = doc.backing.first_mut() {
+            b.check_value = check_value.map(hex::encode);
         }
         let row = KeyRow {
             key_id: key_id.to_string(),

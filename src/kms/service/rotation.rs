@@ -561,13 +561,16 @@ impl Kms {
         // probe has not yet turned into "HSM down".
         let (created, hsms) =
             crate::kms::vault::served_by(self.vault.create_key(&object, &arn, KeyKind::Aes)).await;
-        created.map_err(|e| {
-            if e.retryable() {
-                KmsError::Unavailable(e.to_string())
-            } else {
-                KmsError::from(e)
-            }
-        })?;
+        let check_value = created
+            .map_err(|e| {
+                if e.retryable() {
+                    KmsError::Unavailable(e.to_string())
+                } else {
+                    KmsError::from(e)
+                }
+            })?
+            .check_value
+            .map(hex::encode);
         let now = self.now();
         let obj = object.clone();
         let committed = self
@@ -577,7 +580,7 @@ impl Kms {
                     object_id: obj,
                     created: now,
                     rotation: Some(kind),
-                    check_value: None,
+                    check_value,
                     import: None,
                 });
                 d.current_backing = version;

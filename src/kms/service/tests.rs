@@ -18,7 +18,7 @@ use crate::kms::types::{
     MacAlgorithm, Plaintext, Region, SigningAlgorithm, Tag,
 };
 use crate::kms::vault::fake::{FakeVault, Fault};
-use crate::kms::vault::ObjectId;
+use crate::kms::vault::{KeyKind, KeyVault, ObjectId};
 use crate::store::SqliteStore;
 use base64::Engine;
 use serde_json::Value;
@@ -1371,6 +1371,44 @@ async fn current_material(h: &Harness, key: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// Each material's check value is recorded with the key when the material is made (not
+/// left to the background pass): CreateKey of each secret kind and each rotation store the
+/// value of the copies the vault made.
+#[tokio::test]
+async fn each_material_records_its_check_value_when_it_is_made() {
+    let h = Harness::new();
+    let recorded = |key: &str| -> Vec<(ObjectId, Option<String>)> {
+        let keys = h.kms.keys.read();
+        let e = keys
+            .values()
+            .find(|e| e.doc.key_id.to_string() == key)
+            .unwrap();
+        e.doc
+            .backing
+            .iter()
+            .map(|b| (b.object_id.clone(), b.check_value.clone()))
+            .collect()
+    };
+    let sym = h.sym().await;
+    let mac_key = h
+        .create(KeySpec::Hmac384, KeyUsage::GenerateVerifyMac)
+        .await;
+    h.ok(key_op(Operation::RotateKeyOnDemand, &sym)).await;
+    for (key, kind, n) in [(&sym, KeyKind::Aes, 2), (&mac_key, KeyKind::Hmac(48), 1)] {
+        let backing = recorded(key);
+        assert_eq!(backing.len(), n);
+        for (object, value) in backing {
+            let made = h.fake.check_value(&object, kind).await.unwrap().unwrap();
+            assert_eq!(value, Some(hex::encode(made)), "{key} {object}");
+        }
+    }
+    assert_eq!(
+        h.kms.record_check_values().await.unwrap(),
+        0,
+        "nothing left to record"
+    );
 }
 
 #[tokio::test]

@@ -28,8 +28,8 @@
 //! Compiled for this crate's unit tests and, with the `test-hooks` feature, for any test.
 
 use super::{
-    DataKeyPair, HsmStatus, ImportWrapping, KeyKind, KeyVault, ObjectId, PairSpec, PairUse, Sealed,
-    SealedDataKey, SignScheme, VaultError, WrappedMaterial, CHECK_LEN, IV_LEN,
+    DataKeyPair, HsmStatus, ImportWrapping, KeyKind, KeyVault, NewKey, ObjectId, PairSpec, PairUse,
+    Sealed, SealedDataKey, SignScheme, VaultError, WrappedMaterial, CHECK_LEN, IV_LEN,
 };
 use crate::pkix::{Curve, Hash};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -688,7 +688,7 @@ impl KeyVault for FakeVault {
         id: &ObjectId,
         label: &str,
         kind: KeyKind,
-    ) -> Result<Option<Vec<u8>>, VaultError> {
+    ) -> Result<NewKey, VaultError> {
         self.begin("create_key")?;
         {
             let st = self.state.lock();
@@ -707,9 +707,10 @@ impl KeyVault for FakeVault {
             }
         }
         let material = Arc::new(Material::new(kind)?);
-        let spki = match kind {
-            KeyKind::Pair(..) => Some(material.spki()?),
-            KeyKind::Aes | KeyKind::Hmac(_) => None,
+        let (public_key, check_value) = match &*material {
+            Material::Aes(k) => (None, Some(check_of(k.as_slice()))),
+            Material::Hmac(k) => (None, Some(check_of(k.as_slice()))),
+            _ => (Some(material.spki()?), None),
         };
         let mut st = self.state.lock();
         st.need_up(2)?;
@@ -721,7 +722,10 @@ impl KeyVault for FakeVault {
         for h in st.hsms.iter_mut().filter(|h| h.up) {
             h.objects.insert(id.clone(), stored.clone());
         }
-        Ok(spki)
+        Ok(NewKey {
+            public_key,
+            check_value,
+        })
     }
 
     async fn destroy_key(&self, id: &ObjectId) -> Result<(), VaultError> {
@@ -1144,7 +1148,9 @@ mod tests {
     async fn aes_round_trip_fresh_ivs_and_tag_failures() {
         let v = FakeVault::new(3);
         let id = oid("kms/k1/1");
-        assert_eq!(v.create_key(&id, "k1", KeyKind::Aes).await.unwrap(), None);
+        let made = v.create_key(&id, "k1", KeyKind::Aes).await.unwrap();
+        assert_eq!(made.public_key, None);
+        assert!(made.check_value.is_some());
         assert!((0..3).all(|i| v.holds(i, &id)));
         let pt = Zeroizing::new(b"hello".to_vec());
         let (iv, ct) = v.encrypt(&id, b"ctx".to_vec(), pt.clone()).await.unwrap();
@@ -1243,6 +1249,7 @@ mod tests {
                 .create_key(&id, "ec", KeyKind::Pair(PairSpec::Ec(curve), PairUse::Sign))
                 .await
                 .unwrap()
+                .public_key
                 .unwrap();
             assert_eq!(
                 crate::pkix::parse_ec_spki(&spki).map(|(c, _)| c),
@@ -1293,6 +1300,7 @@ mod tests {
             .create_key(&id, "r", KeyKind::Pair(PairSpec::Rsa(2048), PairUse::Sign))
             .await
             .unwrap()
+            .public_key
             .unwrap();
         let public = RsaPublicKey::from_public_key_der(&spki).unwrap();
         assert_eq!(public.size(), 256);
@@ -1356,6 +1364,7 @@ mod tests {
             )
             .await
             .unwrap()
+            .public_key
             .unwrap();
         let public = RsaPublicKey::from_public_key_der(&spki).unwrap();
         let ct1 = public
@@ -1404,6 +1413,7 @@ mod tests {
                 )
                 .await
                 .unwrap()
+                .public_key
                 .unwrap();
             on_curve!(curve, c => {
                 use p256::elliptic_curve::sec1::ToEncodedPoint;
@@ -1443,6 +1453,7 @@ mod tests {
             .create_key(&id, "ed", KeyKind::Pair(PairSpec::Ed25519, PairUse::Sign))
             .await
             .unwrap()
+            .public_key
             .unwrap();
         let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&spki).unwrap();
 
@@ -1637,7 +1648,12 @@ mod tests {
         let pair_kind = KeyKind::Pair(PairSpec::Ec(Curve::P256), PairUse::Sign);
         v.set_down(2, true);
         v.create_key(&aes, "a", KeyKind::Aes).await.unwrap();
-        let spki = v.create_key(&pair, "p", pair_kind).await.unwrap().unwrap();
+        let spki = v
+            .create_key(&pair, "p", pair_kind)
+            .await
+            .unwrap()
+            .public_key
+            .unwrap();
         v.create_key(&mac, "m", KeyKind::Hmac(32)).await.unwrap();
         let want_mac = v.mac(&mac, Hash::Sha256, b"m".to_vec()).await.unwrap();
         let (iv, ct) = v

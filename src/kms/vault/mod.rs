@@ -280,6 +280,17 @@ impl VaultError {
     }
 }
 
+/// A key the vault created ([`KeyVault::create_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    /// The SPKI DER of a key pair's public half (`None` for secret keys).
+    pub public_key: Option<Vec<u8>>,
+    /// The check value of its copies, read from the HSM that made it (`None` for kinds
+    /// without one). Recorded with the key at once, it tells a right copy from a different
+    /// key under the same name: an HSM that failed while making it may still finish later.
+    pub check_value: Option<[u8; CHECK_LEN]>,
+}
+
 /// What the domain asks of the HSMs. Object-safe: the domain holds an `Arc<dyn KeyVault>`.
 ///
 /// Durability: `create_key` returns only once the key exists (and is proven) in at least
@@ -287,13 +298,14 @@ impl VaultError {
 #[async_trait::async_trait]
 pub trait KeyVault: Send + Sync {
     /// Create a key of `kind` named `id` in one HSM and copy it into every other usable HSM.
-    /// Returns the SPKI DER of a key pair's public half (`None` for secret keys).
+    /// Returns a key pair's public half and the check value of the copies, which the vault
+    /// expects from then on and the caller records with the key (see [`NewKey`]).
     async fn create_key(
         &self,
         id: &ObjectId,
         label: &str,
         kind: KeyKind,
-    ) -> Result<Option<Vec<u8>>, VaultError>;
+    ) -> Result<NewKey, VaultError>;
 
     /// Destroy every object named `id` (secret, private and public halves) in every HSM.
     async fn destroy_key(&self, id: &ObjectId) -> Result<(), VaultError>;
