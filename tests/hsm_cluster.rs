@@ -182,18 +182,9 @@ async fn an_hsm_that_hangs_as_a_key_is_made_on_it_does_not_fail_the_creation() {
     use hsm_kms::hsm::{PairSpec, PairUse};
     use hsm_kms::pkix::Curve;
     let t = tokens(&["a", "b", "c"]);
-    let mut opts = fast_options();
-    opts.call_timeout = Duration::from_millis(300);
-    opts.keygen_timeout = Duration::from_millis(1500);
-    let c = connect(&t, opts);
-    // "a" serves again (a new host process), then hangs.
+    let c = connect(&t, hang_options());
     let hang = || async {
-        assert!(
-            eventually(20, || c.health()[0].state == NodeState::Healthy).await,
-            "{:?}",
-            c.health()
-        );
-        c.inject_stall("a", Duration::from_secs(4)).unwrap();
+        hang_first_hsm(&c).await;
         Instant::now()
     };
     let mut took = Vec::new();

@@ -538,9 +538,7 @@ async fn a_late_generation_on_a_hung_hsm_is_never_used() {
     use hsm_kms::hsm::HsmError;
     use std::time::Duration;
     let tokens = tokens(&["a", "b", "c"]);
-    let mut opts = fast_options();
-    opts.call_timeout = Duration::from_millis(300);
-    opts.keygen_timeout = Duration::from_millis(1500);
+    let opts = hang_options();
     let clock = || -> Arc<dyn hsm_kms::clock::Clock> { Arc::new(hsm_kms::clock::SystemClock) };
     let (running, c) = start_tuned(&tokens, clock(), opts.clone(), Duration::from_secs(3600)).await;
     let cl = running.cluster.clone();

@@ -620,13 +620,9 @@ impl HsmCluster {
         spec: PairSpec,
         usage: PairUse,
     ) -> Result<Vec<u8>, HsmError> {
-        let created = self
-            .create_checked(id, label, KeyKind::Pair(spec, usage))
-            .await?;
-        match &*created.transfer {
-            Transfer::Pair(tr) => tr.public().spki(),
-            _ => Err(HsmError::Internal("key pair expected".into())),
-        }
+        self.create_checked(id, label, KeyKind::Pair(spec, usage))
+            .await?
+            .spki()
     }
 
     /// Create an HMAC key of `len` bytes (`CKK_GENERIC_SECRET`, sign/verify) in one HSM and

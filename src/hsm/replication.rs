@@ -48,6 +48,16 @@ pub(super) struct Created {
     pub(super) check: Option<[u8; CHECK_LEN]>,
 }
 
+impl Created {
+    /// The SubjectPublicKeyInfo DER of a new key pair (an error for a secret key).
+    pub(super) fn spki(&self) -> Result<Vec<u8>, HsmError> {
+        match &*self.transfer {
+            Transfer::Pair(tr) => tr.public().spki(),
+            _ => Err(HsmError::Internal("key pair expected".into())),
+        }
+    }
+}
+
 /// A new key made on one HSM, before it is copied to the others.
 struct Made<'p> {
     primary: &'p Pool,

@@ -4,7 +4,6 @@
 //! value) for the logs.
 
 use super::cluster::HsmCluster;
-use super::command::Transfer;
 use super::error::HsmError;
 use super::{NodeState, IV_LEN};
 use crate::kms::vault::{
@@ -52,12 +51,9 @@ impl KeyVault for HsmCluster {
         k: KeyKind,
     ) -> Result<NewKey, VaultError> {
         let created = self.create_checked(id.as_bytes(), label, k).await?;
-        let public_key = match (&*created.transfer, k) {
-            (Transfer::Pair(tr), KeyKind::Pair(..)) => Some(tr.public().spki()?),
-            (_, KeyKind::Pair(..)) => {
-                return Err(HsmError::Internal("key pair expected".into()).into())
-            }
-            _ => None,
+        let public_key = match k {
+            KeyKind::Pair(..) => Some(created.spki()?),
+            KeyKind::Aes | KeyKind::Hmac(_) => None,
         };
         Ok(NewKey {
             public_key,

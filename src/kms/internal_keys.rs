@@ -9,6 +9,7 @@
 //! creation, or made with none) or `v2:` and the check value in lowercase hex.
 
 use super::error::KmsError;
+use super::service::store_blocking;
 use super::vault::{KeyKind, KeyVault, ObjectId, CHECK_LEN};
 use crate::store::MetadataStore;
 use std::sync::Arc;
@@ -45,35 +46,26 @@ pub(crate) struct InternalKey {
 }
 
 impl InternalKey {
-    /// Hand the check value `setting` records (if any) to the vault.
-    pub(crate) fn expect(&self, vault: &dyn KeyVault, setting: &[u8]) {
-        if let Some(v) = recorded_check(setting) {
-            vault.expect_check_values(vec![((self.object)(), self.kind, v)]);
-        }
-    }
-
     /// Make the key in the HSMs unless the store says it exists; either way, have the vault
-    /// expect its recorded check value.
+    /// expect its recorded check value. The store is read and written off the async
+    /// workers.
     pub(crate) async fn ensure(
         &self,
         vault: &dyn KeyVault,
         store: &Arc<dyn MetadataStore>,
     ) -> Result<(), KmsError> {
-        if let Some(setting) = store.get_setting(self.setting)? {
-            self.expect(vault, &setting);
+        let setting = self.setting;
+        if let Some(marked) = store_blocking(store, move |s| s.get_setting(setting)).await? {
+            if let Some(v) = recorded_check(&marked) {
+                vault.expect_check_values(vec![((self.object)(), self.kind, v)]);
+            }
             return Ok(());
         }
-        let made = self.make(vault).await?;
-        store.put_setting(self.setting, &made)?;
-        Ok(())
-    }
-
-    /// Make the key in the HSMs; returns the setting value that marks it as made.
-    pub(crate) async fn make(&self, vault: &dyn KeyVault) -> Result<Vec<u8>, KmsError> {
         let made = vault
             .create_key(&(self.object)(), self.label, self.kind)
             .await?;
-        Ok(mark(made.check_value))
+        let marked = mark(made.check_value);
+        store_blocking(store, move |s| s.put_setting(setting, &marked)).await
     }
 }
 

@@ -983,16 +983,10 @@ pub(crate) async fn encrypted_messages(c: &Client, key: &str) -> Vec<(String, Va
     blobs
 }
 
-/// CreateKey with `params` while the first HSM hangs (test hook `inject_stall`, 4 s): once
-/// it serves again (a new host process after the previous hang), it is hung and the key is
-/// asked for at once. Asserts HTTP 200; returns the key id.
+/// Once the first HSM serves (a new host process after a previous hang), make it hang
+/// (test hook `inject_stall`, jobs and probes, 4 s).
 #[cfg(feature = "test-hooks")]
-pub(crate) async fn create_key_while_first_hsm_hangs(
-    cl: &HsmCluster,
-    c: &Client,
-    params: Value,
-) -> String {
-    let first = cl.health()[0].name.clone();
+pub(crate) async fn hang_first_hsm(cl: &HsmCluster) {
     assert!(
         eventually(20, || cl.health()[0].state
             == hsm_kms::hsm::NodeState::Healthy)
@@ -1000,7 +994,28 @@ pub(crate) async fn create_key_while_first_hsm_hangs(
         "{:?}",
         cl.health()
     );
+    let first = cl.health()[0].name.clone();
     cl.inject_stall(&first, Duration::from_secs(4)).unwrap();
+}
+
+/// [`fast_options`] for tests that hang an HSM while keys are made: a hung call or key
+/// generation is cut off soon (300 ms, 1.5 s).
+pub(crate) fn hang_options() -> ClusterOptions {
+    let mut opts = fast_options();
+    opts.call_timeout = Duration::from_millis(300);
+    opts.keygen_timeout = Duration::from_millis(1500);
+    opts
+}
+
+/// CreateKey with `params` while the first HSM hangs ([`hang_first_hsm`]). Asserts HTTP
+/// 200; returns the key id.
+#[cfg(feature = "test-hooks")]
+pub(crate) async fn create_key_while_first_hsm_hangs(
+    cl: &HsmCluster,
+    c: &Client,
+    params: Value,
+) -> String {
+    hang_first_hsm(cl).await;
     let r = c.call("CreateKey", params.clone()).await;
     assert_eq!(r.status, 200, "{params}: {}", r.body);
     r.body["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()

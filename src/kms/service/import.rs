@@ -324,14 +324,7 @@ impl Kms {
             return Ok(());
         }
         let _one = self.import.lock.lock().await;
-        match self.blocking(|s| s.get_setting(TOKEN_KEY_SETTING)).await? {
-            Some(setting) => TOKEN_KEY.expect(self.vault.as_ref(), &setting),
-            None => {
-                let made = TOKEN_KEY.make(self.vault.as_ref()).await?;
-                self.blocking(move |s| s.put_setting(TOKEN_KEY_SETTING, &made))
-                    .await?;
-            }
-        }
+        TOKEN_KEY.ensure(self.vault.as_ref(), &self.store).await?;
         self.import
             .token_key_ready
             .store(true, std::sync::atomic::Ordering::Release);

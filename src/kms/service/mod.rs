@@ -127,6 +127,20 @@ fn next_generation(doc: &KeyDoc) -> (u32, ObjectId) {
     (version, object)
 }
 
+/// Run `f` on `store` on a blocking thread (never a store call on an async worker), in the
+/// current tracing span.
+pub(crate) async fn store_blocking<T: Send + 'static>(
+    store: &Arc<dyn MetadataStore>,
+    f: impl FnOnce(&dyn MetadataStore) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, KmsError> {
+    let store = store.clone();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| f(store.as_ref())))
+        .await
+        .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
+        .map_err(KmsError::from)
+}
+
 impl Kms {
     /// Load every key and alias from the store into memory.
     pub fn open(
@@ -534,12 +548,7 @@ impl Kms {
         &self,
         f: impl FnOnce(&dyn MetadataStore) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, KmsError> {
-        let store = self.store.clone();
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| f(store.as_ref())))
-            .await
-            .map_err(|e| KmsError::Internal(format!("store task: {e}")))?
-            .map_err(KmsError::from)
+        store_blocking(&self.store, f).await
     }
 
     /// Change one key's metadata: `f` edits a copy of the document; the change is committed
