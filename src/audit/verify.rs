@@ -576,7 +576,9 @@ mod digest_tests {
         Arc::new(HsmDigestKey::new(vault))
     }
 
-    /// 25 records, a digest every 10 records, sealed: digests after records 9, 19, 24.
+    /// 25 records, a digest asked for every 10 records, sealed. A digest is signed while
+    /// later records are written and goes in with the batch after it, so the records a
+    /// digest covers depend on how fast the HSM signs: records 0..=9, then 10..=19 or more.
     async fn trail(dir: &Path, key: Arc<HsmDigestKey>) {
         let t = FileTrail::open_with_digests(
             dir,
@@ -649,21 +651,33 @@ mod digest_tests {
         trail(d.path(), key.clone()).await;
         let (_, v) = lines(d.path());
         let digests: Vec<_> = v.iter().filter_map(|l| l.get("digest")).collect();
-        assert_eq!(digests.len(), 3, "every 10 records and at seal");
+        // After records 9 and 19 and at seal; 2 when the first signature came back
+        // only after record 19 (then the second covers 10..=24 and seal has nothing left).
+        assert!((2..=3).contains(&digests.len()), "{}", digests.len());
         assert_eq!(digests[0]["from_seq"], 0);
         assert_eq!(digests[0]["to_seq"], 9);
-        assert_eq!(digests[2]["key"], "hsm-kms/audit-digest-key");
+        assert_eq!(digests[0]["key"], "hsm-kms/audit-digest-key");
         let r = check(d.path(), &key).await;
         assert_eq!(r.finding, None);
         assert!(r.macs_checked);
-        assert_eq!(r.digests.len(), 3);
+        assert_eq!(r.digests.len(), digests.len());
         assert_eq!(r.uncovered, 0, "sealed: nothing after the last digest");
+        let first_run = r.digests.len();
         // A restart continues the chain and the digests.
         trail(d.path(), key.clone()).await;
         let r = check(d.path(), &key).await;
-        assert_eq!(r.finding, None);
-        assert_eq!(r.digests.len(), 6);
-        assert_eq!(r.digests[3].digest.from_seq, r.digests[2].digest.to_seq + 1);
+        assert_eq!((r.finding, r.uncovered), (None, 0));
+        assert!(
+            (first_run + 2..=first_run + 3).contains(&r.digests.len()),
+            "{first_run} then {}",
+            r.digests.len()
+        );
+        // Every line is covered once: each digest starts where the one before ended,
+        // across the restart too.
+        assert_eq!(r.digests[0].digest.from_seq, 0);
+        for w in r.digests.windows(2) {
+            assert_eq!(w[1].digest.from_seq, w[0].digest.to_seq + 1, "{w:?}");
+        }
     }
 
     #[tokio::test]
