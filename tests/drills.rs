@@ -640,9 +640,10 @@ async fn drill_on_host(fault: &'static str, how: HostFault) -> Row {
 }
 
 /// A module that hangs in `C_Initialize` when the service starts: the start waits for it at
-/// most its deadline (the key generation deadline, 3 s here), then serves with the other
-/// HSM (existing keys; new key material refused with the retryable quorum error) while a
-/// new host is tried in the background; once the module answers again the HSM is back.
+/// most its deadline (the larger of the key generation and call deadlines, 3 s here), then
+/// serves with the other HSM (existing keys; new key material refused with the retryable
+/// quorum error) while a new host is tried in the background; once the module answers
+/// again the HSM is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_9_a_module_hung_at_start() {
     let _serial = SERIAL.lock().await;

@@ -175,9 +175,12 @@ impl HsmCluster {
         // Every HSM that can be opened is; one that cannot (module missing, token folder
         // missing or unreadable, no token with its label…) is started `Down` (a refused PIN
         // `Failed`) with its error in the health report, and its monitor keeps trying.
+        // Starting an HSM (its host process, the enrollment steps) is no key generation:
+        // a deadline set short to bound generations must not fail the starts.
+        let start = opts.keygen_timeout.max(opts.call_timeout);
         let hsms = match &opts.host_program {
             None => open_in_process(cfgs, &nopts)?,
-            Some(program) => open_hosted(cfgs, &nopts, program, &checks, opts.keygen_timeout),
+            Some(program) => open_hosted(cfgs, &nopts, program, &checks, start),
         };
         let cluster = HsmCluster {
             hsms,
@@ -186,7 +189,7 @@ impl HsmCluster {
             checks,
             iv,
         };
-        let t = cluster.opts.keygen_timeout;
+        let t = start;
         // Dropping the cluster on an error shuts every HSM down.
         enrollment::check(&cluster.hsms, t)?;
         for (i, pool) in cluster.hsms.iter().enumerate() {

@@ -235,9 +235,13 @@ impl HostLink {
             return Err(self.down());
         };
         let id = conn.next.fetch_add(1, Ordering::Relaxed);
+        // Rounded up: a host that dropped the job at a deadline truncated to the
+        // millisecond would answer `NodeDown` before the caller's own deadline, as if the
+        // HSM were down, where the caller must see its deadline pass.
         let ms = deadline
             .saturating_duration_since(Instant::now())
-            .as_millis() as u64;
+            .as_micros()
+            .div_ceil(1000) as u64;
         let frame = match encode(&ToHost::Job { id, lane, ms, cmd }) {
             Ok(f) => f,
             Err(e) => {
