@@ -64,6 +64,49 @@ async fn key_created_on_a_decrypts_on_b() {
     assert!(matches!(e, HsmError::KeyMissing { .. }), "{e}");
 }
 
+/// A copy missing from one HSM (destroyed there behind the service's back) is about that
+/// key, not that HSM: calls by the key fail over to the HSM that holds it (encrypt,
+/// decrypt), and the HSM that lacks it stays healthy, with no error in its health report,
+/// first in line for every other key. (It was made suspect at each such call.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_copy_fails_over_without_making_its_hsm_suspect() {
+    let t = tokens(&["a", "b"]);
+    let c = connect(&t, fast_options());
+    c.create_aes_key(&key_id(30), "k30").await.unwrap();
+    drop(c);
+    {
+        let u = UserToken::open(&t.hsms[0]);
+        let s = u.session();
+        let found = s
+            .find_objects(&[cryptoki::object::Attribute::Id(key_id(30))])
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        s.destroy_object(found[0]).unwrap();
+    }
+    let c = connect(&t, fast_options());
+    assert!(!c.hsm_holds("a", &key_id(30)) && c.hsm_holds("b", &key_id(30)));
+    for i in 0..10u32 {
+        let msg = format!("msg {i}").into_bytes();
+        let (iv, ct) = c
+            .encrypt(&key_id(30), vec![], Zeroizing::new(msg.clone()))
+            .await
+            .unwrap();
+        let pt = c.decrypt(&key_id(30), iv, vec![], ct).await.unwrap();
+        assert_eq!(pt.as_slice(), msg.as_slice());
+        let a = &c.health()[0];
+        assert_eq!(
+            (a.state, &a.last_error),
+            (NodeState::Healthy, &None),
+            "{a:?}"
+        );
+    }
+    assert!(
+        c.health()[0].failovers > 0,
+        "the calls reached \"a\" and failed over: {:?}",
+        c.health()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_moved_away_fails_over_and_recovers_without_restart() {
     let t = tokens(&["a", "b"]);
