@@ -609,8 +609,8 @@ async fn a_late_generation_on_a_hung_hsm_is_never_used() {
     println!("after the late generations: {total} requests, {wrong} wrong, {failed} failed");
     assert_eq!((wrong, failed), (0, 0));
     let cl = running.cluster.clone();
-    // Each of a's late copies is found out the first time it is used (the loop above may
-    // not have reached every key there: a failed-over call leaves "a" suspect a moment).
+    // Each of a's late copies is found out the first time it is used (the loop above need
+    // not have sent every key's calls to "a").
     for (_, object, ..) in &keys {
         let r = cl.encrypt_on("a", object, vec![], b"x".to_vec()).await;
         assert!(matches!(r, Err(HsmError::KeyMissing { .. })), "{r:?}");
