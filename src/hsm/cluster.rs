@@ -189,15 +189,14 @@ impl HsmCluster {
             checks,
             iv,
         };
-        let t = start;
         // Dropping the cluster on an error shuts every HSM down.
-        enrollment::check(&cluster.hsms, t)?;
+        enrollment::check(&cluster.hsms, start)?;
         for (i, pool) in cluster.hsms.iter().enumerate() {
             let peers = (cluster.hsms.iter().enumerate())
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| p.clone())
                 .collect();
-            health::watch(pool, enrollment::admitter(peers, t))?;
+            health::watch(pool, enrollment::admitter(peers, start))?;
         }
         Ok(cluster)
     }
