@@ -259,7 +259,7 @@ impl HsmCluster {
         match pool.call(timeout, make()?).await {
             Ok(v) => Ok((first, v)),
             Err(e) if e.retryable() && e.fault() != Fault::Capacity => {
-                suspect_for(pool, &e);
+                pool.node().suspect(&e);
                 let Some((i, second)) = self.pick(Some(first)) else {
                     return Err(e);
                 };
@@ -329,7 +329,7 @@ impl HsmCluster {
                 Ok(v) => return Ok(v),
                 Err(e @ HsmError::KeygenBusy { .. }) => last = Some(e),
                 Err(e) if e.retryable() && e.fault() != Fault::Capacity && !failed_over => {
-                    suspect_for(pool, &e);
+                    pool.node().suspect(&e);
                     pool.node().count_failover();
                     tracing::warn!(failed = %pool.node().name(), error = %e, "key generation failing over");
                     failed_over = true;
@@ -503,7 +503,7 @@ impl HsmCluster {
             if !e.retryable() || e.fault() == Fault::Capacity {
                 return Err(e);
             }
-            suspect_for(pool, &e);
+            pool.node().suspect(&e);
         }
         // A tag failure is retried once on another HSM before it is answered: if this copy
         // drifted, the other one opens the blob (and this copy is re-verified below).
@@ -1133,16 +1133,6 @@ fn open_in_process(cfgs: Vec<NodeConfig>, nopts: &NodeOptions) -> Result<Vec<Poo
         }
     }
     Ok(hsms)
-}
-
-/// Make `pool`'s HSM suspect for the retryable failure `e` a call is failing over from,
-/// unless `e` is about one key rather than the HSM (a copy missing there, or a stale
-/// handle): the other copies answer, re-sync puts the copy back, and the HSM stays first
-/// in line for every other key.
-fn suspect_for(pool: &Pool, e: &HsmError) {
-    if e.fault() != Fault::Key {
-        pool.node().suspect(e);
-    }
 }
 
 /// Start a host process for every HSM, all at once, each within `start_timeout`. A host that

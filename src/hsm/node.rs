@@ -10,7 +10,7 @@
 //! (that was a use-after-free in `libsofthsm2.so`). The monitor thread may wait there as
 //! long as the longest call in flight; the request path never takes the gate for writing.
 
-use super::error::HsmError;
+use super::error::{Fault, HsmError};
 use super::instance::{Instance, NodeConfig};
 use super::integrity::Expected;
 use super::iv::IvSource;
@@ -331,8 +331,13 @@ impl Node {
     /// Mark the HSM suspect after a device fault and wake its monitor to probe now.
     /// An HSM that is not usable (down, failed) is left to its monitor's back-off: waking
     /// the monitor for each failure of a crash-looping host would restart it at once, in
-    /// a loop.
+    /// a loop. A key fault (a copy missing on this HSM, a stale handle) is about one key,
+    /// not the HSM, and leaves it as it is: calls fail over for that key, re-sync puts the
+    /// copy back, and the HSM stays first in line for every other key.
     pub(super) fn suspect(&self, e: &HsmError) {
+        if e.fault() == Fault::Key {
+            return;
+        }
         let _ = self.state.compare_exchange(
             NodeState::Healthy as u8,
             NodeState::Suspect as u8,
