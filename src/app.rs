@@ -311,26 +311,39 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     let lookup = Arc::new(LiveCredentials::new(credentials.iter().cloned().collect()));
     // Credentials created while the service runs (`hsm-kms account create`, another node)
     // are accepted within CREDENTIAL_REFRESH; removed ones stop being accepted as fast.
-    let (live, v2, s2, clock) = (
+    // Access keys changed so, outside the API, are recorded in the audit trail.
+    let (live, v2, s2, clock, kms_w) = (
         Arc::downgrade(&lookup),
         vault.clone(),
         store.clone(),
         cfg.clock.clone(),
+        Arc::downgrade(&kms),
     );
     tokio::spawn(async move {
         let mut refused = std::collections::HashSet::new();
         loop {
             tokio::time::sleep(CREDENTIAL_REFRESH).await;
             let Some(live) = live.upgrade() else { break };
+            // Access key calls hold this lock from their store write until the set has
+            // their change: every difference found under it was made outside the API.
+            let changing = live.lock_changes().await;
             let known = live.snapshot();
             let now = clock.now();
             match crate::kms::credentials::refresh(v2.as_ref(), &s2, &known, &mut refused, now)
                 .await
             {
-                // A change made meanwhile by this node (a new access key or session, a
-                // status) is kept: the next pass sees it in the store.
+                // A change made meanwhile by this node (a new role session) is kept: the
+                // next pass sees it in the store, and any outside change again with it.
                 Ok(Some(next)) => {
-                    live.replace_if(&known, next);
+                    let changes = crate::auth::credentials::access_key_changes(&known, &next);
+                    let replaced = live.replace_if(&known, next);
+                    drop(changing);
+                    match kms_w.upgrade() {
+                        Some(kms) if replaced && !changes.is_empty() => {
+                            kms.record_access_key_changes(&changes).await;
+                        }
+                        _ => {}
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "credential refresh failed; will retry"),

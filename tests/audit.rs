@@ -221,6 +221,22 @@ async fn every_outcome_is_recorded_as_cloudtrail_shows_it_and_no_secret_is() {
         .query_ok("iam", "CreateAccessKey", &[("UserName", "carol")])
         .await;
     let carol_secret = key.value("SecretAccessKey");
+    // Its record names the new key (as CloudTrail does), never the secret.
+    let e = last_named(&dir, "CreateAccessKey");
+    let made = &e["responseElements"]["accessKey"];
+    assert_eq!(
+        made["accessKeyId"],
+        key.value("AccessKeyId").as_str(),
+        "{e}"
+    );
+    assert_eq!(made["userName"], "carol", "{e}");
+    assert_eq!(made["status"], "Active", "{e}");
+    let date = made["createDate"].as_str().unwrap();
+    assert!(
+        date.ends_with(" AM") || date.ends_with(" PM"),
+        "createDate as CloudTrail writes it: {date}"
+    );
+    assert_eq!(made.as_object().unwrap().len(), 4, "{e}");
     let r = root
         .query("iam", "GetUser", &[("UserName", "nobody")])
         .await;
@@ -265,6 +281,25 @@ async fn every_outcome_is_recorded_as_cloudtrail_shows_it_and_no_secret_is() {
     );
     let session_token = assumed.value("SessionToken");
     let session_secret = assumed.value("SecretAccessKey");
+    // The session's access key id and role session, never its secret or token.
+    assert_eq!(
+        e["responseElements"]["credentials"]["accessKeyId"],
+        assumed.value("AccessKeyId").as_str(),
+        "{e}"
+    );
+    assert_eq!(
+        e["responseElements"]["credentials"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2,
+        "{e}"
+    );
+    assert_eq!(
+        e["responseElements"]["assumedRoleUser"]["arn"],
+        format!("arn:aws:sts::{A}:assumed-role/ops/night"),
+        "{e}"
+    );
     let ops = root.with_credentials(
         hsm_kms::auth::Credential::new(
             assumed.value("AccessKeyId"),

@@ -2,7 +2,9 @@
 //! `hsm-kms serve` on fresh tokens made by `setup-local`, each as a second process while the
 //! service runs: `hsm list|probe`, `keys list|show`, `credentials list|revoke`,
 //! `reconcile --json`. Their JSON is asserted; a copy deleted from one token shows as
-//! missing; a revoked access key is refused over HTTP within a second; a token whose folder
+//! missing; a revoked access key is refused over HTTP within a second, and the key's
+//! creation and revocation by the CLI are IAM service events in the audit trail (IAM calls
+//! doing the same are recorded once, as calls); a token whose folder
 //! is gone is reported down with its CKR code (exit status 1, no panic).
 #![allow(
     clippy::unwrap_used,
@@ -371,6 +373,27 @@ async fn operator_commands_read_and_repair_a_running_deployment() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // The account's root finds its key's creation by the CLI with `LookupEvents`, by the
+    // key's id as the resource name.
+    let mut seen = Value::Null;
+    let by_key = json!({"LookupAttributes": [
+        {"AttributeKey": "ResourceName", "AttributeValue": akid}]});
+    for _ in 0..10 {
+        seen = other.cloudtrail("LookupEvents", by_key.clone()).await.body;
+        if seen["Events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        // LookupEvents allows 2 calls a second per account, as AWS does.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let event = &seen["Events"][0];
+    assert_eq!(event["EventName"], "CreateAccessKey", "{seen}");
+    assert_eq!(event["EventSource"], "iam.amazonaws.com", "{seen}");
+    assert_eq!(
+        event["Resources"],
+        json!([{"ResourceType": "AWS::IAM::AccessKey", "ResourceName": akid}]),
+        "{seen}"
+    );
     let listed = cli_json(
         &state,
         &["credentials", "list", "--account", "444455556666"],
@@ -414,6 +437,89 @@ async fn operator_commands_read_and_repair_a_running_deployment() {
     assert_eq!(listed["credentials"][0]["status"], "Inactive", "{listed}");
     let (ok, _, err) = cli(&state, &["credentials", "revoke", "AKIAUNKNOWN"]);
     assert!(!ok && err.contains("no access key AKIAUNKNOWN"), "{err}");
+
+    // Both changes were made by the CLI, not by a call: the service found them in the
+    // store and recorded each as an IAM service event in the key's account, named as the
+    // IAM call that would have made it, the key as its resource, never its secret.
+    let audit = state.join("audit");
+    let outside = |name: &str| -> Vec<Value> {
+        trail(&audit)
+            .1
+            .into_iter()
+            .filter(|e| {
+                e["eventName"] == name
+                    && e["eventType"] == "AwsServiceEvent"
+                    && e["resources"][0]["ARN"] == akid.as_str()
+            })
+            .collect()
+    };
+    assert!(
+        eventually(5, || !outside("UpdateAccessKey").is_empty()).await,
+        "the CLI's revoke is not in the audit trail"
+    );
+    for (name, status) in [
+        ("CreateAccessKey", "Active"),
+        ("UpdateAccessKey", "Inactive"),
+    ] {
+        let found = outside(name);
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        let e = &found[0];
+        assert_eq!(e["eventSource"], "iam.amazonaws.com", "{e}");
+        assert_eq!(e["recipientAccountId"], "444455556666", "{e}");
+        assert_eq!(e["resources"][0]["type"], "AWS::IAM::AccessKey", "{e}");
+        assert_eq!(e["resources"][0]["accountId"], "444455556666", "{e}");
+        assert_eq!(
+            e["serviceEventDetails"],
+            json!({
+                "accessKeyId": akid,
+                "principalArn": "arn:aws:iam::444455556666:root",
+                "status": status,
+                "changedIn": "metadata store",
+            }),
+            "{e}"
+        );
+    }
+    let secret_b = export("AWS_SECRET_ACCESS_KEY");
+    assert!(
+        !trail(&audit).0.contains(&secret_b),
+        "a secret in the trail"
+    );
+    // The same changes made by IAM calls are their calls' records alone: the reload
+    // (every 0.5 s) never records them a second time as changes from outside.
+    let made = client.query_ok("iam", "CreateAccessKey", &[]).await;
+    let api_key = made.value("AccessKeyId");
+    client
+        .query_ok(
+            "iam",
+            "UpdateAccessKey",
+            &[("AccessKeyId", &api_key), ("Status", "Inactive")],
+        )
+        .await;
+    client
+        .query_ok("iam", "DeleteAccessKey", &[("AccessKeyId", &api_key)])
+        .await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let of_api_key: Vec<(String, String)> = trail(&audit)
+        .1
+        .into_iter()
+        .filter(|e| e.to_string().contains(&api_key))
+        .map(|e| {
+            (
+                e["eventName"].as_str().unwrap().to_string(),
+                e["eventType"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        of_api_key,
+        [
+            ("CreateAccessKey", "AwsApiCall"),
+            ("UpdateAccessKey", "AwsApiCall"),
+            ("DeleteAccessKey", "AwsApiCall"),
+        ]
+        .map(|(n, t)| (n.to_string(), t.to_string())),
+        "records naming the key made by IAM calls"
+    );
 
     // hsm-b's token folder gone: the probe reports hsm-b down with the module's CKR code
     // and exits 1; hsm-a still answers; `hsm list` says hsm-b is not reachable.

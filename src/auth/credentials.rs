@@ -1,6 +1,8 @@
 //! In-memory [`CredentialLookup`]s: a fixed map from access key id to [`Credential`]
 //! ([`StaticCredentials`], for tests), and the running service's set that a background task
-//! replaces as credentials are created or removed ([`LiveCredentials`]).
+//! replaces as credentials are created or removed ([`LiveCredentials`]); and what changed
+//! to long-term access keys between two sets ([`access_key_changes`]), which the reload
+//! records as changes made outside this service's API.
 
 use super::{Credential, CredentialLookup};
 use std::collections::HashMap;
@@ -11,6 +13,8 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct LiveCredentials {
     current: parking_lot::RwLock<Arc<StaticCredentials>>,
+    /// See [`LiveCredentials::lock_changes`].
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl LiveCredentials {
@@ -18,7 +22,17 @@ impl LiveCredentials {
     pub fn new(initial: StaticCredentials) -> Self {
         Self {
             current: parking_lot::RwLock::new(Arc::new(initial)),
+            changes: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Held by whoever changes an access key in the store and then in this set (the IAM
+    /// calls), from before the store write until after the set's change, and by the
+    /// periodic reload from before its snapshot until after its replace. The reload then
+    /// sees each such change in both the set and the store, or in neither: a difference
+    /// it finds was made elsewhere (the operator CLI, another process sharing the store).
+    pub async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
     }
 
     /// The set now.
@@ -123,6 +137,92 @@ impl StaticCredentials {
     }
 }
 
+/// What became of a long-term access key between two credential sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKeyChangeKind {
+    /// A key that was not there (or was there for another principal).
+    Created,
+    /// The same key, `Active` or `Inactive` now.
+    StatusChanged,
+    /// A key that is no longer there (or no longer accepted).
+    Deleted,
+}
+
+/// A long-term access key that changed between two credential sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKeyChange {
+    /// What happened to it.
+    pub kind: AccessKeyChangeKind,
+    /// Its id (`AKIA…`; not a secret: CloudTrail records it).
+    pub access_key_id: String,
+    /// Its account.
+    pub account_id: String,
+    /// The principal it authenticates.
+    pub principal_arn: String,
+    /// Its status afterwards (before, for a deleted key).
+    pub active: bool,
+}
+
+/// The long-term access keys created, changed in status or deleted from `before` to
+/// `after`, by access key id. Role session credentials are left out: they come and go
+/// with STS calls (recorded as such) and their expiry.
+pub fn access_key_changes(
+    before: &StaticCredentials,
+    after: &StaticCredentials,
+) -> Vec<AccessKeyChange> {
+    let change = |kind, c: &Credential| AccessKeyChange {
+        kind,
+        access_key_id: c.access_key_id.clone(),
+        account_id: c.account_id.clone(),
+        principal_arn: c.principal_arn.clone(),
+        active: c.active,
+    };
+    let long_term = |s: &StaticCredentials| {
+        s.by_access_key
+            .values()
+            .filter(|c| c.session.is_none())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    for old in long_term(before) {
+        match after.get(&old.access_key_id) {
+            Some(new)
+                if new.session.is_none()
+                    && new.account_id == old.account_id
+                    && new.principal_arn == old.principal_arn =>
+            {
+                if new.active != old.active {
+                    out.push(change(AccessKeyChangeKind::StatusChanged, new));
+                }
+            }
+            _ => out.push(change(AccessKeyChangeKind::Deleted, &old)),
+        }
+    }
+    for new in long_term(after) {
+        let same = before.get(&new.access_key_id).is_some_and(|old| {
+            old.session.is_none()
+                && old.account_id == new.account_id
+                && old.principal_arn == new.principal_arn
+        });
+        if !same {
+            out.push(change(AccessKeyChangeKind::Created, &new));
+        }
+    }
+    // Deleted before created for the same id (a key now another principal's).
+    out.sort_by(|a, b| {
+        (
+            a.access_key_id.as_str(),
+            a.kind != AccessKeyChangeKind::Deleted,
+        )
+            .cmp(&(
+                b.access_key_id.as_str(),
+                b.kind != AccessKeyChangeKind::Deleted,
+            ))
+    });
+    out
+}
+
 impl FromIterator<Credential> for StaticCredentials {
     fn from_iter<I: IntoIterator<Item = Credential>>(iter: I) -> Self {
         let mut s = Self::new();
@@ -160,5 +260,74 @@ mod tests {
         assert!(store.lookup("akid1").is_none());
         // The store's Debug goes through Credential's redacting Debug.
         assert!(!format!("{store:?}").contains("topsecretvalue"));
+    }
+
+    #[test]
+    fn access_key_changes_name_long_term_keys_only() {
+        let key = |id: &str, account: &str, arn: &str, active: bool| {
+            let mut c = Credential::new(id, "secret", account, arn);
+            c.active = active;
+            c
+        };
+        let session = |id: &str| {
+            let mut c = key(
+                id,
+                "111122223333",
+                "arn:aws:sts::111122223333:assumed-role/r/s",
+                true,
+            );
+            c.session = Some(crate::auth::SessionCredential {
+                token_sha256: [7; 32],
+                expires_at: time::OffsetDateTime::UNIX_EPOCH,
+                session: crate::auth::Session {
+                    role_arn: "arn:aws:iam::111122223333:role/r".into(),
+                    role_id: "AROAEXAMPLE".into(),
+                    session_name: "s".into(),
+                },
+            });
+            c
+        };
+        let before: StaticCredentials = [
+            key("AKIAKEPT", "111122223333", "arn:root", true),
+            key("AKIAREVOKED", "111122223333", "arn:root", true),
+            key("AKIAGONE", "111122223333", "arn:root", false),
+            key("AKIAMOVED", "111122223333", "arn:root", true),
+            session("ASIAOLD"),
+        ]
+        .into_iter()
+        .collect();
+        let after: StaticCredentials = [
+            key("AKIAKEPT", "111122223333", "arn:root", true),
+            key("AKIAREVOKED", "111122223333", "arn:root", false),
+            key("AKIAMOVED", "444455556666", "arn:other", true),
+            key("AKIANEW", "444455556666", "arn:other", true),
+            session("ASIANEW"),
+        ]
+        .into_iter()
+        .collect();
+        let changes = access_key_changes(&before, &after);
+        let got: Vec<(AccessKeyChangeKind, &str, &str, bool)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.kind,
+                    c.access_key_id.as_str(),
+                    c.account_id.as_str(),
+                    c.active,
+                )
+            })
+            .collect();
+        use AccessKeyChangeKind::*;
+        assert_eq!(
+            got,
+            vec![
+                (Deleted, "AKIAGONE", "111122223333", false),
+                (Deleted, "AKIAMOVED", "111122223333", true),
+                (Created, "AKIAMOVED", "444455556666", true),
+                (Created, "AKIANEW", "444455556666", true),
+                (StatusChanged, "AKIAREVOKED", "111122223333", false),
+            ]
+        );
+        assert!(access_key_changes(&after, &after).is_empty());
     }
 }

@@ -254,6 +254,17 @@ pub fn event_name(s: &str) -> String {
     clip(s, NAME_MAX)
 }
 
+/// A date inside IAM and STS `responseElements`, as CloudTrail writes them there:
+/// `Jan 18, 2023 10:57:15 PM` (UTC).
+pub fn response_date(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let fmt = time::macros::format_description!(
+        "[month repr:short] [day padding:none], [year] [hour repr:12 padding:none]:[minute]:[second] [period]"
+    );
+    // Every field is a UTC date's: formatting cannot fail.
+    t.format(&fmt).unwrap_or_else(|_| timestamp(t))
+}
+
 /// ISO 8601 in whole seconds, UTC, `Z`.
 pub fn timestamp(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
@@ -377,10 +388,14 @@ fn hsms_data(hsms: Vec<String>) -> Option<Value> {
 
 /// What the service did by itself (an `AwsServiceEvent` record): automatic rotation, the
 /// destruction of a key at the end of its waiting period, an HSM becoming unavailable or
-/// available again, keys copied into an HSM that lacked them.
+/// available again, keys copied into an HSM that lacked them; and access keys it found
+/// changed in the store without a call (the operator CLI).
 #[derive(Debug)]
 pub struct ServiceEvent {
-    /// `eventName`: `RotateKey`, `DeleteKey`, `HsmStateChange`, `SynchronizeHsms`.
+    /// `eventSource`: KMS, or IAM for access keys.
+    pub source: Source,
+    /// `eventName`: `RotateKey`, `DeleteKey`, `HsmStateChange`, `SynchronizeHsms`;
+    /// `CreateAccessKey`, `UpdateAccessKey`, `DeleteAccessKey`.
     pub event_name: &'static str,
     /// The account the record belongs to: the key's; `None` for the service's own (HSM
     /// events).
@@ -408,7 +423,7 @@ pub fn service_event(ev: ServiceEvent, region: &str, home_account: &str) -> Even
             ..UserIdentity::default()
         },
         event_time: timestamp(ev.time),
-        event_source: Source::Kms.event_source(),
+        event_source: ev.source.event_source(),
         event_name: ev.event_name.to_string(),
         aws_region: region.to_string(),
         source_ip_address: Some(INTERNAL.to_string()),
@@ -976,11 +991,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn response_dates_are_written_as_cloudtrail_writes_them() {
+        use time::macros::datetime;
+        assert_eq!(
+            response_date(datetime!(2023-01-18 22:57:15 UTC)),
+            "Jan 18, 2023 10:57:15 PM"
+        );
+        assert_eq!(
+            response_date(datetime!(2026-12-04 00:05:09 +01:00)),
+            "Dec 3, 2026 11:05:09 PM"
+        );
+        assert_eq!(
+            response_date(datetime!(2026-07-09 12:56:54 UTC)),
+            "Jul 9, 2026 12:56:54 PM"
+        );
+    }
+
     #[tokio::test]
     async fn a_sink_that_keeps_no_records_is_handed_none() {
         let sink = Arc::new(Discarding(std::sync::atomic::AtomicUsize::new(0)));
         let auditor = Auditor::new(sink.clone(), false, "us-east-1", "111122223333");
         let ev = || ServiceEvent {
+            source: Source::Kms,
             event_name: "RotateKey",
             account: None,
             resources: Vec::new(),

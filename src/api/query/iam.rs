@@ -104,12 +104,14 @@ fn names_xml(list: &str, names: &[String]) -> String {
     s
 }
 
-/// The IAM action `action` as `ctx.principal`: the answer's result, if it has one.
+/// The IAM action `action` as `ctx.principal`: the answer's result, if it has one; the
+/// record's `responseElements` into `response` where CloudTrail has them.
 pub(super) async fn execute(
     app: &AppState,
     ctx: &Ctx<'_>,
     action: &str,
     params: &Params,
+    response: &mut serde_json::Value,
 ) -> Result<Option<String>, QueryError> {
     let iam = app.kms.iam();
     let user = || params.req("UserName", "userName");
@@ -166,9 +168,23 @@ pub(super) async fn execute(
             iam.delete_user(ctx, user()?).await?;
             None
         }
+        // Access keys change in the store, then in the live set, under the set's change
+        // lock: the periodic reload never mistakes them for changes made outside the API.
         "CreateAccessKey" => {
+            let _changing = app.credentials.lock_changes().await;
             let (view, credential) = iam.create_access_key(ctx, params.opt("UserName")).await?;
             app.credentials.upsert(credential);
+            // As CloudTrail shows it: the new key's id, never its secret.
+            let mut key = serde_json::Map::new();
+            key.insert("accessKeyId".into(), view.access_key_id.clone().into());
+            let status = if view.active { "Active" } else { "Inactive" };
+            key.insert("status".into(), status.into());
+            if let Some(u) = &view.user_name {
+                key.insert("userName".into(), u.clone().into());
+            }
+            let created = crate::kms::audit::response_date(view.created);
+            key.insert("createDate".into(), created.into());
+            *response = serde_json::json!({ "accessKey": key });
             Some(key_xml(&view, "AccessKey"))
         }
         "ListAccessKeys" => {
@@ -188,6 +204,7 @@ pub(super) async fn execute(
         "UpdateAccessKey" => {
             let akid = params.req("AccessKeyId", "accessKeyId")?;
             let status = params.req("Status", "status")?;
+            let _changing = app.credentials.lock_changes().await;
             let active = iam
                 .update_access_key(ctx, params.opt("UserName"), akid, status)
                 .await?;
@@ -196,6 +213,7 @@ pub(super) async fn execute(
         }
         "DeleteAccessKey" => {
             let akid = params.req("AccessKeyId", "accessKeyId")?;
+            let _changing = app.credentials.lock_changes().await;
             iam.delete_access_key(ctx, params.opt("UserName"), akid)
                 .await?;
             app.credentials.remove(akid);

@@ -221,6 +221,7 @@ pub(crate) async fn handle(app: &AppState, req: Request) -> Response {
             xmlns: STS_XMLNS,
             principal: None,
             request_parameters: serde_json::Value::Null,
+            response_elements: serde_json::Value::Null,
         };
         let _expected = app.audit.expect_record();
         let mut result = match app.audit.admit() {
@@ -263,6 +264,9 @@ struct Attempt {
     xmlns: &'static str,
     principal: Option<Principal>,
     request_parameters: serde_json::Value,
+    /// `responseElements`, set by the actions CloudTrail shows them for (never a secret
+    /// or a session token).
+    response_elements: serde_json::Value,
 }
 
 /// The call's CloudTrail record(s); a tracing line names failed calls.
@@ -295,7 +299,11 @@ fn record(
                 .and_then(|p| super::pipeline::principal_id(app, p)),
             read_only,
             request_parameters: call.request_parameters.clone(),
-            response_elements: serde_json::Value::Null,
+            response_elements: if error.is_none() {
+                call.response_elements.clone()
+            } else {
+                serde_json::Value::Null
+            },
             resources: Vec::new(),
             error: error.map(|e| (e.code, e.message.as_str())),
             hsms: Vec::new(),
@@ -373,9 +381,10 @@ async fn run(
         vault: app.kms.vault().as_ref(),
         now: app.clock.now(),
     };
+    let response = &mut call.response_elements;
     let result = match service {
-        "sts" => sts::execute(app, &ctx, &action, &params).await,
-        _ => iam::execute(app, &ctx, &action, &params).await,
+        "sts" => sts::execute(app, &ctx, &action, &params, response).await,
+        _ => iam::execute(app, &ctx, &action, &params, response).await,
     }?;
     Ok(answer(&action, xmlns, result, request_id))
 }

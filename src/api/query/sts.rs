@@ -16,10 +16,11 @@ pub(super) async fn execute(
     ctx: &Ctx<'_>,
     action: &str,
     params: &Params,
+    response: &mut serde_json::Value,
 ) -> Result<Option<String>, QueryError> {
     Ok(Some(match action {
         "GetCallerIdentity" => get_caller_identity(app, ctx.principal)?,
-        _ => assume_role(app, ctx, params).await?,
+        _ => assume_role(app, ctx, params, response).await?,
     }))
 }
 
@@ -37,7 +38,14 @@ fn get_caller_identity(app: &AppState, p: &Principal) -> Result<String, QueryErr
 }
 
 /// `AssumeRole`: the new credential joins the live set before the answer leaves.
-async fn assume_role(app: &AppState, ctx: &Ctx<'_>, params: &Params) -> Result<String, QueryError> {
+/// Its record's `responseElements` (into `response`) name the session's access key id
+/// and role session as CloudTrail does, without the secret or the session token.
+async fn assume_role(
+    app: &AppState,
+    ctx: &Ctx<'_>,
+    params: &Params,
+    response: &mut serde_json::Value,
+) -> Result<String, QueryError> {
     let input = AssumeRoleInput {
         role_arn: params.req("RoleArn", "roleArn")?,
         session_name: params.req("RoleSessionName", "roleSessionName")?,
@@ -55,6 +63,13 @@ async fn assume_role(app: &AppState, ctx: &Ctx<'_>, params: &Params) -> Result<S
         el("SessionToken", &r.session_token),
         el("Expiration", &iso8601(r.expiration)),
     );
+    *response = serde_json::json!({
+        "credentials": {
+            "accessKeyId": r.credential.access_key_id,
+            "expiration": crate::kms::audit::response_date(r.expiration),
+        },
+        "assumedRoleUser": {"assumedRoleId": r.assumed_role_id, "arn": r.arn},
+    });
     app.credentials.upsert(r.credential);
     Ok(out)
 }

@@ -4,11 +4,15 @@
 //! (`DeleteKey`), imported material destroyed when it expires (`DeleteExpiredKeyMaterial`,
 //! in `import.rs`), keys copied into HSMs that lacked them (`SynchronizeHsms`), and an HSM
 //! becoming unavailable or serving again (`HsmStateChange`, seen by [`Kms::watch_hsms`]).
-//! Each names the HSMs that did the work. Without an auditor (unit tests, the operator
+//! Each names the HSMs that did the work. Access keys found created, changed in status or
+//! deleted in the store without a call to this service (the operator CLI's `credentials
+//! revoke` and `account create`) are IAM service events of the same names as the calls
+//! ([`Kms::record_access_key_changes`]). Without an auditor (unit tests, the operator
 //! commands) nothing is recorded.
 
 use super::Kms;
-use crate::kms::audit::{Auditor, Resource, ServiceEvent};
+use crate::auth::credentials::{AccessKeyChange, AccessKeyChangeKind};
+use crate::kms::audit::{Auditor, Resource, ServiceEvent, Source};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -29,6 +33,7 @@ impl Kms {
     ) {
         let Some(a) = self.auditor.get() else { return };
         a.record_service_event(ServiceEvent {
+            source: Source::Kms,
             event_name,
             account,
             resources,
@@ -37,6 +42,50 @@ impl Kms {
             time: self.now(),
         })
         .await;
+    }
+
+    /// Record access keys found changed in the store that no call to this service changed
+    /// (the periodic credential reload finds them: see
+    /// [`crate::auth::LiveCredentials::lock_changes`]): one IAM service event each, named
+    /// as the IAM call that would have made it, in the key's account, the key as its
+    /// resource. The key's id and principal are recorded, never its secret.
+    pub async fn record_access_key_changes(&self, changes: &[AccessKeyChange]) {
+        let Some(a) = self.auditor.get() else { return };
+        for c in changes {
+            let event_name = match c.kind {
+                AccessKeyChangeKind::Created => "CreateAccessKey",
+                AccessKeyChangeKind::StatusChanged => "UpdateAccessKey",
+                AccessKeyChangeKind::Deleted => "DeleteAccessKey",
+            };
+            let status = if c.active { "Active" } else { "Inactive" };
+            tracing::info!(
+                target: "hsm_kms::audit",
+                access_key_id = %c.access_key_id,
+                account_id = %c.account_id,
+                event = event_name,
+                status,
+                "access key changed outside the API"
+            );
+            a.record_service_event(ServiceEvent {
+                source: Source::Iam,
+                event_name,
+                account: Some(c.account_id.clone()),
+                resources: vec![Resource {
+                    account_id: c.account_id.clone(),
+                    kind: "AWS::IAM::AccessKey",
+                    arn: c.access_key_id.clone(),
+                }],
+                details: serde_json::json!({
+                    "accessKeyId": c.access_key_id,
+                    "principalArn": c.principal_arn,
+                    "status": status,
+                    "changedIn": "metadata store",
+                }),
+                hsms: Vec::new(),
+                time: self.now(),
+            })
+            .await;
+        }
     }
 
     /// Record the HSMs' state changes since the last call that matter to an auditor: between
