@@ -1,6 +1,7 @@
 //! Reconciliation against real tokens: an orphaned key object (what an interrupted creation
 //! leaves), another application's object and a missing copy are each reported; `--fix`
-//! copies the missing material and destroys the orphan, never the unknown object.
+//! copies the missing material and destroys the orphan, never the unknown object, and both
+//! repairs are recorded in the audit trail.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -88,6 +89,21 @@ async fn reconcile_reports_and_fixes_only_what_is_ours() {
         .unwrap();
     assert_eq!(fixed.copied, 1);
     assert_eq!(fixed.destroyed, vec![ORPHAN.to_string()]);
+    // Both repairs are in the audit trail, as service events naming the HSMs that did them.
+    let events = trail(&tokens.dir.path().join("audit")).1;
+    let named = |n: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["eventName"] == n).collect()
+    };
+    let destroyed = named("DeleteOrphanedKeyMaterial");
+    assert_eq!(destroyed.len(), 1, "{destroyed:?}");
+    let e = destroyed[0];
+    assert_eq!(e["eventType"], "AwsServiceEvent", "{e}");
+    assert_eq!(e["serviceEventDetails"], json!({"object": ORPHAN}), "{e}");
+    let hsms = e["additionalEventData"]["hsms"].as_array().unwrap();
+    assert!(hsms.contains(&json!("a")), "the HSM that held it: {e}");
+    let synced = named("SynchronizeHsms");
+    assert_eq!(synced.len(), 1, "{synced:?}");
+    assert_eq!(synced[0]["serviceEventDetails"]["copiesMade"], 1);
     let after = kms
         .reconcile(false, Duration::ZERO, &mut quiet)
         .await

@@ -2,7 +2,9 @@
 //! records (see [`crate::kms::audit::ServiceEvent`]): automatic and on-demand rotation
 //! (`RotateKey`), the destruction of a key at the end of its waiting period in every HSM
 //! (`DeleteKey`), imported material destroyed when it expires (`DeleteExpiredKeyMaterial`,
-//! in `import.rs`), keys copied into HSMs that lacked them (`SynchronizeHsms`), and an HSM
+//! in `import.rs`), key material no key refers to destroyed after its grace period
+//! (`DeleteOrphanedKeyMaterial`, in `reconcile.rs`), keys copied into HSMs that lacked them
+//! (`SynchronizeHsms`), and an HSM
 //! becoming unavailable or serving again (`HsmStateChange`, seen by [`Kms::watch_hsms`]).
 //! Each names the HSMs that did the work. Access keys found created, changed in status or
 //! deleted in the store without a call to this service (the operator CLI's `credentials

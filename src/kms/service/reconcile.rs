@@ -7,7 +7,8 @@
 //!   lacks — re-synced from a copy;
 //! * **orphaned**: key material (`kms/…`) no metadata refers to, left by an interrupted
 //!   creation — destroyed only after a grace period during which it stayed unreferenced
-//!   (a creation in flight writes its objects before its metadata), never while referenced;
+//!   (a creation in flight writes its objects before its metadata), never while referenced,
+//!   and recorded in the audit trail (`DeleteOrphanedKeyMaterial`, naming the HSMs);
 //! * **quarantined**: a copy set aside by the integrity check (`hsm-kms/quarantine/…`),
 //!   kept as evidence;
 //! * **unknown**: anything else (another application's object): reported, never touched.
@@ -214,8 +215,7 @@ impl Kms {
             if referenced.contains(&id) {
                 continue;
             }
-            self.vault.destroy_key(&id).await?;
-            tracing::warn!(target: "hsm_kms::audit", object = %name, "destroyed an orphaned object");
+            self.destroy_orphan(&name, &id).await?;
             report.destroyed.push(name);
         }
         progress.finish();
@@ -251,10 +251,27 @@ impl Kms {
             if referenced.contains(&id) {
                 continue;
             }
-            self.vault.destroy_key(&id).await?;
+            self.destroy_orphan(&name, &id).await?;
             self.orphans_seen.lock().remove(&name);
-            tracing::warn!(target: "hsm_kms::audit", object = %name, "destroyed an orphaned object");
         }
+        Ok(())
+    }
+
+    /// Destroy the orphaned object `name` in every HSM and record it: a
+    /// `DeleteOrphanedKeyMaterial` service event of the service's own account, naming the
+    /// HSMs that destroyed it.
+    async fn destroy_orphan(&self, name: &str, id: &ObjectId) -> Result<(), KmsError> {
+        let (done, hsms) = crate::kms::vault::served_by(self.vault.destroy_key(id)).await;
+        done?;
+        tracing::warn!(target: "hsm_kms::audit", object = %name, "destroyed an orphaned object");
+        self.service_event(
+            "DeleteOrphanedKeyMaterial",
+            None,
+            Vec::new(),
+            serde_json::json!({ "object": name }),
+            hsms,
+        )
+        .await;
         Ok(())
     }
 }

@@ -2447,9 +2447,45 @@ async fn a_concurrent_enable_or_disable_cannot_undo_a_scheduled_deletion() {
     }
 }
 
+/// An audit sink keeping every record in memory.
+#[derive(Default)]
+struct Kept(parking_lot::Mutex<Vec<Value>>);
+
+#[async_trait::async_trait]
+impl crate::kms::audit::AuditSink for Kept {
+    fn healthy(&self) -> bool {
+        true
+    }
+    async fn append(&self, records: Vec<Vec<u8>>) -> Result<(), KmsError> {
+        let mut kept = self.0.lock();
+        for r in records {
+            kept.push(serde_json::from_slice(&r).unwrap());
+        }
+        Ok(())
+    }
+}
+
+impl Kept {
+    /// The records named `name`.
+    fn named(&self, name: &str) -> Vec<Value> {
+        let kept = self.0.lock();
+        kept.iter()
+            .filter(|e| e["eventName"] == name)
+            .cloned()
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn background_reconciliation_destroys_an_orphan_only_after_the_grace_period() {
     let h = Harness::new();
+    let trail = Arc::new(Kept::default());
+    h.kms.set_auditor(Arc::new(crate::kms::audit::Auditor::new(
+        trail.clone(),
+        false,
+        REGION,
+        "111122223333",
+    )));
     let kept = h.sym().await;
     let orphan = ObjectId::new("kms/00000000-0000-4000-8000-000000000000/1");
     // What an interrupted creation leaves: material no metadata refers to.
@@ -2472,12 +2508,22 @@ async fn background_reconciliation_destroys_an_orphan_only_after_the_grace_perio
         .advance(super::ORPHAN_GRACE - Duration::from_secs(1));
     h.kms.maintenance().await.unwrap();
     assert!(h.fake.holds(0, &orphan));
+    assert!(trail.named("DeleteOrphanedKeyMaterial").is_empty());
     h.clock.advance(Duration::from_secs(1));
     h.kms.maintenance().await.unwrap();
     assert!(
         (0..3).all(|i| !h.fake.holds(i, &orphan)),
         "destroyed everywhere"
     );
+    // Recorded once, as a service event.
+    let recorded = trail.named("DeleteOrphanedKeyMaterial");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["eventType"], "AwsServiceEvent");
+    assert_eq!(
+        recorded[0]["serviceEventDetails"]["object"],
+        orphan.to_string()
+    );
+    // (The fake vault names no HSM; tests/reconcile.rs checks the names on real tokens.)
     // Referenced material is never touched.
     h.ok(encrypt(&kept, b"still here")).await;
     assert!(h
