@@ -184,14 +184,17 @@ pub fn access_key_changes(
             .cloned()
             .collect::<Vec<_>>()
     };
+    // The same key: long-term on both sides, for the same principal.
+    let same = |a: &Credential, b: &Credential| {
+        a.session.is_none()
+            && b.session.is_none()
+            && a.account_id == b.account_id
+            && a.principal_arn == b.principal_arn
+    };
     let mut out = Vec::new();
     for old in long_term(before) {
         match after.get(&old.access_key_id) {
-            Some(new)
-                if new.session.is_none()
-                    && new.account_id == old.account_id
-                    && new.principal_arn == old.principal_arn =>
-            {
+            Some(new) if same(&old, new) => {
                 if new.active != old.active {
                     out.push(change(AccessKeyChangeKind::StatusChanged, new));
                 }
@@ -200,12 +203,10 @@ pub fn access_key_changes(
         }
     }
     for new in long_term(after) {
-        let same = before.get(&new.access_key_id).is_some_and(|old| {
-            old.session.is_none()
-                && old.account_id == new.account_id
-                && old.principal_arn == new.principal_arn
-        });
-        if !same {
+        if !before
+            .get(&new.access_key_id)
+            .is_some_and(|old| same(old, &new))
+        {
             out.push(change(AccessKeyChangeKind::Created, &new));
         }
     }
