@@ -388,13 +388,15 @@ fn hsms_data(hsms: Vec<String>) -> Option<Value> {
 
 /// What the service did by itself (an `AwsServiceEvent` record): automatic rotation, the
 /// destruction of a key at the end of its waiting period, an HSM becoming unavailable or
-/// available again, keys copied into an HSM that lacked them; and access keys it found
-/// changed in the store without a call (the operator CLI).
+/// available again, keys copied into an HSM that lacked them, key material no key refers
+/// to destroyed; and access keys it found changed in the store without a call (the
+/// operator CLI).
 #[derive(Debug)]
 pub struct ServiceEvent {
     /// `eventSource`: KMS, or IAM for access keys.
     pub source: Source,
-    /// `eventName`: `RotateKey`, `DeleteKey`, `HsmStateChange`, `SynchronizeHsms`;
+    /// `eventName`: `RotateKey`, `DeleteKey`, `DeleteExpiredKeyMaterial`,
+    /// `DeleteOrphanedKeyMaterial`, `HsmStateChange`, `SynchronizeHsms`;
     /// `CreateAccessKey`, `UpdateAccessKey`, `DeleteAccessKey`.
     pub event_name: &'static str,
     /// The account the record belongs to: the key's; `None` for the service's own (HSM
