@@ -156,6 +156,9 @@ const CREDENTIAL_REFRESH: Duration = Duration::from_millis(500);
 /// How often HSM states are compared for `HsmStateChange` audit records.
 const HSM_WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the service looks for records of operator commands waiting in the store.
+const PENDING_RECORDS_EVERY: Duration = Duration::from_secs(1);
+
 /// Create an account (`hsm-kms account create`): a credential for its root user, sealed
 /// under the HSMs' credential-sealing key and stored; a running service sharing the store
 /// accepts it within a second. Opens the store and the cluster like [`start`].
@@ -261,7 +264,30 @@ pub async fn copy_keys(
     progress: &mut dyn crate::progress::Progress,
 ) -> Result<usize, StartError> {
     let core = open_core(cfg.database, cfg.nodes, cfg.cluster, cfg.clock, &cfg.region).await?;
+    record_for_the_service(
+        &core,
+        cfg.audit.enabled,
+        &cfg.account_id,
+        "hsm-kms hsm enroll",
+    );
     Ok(core.kms.resync_hsms_with_progress(progress).await?)
+}
+
+/// Have what the operator command `command` does in the service's stead (copies, orphaned
+/// objects destroyed) recorded through the store into the running service's trail, or its
+/// next start's ([`crate::audit::pending`]), when the trail is on.
+fn record_for_the_service(core: &Core, enabled: bool, home_account: &str, command: &'static str) {
+    if !enabled {
+        return;
+    }
+    let sink = Arc::new(crate::audit::pending::PendingRecords::new(
+        core.store.clone(),
+    ));
+    let region = core.kms.region().as_str().to_string();
+    core.kms.set_auditor(Arc::new(
+        crate::kms::audit::Auditor::new(sink, false, &region, home_account)
+            .for_operator_command(command),
+    ));
 }
 
 /// Reconcile the metadata with every HSM's objects (`hsm-kms reconcile`): the report, and
@@ -274,6 +300,12 @@ pub async fn reconcile(
     progress: &mut dyn crate::progress::Progress,
 ) -> Result<crate::kms::ReconcileReport, StartError> {
     let core = open_core(cfg.database, cfg.nodes, cfg.cluster, cfg.clock, &cfg.region).await?;
+    record_for_the_service(
+        &core,
+        cfg.audit.enabled,
+        &cfg.account_id,
+        "hsm-kms reconcile",
+    );
     Ok(core.kms.reconcile(fix, grace, progress).await?)
 }
 
@@ -373,7 +405,7 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
     };
     let audit = Arc::new(
         crate::kms::audit::Auditor::new(
-            sink,
+            sink.clone(),
             cfg.audit.fail_open,
             kms.region().as_str(),
             &cfg.account_id,
@@ -381,8 +413,25 @@ pub async fn start(cfg: ServiceConfig) -> Result<Running, StartError> {
         .with_reader(trail.clone())
         .with_lookup_rate(cfg.audit.lookup_events_per_second),
     );
-    // Service events (rotation, deletion, re-sync, HSM state changes) go to the same trail.
+    // Service events (rotation, deletion, re-sync, HSM state changes) go to the same trail,
+    // and so do those of operator commands, which wait in the store until moved here.
     kms.set_auditor(audit.clone());
+    let (s2, sink_w) = (store.clone(), Arc::downgrade(&sink));
+    tokio::spawn(async move {
+        loop {
+            let Some(sink) = sink_w.upgrade() else { break };
+            let moved = crate::audit::pending::drain(&s2, sink.as_ref()).await;
+            drop(sink);
+            match moved {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(target: "hsm_kms::audit", records = n,
+                    "operator commands' records moved into the trail"),
+                Err(e) => tracing::warn!(error = %e,
+                    "operator commands' records not moved into the trail yet; will retry"),
+            }
+            tokio::time::sleep(PENDING_RECORDS_EVERY).await;
+        }
+    });
     let weak = Arc::downgrade(&kms);
     tokio::spawn(async move {
         loop {

@@ -318,6 +318,35 @@ async fn operator_commands_read_and_repair_a_running_deployment() {
     assert_eq!(rows[0]["missing"], json!([]), "{report}");
     let fixed = cli_json(&state, &["reconcile", "--fix"]);
     assert_eq!(fixed["copied"], 1, "{fixed}");
+    // The command's copy reaches the running service's audit trail through the store: a
+    // SynchronizeHsms service event naming the command, within a second or two.
+    let audit = state.join("audit");
+    let mut synced = Vec::new();
+    let moved = eventually(5, || {
+        synced = trail(&audit)
+            .1
+            .into_iter()
+            .filter(|e| e["eventName"] == "SynchronizeHsms")
+            .collect();
+        !synced.is_empty()
+    })
+    .await;
+    assert!(
+        moved,
+        "reconcile --fix's copy is not in the service's trail"
+    );
+    assert_eq!(synced.len(), 1, "{synced:?}");
+    let e = &synced[0];
+    assert_eq!(e["eventType"], "AwsServiceEvent", "{e}");
+    assert_eq!(e["userIdentity"]["invokedBy"], "hsm-kms reconcile", "{e}");
+    assert_eq!(e["sourceIPAddress"], "hsm-kms reconcile", "{e}");
+    assert_eq!(e["serviceEventDetails"], json!({"copiesMade": 1}), "{e}");
+    let hsms = e["additionalEventData"]["hsms"].as_array().unwrap();
+    assert!(
+        hsms.contains(&json!("hsm-b")),
+        "the HSM it copied into: {e}"
+    );
+    assert_eq!(hsm_kms::audit::verify(&audit, None).unwrap().finding, None);
     let shown = cli_json(&state, &["keys", "show", &k1]);
     assert_eq!(
         copies(&shown),
@@ -441,7 +470,6 @@ async fn operator_commands_read_and_repair_a_running_deployment() {
     // Both changes were made by the CLI, not by a call: the service found them in the
     // store and recorded each as an IAM service event in the key's account, named as the
     // IAM call that would have made it, the key as its resource, never its secret.
-    let audit = state.join("audit");
     let outside = |name: &str| -> Vec<Value> {
         trail(&audit)
             .1

@@ -54,6 +54,7 @@
 //! `FileTrail` is also the trail's `AuditReader` (`LookupEvents`): records newest first,
 //! scanning the files from the newest (`read`).
 
+pub mod pending;
 mod read;
 mod verify;
 

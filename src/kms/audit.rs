@@ -703,6 +703,8 @@ pub struct Auditor {
     fail_open: bool,
     region: String,
     home_account: String,
+    /// See [`Auditor::for_operator_command`].
+    operator_command: Option<&'static str>,
 }
 
 impl Auditor {
@@ -721,7 +723,16 @@ impl Auditor {
             fail_open,
             region: region.to_string(),
             home_account: home_account.to_string(),
+            operator_command: None,
         }
+    }
+
+    /// The same auditor, recording what the operator command `command` (its own process:
+    /// `hsm-kms reconcile`, …) does in the service's stead: its service events name the
+    /// command as `invokedBy`, `sourceIPAddress` and `userAgent` instead of `AWS Internal`.
+    pub fn for_operator_command(mut self, command: &'static str) -> Self {
+        self.operator_command = Some(command);
+        self
     }
 
     /// The same auditor, whose trail `LookupEvents` reads through `reader`.
@@ -805,7 +816,12 @@ impl Auditor {
             return;
         }
         let name = ev.event_name;
-        let e = service_event(ev, &self.region, &self.home_account);
+        let mut e = service_event(ev, &self.region, &self.home_account);
+        if let Some(command) = self.operator_command {
+            e.user_identity.invoked_by = Some(command);
+            e.source_ip_address = Some(command.to_string());
+            e.user_agent = Some(command.to_string());
+        }
         let r = match serialize(&e) {
             Ok(record) => self.sink.append(vec![record]).await,
             Err(err) => Err(err),

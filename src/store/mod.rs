@@ -359,4 +359,13 @@ pub trait MetadataStore: Send + Sync {
     /// atomic: once this returns, no caller (of this or any process sharing the store) ever
     /// gets the same value again, even after a crash.
     fn next_counter(&self, name: &str) -> StoreResult<u64>;
+
+    // ---- audit records of operator commands, waiting for the service's trail.
+    /// Keeps `record` (a serialized audit event made by an operator command) until the
+    /// service appends it to its trail. Durable once it returns.
+    fn put_pending_record(&self, record: &[u8]) -> StoreResult<()>;
+    /// The oldest `limit` pending records with their numbers, in the order they were put.
+    fn pending_records(&self, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>>;
+    /// Deletes the pending records numbered `through` and below. Durable once it returns.
+    fn delete_pending_records(&self, through: i64) -> StoreResult<()>;
 }

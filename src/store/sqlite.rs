@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (3, include_str!("migrations/0003_grants.sql")),
     (4, include_str!("migrations/0004_iam.sql")),
+    (5, include_str!("migrations/0005_pending_audit_records.sql")),
 ];
 
 /// The schema version after every migration.
@@ -770,6 +771,37 @@ impl MetadataStore for SqliteStore {
             c.prepare_cached("SELECT value FROM settings WHERE name = ?1")
                 .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
                 .map_err(sql_err)
+        })
+    }
+
+    fn put_pending_record(&self, record: &[u8]) -> StoreResult<()> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT INTO pending_audit_records (record) VALUES (?1)")
+                .and_then(|mut s| s.execute([record]))
+                .map_err(sql_err)?;
+            Ok(())
+        })
+    }
+
+    fn pending_records(&self, limit: usize) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        self.read(|c| {
+            select(
+                c,
+                "SELECT seq, record FROM pending_audit_records ORDER BY seq LIMIT ?1",
+                [limit],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(sql_err)
+        })
+    }
+
+    fn delete_pending_records(&self, through: i64) -> StoreResult<()> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM pending_audit_records WHERE seq <= ?1")
+                .and_then(|mut s| s.execute([through]))
+                .map_err(sql_err)?;
+            Ok(())
         })
     }
 
@@ -1922,6 +1954,29 @@ mod tests {
             writeln!(out, "ACK {id}").unwrap();
             out.flush().unwrap();
         }
+    }
+
+    #[test]
+    fn pending_records_come_back_in_order_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pending.db");
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.pending_records(10).unwrap().is_empty());
+        for r in [&b"first"[..], b"second", b"third"] {
+            s.put_pending_record(r).unwrap();
+        }
+        // Another process (the service) sees them, oldest first, `limit` at a time.
+        let other = SqliteStore::open(&path).unwrap();
+        let two = other.pending_records(2).unwrap();
+        let records: Vec<&[u8]> = two.iter().map(|(_, r)| r.as_slice()).collect();
+        assert_eq!(records, [&b"first"[..], b"second"]);
+        other.delete_pending_records(two[1].0).unwrap();
+        let left = s.pending_records(10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1, b"third");
+        assert!(left[0].0 > two[1].0);
+        other.delete_pending_records(left[0].0).unwrap();
+        assert!(s.pending_records(10).unwrap().is_empty());
     }
 
     #[test]
