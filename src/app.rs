@@ -280,14 +280,51 @@ fn record_for_the_service(core: &Core, enabled: bool, home_account: &str, comman
     if !enabled {
         return;
     }
-    let sink = Arc::new(crate::audit::pending::PendingRecords::new(
-        core.store.clone(),
-    ));
     let region = core.kms.region().as_str().to_string();
-    core.kms.set_auditor(Arc::new(
-        crate::kms::audit::Auditor::new(sink, false, &region, home_account)
-            .for_operator_command(command),
+    core.kms.set_auditor(operator_auditor(
+        core.store.clone(),
+        &region,
+        home_account,
+        command,
     ));
+}
+
+/// The auditor of the operator command `command`: its records wait in `store` for the
+/// service's trail.
+fn operator_auditor(
+    store: Arc<dyn crate::store::MetadataStore>,
+    region: &str,
+    home_account: &str,
+    command: &'static str,
+) -> Arc<crate::kms::audit::Auditor> {
+    let sink = Arc::new(crate::audit::pending::PendingRecords::new(store));
+    Arc::new(
+        crate::kms::audit::Auditor::new(sink, false, region, home_account)
+            .for_operator_command(command),
+    )
+}
+
+/// Record `event`, made by the operator command `command` without the service (an HSM
+/// enrolled), for the service's trail through the store ([`crate::audit::pending`]), when
+/// the trail is on. Opens the metadata store only.
+pub async fn record_operator_event(
+    cfg: &ServiceConfig,
+    command: &'static str,
+    event: crate::kms::audit::ServiceEvent,
+) -> Result<(), StartError> {
+    if !cfg.audit.enabled {
+        return Ok(());
+    }
+    let database = cfg.database.clone();
+    let store: Arc<dyn crate::store::MetadataStore> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&database))
+            .await
+            .map_err(|e| StartError::Config(format!("store open: {e}")))??,
+    );
+    operator_auditor(store, &cfg.region, &cfg.account_id, command)
+        .record_service_event(event)
+        .await;
+    Ok(())
 }
 
 /// Reconcile the metadata with every HSM's objects (`hsm-kms reconcile`): the report, and

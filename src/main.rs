@@ -1016,27 +1016,58 @@ fn hsm_enroll(
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
     };
-    match ceremony::enroll(target, &target_so, from, &mut confirm)? {
-        Enrolled::Already => println!("{name} already holds the cluster wrapping key"),
-        Enrolled::Generated => println!(
-            "{name}: its SO generated the cluster wrapping key (the first HSM of the cluster)"
-        ),
-        Enrolled::Received { from } => {
-            println!("{name}: received the cluster wrapping key from {from}")
+    // The cluster wrapping key's arrival in a token is recorded for the service's trail.
+    let enrolled_event =
+        |details: serde_json::Value, hsms: Vec<String>| hsm_kms::kms::audit::ServiceEvent {
+            source: hsm_kms::kms::audit::Source::Kms,
+            event_name: "EnrollHsm",
+            account: None,
+            resources: Vec::new(),
+            details,
+            hsms,
+            time: time::OffsetDateTime::now_utc(),
+        };
+    let event = match ceremony::enroll(target, &target_so, from, &mut confirm)? {
+        Enrolled::Already => {
+            println!("{name} already holds the cluster wrapping key");
+            None
         }
-    }
+        Enrolled::Generated => {
+            println!(
+                "{name}: its SO generated the cluster wrapping key (the first HSM of the cluster)"
+            );
+            Some(enrolled_event(
+                serde_json::json!({"hsm": name, "clusterWrappingKey": "generated"}),
+                vec![name.to_string()],
+            ))
+        }
+        Enrolled::Received { from } => {
+            println!("{name}: received the cluster wrapping key from {from}");
+            Some(enrolled_event(
+                serde_json::json!({"hsm": name, "clusterWrappingKey": "received", "from": from}),
+                vec![from.to_string(), name.to_string()],
+            ))
+        }
+    };
     let enrolled = enrolled_others.len() + 1;
+    let cfg = offline_config(loaded, nodes)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(event) = event {
+        rt.block_on(app::record_operator_event(
+            &cfg,
+            "hsm-kms hsm enroll",
+            event,
+        ))?;
+    }
     if enrolled < 2 {
         println!("{enrolled} HSM enrolled; enroll at least one more before serving");
         return Ok(());
     }
-    let cfg = offline_config(loaded, nodes)?;
     let started = std::time::Instant::now();
     let mut progress = cli::progress::Bars::new(false);
-    let copies = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(app::copy_keys(cfg, &mut progress))?;
+    let copies = rt.block_on(app::copy_keys(cfg, &mut progress))?;
     drop(progress);
     println!(
         "copied {copies} key objects in {:.1} s; restart the service to use {name}",

@@ -2,7 +2,7 @@
 //! keeps no SO PIN in the state folder; a new token added to the config is never used by
 //! the service on its own; `hsm-kms hsm enroll` refuses without the operator's confirmation
 //! of the transport key fingerprint, and with it moves the cluster wrapping key and copies
-//! every key to the new token.
+//! every key to the new token; both are in the service's audit trail after its next start.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -225,4 +225,48 @@ async fn an_operator_enrolls_a_new_token_and_the_service_never_does() {
         ok && out.contains("already holds the cluster wrapping key"),
         "{out}"
     );
+
+    // The enrollment and its copies, made while the service was stopped, waited in the
+    // store: the service's next start puts them in its audit trail, naming the command.
+    let (child, _url) = real_binary::start(&state);
+    let mut server = Guard(child);
+    let audit = state.join("audit");
+    let mut by_enroll = Vec::new();
+    let moved = common::eventually(10, || {
+        by_enroll = common::trail(&audit)
+            .1
+            .into_iter()
+            .filter(|e| e["userIdentity"]["invokedBy"] == "hsm-kms hsm enroll")
+            .collect();
+        by_enroll.len() >= 2
+    })
+    .await;
+    real_binary::stop(&mut server.0);
+    assert!(moved, "the enrollment is not in the trail: {by_enroll:?}");
+    let names: Vec<&str> = by_enroll
+        .iter()
+        .map(|e| e["eventName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["EnrollHsm", "SynchronizeHsms"],
+        "once each, in order"
+    );
+    let enrolled = &by_enroll[0];
+    assert_eq!(enrolled["eventType"], "AwsServiceEvent", "{enrolled}");
+    assert_eq!(
+        enrolled["serviceEventDetails"],
+        json!({"hsm": "hsm-c", "clusterWrappingKey": "received", "from": "hsm-a"}),
+        "{enrolled}"
+    );
+    assert_eq!(
+        enrolled["additionalEventData"]["hsms"],
+        json!(["hsm-a", "hsm-c"])
+    );
+    let copied = by_enroll[1]["serviceEventDetails"]["copiesMade"]
+        .as_u64()
+        .unwrap();
+    // Every one of the 7 keys copied (a key pair is two objects).
+    assert!(copied >= 7, "{}", by_enroll[1]);
+    assert_eq!(hsm_kms::audit::verify(&audit, None).unwrap().finding, None);
 }

@@ -396,7 +396,7 @@ pub struct ServiceEvent {
     /// `eventSource`: KMS, or IAM for access keys.
     pub source: Source,
     /// `eventName`: `RotateKey`, `DeleteKey`, `DeleteExpiredKeyMaterial`,
-    /// `DeleteOrphanedKeyMaterial`, `HsmStateChange`, `SynchronizeHsms`;
+    /// `DeleteOrphanedKeyMaterial`, `HsmStateChange`, `SynchronizeHsms`, `EnrollHsm`;
     /// `CreateAccessKey`, `UpdateAccessKey`, `DeleteAccessKey`.
     pub event_name: &'static str,
     /// The account the record belongs to: the key's; `None` for the service's own (HSM
