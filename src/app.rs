@@ -217,6 +217,19 @@ struct Core {
     kms: Arc<Kms>,
 }
 
+/// The metadata store at `database` (its folder created if absent), opened off the
+/// runtime's workers.
+async fn open_store(database: PathBuf) -> Result<Arc<dyn crate::store::MetadataStore>, StartError> {
+    if let Some(parent) = database.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    Ok(Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&database))
+            .await
+            .map_err(|e| StartError::Config(format!("store open: {e}")))??,
+    ))
+}
+
 async fn open_core(
     database: PathBuf,
     nodes: Vec<NodeConfig>,
@@ -225,14 +238,7 @@ async fn open_core(
     region: &str,
 ) -> Result<Core, StartError> {
     let region = Region::parse(region).map_err(|e| StartError::Config(e.to_string()))?;
-    if let Some(parent) = database.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let store: Arc<dyn crate::store::MetadataStore> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&database))
-            .await
-            .map_err(|e| StartError::Config(format!("store open: {e}")))??,
-    );
+    let store = open_store(database).await?;
     // This start's GCM IV fixed field, durably allocated before any encryption: no other
     // start (or node sharing the store) ever uses it, so IVs never repeat under any key.
     let s2 = store.clone();
@@ -315,12 +321,7 @@ pub async fn record_operator_event(
     if !cfg.audit.enabled {
         return Ok(());
     }
-    let database = cfg.database.clone();
-    let store: Arc<dyn crate::store::MetadataStore> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&database))
-            .await
-            .map_err(|e| StartError::Config(format!("store open: {e}")))??,
-    );
+    let store = open_store(cfg.database.clone()).await?;
     operator_auditor(store, &cfg.region, &cfg.account_id, command)
         .record_service_event(event)
         .await;

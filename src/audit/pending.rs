@@ -7,6 +7,7 @@
 //! keeps its `eventID`): nothing recorded is lost.
 
 use crate::kms::audit::AuditSink;
+use crate::kms::service::store_blocking;
 use crate::kms::KmsError;
 use crate::store::MetadataStore;
 use std::sync::Arc;
@@ -33,13 +34,10 @@ impl AuditSink for PendingRecords {
     }
 
     async fn append(&self, records: Vec<Vec<u8>>) -> Result<(), KmsError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            records.iter().try_for_each(|r| store.put_pending_record(r))
+        store_blocking(&self.store, move |s| {
+            records.iter().try_for_each(|r| s.put_pending_record(r))
         })
         .await
-        .map_err(|e| KmsError::Internal(format!("pending audit record: {e}")))?
-        .map_err(|e| KmsError::Internal(format!("pending audit record: {e}")))
     }
 }
 
@@ -52,10 +50,7 @@ pub async fn drain(
 ) -> Result<usize, KmsError> {
     let mut moved = 0;
     loop {
-        let s = store.clone();
-        let batch = tokio::task::spawn_blocking(move || s.pending_records(BATCH))
-            .await
-            .map_err(|e| KmsError::Internal(format!("pending audit records: {e}")))??;
+        let batch = store_blocking(store, |s| s.pending_records(BATCH)).await?;
         let Some(&(last, _)) = batch.last() else {
             return Ok(moved);
         };
@@ -65,10 +60,7 @@ pub async fn drain(
                 .append(batch.into_iter().map(|(_, r)| r).collect())
                 .await?;
         }
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.delete_pending_records(last))
-            .await
-            .map_err(|e| KmsError::Internal(format!("pending audit records: {e}")))??;
+        store_blocking(store, move |s| s.delete_pending_records(last)).await?;
         moved += n;
         if n < BATCH {
             return Ok(moved);

@@ -24,7 +24,7 @@ impl Kms {
         let _ = self.auditor.set(auditor);
     }
 
-    /// Record one service event (a no-op without an auditor).
+    /// Record one KMS service event (a no-op without an auditor).
     pub(super) async fn service_event(
         &self,
         event_name: &'static str,
@@ -33,9 +33,23 @@ impl Kms {
         details: Value,
         hsms: Vec<String>,
     ) {
+        self.service_event_of(Source::Kms, event_name, account, resources, details, hsms)
+            .await;
+    }
+
+    /// [`Kms::service_event`] for the service `source`.
+    async fn service_event_of(
+        &self,
+        source: Source,
+        event_name: &'static str,
+        account: Option<String>,
+        resources: Vec<Resource>,
+        details: Value,
+        hsms: Vec<String>,
+    ) {
         let Some(a) = self.auditor.get() else { return };
         a.record_service_event(ServiceEvent {
-            source: Source::Kms,
+            source,
             event_name,
             account,
             resources,
@@ -52,7 +66,9 @@ impl Kms {
     /// as the IAM call that would have made it, in the key's account, the key as its
     /// resource. The key's id and principal are recorded, never its secret.
     pub async fn record_access_key_changes(&self, changes: &[AccessKeyChange]) {
-        let Some(a) = self.auditor.get() else { return };
+        if self.auditor.get().is_none() {
+            return;
+        }
         for c in changes {
             let event_name = match c.kind {
                 AccessKeyChangeKind::Created => "CreateAccessKey",
@@ -68,24 +84,23 @@ impl Kms {
                 status,
                 "access key changed outside the API"
             );
-            a.record_service_event(ServiceEvent {
-                source: Source::Iam,
+            self.service_event_of(
+                Source::Iam,
                 event_name,
-                account: Some(c.account_id.clone()),
-                resources: vec![Resource {
+                Some(c.account_id.clone()),
+                vec![Resource {
                     account_id: c.account_id.clone(),
                     kind: "AWS::IAM::AccessKey",
                     arn: c.access_key_id.clone(),
                 }],
-                details: serde_json::json!({
+                serde_json::json!({
                     "accessKeyId": c.access_key_id,
                     "principalArn": c.principal_arn,
                     "status": status,
                     "changedIn": "metadata store",
                 }),
-                hsms: Vec::new(),
-                time: self.now(),
-            })
+                Vec::new(),
+            )
             .await;
         }
     }
