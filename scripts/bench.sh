@@ -35,8 +35,9 @@
 #    (fail-closed, group commit); the load alternates between them in short slices
 #    (KMS_BENCH_AUDIT_ROUNDS rounds, default 8, of one KMS_BENCH_AUDIT_SLICE-second slice
 #    each, default 4, in the order off-on, on-off, ...). Prints each round's on/off ratio,
-#    their median (target >= 0.85), the mean of all slices, the VM's steal time, and the
-#    servers' CPU a call (service and HSM host processes, from /proc) with its on/off ratio.
+#    their median (target >= 0.85), the mean of all slices, the VM's steal time, the
+#    servers' CPU a call (service and HSM host processes, from /proc) with its on/off ratio,
+#    and what one durable commit (32 KiB written with O_DSYNC) takes on the trail's disk.
 #
 # Environment: KMS_BENCH_DURATION (seconds per HTTP point, default 10), KMS_BENCH_HTTP=1
 # (as --http), KMS_BENCH_AUDIT_ROUNDS and KMS_BENCH_AUDIT_SLICE (--audit). Uses
@@ -193,6 +194,20 @@ if [ "$AUDIT" = 1 ]; then
   # (off on, on off, ...): this VM's speed drifts by tens of percent within a minute, so
   # slices next to each other see the same machine. Each round's ratio is on/off of its two
   # slices; the figure is their median (the mean of the slices is shown too).
+  # What one durable commit costs on this disk, where the trail will be (before the
+  # servers start): 32 KiB written in place with O_DSYNC (the data and a cache flush, as
+  # each group commit's write and fdatasync), 400 in a row, 3 runs; the median of the
+  # runs' mean. Calls wait this long (and more under load) for their records.
+  mkdir -p "$TMP/audit-disk"
+  # Best effort: no figure rather than no benchmark.
+  DISK_US=
+  if dd if=/dev/zero of="$TMP/audit-disk/probe" bs=32k count=400 conv=fsync status=none 2>/dev/null; then
+    DISK_US=$(for _ in 1 2 3; do
+        { LC_ALL=C dd if=/dev/zero of="$TMP/audit-disk/probe" bs=32k count=400 oflag=dsync conv=notrunc 2>&1 || true; } |
+          awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s," || $i == "s") { printf "%.0f\n", $(i - 1) * 1e6 / 400 } }'
+      done | sort -n | sed -n 2p)
+  fi
+  rm -rf "$TMP/audit-disk"
   start_server "$TMP/audit-off" process "audit_enabled = false"
   OFF_PID=$SERVER_PID OFF_URL=$KMS_ENDPOINT
   start_server "$TMP/audit-on" process "audit_enabled = true"
@@ -273,6 +288,8 @@ if [ "$AUDIT" = 1 ]; then
       med = n % 2 ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2
       printf " server CPU a call (service and its HSM host processes): audit off %.0f us, audit on %.0f us; median of the rounds: on/off %.2f\n",
         so / n, sn / n, med }' "$TMP/audit-cpu.txt" "$TMP/audit.txt"
+  [ -z "$DISK_US" ] ||
+    echo " durable commit on this disk (32 KiB, O_DSYNC, idle): ${DISK_US} us; each call waits for one"
   echo " (target: >= 0.85; same run: both servers up, the load alternated between them)"
   echo "================================================================"
   [ "$HTTP" = 1 ] || [ "$POLICY" = 1 ] || exit 0
