@@ -190,17 +190,13 @@ if [ "$ISOLATION" = 1 ]; then
 fi
 
 if [ "$AUDIT" = 1 ]; then
-  # Both servers run side by side, and the load alternates between them in short slices
-  # (off on, on off, ...): this VM's speed drifts by tens of percent within a minute, so
-  # slices next to each other see the same machine. Each round's ratio is on/off of its two
-  # slices; the figure is their median (the mean of the slices is shown too).
   # What one durable commit costs on this disk, where the trail will be (before the
   # servers start): 32 KiB written in place with O_DSYNC (the data and a cache flush, as
   # each group commit's write and fdatasync), 400 in a row, 3 runs; the median of the
-  # runs' mean. Calls wait this long (and more under load) for their records.
-  mkdir -p "$TMP/audit-disk"
-  # Best effort: no figure rather than no benchmark.
+  # runs' mean. Calls wait this long (and more under load) for their records. Best
+  # effort: no figure rather than no benchmark.
   DISK_US=
+  mkdir -p "$TMP/audit-disk"
   if dd if=/dev/zero of="$TMP/audit-disk/probe" bs=32k count=400 conv=fsync status=none 2>/dev/null; then
     DISK_US=$(for _ in 1 2 3; do
         { LC_ALL=C dd if=/dev/zero of="$TMP/audit-disk/probe" bs=32k count=400 oflag=dsync conv=notrunc 2>&1 || true; } |
@@ -208,6 +204,10 @@ if [ "$AUDIT" = 1 ]; then
       done | sort -n | sed -n 2p)
   fi
   rm -rf "$TMP/audit-disk"
+  # Both servers run side by side, and the load alternates between them in short slices
+  # (off on, on off, ...): this VM's speed drifts by tens of percent within a minute, so
+  # slices next to each other see the same machine. Each round's ratio is on/off of its two
+  # slices; the figure is their median (the mean of the slices is shown too).
   start_server "$TMP/audit-off" process "audit_enabled = false"
   OFF_PID=$SERVER_PID OFF_URL=$KMS_ENDPOINT
   start_server "$TMP/audit-on" process "audit_enabled = true"
